@@ -1,0 +1,405 @@
+//! The broker: the daemon's domain core.
+//!
+//! It holds the config in force, applies config changes to the store,
+//! answers queries about servers, and publishes [`Event`]s. The RPC layer
+//! is a thin adapter over it; the watcher feeds it file changes. It knows
+//! neither tonic nor sled.
+//!
+//! Config changes are serialised by one async mutex (`edits`): an RPC edit
+//! and a reload triggered by the watcher never interleave, and the store is
+//! flushed before either returns.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use tokio::sync::broadcast;
+use tracing::{info, warn};
+
+use crate::config::{
+    Config, ConfigDocument, ConfigError, InvalidInput, NewServer, ServerConfig, ServerName,
+    write_atomically,
+};
+use crate::shutdown::Shutdown;
+use crate::state::{ServerRecord, unix_ms_now};
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("no server named {0:?} is configured")]
+    NotFound(String),
+    #[error("a server named {0:?} already exists")]
+    AlreadyExists(String),
+    #[error(transparent)]
+    Invalid(#[from] InvalidInput),
+    #[error("config.toml cannot be edited: {0}; fix the file first")]
+    ConfigBroken(ConfigError),
+    #[error(transparent)]
+    Config(ConfigError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Where the daemon keeps things, resolved once at start.
+#[derive(Clone, Debug)]
+pub struct Paths {
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    pub config: PathBuf,
+}
+
+/// Whether the config on disk is the one in force.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConfigHealth {
+    pub loaded_at_ms: i64,
+    pub error: Option<String>,
+    pub error_at_ms: i64,
+}
+
+/// Authorization state of a server as shown to people and clients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthState {
+    LoginRequired,
+}
+
+/// What a client sees of a server: declared config plus runtime state.
+#[derive(Clone, Debug)]
+pub struct ServerView {
+    pub name: ServerName,
+    pub config: ServerConfig,
+    pub record: Option<ServerRecord>,
+    pub state: AuthState,
+}
+
+/// What the daemon reports about itself.
+#[derive(Clone, Debug)]
+pub struct DaemonStatus {
+    pub pid: u32,
+    pub uptime_ms: u64,
+    pub paths: Paths,
+    pub socket_activated: bool,
+    pub config: ConfigHealth,
+    pub servers: Vec<ServerView>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    ServerAdded { url: String },
+    ServerRemoved,
+    ServerChanged { url: String },
+    ConfigRejected { error: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub at_ms: i64,
+    /// `None` for daemon-wide events.
+    pub server: Option<ServerName>,
+    pub kind: EventKind,
+}
+
+/// How many events a slow `Watch` client may lag before it is told so.
+const EVENT_BUFFER: usize = 256;
+
+pub struct Broker {
+    paths: Paths,
+    started: Instant,
+    socket_activated: bool,
+    store: Store,
+    config: RwLock<Arc<Config>>,
+    health: Mutex<ConfigHealth>,
+    edits: tokio::sync::Mutex<()>,
+    events: broadcast::Sender<Event>,
+    shutdown: Shutdown,
+}
+
+impl Broker {
+    /// Loads the config and reconciles the store with it.
+    ///
+    /// A config that does not parse does not stop the daemon: the last good
+    /// config (kept in the store) stays in force and the error is reported.
+    /// A missing file never removes servers either; an empty one does.
+    pub async fn start(
+        paths: Paths,
+        store: Store,
+        socket_activated: bool,
+        shutdown: Shutdown,
+    ) -> Result<Arc<Self>, BrokerError> {
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let broker = Arc::new(Self {
+            paths,
+            started: Instant::now(),
+            socket_activated,
+            store,
+            config: RwLock::new(Arc::new(Config::default())),
+            health: Mutex::new(ConfigHealth::default()),
+            edits: tokio::sync::Mutex::new(()),
+            events,
+            shutdown,
+        });
+        if let Some(text) = broker.store.last_good_config()? {
+            match Config::parse(&text, &broker.paths.config) {
+                Ok(config) => *broker.config.write().unwrap() = Arc::new(config),
+                Err(e) => warn!(error = %e, "the stored last good config no longer parses"),
+            }
+        }
+        {
+            let _guard = broker.edits.lock().await;
+            broker.reload_locked(true).await?;
+        }
+        Ok(broker)
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn paths(&self) -> &Paths {
+        &self.paths
+    }
+
+    pub fn shutdown(&self) -> &Shutdown {
+        &self.shutdown
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    fn publish(&self, server: Option<ServerName>, kind: EventKind) {
+        // No receiver is not an error: nobody is watching.
+        let _ = self.events.send(Event {
+            at_ms: unix_ms_now(),
+            server,
+            kind,
+        });
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        self.config.read().unwrap().clone()
+    }
+
+    pub fn status(&self) -> Result<DaemonStatus, BrokerError> {
+        Ok(DaemonStatus {
+            pid: std::process::id(),
+            uptime_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            paths: self.paths.clone(),
+            socket_activated: self.socket_activated,
+            config: self.health.lock().unwrap().clone(),
+            servers: self.list()?,
+        })
+    }
+
+    pub fn list(&self) -> Result<Vec<ServerView>, BrokerError> {
+        let config = self.config();
+        config
+            .servers
+            .iter()
+            .map(|(name, server)| self.view(name, server))
+            .collect()
+    }
+
+    pub fn get(&self, name: &str) -> Result<ServerView, BrokerError> {
+        let name = ServerName::parse(name)?;
+        let config = self.config();
+        let server = config
+            .servers
+            .get(&name)
+            .ok_or_else(|| BrokerError::NotFound(name.to_string()))?;
+        self.view(&name, server)
+    }
+
+    fn view(&self, name: &ServerName, server: &ServerConfig) -> Result<ServerView, BrokerError> {
+        Ok(ServerView {
+            name: name.clone(),
+            config: server.clone(),
+            record: self.store.server(name)?,
+            state: AuthState::LoginRequired,
+        })
+    }
+
+    /// Adds a server by editing `config.toml`, then applies the new file.
+    pub async fn add(&self, new: NewServer) -> Result<ServerView, BrokerError> {
+        let name = ServerName::parse(&new.name)?;
+        // Validate the section on its own before touching the file.
+        let mut probe = ConfigDocument::new_file();
+        probe.add(&name, &new);
+        Config::parse(&probe.to_text(), &self.paths.config).map_err(|e| match e {
+            ConfigError::Invalid { source, .. } => BrokerError::Invalid(source),
+            other => BrokerError::Config(other),
+        })?;
+
+        let _guard = self.edits.lock().await;
+        let mut doc = self.read_document()?;
+        if doc.contains(&name) {
+            return Err(BrokerError::AlreadyExists(name.to_string()));
+        }
+        doc.add(&name, &new);
+        self.write_and_apply(&doc).await?;
+        info!(server = %name, url = %new.url.trim(), "server added");
+        self.get(name.as_str())
+    }
+
+    /// Removes a server from `config.toml` and deletes all of its state.
+    pub async fn remove(&self, name: &str) -> Result<(), BrokerError> {
+        let name = ServerName::parse(name)?;
+        let _guard = self.edits.lock().await;
+        let mut doc = self.read_document()?;
+        if !doc.remove(&name) {
+            return Err(BrokerError::NotFound(name.to_string()));
+        }
+        self.write_and_apply(&doc).await?;
+        info!(server = %name, "server removed");
+        Ok(())
+    }
+
+    fn read_document(&self) -> Result<ConfigDocument, BrokerError> {
+        match std::fs::read_to_string(&self.paths.config) {
+            Ok(text) => {
+                ConfigDocument::parse(&text, &self.paths.config).map_err(BrokerError::ConfigBroken)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ConfigDocument::new_file()),
+            Err(source) => Err(BrokerError::Config(ConfigError::Read {
+                path: self.paths.config.clone(),
+                source,
+            })),
+        }
+    }
+
+    async fn write_and_apply(&self, doc: &ConfigDocument) -> Result<(), BrokerError> {
+        let text = doc.to_text();
+        let config = Config::parse(&text, &self.paths.config).map_err(BrokerError::Config)?;
+        if let Some(dir) = self.paths.config.parent() {
+            create_private_dir(dir).map_err(|source| {
+                BrokerError::Config(ConfigError::Write {
+                    path: dir.to_path_buf(),
+                    source,
+                })
+            })?;
+        }
+        write_atomically(&self.paths.config, &text).map_err(BrokerError::Config)?;
+        self.apply(config, &text).await
+    }
+
+    /// Re-reads `config.toml` (called by the watcher).
+    pub async fn reload(&self) -> Result<(), BrokerError> {
+        let _guard = self.edits.lock().await;
+        self.reload_locked(false).await
+    }
+
+    async fn reload_locked(&self, at_start: bool) -> Result<(), BrokerError> {
+        match Config::load(&self.paths.config) {
+            Ok(Some((config, text))) => self.apply(config, &text).await,
+            Ok(None) if at_start && self.store.last_good_config()?.is_none() => {
+                // First start: no file is an empty config.
+                self.apply(Config::default(), "").await
+            }
+            Ok(None) => {
+                self.reject(format!(
+                    "{} is missing; the last good config stays in force (an empty file removes every server)",
+                    self.paths.config.display()
+                ));
+                Ok(())
+            }
+            Err(e) => {
+                self.reject(e.to_string());
+                Ok(())
+            }
+        }
+    }
+
+    fn reject(&self, error: String) {
+        warn!(%error, "config edit rejected; the last good config stays in force");
+        {
+            let mut health = self.health.lock().unwrap();
+            if health.error.as_deref() == Some(error.as_str()) {
+                return;
+            }
+            health.error = Some(error.clone());
+            health.error_at_ms = unix_ms_now();
+        }
+        self.publish(None, EventKind::ConfigRejected { error });
+    }
+
+    /// Makes `config` the config in force: deletes the state of servers
+    /// that are gone, starts afresh for servers whose URL changed, creates
+    /// records for new ones. Everything is flushed before it returns.
+    async fn apply(&self, config: Config, text: &str) -> Result<(), BrokerError> {
+        let old = self.config();
+        let now = unix_ms_now();
+        let mut events = Vec::new();
+
+        // Servers in the store but not in the config were removed, maybe
+        // while the daemon was down.
+        for (stored, _) in self.store.servers()? {
+            let keep = ServerName::parse(&stored)
+                .map(|n| config.servers.contains_key(&n))
+                .unwrap_or(false);
+            if !keep {
+                self.store.delete_server(&stored).await?;
+                if let Ok(n) = ServerName::parse(&stored) {
+                    info!(server = %n, "server no longer configured; its state is deleted");
+                    events.push((Some(n), EventKind::ServerRemoved));
+                }
+            }
+        }
+        for name in old.servers.keys() {
+            if !config.servers.contains_key(name)
+                && !events.iter().any(|(n, _)| n.as_ref() == Some(name))
+            {
+                events.push((Some(name.clone()), EventKind::ServerRemoved));
+            }
+        }
+        for (name, server) in &config.servers {
+            let url = server.url.to_string();
+            match self.store.server(name)? {
+                Some(record) if record.url == url => {
+                    if old.servers.get(name).is_some_and(|o| o != server) {
+                        events.push((Some(name.clone()), EventKind::ServerChanged { url }));
+                    }
+                }
+                Some(_) => {
+                    // Another URL: state for the old one must not be reused.
+                    self.store.delete_server(name.as_str()).await?;
+                    self.store
+                        .put_server(name, &ServerRecord::new(&server.url, now))
+                        .await?;
+                    info!(server = %name, %url, "server URL changed; its state starts afresh");
+                    events.push((Some(name.clone()), EventKind::ServerChanged { url }));
+                }
+                None => {
+                    self.store
+                        .put_server(name, &ServerRecord::new(&server.url, now))
+                        .await?;
+                    events.push((Some(name.clone()), EventKind::ServerAdded { url }));
+                }
+            }
+        }
+        self.store.set_last_good_config(text).await?;
+        *self.config.write().unwrap() = Arc::new(config);
+        {
+            let mut health = self.health.lock().unwrap();
+            if health.error.is_some() || health.loaded_at_ms == 0 || !events.is_empty() {
+                info!(servers = self.config().servers.len(), "config loaded");
+            }
+            *health = ConfigHealth {
+                loaded_at_ms: now,
+                error: None,
+                error_at_ms: 0,
+            };
+        }
+        for (server, kind) in events {
+            self.publish(server, kind);
+        }
+        Ok(())
+    }
+}
+
+/// Creates `dir` (and missing parents) with mode 0700.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}

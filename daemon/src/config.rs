@@ -1,0 +1,673 @@
+//! `config.toml`: the declarative list of servers.
+//!
+//! The file is the single source of truth for *which* servers exist; the
+//! store only holds their runtime state. The daemon parses it at start,
+//! re-parses it on every change (see `watcher`), and edits it for
+//! `mcpauthctl add/remove` with `toml_edit`, which keeps the user's comments
+//! and layout.
+//!
+//! ```toml
+//! [servers.linear]
+//! url = "https://mcp.linear.app/mcp"
+//! scopes = ["read", "write"]        # optional
+//! client_id = "abc"                 # optional: pre-registered client
+//! client_secret_file = "~/.secrets/linear"  # or client_secret = "..."
+//! callback_port = 33418             # optional: fixed loopback port
+//! client_metadata_url = "https://example.com/client.json"  # optional (CIMD)
+//! ```
+//!
+//! Parse errors never quote the file: a malformed line may hold a secret.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use url::Url;
+
+use crate::secret::Secret;
+use crate::url_policy::{UrlError, parse_secure_url};
+
+/// A validated server name: `[A-Za-z0-9._-]{1,64}`, and not `.` or `..`
+/// (names become keys and file names).
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServerName(String);
+
+impl ServerName {
+    pub fn parse(name: &str) -> Result<Self, InvalidInput> {
+        let bad = |reason: &str| InvalidInput::Name {
+            name: truncate_for_message(name),
+            reason: reason.to_string(),
+        };
+        if name.is_empty() {
+            return Err(bad("it is empty"));
+        }
+        if name.len() > 64 {
+            return Err(bad("it is longer than 64 characters"));
+        }
+        if let Some(c) = name
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+        {
+            return Err(bad(&format!(
+                "{c:?} is not allowed (use letters, digits, '.', '_' and '-')"
+            )));
+        }
+        if name == "." || name == ".." {
+            return Err(bad("'.' and '..' are reserved"));
+        }
+        Ok(Self(name.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ServerName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for ServerName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+/// Names in messages are cut short: they are user input of any length.
+fn truncate_for_message(s: &str) -> String {
+    if s.chars().count() <= 70 {
+        s.to_string()
+    } else {
+        format!("{}...", s.chars().take(67).collect::<String>())
+    }
+}
+
+/// Input the daemon refuses, with a reason a person can act on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidInput {
+    #[error("invalid server name {name:?}: {reason}")]
+    Name { name: String, reason: String },
+    #[error("invalid URL for server {server}: {source}")]
+    Url {
+        server: String,
+        #[source]
+        source: UrlError,
+    },
+    #[error("invalid {field} for server {server}: {reason}")]
+    Field {
+        server: String,
+        field: &'static str,
+        reason: String,
+    },
+}
+
+/// How the client secret of a pre-registered client is supplied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientSecret {
+    Inline(Secret),
+    File(PathBuf),
+}
+
+/// One `[servers.NAME]` section, validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerConfig {
+    pub url: Url,
+    pub client_id: Option<String>,
+    pub client_secret: Option<ClientSecret>,
+    pub scopes: Vec<String>,
+    pub callback_port: Option<u16>,
+    pub client_metadata_url: Option<Url>,
+}
+
+/// The whole file, validated.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    pub servers: BTreeMap<ServerName, ServerConfig>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: line {line}, column {column}: {message}")]
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{path}: {source}")]
+    Invalid {
+        path: PathBuf,
+        #[source]
+        source: InvalidInput,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    servers: BTreeMap<String, RawServer>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    url: String,
+    client_id: Option<String>,
+    client_secret: Option<String>,
+    client_secret_file: Option<PathBuf>,
+    #[serde(default)]
+    scopes: Vec<String>,
+    callback_port: Option<u16>,
+    client_metadata_url: Option<String>,
+}
+
+/// Line and column (1-based) of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// Expands a leading `~/` against the home directory.
+fn expand_home(path: PathBuf) -> PathBuf {
+    match path.strip_prefix("~") {
+        Ok(rest) => mcpauth_proto::paths::home_dir()
+            .map(|home| home.join(rest))
+            .unwrap_or(path),
+        Err(_) => path,
+    }
+}
+
+impl Config {
+    /// Parses the text of `config.toml`. `path` only names the file in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let (line, column) = e
+                .span()
+                .map_or((0, 0), |span| line_column(text, span.start));
+            ConfigError::Syntax {
+                path: path.to_path_buf(),
+                line,
+                column,
+                // `message()` is the error alone; `Display` would quote the
+                // offending line, which may hold a client secret.
+                message: e.message().trim().to_string(),
+            }
+        })?;
+        let invalid = |source| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut servers = BTreeMap::new();
+        for (name, raw) in raw.servers {
+            let name = ServerName::parse(&name).map_err(invalid)?;
+            let server = validate_server(&name, raw).map_err(invalid)?;
+            servers.insert(name, server);
+        }
+        Ok(Self { servers })
+    }
+
+    /// Reads and parses the file. A missing file is `Ok(None)`.
+    pub fn load(path: &Path) -> Result<Option<(Self, String)>, ConfigError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Ok(Some((Self::parse(&text, path)?, text))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            }),
+        }
+    }
+}
+
+fn validate_server(name: &ServerName, raw: RawServer) -> Result<ServerConfig, InvalidInput> {
+    let field = |field: &'static str, reason: &str| InvalidInput::Field {
+        server: name.to_string(),
+        field,
+        reason: reason.to_string(),
+    };
+    let url = parse_secure_url(&raw.url).map_err(|source| InvalidInput::Url {
+        server: name.to_string(),
+        source,
+    })?;
+    let client_secret = match (raw.client_secret, raw.client_secret_file) {
+        (Some(_), Some(_)) => {
+            return Err(field(
+                "client_secret",
+                "set client_secret or client_secret_file, not both",
+            ));
+        }
+        (Some(s), None) if s.is_empty() => return Err(field("client_secret", "it is empty")),
+        (Some(s), None) => Some(ClientSecret::Inline(Secret::new(s))),
+        (None, Some(p)) => Some(ClientSecret::File(expand_home(p))),
+        (None, None) => None,
+    };
+    let client_id = raw.client_id.filter(|id| !id.is_empty());
+    if client_secret.is_some() && client_id.is_none() {
+        return Err(field("client_secret", "a client secret needs a client_id"));
+    }
+    for scope in &raw.scopes {
+        // RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
+        let ok = !scope.is_empty()
+            && scope
+                .bytes()
+                .all(|b| b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b));
+        if !ok {
+            return Err(field(
+                "scopes",
+                &format!(
+                    "{:?} is not a valid scope token",
+                    truncate_for_message(scope)
+                ),
+            ));
+        }
+    }
+    if raw.callback_port == Some(0) {
+        return Err(field(
+            "callback_port",
+            "0 is not a port; leave it out to let the daemon choose",
+        ));
+    }
+    let client_metadata_url = match raw.client_metadata_url {
+        None => None,
+        Some(u) => {
+            let url =
+                parse_secure_url(&u).map_err(|e| field("client_metadata_url", &e.to_string()))?;
+            if url.scheme() != "https" || url.path() == "/" || url.path().is_empty() {
+                return Err(field(
+                    "client_metadata_url",
+                    "a client ID metadata document URL must be https with a path",
+                ));
+            }
+            Some(url)
+        }
+    };
+    Ok(ServerConfig {
+        url,
+        client_id,
+        client_secret,
+        scopes: raw.scopes,
+        callback_port: raw.callback_port,
+        client_metadata_url,
+    })
+}
+
+/// What `mcpauthctl add` asks for.
+#[derive(Clone, Debug, Default)]
+pub struct NewServer {
+    pub name: String,
+    pub url: String,
+    pub client_id: Option<String>,
+    pub client_secret_file: Option<PathBuf>,
+    pub scopes: Vec<String>,
+    pub callback_port: Option<u16>,
+    pub client_metadata_url: Option<String>,
+}
+
+const NEW_FILE_HEADER: &str = "\
+# mcpauth configuration: the servers mcpauthd brokers tokens for.
+# Edits apply live. Reference: https://github.com/mcpauth/mcpauth#configuration
+";
+
+/// Edits of `config.toml` that keep everything else in the file as it was.
+pub struct ConfigDocument {
+    doc: toml_edit::DocumentMut,
+    /// A new file starts with a short header comment.
+    header: bool,
+}
+
+impl ConfigDocument {
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        // Validate the whole file first: never write on top of a broken file.
+        Config::parse(text, path)?;
+        let doc = text.parse::<toml_edit::DocumentMut>().map_err(|e| {
+            let (line, column) = e
+                .span()
+                .map_or((0, 0), |span| line_column(text, span.start));
+            ConfigError::Syntax {
+                path: path.to_path_buf(),
+                line,
+                column,
+                message: e.message().trim().to_string(),
+            }
+        })?;
+        Ok(Self { doc, header: false })
+    }
+
+    pub fn new_file() -> Self {
+        Self {
+            doc: toml_edit::DocumentMut::new(),
+            header: true,
+        }
+    }
+
+    pub fn contains(&self, name: &ServerName) -> bool {
+        self.doc
+            .get("servers")
+            .and_then(|s| s.as_table_like())
+            .is_some_and(|t| t.contains_key(name.as_str()))
+    }
+
+    /// Adds a `[servers.NAME]` table. The caller checks for duplicates.
+    pub fn add(&mut self, name: &ServerName, server: &NewServer) {
+        use toml_edit::{Array, Item, Table, value};
+        let servers = self
+            .doc
+            .entry("servers")
+            .or_insert_with(|| {
+                let mut t = Table::new();
+                t.set_implicit(true);
+                Item::Table(t)
+            })
+            .as_table_mut()
+            .expect("servers is a table (validated)");
+        let mut table = Table::new();
+        table.insert("url", value(server.url.trim()));
+        if let Some(id) = &server.client_id {
+            table.insert("client_id", value(id.as_str()));
+        }
+        if let Some(file) = &server.client_secret_file {
+            table.insert("client_secret_file", value(file.to_string_lossy().as_ref()));
+        }
+        if !server.scopes.is_empty() {
+            let scopes: Array = server.scopes.iter().map(String::as_str).collect();
+            table.insert("scopes", value(scopes));
+        }
+        if let Some(port) = server.callback_port {
+            table.insert("callback_port", value(i64::from(port)));
+        }
+        if let Some(url) = &server.client_metadata_url {
+            table.insert("client_metadata_url", value(url.as_str()));
+        }
+        servers.insert(name.as_str(), Item::Table(table));
+    }
+
+    /// Removes `[servers.NAME]` and the comments directly above it.
+    /// Comments separated from the table by a blank line belong to the file
+    /// (a preamble, a note on the next section) and stay.
+    pub fn remove(&mut self, name: &ServerName) -> bool {
+        let Some(servers) = self.doc.get_mut("servers").and_then(|s| s.as_table_mut()) else {
+            return false;
+        };
+        let Some(removed) = servers.remove(name.as_str()) else {
+            return false;
+        };
+        let Some(table) = removed.as_table() else {
+            return true;
+        };
+        let prefix = table
+            .decor()
+            .prefix()
+            .and_then(|p| p.as_str())
+            .unwrap_or("");
+        let kept = prefix.rfind("\n\n").map_or("", |i| &prefix[..i + 2]);
+        if kept.trim().is_empty() {
+            return true;
+        }
+        let position = table.position();
+        let next = servers
+            .iter_mut()
+            .filter_map(|(_, item)| item.as_table_mut())
+            .filter(|t| t.position() > position)
+            .min_by_key(|t| t.position());
+        match next {
+            Some(next) => {
+                let old = next
+                    .decor()
+                    .prefix()
+                    .and_then(|p| p.as_str())
+                    .unwrap_or("")
+                    .to_string();
+                next.decor_mut().set_prefix(format!("{kept}{old}"));
+            }
+            None => {
+                let old = self.doc.trailing().as_str().unwrap_or("").to_string();
+                self.doc.set_trailing(format!("{kept}{old}"));
+            }
+        }
+        true
+    }
+
+    pub fn to_text(&self) -> String {
+        if self.header {
+            format!("{NEW_FILE_HEADER}\n{}", self.doc)
+        } else {
+            self.doc.to_string()
+        }
+    }
+}
+
+/// Writes `text` to `path` atomically: a temporary file in the same
+/// directory, fsync, rename, fsync of the directory. An existing file keeps
+/// its permission bits; a new one is 0600 (it may hold a client secret).
+pub fn write_atomically(path: &Path, text: &str) -> Result<(), ConfigError> {
+    let err = |source| ConfigError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mode = std::fs::metadata(path)
+        .map(|m| m.permissions().mode() & 0o7777)
+        .unwrap_or(0o600);
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        path.file_name()
+            .map_or("config".into(), |n| n.to_string_lossy()),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        file.write_all(text.as_bytes())?;
+        file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("config.toml"))
+    }
+
+    #[test]
+    fn names_follow_the_documented_alphabet() {
+        for ok in ["linear", "a", "A.b_c-9", &"x".repeat(64)] {
+            assert!(ServerName::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "../x",
+            &"x".repeat(65),
+            "a b",
+            "a/b",
+            ".",
+            "..",
+            "é",
+            "a\0b",
+        ] {
+            assert!(ServerName::parse(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn parses_every_field() {
+        let cfg = parse(
+            r#"
+            [servers.linear]
+            url = "https://mcp.linear.app/mcp"
+            client_id = "abc"
+            client_secret = "s3cr3t"
+            scopes = ["read", "write"]
+            callback_port = 33418
+            client_metadata_url = "https://example.com/client.json"
+
+            [servers.local]
+            url = "http://127.0.0.1:8080/mcp"
+            "#,
+        )
+        .unwrap();
+        let linear = &cfg.servers[&ServerName::parse("linear").unwrap()];
+        assert_eq!(linear.url.as_str(), "https://mcp.linear.app/mcp");
+        assert_eq!(linear.client_id.as_deref(), Some("abc"));
+        assert_eq!(
+            linear.client_secret,
+            Some(ClientSecret::Inline(Secret::new("s3cr3t")))
+        );
+        assert_eq!(linear.scopes, ["read", "write"]);
+        assert_eq!(linear.callback_port, Some(33418));
+        assert_eq!(cfg.servers.len(), 2);
+        assert!(parse("").unwrap().servers.is_empty());
+    }
+
+    #[test]
+    fn refuses_bad_servers_with_a_reason() {
+        let cases = [
+            ("[servers.x]\nurl = \"http://example.com\"", "loopback"),
+            ("[servers.x]\nurl = \"https://e.com/#f\"", "fragment"),
+            ("[servers.x]\nurl = \"https://u:p@e.com/\"", "user name"),
+            ("[servers.\"a/b\"]\nurl = \"https://e.com\"", "not allowed"),
+            (
+                "[servers.x]\nurl = \"https://e.com\"\ncolor = 1",
+                "unknown field",
+            ),
+            (
+                "[servers.x]\nurl = \"https://e.com\"\nclient_id=\"a\"\nclient_secret=\"b\"\nclient_secret_file=\"c\"",
+                "not both",
+            ),
+            (
+                "[servers.x]\nurl = \"https://e.com\"\nclient_secret=\"b\"",
+                "needs a client_id",
+            ),
+            (
+                "[servers.x]\nurl = \"https://e.com\"\nscopes=[\"a b\"]",
+                "scope",
+            ),
+            (
+                "[servers.x]\nurl = \"https://e.com\"\ncallback_port=0",
+                "port",
+            ),
+        ];
+        for (text, expected) in cases {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains(expected), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn syntax_errors_locate_the_problem_without_quoting_secrets() {
+        let text = "[servers.x]\nurl = \"https://e.com\"\nclient_id = \"a\"\nclient_secret = \"hunter2-secret\n";
+        let err = parse(text).unwrap_err();
+        let shown = err.to_string();
+        assert!(
+            matches!(err, ConfigError::Syntax { line: 4, .. }),
+            "{shown}"
+        );
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(!format!("{err:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn debug_output_redacts_inline_secrets() {
+        let cfg = parse(
+            "[servers.x]\nurl = \"https://e.com\"\nclient_id = \"a\"\nclient_secret = \"hunter2-secret\"",
+        )
+        .unwrap();
+        assert!(!format!("{cfg:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn edits_keep_comments_and_layout() {
+        let text = "# my servers\n\n[servers.a]   # first\nurl = \"https://a.example\" # A\n\n# keep me\n[servers.b]\nurl = \"https://b.example\"\n";
+        let mut doc = ConfigDocument::parse(text, Path::new("c")).unwrap();
+        let c = ServerName::parse("c").unwrap();
+        assert!(!doc.contains(&c));
+        doc.add(
+            &c,
+            &NewServer {
+                name: "c".into(),
+                url: "https://c.example/mcp".into(),
+                scopes: vec!["read".into()],
+                callback_port: Some(4000),
+                ..Default::default()
+            },
+        );
+        let out = doc.to_text();
+        assert!(out.starts_with(text), "existing text unchanged:\n{out}");
+        let cfg = parse(&out).unwrap();
+        assert_eq!(cfg.servers[&c].scopes, ["read"]);
+        assert_eq!(cfg.servers[&c].callback_port, Some(4000));
+
+        let mut doc = ConfigDocument::parse(&out, Path::new("c")).unwrap();
+        assert!(doc.remove(&ServerName::parse("a").unwrap()));
+        assert!(!doc.remove(&ServerName::parse("zzz").unwrap()));
+        let out = doc.to_text();
+        assert!(out.contains("# my servers"), "{out}");
+        assert!(out.contains("# keep me"), "{out}");
+        assert!(!out.contains("a.example"), "{out}");
+        assert_eq!(parse(&out).unwrap().servers.len(), 2);
+    }
+
+    #[test]
+    fn new_file_gets_a_header_and_parses() {
+        let mut doc = ConfigDocument::new_file();
+        let name = ServerName::parse("x").unwrap();
+        doc.add(
+            &name,
+            &NewServer {
+                url: "https://x.example".into(),
+                ..Default::default()
+            },
+        );
+        let text = doc.to_text();
+        assert!(text.starts_with("# mcpauth configuration"));
+        assert!(text.contains("[servers.x]"), "{text}");
+        assert!(parse(&text).unwrap().servers.contains_key(&name));
+    }
+
+    #[test]
+    fn atomic_write_keeps_mode_and_creates_private_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        write_atomically(&path, "a = 1\n").unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        write_atomically(&path, "a = 2\n").unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o640);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "a = 2\n");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+}

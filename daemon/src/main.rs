@@ -1,0 +1,80 @@
+//! `mcpauthd`: a thin shell over the `mcpauthd` library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use mcpauth_proto::{env, paths};
+use mcpauthd::broker::Paths;
+use mcpauthd::logging::{self, LogFormat};
+
+/// The mcpauth broker: one OAuth client per user for every remote MCP server.
+///
+/// Runs in the foreground (never forks); use systemd, launchd or
+/// `mcpauthctl` (which starts it on demand) to run it in the background.
+#[derive(Parser)]
+#[command(name = "mcpauthd", version, about, long_about)]
+struct Args {
+    /// Unix socket to listen on.
+    #[arg(long, env = env::SOCKET, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Directory of the persistent state (sled).
+    #[arg(long, env = env::STATE_DIR, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Path of config.toml.
+    #[arg(long, env = env::CONFIG, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Log format on stderr.
+    #[arg(long, env = env::LOG_FORMAT, value_enum, default_value = "human")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the whole state as JSON (the daemon must be stopped: the store
+    /// is locked while it runs). The output contains the stored credentials.
+    Export,
+}
+
+fn main() -> ExitCode {
+    mcpauthd::harden_process();
+    let args = Args::parse();
+    logging::init(args.log_format);
+    let paths = Paths {
+        socket: args.socket.unwrap_or_else(paths::socket_path),
+        state_dir: args.state_dir.unwrap_or_else(paths::state_dir),
+        config: args.config.unwrap_or_else(paths::config_path),
+    };
+    let result = match args.command {
+        Some(Command::Export) => export(&paths),
+        None => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the runtime: {e}"))
+            .and_then(|rt| rt.block_on(mcpauthd::run(paths)).map_err(|e| e.to_string())),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("mcpauthd: error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn export(paths: &Paths) -> Result<(), String> {
+    let store = mcpauthd::store::Store::open(&paths.state_dir).map_err(|e| match e {
+        mcpauthd::store::StoreError::Locked { .. } => {
+            format!("{e}; stop it first with `mcpauthctl stop`")
+        }
+        other => other.to_string(),
+    })?;
+    let json = store.export().map_err(|e| e.to_string())?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&json).expect("JSON value serialises")
+    );
+    Ok(())
+}

@@ -1,0 +1,300 @@
+//! The gRPC adapter: the only daemon module that knows tonic and prost.
+//!
+//! Each handler checks the client's protocol number, calls the broker, and
+//! converts domain types to wire types (the `From` impls below). Typed
+//! broker errors map to gRPC codes: invalid input -> INVALID_ARGUMENT,
+//! unknown server -> NOT_FOUND, duplicate -> ALREADY_EXISTS, a broken config
+//! file -> FAILED_PRECONDITION, storage trouble -> INTERNAL.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use mcpauth_proto::v1::{self as pb, broker_server};
+use mcpauth_proto::{PROTOCOL, PROTOCOL_METADATA};
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use tracing::warn;
+
+use crate::broker::{AuthState, Broker, BrokerError, DaemonStatus, Event, EventKind, ServerView};
+use crate::config::{ClientSecret, NewServer, ServerName};
+
+pub struct BrokerService {
+    broker: Arc<Broker>,
+}
+
+impl BrokerService {
+    pub fn new(broker: Arc<Broker>) -> Self {
+        Self { broker }
+    }
+
+    pub fn into_server(self) -> broker_server::BrokerServer<Self> {
+        broker_server::BrokerServer::new(self)
+    }
+}
+
+/// Refuses a client that announces another protocol. A client that sends
+/// nothing (grpcurl, another language) is served: the contract is the
+/// `.proto`, and a mismatch shows up there as unknown fields.
+fn check_protocol<T>(request: &Request<T>) -> Result<(), Status> {
+    let Some(value) = request.metadata().get(PROTOCOL_METADATA) else {
+        return Ok(());
+    };
+    match value.to_str().ok().and_then(|v| v.parse::<u32>().ok()) {
+        Some(PROTOCOL) => Ok(()),
+        Some(theirs) => Err(Status::failed_precondition(format!(
+            "protocol mismatch: the client speaks mcpauth protocol {theirs}, this mcpauthd {} speaks {PROTOCOL}; \
+             restart the daemon with the matching version (mcpauthctl stop)",
+            env!("CARGO_PKG_VERSION")
+        ))),
+        None => Err(Status::invalid_argument(format!(
+            "{PROTOCOL_METADATA} must be a number"
+        ))),
+    }
+}
+
+impl From<BrokerError> for Status {
+    fn from(e: BrokerError) -> Self {
+        let message = e.to_string();
+        match e {
+            BrokerError::NotFound(_) => Status::not_found(message),
+            BrokerError::AlreadyExists(_) => Status::already_exists(message),
+            BrokerError::Invalid(_) => Status::invalid_argument(message),
+            BrokerError::ConfigBroken(_) => Status::failed_precondition(message),
+            BrokerError::Config(_) | BrokerError::Store(_) => {
+                warn!(error = %message, "request failed");
+                Status::internal(message)
+            }
+        }
+    }
+}
+
+fn auth_state(state: AuthState) -> pb::AuthState {
+    match state {
+        AuthState::LoginRequired => pb::AuthState::LoginRequired,
+    }
+}
+
+impl From<ServerView> for pb::Server {
+    fn from(v: ServerView) -> Self {
+        let record = v
+            .record
+            .unwrap_or_else(|| crate::state::ServerRecord::new(&v.config.url, 0));
+        pb::Server {
+            name: v.name.to_string(),
+            url: v.config.url.to_string(),
+            client_id: v.config.client_id.unwrap_or_default(),
+            has_client_secret: matches!(
+                v.config.client_secret,
+                Some(ClientSecret::Inline(_) | ClientSecret::File(_))
+            ),
+            scopes: v.config.scopes,
+            callback_port: v.config.callback_port.map_or(0, u32::from),
+            client_metadata_url: v
+                .config
+                .client_metadata_url
+                .map(|u| u.to_string())
+                .unwrap_or_default(),
+            state: auth_state(v.state).into(),
+            token_expires_at_unix_ms: 0,
+            last_refresh_unix_ms: record.last_refresh_ms.unwrap_or(0),
+            last_error: record.last_error.unwrap_or_default(),
+            added_at_unix_ms: record.added_at_ms,
+        }
+    }
+}
+
+impl From<DaemonStatus> for pb::StatusReply {
+    fn from(s: DaemonStatus) -> Self {
+        pb::StatusReply {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            protocol: PROTOCOL,
+            pid: s.pid,
+            uptime_ms: s.uptime_ms,
+            socket_path: s.paths.socket.display().to_string(),
+            state_dir: s.paths.state_dir.display().to_string(),
+            config_path: s.paths.config.display().to_string(),
+            config: Some(pb::ConfigHealth {
+                loaded_at_unix_ms: s.config.loaded_at_ms,
+                error: s.config.error.unwrap_or_default(),
+                error_at_unix_ms: s.config.error_at_ms,
+            }),
+            servers: s.servers.into_iter().map(Into::into).collect(),
+            socket_activated: s.socket_activated,
+        }
+    }
+}
+
+impl From<Event> for pb::Event {
+    fn from(e: Event) -> Self {
+        use pb::event::Kind;
+        let kind = match e.kind {
+            EventKind::ServerAdded { url } => Kind::ServerAdded(pb::ServerAdded { url }),
+            EventKind::ServerRemoved => Kind::ServerRemoved(pb::ServerRemoved {}),
+            EventKind::ServerChanged { url } => Kind::ServerChanged(pb::ServerChanged { url }),
+            EventKind::ConfigRejected { error } => {
+                Kind::ConfigRejected(pb::ConfigRejected { error })
+            }
+        };
+        pb::Event {
+            at_unix_ms: e.at_ms,
+            server: e.server.map(|s| s.to_string()).unwrap_or_default(),
+            kind: Some(kind),
+        }
+    }
+}
+
+fn optional(s: String) -> Option<String> {
+    Some(s).filter(|s| !s.is_empty())
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl broker_server::Broker for BrokerService {
+    async fn status(
+        &self,
+        _request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusReply>, Status> {
+        Ok(Response::new(self.broker.status()?.into()))
+    }
+
+    async fn shutdown(
+        &self,
+        _request: Request<pb::ShutdownRequest>,
+    ) -> Result<Response<pb::ShutdownReply>, Status> {
+        tracing::info!("shutdown requested by a client");
+        self.broker.shutdown().trigger();
+        Ok(Response::new(pb::ShutdownReply {}))
+    }
+
+    async fn list_servers(
+        &self,
+        request: Request<pb::ListServersRequest>,
+    ) -> Result<Response<pb::ListServersReply>, Status> {
+        check_protocol(&request)?;
+        let servers = self.broker.list()?.into_iter().map(Into::into).collect();
+        Ok(Response::new(pb::ListServersReply { servers }))
+    }
+
+    async fn get_server(
+        &self,
+        request: Request<pb::GetServerRequest>,
+    ) -> Result<Response<pb::Server>, Status> {
+        check_protocol(&request)?;
+        Ok(Response::new(
+            self.broker.get(&request.into_inner().name)?.into(),
+        ))
+    }
+
+    async fn add_server(
+        &self,
+        request: Request<pb::AddServerRequest>,
+    ) -> Result<Response<pb::Server>, Status> {
+        check_protocol(&request)?;
+        let r = request.into_inner();
+        let callback_port = match r.callback_port {
+            0 => None,
+            p => Some(u16::try_from(p).map_err(|_| {
+                Status::invalid_argument(format!("callback port {p} is not a TCP port (1-65535)"))
+            })?),
+        };
+        let new = NewServer {
+            name: r.name,
+            url: r.url,
+            client_id: optional(r.client_id),
+            client_secret_file: optional(r.client_secret_file).map(Into::into),
+            scopes: r.scopes,
+            callback_port,
+            client_metadata_url: optional(r.client_metadata_url),
+        };
+        Ok(Response::new(self.broker.add(new).await?.into()))
+    }
+
+    async fn remove_server(
+        &self,
+        request: Request<pb::RemoveServerRequest>,
+    ) -> Result<Response<pb::RemoveServerReply>, Status> {
+        check_protocol(&request)?;
+        self.broker.remove(&request.into_inner().name).await?;
+        Ok(Response::new(pb::RemoveServerReply {}))
+    }
+
+    type WatchStream = EventStream;
+
+    async fn watch(
+        &self,
+        request: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        check_protocol(&request)?;
+        let filter = match optional(request.into_inner().server) {
+            None => None,
+            Some(name) => Some(ServerName::parse(&name).map_err(BrokerError::from)?),
+        };
+        let mut events = self.broker.subscribe();
+        let shutdown = self.broker.shutdown().wait();
+        let (tx, rx) = mpsc::channel(16);
+        // The stream ends when the daemon shuts down, so an open Watch
+        // never holds up a graceful shutdown, or when the client goes away.
+        tokio::spawn(async move {
+            tokio::pin!(shutdown);
+            loop {
+                let event = tokio::select! {
+                    _ = &mut shutdown => break,
+                    _ = tx.closed() => break,
+                    event = events.recv() => event,
+                };
+                let item = match event {
+                    Ok(event) => {
+                        if filter
+                            .as_ref()
+                            .is_some_and(|f| event.server.as_ref() != Some(f))
+                        {
+                            continue;
+                        }
+                        Ok(event.into())
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        Err(Status::resource_exhausted(format!(
+                            "the watcher fell {n} events behind; reconnect and re-read the state"
+                        )))
+                    }
+                    Err(broadcast::error::RecvError::Closed) => break,
+                };
+                let last = item.is_err();
+                if tx.send(item).await.is_err() || last {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request_with(protocol: Option<&str>) -> Request<()> {
+        let mut r = Request::new(());
+        if let Some(p) = protocol {
+            r.metadata_mut()
+                .insert(PROTOCOL_METADATA, p.parse().unwrap());
+        }
+        r
+    }
+
+    #[test]
+    fn protocol_handshake() {
+        assert!(check_protocol(&request_with(None)).is_ok());
+        assert!(check_protocol(&request_with(Some(&PROTOCOL.to_string()))).is_ok());
+        let err = check_protocol(&request_with(Some("999"))).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+        assert!(err.message().contains("protocol 999"), "{}", err.message());
+        assert_eq!(
+            check_protocol(&request_with(Some("x"))).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
+    }
+}

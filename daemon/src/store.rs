@@ -1,0 +1,314 @@
+//! The daemon's persistent state, in sled. The only module that knows sled.
+//!
+//! Layout: one sled database in `<state dir>/store`, with trees
+//! - `meta`: `schema_version` (a big-endian u32) and `last_good_config`
+//!   (the text of the last valid `config.toml`, so a broken edit never
+//!   takes servers away, even across a restart);
+//! - `servers`: server name -> [`ServerRecord`] as versioned JSON.
+//!
+//! Later trees (grants, registrations, pending flows) key their entries as
+//! `<server name>\0<rest>`, so [`Store::delete_server`] can remove every
+//! trace of a server by prefix.
+//!
+//! Durability: every write method flushes before it returns, so the caller
+//! (and the RPC client behind it) only hears of a change that is on disk.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use crate::config::ServerName;
+use crate::state::ServerRecord;
+
+/// The layout version written in `meta/schema_version`.
+pub const SCHEMA_VERSION: u32 = 1;
+/// Bound on sled's page cache: the state is small, the daemon should be too.
+const CACHE_BYTES: u64 = 8 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "the state in {path} is already open in another process (is another mcpauthd running?)"
+    )]
+    Locked { path: PathBuf },
+    #[error("cannot open the state in {path}: {message}")]
+    Open { path: PathBuf, message: String },
+    #[error(
+        "the state in {path} has schema version {found}, newer than this mcpauthd understands ({SCHEMA_VERSION}); upgrade mcpauthd"
+    )]
+    TooNew { path: PathBuf, found: u32 },
+    #[error("state storage failed: {0}")]
+    Io(String),
+    #[error("stored record {key:?} is unreadable: {message}")]
+    Corrupt { key: String, message: String },
+}
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        StoreError::Io(e.to_string())
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Versioned<T> {
+    v: u32,
+    #[serde(flatten)]
+    data: T,
+}
+
+pub struct Store {
+    path: PathBuf,
+    db: sled::Db,
+    meta: sled::Tree,
+    servers: sled::Tree,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `dir/store`. The caller has
+    /// made `dir` private (0700) and set the umask to 077.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let path = dir.join("store");
+        let db = sled::Config::new()
+            .path(&path)
+            .cache_capacity(CACHE_BYTES)
+            .open()
+            .map_err(|e| match e {
+                sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
+                    StoreError::Locked { path: path.clone() }
+                }
+                sled::Error::Io(io) if io.to_string().contains("lock") => {
+                    StoreError::Locked { path: path.clone() }
+                }
+                other => StoreError::Open {
+                    path: path.clone(),
+                    message: other.to_string(),
+                },
+            })?;
+        let meta = db.open_tree("meta")?;
+        let servers = db.open_tree("servers")?;
+        let store = Self {
+            path,
+            db,
+            meta,
+            servers,
+        };
+        match store.meta.get("schema_version")? {
+            None => {
+                store
+                    .meta
+                    .insert("schema_version", &SCHEMA_VERSION.to_be_bytes())?;
+                store.db.flush()?;
+            }
+            Some(raw) => {
+                let found = <[u8; 4]>::try_from(raw.as_ref())
+                    .map(u32::from_be_bytes)
+                    .map_err(|_| StoreError::Corrupt {
+                        key: "schema_version".into(),
+                        message: "not a u32".into(),
+                    })?;
+                if found > SCHEMA_VERSION {
+                    return Err(StoreError::TooNew {
+                        path: store.path.clone(),
+                        found,
+                    });
+                }
+            }
+        }
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// Flushes everything; called on shutdown.
+    pub fn flush_blocking(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn decode<T: DeserializeOwned>(key: &str, raw: &[u8]) -> Result<T, StoreError> {
+        let v: Versioned<T> = serde_json::from_slice(raw).map_err(|e| StoreError::Corrupt {
+            key: key.to_string(),
+            message: e.to_string(),
+        })?;
+        Ok(v.data)
+    }
+
+    fn encode<T: Serialize>(data: &T) -> Vec<u8> {
+        serde_json::to_vec(&Versioned {
+            v: SCHEMA_VERSION,
+            data,
+        })
+        .expect("records serialise")
+    }
+
+    pub fn server(&self, name: &ServerName) -> Result<Option<ServerRecord>, StoreError> {
+        self.servers
+            .get(name.as_str())?
+            .map(|raw| Self::decode(name.as_str(), &raw))
+            .transpose()
+    }
+
+    /// Every server record, by name. Unreadable records are reported, not
+    /// skipped: silently dropping state is how grants get lost.
+    pub fn servers(&self) -> Result<Vec<(String, ServerRecord)>, StoreError> {
+        self.servers
+            .iter()
+            .map(|entry| {
+                let (k, v) = entry?;
+                let key = String::from_utf8_lossy(&k).into_owned();
+                let record = Self::decode(&key, &v)?;
+                Ok((key, record))
+            })
+            .collect()
+    }
+
+    pub async fn put_server(
+        &self,
+        name: &ServerName,
+        record: &ServerRecord,
+    ) -> Result<(), StoreError> {
+        self.servers.insert(name.as_str(), Self::encode(record))?;
+        self.flush().await
+    }
+
+    /// Deletes every trace of a server: its record and, in every other
+    /// tree, the keys under the prefix `<name>\0`.
+    pub async fn delete_server(&self, name: &str) -> Result<(), StoreError> {
+        self.servers.remove(name)?;
+        let mut prefix = name.as_bytes().to_vec();
+        prefix.push(0);
+        for tree_name in self.db.tree_names() {
+            if tree_name == b"meta" || tree_name == b"servers" || tree_name == b"__sled__default" {
+                continue;
+            }
+            let tree = self.db.open_tree(&tree_name)?;
+            for key in tree.scan_prefix(&prefix).keys() {
+                tree.remove(key?)?;
+            }
+        }
+        self.flush().await
+    }
+
+    pub fn last_good_config(&self) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .meta
+            .get("last_good_config")?
+            .map(|raw| String::from_utf8_lossy(&raw).into_owned()))
+    }
+
+    pub async fn set_last_good_config(&self, text: &str) -> Result<(), StoreError> {
+        if self.last_good_config()?.as_deref() == Some(text) {
+            return Ok(());
+        }
+        self.meta.insert("last_good_config", text.as_bytes())?;
+        self.flush().await
+    }
+
+    /// The whole state as JSON: `{"schema_version": N, "servers": {...}}`.
+    /// It holds whatever secrets the state holds; the caller decides where
+    /// it goes.
+    pub fn export(&self) -> Result<serde_json::Value, StoreError> {
+        let mut servers = serde_json::Map::new();
+        for (name, record) in self.servers()? {
+            servers.insert(
+                name,
+                serde_json::to_value(Versioned {
+                    v: SCHEMA_VERSION,
+                    data: record,
+                })
+                .expect("records serialise"),
+            );
+        }
+        Ok(serde_json::json!({
+            "schema_version": SCHEMA_VERSION,
+            "servers": servers,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(s: &str) -> ServerName {
+        ServerName::parse(s).unwrap()
+    }
+
+    #[tokio::test]
+    async fn records_survive_reopen_and_carry_a_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = url::Url::parse("https://a.example/mcp").unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store
+                .put_server(&name("a"), &ServerRecord::new(&url, 42))
+                .await
+                .unwrap();
+            store.set_last_good_config("x = 1").await.unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let record = store.server(&name("a")).unwrap().unwrap();
+        assert_eq!(record.added_at_ms, 42);
+        assert_eq!(record.url, "https://a.example/mcp");
+        assert_eq!(store.last_good_config().unwrap().as_deref(), Some("x = 1"));
+        let export = store.export().unwrap();
+        assert_eq!(export["schema_version"], SCHEMA_VERSION);
+        assert_eq!(export["servers"]["a"]["v"], SCHEMA_VERSION);
+        assert_eq!(export["servers"]["a"]["added_at_ms"], 42);
+    }
+
+    #[tokio::test]
+    async fn delete_removes_every_trace_by_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let url = url::Url::parse("https://a.example/").unwrap();
+        store
+            .put_server(&name("a"), &ServerRecord::new(&url, 1))
+            .await
+            .unwrap();
+        store
+            .put_server(&name("ab"), &ServerRecord::new(&url, 1))
+            .await
+            .unwrap();
+        let other = store.db.open_tree("grants").unwrap();
+        other.insert(b"a\0issuer", b"x").unwrap();
+        other.insert(b"ab\0issuer", b"y").unwrap();
+        store.delete_server("a").await.unwrap();
+        assert!(store.server(&name("a")).unwrap().is_none());
+        assert!(store.server(&name("ab")).unwrap().is_some());
+        assert!(other.get(b"a\0issuer").unwrap().is_none());
+        assert!(other.get(b"ab\0issuer").unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn refuses_state_from_a_newer_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store
+                .meta
+                .insert("schema_version", &(SCHEMA_VERSION + 1).to_be_bytes())
+                .unwrap();
+            store.flush_blocking().unwrap();
+        }
+        assert!(matches!(
+            Store::open(dir.path()),
+            Err(StoreError::TooNew { .. })
+        ));
+    }
+
+    #[test]
+    fn a_second_open_is_refused_while_the_first_holds_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = Store::open(dir.path()).unwrap();
+        let err = Store::open(dir.path()).err().expect("second open fails");
+        assert!(matches!(err, StoreError::Locked { .. }), "{err:?}");
+    }
+}

@@ -1,0 +1,68 @@
+//! The wire contract of the mcpauth broker and the conventions every client
+//! shares with the daemon.
+//!
+//! - [`v1`]: code generated from `mcpauth/v1/broker.proto` (package
+//!   `mcpauth.v1`). Only the daemon's RPC layer and the client library use
+//!   it; domain code converts to and from these types at that edge.
+//! - [`PROTOCOL`] and [`PROTOCOL_METADATA`]: the handshake.
+//! - [`paths`]: where the socket, the state and the config live by default.
+//! - [`env`]: the environment variables the tools read.
+
+pub mod paths;
+
+/// Generated gRPC types and stubs for `mcpauth.v1`.
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod v1 {
+    tonic::include_proto!("mcpauth.v1");
+}
+
+/// The protocol number. Bumped on any incompatible change of the contract;
+/// reported by `Status` and sent by clients in [`PROTOCOL_METADATA`].
+pub const PROTOCOL: u32 = 1;
+
+/// Request metadata key carrying the client's [`PROTOCOL`].
+pub const PROTOCOL_METADATA: &str = "mcpauth-protocol";
+
+/// Environment variables read by `mcpauthd` and `mcpauthctl`.
+///
+/// Claude Code strips variables whose names contain TOKEN, SECRET, PASSWORD,
+/// KEY or AUTH from the helper processes it starts (`headersHelper`), so no
+/// name here may contain one of those words. That rules out an `MCPAUTH_`
+/// prefix; the tools use `MCP_BROKER_` instead.
+pub mod env {
+    /// Path of the daemon's Unix socket.
+    pub const SOCKET: &str = "MCP_BROKER_SOCKET";
+    /// Directory of the daemon's persistent state.
+    pub const STATE_DIR: &str = "MCP_BROKER_STATE_DIR";
+    /// Path of `config.toml`.
+    pub const CONFIG: &str = "MCP_BROKER_CONFIG";
+    /// Log filter directive (`RUST_LOG` syntax); `RUST_LOG` is the fallback.
+    pub const LOG: &str = "MCP_BROKER_LOG";
+    /// `human` (default) or `json`.
+    pub const LOG_FORMAT: &str = "MCP_BROKER_LOG_FORMAT";
+    /// Path of the `mcpauthd` binary the CLI starts on demand.
+    pub const DAEMON_BIN: &str = "MCP_BROKER_DAEMON";
+
+    /// Every variable above, for the naming check.
+    pub const ALL: &[&str] = &[SOCKET, STATE_DIR, CONFIG, LOG, LOG_FORMAT, DAEMON_BIN];
+
+    /// The words Claude Code filters out of helper environments.
+    pub const STRIPPED_WORDS: &[&str] = &["TOKEN", "SECRET", "PASSWORD", "KEY", "AUTH"];
+}
+
+#[cfg(test)]
+mod tests {
+    use super::env;
+
+    #[test]
+    fn no_environment_variable_is_stripped_by_claude_code() {
+        for name in env::ALL {
+            for word in env::STRIPPED_WORDS {
+                assert!(
+                    !name.to_ascii_uppercase().contains(word),
+                    "{name} contains {word}; Claude Code would strip it"
+                );
+            }
+        }
+    }
+}
