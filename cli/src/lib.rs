@@ -1,1 +1,320 @@
+//! `mcpauth_client`: a small client library for the mcpauth broker.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), mcpauth_client::ClientError> {
+//! let opts = mcpauth_client::ConnectOptions::from_env();
+//! let mut client = mcpauth_client::connect(&opts).await?;
+//! let status = client.status().await?;
+//! println!("mcpauthd {} with {} servers", status.version, status.servers.len());
+//! # Ok(()) }
+//! ```
+//!
+//! - [`Client`]: typed calls over the daemon's Unix socket; every request
+//!   carries the protocol number, which the daemon checks.
+//! - [`connect`]: connects, starting the daemon first when nothing listens
+//!   (unless told not to, or the daemon is managed by systemd/launchd).
+//! - [`ClientError`]: what went wrong, with the exit code the CLI uses.
 
+pub mod autostart;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use hyper_util::rt::TokioIo;
+use mcpauth_proto::v1::broker_client::BrokerClient;
+use mcpauth_proto::{PROTOCOL, PROTOCOL_METADATA};
+use tokio::net::UnixStream;
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+pub use mcpauth_proto::v1 as pb;
+
+/// Exit codes shared by every `mcpauthctl` command.
+pub mod exit {
+    pub const OK: u8 = 0;
+    pub const FAILURE: u8 = 1;
+    pub const USAGE: u8 = 2;
+    pub const UNREACHABLE: u8 = 3;
+    pub const LOGIN_REQUIRED: u8 = 4;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("mcpauthd is not running (nothing listens on {socket})")]
+    NotRunning { socket: PathBuf },
+    #[error("cannot reach mcpauthd at {socket}: {reason}")]
+    Unreachable { socket: PathBuf, reason: String },
+    #[error(
+        "protocol mismatch: mcpauthctl {client_version} speaks protocol {PROTOCOL}, mcpauthd {daemon_version} speaks {daemon_protocol}"
+    )]
+    ProtocolMismatch {
+        client_version: &'static str,
+        daemon_version: String,
+        daemon_protocol: u32,
+    },
+    #[error("{message}")]
+    Rpc { code: tonic::Code, message: String },
+    #[error("could not start mcpauthd: {0}")]
+    Autostart(String),
+    #[error("mcpauthd is managed by {manager} but not running")]
+    Managed {
+        manager: &'static str,
+        start: &'static str,
+    },
+}
+
+impl ClientError {
+    /// The documented exit code for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ClientError::NotRunning { .. }
+            | ClientError::Unreachable { .. }
+            | ClientError::Managed { .. }
+            | ClientError::Autostart(_) => exit::UNREACHABLE,
+            ClientError::ProtocolMismatch { .. } => exit::FAILURE,
+            ClientError::Rpc { code, .. } => match code {
+                tonic::Code::InvalidArgument
+                | tonic::Code::NotFound
+                | tonic::Code::AlreadyExists
+                | tonic::Code::OutOfRange => exit::USAGE,
+                tonic::Code::Unauthenticated => exit::LOGIN_REQUIRED,
+                tonic::Code::Unavailable => exit::UNREACHABLE,
+                _ => exit::FAILURE,
+            },
+        }
+    }
+
+    /// The next step for a person, if there is an obvious one.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            ClientError::NotRunning { .. } => {
+                Some("start it with `mcpauthd`, or run without --no-autostart".into())
+            }
+            ClientError::Unreachable { .. } => Some(
+                "check that mcpauthd runs as your user (`mcpauthctl status`); its log is in the state directory".into(),
+            ),
+            ClientError::ProtocolMismatch { .. } => Some(
+                "restart the daemon so the matching version runs: `mcpauthctl stop`, then run your command again"
+                    .into(),
+            ),
+            ClientError::Managed { start, .. } => Some(format!("start it with `{start}`")),
+            ClientError::Autostart(_) => Some("run `mcpauthd` in a terminal to see why".into()),
+            ClientError::Rpc { code, .. } => match code {
+                tonic::Code::NotFound => Some("see `mcpauthctl list` for the configured servers".into()),
+                tonic::Code::Unavailable => Some("is mcpauthd still running? see `mcpauthctl status`".into()),
+                _ => None,
+            },
+        }
+    }
+
+    fn from_status(status: tonic::Status, socket: &Path) -> Self {
+        match status.code() {
+            // A connection the daemon closed (or that broke) surfaces as
+            // UNAVAILABLE/UNKNOWN with a transport message.
+            tonic::Code::Unavailable | tonic::Code::Unknown
+                if status.message().contains("transport")
+                    || status.message().contains("connection")
+                    || status.message().contains("h2") =>
+            {
+                ClientError::Unreachable {
+                    socket: socket.to_path_buf(),
+                    reason: "the connection was closed (the daemon only serves its own user)"
+                        .into(),
+                }
+            }
+            code => ClientError::Rpc {
+                code,
+                message: status.message().to_string(),
+            },
+        }
+    }
+}
+
+/// Adds the protocol number to every request.
+#[derive(Clone, Copy)]
+pub struct ProtocolInterceptor;
+
+impl Interceptor for ProtocolInterceptor {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        request
+            .metadata_mut()
+            .insert(PROTOCOL_METADATA, PROTOCOL.into());
+        Ok(request)
+    }
+}
+
+type Inner = BrokerClient<InterceptedService<Channel, ProtocolInterceptor>>;
+
+/// A connection to mcpauthd.
+#[derive(Clone)]
+pub struct Client {
+    inner: Inner,
+    socket: PathBuf,
+}
+
+/// How to reach the daemon.
+#[derive(Clone, Debug)]
+pub struct ConnectOptions {
+    pub socket: PathBuf,
+    /// Start the daemon when nothing listens on the socket.
+    pub autostart: bool,
+}
+
+impl ConnectOptions {
+    /// The socket from `$MCP_BROKER_SOCKET` or the default, with autostart.
+    pub fn from_env() -> Self {
+        Self {
+            socket: mcpauth_proto::paths::socket_path(),
+            autostart: true,
+        }
+    }
+}
+
+/// Connects to the daemon, starting it first if needed and allowed.
+pub async fn connect(opts: &ConnectOptions) -> Result<Client, ClientError> {
+    match Client::connect(&opts.socket).await {
+        Err(ClientError::NotRunning { .. }) if opts.autostart => {
+            autostart::start_daemon(&opts.socket).await?;
+            Client::connect(&opts.socket).await
+        }
+        other => other,
+    }
+}
+
+impl Client {
+    /// Connects to the daemon at `socket`, without starting it.
+    pub async fn connect(socket: &Path) -> Result<Self, ClientError> {
+        // Connect once by hand so the io error can be classified; tonic's
+        // connector hands out this stream first and dials anew afterwards.
+        let first = UnixStream::connect(socket)
+            .await
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+                    ClientError::NotRunning {
+                        socket: socket.to_path_buf(),
+                    }
+                }
+                _ => ClientError::Unreachable {
+                    socket: socket.to_path_buf(),
+                    reason: e.to_string(),
+                },
+            })?;
+        let first = Arc::new(Mutex::new(Some(first)));
+        let path = socket.to_path_buf();
+        // The URI is required by the API but unused: the connector dials the socket.
+        let channel = Endpoint::from_static("http://mcpauthd.invalid")
+            .connect_with_connector(tower::service_fn(move |_: Uri| {
+                let first = first.lock().unwrap().take();
+                let path = path.clone();
+                async move {
+                    let stream = match first {
+                        Some(stream) => stream,
+                        None => UnixStream::connect(path).await?,
+                    };
+                    Ok::<_, std::io::Error>(TokioIo::new(stream))
+                }
+            }))
+            .await
+            .map_err(|e| ClientError::Unreachable {
+                socket: socket.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+        Ok(Self {
+            inner: BrokerClient::with_interceptor(channel, ProtocolInterceptor),
+            socket: socket.to_path_buf(),
+        })
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    fn err(&self, status: tonic::Status) -> ClientError {
+        ClientError::from_status(status, &self.socket)
+    }
+
+    /// The daemon's status; fails with [`ClientError::ProtocolMismatch`]
+    /// when the daemon speaks another protocol.
+    pub async fn status(&mut self) -> Result<pb::StatusReply, ClientError> {
+        let reply = self.status_unchecked().await?;
+        if reply.protocol != PROTOCOL {
+            return Err(ClientError::ProtocolMismatch {
+                client_version: env!("CARGO_PKG_VERSION"),
+                daemon_version: reply.version,
+                daemon_protocol: reply.protocol,
+            });
+        }
+        Ok(reply)
+    }
+
+    /// The status, whatever protocol the daemon speaks.
+    pub async fn status_unchecked(&mut self) -> Result<pb::StatusReply, ClientError> {
+        match self.inner.status(pb::StatusRequest {}).await {
+            Ok(r) => Ok(r.into_inner()),
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
+    pub async fn shutdown(&mut self) -> Result<(), ClientError> {
+        match self.inner.shutdown(pb::ShutdownRequest {}).await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
+    pub async fn list_servers(&mut self) -> Result<Vec<pb::Server>, ClientError> {
+        match self.inner.list_servers(pb::ListServersRequest {}).await {
+            Ok(r) => Ok(r.into_inner().servers),
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
+    pub async fn get_server(&mut self, name: &str) -> Result<pb::Server, ClientError> {
+        let request = pb::GetServerRequest { name: name.into() };
+        match self.inner.get_server(request).await {
+            Ok(r) => Ok(r.into_inner()),
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
+    pub async fn add_server(
+        &mut self,
+        request: pb::AddServerRequest,
+    ) -> Result<pb::Server, ClientError> {
+        match self.inner.add_server(request).await {
+            Ok(r) => Ok(r.into_inner()),
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
+    pub async fn remove_server(&mut self, name: &str) -> Result<(), ClientError> {
+        let request = pb::RemoveServerRequest { name: name.into() };
+        match self.inner.remove_server(request).await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
+    /// A stream of events, for one server or (with `None`) all of them.
+    pub async fn watch(
+        &mut self,
+        server: Option<&str>,
+    ) -> Result<tonic::Streaming<pb::Event>, ClientError> {
+        let request = pb::WatchRequest {
+            server: server.unwrap_or_default().into(),
+        };
+        match self.inner.watch(request).await {
+            Ok(r) => Ok(r.into_inner()),
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
+    /// Converts a status met while reading a stream.
+    pub fn stream_error(&self, status: tonic::Status) -> ClientError {
+        self.err(status)
+    }
+}

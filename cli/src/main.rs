@@ -1,1 +1,466 @@
-fn main() {}
+//! `mcpauthctl`: the command-line front end of the mcpauth broker.
+
+mod output;
+mod service;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use mcpauth_client::{ClientError, ConnectOptions, exit, pb};
+use mcpauth_proto::env;
+use tokio_stream::StreamExt;
+
+use output::{ServerJson, StatusJson, duration, now_ms, relative, table};
+
+/// Control the mcpauth broker: one OAuth login per server, shared by every
+/// MCP host on this machine.
+///
+/// Exit codes: 0 ok, 1 failure, 2 usage or invalid input, 3 daemon
+/// unreachable, 4 login or consent required.
+#[derive(Parser)]
+#[command(name = "mcpauthctl", version, about, long_about)]
+struct Cli {
+    /// The daemon's socket.
+    #[arg(long, global = true, env = env::SOCKET, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Fail (exit 3) instead of starting the daemon when it is not running.
+    #[arg(long, global = true)]
+    no_autostart: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show the daemon and every server's state.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the configured servers.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one server.
+    Show {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a server to config.toml.
+    Add {
+        /// A short name: letters, digits, '.', '_' and '-' (at most 64).
+        name: String,
+        /// The MCP server URL (https, or http on a loopback host).
+        url: String,
+        /// A pre-registered OAuth client id.
+        #[arg(long)]
+        client_id: Option<String>,
+        /// A file holding the pre-registered client's secret.
+        #[arg(long, value_name = "PATH", requires = "client_id")]
+        client_secret_file: Option<PathBuf>,
+        /// A scope to request (repeat for several).
+        #[arg(long = "scope", value_name = "SCOPE")]
+        scopes: Vec<String>,
+        /// A fixed loopback port for the OAuth callback.
+        #[arg(long, value_name = "PORT")]
+        callback_port: Option<u16>,
+        /// The https URL of this client's Client ID Metadata Document.
+        #[arg(long, value_name = "URL")]
+        client_metadata_url: Option<String>,
+    },
+    /// Remove a server from config.toml and delete all of its state.
+    Remove { name: String },
+    /// Print events as they happen (one line each; JSON lines with --json).
+    Watch {
+        /// Only this server's events.
+        name: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop the daemon.
+    Stop,
+    /// Install or remove the systemd user service / launchd agent.
+    Service {
+        #[command(subcommand)]
+        action: ServiceAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum ServiceAction {
+    /// Write the units with this machine's mcpauthd path, enable and start them.
+    Install {
+        /// Only write the files.
+        #[arg(long)]
+        no_enable: bool,
+    },
+    /// Stop, disable and remove the units.
+    Uninstall {
+        /// Only remove the files.
+        #[arg(long)]
+        no_disable: bool,
+    },
+}
+
+/// A failure to report: one line, plus the exit code.
+struct Failure {
+    message: String,
+    code: u8,
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        let message = match e.hint() {
+            Some(hint) => format!("{e}; {hint}"),
+            None => e.to_string(),
+        };
+        Failure {
+            message,
+            code: e.exit_code(),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    // A closed stdout (`mcpauthctl list | head -1`) is not an error.
+    unsafe {
+        nix::libc::signal(nix::libc::SIGPIPE, nix::libc::SIG_DFL);
+    }
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mcpauthctl: cannot start: {e}");
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("mcpauthctl: {}", failure.message);
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+fn print_json<T: serde::Serialize>(value: &T) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("JSON serialises")
+    );
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    let opts = ConnectOptions {
+        socket: cli
+            .socket
+            .clone()
+            .unwrap_or_else(mcpauth_proto::paths::socket_path),
+        autostart: !cli.no_autostart,
+    };
+    match cli.command {
+        Command::Status { json } => {
+            let mut client = mcpauth_client::connect(&opts).await?;
+            let status = client.status().await?;
+            if json {
+                print_json(&StatusJson::from(status));
+            } else {
+                print_status(status);
+            }
+        }
+        Command::List { json } => {
+            let mut client = mcpauth_client::connect(&opts).await?;
+            let servers = client.list_servers().await?;
+            if json {
+                let servers: Vec<ServerJson> = servers.into_iter().map(Into::into).collect();
+                print_json(&servers);
+            } else if servers.is_empty() {
+                eprintln!("no servers configured; add one with: mcpauthctl add NAME URL");
+            } else {
+                let rows: Vec<_> = servers
+                    .into_iter()
+                    .map(|s| vec![s.name, s.url, output::state_name(s.state).replace('_', " ")])
+                    .collect();
+                println!("{}", table(&["NAME", "URL", "STATE"], &rows));
+            }
+        }
+        Command::Show { name, json } => {
+            let mut client = mcpauth_client::connect(&opts).await?;
+            let server = client.get_server(&name).await?;
+            if json {
+                print_json(&ServerJson::from(server));
+            } else {
+                print_server(server);
+            }
+        }
+        Command::Add {
+            name,
+            url,
+            client_id,
+            client_secret_file,
+            scopes,
+            callback_port,
+            client_metadata_url,
+        } => {
+            let client_secret_file = match client_secret_file {
+                Some(path) => Some(std::path::absolute(&path).map_err(|e| Failure {
+                    message: format!("invalid --client-secret-file {}: {e}", path.display()),
+                    code: exit::USAGE,
+                })?),
+                None => None,
+            };
+            let mut client = mcpauth_client::connect(&opts).await?;
+            let server = client
+                .add_server(pb::AddServerRequest {
+                    name,
+                    url,
+                    client_id: client_id.unwrap_or_default(),
+                    client_secret_file: client_secret_file
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default(),
+                    scopes,
+                    callback_port: callback_port.map_or(0, u32::from),
+                    client_metadata_url: client_metadata_url.unwrap_or_default(),
+                })
+                .await?;
+            println!("added {} ({})", server.name, server.url);
+        }
+        Command::Remove { name } => {
+            let mut client = mcpauth_client::connect(&opts).await?;
+            client.remove_server(&name).await?;
+            println!("removed {name}; its tokens and registration are deleted");
+        }
+        Command::Watch { name, json } => {
+            let mut client = mcpauth_client::connect(&opts).await?;
+            let mut stream = client.watch(name.as_deref()).await?;
+            while let Some(item) = stream.next().await {
+                let event = output::EventJson::from(item.map_err(|s| client.stream_error(s))?);
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::to_string(&event).expect("JSON serialises")
+                    );
+                } else {
+                    let mut line = format!(
+                        "{} {}",
+                        event.event.replace('_', " "),
+                        event.server.as_deref().unwrap_or("-")
+                    );
+                    if let Some(url) = &event.url {
+                        line.push_str(&format!(" {url}"));
+                    }
+                    if let Some(error) = &event.error {
+                        line.push_str(&format!(": {error}"));
+                    }
+                    println!("{line}");
+                }
+            }
+        }
+        Command::Stop => {
+            let mut client = match mcpauth_client::Client::connect(&opts.socket).await {
+                Ok(client) => client,
+                Err(ClientError::NotRunning { .. }) => {
+                    println!("mcpauthd is not running");
+                    return Ok(());
+                }
+                Err(e) => return Err(e.into()),
+            };
+            client.shutdown().await?;
+            // Wait until it has let go of the socket.
+            for _ in 0..100 {
+                if !opts.socket.exists() {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            println!("mcpauthd stopped");
+        }
+        Command::Service { action } => {
+            let result = match action {
+                ServiceAction::Install { no_enable } => {
+                    if !no_enable {
+                        // An autostarted daemon holds the socket the service wants.
+                        if let Ok(mut c) = mcpauth_client::Client::connect(&opts.socket).await
+                            && let Ok(s) = c.status_unchecked().await
+                            && !s.socket_activated
+                        {
+                            let _ = c.shutdown().await;
+                            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                        }
+                    }
+                    service::install(!no_enable)
+                }
+                ServiceAction::Uninstall { no_disable } => service::uninstall(!no_disable),
+            };
+            let notes = result.map_err(|message| Failure {
+                message,
+                code: exit::FAILURE,
+            })?;
+            for note in notes {
+                println!("{note}");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_status(status: pb::StatusReply) {
+    let now = now_ms();
+    println!(
+        "mcpauthd {} (protocol {}), pid {}, up {}, socket {}{}",
+        status.version,
+        status.protocol,
+        status.pid,
+        duration(status.uptime_ms),
+        status.socket_path,
+        if status.socket_activated {
+            " (systemd)"
+        } else {
+            ""
+        }
+    );
+    let config = status.config.unwrap_or_default();
+    if config.error.is_empty() {
+        println!("config {}: ok", status.config_path);
+    } else {
+        println!(
+            "config {}: REJECTED EDIT ({}), the last good config stays in force: {}",
+            status.config_path,
+            relative(config.error_at_unix_ms, now),
+            config.error
+        );
+    }
+    if status.servers.is_empty() {
+        println!("no servers configured; add one with: mcpauthctl add NAME URL");
+        return;
+    }
+    let rows: Vec<_> = status
+        .servers
+        .into_iter()
+        .map(|s| {
+            vec![
+                s.name,
+                s.url,
+                output::state_name(s.state).replace('_', " "),
+                match s.token_expires_at_unix_ms {
+                    0 => "-".into(),
+                    at => relative(at, now),
+                },
+                match s.last_refresh_unix_ms {
+                    0 => "never".into(),
+                    at => relative(at, now),
+                },
+                if s.last_error.is_empty() {
+                    "-".into()
+                } else {
+                    s.last_error
+                },
+            ]
+        })
+        .collect();
+    println!(
+        "\n{}",
+        table(
+            &[
+                "NAME",
+                "URL",
+                "STATE",
+                "EXPIRES",
+                "LAST REFRESH",
+                "LAST ERROR"
+            ],
+            &rows
+        )
+    );
+}
+
+fn print_server(s: pb::Server) {
+    let now = now_ms();
+    let none = || "-".to_string();
+    let rows = [
+        ("name", s.name.clone()),
+        ("url", s.url.clone()),
+        ("state", output::state_name(s.state).replace('_', " ")),
+        (
+            "client id",
+            if s.client_id.is_empty() {
+                "(registered by mcpauthd)".into()
+            } else {
+                s.client_id.clone()
+            },
+        ),
+        (
+            "client secret",
+            if s.has_client_secret {
+                "configured".into()
+            } else {
+                none()
+            },
+        ),
+        (
+            "scopes",
+            if s.scopes.is_empty() {
+                "(from the server)".into()
+            } else {
+                s.scopes.join(" ")
+            },
+        ),
+        (
+            "callback port",
+            if s.callback_port == 0 {
+                "(chosen by mcpauthd)".into()
+            } else {
+                s.callback_port.to_string()
+            },
+        ),
+        (
+            "client metadata",
+            if s.client_metadata_url.is_empty() {
+                none()
+            } else {
+                s.client_metadata_url.clone()
+            },
+        ),
+        (
+            "token expires",
+            if s.token_expires_at_unix_ms == 0 {
+                none()
+            } else {
+                relative(s.token_expires_at_unix_ms, now)
+            },
+        ),
+        (
+            "last refresh",
+            if s.last_refresh_unix_ms == 0 {
+                "never".into()
+            } else {
+                relative(s.last_refresh_unix_ms, now)
+            },
+        ),
+        (
+            "last error",
+            if s.last_error.is_empty() {
+                none()
+            } else {
+                s.last_error.clone()
+            },
+        ),
+        (
+            "added",
+            if s.added_at_unix_ms == 0 {
+                none()
+            } else {
+                relative(s.added_at_unix_ms, now)
+            },
+        ),
+    ];
+    for (key, value) in rows {
+        println!("{key:<16}{value}");
+    }
+}

@@ -1,1 +1,265 @@
+//! Test harness for the end-to-end tests: every test gets its own temporary
+//! `HOME` and XDG directories, and drives the real `mcpauthd` and
+//! `mcpauthctl` binaries with a cleared environment (like ripgrep's
+//! `tests/util.rs`), so nothing from the machine leaks in.
 
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Path of a workspace binary. `cargo test --workspace` builds them (the
+/// daemon and CLI crates have integration tests of their own, which makes
+/// cargo build their binaries before any test runs).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing; run the tests with `cargo test --workspace`",
+        path.display()
+    );
+    path
+}
+
+/// A private home for one test.
+pub struct TestEnv {
+    pub root: tempfile::TempDir,
+}
+
+impl Default for TestEnv {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TestEnv {
+    pub fn new() -> Self {
+        let root = tempfile::Builder::new()
+            .prefix("mcpauth-test-")
+            .tempdir()
+            .expect("tempdir");
+        let env = Self { root };
+        for dir in [env.home(), env.runtime_dir()] {
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        }
+        env
+    }
+
+    pub fn home(&self) -> PathBuf {
+        self.root.path().join("home")
+    }
+    pub fn runtime_dir(&self) -> PathBuf {
+        self.root.path().join("run")
+    }
+    pub fn socket_dir(&self) -> PathBuf {
+        self.runtime_dir().join("mcpauth")
+    }
+    pub fn socket(&self) -> PathBuf {
+        self.socket_dir().join("mcpauthd.sock")
+    }
+    pub fn state_dir(&self) -> PathBuf {
+        self.home().join(".local/state/mcpauth")
+    }
+    pub fn config_home(&self) -> PathBuf {
+        self.home().join(".config")
+    }
+    pub fn config_path(&self) -> PathBuf {
+        self.config_home().join("mcpauth/config.toml")
+    }
+
+    /// A command with a cleared environment pointing at this home.
+    pub fn command(&self, binary: &str) -> Command {
+        let mut cmd = Command::new(bin(binary));
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", self.home())
+            .env("XDG_RUNTIME_DIR", self.runtime_dir())
+            .env("XDG_STATE_HOME", self.home().join(".local/state"))
+            .env("XDG_CONFIG_HOME", self.config_home())
+            .env("TMPDIR", self.root.path())
+            .env(mcpauth_proto::env::DAEMON_BIN, bin("mcpauthd"))
+            .env(mcpauth_proto::env::LOG, "debug")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs `mcpauthctl ARGS` to completion.
+    pub fn ctl(&self, args: &[&str]) -> CtlOutput {
+        let output = self
+            .command("mcpauthctl")
+            .args(args)
+            .output()
+            .expect("run mcpauthctl");
+        CtlOutput(output)
+    }
+
+    /// Writes `config.toml` the way editors do: a new file renamed over it.
+    pub fn write_config(&self, text: &str) {
+        let path = self.config_path();
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let tmp = path.with_extension("toml.swp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+    }
+
+    /// Starts `mcpauthd` and waits until it is ready (READY=1 on its
+    /// notify socket, as systemd would see it).
+    pub fn start_daemon(&self) -> Daemon {
+        self.spawn_daemon(&mut self.command("mcpauthd"))
+            .unwrap_or_else(|log| panic!("mcpauthd did not become ready:\n{log}"))
+    }
+
+    /// Spawns the daemon from `cmd`; `Err(log)` if it exits before ready.
+    pub fn spawn_daemon(&self, cmd: &mut Command) -> Result<Daemon, String> {
+        static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let log = self.root.path().join(format!("mcpauthd-{n}.log"));
+        let notify = self.root.path().join(format!("notify-{n}.sock"));
+        let listener = UnixDatagram::bind(&notify).unwrap();
+        listener
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let file = std::fs::File::create(&log).unwrap();
+        let child = cmd
+            .env("NOTIFY_SOCKET", &notify)
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .expect("spawn mcpauthd");
+        let mut daemon = Daemon { child, log };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut buf = [0u8; 256];
+        loop {
+            if let Ok(n) = listener.recv(&mut buf)
+                && String::from_utf8_lossy(&buf[..n]).contains("READY=1")
+            {
+                return Ok(daemon);
+            }
+            if let Ok(Some(_)) = daemon.child.try_wait() {
+                return Err(daemon.log());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("timed out; log:\n{}", daemon.log()));
+            }
+        }
+    }
+
+    /// A client connected to this env's daemon.
+    pub async fn client(&self) -> mcpauth_client::Client {
+        mcpauth_client::Client::connect(&self.socket())
+            .await
+            .expect("connect to mcpauthd")
+    }
+}
+
+/// A running daemon; killed on drop.
+pub struct Daemon {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn log(&self) -> String {
+        let mut text = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut text);
+        }
+        text
+    }
+
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), signal).unwrap();
+    }
+
+    /// Waits for the process to exit; `None` if it is still running after
+    /// `limit`. Returns how long it took.
+    pub fn wait_for_exit(&mut self, limit: Duration) -> Option<(ExitStatus, Duration)> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some((status, start.elapsed()));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        None
+    }
+
+    /// SIGTERM and wait (at most 10 s) for a clean exit.
+    pub fn stop(mut self) -> String {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        let (status, _) = self
+            .wait_for_exit(Duration::from_secs(10))
+            .expect("daemon exits on SIGTERM");
+        let log = self.log();
+        assert!(status.success(), "daemon exited with {status}:\n{log}");
+        log
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The result of one `mcpauthctl` run.
+pub struct CtlOutput(pub Output);
+
+impl CtlOutput {
+    pub fn code(&self) -> i32 {
+        self.0.status.code().unwrap_or(-1)
+    }
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.0.stdout).into_owned()
+    }
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.0.stderr).into_owned()
+    }
+    /// Asserts success and returns stdout.
+    pub fn ok(&self) -> String {
+        assert_eq!(
+            self.code(),
+            0,
+            "mcpauthctl failed\nstdout: {}\nstderr: {}",
+            self.stdout(),
+            self.stderr()
+        );
+        self.stdout()
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.ok()).expect("valid JSON on stdout")
+    }
+}
+
+/// Polls `check` until it returns `Some` or `limit` passes.
+pub async fn eventually<T>(limit: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check() {
+            return Some(v);
+        }
+        if start.elapsed() > limit {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+pub fn mode(path: &Path) -> u32 {
+    std::fs::symlink_metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o7777
+}

@@ -1,0 +1,245 @@
+//! What `mcpauthctl` prints: the human tables and the `--json` shapes.
+//!
+//! The JSON shapes are a documented, stable interface (README, "JSON
+//! output"): fields are only ever added, never renamed or removed. Times
+//! are Unix milliseconds; absent values are `null`.
+
+use mcpauth_client::pb;
+use serde::Serialize;
+
+#[derive(Serialize)]
+pub struct ServerJson {
+    pub name: String,
+    pub url: String,
+    /// `login_required`, `login_pending`, `authorized`, `refresh_failing`,
+    /// `step_up_required`, or `unknown`.
+    pub state: &'static str,
+    pub client_id: Option<String>,
+    pub has_client_secret: bool,
+    pub scopes: Vec<String>,
+    pub callback_port: Option<u32>,
+    pub client_metadata_url: Option<String>,
+    pub token_expires_at_unix_ms: Option<i64>,
+    pub last_refresh_unix_ms: Option<i64>,
+    pub last_error: Option<String>,
+    pub added_at_unix_ms: Option<i64>,
+}
+
+#[derive(Serialize)]
+pub struct DaemonJson {
+    pub version: String,
+    pub protocol: u32,
+    pub pid: u32,
+    pub uptime_ms: u64,
+    pub socket: String,
+    pub state_dir: String,
+    pub config_path: String,
+    pub socket_activated: bool,
+}
+
+#[derive(Serialize)]
+pub struct ConfigJson {
+    pub ok: bool,
+    pub error: Option<String>,
+    pub loaded_at_unix_ms: Option<i64>,
+    pub error_at_unix_ms: Option<i64>,
+}
+
+#[derive(Serialize)]
+pub struct StatusJson {
+    pub daemon: DaemonJson,
+    pub config: ConfigJson,
+    pub servers: Vec<ServerJson>,
+}
+
+#[derive(Serialize)]
+pub struct EventJson {
+    pub at_unix_ms: i64,
+    pub server: Option<String>,
+    /// `server_added`, `server_removed`, `server_changed`, `config_rejected`.
+    pub event: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+fn some<T: PartialEq + Default>(v: T) -> Option<T> {
+    (v != T::default()).then_some(v)
+}
+
+pub fn state_name(state: i32) -> &'static str {
+    match pb::AuthState::try_from(state) {
+        Ok(pb::AuthState::LoginRequired) => "login_required",
+        Ok(pb::AuthState::LoginPending) => "login_pending",
+        Ok(pb::AuthState::Authorized) => "authorized",
+        Ok(pb::AuthState::RefreshFailing) => "refresh_failing",
+        Ok(pb::AuthState::StepUpRequired) => "step_up_required",
+        _ => "unknown",
+    }
+}
+
+impl From<pb::Server> for ServerJson {
+    fn from(s: pb::Server) -> Self {
+        ServerJson {
+            state: state_name(s.state),
+            name: s.name,
+            url: s.url,
+            client_id: some(s.client_id),
+            has_client_secret: s.has_client_secret,
+            scopes: s.scopes,
+            callback_port: some(s.callback_port),
+            client_metadata_url: some(s.client_metadata_url),
+            token_expires_at_unix_ms: some(s.token_expires_at_unix_ms),
+            last_refresh_unix_ms: some(s.last_refresh_unix_ms),
+            last_error: some(s.last_error),
+            added_at_unix_ms: some(s.added_at_unix_ms),
+        }
+    }
+}
+
+impl From<pb::StatusReply> for StatusJson {
+    fn from(s: pb::StatusReply) -> Self {
+        let config = s.config.unwrap_or_default();
+        StatusJson {
+            daemon: DaemonJson {
+                version: s.version,
+                protocol: s.protocol,
+                pid: s.pid,
+                uptime_ms: s.uptime_ms,
+                socket: s.socket_path,
+                state_dir: s.state_dir,
+                config_path: s.config_path,
+                socket_activated: s.socket_activated,
+            },
+            config: ConfigJson {
+                ok: config.error.is_empty(),
+                error: some(config.error),
+                loaded_at_unix_ms: some(config.loaded_at_unix_ms),
+                error_at_unix_ms: some(config.error_at_unix_ms),
+            },
+            servers: s.servers.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
+impl From<pb::Event> for EventJson {
+    fn from(e: pb::Event) -> Self {
+        use pb::event::Kind;
+        let (event, url, error) = match e.kind {
+            Some(Kind::ServerAdded(a)) => ("server_added", Some(a.url), None),
+            Some(Kind::ServerRemoved(_)) => ("server_removed", None, None),
+            Some(Kind::ServerChanged(c)) => ("server_changed", Some(c.url), None),
+            Some(Kind::ConfigRejected(r)) => ("config_rejected", None, Some(r.error)),
+            None => ("unknown", None, None),
+        };
+        EventJson {
+            at_unix_ms: e.at_unix_ms,
+            server: some(e.server),
+            event,
+            url,
+            error,
+        }
+    }
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// "in 5m", "3h ago", "just now".
+pub fn relative(at_ms: i64, now_ms: i64) -> String {
+    let delta = (at_ms - now_ms) / 1000;
+    let span = delta.unsigned_abs();
+    let amount = match span {
+        0..=4 => return "just now".into(),
+        5..=59 => format!("{span}s"),
+        60..=3599 => format!("{}m", span / 60),
+        3600..=86_399 => format!("{}h", span / 3600),
+        _ => format!("{}d", span / 86_400),
+    };
+    if delta > 0 {
+        format!("in {amount}")
+    } else {
+        format!("{amount} ago")
+    }
+}
+
+pub fn duration(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{}s", s / 60, s % 60),
+        3600..=86_399 => format!("{}h{}m", s / 3600, (s % 3600) / 60),
+        _ => format!("{}d{}h", s / 86_400, (s % 86_400) / 3600),
+    }
+}
+
+/// Renders rows as left-aligned columns separated by two spaces.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut out = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<w$}  ", w = widths[i]));
+            }
+        }
+        out.trim_end().to_string()
+    };
+    let mut out = line(header.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        out.push('\n');
+        out.push_str(&line(row.clone()));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_times_read_naturally() {
+        assert_eq!(relative(1_000_000 + 300_000, 1_000_000), "in 5m");
+        assert_eq!(relative(1_000_000 - 3 * 3_600_000, 1_000_000), "3h ago");
+        assert_eq!(relative(1_000_000, 1_001_000), "just now");
+        assert_eq!(relative(1_000_000 + 2 * 86_400_000, 1_000_000), "in 2d");
+    }
+
+    #[test]
+    fn tables_align() {
+        let t = table(
+            &["NAME", "URL"],
+            &[
+                vec!["a".into(), "https://x".into()],
+                vec!["long-name".into(), "u".into()],
+            ],
+        );
+        assert_eq!(t, "NAME       URL\na          https://x\nlong-name  u");
+    }
+
+    #[test]
+    fn server_json_uses_null_for_absent_values() {
+        let json = serde_json::to_value(ServerJson::from(pb::Server {
+            name: "a".into(),
+            url: "https://a".into(),
+            state: pb::AuthState::LoginRequired.into(),
+            ..Default::default()
+        }))
+        .unwrap();
+        assert_eq!(json["state"], "login_required");
+        assert!(json["client_id"].is_null());
+        assert!(json["callback_port"].is_null());
+        assert_eq!(json["scopes"], serde_json::json!([]));
+    }
+}

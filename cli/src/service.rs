@@ -1,0 +1,186 @@
+//! `mcpauthctl service install|uninstall`: the systemd user units or the
+//! launchd agent, from the templates in `systemd/` and `launchd/`, with the
+//! real binary path filled in.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use mcpauth_client::autostart::{LAUNCHD_LABEL, daemon_binary, service_files};
+use mcpauth_proto::paths;
+
+const SYSTEMD_SOCKET: &str = include_str!("../../systemd/mcpauthd.socket");
+const SYSTEMD_SERVICE: &str = include_str!("../../systemd/mcpauthd.service");
+const LAUNCHD_PLIST: &str = include_str!("../../launchd/dev.mcpauth.mcpauthd.plist");
+
+/// Files to write: (path, contents).
+pub fn rendered(daemon: &Path) -> Vec<(PathBuf, String)> {
+    let daemon = daemon.display().to_string();
+    let files = service_files();
+    if cfg!(target_os = "macos") {
+        let log = paths::state_dir().join(paths::DAEMON_LOG_FILE);
+        let socket = paths::default_socket_dir().join(paths::SOCKET_FILE);
+        let plist = LAUNCHD_PLIST
+            .replace("@MCPAUTHD@", &xml_escape(&daemon))
+            .replace("@SOCKET@", &xml_escape(&socket.display().to_string()))
+            .replace("@LOG@", &xml_escape(&log.display().to_string()));
+        vec![(files[2].1.clone(), plist)]
+    } else {
+        vec![
+            (files[0].1.clone(), SYSTEMD_SOCKET.to_string()),
+            (
+                files[1].1.clone(),
+                SYSTEMD_SERVICE.replace("@MCPAUTHD@", &systemd_escape(&daemon)),
+            ),
+        ]
+    }
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// Quotes a path for ExecStart= when it contains spaces or specials.
+fn systemd_escape(s: &str) -> String {
+    let s = s.replace('%', "%%");
+    if s.contains(|c: char| c.is_whitespace() || c == '"' || c == '\\') {
+        format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+    } else {
+        s
+    }
+}
+
+fn run(program: &str, args: &[&str]) -> Result<(), String> {
+    let shown = format!("{program} {}", args.join(" "));
+    match Command::new(program).args(args).status() {
+        Ok(status) if status.success() => Ok(()),
+        Ok(status) => Err(format!("`{shown}` failed ({status})")),
+        Err(e) => Err(format!("`{shown}` could not run: {e}")),
+    }
+}
+
+fn uid() -> String {
+    nix::unistd::getuid().to_string()
+}
+
+/// Writes the unit files; with `activate`, enables and starts them.
+pub fn install(activate: bool) -> Result<Vec<String>, String> {
+    let daemon = daemon_binary();
+    let daemon = std::fs::canonicalize(&daemon).map_err(|e| {
+        format!(
+            "cannot find mcpauthd ({}): {e}; install it next to mcpauthctl or set {}",
+            daemon.display(),
+            mcpauth_proto::env::DAEMON_BIN
+        )
+    })?;
+    let mut notes = Vec::new();
+    for (path, contents) in rendered(&daemon) {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        }
+        std::fs::write(&path, contents)
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        notes.push(format!("wrote {}", path.display()));
+    }
+    if !activate {
+        notes.push(next_step_install());
+        return Ok(notes);
+    }
+    if cfg!(target_os = "macos") {
+        let plist = &service_files()[2].1;
+        let plist = plist.display().to_string();
+        run(
+            "launchctl",
+            &["bootstrap", &format!("gui/{}", uid()), &plist],
+        )?;
+    } else {
+        run("systemctl", &["--user", "daemon-reload"])?;
+        run(
+            "systemctl",
+            &["--user", "enable", "--now", "mcpauthd.socket"],
+        )?;
+    }
+    notes.push("enabled and started".into());
+    Ok(notes)
+}
+
+fn next_step_install() -> String {
+    if cfg!(target_os = "macos") {
+        format!(
+            "activate it with: launchctl bootstrap gui/$(id -u) ~/Library/LaunchAgents/{LAUNCHD_LABEL}.plist"
+        )
+    } else {
+        "activate it with: systemctl --user daemon-reload && systemctl --user enable --now mcpauthd.socket".into()
+    }
+}
+
+/// Stops and removes the unit files.
+pub fn uninstall(deactivate: bool) -> Result<Vec<String>, String> {
+    let mut notes = Vec::new();
+    if deactivate {
+        let result = if cfg!(target_os = "macos") {
+            run(
+                "launchctl",
+                &["bootout", &format!("gui/{}/{LAUNCHD_LABEL}", uid())],
+            )
+        } else {
+            run(
+                "systemctl",
+                &[
+                    "--user",
+                    "disable",
+                    "--now",
+                    "mcpauthd.socket",
+                    "mcpauthd.service",
+                ],
+            )
+        };
+        if let Err(e) = result {
+            notes.push(format!("warning: {e}"));
+        }
+    }
+    for (_, path) in service_files() {
+        match std::fs::remove_file(&path) {
+            Ok(()) => notes.push(format!("removed {}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("cannot remove {}: {e}", path.display())),
+        }
+    }
+    if deactivate && !cfg!(target_os = "macos") {
+        let _ = run("systemctl", &["--user", "daemon-reload"]);
+    }
+    Ok(notes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_get_the_binary_path() {
+        let files = rendered(Path::new("/opt/my tools/mcpauthd"));
+        assert!(!files.is_empty());
+        for (_, contents) in &files {
+            assert!(!contents.contains("@MCPAUTHD@"), "{contents}");
+            assert!(contents.contains("/opt/my tools/mcpauthd") || !contents.contains("ExecStart"));
+        }
+        if !cfg!(target_os = "macos") {
+            assert!(
+                files[1]
+                    .1
+                    .contains("ExecStart=\"/opt/my tools/mcpauthd\" --socket")
+            );
+            assert!(files[1].1.contains("Type=notify"));
+            assert!(files[0].1.contains("SocketMode=0600"));
+        }
+    }
+
+    #[test]
+    fn systemd_escaping() {
+        assert_eq!(systemd_escape("/usr/bin/mcpauthd"), "/usr/bin/mcpauthd");
+        assert_eq!(systemd_escape("/a%b"), "/a%%b");
+        assert_eq!(systemd_escape("/a b"), "\"/a b\"");
+    }
+}
