@@ -13,13 +13,18 @@ use tokio_stream::StreamExt;
 
 use output::{ServerJson, StatusJson, duration, now_ms, relative, table};
 
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  ok
+  1  failure
+  2  usage or invalid input
+  3  daemon unreachable
+  4  login or consent required";
+
 /// Control the mcpauth broker: one OAuth login per server, shared by every
 /// MCP host on this machine.
-///
-/// Exit codes: 0 ok, 1 failure, 2 usage or invalid input, 3 daemon
-/// unreachable, 4 login or consent required.
 #[derive(Parser)]
-#[command(name = "mcpauthctl", version, about, long_about)]
+#[command(name = "mcpauthctl", version, about, long_about, after_help = EXIT_CODES)]
 struct Cli {
     /// The daemon's socket.
     #[arg(long, global = true, env = env::SOCKET, value_name = "PATH")]
@@ -105,6 +110,29 @@ enum ServiceAction {
     },
 }
 
+/// Prints a line on stdout. A closed stdout (`mcpauthctl list | head -1`)
+/// ends the program quietly. (SIGPIPE itself stays ignored, as Rust sets
+/// it: the default action would also kill the CLI when the daemon closes
+/// its end of the socket.)
+macro_rules! out {
+    ($($arg:tt)*) => { write_stdout(format_args!($($arg)*)) };
+}
+
+fn write_stdout(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout
+        .write_fmt(args)
+        .and_then(|()| stdout.write_all(b"\n"))
+    {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("mcpauthctl: cannot write output: {e}");
+        std::process::exit(i32::from(exit::FAILURE));
+    }
+}
+
 /// A failure to report: one line, plus the exit code.
 struct Failure {
     message: String,
@@ -125,10 +153,6 @@ impl From<ClientError> for Failure {
 }
 
 fn main() -> ExitCode {
-    // A closed stdout (`mcpauthctl list | head -1`) is not an error.
-    unsafe {
-        nix::libc::signal(nix::libc::SIGPIPE, nix::libc::SIG_DFL);
-    }
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -150,7 +174,7 @@ fn main() -> ExitCode {
 }
 
 fn print_json<T: serde::Serialize>(value: &T) {
-    println!(
+    out!(
         "{}",
         serde_json::to_string_pretty(value).expect("JSON serialises")
     );
@@ -187,7 +211,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     .into_iter()
                     .map(|s| vec![s.name, s.url, output::state_name(s.state).replace('_', " ")])
                     .collect();
-                println!("{}", table(&["NAME", "URL", "STATE"], &rows));
+                out!("{}", table(&["NAME", "URL", "STATE"], &rows));
             }
         }
         Command::Show { name, json } => {
@@ -229,12 +253,12 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     client_metadata_url: client_metadata_url.unwrap_or_default(),
                 })
                 .await?;
-            println!("added {} ({})", server.name, server.url);
+            out!("added {} ({})", server.name, server.url);
         }
         Command::Remove { name } => {
             let mut client = mcpauth_client::connect(&opts).await?;
             client.remove_server(&name).await?;
-            println!("removed {name}; its tokens and registration are deleted");
+            out!("removed {name}; its tokens and registration are deleted");
         }
         Command::Watch { name, json } => {
             let mut client = mcpauth_client::connect(&opts).await?;
@@ -242,7 +266,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             while let Some(item) = stream.next().await {
                 let event = output::EventJson::from(item.map_err(|s| client.stream_error(s))?);
                 if json {
-                    println!(
+                    out!(
                         "{}",
                         serde_json::to_string(&event).expect("JSON serialises")
                     );
@@ -258,7 +282,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     if let Some(error) = &event.error {
                         line.push_str(&format!(": {error}"));
                     }
-                    println!("{line}");
+                    out!("{line}");
                 }
             }
         }
@@ -266,7 +290,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let mut client = match mcpauth_client::Client::connect(&opts.socket).await {
                 Ok(client) => client,
                 Err(ClientError::NotRunning { .. }) => {
-                    println!("mcpauthd is not running");
+                    out!("mcpauthd is not running");
                     return Ok(());
                 }
                 Err(e) => return Err(e.into()),
@@ -279,7 +303,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
-            println!("mcpauthd stopped");
+            out!("mcpauthd stopped");
         }
         Command::Service { action } => {
             let result = match action {
@@ -303,7 +327,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 code: exit::FAILURE,
             })?;
             for note in notes {
-                println!("{note}");
+                out!("{note}");
             }
         }
     }
@@ -312,7 +336,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
 
 fn print_status(status: pb::StatusReply) {
     let now = now_ms();
-    println!(
+    out!(
         "mcpauthd {} (protocol {}), pid {}, up {}, socket {}{}",
         status.version,
         status.protocol,
@@ -327,9 +351,9 @@ fn print_status(status: pb::StatusReply) {
     );
     let config = status.config.unwrap_or_default();
     if config.error.is_empty() {
-        println!("config {}: ok", status.config_path);
+        out!("config {}: ok", status.config_path);
     } else {
-        println!(
+        out!(
             "config {}: REJECTED EDIT ({}), the last good config stays in force: {}",
             status.config_path,
             relative(config.error_at_unix_ms, now),
@@ -337,7 +361,7 @@ fn print_status(status: pb::StatusReply) {
         );
     }
     if status.servers.is_empty() {
-        println!("no servers configured; add one with: mcpauthctl add NAME URL");
+        out!("no servers configured; add one with: mcpauthctl add NAME URL");
         return;
     }
     let rows: Vec<_> = status
@@ -364,7 +388,7 @@ fn print_status(status: pb::StatusReply) {
             ]
         })
         .collect();
-    println!(
+    out!(
         "\n{}",
         table(
             &[
@@ -461,6 +485,6 @@ fn print_server(s: pb::Server) {
         ),
     ];
     for (key, value) in rows {
-        println!("{key:<16}{value}");
+        out!("{key:<16}{value}");
     }
 }

@@ -21,8 +21,15 @@ fn help_documents_the_exit_codes() {
     let out = mcpauthctl().arg("--help").output().unwrap();
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
-    assert!(help.contains("3 daemon unreachable"), "{help}");
-    assert!(help.contains("4 login or consent required"), "{help}");
+    for line in [
+        "0  ok",
+        "1  failure",
+        "2  usage or invalid input",
+        "3  daemon unreachable",
+        "4  login or consent required",
+    ] {
+        assert!(help.contains(line), "{line:?} in {help}");
+    }
 }
 
 #[test]

@@ -231,7 +231,8 @@ impl CtlOutput {
         assert_eq!(
             self.code(),
             0,
-            "mcpauthctl failed\nstdout: {}\nstderr: {}",
+            "mcpauthctl failed ({:?})\nstdout: {}\nstderr: {}",
+            self.0.status,
             self.stdout(),
             self.stderr()
         );

@@ -1,0 +1,346 @@
+//! mcpauthctl against a real (or deliberately wrong) daemon: autostart,
+//! the protocol handshake, service units, output shapes, and secrets.
+
+use std::os::unix::fs::PermissionsExt;
+use std::pin::Pin;
+use std::time::Duration;
+
+use mcpauth_client::pb::{self, broker_server};
+use mcpauth_tests::TestEnv;
+use tonic::{Request, Response, Status};
+
+#[test]
+fn a_command_starts_the_daemon_on_demand() {
+    let env = TestEnv::new();
+    assert!(!env.socket().exists());
+    let status = env.ctl(&["status", "--json"]).json();
+    assert_eq!(status["daemon"]["protocol"], mcpauth_proto::PROTOCOL);
+    assert_eq!(
+        status["daemon"]["socket"],
+        env.socket().display().to_string()
+    );
+    let pid = status["daemon"]["pid"].as_i64().unwrap() as i32;
+    // The same daemon serves the next command.
+    let again = env.ctl(&["status", "--json"]).json();
+    assert_eq!(again["daemon"]["pid"], pid);
+    // Its output went to the log in the state directory.
+    let log = std::fs::read_to_string(env.state_dir().join("mcpauthd.log")).unwrap();
+    assert!(log.contains("ready"), "{log}");
+    env.ctl(&["stop"]).ok();
+    assert!(!env.socket().exists());
+    // It has exited (a zombie counts: the daemon is reparented to pid 1,
+    // which in some sandboxes never reaps it).
+    let gone = (0..100).any(|_| {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let exited = state.is_empty()
+            || state
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z');
+        if !exited {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        exited
+    });
+    assert!(gone, "the daemon exited after `mcpauthctl stop`");
+}
+
+#[test]
+fn concurrent_commands_start_one_daemon() {
+    let env = TestEnv::new();
+    let handles: Vec<_> = (0..6)
+        .map(|_| {
+            let mut cmd = env.command("mcpauthctl");
+            cmd.args(["status", "--json"]);
+            std::thread::spawn(move || cmd.output().unwrap())
+        })
+        .collect();
+    let mut pids = std::collections::BTreeSet::new();
+    for h in handles {
+        let out = h.join().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        pids.insert(json["daemon"]["pid"].as_i64().unwrap());
+    }
+    assert_eq!(pids.len(), 1, "one daemon for everyone: {pids:?}");
+    env.ctl(&["stop"]).ok();
+}
+
+#[test]
+fn no_autostart_reports_an_unreachable_daemon_with_exit_3() {
+    let env = TestEnv::new();
+    let out = env.ctl(&["--no-autostart", "status"]);
+    assert_eq!(out.code(), 3);
+    assert!(out.stderr().contains("not running"), "{}", out.stderr());
+    assert!(!env.socket().exists(), "nothing was started");
+}
+
+#[test]
+fn a_failing_daemon_start_is_explained() {
+    let env = TestEnv::new();
+    // An insecure socket directory makes the daemon refuse to start.
+    std::fs::create_dir_all(env.socket_dir()).unwrap();
+    std::fs::set_permissions(env.socket_dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = env.ctl(&["status"]);
+    assert_eq!(out.code(), 3);
+    let stderr = out.stderr();
+    assert!(stderr.contains("could not start mcpauthd"), "{stderr}");
+    assert!(
+        stderr.contains("chmod 700"),
+        "the daemon's reason is shown: {stderr}"
+    );
+}
+
+#[test]
+fn service_install_writes_units_with_the_real_binary_path() {
+    let env = TestEnv::new();
+    let out = env.ctl(&["service", "install", "--no-enable"]).ok();
+    let unit_dir = env.config_home().join("systemd/user");
+    let service = std::fs::read_to_string(unit_dir.join("mcpauthd.service")).unwrap();
+    let daemon = std::fs::canonicalize(mcpauth_tests::bin("mcpauthd")).unwrap();
+    assert!(
+        service.contains(&format!(
+            "ExecStart={} --socket %t/mcpauth/mcpauthd.sock",
+            daemon.display()
+        )),
+        "{service}"
+    );
+    assert!(service.contains("Type=notify"));
+    let socket = std::fs::read_to_string(unit_dir.join("mcpauthd.socket")).unwrap();
+    assert!(socket.contains("ListenStream=%t/mcpauth/mcpauthd.sock"));
+    assert!(out.contains("systemctl --user"), "{out}");
+
+    // A managed daemon is never started by hand.
+    let status = env.ctl(&["status"]);
+    assert_eq!(status.code(), 3);
+    assert!(
+        status
+            .stderr()
+            .contains("systemctl --user start mcpauthd.socket"),
+        "{}",
+        status.stderr()
+    );
+    assert!(!env.socket().exists());
+
+    env.ctl(&["service", "uninstall", "--no-disable"]).ok();
+    assert!(!unit_dir.join("mcpauthd.service").exists());
+    assert!(!unit_dir.join("mcpauthd.socket").exists());
+}
+
+#[test]
+fn status_json_has_the_documented_shape() {
+    let env = TestEnv::new();
+    let _daemon = env.start_daemon();
+    env.ctl(&["add", "a", "https://a.example/mcp", "--scope", "read"])
+        .ok();
+    let status = env.ctl(&["status", "--json"]).json();
+    for key in [
+        "version",
+        "protocol",
+        "pid",
+        "uptime_ms",
+        "socket",
+        "state_dir",
+        "config_path",
+        "socket_activated",
+    ] {
+        assert!(status["daemon"].get(key).is_some(), "daemon.{key}");
+    }
+    for key in ["ok", "error", "loaded_at_unix_ms", "error_at_unix_ms"] {
+        assert!(status["config"].get(key).is_some(), "config.{key}");
+    }
+    let server = &status["servers"][0];
+    for key in [
+        "name",
+        "url",
+        "state",
+        "client_id",
+        "has_client_secret",
+        "scopes",
+        "callback_port",
+        "client_metadata_url",
+        "token_expires_at_unix_ms",
+        "last_refresh_unix_ms",
+        "last_error",
+        "added_at_unix_ms",
+    ] {
+        assert!(server.get(key).is_some(), "server.{key}");
+    }
+    assert_eq!(server["state"], "login_required");
+    let human = env.ctl(&["status"]).ok();
+    assert!(
+        human.contains("NAME") && human.contains("LAST ERROR"),
+        "{human}"
+    );
+    assert!(human.contains("login required"), "{human}");
+}
+
+#[test]
+fn secrets_never_reach_logs_output_or_errors() {
+    const SECRET: &str = "hunter2-client-secret-do-not-print";
+    let env = TestEnv::new();
+    env.write_config(&format!(
+        "[servers.a]\nurl = \"https://a.example/mcp\"\nclient_id = \"cid\"\nclient_secret = \"{SECRET}\"\n"
+    ));
+    let mut cmd = env.command("mcpauthd");
+    cmd.env(mcpauth_proto::env::LOG, "trace");
+    let daemon = env.spawn_daemon(&mut cmd).unwrap();
+    let mut outputs = Vec::new();
+    for args in [
+        &["status"][..],
+        &["status", "--json"],
+        &["list", "--json"],
+        &["show", "a"],
+        &["show", "a", "--json"],
+    ] {
+        let out = env.ctl(args);
+        outputs.push(out.stdout());
+        outputs.push(out.stderr());
+    }
+    assert!(
+        outputs
+            .iter()
+            .any(|o| o.contains("\"has_client_secret\": true"))
+    );
+    // A broken edit whose broken line holds the secret.
+    env.write_config(&format!(
+        "[servers.a]\nurl = \"https://a.example/mcp\"\nclient_id = \"cid\"\nclient_secret = \"{SECRET}\n"
+    ));
+    std::thread::sleep(Duration::from_millis(300));
+    let status = env.ctl(&["status", "--json"]);
+    outputs.push(status.stdout());
+    let json = status.json();
+    assert_eq!(json["config"]["ok"], false, "the broken edit was seen");
+    let log = daemon.stop();
+    assert!(
+        log.contains("TRACE") || log.contains("DEBUG"),
+        "verbose logging was on"
+    );
+    for text in outputs.iter().chain([&log]) {
+        assert!(!text.contains(SECRET), "secret leaked:\n{text}");
+        assert!(!text.contains("hunter2"), "secret leaked:\n{text}");
+    }
+}
+
+// --- A daemon of another protocol --------------------------------------
+
+struct FutureDaemon;
+
+type Events = Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::Event, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl broker_server::Broker for FutureDaemon {
+    async fn status(
+        &self,
+        _: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusReply>, Status> {
+        Ok(Response::new(pb::StatusReply {
+            version: "9.0.0".into(),
+            protocol: 999,
+            ..Default::default()
+        }))
+    }
+    async fn shutdown(
+        &self,
+        _: Request<pb::ShutdownRequest>,
+    ) -> Result<Response<pb::ShutdownReply>, Status> {
+        Ok(Response::new(pb::ShutdownReply {}))
+    }
+    async fn list_servers(
+        &self,
+        _: Request<pb::ListServersRequest>,
+    ) -> Result<Response<pb::ListServersReply>, Status> {
+        Err(Status::unimplemented("future"))
+    }
+    async fn get_server(
+        &self,
+        _: Request<pb::GetServerRequest>,
+    ) -> Result<Response<pb::Server>, Status> {
+        Err(Status::unimplemented("future"))
+    }
+    async fn add_server(
+        &self,
+        _: Request<pb::AddServerRequest>,
+    ) -> Result<Response<pb::Server>, Status> {
+        Err(Status::unimplemented("future"))
+    }
+    async fn remove_server(
+        &self,
+        _: Request<pb::RemoveServerRequest>,
+    ) -> Result<Response<pb::RemoveServerReply>, Status> {
+        Err(Status::unimplemented("future"))
+    }
+    type WatchStream = Events;
+    async fn watch(&self, _: Request<pb::WatchRequest>) -> Result<Response<Events>, Status> {
+        Err(Status::unimplemented("future"))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_of_another_protocol_is_reported_clearly() {
+    let env = TestEnv::new();
+    let socket = env.root.path().join("future.sock");
+    let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(broker_server::BrokerServer::new(FutureDaemon))
+            .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener)),
+    );
+    let mut cmd = env.command("mcpauthctl");
+    cmd.arg("--socket").arg(&socket).arg("status");
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("protocol mismatch"), "{stderr}");
+    assert!(
+        stderr.contains("protocol 1") && stderr.contains("9.0.0 speaks 999"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("mcpauthctl stop"),
+        "the next step: {stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_refuses_a_client_of_another_protocol() {
+    use hyper_util::rt::TokioIo;
+    let env = TestEnv::new();
+    let _daemon = env.start_daemon();
+    let path = env.socket();
+    let channel = tonic::transport::Endpoint::from_static("http://mcpauthd.invalid")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+            }
+        }))
+        .await
+        .unwrap();
+    let mut raw = pb::broker_client::BrokerClient::new(channel);
+    let mut request = Request::new(pb::ListServersRequest {});
+    request
+        .metadata_mut()
+        .insert(mcpauth_proto::PROTOCOL_METADATA, "999".parse().unwrap());
+    let err = raw.list_servers(request).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        err.message().contains("protocol mismatch"),
+        "{}",
+        err.message()
+    );
+    // Status is always answered, whatever the client speaks.
+    let mut request = Request::new(pb::StatusRequest {});
+    request
+        .metadata_mut()
+        .insert(mcpauth_proto::PROTOCOL_METADATA, "999".parse().unwrap());
+    assert_eq!(raw.status(request).await.unwrap().into_inner().protocol, 1);
+}
