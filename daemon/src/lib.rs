@@ -18,6 +18,7 @@ pub mod broker;
 pub mod config;
 pub mod listener;
 pub mod logging;
+pub mod oauth;
 pub mod rpc;
 pub mod secret;
 pub mod shutdown;

@@ -7,7 +7,10 @@
 
 use std::fmt;
 
-#[derive(Clone, PartialEq, Eq)]
+/// Serialises as the plain string: only the store (0600 files in a 0700
+/// directory) serialises secrets.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
 pub struct Secret(String);
 
 impl Secret {
@@ -18,6 +21,15 @@ impl Secret {
     /// The value itself. Call only where it leaves for the wire or the store.
     pub fn expose(&self) -> &str {
         &self.0
+    }
+
+    /// Compares in time independent of where the values differ.
+    pub fn constant_time_eq(&self, other: &str) -> bool {
+        let (a, b) = (self.0.as_bytes(), other.as_bytes());
+        if a.len() != b.len() {
+            return false;
+        }
+        a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
     }
 }
 

@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::secret::Secret;
+
 /// Everything the daemon keeps about one server, persisted per name.
 ///
 /// Later revisions add the grant (tokens), the discovered metadata and the
@@ -23,6 +25,17 @@ pub struct ServerRecord {
     /// secret: it is built from typed errors whose messages carry none.
     #[serde(default)]
     pub last_error: Option<String>,
+    /// The loopback callback port, chosen once and reused so a registered
+    /// redirect URI stays valid.
+    #[serde(default)]
+    pub callback_port: Option<u16>,
+    /// Where this server's authorization server is, as last discovered.
+    /// Persisted so a refresh after a restart goes to the right endpoint.
+    #[serde(default)]
+    pub discovery: Option<Discovery>,
+    /// Scope the server asked for beyond what the grant holds.
+    #[serde(default)]
+    pub step_up: Option<StepUp>,
 }
 
 impl ServerRecord {
@@ -32,6 +45,9 @@ impl ServerRecord {
             added_at_ms: now_ms,
             last_refresh_ms: None,
             last_error: None,
+            callback_port: None,
+            discovery: None,
+            step_up: None,
         }
     }
 }
@@ -41,4 +57,130 @@ pub fn unix_ms_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Authorization server metadata (RFC 8414), the fields mcpauth uses.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthServerMetadata {
+    pub issuer: String,
+    pub authorization_endpoint: String,
+    pub token_endpoint: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registration_endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocation_endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scopes_supported: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code_challenge_methods_supported: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_endpoint_auth_methods_supported: Option<Vec<String>>,
+    #[serde(default)]
+    pub client_id_metadata_document_supported: bool,
+    #[serde(default)]
+    pub authorization_response_iss_parameter_supported: bool,
+}
+
+/// How the authorization server was found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DiscoverySource {
+    /// Protected Resource Metadata, then AS metadata (2025-06-18 and later).
+    ProtectedResource,
+    /// AS metadata at the server's origin (2025-03-26).
+    LegacyMetadata,
+    /// The default `/authorize`, `/token`, `/register` (2025-03-26).
+    LegacyDefaults,
+}
+
+/// The result of discovery for one server.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Discovery {
+    /// The resource indicator (RFC 8707) sent on every request.
+    pub resource: String,
+    pub issuer: String,
+    pub metadata: AuthServerMetadata,
+    /// `scopes_supported` of the protected resource metadata.
+    #[serde(default)]
+    pub resource_scopes: Vec<String>,
+    pub source: DiscoverySource,
+    pub discovered_at_ms: i64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RegistrationKind {
+    /// `client_id` (and secret) from config.toml.
+    Configured,
+    /// A Client ID Metadata Document URL used as the client id.
+    MetadataDocument,
+    /// Dynamic Client Registration (RFC 7591).
+    Dynamic,
+}
+
+/// How the client authenticates at the token endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuthMethod {
+    None,
+    ClientSecretBasic,
+    ClientSecretPost,
+}
+
+/// A client registration, bound to the issuer that made it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registration {
+    pub issuer: String,
+    pub client_id: String,
+    #[serde(default)]
+    pub client_secret: Option<Secret>,
+    pub auth_method: ClientAuthMethod,
+    pub redirect_uri: String,
+    pub kind: RegistrationKind,
+    pub registered_at_ms: i64,
+}
+
+/// Tokens held for a server.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    /// The issuer that issued these tokens; a refresh token is only ever
+    /// sent back to it.
+    pub issuer: String,
+    pub client_id: String,
+    pub resource: String,
+    pub access_token: Secret,
+    pub token_type: String,
+    #[serde(default)]
+    pub refresh_token: Option<Secret>,
+    /// Absolute expiry (Unix ms); `None` when the server did not say.
+    #[serde(default)]
+    pub expires_at_ms: Option<i64>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    pub obtained_at_ms: i64,
+    /// Grows with every new access token for this server.
+    pub generation: u64,
+}
+
+/// A login waiting for the browser (or a pasted redirect).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingFlow {
+    pub state: Secret,
+    pub verifier: Secret,
+    pub issuer: String,
+    pub client_id: String,
+    pub redirect_uri: String,
+    pub scopes: Vec<String>,
+    pub authorization_url: String,
+    pub created_at_ms: i64,
+    pub expires_at_ms: i64,
+}
+
+/// A pending request for more scope (403 `insufficient_scope`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepUp {
+    /// The union of the scopes held and the scopes challenged.
+    pub scopes: Vec<String>,
+    /// When step-up authorizations started (Unix ms), newest last.
+    pub attempts: Vec<i64>,
 }

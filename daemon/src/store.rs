@@ -4,11 +4,13 @@
 //! - `meta`: `schema_version` (a big-endian u32) and `last_good_config`
 //!   (the text of the last valid `config.toml`, so a broken edit never
 //!   takes servers away, even across a restart);
-//! - `servers`: server name -> [`ServerRecord`] as versioned JSON.
+//! - `servers`: server name -> [`ServerRecord`] as versioned JSON;
+//! - `grants`: `<name>\0` -> [`Grant`] (the tokens);
+//! - `registrations`: `<name>\0<issuer>` -> [`Registration`];
+//! - `flows`: `<name>\0` -> [`PendingFlow`] (a login in progress).
 //!
-//! Later trees (grants, registrations, pending flows) key their entries as
-//! `<server name>\0<rest>`, so [`Store::delete_server`] can remove every
-//! trace of a server by prefix.
+//! Per-server trees key their entries as `<server name>\0<rest>`, so
+//! [`Store::delete_server`] can remove every trace of a server by prefix.
 //!
 //! Durability: every write method flushes before it returns, so the caller
 //! (and the RPC client behind it) only hears of a change that is on disk.
@@ -18,7 +20,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::config::ServerName;
-use crate::state::ServerRecord;
+use crate::state::{Grant, PendingFlow, Registration, ServerRecord};
 
 /// The layout version written in `meta/schema_version`.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -61,6 +63,16 @@ pub struct Store {
     db: sled::Db,
     meta: sled::Tree,
     servers: sled::Tree,
+    grants: sled::Tree,
+    registrations: sled::Tree,
+    flows: sled::Tree,
+}
+
+fn server_key(name: &ServerName, rest: &str) -> Vec<u8> {
+    let mut key = name.as_str().as_bytes().to_vec();
+    key.push(0);
+    key.extend_from_slice(rest.as_bytes());
+    key
 }
 
 impl Store {
@@ -86,11 +98,17 @@ impl Store {
             })?;
         let meta = db.open_tree("meta")?;
         let servers = db.open_tree("servers")?;
+        let grants = db.open_tree("grants")?;
+        let registrations = db.open_tree("registrations")?;
+        let flows = db.open_tree("flows")?;
         let store = Self {
             path,
             db,
             meta,
             servers,
+            grants,
+            registrations,
+            flows,
         };
         match store.meta.get("schema_version")? {
             None => {
@@ -196,6 +214,90 @@ impl Store {
         self.flush().await
     }
 
+    fn get<T: DeserializeOwned>(tree: &sled::Tree, key: &[u8]) -> Result<Option<T>, StoreError> {
+        tree.get(key)?
+            .map(|raw| Self::decode(&String::from_utf8_lossy(key).replace('\0', "/"), &raw))
+            .transpose()
+    }
+
+    async fn put<T: Serialize>(
+        &self,
+        tree: &sled::Tree,
+        key: Vec<u8>,
+        value: &T,
+    ) -> Result<(), StoreError> {
+        tree.insert(key, Self::encode(value))?;
+        self.flush().await
+    }
+
+    async fn remove(&self, tree: &sled::Tree, key: Vec<u8>) -> Result<(), StoreError> {
+        tree.remove(key)?;
+        self.flush().await
+    }
+
+    pub fn grant(&self, name: &ServerName) -> Result<Option<Grant>, StoreError> {
+        Self::get(&self.grants, &server_key(name, ""))
+    }
+
+    /// Stores a grant; durable when it returns.
+    pub async fn put_grant(&self, name: &ServerName, grant: &Grant) -> Result<(), StoreError> {
+        self.put(&self.grants, server_key(name, ""), grant).await
+    }
+
+    pub async fn delete_grant(&self, name: &ServerName) -> Result<(), StoreError> {
+        self.remove(&self.grants, server_key(name, "")).await
+    }
+
+    pub fn registration(
+        &self,
+        name: &ServerName,
+        issuer: &str,
+    ) -> Result<Option<Registration>, StoreError> {
+        Self::get(&self.registrations, &server_key(name, issuer))
+    }
+
+    pub async fn put_registration(
+        &self,
+        name: &ServerName,
+        registration: &Registration,
+    ) -> Result<(), StoreError> {
+        self.put(
+            &self.registrations,
+            server_key(name, &registration.issuer),
+            registration,
+        )
+        .await
+    }
+
+    pub async fn delete_registration(
+        &self,
+        name: &ServerName,
+        issuer: &str,
+    ) -> Result<(), StoreError> {
+        self.remove(&self.registrations, server_key(name, issuer))
+            .await
+    }
+
+    /// Deletes every registration of a server (all issuers).
+    pub async fn delete_registrations(&self, name: &ServerName) -> Result<(), StoreError> {
+        for key in self.registrations.scan_prefix(server_key(name, "")).keys() {
+            self.registrations.remove(key?)?;
+        }
+        self.flush().await
+    }
+
+    pub fn flow(&self, name: &ServerName) -> Result<Option<PendingFlow>, StoreError> {
+        Self::get(&self.flows, &server_key(name, ""))
+    }
+
+    pub async fn put_flow(&self, name: &ServerName, flow: &PendingFlow) -> Result<(), StoreError> {
+        self.put(&self.flows, server_key(name, ""), flow).await
+    }
+
+    pub async fn delete_flow(&self, name: &ServerName) -> Result<(), StoreError> {
+        self.remove(&self.flows, server_key(name, "")).await
+    }
+
     pub fn last_good_config(&self) -> Result<Option<String>, StoreError> {
         Ok(self
             .meta
@@ -226,10 +328,31 @@ impl Store {
                 .expect("records serialise"),
             );
         }
-        Ok(serde_json::json!({
+        let mut trees = serde_json::Map::new();
+        for (name, tree) in [
+            ("grants", &self.grants),
+            ("registrations", &self.registrations),
+            ("flows", &self.flows),
+        ] {
+            let mut entries = serde_json::Map::new();
+            for entry in tree.iter() {
+                let (k, v) = entry?;
+                let key = String::from_utf8_lossy(&k).replace('\0', "/");
+                let value: serde_json::Value =
+                    serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
+                        key: key.clone(),
+                        message: e.to_string(),
+                    })?;
+                entries.insert(key, value);
+            }
+            trees.insert(name.to_string(), serde_json::Value::Object(entries));
+        }
+        let mut out = serde_json::json!({
             "schema_version": SCHEMA_VERSION,
             "servers": servers,
-        }))
+        });
+        out.as_object_mut().expect("object").extend(trees);
+        Ok(out)
     }
 }
 

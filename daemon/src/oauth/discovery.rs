@@ -1,0 +1,393 @@
+//! Finding a server's authorization server.
+//!
+//! 1. Probe: an unauthenticated MCP `initialize` POST; a 401/403 carries a
+//!    `WWW-Authenticate` challenge with `resource_metadata` and `scope`.
+//! 2. Protected Resource Metadata (RFC 9728): the challenge's URL, else
+//!    `/.well-known/oauth-protected-resource/<path>`, else at the root. Its
+//!    `resource` must identify this server, or nothing more is requested.
+//! 3. AS metadata for the first `authorization_servers` entry: for an issuer
+//!    with a path, RFC 8414 path-inserted, OIDC path-inserted, OIDC
+//!    path-appended; without a path, RFC 8414 then OIDC. The document's
+//!    `issuer` must equal the issuer exactly, and PKCE S256 must be listed.
+//! 4. No PRM at all (2025-03-26): AS metadata at the server's origin, else
+//!    the default `/authorize`, `/token`, `/register` there.
+//!
+//! A candidate answering 4xx is skipped; anything else that fails (network,
+//! 5xx, a malformed document) stops discovery: falling back to a weaker
+//! mode because a request failed would let a network fault change policy.
+
+use serde::Deserialize;
+use url::Url;
+
+use super::challenge::{self, BearerChallenge};
+use super::http::{Fetched, HttpClient, checked, display_url};
+use super::{OAuthError, canonical_resource};
+use crate::state::{AuthServerMetadata, Discovery, DiscoverySource};
+
+/// The MCP revision announced by the probe.
+pub const MCP_PROTOCOL_VERSION: &str = "2025-11-25";
+
+#[derive(Debug, Deserialize)]
+struct ProtectedResourceMetadata {
+    resource: Option<String>,
+    #[serde(default)]
+    authorization_servers: Vec<String>,
+    #[serde(default)]
+    scopes_supported: Option<Vec<String>>,
+}
+
+/// The outcome: what to persist, and the challenge seen by the probe.
+#[derive(Clone, Debug)]
+pub struct Discovered {
+    pub discovery: Discovery,
+    pub challenge: Option<BearerChallenge>,
+}
+
+fn well_known(origin: &Url, prefix: &str, path: &str) -> Url {
+    let mut url = origin.clone();
+    let path = path.trim_end_matches('/');
+    url.set_path(&format!("{prefix}{path}"));
+    url.set_query(None);
+    url.set_fragment(None);
+    url
+}
+
+/// The PRM URLs to try, in order.
+pub fn resource_metadata_candidates(server: &Url) -> Vec<Url> {
+    let path = server.path();
+    let mut out = Vec::new();
+    if path != "/" && !path.is_empty() {
+        out.push(well_known(
+            server,
+            "/.well-known/oauth-protected-resource",
+            path,
+        ));
+    }
+    out.push(well_known(
+        server,
+        "/.well-known/oauth-protected-resource",
+        "",
+    ));
+    out
+}
+
+/// The AS metadata URLs to try for `issuer`, in the spec's order.
+pub fn metadata_candidates(issuer: &Url) -> Vec<Url> {
+    let path = issuer.path().trim_end_matches('/');
+    if path.is_empty() {
+        vec![
+            well_known(issuer, "/.well-known/oauth-authorization-server", ""),
+            well_known(issuer, "/.well-known/openid-configuration", ""),
+        ]
+    } else {
+        let mut appended = issuer.clone();
+        appended.set_path(&format!("{path}/.well-known/openid-configuration"));
+        appended.set_query(None);
+        vec![
+            well_known(issuer, "/.well-known/oauth-authorization-server", path),
+            well_known(issuer, "/.well-known/openid-configuration", path),
+            appended,
+        ]
+    }
+}
+
+/// Whether a PRM `resource` identifies the server at `server`: same origin,
+/// and the resource's path is the server's path or one of its parents (on
+/// a segment boundary). `https://mcp.example.com` identifies
+/// `https://mcp.example.com/mcp`; `https://mcp.example.com/other` does not.
+pub fn resource_identifies(resource: &Url, server: &Url) -> bool {
+    if resource.scheme() != server.scheme()
+        || resource.host_str() != server.host_str()
+        || resource.port_or_known_default() != server.port_or_known_default()
+    {
+        return false;
+    }
+    let r = resource.path().trim_end_matches('/');
+    let s = server.path().trim_end_matches('/');
+    r.is_empty() || s == r || s.starts_with(&format!("{r}/"))
+}
+
+fn origin_of(url: &Url) -> String {
+    url.origin().ascii_serialization()
+}
+
+impl HttpClient {
+    /// Sends the unauthenticated MCP `initialize` and returns the status
+    /// and the Bearer challenge, if any.
+    pub async fn probe(&self, server: &Url) -> Result<(u16, Option<BearerChallenge>), OAuthError> {
+        let body = serde_json::json!({
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": MCP_PROTOCOL_VERSION,
+                "capabilities": {},
+                "clientInfo": {"name": "mcpauth", "version": env!("CARGO_PKG_VERSION")}
+            }
+        });
+        let response = match self
+            .post_json(
+                server,
+                &body,
+                &[("MCP-Protocol-Version", MCP_PROTOCOL_VERSION)],
+            )
+            .await
+        {
+            Ok(r) => r,
+            // A redirect or an oversized answer from the MCP endpoint says
+            // nothing about authorization: carry on with well-known URLs.
+            Err(OAuthError::Redirect { .. } | OAuthError::TooLarge { .. }) => return Ok((0, None)),
+            Err(e) => return Err(e),
+        };
+        let challenge = if matches!(response.status, 401 | 403) {
+            challenge::bearer(response.www_authenticate.iter().map(String::as_str))
+        } else {
+            None
+        };
+        Ok((response.status, challenge))
+    }
+
+    /// Runs discovery for the MCP server at `server`.
+    pub async fn discover(&self, server: &Url, now_ms: i64) -> Result<Discovered, OAuthError> {
+        let (status, challenge) = self.probe(server).await?;
+        let mut candidates = Vec::new();
+        if let Some(url) = challenge
+            .as_ref()
+            .and_then(|c| c.resource_metadata.as_deref())
+        {
+            candidates.push(checked("resource metadata URL", url)?);
+        }
+        for url in resource_metadata_candidates(server) {
+            if !candidates.contains(&url) {
+                candidates.push(url);
+            }
+        }
+        let mut prm = None;
+        for url in &candidates {
+            match self.get_json::<ProtectedResourceMetadata>(url).await? {
+                Fetched::Found(doc) => {
+                    prm = Some((url.clone(), doc));
+                    break;
+                }
+                Fetched::Missing(_) => continue,
+            }
+        }
+
+        let Some((prm_url, prm)) = prm else {
+            return self
+                .discover_legacy(server, status, challenge, now_ms)
+                .await;
+        };
+
+        // RFC 9728 §3.3: the document must be about this server.
+        let resource = match prm.resource.as_deref() {
+            None => {
+                return Err(OAuthError::BadDocument {
+                    url: display_url(&prm_url),
+                    reason: "no \"resource\"".into(),
+                });
+            }
+            Some(r) => r,
+        };
+        let resource_url = Url::parse(resource)
+            .ok()
+            .filter(|r| resource_identifies(r, server));
+        let Some(resource_url) = resource_url else {
+            return Err(OAuthError::ResourceMismatch {
+                expected: canonical_resource(server),
+                found: resource.chars().take(200).collect(),
+            });
+        };
+        let issuer_raw = prm
+            .authorization_servers
+            .first()
+            .ok_or(OAuthError::NoAuthorizationServer)?
+            .clone();
+        let issuer_url = checked("authorization server", &issuer_raw)?;
+        let metadata = self.fetch_metadata(&issuer_raw, &issuer_url).await?;
+        let metadata = metadata.ok_or_else(|| OAuthError::NoMetadata {
+            issuer: issuer_raw.clone(),
+        })?;
+        Ok(Discovered {
+            discovery: Discovery {
+                resource: canonical_resource(&resource_url),
+                issuer: issuer_raw,
+                metadata,
+                resource_scopes: prm.scopes_supported.unwrap_or_default(),
+                source: DiscoverySource::ProtectedResource,
+                discovered_at_ms: now_ms,
+            },
+            challenge,
+        })
+    }
+
+    /// Fetches and checks AS metadata; `Ok(None)` when no candidate exists.
+    async fn fetch_metadata(
+        &self,
+        issuer: &str,
+        issuer_url: &Url,
+    ) -> Result<Option<AuthServerMetadata>, OAuthError> {
+        for url in metadata_candidates(issuer_url) {
+            let metadata = match self.get_json::<AuthServerMetadata>(&url).await? {
+                Fetched::Found(m) => m,
+                Fetched::Missing(_) => continue,
+            };
+            if metadata.issuer != issuer {
+                return Err(OAuthError::IssuerMismatch {
+                    expected: issuer.to_string(),
+                    found: metadata.issuer.chars().take(200).collect(),
+                });
+            }
+            let s256 = metadata
+                .code_challenge_methods_supported
+                .as_ref()
+                .is_some_and(|m| m.iter().any(|m| m == "S256"));
+            if !s256 {
+                return Err(OAuthError::PkceUnsupported {
+                    issuer: issuer.to_string(),
+                });
+            }
+            check_endpoints(&metadata)?;
+            return Ok(Some(metadata));
+        }
+        Ok(None)
+    }
+
+    /// 2025-03-26 servers: no PRM; the server's origin is the issuer.
+    async fn discover_legacy(
+        &self,
+        server: &Url,
+        status: u16,
+        challenge: Option<BearerChallenge>,
+        now_ms: i64,
+    ) -> Result<Discovered, OAuthError> {
+        let issuer = origin_of(server);
+        let issuer_url = checked("authorization server", &issuer)?;
+        let (metadata, source) = match self.fetch_metadata(&issuer, &issuer_url).await? {
+            Some(m) => (m, DiscoverySource::LegacyMetadata),
+            None => {
+                if !matches!(status, 401 | 403) {
+                    return Err(OAuthError::NotProtected);
+                }
+                let at = |path: &str| format!("{issuer}{path}");
+                (
+                    AuthServerMetadata {
+                        issuer: issuer.clone(),
+                        authorization_endpoint: at("/authorize"),
+                        token_endpoint: at("/token"),
+                        registration_endpoint: Some(at("/register")),
+                        code_challenge_methods_supported: Some(vec!["S256".into()]),
+                        ..Default::default()
+                    },
+                    DiscoverySource::LegacyDefaults,
+                )
+            }
+        };
+        Ok(Discovered {
+            discovery: Discovery {
+                resource: canonical_resource(server),
+                issuer,
+                metadata,
+                resource_scopes: Vec::new(),
+                source,
+                discovered_at_ms: now_ms,
+            },
+            challenge,
+        })
+    }
+}
+
+/// Every endpoint the metadata names must pass the URL policy.
+fn check_endpoints(m: &AuthServerMetadata) -> Result<(), OAuthError> {
+    checked("authorization endpoint", &m.authorization_endpoint)?;
+    checked("token endpoint", &m.token_endpoint)?;
+    if let Some(r) = &m.registration_endpoint {
+        checked("registration endpoint", r)?;
+    }
+    if let Some(r) = &m.revocation_endpoint {
+        checked("revocation endpoint", r)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn u(s: &str) -> Url {
+        Url::parse(s).unwrap()
+    }
+
+    #[test]
+    fn prm_candidates_insert_the_path_then_try_the_root() {
+        let c = resource_metadata_candidates(&u("https://mcp.example.com/public/mcp"));
+        assert_eq!(
+            c.iter().map(Url::as_str).collect::<Vec<_>>(),
+            [
+                "https://mcp.example.com/.well-known/oauth-protected-resource/public/mcp",
+                "https://mcp.example.com/.well-known/oauth-protected-resource",
+            ]
+        );
+        let c = resource_metadata_candidates(&u("https://mcp.example.com/"));
+        assert_eq!(c.len(), 1);
+    }
+
+    #[test]
+    fn metadata_candidates_follow_the_spec_order() {
+        let with_path = metadata_candidates(&u("https://auth.example.com/tenant1"));
+        assert_eq!(
+            with_path.iter().map(Url::as_str).collect::<Vec<_>>(),
+            [
+                "https://auth.example.com/.well-known/oauth-authorization-server/tenant1",
+                "https://auth.example.com/.well-known/openid-configuration/tenant1",
+                "https://auth.example.com/tenant1/.well-known/openid-configuration",
+            ]
+        );
+        let root = metadata_candidates(&u("https://auth.example.com"));
+        assert_eq!(
+            root.iter().map(Url::as_str).collect::<Vec<_>>(),
+            [
+                "https://auth.example.com/.well-known/oauth-authorization-server",
+                "https://auth.example.com/.well-known/openid-configuration",
+            ]
+        );
+    }
+
+    #[test]
+    fn resource_identification() {
+        let server = u("https://mcp.example.com/mcp");
+        assert!(resource_identifies(
+            &u("https://mcp.example.com/mcp"),
+            &server
+        ));
+        assert!(resource_identifies(
+            &u("https://mcp.example.com/mcp/"),
+            &server
+        ));
+        assert!(resource_identifies(&u("https://mcp.example.com"), &server));
+        assert!(resource_identifies(
+            &u("https://MCP.example.com:443/"),
+            &server
+        ));
+        assert!(!resource_identifies(
+            &u("https://mcp.example.com/other"),
+            &server
+        ));
+        assert!(!resource_identifies(
+            &u("https://mcp.example.com/mc"),
+            &server
+        ));
+        assert!(!resource_identifies(
+            &u("https://evil.example.com/mcp"),
+            &server
+        ));
+        assert!(!resource_identifies(
+            &u("http://mcp.example.com/mcp"),
+            &server
+        ));
+        assert!(!resource_identifies(
+            &u("https://mcp.example.com:8443/mcp"),
+            &server
+        ));
+    }
+}

@@ -1,0 +1,264 @@
+//! The HTTP client the engine uses for every request.
+//!
+//! - Every URL is checked by `url_policy` before it is requested.
+//! - Connect timeout 10 s, whole-request timeout 30 s.
+//! - Bodies are read up to 1 MiB; more is an error.
+//! - Redirects are never followed automatically. Metadata fetches follow up
+//!   to 3, each target checked like any other URL; token, registration and
+//!   revocation requests follow none (a redirect could carry a code or a
+//!   refresh token elsewhere).
+
+use std::time::Duration;
+
+use reqwest::header::{CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE};
+use serde::de::DeserializeOwned;
+use url::Url;
+
+use super::OAuthError;
+use crate::url_policy::check_secure_url;
+
+pub const MAX_BODY: usize = 1024 * 1024;
+const MAX_REDIRECTS: usize = 3;
+
+/// A response whose body was read (within the cap).
+pub struct Response {
+    pub status: u16,
+    pub content_type: String,
+    pub www_authenticate: Vec<String>,
+    pub body: Vec<u8>,
+}
+
+/// A metadata document, or the reason there was none at that URL.
+pub enum Fetched<T> {
+    Found(T),
+    /// 4xx: nothing there; try the next candidate.
+    Missing(u16),
+}
+
+#[derive(Clone)]
+pub struct HttpClient {
+    client: reqwest::Client,
+}
+
+/// The URL without query or fragment, for messages.
+pub fn display_url(url: &Url) -> String {
+    let mut u = url.clone();
+    u.set_query(None);
+    u.set_fragment(None);
+    u.to_string()
+}
+
+pub fn checked(what: &'static str, raw: &str) -> Result<Url, OAuthError> {
+    let url = Url::parse(raw).map_err(|e| OAuthError::InsecureUrl {
+        what,
+        url: raw.chars().take(200).collect(),
+        source: crate::url_policy::UrlError::Parse(e.to_string()),
+    })?;
+    check_secure_url(&url).map_err(|source| OAuthError::InsecureUrl {
+        what,
+        url: display_url(&url),
+        source,
+    })?;
+    Ok(url)
+}
+
+impl Default for HttpClient {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl HttpClient {
+    pub fn new() -> Self {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(30))
+            .user_agent(concat!("mcpauth/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .expect("the HTTP client builds");
+        Self { client }
+    }
+
+    async fn read(url: &Url, mut response: reqwest::Response) -> Result<Response, OAuthError> {
+        let status = response.status().as_u16();
+        let header = |name| {
+            response
+                .headers()
+                .get_all(name)
+                .iter()
+                .filter_map(|v| v.to_str().ok().map(str::to_string))
+                .collect::<Vec<_>>()
+        };
+        let content_type = header(CONTENT_TYPE).into_iter().next().unwrap_or_default();
+        let www_authenticate = header(WWW_AUTHENTICATE);
+        if response
+            .content_length()
+            .is_some_and(|n| n > MAX_BODY as u64)
+        {
+            return Err(OAuthError::TooLarge {
+                url: display_url(url),
+                limit: MAX_BODY,
+            });
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| unreachable(url, &e))? {
+            if body.len() + chunk.len() > MAX_BODY {
+                return Err(OAuthError::TooLarge {
+                    url: display_url(url),
+                    limit: MAX_BODY,
+                });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(Response {
+            status,
+            content_type,
+            www_authenticate,
+            body,
+        })
+    }
+
+    async fn send(
+        &self,
+        url: &Url,
+        request: reqwest::RequestBuilder,
+    ) -> Result<Response, OAuthError> {
+        let response = request.send().await.map_err(|e| unreachable(url, &e))?;
+        if response.status().is_redirection() {
+            let location = response
+                .headers()
+                .get(LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .chars()
+                .take(200)
+                .collect();
+            return Err(OAuthError::Redirect {
+                url: display_url(url),
+                location,
+            });
+        }
+        Self::read(url, response).await
+    }
+
+    /// GETs a JSON document, following up to 3 checked redirects.
+    pub async fn get_json<T: DeserializeOwned>(&self, url: &Url) -> Result<Fetched<T>, OAuthError> {
+        let mut current = url.clone();
+        for _ in 0..=MAX_REDIRECTS {
+            check_secure_url(&current).map_err(|source| OAuthError::InsecureUrl {
+                what: "metadata URL",
+                url: display_url(&current),
+                source,
+            })?;
+            let request = self
+                .client
+                .get(current.clone())
+                .header("Accept", "application/json");
+            match self.send(&current, request).await {
+                Err(OAuthError::Redirect { location, .. }) => {
+                    current = current
+                        .join(&location)
+                        .map_err(|e| OAuthError::BadDocument {
+                            url: display_url(&current),
+                            reason: format!("bad redirect: {e}"),
+                        })?;
+                    continue;
+                }
+                Err(e) => return Err(e),
+                Ok(response) => {
+                    if (400..500).contains(&response.status) {
+                        return Ok(Fetched::Missing(response.status));
+                    }
+                    return parse_json(&current, &response).map(Fetched::Found);
+                }
+            }
+        }
+        Err(OAuthError::BadDocument {
+            url: display_url(url),
+            reason: format!("more than {MAX_REDIRECTS} redirects"),
+        })
+    }
+
+    /// POSTs a form (token, revocation). `basic` adds HTTP Basic client
+    /// authentication. Any status is returned; redirects are errors.
+    pub async fn post_form(
+        &self,
+        url: &Url,
+        form: &[(&str, &str)],
+        basic: Option<(&str, &str)>,
+    ) -> Result<Response, OAuthError> {
+        let mut request = self
+            .client
+            .post(url.clone())
+            .header("Accept", "application/json")
+            .form(form);
+        if let Some((id, secret)) = basic {
+            // RFC 6749 §2.3.1: both parts form-urlencoded first.
+            let enc =
+                |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+            request = request.basic_auth(enc(id), Some(enc(secret)));
+        }
+        self.send(url, request).await
+    }
+
+    /// POSTs a JSON body (registration, MCP probe).
+    pub async fn post_json(
+        &self,
+        url: &Url,
+        body: &serde_json::Value,
+        extra_headers: &[(&str, &str)],
+    ) -> Result<Response, OAuthError> {
+        let mut request = self
+            .client
+            .post(url.clone())
+            .header("Accept", "application/json, text/event-stream")
+            .json(body);
+        for (k, v) in extra_headers {
+            request = request.header(*k, *v);
+        }
+        self.send(url, request).await
+    }
+}
+
+fn unreachable(url: &Url, e: &reqwest::Error) -> OAuthError {
+    let reason = if e.is_timeout() {
+        "timed out".to_string()
+    } else if e.is_connect() {
+        "connection failed".to_string()
+    } else {
+        // reqwest errors name the URL; ours has no secrets in it, but keep
+        // the message short and predictable.
+        std::error::Error::source(e)
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "request failed".into())
+            .chars()
+            .take(200)
+            .collect()
+    };
+    OAuthError::Unreachable {
+        url: display_url(url),
+        reason,
+    }
+}
+
+/// Parses a JSON body, insisting on a JSON content type when one is given.
+pub fn parse_json<T: DeserializeOwned>(url: &Url, response: &Response) -> Result<T, OAuthError> {
+    if !(200..300).contains(&response.status) {
+        return Err(OAuthError::Status {
+            url: display_url(url),
+            status: response.status,
+        });
+    }
+    let ct = response.content_type.to_ascii_lowercase();
+    if !ct.is_empty() && !ct.contains("json") {
+        return Err(OAuthError::NotJson {
+            url: display_url(url),
+            content_type: ct.chars().take(80).collect(),
+        });
+    }
+    serde_json::from_slice(&response.body).map_err(|e| OAuthError::BadDocument {
+        url: display_url(url),
+        reason: e.to_string().chars().take(200).collect(),
+    })
+}

@@ -1,0 +1,167 @@
+//! The OAuth engine: MCP authorization (2025-03-26 fallbacks through
+//! 2026-07-28) on reqwest. It discovers authorization servers, registers
+//! clients, builds authorization requests, validates callbacks, and
+//! exchanges and refreshes tokens.
+//!
+//! It is stateless and knows nothing of gRPC or of the store: callers pass
+//! in what was persisted (discovery, registration, grant) and persist what
+//! comes back. Every URL it is given or discovers passes `url_policy`.
+//!
+//! - `challenge`: `WWW-Authenticate` parsing.
+//! - `http`: the HTTP client (timeouts, 1 MiB cap, redirect rules).
+//! - `discovery`: PRM (RFC 9728) and AS metadata (RFC 8414 / OIDC).
+//! - `registration`: configured client, CIMD, or DCR (RFC 7591).
+//! - `flow`: PKCE authorization requests and callback validation (RFC 9207).
+//! - `token`: code exchange, refresh, revocation (RFC 6749, 7009, 8707).
+//! - `pkce`: verifier, challenge, state, token fingerprints.
+
+pub mod challenge;
+pub mod discovery;
+pub mod flow;
+pub mod http;
+pub mod pkce;
+pub mod registration;
+pub mod token;
+
+use crate::url_policy::UrlError;
+
+/// Everything that can go wrong talking OAuth. No variant carries a token,
+/// a secret, a code or a verifier; strings from servers are bounded and
+/// stripped of control characters.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OAuthError {
+    #[error("{what} {url} is not acceptable: {source}")]
+    InsecureUrl {
+        what: &'static str,
+        url: String,
+        #[source]
+        source: UrlError,
+    },
+    #[error("cannot reach {url}: {reason}")]
+    Unreachable { url: String, reason: String },
+    #[error("{url} answered HTTP {status}")]
+    Status { url: String, status: u16 },
+    #[error("{url} answered with a redirect to {location}, which is not followed here")]
+    Redirect { url: String, location: String },
+    #[error("{url} sent more than {limit} bytes")]
+    TooLarge { url: String, limit: usize },
+    #[error("{url} did not send JSON ({content_type})")]
+    NotJson { url: String, content_type: String },
+    #[error("{url} sent an invalid document: {reason}")]
+    BadDocument { url: String, reason: String },
+    #[error("the server answered without asking for authorization; it needs no login")]
+    NotProtected,
+    #[error(
+        "the protected resource metadata names resource {found:?}, which is not this server ({expected}); refusing to continue"
+    )]
+    ResourceMismatch { expected: String, found: String },
+    #[error("the protected resource metadata lists no authorization server")]
+    NoAuthorizationServer,
+    #[error("no authorization server metadata found for {issuer}")]
+    NoMetadata { issuer: String },
+    #[error(
+        "the authorization server metadata says issuer {found:?}, but it was fetched for {expected:?}; refusing it"
+    )]
+    IssuerMismatch { expected: String, found: String },
+    #[error(
+        "the authorization server {issuer} does not support PKCE with S256; refusing to use it"
+    )]
+    PkceUnsupported { issuer: String },
+    #[error(
+        "{issuer} offers no way for mcpauthd to register: set client_id (mcpauthctl add NAME URL --client-id ID) or client_metadata_url in config.toml"
+    )]
+    RegistrationUnavailable { issuer: String },
+    #[error("client registration at {issuer} failed: {error}{}", description.as_deref().map(|d| format!(" ({d})")).unwrap_or_default())]
+    RegistrationRejected {
+        issuer: String,
+        error: String,
+        description: Option<String>,
+    },
+    #[error("cannot read the client secret file {path}: {reason}")]
+    SecretFile { path: String, reason: String },
+    #[error("the token endpoint refused: {error}{}", description.as_deref().map(|d| format!(" ({d})")).unwrap_or_default())]
+    Token {
+        error: String,
+        description: Option<String>,
+    },
+    #[error("unsupported token type {0:?} (only Bearer is supported)")]
+    UnsupportedTokenType(String),
+}
+
+impl OAuthError {
+    /// The OAuth error code from the token endpoint, if that is what this is.
+    pub fn token_error(&self) -> Option<&str> {
+        match self {
+            OAuthError::Token { error, .. } => Some(error),
+            _ => None,
+        }
+    }
+
+    /// Whether trying again later may help (network trouble, 5xx, 429).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            OAuthError::Unreachable { .. } => true,
+            OAuthError::Status { status, .. } => *status >= 500 || *status == 429,
+            OAuthError::Token { error, .. } => error == "temporarily_unavailable",
+            _ => false,
+        }
+    }
+}
+
+/// Makes a server-provided string safe to show: bounded, single-line, and
+/// without any of the given secrets (a buggy server may echo them).
+pub fn sanitize(text: &str, secrets: &[&str]) -> String {
+    let mut out: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(300)
+        .collect();
+    for secret in secrets.iter().filter(|s| s.len() >= 4) {
+        out = out.replace(secret, "[redacted]");
+    }
+    out.trim().to_string()
+}
+
+/// The canonical form of a server URL for the `resource` parameter
+/// (RFC 8707): scheme and host lowercased (the url crate does that), no
+/// fragment, and no trailing slash on an empty path.
+pub fn canonical_resource(url: &url::Url) -> String {
+    let mut url = url.clone();
+    url.set_fragment(None);
+    let s = url.to_string();
+    if url.path() == "/" && url.query().is_none() {
+        s.trim_end_matches('/').to_string()
+    } else {
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_resources() {
+        let c = |s: &str| canonical_resource(&url::Url::parse(s).unwrap());
+        assert_eq!(c("HTTPS://MCP.Example.com/"), "https://mcp.example.com");
+        assert_eq!(
+            c("https://mcp.example.com/mcp"),
+            "https://mcp.example.com/mcp"
+        );
+        assert_eq!(
+            c("https://mcp.example.com/mcp/"),
+            "https://mcp.example.com/mcp/"
+        );
+        assert_eq!(
+            c("https://mcp.example.com:8443/x#frag"),
+            "https://mcp.example.com:8443/x"
+        );
+    }
+
+    #[test]
+    fn sanitize_bounds_and_redacts() {
+        let s = sanitize("bad token abcd1234efgh\nsecond line", &["abcd1234efgh"]);
+        assert_eq!(s, "bad token [redacted] second line");
+        assert_eq!(sanitize(&"x".repeat(1000), &[]).len(), 300);
+    }
+}

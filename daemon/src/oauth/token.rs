@@ -1,0 +1,289 @@
+//! The token endpoint: authorization-code exchange and refresh (RFC 6749
+//! with PKCE and the `resource` indicator of RFC 8707), and revocation
+//! (RFC 7009).
+//!
+//! Any 2xx is a success. A refresh answer without `refresh_token` or
+//! `scope` keeps the old ones (the caller merges). Error answers become
+//! [`OAuthError::Token`] with the OAuth error code; server-provided text is
+//! sanitised and stripped of anything we sent.
+
+use serde::Deserialize;
+
+use super::http::{HttpClient, Response, checked, display_url};
+use super::{OAuthError, sanitize};
+use crate::secret::Secret;
+use crate::state::{ClientAuthMethod, Discovery, Registration};
+
+/// What a successful token response carries.
+#[derive(Clone, Debug)]
+pub struct TokenSet {
+    pub access_token: Secret,
+    pub token_type: String,
+    pub refresh_token: Option<Secret>,
+    /// Seconds, as sent; `None` when absent (expiry unknown).
+    pub expires_in: Option<u64>,
+    pub scope: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+struct RawTokenResponse {
+    access_token: String,
+    #[serde(default)]
+    token_type: Option<String>,
+    #[serde(default)]
+    refresh_token: Option<String>,
+    #[serde(default)]
+    expires_in: Option<serde_json::Value>,
+    #[serde(default)]
+    scope: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawError {
+    error: String,
+    #[serde(default)]
+    error_description: Option<String>,
+}
+
+/// Parses a token endpoint answer. `sent` are the secrets of the request,
+/// removed from any error text.
+pub fn parse_token_response(
+    url: &url::Url,
+    response: &Response,
+    sent: &[&str],
+) -> Result<TokenSet, OAuthError> {
+    if !(200..300).contains(&response.status) {
+        if let Ok(err) = serde_json::from_slice::<RawError>(&response.body) {
+            return Err(OAuthError::Token {
+                error: sanitize(&err.error, sent),
+                description: err
+                    .error_description
+                    .map(|d| sanitize(&d, sent))
+                    .filter(|d| !d.is_empty()),
+            });
+        }
+        return Err(OAuthError::Status {
+            url: display_url(url),
+            status: response.status,
+        });
+    }
+    let raw: RawTokenResponse = super::http::parse_json(url, response)?;
+    if raw.access_token.is_empty() {
+        return Err(OAuthError::BadDocument {
+            url: display_url(url),
+            reason: "empty access_token".into(),
+        });
+    }
+    let token_type = raw.token_type.unwrap_or_else(|| "Bearer".into());
+    if !token_type.eq_ignore_ascii_case("bearer") {
+        return Err(OAuthError::UnsupportedTokenType(sanitize(
+            &token_type,
+            sent,
+        )));
+    }
+    // Some servers send expires_in as a string.
+    let expires_in = match raw.expires_in {
+        Some(serde_json::Value::Number(n)) => {
+            n.as_u64().or_else(|| n.as_f64().map(|f| f.max(0.0) as u64))
+        }
+        Some(serde_json::Value::String(s)) => s.trim().parse().ok(),
+        _ => None,
+    };
+    Ok(TokenSet {
+        access_token: Secret::new(raw.access_token),
+        token_type: "Bearer".into(),
+        refresh_token: raw.refresh_token.filter(|t| !t.is_empty()).map(Secret::new),
+        expires_in,
+        scope: raw
+            .scope
+            .map(|s| s.split_whitespace().map(str::to_string).collect()),
+    })
+}
+
+/// Adds client authentication to a form per the registration's method.
+fn authenticate<'a>(
+    registration: &'a Registration,
+    form: &mut Vec<(&'static str, &'a str)>,
+) -> Option<(&'a str, &'a str)> {
+    let secret = registration.client_secret.as_ref().map(Secret::expose);
+    match (registration.auth_method, secret) {
+        (ClientAuthMethod::ClientSecretBasic, Some(secret)) => {
+            Some((&registration.client_id, secret))
+        }
+        (ClientAuthMethod::ClientSecretPost, Some(secret)) => {
+            form.push(("client_id", &registration.client_id));
+            form.push(("client_secret", secret));
+            None
+        }
+        _ => {
+            form.push(("client_id", &registration.client_id));
+            None
+        }
+    }
+}
+
+impl HttpClient {
+    async fn token_request(
+        &self,
+        discovery: &Discovery,
+        registration: &Registration,
+        mut form: Vec<(&'static str, &str)>,
+        sent: &[&str],
+    ) -> Result<TokenSet, OAuthError> {
+        let url = checked("token endpoint", &discovery.metadata.token_endpoint)?;
+        let basic = authenticate(registration, &mut form);
+        let response = self.post_form(&url, &form, basic).await?;
+        let mut secrets: Vec<&str> = sent.to_vec();
+        if let Some(s) = &registration.client_secret {
+            secrets.push(s.expose());
+        }
+        parse_token_response(&url, &response, &secrets)
+    }
+
+    /// Exchanges an authorization code (with its PKCE verifier).
+    pub async fn exchange_code(
+        &self,
+        discovery: &Discovery,
+        registration: &Registration,
+        code: &Secret,
+        verifier: &Secret,
+        redirect_uri: &str,
+    ) -> Result<TokenSet, OAuthError> {
+        let form = vec![
+            ("grant_type", "authorization_code"),
+            ("code", code.expose()),
+            ("redirect_uri", redirect_uri),
+            ("code_verifier", verifier.expose()),
+            ("resource", discovery.resource.as_str()),
+        ];
+        self.token_request(
+            discovery,
+            registration,
+            form,
+            &[code.expose(), verifier.expose()],
+        )
+        .await
+    }
+
+    /// Uses a refresh token. The caller guarantees `discovery.issuer` is the
+    /// issuer that issued it.
+    pub async fn refresh(
+        &self,
+        discovery: &Discovery,
+        registration: &Registration,
+        refresh_token: &Secret,
+    ) -> Result<TokenSet, OAuthError> {
+        let form = vec![
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token.expose()),
+            ("resource", discovery.resource.as_str()),
+        ];
+        self.token_request(discovery, registration, form, &[refresh_token.expose()])
+            .await
+    }
+
+    /// Revokes a token (RFC 7009). Succeeds if the AS has no revocation
+    /// endpoint: there is nothing to do there.
+    pub async fn revoke(
+        &self,
+        discovery: &Discovery,
+        registration: &Registration,
+        token: &Secret,
+        hint: &'static str,
+    ) -> Result<(), OAuthError> {
+        let Some(endpoint) = &discovery.metadata.revocation_endpoint else {
+            return Ok(());
+        };
+        let url = checked("revocation endpoint", endpoint)?;
+        let mut form = vec![("token", token.expose()), ("token_type_hint", hint)];
+        let basic = authenticate(registration, &mut form);
+        let response = self.post_form(&url, &form, basic).await?;
+        if (200..300).contains(&response.status) {
+            Ok(())
+        } else {
+            Err(OAuthError::Status {
+                url: display_url(&url),
+                status: response.status,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn response(status: u16, body: &str) -> Response {
+        Response {
+            status,
+            content_type: "application/json".into(),
+            www_authenticate: vec![],
+            body: body.as_bytes().to_vec(),
+        }
+    }
+
+    fn url() -> url::Url {
+        url::Url::parse("https://as.example/token").unwrap()
+    }
+
+    #[test]
+    fn parses_a_full_and_a_minimal_response() {
+        let t = parse_token_response(
+            &url(),
+            &response(200, r#"{"access_token":"at","token_type":"bearer","expires_in":"3600","refresh_token":"rt","scope":"a b"}"#),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(t.access_token.expose(), "at");
+        assert_eq!(t.expires_in, Some(3600));
+        assert_eq!(t.refresh_token.unwrap().expose(), "rt");
+        assert_eq!(t.scope.unwrap(), ["a", "b"]);
+        let t =
+            parse_token_response(&url(), &response(201, r#"{"access_token":"at"}"#), &[]).unwrap();
+        assert_eq!(t.expires_in, None);
+        assert!(t.refresh_token.is_none());
+        assert!(t.scope.is_none());
+    }
+
+    #[test]
+    fn errors_are_typed_and_never_echo_what_we_sent() {
+        let err = parse_token_response(
+            &url(),
+            &response(400, r#"{"error":"invalid_grant","error_description":"refresh token rt-secret-value is revoked"}"#),
+            &["rt-secret-value"],
+        )
+        .unwrap_err();
+        assert_eq!(err.token_error(), Some("invalid_grant"));
+        let shown = err.to_string();
+        assert!(!shown.contains("rt-secret-value"), "{shown}");
+        assert!(shown.contains("[redacted]"), "{shown}");
+        let err = parse_token_response(&url(), &response(503, "oops"), &[]).unwrap_err();
+        assert!(err.is_transient());
+        assert!(
+            parse_token_response(
+                &url(),
+                &response(200, r#"{"access_token":"a","token_type":"DPoP"}"#),
+                &[]
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn debug_of_a_token_set_hides_the_tokens() {
+        let t = parse_token_response(
+            &url(),
+            &response(
+                200,
+                r#"{"access_token":"at-123456","refresh_token":"rt-123456"}"#,
+            ),
+            &[],
+        )
+        .unwrap();
+        let shown = format!("{t:?}");
+        assert!(
+            !shown.contains("at-123456") && !shown.contains("rt-123456"),
+            "{shown}"
+        );
+    }
+}
