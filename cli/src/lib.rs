@@ -79,7 +79,8 @@ impl ClientError {
                 | tonic::Code::AlreadyExists
                 | tonic::Code::OutOfRange => exit::USAGE,
                 tonic::Code::Unauthenticated => exit::LOGIN_REQUIRED,
-                tonic::Code::Unavailable => exit::UNREACHABLE,
+                // The daemon answered: it is the authorization server that
+                // is unavailable (transport failures are `Unreachable`).
                 _ => exit::FAILURE,
             },
         }
@@ -102,7 +103,6 @@ impl ClientError {
             ClientError::Autostart(_) => Some("run `mcpauthd` in a terminal to see why".into()),
             ClientError::Rpc { code, .. } => match code {
                 tonic::Code::NotFound => Some("see `mcpauthctl list` for the configured servers".into()),
-                tonic::Code::Unavailable => Some("is mcpauthd still running? see `mcpauthctl status`".into()),
                 _ => None,
             },
         }
@@ -308,6 +308,69 @@ impl Client {
             server: server.unwrap_or_default().into(),
         };
         match self.inner.watch(request).await {
+            Ok(r) => Ok(r.into_inner()),
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
+    /// Starts (or joins) a login: a `LoginStarted`, then a `LoginResult`.
+    pub async fn login(
+        &mut self,
+        server: &str,
+        scopes: Vec<String>,
+    ) -> Result<tonic::Streaming<pb::LoginEvent>, ClientError> {
+        let request = pb::LoginRequest {
+            server: server.into(),
+            scopes,
+        };
+        match self.inner.login(request).await {
+            Ok(r) => Ok(r.into_inner()),
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
+    /// Completes the pending login with a pasted redirect URL.
+    pub async fn complete_login(
+        &mut self,
+        server: &str,
+        redirect_url: &str,
+    ) -> Result<pb::LoginResult, ClientError> {
+        let request = pb::CompleteLoginRequest {
+            server: server.into(),
+            redirect_url: redirect_url.into(),
+        };
+        match self.inner.complete_login(request).await {
+            Ok(r) => Ok(r.into_inner()),
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
+    pub async fn cancel_login(&mut self, server: &str) -> Result<bool, ClientError> {
+        let request = pb::CancelLoginRequest {
+            server: server.into(),
+        };
+        match self.inner.cancel_login(request).await {
+            Ok(r) => Ok(r.into_inner().cancelled),
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
+    pub async fn logout(&mut self, server: &str, forget_client: bool) -> Result<bool, ClientError> {
+        let request = pb::LogoutRequest {
+            server: server.into(),
+            forget_client,
+        };
+        match self.inner.logout(request).await {
+            Ok(r) => Ok(r.into_inner().revoked),
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
+    pub async fn refresh(&mut self, server: &str) -> Result<pb::RefreshReply, ClientError> {
+        let request = pb::RefreshRequest {
+            server: server.into(),
+        };
+        match self.inner.refresh(request).await {
             Ok(r) => Ok(r.into_inner()),
             Err(e) => Err(self.err(e)),
         }

@@ -1,5 +1,7 @@
 //! `mcpauthctl`: the command-line front end of the mcpauth broker.
 
+mod browser;
+mod login;
 mod output;
 mod service;
 
@@ -78,6 +80,27 @@ enum Command {
     },
     /// Remove a server from config.toml and delete all of its state.
     Remove { name: String },
+    /// Log in to a server in the browser (the daemon keeps the tokens).
+    Login {
+        name: String,
+        /// Scopes to ask for (repeat for several); default: configured,
+        /// pending step-up, or what the server suggests.
+        #[arg(long = "scope", value_name = "SCOPE")]
+        scopes: Vec<String>,
+        /// Do not open a browser: print the URL and read the final redirect
+        /// address on stdin (for SSH sessions).
+        #[arg(long)]
+        no_browser: bool,
+    },
+    /// Revoke the server's tokens (when it supports revocation) and delete them.
+    Logout {
+        name: String,
+        /// Also forget the OAuth client registration.
+        #[arg(long)]
+        forget_client: bool,
+    },
+    /// Refresh the server's token now.
+    Refresh { name: String },
     /// Print events as they happen (one line each; JSON lines with --json).
     Watch {
         /// Only this server's events.
@@ -134,7 +157,7 @@ fn write_stdout(args: std::fmt::Arguments<'_>) {
 }
 
 /// A failure to report: one line, plus the exit code.
-struct Failure {
+pub(crate) struct Failure {
     message: String,
     code: u8,
 }
@@ -259,6 +282,55 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let mut client = mcpauth_client::connect(&opts).await?;
             client.remove_server(&name).await?;
             out!("removed {name}; its tokens and registration are deleted");
+        }
+        Command::Login {
+            name,
+            scopes,
+            no_browser,
+        } => {
+            let client = mcpauth_client::connect(&opts).await?;
+            let done = login::run(
+                client,
+                login::LoginArgs {
+                    name,
+                    scopes,
+                    no_browser,
+                },
+            )
+            .await?;
+            out!("{done}");
+        }
+        Command::Logout {
+            name,
+            forget_client,
+        } => {
+            let mut client = mcpauth_client::connect(&opts).await?;
+            let revoked = client.logout(&name, forget_client).await?;
+            out!(
+                "logged out of {name}{}{}",
+                if revoked {
+                    "; the tokens were revoked at the server"
+                } else {
+                    ""
+                },
+                if forget_client {
+                    "; the client registration is forgotten"
+                } else {
+                    ""
+                }
+            );
+        }
+        Command::Refresh { name } => {
+            let mut client = mcpauth_client::connect(&opts).await?;
+            let reply = client.refresh(&name).await?;
+            let expiry = match reply.token_expires_at_unix_ms {
+                0 => "expiry unknown".to_string(),
+                at => format!("expires {}", relative(at, now_ms())),
+            };
+            out!(
+                "refreshed {name}: token {expiry} (generation {})",
+                reply.generation
+            );
         }
         Command::Watch { name, json } => {
             let mut client = mcpauth_client::connect(&opts).await?;

@@ -56,7 +56,8 @@ pub struct StatusJson {
 pub struct EventJson {
     pub at_unix_ms: i64,
     pub server: Option<String>,
-    /// `server_added`, `server_removed`, `server_changed`, `config_rejected`.
+    /// `server_added`, `server_removed`, `server_changed`, `config_rejected`,
+    /// `login_started`, `token_issued`, `login_required`.
     pub event: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
@@ -131,6 +132,9 @@ impl From<pb::Event> for EventJson {
             Some(Kind::ServerRemoved(_)) => ("server_removed", None, None),
             Some(Kind::ServerChanged(c)) => ("server_changed", Some(c.url), None),
             Some(Kind::ConfigRejected(r)) => ("config_rejected", None, Some(r.error)),
+            Some(Kind::LoginStarted(_)) => ("login_started", None, None),
+            Some(Kind::TokenIssued(_)) => ("token_issued", None, None),
+            Some(Kind::LoginRequired(r)) => ("login_required", None, Some(r.reason)),
             None => ("unknown", None, None),
         };
         EventJson {

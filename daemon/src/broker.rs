@@ -9,9 +9,10 @@
 //! and a reload triggered by the watcher never interleave, and the store is
 //! flushed before either returns.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::broadcast;
 use tracing::{info, warn};
@@ -20,8 +21,12 @@ use crate::config::{
     Config, ConfigDocument, ConfigError, InvalidInput, NewServer, ServerConfig, ServerName,
     write_atomically,
 };
+use crate::login::Logins;
+use crate::oauth::OAuthError;
+use crate::oauth::flow::CallbackError;
+use crate::oauth::http::HttpClient;
 use crate::shutdown::Shutdown;
-use crate::state::{ServerRecord, unix_ms_now};
+use crate::state::{Grant, ServerRecord, unix_ms_now};
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +43,25 @@ pub enum BrokerError {
     Config(ConfigError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    OAuth(OAuthError),
+    #[error(
+        "cannot listen for the login callback on 127.0.0.1:{port}: {reason}; free the port or set another callback_port in config.toml"
+    )]
+    CallbackPort { port: u16, reason: String },
+    #[error("no login is pending for {0:?}; run `mcpauthctl login {0}`")]
+    NoLoginPending(String),
+    #[error(transparent)]
+    Callback(CallbackError),
+    #[error("login required for {server}: {reason}; run `mcpauthctl login {server}`")]
+    LoginRequired { server: String, reason: String },
+    #[error("the authorization server is unavailable ({reason}); retry after {retry_after_secs}s")]
+    Unavailable {
+        reason: String,
+        retry_after_secs: u64,
+    },
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 /// Where the daemon keeps things, resolved once at start.
@@ -60,6 +84,10 @@ pub struct ConfigHealth {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AuthState {
     LoginRequired,
+    LoginPending,
+    Authorized,
+    RefreshFailing,
+    StepUpRequired,
 }
 
 /// What a client sees of a server: declared config plus runtime state.
@@ -69,6 +97,55 @@ pub struct ServerView {
     pub config: ServerConfig,
     pub record: Option<ServerRecord>,
     pub state: AuthState,
+    /// Expiry of the access token held, if any and known.
+    pub token_expires_at_ms: Option<i64>,
+    /// Scopes of the grant held.
+    pub granted_scopes: Vec<String>,
+}
+
+/// Derives the state shown for a server from what is stored.
+pub fn auth_state(
+    record: Option<&ServerRecord>,
+    grant: Option<&Grant>,
+    login_pending: bool,
+    now_ms: i64,
+) -> AuthState {
+    if login_pending {
+        return AuthState::LoginPending;
+    }
+    if record
+        .and_then(|r| r.step_up.as_ref())
+        .is_some_and(|s| !s.scopes.is_empty())
+    {
+        return AuthState::StepUpRequired;
+    }
+    let Some(grant) = grant else {
+        return AuthState::LoginRequired;
+    };
+    let expired = grant.expires_at_ms.is_some_and(|at| at <= now_ms);
+    match (expired, grant.refresh_token.is_some()) {
+        (false, _) => AuthState::Authorized,
+        (true, false) => AuthState::LoginRequired,
+        (true, true) if record.and_then(|r| r.last_error.as_ref()).is_some() => {
+            AuthState::RefreshFailing
+        }
+        (true, true) => AuthState::Authorized,
+    }
+}
+
+/// Tunables of the broker; the defaults are the documented behaviour.
+#[derive(Clone, Debug)]
+pub struct BrokerOptions {
+    /// How long the loopback callback waits for the browser.
+    pub callback_timeout: Duration,
+}
+
+impl Default for BrokerOptions {
+    fn default() -> Self {
+        Self {
+            callback_timeout: crate::login::CALLBACK_TIMEOUT,
+        }
+    }
 }
 
 /// What the daemon reports about itself.
@@ -84,10 +161,24 @@ pub struct DaemonStatus {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EventKind {
-    ServerAdded { url: String },
+    ServerAdded {
+        url: String,
+    },
     ServerRemoved,
-    ServerChanged { url: String },
-    ConfigRejected { error: String },
+    ServerChanged {
+        url: String,
+    },
+    ConfigRejected {
+        error: String,
+    },
+    LoginStarted,
+    TokenIssued {
+        generation: u64,
+        expires_at_ms: Option<i64>,
+    },
+    LoginRequired {
+        reason: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -111,6 +202,11 @@ pub struct Broker {
     edits: tokio::sync::Mutex<()>,
     events: broadcast::Sender<Event>,
     shutdown: Shutdown,
+    pub(crate) http: HttpClient,
+    pub(crate) logins: Logins,
+    pub(crate) options: BrokerOptions,
+    /// Per-server locks: one login start or refresh at a time per server.
+    locks: Mutex<HashMap<ServerName, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Broker {
@@ -124,6 +220,7 @@ impl Broker {
         store: Store,
         socket_activated: bool,
         shutdown: Shutdown,
+        options: BrokerOptions,
     ) -> Result<Arc<Self>, BrokerError> {
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         let broker = Arc::new(Self {
@@ -136,6 +233,10 @@ impl Broker {
             edits: tokio::sync::Mutex::new(()),
             events,
             shutdown,
+            http: HttpClient::new(),
+            logins: Logins::default(),
+            options,
+            locks: Mutex::new(HashMap::new()),
         });
         if let Some(text) = broker.store.last_good_config()? {
             match Config::parse(&text, &broker.paths.config) {
@@ -166,7 +267,40 @@ impl Broker {
         self.events.subscribe()
     }
 
-    fn publish(&self, server: Option<ServerName>, kind: EventKind) {
+    pub(crate) fn server_lock(&self, name: &ServerName) -> Arc<tokio::sync::Mutex<()>> {
+        self.locks
+            .lock()
+            .unwrap()
+            .entry(name.clone())
+            .or_default()
+            .clone()
+    }
+
+    /// Changes a server's record (if the server still has one) and flushes.
+    pub(crate) async fn update_record(
+        &self,
+        name: &ServerName,
+        change: impl FnOnce(&mut ServerRecord),
+    ) -> Result<(), BrokerError> {
+        if let Some(mut record) = self.store.server(name)? {
+            change(&mut record);
+            self.store.put_server(name, &record).await?;
+        }
+        Ok(())
+    }
+
+    /// Remembers the last error of a server for `status`.
+    pub(crate) async fn record_error(&self, name: &ServerName, message: &str) {
+        let message = message.to_string();
+        if let Err(e) = self
+            .update_record(name, |r| r.last_error = Some(message))
+            .await
+        {
+            warn!(server = %name, error = %e, "cannot record the error");
+        }
+    }
+
+    pub(crate) fn publish(&self, server: Option<ServerName>, kind: EventKind) {
         // No receiver is not an error: nobody is watching.
         let _ = self.events.send(Event {
             at_ms: unix_ms_now(),
@@ -210,11 +344,21 @@ impl Broker {
     }
 
     fn view(&self, name: &ServerName, server: &ServerConfig) -> Result<ServerView, BrokerError> {
+        let record = self.store.server(name)?;
+        let grant = self.store.grant(name)?;
+        let state = auth_state(
+            record.as_ref(),
+            grant.as_ref(),
+            self.logins.is_active(name),
+            unix_ms_now(),
+        );
         Ok(ServerView {
             name: name.clone(),
             config: server.clone(),
-            record: self.store.server(name)?,
-            state: AuthState::LoginRequired,
+            record,
+            state,
+            token_expires_at_ms: grant.as_ref().and_then(|g| g.expires_at_ms),
+            granted_scopes: grant.map(|g| g.scopes).unwrap_or_default(),
         })
     }
 

@@ -15,10 +15,13 @@
 //! The binary (`src/main.rs`) only parses flags and calls [`run`].
 
 pub mod broker;
+pub mod callback;
 pub mod config;
 pub mod listener;
 pub mod logging;
+pub mod login;
 pub mod oauth;
+pub mod refresh;
 pub mod rpc;
 pub mod secret;
 pub mod shutdown;
@@ -34,7 +37,7 @@ use std::time::Duration;
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::{info, warn};
 
-use crate::broker::{Broker, BrokerError, Paths, create_private_dir};
+use crate::broker::{Broker, BrokerError, BrokerOptions, Paths, create_private_dir};
 use crate::listener::{ListenError, Listener};
 use crate::shutdown::Shutdown;
 use crate::store::{Store, StoreError};
@@ -99,7 +102,7 @@ pub fn harden_process() {
 }
 
 /// Runs the daemon until SIGTERM/SIGINT or a `Shutdown` RPC.
-pub async fn run(paths: Paths) -> Result<(), DaemonError> {
+pub async fn run(paths: Paths, options: BrokerOptions) -> Result<(), DaemonError> {
     // The lock comes first: a second instance must not touch anything.
     let listener = Listener::bind(&paths.socket)?;
     let activated = listener.is_activated();
@@ -113,7 +116,7 @@ pub async fn run(paths: Paths) -> Result<(), DaemonError> {
 
     let shutdown = Shutdown::new();
     shutdown::on_signals(shutdown.clone()).map_err(DaemonError::Signals)?;
-    let broker = Broker::start(paths.clone(), store, activated, shutdown.clone()).await?;
+    let broker = Broker::start(paths.clone(), store, activated, shutdown.clone(), options).await?;
     let _watcher = match watcher::watch_config(broker.clone(), paths.config.clone()) {
         Ok(w) => Some(w),
         Err(e) => {

@@ -27,6 +27,10 @@ struct Args {
     /// Log format on stderr.
     #[arg(long, env = env::LOG_FORMAT, value_enum, default_value = "human")]
     log_format: LogFormat,
+    /// Seconds the login callback waits for the browser (default 300).
+    /// Meant for tests; people want the default.
+    #[arg(long, hide = true, value_name = "SECS")]
+    callback_timeout_secs: Option<u64>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -53,7 +57,14 @@ fn main() -> ExitCode {
             .enable_all()
             .build()
             .map_err(|e| format!("cannot start the runtime: {e}"))
-            .and_then(|rt| rt.block_on(mcpauthd::run(paths)).map_err(|e| e.to_string())),
+            .and_then(|rt| {
+                let mut options = mcpauthd::broker::BrokerOptions::default();
+                if let Some(secs) = args.callback_timeout_secs {
+                    options.callback_timeout = std::time::Duration::from_secs(secs);
+                }
+                rt.block_on(mcpauthd::run(paths, options))
+                    .map_err(|e| e.to_string())
+            }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

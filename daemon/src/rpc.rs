@@ -19,6 +19,8 @@ use tracing::warn;
 
 use crate::broker::{AuthState, Broker, BrokerError, DaemonStatus, Event, EventKind, ServerView};
 use crate::config::{ClientSecret, NewServer, ServerName};
+use crate::login::{FailureKind, LoginOutcome};
+use crate::oauth::flow::CallbackParams;
 
 pub struct BrokerService {
     broker: Arc<Broker>,
@@ -62,10 +64,17 @@ impl From<BrokerError> for Status {
             BrokerError::AlreadyExists(_) => Status::already_exists(message),
             BrokerError::Invalid(_) => Status::invalid_argument(message),
             BrokerError::ConfigBroken(_) => Status::failed_precondition(message),
-            BrokerError::Config(_) | BrokerError::Store(_) => {
+            BrokerError::Config(_) | BrokerError::Store(_) | BrokerError::Internal(_) => {
                 warn!(error = %message, "request failed");
                 Status::internal(message)
             }
+            BrokerError::LoginRequired { .. } => Status::unauthenticated(message),
+            BrokerError::Unavailable { .. } => Status::unavailable(message),
+            BrokerError::NoLoginPending(_) | BrokerError::CallbackPort { .. } => {
+                Status::failed_precondition(message)
+            }
+            BrokerError::Callback(_) => Status::permission_denied(message),
+            BrokerError::OAuth(_) => Status::failed_precondition(message),
         }
     }
 }
@@ -73,6 +82,39 @@ impl From<BrokerError> for Status {
 fn auth_state(state: AuthState) -> pb::AuthState {
     match state {
         AuthState::LoginRequired => pb::AuthState::LoginRequired,
+        AuthState::LoginPending => pb::AuthState::LoginPending,
+        AuthState::Authorized => pb::AuthState::Authorized,
+        AuthState::RefreshFailing => pb::AuthState::RefreshFailing,
+        AuthState::StepUpRequired => pb::AuthState::StepUpRequired,
+    }
+}
+
+fn login_result(outcome: &LoginOutcome) -> pb::LoginResult {
+    match outcome {
+        LoginOutcome::Success {
+            scopes,
+            expires_at_ms,
+        } => pb::LoginResult {
+            ok: true,
+            scopes: scopes.clone(),
+            token_expires_at_unix_ms: expires_at_ms.unwrap_or(0),
+            error: String::new(),
+            failure: pb::LoginFailure::Unspecified.into(),
+        },
+        LoginOutcome::Failed { kind, message } => pb::LoginResult {
+            ok: false,
+            scopes: Vec::new(),
+            token_expires_at_unix_ms: 0,
+            error: message.clone(),
+            failure: match kind {
+                FailureKind::Denied => pb::LoginFailure::Denied,
+                FailureKind::TimedOut => pb::LoginFailure::TimedOut,
+                FailureKind::Cancelled => pb::LoginFailure::Cancelled,
+                FailureKind::Rejected => pb::LoginFailure::Rejected,
+                FailureKind::Error => pb::LoginFailure::Error,
+            }
+            .into(),
+        },
     }
 }
 
@@ -97,7 +139,7 @@ impl From<ServerView> for pb::Server {
                 .map(|u| u.to_string())
                 .unwrap_or_default(),
             state: auth_state(v.state).into(),
-            token_expires_at_unix_ms: 0,
+            token_expires_at_unix_ms: v.token_expires_at_ms.unwrap_or(0),
             last_refresh_unix_ms: record.last_refresh_ms.unwrap_or(0),
             last_error: record.last_error.unwrap_or_default(),
             added_at_unix_ms: record.added_at_ms,
@@ -136,6 +178,17 @@ impl From<Event> for pb::Event {
             EventKind::ConfigRejected { error } => {
                 Kind::ConfigRejected(pb::ConfigRejected { error })
             }
+            EventKind::LoginStarted => Kind::LoginStarted(pb::LoginStartedEvent {}),
+            EventKind::TokenIssued {
+                generation,
+                expires_at_ms,
+            } => Kind::TokenIssued(pb::TokenIssued {
+                generation,
+                expires_at_unix_ms: expires_at_ms.unwrap_or(0),
+            }),
+            EventKind::LoginRequired { reason } => {
+                Kind::LoginRequired(pb::LoginRequired { reason })
+            }
         };
         pb::Event {
             at_unix_ms: e.at_ms,
@@ -150,6 +203,25 @@ fn optional(s: String) -> Option<String> {
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send + 'static>>;
+type LoginStream = Pin<Box<dyn Stream<Item = Result<pb::LoginEvent, Status>> + Send + 'static>>;
+
+/// The query of a pasted redirect URL, checked to be our callback.
+fn pasted_callback(url: &str, expected_redirect: Option<&str>) -> Result<CallbackParams, Status> {
+    let url = url::Url::parse(url.trim()).map_err(|_| {
+        Status::invalid_argument("that is not a URL; paste the whole address from the browser")
+    })?;
+    if let Some(expected) = expected_redirect.and_then(|e| url::Url::parse(e).ok())
+        && (url.host() != expected.host()
+            || url.port() != expected.port()
+            || url.path() != expected.path())
+    {
+        return Err(Status::invalid_argument(format!(
+            "that URL is not this login's callback ({}); paste the address the browser was sent to",
+            expected
+        )));
+    }
+    Ok(CallbackParams::from_query(url.query().unwrap_or("")))
+}
 
 #[tonic::async_trait]
 impl broker_server::Broker for BrokerService {
@@ -219,6 +291,104 @@ impl broker_server::Broker for BrokerService {
         check_protocol(&request)?;
         self.broker.remove(&request.into_inner().name).await?;
         Ok(Response::new(pb::RemoveServerReply {}))
+    }
+
+    type LoginStream = LoginStream;
+
+    async fn login(
+        &self,
+        request: Request<pb::LoginRequest>,
+    ) -> Result<Response<Self::LoginStream>, Status> {
+        check_protocol(&request)?;
+        let r = request.into_inner();
+        let handle = self.broker.login(&r.server, r.scopes).await?;
+        let started = pb::LoginEvent {
+            kind: Some(pb::login_event::Kind::Started(pb::LoginStarted {
+                authorization_url: handle.flow.authorization_url.clone(),
+                redirect_uri: handle.flow.redirect_uri.clone(),
+                callback_port: u32::from(handle.callback_port),
+                joined: handle.joined,
+                expires_at_unix_ms: handle.flow.expires_at_ms,
+            })),
+        };
+        let (tx, rx) = mpsc::channel(2);
+        let mut outcome = handle.outcome;
+        let shutdown = self.broker.shutdown().wait();
+        tokio::spawn(async move {
+            if tx.send(Ok(started)).await.is_err() {
+                return;
+            }
+            tokio::pin!(shutdown);
+            let result = tokio::select! {
+                _ = &mut shutdown => return,
+                _ = tx.closed() => return,
+                r = outcome.wait_for(Option::is_some) => match r {
+                    Ok(o) => o.clone(),
+                    Err(_) => return,
+                },
+            };
+            if let Some(result) = result {
+                let _ = tx
+                    .send(Ok(pb::LoginEvent {
+                        kind: Some(pb::login_event::Kind::Finished(login_result(&result))),
+                    }))
+                    .await;
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn complete_login(
+        &self,
+        request: Request<pb::CompleteLoginRequest>,
+    ) -> Result<Response<pb::LoginResult>, Status> {
+        check_protocol(&request)?;
+        let r = request.into_inner();
+        let name = ServerName::parse(&r.server).map_err(BrokerError::from)?;
+        let expected = self
+            .broker
+            .store()
+            .flow(&name)
+            .map_err(BrokerError::from)?
+            .map(|f| f.redirect_uri);
+        let params = pasted_callback(&r.redirect_url, expected.as_deref())?;
+        let outcome = self.broker.complete_login(&r.server, params).await?;
+        Ok(Response::new(login_result(&outcome)))
+    }
+
+    async fn cancel_login(
+        &self,
+        request: Request<pb::CancelLoginRequest>,
+    ) -> Result<Response<pb::CancelLoginReply>, Status> {
+        check_protocol(&request)?;
+        let cancelled = self
+            .broker
+            .cancel_login(&request.into_inner().server)
+            .await?;
+        Ok(Response::new(pb::CancelLoginReply { cancelled }))
+    }
+
+    async fn logout(
+        &self,
+        request: Request<pb::LogoutRequest>,
+    ) -> Result<Response<pb::LogoutReply>, Status> {
+        check_protocol(&request)?;
+        let r = request.into_inner();
+        let revoked = self.broker.logout(&r.server, r.forget_client).await?;
+        Ok(Response::new(pb::LogoutReply { revoked }))
+    }
+
+    async fn refresh(
+        &self,
+        request: Request<pb::RefreshRequest>,
+    ) -> Result<Response<pb::RefreshReply>, Status> {
+        check_protocol(&request)?;
+        let grant = self.broker.refresh(&request.into_inner().server).await?;
+        Ok(Response::new(pb::RefreshReply {
+            token_expires_at_unix_ms: grant.expires_at_ms.unwrap_or(0),
+            scopes: grant.scopes,
+            generation: grant.generation,
+        }))
     }
 
     type WatchStream = EventStream;

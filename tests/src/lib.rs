@@ -3,6 +3,8 @@
 //! `mcpauthctl` binaries with a cleared environment (like ripgrep's
 //! `tests/util.rs`), so nothing from the machine leaks in.
 
+pub mod authserver;
+
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixDatagram;
@@ -85,8 +87,29 @@ impl TestEnv {
             .env("TMPDIR", self.root.path())
             .env(mcpauth_proto::env::DAEMON_BIN, bin("mcpauthd"))
             .env(mcpauth_proto::env::LOG, "debug")
+            .env("BROWSER", bin("test-browser"))
+            .env("TEST_BROWSER_LOG", self.root.path().join("browser.log"))
             .stdin(Stdio::null());
         cmd
+    }
+
+    /// URLs the test browser was asked to open, in order.
+    pub fn browser_log(&self) -> Vec<String> {
+        std::fs::read_to_string(self.root.path().join("browser.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Runs `mcpauthctl ARGS` to completion with extra environment.
+    pub fn ctl_env(&self, args: &[&str], env: &[(&str, &str)]) -> CtlOutput {
+        let mut cmd = self.command("mcpauthctl");
+        cmd.args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        CtlOutput(cmd.output().expect("run mcpauthctl"))
     }
 
     /// Runs `mcpauthctl ARGS` to completion.
@@ -263,4 +286,12 @@ pub fn mode(path: &Path) -> u32 {
         .permissions()
         .mode()
         & 0o7777
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
 }

@@ -280,6 +280,38 @@ impl broker_server::Broker for FutureDaemon {
     async fn watch(&self, _: Request<pb::WatchRequest>) -> Result<Response<Events>, Status> {
         Err(Status::unimplemented("future"))
     }
+    type LoginStream =
+        Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::LoginEvent, Status>> + Send>>;
+    async fn login(
+        &self,
+        _: Request<pb::LoginRequest>,
+    ) -> Result<Response<Self::LoginStream>, Status> {
+        Err(Status::unimplemented("future"))
+    }
+    async fn complete_login(
+        &self,
+        _: Request<pb::CompleteLoginRequest>,
+    ) -> Result<Response<pb::LoginResult>, Status> {
+        Err(Status::unimplemented("future"))
+    }
+    async fn cancel_login(
+        &self,
+        _: Request<pb::CancelLoginRequest>,
+    ) -> Result<Response<pb::CancelLoginReply>, Status> {
+        Err(Status::unimplemented("future"))
+    }
+    async fn logout(
+        &self,
+        _: Request<pb::LogoutRequest>,
+    ) -> Result<Response<pb::LogoutReply>, Status> {
+        Err(Status::unimplemented("future"))
+    }
+    async fn refresh(
+        &self,
+        _: Request<pb::RefreshRequest>,
+    ) -> Result<Response<pb::RefreshReply>, Status> {
+        Err(Status::unimplemented("future"))
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,204 @@
+//! `mcpauthctl login`: drives the person through the browser login the
+//! daemon runs.
+//!
+//! The daemon owns the flow and the loopback callback; this command shows
+//! the URL, opens it (see `browser`), shows progress while waiting, accepts
+//! a pasted redirect URL in headless sessions, and cancels the flow on
+//! Ctrl-C. It blocks only when a person can act: with a terminal, a
+//! browser, or a redirect URL coming on stdin.
+
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+use mcpauth_client::{Client, ClientError, exit, pb};
+use tokio_stream::StreamExt;
+
+use crate::Failure;
+use crate::browser;
+use crate::output::{now_ms, relative};
+
+pub struct LoginArgs {
+    pub name: String,
+    pub scopes: Vec<String>,
+    pub no_browser: bool,
+}
+
+fn stderr(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+fn failure(result: &pb::LoginResult) -> Failure {
+    let code = match pb::LoginFailure::try_from(result.failure) {
+        Ok(pb::LoginFailure::Denied) => exit::LOGIN_REQUIRED,
+        _ => exit::FAILURE,
+    };
+    Failure {
+        message: format!("login failed: {}", result.error),
+        code,
+    }
+}
+
+fn success(name: &str, result: &pb::LoginResult) -> String {
+    let scopes = if result.scopes.is_empty() {
+        "(none listed)".to_string()
+    } else {
+        result.scopes.join(" ")
+    };
+    let expiry = match result.token_expires_at_unix_ms {
+        0 => "expiry unknown".to_string(),
+        at => format!("token expires {}", relative(at, now_ms())),
+    };
+    format!("logged in to {name}: scopes {scopes}; {expiry}")
+}
+
+/// Reads pasted lines from stdin on a thread of its own.
+fn paste_lines() -> tokio::sync::mpsc::Receiver<String> {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    std::thread::spawn(move || {
+        let stdin = std::io::stdin();
+        let mut line = String::new();
+        loop {
+            line.clear();
+            match stdin.read_line(&mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let trimmed = line.trim();
+                    if !trimmed.is_empty() && tx.blocking_send(trimmed.to_string()).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    rx
+}
+
+pub async fn run(mut client: Client, args: LoginArgs) -> Result<String, Failure> {
+    let mut stream = client.login(&args.name, args.scopes.clone()).await?;
+    let started = match stream.next().await {
+        Some(Ok(pb::LoginEvent {
+            kind: Some(pb::login_event::Kind::Started(s)),
+        })) => s,
+        Some(Err(status)) => return Err(client.stream_error(status).into()),
+        _ => {
+            return Err(Failure {
+                message: "the daemon ended the login without a URL".into(),
+                code: exit::FAILURE,
+            });
+        }
+    };
+    let headless = args.no_browser || browser::is_headless();
+    let interactive = std::io::stderr().is_terminal();
+    let name = &args.name;
+
+    stderr(&format!(
+        "Log in to {name} by opening this URL in a browser:\n\n  {}\n",
+        started.authorization_url
+    ));
+    if started.joined {
+        stderr("(joining the login already in progress)");
+    }
+    let mut pasted = None;
+    if headless {
+        let port = started.callback_port;
+        let host = nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "this-host".into());
+        stderr(&format!(
+            "No local browser here. Either forward the callback port from your own machine:\n\n  ssh -N -L {port}:127.0.0.1:{port} {host}\n\n\
+             and open the URL there, or open it anywhere and paste below the address your browser\n\
+             ends up on (it starts with {}).\n",
+            started.redirect_uri
+        ));
+        pasted = Some(paste_lines());
+    } else {
+        match browser::open(&started.authorization_url) {
+            Ok(program) => stderr(&format!("Opened it with {program}.")),
+            Err(e) => {
+                stderr(&format!(
+                    "Could not open a browser ({e}); open the URL yourself."
+                ));
+                if !std::io::stdin().is_terminal() && !interactive {
+                    let _ = client.cancel_login(name).await;
+                    return Err(Failure {
+                        message: format!(
+                            "login required: no browser and no terminal here; run `mcpauthctl login {name}` in a terminal"
+                        ),
+                        code: exit::LOGIN_REQUIRED,
+                    });
+                }
+            }
+        }
+    }
+
+    let spinner = ['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏'];
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut frame = 0usize;
+    if !interactive {
+        stderr("Waiting for the browser (Ctrl-C to cancel)...");
+    }
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    let clear = |interactive: bool| {
+        if interactive {
+            let _ = write!(std::io::stderr(), "\r\x1b[2K");
+        }
+    };
+    loop {
+        tokio::select! {
+            event = stream.next() => {
+                clear(interactive);
+                match event {
+                    Some(Ok(pb::LoginEvent { kind: Some(pb::login_event::Kind::Finished(result)) })) => {
+                        return if result.ok { Ok(success(name, &result)) } else { Err(failure(&result)) };
+                    }
+                    Some(Ok(_)) => continue,
+                    Some(Err(status)) => return Err(client.stream_error(status).into()),
+                    None => {
+                        return Err(Failure {
+                            message: "the daemon stopped before the login finished".into(),
+                            code: exit::UNREACHABLE,
+                        });
+                    }
+                }
+            }
+            line = async { match pasted.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {
+                clear(interactive);
+                let Some(line) = line else {
+                    // stdin closed: keep waiting for the callback.
+                    pasted = None;
+                    continue;
+                };
+                match client.complete_login(name, &line).await {
+                    Ok(result) if result.ok => return Ok(success(name, &result)),
+                    Ok(result) => return Err(failure(&result)),
+                    Err(ClientError::Rpc { message, .. }) => {
+                        stderr(&format!("That did not work: {message}. Paste the address again, or finish in the browser."));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            _ = &mut ctrl_c => {
+                clear(interactive);
+                let _ = client.cancel_login(name).await;
+                return Err(Failure {
+                    message: "login cancelled".into(),
+                    code: exit::FAILURE,
+                });
+            }
+            _ = tick.tick(), if interactive => {
+                let remaining = (started.expires_at_unix_ms - now_ms()).max(0) / 1000;
+                let _ = write!(
+                    std::io::stderr(),
+                    "\r\x1b[2K{} Waiting for the browser... (Ctrl-C to cancel; the link is valid for {}m{:02}s)",
+                    spinner[frame % spinner.len()],
+                    remaining / 60,
+                    remaining % 60
+                );
+                let _ = std::io::stderr().flush();
+                frame += 1;
+            }
+        }
+    }
+}

@@ -1,0 +1,537 @@
+//! Logins: the authorization-code flow from the broker's side.
+//!
+//! `Broker::login` discovers the authorization server, registers if needed,
+//! stores the pending flow (state, verifier, issuer, redirect URI, scopes)
+//! and only then hands out the URL. A second `login` for the same server
+//! while one is pending joins it: same URL, same outcome. The loopback
+//! callback runs on the server's persisted port for at most the callback
+//! timeout (5 minutes); a pasted redirect URL (`complete_login`) is
+//! accepted until the stored flow expires (10 minutes), even after a
+//! daemon restart.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::broker::{Broker, BrokerError, EventKind};
+use crate::callback::{self, Page};
+use crate::config::ServerName;
+use crate::oauth::flow::{self, CallbackError, CallbackParams};
+use crate::oauth::{OAuthError, pkce, registration};
+use crate::shutdown::Shutdown;
+use crate::state::{Discovery, Grant, PendingFlow, Registration, RegistrationKind, unix_ms_now};
+
+/// How long a stored flow stays valid.
+pub const FLOW_LIFETIME: Duration = Duration::from_secs(10 * 60);
+/// How long the loopback callback waits for the browser.
+pub const CALLBACK_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+
+/// Why a login ended without tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The person or the AS refused (`error=access_denied`, ...).
+    Denied,
+    TimedOut,
+    Cancelled,
+    /// A callback failed the state or issuer checks.
+    Rejected,
+    /// Anything else (token endpoint, network).
+    Error,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LoginOutcome {
+    Success {
+        scopes: Vec<String>,
+        expires_at_ms: Option<i64>,
+    },
+    Failed {
+        kind: FailureKind,
+        message: String,
+    },
+}
+
+/// A login in progress, shared by everyone who asked for it.
+pub struct ActiveLogin {
+    pub flow: PendingFlow,
+    pub callback_port: u16,
+    outcome: watch::Sender<Option<LoginOutcome>>,
+    /// Stops the callback server.
+    stop: Shutdown,
+    /// One completion at a time (callback and paste may race).
+    completing: tokio::sync::Mutex<()>,
+}
+
+/// What a caller of `login` gets.
+pub struct LoginHandle {
+    pub flow: PendingFlow,
+    pub callback_port: u16,
+    pub joined: bool,
+    pub outcome: watch::Receiver<Option<LoginOutcome>>,
+}
+
+#[derive(Default)]
+pub struct Logins {
+    active: Mutex<HashMap<ServerName, Arc<ActiveLogin>>>,
+}
+
+impl Logins {
+    pub fn is_active(&self, name: &ServerName) -> bool {
+        self.active
+            .lock()
+            .unwrap()
+            .get(name)
+            .is_some_and(|a| a.outcome.borrow().is_none())
+    }
+
+    fn get(&self, name: &ServerName) -> Option<Arc<ActiveLogin>> {
+        self.active.lock().unwrap().get(name).cloned()
+    }
+}
+
+impl Broker {
+    /// Starts a login, or joins the one in progress.
+    pub async fn login(
+        self: &Arc<Self>,
+        name: &str,
+        scopes: Vec<String>,
+    ) -> Result<LoginHandle, BrokerError> {
+        let name = ServerName::parse(name)?;
+        let config = self.config();
+        let server = config
+            .servers
+            .get(&name)
+            .ok_or_else(|| BrokerError::NotFound(name.to_string()))?
+            .clone();
+        // One start at a time per server, so two callers cannot both start.
+        let lock = self.server_lock(&name);
+        let _guard = lock.lock().await;
+        if let Some(active) = self.logins.get(&name)
+            && active.outcome.borrow().is_none()
+        {
+            return Ok(LoginHandle {
+                flow: active.flow.clone(),
+                callback_port: active.callback_port,
+                joined: true,
+                outcome: active.outcome.subscribe(),
+            });
+        }
+
+        let now = unix_ms_now();
+        let discovered = match self.http.discover(&server.url, now).await {
+            Ok(d) => d,
+            Err(e) => {
+                self.record_error(&name, &e.to_string()).await;
+                return Err(BrokerError::OAuth(e));
+            }
+        };
+        let discovery = discovered.discovery;
+
+        let mut record = self
+            .store()
+            .server(&name)?
+            .unwrap_or_else(|| crate::state::ServerRecord::new(&server.url, now));
+        let port = server.callback_port.or(record.callback_port).unwrap_or(0);
+        let listener = callback::bind(port).map_err(|e| BrokerError::CallbackPort {
+            port,
+            reason: e.to_string(),
+        })?;
+        let port = listener
+            .local_addr()
+            .map_err(|e| BrokerError::CallbackPort {
+                port,
+                reason: e.to_string(),
+            })?
+            .port();
+        let redirect_uri = format!("http://127.0.0.1:{port}/callback");
+
+        // Discovery and the port are persisted: a refresh after a restart
+        // goes to the right token endpoint, and the redirect URI stays.
+        if server.callback_port.is_none() {
+            record.callback_port = Some(port);
+        }
+        record.discovery = Some(discovery.clone());
+        self.store().put_server(&name, &record).await?;
+
+        let registration = self
+            .registration_for(&name, &server, &discovery, &redirect_uri, now)
+            .await?;
+
+        let explicit = if !scopes.is_empty() {
+            scopes
+        } else if let Some(step_up) = record.step_up.as_ref().filter(|s| !s.scopes.is_empty()) {
+            step_up.scopes.clone()
+        } else {
+            server.scopes.clone()
+        };
+        let scopes = flow::select_scopes(&explicit, discovered.challenge.as_ref(), &discovery);
+        let pkce = pkce::Pkce::new();
+        let state = pkce::new_state();
+        let url = flow::authorization_url(
+            &discovery,
+            &registration.client_id,
+            &pkce.challenge,
+            &state,
+            &scopes,
+            &redirect_uri,
+        )?;
+        let pending = PendingFlow {
+            state: crate::secret::Secret::new(state),
+            verifier: pkce.verifier,
+            issuer: discovery.issuer.clone(),
+            client_id: registration.client_id.clone(),
+            redirect_uri,
+            scopes,
+            authorization_url: url.to_string(),
+            created_at_ms: now,
+            expires_at_ms: now + FLOW_LIFETIME.as_millis() as i64,
+        };
+        // Stored before anyone sees the URL.
+        self.store().put_flow(&name, &pending).await?;
+
+        let (outcome, rx) = watch::channel(None);
+        let active = Arc::new(ActiveLogin {
+            flow: pending.clone(),
+            callback_port: port,
+            outcome,
+            stop: Shutdown::new(),
+            completing: tokio::sync::Mutex::new(()),
+        });
+        self.logins
+            .active
+            .lock()
+            .unwrap()
+            .insert(name.clone(), active.clone());
+        self.spawn_callback(name.clone(), active.clone(), listener)?;
+        info!(server = %name, issuer = %discovery.issuer, port, "login started");
+        self.publish(Some(name), EventKind::LoginStarted);
+        Ok(LoginHandle {
+            flow: pending,
+            callback_port: port,
+            joined: false,
+            outcome: rx,
+        })
+    }
+
+    fn spawn_callback(
+        self: &Arc<Self>,
+        name: ServerName,
+        active: Arc<ActiveLogin>,
+        listener: std::net::TcpListener,
+    ) -> Result<(), BrokerError> {
+        let listener =
+            tokio::net::TcpListener::from_std(listener).map_err(|e| BrokerError::CallbackPort {
+                port: active.callback_port,
+                reason: e.to_string(),
+            })?;
+        let broker = Arc::downgrade(self);
+        let handler_name = name.clone();
+        let handler: callback::Handler = Arc::new(move |params| {
+            let broker = broker.clone();
+            let name = handler_name.clone();
+            Box::pin(async move {
+                let Some(broker) = broker.upgrade() else {
+                    return Page {
+                        ok: false,
+                        title: "mcpauth is shutting down".into(),
+                        message: "Try again in a moment.".into(),
+                    };
+                };
+                match broker.complete_login(name.as_str(), params).await {
+                    Ok(_) => Page {
+                        ok: true,
+                        title: format!("Logged in to {name}"),
+                        message: "mcpauth has the tokens. You can close this tab.".into(),
+                    },
+                    Err(e) => Page {
+                        ok: false,
+                        title: format!("Login to {name} failed"),
+                        message: e.to_string(),
+                    },
+                }
+            })
+        });
+        let timeout = self.options.callback_timeout;
+        let stop = active.stop.clone();
+        let shutdown = self.shutdown().wait();
+        let broker = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let stopped = stop.wait();
+            let timed_out = tokio::select! {
+                _ = callback::serve(listener, handler, async {
+                    tokio::select! { _ = stopped => {}, _ = shutdown => {} }
+                }) => false,
+                _ = tokio::time::sleep(timeout) => true,
+            };
+            if timed_out && let Some(broker) = broker.upgrade() {
+                broker
+                    .finish_login(
+                        &name,
+                        &active,
+                        LoginOutcome::Failed {
+                            kind: FailureKind::TimedOut,
+                            message: format!(
+                                "no answer from the browser within {}s; run the login again",
+                                timeout.as_secs()
+                            ),
+                        },
+                        true,
+                    )
+                    .await;
+            }
+        });
+        Ok(())
+    }
+
+    /// The registration to use with `discovery`'s issuer: configured or
+    /// CIMD, else a stored dynamic one for the same redirect URI, else a
+    /// new dynamic registration. Stored per issuer.
+    async fn registration_for(
+        &self,
+        name: &ServerName,
+        server: &crate::config::ServerConfig,
+        discovery: &Discovery,
+        redirect_uri: &str,
+        now: i64,
+    ) -> Result<Registration, BrokerError> {
+        if let Some(reg) = registration::static_registration(server, discovery, redirect_uri, now)?
+        {
+            self.store().put_registration(name, &reg).await?;
+            return Ok(reg);
+        }
+        if let Some(reg) = self.store().registration(name, &discovery.issuer)?
+            && reg.kind == RegistrationKind::Dynamic
+            && reg.redirect_uri == redirect_uri
+        {
+            return Ok(reg);
+        }
+        let reg = self
+            .http
+            .register(discovery, redirect_uri, now)
+            .await
+            .map_err(BrokerError::OAuth)?;
+        self.store().put_registration(name, &reg).await?;
+        info!(server = %name, issuer = %discovery.issuer, "registered a client dynamically");
+        Ok(reg)
+    }
+
+    /// Completes a login with the callback's parameters (from the loopback
+    /// server or a pasted redirect URL).
+    pub async fn complete_login(
+        self: &Arc<Self>,
+        name: &str,
+        params: CallbackParams,
+    ) -> Result<LoginOutcome, BrokerError> {
+        let name = ServerName::parse(name)?;
+        let active = self.logins.get(&name);
+        let _completing = match &active {
+            Some(a) => Some(a.completing.lock().await),
+            None => None,
+        };
+        let flow = self
+            .store()
+            .flow(&name)?
+            .filter(|f| f.expires_at_ms > unix_ms_now())
+            .ok_or_else(|| BrokerError::NoLoginPending(name.to_string()))?;
+        let record = self.store().server(&name)?;
+        let discovery = record
+            .as_ref()
+            .and_then(|r| r.discovery.clone())
+            .filter(|d| d.issuer == flow.issuer)
+            .ok_or_else(|| BrokerError::NoLoginPending(name.to_string()))?;
+        let registration = self
+            .store()
+            .registration(&name, &flow.issuer)?
+            .filter(|r| r.client_id == flow.client_id)
+            .ok_or_else(|| BrokerError::NoLoginPending(name.to_string()))?;
+
+        let code = match flow::validate_callback(
+            &flow,
+            discovery
+                .metadata
+                .authorization_response_iss_parameter_supported,
+            &params,
+        ) {
+            Ok(code) => code,
+            // A wrong state is ignored: whoever sent it does not know the
+            // flow, and must not be able to end it.
+            Err(e @ CallbackError::StateMismatch) => {
+                warn!(server = %name, "callback with a wrong state ignored");
+                return Err(BrokerError::Callback(e));
+            }
+            Err(e) => {
+                let kind = if matches!(e, CallbackError::Denied { .. }) {
+                    FailureKind::Denied
+                } else {
+                    FailureKind::Rejected
+                };
+                warn!(server = %name, error = %e, "login failed at the callback");
+                self.end_flow(
+                    &name,
+                    active.as_ref(),
+                    LoginOutcome::Failed {
+                        kind,
+                        message: e.to_string(),
+                    },
+                )
+                .await;
+                return Err(BrokerError::Callback(e));
+            }
+        };
+
+        let tokens = match self
+            .http
+            .exchange_code(
+                &discovery,
+                &registration,
+                &code,
+                &flow.verifier,
+                &flow.redirect_uri,
+            )
+            .await
+        {
+            Ok(t) => t,
+            Err(e) => {
+                let mut message = e.to_string();
+                if e.token_error() == Some("invalid_client")
+                    && registration.kind == RegistrationKind::Dynamic
+                {
+                    // The AS forgot our registration: drop it so the next
+                    // login registers afresh instead of looping.
+                    self.store()
+                        .delete_registration(&name, &registration.issuer)
+                        .await?;
+                    message.push_str(
+                        "; the stale client registration was dropped, run the login again",
+                    );
+                }
+                self.record_error(&name, &message).await;
+                self.end_flow(
+                    &name,
+                    active.as_ref(),
+                    LoginOutcome::Failed {
+                        kind: FailureKind::Error,
+                        message,
+                    },
+                )
+                .await;
+                return Err(BrokerError::OAuth(e));
+            }
+        };
+        let now = unix_ms_now();
+        let previous = self.store().grant(&name)?;
+        let grant = Grant {
+            issuer: flow.issuer.clone(),
+            client_id: registration.client_id.clone(),
+            resource: discovery.resource.clone(),
+            access_token: tokens.access_token,
+            token_type: tokens.token_type,
+            refresh_token: tokens.refresh_token,
+            expires_at_ms: tokens
+                .expires_in
+                .map(|s| now + (s as i64).saturating_mul(1000)),
+            scopes: tokens.scope.unwrap_or_else(|| flow.scopes.clone()),
+            obtained_at_ms: now,
+            generation: previous.map_or(1, |g| g.generation + 1),
+        };
+        // Durable before anyone hears of it.
+        self.store().put_grant(&name, &grant).await?;
+        self.update_record(&name, |r| {
+            r.last_error = None;
+            if r.step_up
+                .as_ref()
+                .is_some_and(|s| s.scopes.iter().all(|x| grant.scopes.contains(x)))
+            {
+                r.step_up = None;
+            }
+        })
+        .await?;
+        let outcome = LoginOutcome::Success {
+            scopes: grant.scopes.clone(),
+            expires_at_ms: grant.expires_at_ms,
+        };
+        info!(server = %name, generation = grant.generation, "login complete");
+        self.publish(
+            Some(name.clone()),
+            EventKind::TokenIssued {
+                generation: grant.generation,
+                expires_at_ms: grant.expires_at_ms,
+            },
+        );
+        self.end_flow(&name, active.as_ref(), outcome.clone()).await;
+        Ok(outcome)
+    }
+
+    /// Cancels the login in progress, if any.
+    pub async fn cancel_login(&self, name: &str) -> Result<bool, BrokerError> {
+        let name = ServerName::parse(name)?;
+        let Some(active) = self.logins.get(&name) else {
+            return Ok(false);
+        };
+        if active.outcome.borrow().is_some() {
+            return Ok(false);
+        }
+        self.finish_login(
+            &name,
+            &active,
+            LoginOutcome::Failed {
+                kind: FailureKind::Cancelled,
+                message: "the login was cancelled".into(),
+            },
+            true,
+        )
+        .await;
+        Ok(true)
+    }
+
+    async fn end_flow(
+        &self,
+        name: &ServerName,
+        active: Option<&Arc<ActiveLogin>>,
+        outcome: LoginOutcome,
+    ) {
+        match active {
+            Some(active) => self.finish_login(name, active, outcome, true).await,
+            None => {
+                if let Err(e) = self.store().delete_flow(name).await {
+                    warn!(server = %name, error = %e, "cannot delete the finished flow");
+                }
+            }
+        }
+    }
+
+    /// Settles a login: publishes the outcome, stops its callback server,
+    /// and (with `delete`) removes the stored flow.
+    async fn finish_login(
+        &self,
+        name: &ServerName,
+        active: &Arc<ActiveLogin>,
+        outcome: LoginOutcome,
+        delete: bool,
+    ) {
+        if active.outcome.borrow().is_some() {
+            return;
+        }
+        if delete && let Err(e) = self.store().delete_flow(name).await {
+            warn!(server = %name, error = %e, "cannot delete the finished flow");
+        }
+        if let LoginOutcome::Failed { kind, message } = &outcome {
+            info!(server = %name, ?kind, %message, "login ended");
+        }
+        active.outcome.send_replace(Some(outcome));
+        active.stop.trigger();
+        let mut logins = self.logins.active.lock().unwrap();
+        if logins.get(name).is_some_and(|a| Arc::ptr_eq(a, active)) {
+            logins.remove(name);
+        }
+    }
+}
+
+impl From<OAuthError> for BrokerError {
+    fn from(e: OAuthError) -> Self {
+        BrokerError::OAuth(e)
+    }
+}

@@ -1,0 +1,711 @@
+//! A test authorization server and protected MCP endpoint, with a switch
+//! for each variant of the MCP authorization spec and for the faults the
+//! broker must survive. Everything it sees is counted and recorded so tests
+//! can assert on requests, not only on outcomes.
+//!
+//! One axum app serves both roles; with `split_origin` the authorization
+//! server listens on a second port (another origin), as real deployments
+//! often do. It rotates refresh tokens and, like real servers, revokes the
+//! whole grant when a used refresh token comes back.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::{Body, to_bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, Request, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use sha2::{Digest, Sha256};
+
+/// Where the protected resource metadata is served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PrmMode {
+    /// Named by the 401's `resource_metadata` (at an unusual path, so only
+    /// the header can find it).
+    Header,
+    /// `/.well-known/oauth-protected-resource/<mcp path>`.
+    WellKnownPath,
+    /// `/.well-known/oauth-protected-resource`.
+    WellKnownRoot,
+    /// None at all (a 2025-03-26 server).
+    None,
+}
+
+/// Where the AS metadata is served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetadataMode {
+    Rfc8414,
+    OidcInserted,
+    OidcAppended,
+    /// No metadata document: legacy default endpoints.
+    None,
+}
+
+/// RFC 9207 behaviour.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IssMode {
+    /// Not advertised, not sent.
+    Off,
+    /// Advertised and sent correctly.
+    On,
+    /// Advertised but not sent.
+    AdvertisedMissing,
+    /// Advertised and sent with another value.
+    Wrong,
+}
+
+#[derive(Clone, Debug)]
+pub struct Switches {
+    pub prm: PrmMode,
+    pub metadata: MetadataMode,
+    /// The issuer has this path (e.g. `/tenant1`).
+    pub issuer_path: String,
+    pub split_origin: bool,
+    /// Metadata names another issuer than the one it was fetched for.
+    pub wrong_issuer: bool,
+    pub pkce_advertised: bool,
+    /// PRM `resource` value; `None`: the MCP URL.
+    pub prm_resource: Option<String>,
+    pub prm_scopes: Vec<String>,
+    pub as_scopes: Option<Vec<String>>,
+    /// `scope` of the 401 challenge.
+    pub challenge_scope: Option<String>,
+    pub dcr: bool,
+    pub cimd: bool,
+    /// `token_endpoint_auth_methods_supported`, when set.
+    pub auth_methods: Option<Vec<String>>,
+    pub iss: IssMode,
+    /// The person refuses consent.
+    pub deny: bool,
+    pub expires_in: Option<u64>,
+    pub issue_refresh_token: bool,
+    /// Refresh answers carry a new refresh token (rotation).
+    pub rotate: bool,
+    pub revocation: bool,
+}
+
+impl Default for Switches {
+    fn default() -> Self {
+        Self {
+            prm: PrmMode::Header,
+            metadata: MetadataMode::Rfc8414,
+            issuer_path: String::new(),
+            split_origin: false,
+            wrong_issuer: false,
+            pkce_advertised: true,
+            prm_resource: None,
+            prm_scopes: vec!["mcp:read".into(), "mcp:write".into()],
+            as_scopes: None,
+            challenge_scope: None,
+            dcr: true,
+            cimd: false,
+            auth_methods: None,
+            iss: IssMode::On,
+            deny: false,
+            expires_in: Some(3600),
+            issue_refresh_token: true,
+            rotate: true,
+            revocation: true,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Client {
+    pub secret: Option<String>,
+    pub auth_method: String,
+    pub redirect_uris: Vec<String>,
+}
+
+#[derive(Clone, Debug)]
+struct Code {
+    client_id: String,
+    challenge: String,
+    redirect_uri: String,
+    scope: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+struct RefreshToken {
+    client_id: String,
+    family: u64,
+    used: bool,
+    scope: Option<String>,
+}
+
+/// A request the server saw.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub query: HashMap<String, String>,
+    pub form: HashMap<String, String>,
+    pub json: serde_json::Value,
+    pub basic_auth: Option<(String, String)>,
+}
+
+#[derive(Default)]
+pub struct AsState {
+    pub switches: Switches,
+    pub clients: HashMap<String, Client>,
+    codes: HashMap<String, Code>,
+    refresh_tokens: HashMap<String, RefreshToken>,
+    access_tokens: HashMap<String, u64>,
+    revoked_families: Vec<u64>,
+    next: u64,
+    /// Every request, in order.
+    pub seen: Vec<Seen>,
+    /// Set when a used refresh token came back and the grant was revoked.
+    pub reuse_detected: bool,
+}
+
+impl AsState {
+    fn id(&mut self, prefix: &str) -> String {
+        self.next += 1;
+        let mut bytes = [0u8; 12];
+        rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);
+        format!("{prefix}-{}-{}", self.next, URL_SAFE_NO_PAD.encode(bytes))
+    }
+}
+
+pub struct AuthServer {
+    pub state: Arc<Mutex<AsState>>,
+    /// The protected MCP endpoint.
+    pub mcp_url: String,
+    /// The AS issuer.
+    pub issuer: String,
+    rs_base: String,
+    _tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+#[derive(Clone)]
+struct App {
+    state: Arc<Mutex<AsState>>,
+    rs_base: String,
+    as_base: String,
+}
+
+pub const MCP_PATH: &str = "/mcp";
+
+impl AuthServer {
+    pub async fn start(switches: Switches) -> Self {
+        let rs_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let rs_addr: SocketAddr = rs_listener.local_addr().unwrap();
+        let rs_base = format!("http://127.0.0.1:{}", rs_addr.port());
+        let (as_listener, as_base) = if switches.split_origin {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let base = format!("http://127.0.0.1:{}", l.local_addr().unwrap().port());
+            (Some(l), base)
+        } else {
+            (None, rs_base.clone())
+        };
+        let issuer = format!("{as_base}{}", switches.issuer_path);
+        let state = Arc::new(Mutex::new(AsState {
+            switches,
+            ..Default::default()
+        }));
+        let app = App {
+            state: state.clone(),
+            rs_base: rs_base.clone(),
+            as_base,
+        };
+        let router = Router::new().fallback(handle).with_state(app);
+        let mut tasks = vec![tokio::spawn({
+            let router = router.clone();
+            async move {
+                axum::serve(rs_listener, router).await.unwrap();
+            }
+        })];
+        if let Some(l) = as_listener {
+            tasks.push(tokio::spawn(async move {
+                axum::serve(l, router).await.unwrap();
+            }));
+        }
+        Self {
+            state,
+            mcp_url: format!("{rs_base}{MCP_PATH}"),
+            issuer,
+            rs_base,
+            _tasks: tasks,
+        }
+    }
+
+    pub fn rs_base(&self) -> &str {
+        &self.rs_base
+    }
+
+    /// Changes switches while running.
+    pub fn set(&self, change: impl FnOnce(&mut Switches)) {
+        change(&mut self.state.lock().unwrap().switches);
+    }
+
+    /// Registers a client by hand (a pre-registered client).
+    pub fn add_client(&self, id: &str, secret: Option<&str>, auth_method: &str) {
+        self.state.lock().unwrap().clients.insert(
+            id.into(),
+            Client {
+                secret: secret.map(Into::into),
+                auth_method: auth_method.into(),
+                redirect_uris: Vec::new(),
+            },
+        );
+    }
+
+    /// Forgets every client (a server that lost its registrations).
+    pub fn forget_clients(&self) {
+        self.state.lock().unwrap().clients.clear();
+    }
+
+    /// Revokes every refresh token (e.g. the user revoked the app).
+    pub fn revoke_all_refresh_tokens(&self) {
+        let mut s = self.state.lock().unwrap();
+        let families: Vec<u64> = s.refresh_tokens.values().map(|r| r.family).collect();
+        s.revoked_families.extend(families);
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.state.lock().unwrap().seen.clone()
+    }
+
+    /// Requests to paths ending with `suffix`.
+    pub fn requests(&self, suffix: &str) -> Vec<Seen> {
+        self.seen()
+            .into_iter()
+            .filter(|s| s.path.ends_with(suffix))
+            .collect()
+    }
+
+    /// Token requests with this grant type.
+    pub fn token_requests(&self, grant_type: &str) -> Vec<Seen> {
+        self.requests("/token")
+            .into_iter()
+            .filter(|s| s.form.get("grant_type").map(String::as_str) == Some(grant_type))
+            .collect()
+    }
+
+    /// Every access token issued so far.
+    pub fn issued_access_tokens(&self) -> Vec<String> {
+        self.state
+            .lock()
+            .unwrap()
+            .access_tokens
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    pub fn reuse_detected(&self) -> bool {
+        self.state.lock().unwrap().reuse_detected
+    }
+
+    /// Whether `token` is a live access token.
+    pub fn is_valid_access_token(&self, token: &str) -> bool {
+        let s = self.state.lock().unwrap();
+        s.access_tokens
+            .get(token)
+            .is_some_and(|f| !s.revoked_families.contains(f))
+    }
+}
+
+fn json(status: StatusCode, value: serde_json::Value) -> Response {
+    (
+        status,
+        [("content-type", "application/json")],
+        value.to_string(),
+    )
+        .into_response()
+}
+
+fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
+    json(
+        status,
+        serde_json::json!({"error": error, "error_description": description}),
+    )
+}
+
+fn redirect(location: &str) -> Response {
+    (StatusCode::FOUND, [("location", location.to_string())]).into_response()
+}
+
+fn parse_pairs(s: &str) -> HashMap<String, String> {
+    url::form_urlencoded::parse(s.as_bytes())
+        .into_owned()
+        .collect()
+}
+
+fn basic_auth(headers: &HeaderMap) -> Option<(String, String)> {
+    let value = headers.get("authorization")?.to_str().ok()?;
+    let encoded = value.strip_prefix("Basic ")?;
+    let decoded = String::from_utf8(STANDARD.decode(encoded).ok()?).ok()?;
+    let (id, secret) = decoded.split_once(':')?;
+    let dec = |s: &str| {
+        url::form_urlencoded::parse(format!("x={s}").as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+    };
+    Some((dec(id)?, dec(secret)?))
+}
+
+async fn handle(State(app): State<App>, request: Request<Body>) -> Response {
+    let (parts, body) = request.into_parts();
+    let body = to_bytes(body, 1 << 20).await.unwrap_or_default();
+    let body = String::from_utf8_lossy(&body).into_owned();
+    let uri: Uri = parts.uri.clone();
+    let path = uri.path().to_string();
+    let query = parse_pairs(uri.query().unwrap_or(""));
+    let is_form = parts
+        .headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    let form = if is_form {
+        parse_pairs(&body)
+    } else {
+        HashMap::new()
+    };
+    let basic = basic_auth(&parts.headers);
+    let host_base = match parts.headers.get("host").and_then(|h| h.to_str().ok()) {
+        Some(host) => format!("http://{host}"),
+        None => app.rs_base.clone(),
+    };
+    let mut s = app.state.lock().unwrap();
+    s.seen.push(Seen {
+        method: parts.method.to_string(),
+        path: path.clone(),
+        query: query.clone(),
+        form: form.clone(),
+        json: serde_json::from_str(&body).unwrap_or_default(),
+        basic_auth: basic.clone(),
+    });
+    let sw = s.switches.clone();
+    let issuer = format!("{}{}", app.as_base, sw.issuer_path);
+    let on_rs = host_base == app.rs_base;
+    let on_as = host_base == app.as_base;
+    let mcp_url = format!("{}{MCP_PATH}", app.rs_base);
+    let prm_header_path = "/meta/resource-metadata.json";
+
+    // --- the protected resource ---
+    if on_rs && path == MCP_PATH && parts.method == Method::POST {
+        let bearer = parts
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::to_string);
+        let valid = bearer.is_some_and(|t| {
+            s.access_tokens
+                .get(&t)
+                .is_some_and(|f| !s.revoked_families.contains(f))
+        });
+        if valid {
+            return json(
+                StatusCode::OK,
+                serde_json::json!({"jsonrpc": "2.0", "id": 1, "result": {}}),
+            );
+        }
+        let mut challenge = "Bearer realm=\"mcp\"".to_string();
+        if sw.prm == PrmMode::Header {
+            challenge.push_str(&format!(
+                ", resource_metadata=\"{}{prm_header_path}\"",
+                app.rs_base
+            ));
+        }
+        if let Some(scope) = &sw.challenge_scope {
+            challenge.push_str(&format!(", scope=\"{scope}\""));
+        }
+        return (StatusCode::UNAUTHORIZED, [("www-authenticate", challenge)]).into_response();
+    }
+    let prm_doc = || {
+        let mut doc = serde_json::json!({
+            "resource": sw.prm_resource.clone().unwrap_or_else(|| mcp_url.clone()),
+            "authorization_servers": [issuer.clone()],
+        });
+        if !sw.prm_scopes.is_empty() {
+            doc["scopes_supported"] = serde_json::json!(sw.prm_scopes);
+        }
+        json(StatusCode::OK, doc)
+    };
+    if on_rs && parts.method == Method::GET {
+        let served = match sw.prm {
+            PrmMode::Header => path == prm_header_path,
+            PrmMode::WellKnownPath => {
+                path == format!("/.well-known/oauth-protected-resource{MCP_PATH}")
+            }
+            PrmMode::WellKnownRoot => path == "/.well-known/oauth-protected-resource",
+            PrmMode::None => false,
+        };
+        if served {
+            return prm_doc();
+        }
+    }
+
+    // --- the authorization server ---
+    if on_as && parts.method == Method::GET {
+        let ip = &sw.issuer_path;
+        let metadata_path = match sw.metadata {
+            MetadataMode::Rfc8414 => Some(format!("/.well-known/oauth-authorization-server{ip}")),
+            MetadataMode::OidcInserted => Some(format!("/.well-known/openid-configuration{ip}")),
+            MetadataMode::OidcAppended => Some(format!("{ip}/.well-known/openid-configuration")),
+            MetadataMode::None => None,
+        };
+        if metadata_path.as_deref() == Some(path.as_str()) {
+            let mut doc = serde_json::json!({
+                "issuer": if sw.wrong_issuer { format!("{issuer}/other") } else { issuer.clone() },
+                "authorization_endpoint": format!("{issuer}/authorize"),
+                "token_endpoint": format!("{issuer}/token"),
+                "response_types_supported": ["code"],
+                "grant_types_supported": ["authorization_code", "refresh_token"],
+            });
+            if sw.pkce_advertised {
+                doc["code_challenge_methods_supported"] = serde_json::json!(["S256"]);
+            }
+            if sw.dcr {
+                doc["registration_endpoint"] = serde_json::json!(format!("{issuer}/register"));
+            }
+            if sw.revocation {
+                doc["revocation_endpoint"] = serde_json::json!(format!("{issuer}/revoke"));
+            }
+            if sw.cimd {
+                doc["client_id_metadata_document_supported"] = serde_json::json!(true);
+            }
+            if let Some(scopes) = &sw.as_scopes {
+                doc["scopes_supported"] = serde_json::json!(scopes);
+            }
+            if let Some(methods) = &sw.auth_methods {
+                doc["token_endpoint_auth_methods_supported"] = serde_json::json!(methods);
+            }
+            if sw.iss != IssMode::Off {
+                doc["authorization_response_iss_parameter_supported"] = serde_json::json!(true);
+            }
+            return json(StatusCode::OK, doc);
+        }
+    }
+    let endpoint = |name: &str| {
+        let legacy = sw.metadata == MetadataMode::None;
+        path == format!(
+            "{}/{name}",
+            if legacy { "" } else { sw.issuer_path.as_str() }
+        )
+    };
+    if on_as && parts.method == Method::GET && endpoint("authorize") {
+        let client_id = query.get("client_id").cloned().unwrap_or_default();
+        let redirect_uri = query.get("redirect_uri").cloned().unwrap_or_default();
+        let known = s.clients.get(&client_id).cloned();
+        let cimd_ok = sw.cimd && client_id.starts_with("https://");
+        let redirect_ok = match &known {
+            Some(c) => c.redirect_uris.is_empty() || c.redirect_uris.contains(&redirect_uri),
+            None => cimd_ok,
+        };
+        if !redirect_ok || query.get("code_challenge_method").map(String::as_str) != Some("S256") {
+            return (StatusCode::BAD_REQUEST, "bad authorization request").into_response();
+        }
+        let state = query.get("state").cloned().unwrap_or_default();
+        let mut location = url::Url::parse(&redirect_uri).unwrap();
+        {
+            let mut q = location.query_pairs_mut();
+            if sw.deny {
+                q.append_pair("error", "access_denied");
+                q.append_pair("error_description", "the user said no");
+            } else {
+                let code = s.id("code");
+                s.codes.insert(
+                    code.clone(),
+                    Code {
+                        client_id,
+                        challenge: query.get("code_challenge").cloned().unwrap_or_default(),
+                        redirect_uri: redirect_uri.clone(),
+                        scope: query.get("scope").cloned(),
+                    },
+                );
+                q.append_pair("code", &code);
+            }
+            q.append_pair("state", &state);
+            match sw.iss {
+                IssMode::On => {
+                    q.append_pair("iss", &issuer);
+                }
+                IssMode::Wrong => {
+                    q.append_pair("iss", "http://127.0.0.1:1/evil");
+                }
+                IssMode::Off | IssMode::AdvertisedMissing => {}
+            }
+        }
+        return redirect(location.as_str());
+    }
+    if on_as && parts.method == Method::POST && endpoint("register") && sw.dcr {
+        let request: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        let redirect_uris: Vec<String> = request["redirect_uris"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if redirect_uris.is_empty() {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_redirect_uri",
+                "no redirect_uris",
+            );
+        }
+        let id = s.id("client");
+        s.clients.insert(
+            id.clone(),
+            Client {
+                secret: None,
+                auth_method: "none".into(),
+                redirect_uris: redirect_uris.clone(),
+            },
+        );
+        return json(
+            StatusCode::CREATED,
+            serde_json::json!({
+                "client_id": id,
+                "redirect_uris": redirect_uris,
+                "token_endpoint_auth_method": "none",
+                "grant_types": ["authorization_code", "refresh_token"],
+            }),
+        );
+    }
+    if on_as && parts.method == Method::POST && endpoint("revoke") && sw.revocation {
+        if let Some(token) = form.get("token") {
+            if let Some(rt) = s.refresh_tokens.get(token).cloned() {
+                s.revoked_families.push(rt.family);
+            }
+            if let Some(f) = s.access_tokens.get(token).copied() {
+                s.revoked_families.push(f);
+            }
+        }
+        return StatusCode::OK.into_response();
+    }
+    if on_as && parts.method == Method::POST && endpoint("token") {
+        // Client authentication, as registered.
+        let client_id = basic
+            .as_ref()
+            .map(|(id, _)| id.clone())
+            .or_else(|| form.get("client_id").cloned())
+            .unwrap_or_default();
+        let client = s.clients.get(&client_id).cloned();
+        let client = match client {
+            Some(c) => c,
+            None if sw.cimd && client_id.starts_with("https://") => Client {
+                secret: None,
+                auth_method: "none".into(),
+                redirect_uris: vec![],
+            },
+            None => {
+                return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "unknown client");
+            }
+        };
+        let authenticated = match client.auth_method.as_str() {
+            "client_secret_basic" => {
+                basic.as_ref().map(|(_, s)| Some(s.clone())) == Some(client.secret.clone())
+            }
+            "client_secret_post" => {
+                basic.is_none() && form.get("client_secret").cloned() == client.secret
+            }
+            _ => basic.is_none() && !form.contains_key("client_secret"),
+        };
+        if !authenticated {
+            return oauth_error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "client authentication failed",
+            );
+        }
+        if !form.contains_key("resource") {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_target",
+                "resource is required",
+            );
+        }
+        let grant_type = form.get("grant_type").cloned().unwrap_or_default();
+        let (family, scope) = match grant_type.as_str() {
+            "authorization_code" => {
+                let code = form.get("code").cloned().unwrap_or_default();
+                let Some(c) = s.codes.remove(&code) else {
+                    return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", "unknown code");
+                };
+                let verifier = form.get("code_verifier").cloned().unwrap_or_default();
+                let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
+                if c.client_id != client_id
+                    || c.challenge != challenge
+                    || form.get("redirect_uri") != Some(&c.redirect_uri)
+                {
+                    return oauth_error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_grant",
+                        "code does not match",
+                    );
+                }
+                s.next += 1;
+                (s.next, c.scope)
+            }
+            "refresh_token" => {
+                let token = form.get("refresh_token").cloned().unwrap_or_default();
+                let Some(rt) = s.refresh_tokens.get(&token).cloned() else {
+                    return oauth_error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_grant",
+                        "unknown refresh token",
+                    );
+                };
+                if s.revoked_families.contains(&rt.family) {
+                    return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", "grant revoked");
+                }
+                if rt.client_id != client_id {
+                    return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", "wrong client");
+                }
+                if rt.used {
+                    // Reuse of a rotated refresh token: revoke the grant.
+                    s.revoked_families.push(rt.family);
+                    s.reuse_detected = true;
+                    return oauth_error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_grant",
+                        "refresh token reused; grant revoked",
+                    );
+                }
+                if sw.rotate {
+                    s.refresh_tokens.get_mut(&token).unwrap().used = true;
+                }
+                (rt.family, rt.scope)
+            }
+            _ => return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type", "?"),
+        };
+        let access = s.id("at");
+        s.access_tokens.insert(access.clone(), family);
+        let mut response = serde_json::json!({"access_token": access, "token_type": "Bearer"});
+        if let Some(e) = sw.expires_in {
+            response["expires_in"] = serde_json::json!(e);
+        }
+        let new_refresh =
+            sw.issue_refresh_token && (grant_type == "authorization_code" || sw.rotate);
+        if new_refresh {
+            let rt = s.id("rt");
+            s.refresh_tokens.insert(
+                rt.clone(),
+                RefreshToken {
+                    client_id: client_id.clone(),
+                    family,
+                    used: false,
+                    scope: scope.clone(),
+                },
+            );
+            response["refresh_token"] = serde_json::json!(rt);
+        }
+        if grant_type == "authorization_code"
+            && let Some(scope) = &scope
+        {
+            response["scope"] = serde_json::json!(scope);
+        }
+        return json(StatusCode::OK, response);
+    }
+    (StatusCode::NOT_FOUND, "not found").into_response()
+}
