@@ -78,7 +78,9 @@ impl ClientError {
                 | tonic::Code::NotFound
                 | tonic::Code::AlreadyExists
                 | tonic::Code::OutOfRange => exit::USAGE,
-                tonic::Code::Unauthenticated => exit::LOGIN_REQUIRED,
+                tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
+                    exit::LOGIN_REQUIRED
+                }
                 // The daemon answered: it is the authorization server that
                 // is unavailable (transport failures are `Unreachable`).
                 _ => exit::FAILURE,
@@ -129,6 +131,16 @@ impl ClientError {
             },
         }
     }
+}
+
+/// Lowercase hex SHA-256 of a token: how a client names a token to the
+/// daemon without sending it.
+pub fn fingerprint(token: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Adds the protocol number to every request.
@@ -371,6 +383,44 @@ impl Client {
             server: server.into(),
         };
         match self.inner.refresh(request).await {
+            Ok(r) => Ok(r.into_inner()),
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
+    /// The current access token, valid for at least `min_ttl_secs` (daemon
+    /// default: 60) when that can be arranged.
+    pub async fn get_token(
+        &mut self,
+        server: &str,
+        min_ttl_secs: Option<u32>,
+    ) -> Result<pb::TokenReply, ClientError> {
+        let request = pb::GetTokenRequest {
+            server: server.into(),
+            min_ttl_secs,
+        };
+        match self.inner.get_token(request).await {
+            Ok(r) => Ok(r.into_inner()),
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
+    /// Reports that a resource server rejected `token` (only its SHA-256
+    /// is sent) and returns the token to use instead.
+    pub async fn report_unauthorized(
+        &mut self,
+        server: &str,
+        token: &str,
+        http_status: u32,
+        www_authenticate: &str,
+    ) -> Result<pb::TokenReply, ClientError> {
+        let request = pb::ReportUnauthorizedRequest {
+            server: server.into(),
+            token_sha256: fingerprint(token),
+            http_status,
+            www_authenticate: www_authenticate.into(),
+        };
+        match self.inner.report_unauthorized(request).await {
             Ok(r) => Ok(r.into_inner()),
             Err(e) => Err(self.err(e)),
         }

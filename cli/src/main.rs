@@ -101,6 +101,29 @@ enum Command {
     },
     /// Refresh the server's token now.
     Refresh { name: String },
+    /// Print the server's access token (for scripts: never opens a browser).
+    Token {
+        name: String,
+        /// Seconds the token must still be valid for (default 60).
+        #[arg(long, value_name = "SECS")]
+        min_ttl: Option<u32>,
+        /// Report this token as rejected by the server and print the
+        /// replacement (only its SHA-256 is sent to the daemon).
+        #[arg(long, value_name = "TOKEN")]
+        rejected: Option<String>,
+        /// The HTTP status of the rejection.
+        #[arg(long, value_name = "CODE", default_value_t = 401, requires = "rejected",
+              value_parser = clap::value_parser!(u32).range(401..=403))]
+        status: u32,
+        /// The WWW-Authenticate header of the rejection.
+        #[arg(long, value_name = "HEADER", requires = "rejected")]
+        www_authenticate: Option<String>,
+    },
+    /// Print {"Authorization": "Bearer ..."} for Claude Code's headersHelper.
+    ///
+    /// Without NAME, the server comes from CLAUDE_CODE_MCP_SERVER_NAME, else
+    /// from CLAUDE_CODE_MCP_SERVER_URL matched against the configured URLs.
+    Headers { name: Option<String> },
     /// Print events as they happen (one line each; JSON lines with --json).
     Watch {
         /// Only this server's events.
@@ -332,6 +355,51 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 reply.generation
             );
         }
+        Command::Token {
+            name,
+            min_ttl,
+            rejected,
+            status,
+            www_authenticate,
+        } => {
+            if status == 402 {
+                return Err(Failure {
+                    message: "--status is 401 or 403".into(),
+                    code: exit::USAGE,
+                });
+            }
+            let mut client = mcpauth_client::connect(&opts).await?;
+            let reply = match rejected {
+                Some(token) => {
+                    client
+                        .report_unauthorized(
+                            &name,
+                            &token,
+                            status,
+                            www_authenticate.as_deref().unwrap_or(""),
+                        )
+                        .await?
+                }
+                None => client.get_token(&name, min_ttl).await?,
+            };
+            out!("{}", reply.access_token);
+        }
+        Command::Headers { name } => {
+            let mut client = mcpauth_client::connect(&opts).await?;
+            let name = match name.or_else(|| {
+                std::env::var("CLAUDE_CODE_MCP_SERVER_NAME")
+                    .ok()
+                    .filter(|n| !n.is_empty())
+            }) {
+                Some(name) => name,
+                None => headers_server_from_url(&mut client).await?,
+            };
+            let reply = client.get_token(&name, None).await?;
+            let headers = serde_json::json!({
+                "Authorization": format!("{} {}", reply.token_type, reply.access_token),
+            });
+            out!("{headers}");
+        }
         Command::Watch { name, json } => {
             let mut client = mcpauth_client::connect(&opts).await?;
             let mut stream = client.watch(name.as_deref()).await?;
@@ -404,6 +472,34 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// The configured server whose URL is `$CLAUDE_CODE_MCP_SERVER_URL`.
+async fn headers_server_from_url(client: &mut mcpauth_client::Client) -> Result<String, Failure> {
+    let Some(wanted) = std::env::var("CLAUDE_CODE_MCP_SERVER_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+    else {
+        return Err(Failure {
+            message: "which server? pass NAME, or run as Claude Code's headersHelper (CLAUDE_CODE_MCP_SERVER_NAME or _URL)".into(),
+            code: exit::USAGE,
+        });
+    };
+    let normalize = |u: &str| {
+        url::Url::parse(u.trim())
+            .map(|u| u.to_string().trim_end_matches('/').to_string())
+            .unwrap_or_else(|_| u.trim().trim_end_matches('/').to_string())
+    };
+    let wanted_n = normalize(&wanted);
+    let servers = client.list_servers().await?;
+    servers
+        .into_iter()
+        .find(|s| normalize(&s.url) == wanted_n)
+        .map(|s| s.name)
+        .ok_or_else(|| Failure {
+            message: format!("no configured server has the URL {wanted}; add it with `mcpauthctl add NAME {wanted}`"),
+            code: exit::USAGE,
+        })
 }
 
 fn print_status(status: pb::StatusReply) {

@@ -57,7 +57,7 @@ pub struct EventJson {
     pub at_unix_ms: i64,
     pub server: Option<String>,
     /// `server_added`, `server_removed`, `server_changed`, `config_rejected`,
-    /// `login_started`, `token_issued`, `login_required`.
+    /// `login_started`, `token_issued`, `login_required`, `step_up_required`.
     pub event: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
@@ -135,6 +135,7 @@ impl From<pb::Event> for EventJson {
             Some(Kind::LoginStarted(_)) => ("login_started", None, None),
             Some(Kind::TokenIssued(_)) => ("token_issued", None, None),
             Some(Kind::LoginRequired(r)) => ("login_required", None, Some(r.reason)),
+            Some(Kind::StepUpRequired(r)) => ("step_up_required", None, Some(r.scopes.join(" "))),
             None => ("unknown", None, None),
         };
         EventJson {

@@ -62,6 +62,12 @@ pub enum BrokerError {
     },
     #[error("internal error: {0}")]
     Internal(String),
+    #[error("step-up required for {server}: the server needs scope {}; run `mcpauthctl login {server}`", scopes.join(" "))]
+    StepUpRequired { server: String, scopes: Vec<String> },
+    #[error(
+        "{server} asked for more scope again after {attempts} authorizations in the last 10 minutes; not asking again now (check the server's scope configuration)"
+    )]
+    StepUpExhausted { server: String, attempts: usize },
 }
 
 /// Where the daemon keeps things, resolved once at start.
@@ -179,6 +185,9 @@ pub enum EventKind {
     LoginRequired {
         reason: String,
     },
+    StepUpRequired {
+        scopes: Vec<String>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -207,6 +216,8 @@ pub struct Broker {
     pub(crate) options: BrokerOptions,
     /// Per-server locks: one login start or refresh at a time per server.
     locks: Mutex<HashMap<ServerName, Arc<tokio::sync::Mutex<()>>>>,
+    /// When a report last caused a refresh, per server (Unix ms).
+    pub(crate) report_refreshes: Mutex<HashMap<ServerName, i64>>,
 }
 
 impl Broker {
@@ -237,6 +248,7 @@ impl Broker {
             logins: Logins::default(),
             options,
             locks: Mutex::new(HashMap::new()),
+            report_refreshes: Mutex::new(HashMap::new()),
         });
         if let Some(text) = broker.store.last_good_config()? {
             match Config::parse(&text, &broker.paths.config) {

@@ -27,6 +27,7 @@ pub mod secret;
 pub mod shutdown;
 pub mod state;
 pub mod store;
+pub mod tokens;
 pub mod url_policy;
 pub mod watcher;
 

@@ -163,7 +163,9 @@ impl Broker {
         let explicit = if !scopes.is_empty() {
             scopes
         } else if let Some(step_up) = record.step_up.as_ref().filter(|s| !s.scopes.is_empty()) {
-            step_up.scopes.clone()
+            let scopes = step_up.scopes.clone();
+            self.count_step_up_attempt(&name).await?;
+            scopes
         } else {
             server.scopes.clone()
         };
@@ -441,11 +443,12 @@ impl Broker {
         self.store().put_grant(&name, &grant).await?;
         self.update_record(&name, |r| {
             r.last_error = None;
-            if r.step_up
-                .as_ref()
-                .is_some_and(|s| s.scopes.iter().all(|x| grant.scopes.contains(x)))
+            // The step-up is satisfied; its attempts stay counted so the
+            // bound holds across logins.
+            if let Some(step_up) = r.step_up.as_mut()
+                && step_up.scopes.iter().all(|x| grant.scopes.contains(x))
             {
-                r.step_up = None;
+                step_up.scopes.clear();
             }
         })
         .await?;

@@ -28,6 +28,18 @@ use crate::state::{Grant, RegistrationKind, unix_ms_now};
 /// Seconds a client should wait after "unavailable".
 pub const RETRY_AFTER_SECS: u64 = 5;
 
+/// When a refresh may be skipped because the grant is already fresh.
+#[derive(Clone, Copy, Debug)]
+pub enum Freshness {
+    /// Always refresh (`mcpauthctl refresh`).
+    Force,
+    /// Skip if the grant is no longer this generation: someone else
+    /// refreshed while we waited for the lock (401 reports).
+    UnlessNewerThan(u64),
+    /// Skip if the grant is valid for at least this many ms (GetToken).
+    UnlessValidForMs(i64),
+}
+
 impl Broker {
     /// Refreshes `name`'s grant now.
     pub async fn refresh(self: &Arc<Self>, name: &str) -> Result<Grant, BrokerError> {
@@ -35,14 +47,27 @@ impl Broker {
         if !self.config().servers.contains_key(&name) {
             return Err(BrokerError::NotFound(name.to_string()));
         }
+        self.refresh_grant(name, Freshness::Force).await
+    }
+
+    /// The single entry point of every refresh. Detached: the task runs to
+    /// completion whatever happens to the caller.
+    pub(crate) async fn refresh_grant(
+        self: &Arc<Self>,
+        name: ServerName,
+        freshness: Freshness,
+    ) -> Result<Grant, BrokerError> {
         let broker = self.clone();
-        // Detached: runs to completion whatever happens to the caller.
-        tokio::spawn(async move { broker.refresh_locked(name).await })
+        tokio::spawn(async move { broker.refresh_locked(name, freshness).await })
             .await
             .map_err(|e| BrokerError::Internal(format!("refresh task failed: {e}")))?
     }
 
-    async fn refresh_locked(self: Arc<Self>, name: ServerName) -> Result<Grant, BrokerError> {
+    async fn refresh_locked(
+        self: Arc<Self>,
+        name: ServerName,
+        freshness: Freshness,
+    ) -> Result<Grant, BrokerError> {
         let lock = self.server_lock(&name);
         let _guard = lock.lock().await;
         let login_required = |reason: &str| BrokerError::LoginRequired {
@@ -53,6 +78,19 @@ impl Broker {
             .store()
             .grant(&name)?
             .ok_or_else(|| login_required("no tokens are held"))?;
+        let now = unix_ms_now();
+        match freshness {
+            Freshness::Force => {}
+            Freshness::UnlessNewerThan(generation) if grant.generation != generation => {
+                return Ok(grant);
+            }
+            Freshness::UnlessValidForMs(ms)
+                if grant.expires_at_ms.is_none_or(|at| at - now >= ms) =>
+            {
+                return Ok(grant);
+            }
+            _ => {}
+        }
         let Some(refresh_token) = grant.refresh_token.clone() else {
             return Err(login_required("the server issued no refresh token"));
         };

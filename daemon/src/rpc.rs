@@ -60,6 +60,23 @@ impl From<BrokerError> for Status {
     fn from(e: BrokerError) -> Self {
         let message = e.to_string();
         match e {
+            BrokerError::StepUpRequired { scopes, .. } => {
+                let mut status = Status::permission_denied(message);
+                if let Ok(value) = scopes.join(" ").parse() {
+                    status.metadata_mut().insert("mcpauth-step-up", value);
+                }
+                status
+            }
+            BrokerError::StepUpExhausted { .. } => Status::resource_exhausted(message),
+            BrokerError::Unavailable {
+                retry_after_secs, ..
+            } => {
+                let mut status = Status::unavailable(message);
+                status
+                    .metadata_mut()
+                    .insert("retry-after", retry_after_secs.into());
+                status
+            }
             BrokerError::NotFound(_) => Status::not_found(message),
             BrokerError::AlreadyExists(_) => Status::already_exists(message),
             BrokerError::Invalid(_) => Status::invalid_argument(message),
@@ -69,7 +86,6 @@ impl From<BrokerError> for Status {
                 Status::internal(message)
             }
             BrokerError::LoginRequired { .. } => Status::unauthenticated(message),
-            BrokerError::Unavailable { .. } => Status::unavailable(message),
             BrokerError::NoLoginPending(_) | BrokerError::CallbackPort { .. } => {
                 Status::failed_precondition(message)
             }
@@ -189,12 +205,26 @@ impl From<Event> for pb::Event {
             EventKind::LoginRequired { reason } => {
                 Kind::LoginRequired(pb::LoginRequired { reason })
             }
+            EventKind::StepUpRequired { scopes } => {
+                Kind::StepUpRequired(pb::StepUpRequired { scopes })
+            }
         };
         pb::Event {
             at_unix_ms: e.at_ms,
             server: e.server.map(|s| s.to_string()).unwrap_or_default(),
             kind: Some(kind),
         }
+    }
+}
+
+fn token_reply(grant: crate::state::Grant) -> pb::TokenReply {
+    pb::TokenReply {
+        // The one place a token leaves the daemon.
+        access_token: grant.access_token.expose().to_string(),
+        token_type: grant.token_type,
+        expires_at_unix_ms: grant.expires_at_ms.unwrap_or(0),
+        scopes: grant.scopes,
+        generation: grant.generation,
     }
 }
 
@@ -389,6 +419,47 @@ impl broker_server::Broker for BrokerService {
             scopes: grant.scopes,
             generation: grant.generation,
         }))
+    }
+
+    async fn get_token(
+        &self,
+        request: Request<pb::GetTokenRequest>,
+    ) -> Result<Response<pb::TokenReply>, Status> {
+        check_protocol(&request)?;
+        let r = request.into_inner();
+        let min_ttl = r.min_ttl_secs.map_or(crate::tokens::DEFAULT_MIN_TTL, |s| {
+            std::time::Duration::from_secs(u64::from(s))
+        });
+        let grant = self.broker.get_token(&r.server, min_ttl).await?;
+        Ok(Response::new(token_reply(grant)))
+    }
+
+    async fn report_unauthorized(
+        &self,
+        request: Request<pb::ReportUnauthorizedRequest>,
+    ) -> Result<Response<pb::TokenReply>, Status> {
+        check_protocol(&request)?;
+        let r = request.into_inner();
+        if r.token_sha256.len() != 64 || !r.token_sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Status::invalid_argument(
+                "token_sha256 must be the hex SHA-256 of the rejected token (never the token itself)",
+            ));
+        }
+        if r.www_authenticate.len() > 16 * 1024 {
+            return Err(Status::invalid_argument(
+                "www_authenticate is longer than 16 KiB",
+            ));
+        }
+        let grant = self
+            .broker
+            .report_unauthorized(
+                &r.server,
+                &r.token_sha256,
+                r.http_status,
+                &r.www_authenticate,
+            )
+            .await?;
+        Ok(Response::new(token_reply(grant)))
     }
 
     type WatchStream = EventStream;

@@ -312,6 +312,18 @@ impl broker_server::Broker for FutureDaemon {
     ) -> Result<Response<pb::RefreshReply>, Status> {
         Err(Status::unimplemented("future"))
     }
+    async fn get_token(
+        &self,
+        _: Request<pb::GetTokenRequest>,
+    ) -> Result<Response<pb::TokenReply>, Status> {
+        Err(Status::unimplemented("future"))
+    }
+    async fn report_unauthorized(
+        &self,
+        _: Request<pb::ReportUnauthorizedRequest>,
+    ) -> Result<Response<pb::TokenReply>, Status> {
+        Err(Status::unimplemented("future"))
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

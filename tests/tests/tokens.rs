@@ -1,0 +1,228 @@
+//! Tokens for programs: `token`, `headers` (Claude Code's headersHelper),
+//! rejected-token reports, and step-up.
+
+use mcpauth_tests::authserver::{AuthServer, Switches};
+use mcpauth_tests::{Daemon, TestEnv};
+
+async fn logged_in(switches: Switches, add_args: &[&str]) -> (TestEnv, AuthServer, Daemon) {
+    let server = AuthServer::start(switches).await;
+    let env = TestEnv::new();
+    let daemon = env.start_daemon();
+    let mut args = vec!["add", "s", server.mcp_url.as_str()];
+    args.extend(add_args);
+    env.ctl(&args).ok();
+    env.ctl(&["login", "s"]).ok();
+    (env, server, daemon)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_and_headers_hand_out_the_current_token() {
+    let (env, server, _d) = logged_in(Switches::default(), &[]).await;
+    let token = env.ctl(&["token", "s"]).ok().trim().to_string();
+    assert!(
+        server.is_valid_access_token(&token),
+        "a live token: {token}"
+    );
+
+    let expected = serde_json::json!({"Authorization": format!("Bearer {token}")});
+    let by_name = env.ctl(&["headers", "s"]).json();
+    assert_eq!(by_name, expected);
+    let by_env_name = env
+        .ctl_env(&["headers"], &[("CLAUDE_CODE_MCP_SERVER_NAME", "s")])
+        .json();
+    assert_eq!(by_env_name, expected);
+    let url_with_slash = format!("{}/", server.mcp_url);
+    for url in [server.mcp_url.as_str(), url_with_slash.as_str()] {
+        let by_url = env
+            .ctl_env(&["headers"], &[("CLAUDE_CODE_MCP_SERVER_URL", url)])
+            .json();
+        assert_eq!(by_url, expected, "{url}");
+    }
+    let unknown = env.ctl_env(
+        &["headers"],
+        &[(
+            "CLAUDE_CODE_MCP_SERVER_URL",
+            "https://elsewhere.example/mcp",
+        )],
+    );
+    assert_eq!(unknown.code(), 2);
+    assert_eq!(
+        env.ctl(&["headers"]).code(),
+        2,
+        "no name and no Claude Code variables"
+    );
+    // Nothing was refreshed to answer these.
+    assert!(server.token_requests("refresh_token").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_login_programs_get_exit_4_and_no_browser() {
+    let server = AuthServer::start(Switches::default()).await;
+    let env = TestEnv::new();
+    let _d = env.start_daemon();
+    env.ctl(&["add", "s", &server.mcp_url]).ok();
+    for args in [&["token", "s"][..], &["headers", "s"]] {
+        let out = env.ctl(args);
+        assert_eq!(out.code(), 4, "{args:?}");
+        assert!(out.stdout().is_empty());
+        assert!(
+            out.stderr().contains("mcpauthctl login s"),
+            "{}",
+            out.stderr()
+        );
+        assert_eq!(out.stderr().trim().lines().count(), 1);
+    }
+    assert!(env.browser_log().is_empty());
+    assert!(server.requests("/authorize").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_about_to_expire_is_refreshed_before_it_is_handed_out() {
+    // 30 s tokens are inside the default 60 s minimum validity.
+    let (env, server, _d) = logged_in(
+        Switches {
+            expires_in: Some(30),
+            ..Default::default()
+        },
+        &[],
+    )
+    .await;
+    let first_login_token = server.issued_access_tokens();
+    let token = env.ctl(&["token", "s"]).ok().trim().to_string();
+    assert_eq!(server.token_requests("refresh_token").len(), 1);
+    assert!(!first_login_token.contains(&token), "a new token");
+    // With a smaller minimum, the held token is good enough.
+    let again = env
+        .ctl(&["token", "s", "--min-ttl", "5"])
+        .ok()
+        .trim()
+        .to_string();
+    assert_eq!(again, token);
+    assert_eq!(server.token_requests("refresh_token").len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_of_a_rejected_token_refresh_once_and_stale_reports_get_the_current_token() {
+    let (env, server, _d) = logged_in(Switches::default(), &[]).await;
+    let t1 = env.ctl(&["token", "s"]).ok().trim().to_string();
+    let t2 = env
+        .ctl(&["token", "s", "--rejected", &t1])
+        .ok()
+        .trim()
+        .to_string();
+    assert_ne!(t1, t2);
+    assert!(server.is_valid_access_token(&t2));
+    assert_eq!(server.token_requests("refresh_token").len(), 1);
+    // Another process still holding t1 reports it: it gets t2, no request.
+    let again = env
+        .ctl(&["token", "s", "--rejected", &t1])
+        .ok()
+        .trim()
+        .to_string();
+    assert_eq!(again, t2);
+    assert_eq!(server.token_requests("refresh_token").len(), 1);
+    // The server rejects t2 too, at once: rate-limited, not another refresh.
+    let storm = env.ctl(&["token", "s", "--rejected", &t2]);
+    assert_eq!(storm.code(), 1, "{}", storm.stderr());
+    assert!(storm.stderr().contains("retry after"), "{}", storm.stderr());
+    assert_eq!(server.token_requests("refresh_token").len(), 1);
+    // A report never carries the token itself.
+    assert!(
+        !server
+            .seen()
+            .iter()
+            .any(|s| s.form.values().any(|v| v == &t1))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_reports_from_many_processes_cause_one_refresh() {
+    let (env, server, _d) = logged_in(Switches::default(), &[]).await;
+    let t1 = env.ctl(&["token", "s"]).ok().trim().to_string();
+    let children: Vec<_> = (0..12)
+        .map(|_| {
+            let mut cmd = env.command("mcpauthctl");
+            cmd.args(["token", "s", "--rejected", &t1]);
+            cmd.stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
+            cmd.spawn().unwrap()
+        })
+        .collect();
+    let tokens: std::collections::BTreeSet<String> = children
+        .into_iter()
+        .map(|c| {
+            let out = c.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        })
+        .collect();
+    assert_eq!(tokens.len(), 1, "everyone got the same new token");
+    assert_eq!(
+        server.token_requests("refresh_token").len(),
+        1,
+        "exactly one refresh"
+    );
+    assert!(!server.reuse_detected());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn step_up_asks_for_the_union_and_is_bounded() {
+    let (env, server, _d) = logged_in(Switches::default(), &["--scope", "mcp:read"]).await;
+    assert_eq!(server.requests("/authorize")[0].query["scope"], "mcp:read");
+    let challenge = r#"Bearer error="insufficient_scope", scope="mcp:admin""#;
+    for attempt in 1..=4 {
+        let token = env.ctl(&["token", "s"]).ok().trim().to_string();
+        let out = env.ctl(&[
+            "token",
+            "s",
+            "--rejected",
+            &token,
+            "--status",
+            "403",
+            "--www-authenticate",
+            challenge,
+        ]);
+        assert_eq!(out.code(), 4, "attempt {attempt}: {}", out.stderr());
+        assert!(
+            out.stderr().contains("step-up required") && out.stderr().contains("mcp:admin"),
+            "{}",
+            out.stderr()
+        );
+        assert_eq!(
+            env.ctl(&["show", "s", "--json"]).json()["state"],
+            "step_up_required"
+        );
+        let login = env.ctl(&["login", "s"]);
+        if attempt <= 3 {
+            assert_eq!(login.code(), 0, "attempt {attempt}: {}", login.stderr());
+            let authorize = server.requests("/authorize");
+            assert_eq!(
+                authorize.last().unwrap().query["scope"],
+                "mcp:read mcp:admin",
+                "the union"
+            );
+            assert_eq!(
+                env.ctl(&["show", "s", "--json"]).json()["state"],
+                "authorized"
+            );
+        } else {
+            assert_eq!(login.code(), 1);
+            assert!(
+                login.stderr().contains("after 3 authorizations"),
+                "{}",
+                login.stderr()
+            );
+        }
+    }
+    // Step-up never refreshed anything.
+    assert!(server.token_requests("refresh_token").is_empty());
+    assert_eq!(
+        server.requests("/authorize").len(),
+        4,
+        "1 login + 3 step-ups"
+    );
+}
