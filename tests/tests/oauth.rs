@@ -813,3 +813,101 @@ async fn no_token_code_or_verifier_reaches_any_log_or_output() {
     }
     assert!(log.contains("TRACE") || log.contains("DEBUG"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_callback_answers_only_its_path_and_ignores_strangers() {
+    let Setup {
+        env,
+        server,
+        daemon: _d,
+    } = setup(Switches::default()).await;
+    let (child, url, _stderr) = start_login(&env, &[], "ignore");
+    let redirect = url::Url::parse(&url)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "redirect_uri")
+        .map(|(_, v)| v.into_owned())
+        .unwrap();
+    let base = redirect.trim_end_matches("/callback");
+    let http = reqwest::Client::new();
+    assert_eq!(
+        http.get(format!("{base}/favicon.ico"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    assert_eq!(
+        http.post(format!("{base}/callback"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    let forged = http
+        .get(format!("{base}/callback?code=x&state=forged"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 400);
+    let page = forged.text().await.unwrap();
+    assert!(page.contains("does not match"), "{page}");
+    assert!(server.requests("/token").is_empty());
+    // The login is still pending after the stranger's visit.
+    assert_eq!(
+        env.ctl(&["show", "s", "--json"]).json()["state"],
+        "login_pending"
+    );
+    env.ctl(&["logout", "s"]).ok();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callback_port_in_use_is_a_clear_error() {
+    let server = AuthServer::start(Switches::default()).await;
+    let env = TestEnv::new();
+    let _d = env.start_daemon();
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port().to_string();
+    env.ctl(&["add", "s", &server.mcp_url, "--callback-port", &port])
+        .ok();
+    let out = login(&env);
+    assert_eq!(out.code(), 1);
+    assert!(
+        out.stderr().contains(&format!("127.0.0.1:{port}")),
+        "{}",
+        out.stderr()
+    );
+    assert!(out.stderr().contains("callback_port"), "{}", out.stderr());
+    drop(busy);
+    login(&env).ok();
+    let redirect = &server.requests("/authorize")[0].query["redirect_uri"];
+    assert_eq!(redirect, &format!("http://127.0.0.1:{port}/callback"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chosen_callback_port_is_reused_by_later_logins() {
+    let Setup {
+        env,
+        server,
+        daemon,
+    } = setup(Switches::default()).await;
+    login(&env).ok();
+    daemon.stop();
+    let _daemon = env.start_daemon();
+    env.ctl(&["logout", "s"]).ok();
+    login(&env).ok();
+    let authorize = server.requests("/authorize");
+    assert_eq!(
+        authorize[0].query["redirect_uri"],
+        authorize[1].query["redirect_uri"]
+    );
+    assert_eq!(
+        server.requests("/register").len(),
+        1,
+        "the registered redirect URI stayed valid"
+    );
+}
