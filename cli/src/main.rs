@@ -536,6 +536,7 @@ fn print_status(status: pb::StatusReply) {
         .servers
         .into_iter()
         .map(|s| {
+            let next = next_refresh(&s, now);
             vec![
                 s.name,
                 s.url,
@@ -548,6 +549,7 @@ fn print_status(status: pb::StatusReply) {
                     0 => "never".into(),
                     at => relative(at, now),
                 },
+                next,
                 if s.last_error.is_empty() {
                     "-".into()
                 } else {
@@ -565,11 +567,26 @@ fn print_status(status: pb::StatusReply) {
                 "STATE",
                 "EXPIRES",
                 "LAST REFRESH",
+                "NEXT REFRESH",
                 "LAST ERROR"
             ],
             &rows
         )
     );
+}
+
+/// "in 40m", "retry in 20s (attempt 2)", "stopped", "-".
+fn next_refresh(s: &pb::Server, now: i64) -> String {
+    match s.refresh_state.as_str() {
+        "scheduled" => relative(s.next_refresh_unix_ms, now),
+        "retrying" => format!(
+            "retry {} (attempt {})",
+            relative(s.next_refresh_unix_ms, now),
+            s.refresh_attempt
+        ),
+        "stopped" => "stopped".into(),
+        _ => "-".into(),
+    }
 }
 
 fn print_server(s: pb::Server) {
@@ -633,6 +650,15 @@ fn print_server(s: pb::Server) {
                 "never".into()
             } else {
                 relative(s.last_refresh_unix_ms, now)
+            },
+        ),
+        ("next refresh", next_refresh(&s, now)),
+        (
+            "granted scopes",
+            if s.granted_scopes.is_empty() {
+                none()
+            } else {
+                s.granted_scopes.join(" ")
             },
         ),
         (

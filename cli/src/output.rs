@@ -23,6 +23,12 @@ pub struct ServerJson {
     pub last_refresh_unix_ms: Option<i64>,
     pub last_error: Option<String>,
     pub added_at_unix_ms: Option<i64>,
+    /// Scopes of the grant held (empty without tokens).
+    pub granted_scopes: Vec<String>,
+    /// The proactive refresh: `idle`, `scheduled`, `retrying`, `stopped`.
+    pub refresh_state: String,
+    pub next_refresh_unix_ms: Option<i64>,
+    pub refresh_attempt: Option<u32>,
 }
 
 #[derive(Serialize)]
@@ -95,6 +101,14 @@ impl From<pb::Server> for ServerJson {
             last_refresh_unix_ms: some(s.last_refresh_unix_ms),
             last_error: some(s.last_error),
             added_at_unix_ms: some(s.added_at_unix_ms),
+            granted_scopes: s.granted_scopes,
+            refresh_state: if s.refresh_state.is_empty() {
+                "idle".into()
+            } else {
+                s.refresh_state
+            },
+            next_refresh_unix_ms: some(s.next_refresh_unix_ms),
+            refresh_attempt: some(s.refresh_attempt),
         }
     }
 }

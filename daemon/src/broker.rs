@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 use tracing::{info, warn};
 
+use crate::clock::{Clock, SystemClock};
 use crate::config::{
     Config, ConfigDocument, ConfigError, InvalidInput, NewServer, ServerConfig, ServerName,
     write_atomically,
@@ -25,8 +26,9 @@ use crate::login::Logins;
 use crate::oauth::OAuthError;
 use crate::oauth::flow::CallbackError;
 use crate::oauth::http::HttpClient;
+use crate::scheduler::{GrantTiming, Plan, RefreshResult, Scheduler, Target};
 use crate::shutdown::Shutdown;
-use crate::state::{Grant, ServerRecord, unix_ms_now};
+use crate::state::{Grant, ServerRecord};
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +109,8 @@ pub struct ServerView {
     pub token_expires_at_ms: Option<i64>,
     /// Scopes of the grant held.
     pub granted_scopes: Vec<String>,
+    /// What the refresh scheduler plans for this server.
+    pub plan: Plan,
 }
 
 /// Derives the state shown for a server from what is stored.
@@ -140,16 +144,19 @@ pub fn auth_state(
 }
 
 /// Tunables of the broker; the defaults are the documented behaviour.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct BrokerOptions {
     /// How long the loopback callback waits for the browser.
     pub callback_timeout: Duration,
+    /// Wall-clock time (tests inject one that follows tokio's clock).
+    pub clock: Arc<dyn Clock>,
 }
 
 impl Default for BrokerOptions {
     fn default() -> Self {
         Self {
             callback_timeout: crate::login::CALLBACK_TIMEOUT,
+            clock: Arc::new(SystemClock),
         }
     }
 }
@@ -218,6 +225,7 @@ pub struct Broker {
     locks: Mutex<HashMap<ServerName, Arc<tokio::sync::Mutex<()>>>>,
     /// When a report last caused a refresh, per server (Unix ms).
     pub(crate) report_refreshes: Mutex<HashMap<ServerName, i64>>,
+    pub(crate) scheduler: Arc<Scheduler>,
 }
 
 impl Broker {
@@ -234,6 +242,7 @@ impl Broker {
         options: BrokerOptions,
     ) -> Result<Arc<Self>, BrokerError> {
         let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let options_clock = options.clock.clone();
         let broker = Arc::new(Self {
             paths,
             started: Instant::now(),
@@ -249,6 +258,7 @@ impl Broker {
             options,
             locks: Mutex::new(HashMap::new()),
             report_refreshes: Mutex::new(HashMap::new()),
+            scheduler: Scheduler::new(options_clock),
         });
         if let Some(text) = broker.store.last_good_config()? {
             match Config::parse(&text, &broker.paths.config) {
@@ -261,6 +271,36 @@ impl Broker {
             broker.reload_locked(true).await?;
         }
         Ok(broker)
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        self.options.clock.now_ms()
+    }
+
+    pub fn scheduler(&self) -> &Arc<Scheduler> {
+        &self.scheduler
+    }
+
+    /// Runs the refresh scheduler until shutdown; it re-plans on every
+    /// event (new token, login required, server added or removed).
+    pub fn start_scheduler(self: &Arc<Self>) {
+        let target: Arc<dyn Target> = Arc::new(BrokerTarget(Arc::downgrade(self)));
+        let scheduler = self.scheduler.clone();
+        tokio::spawn(scheduler.clone().run(target, self.shutdown.wait()));
+        let mut events = self.events.subscribe();
+        let stop = self.shutdown.wait();
+        tokio::spawn(async move {
+            tokio::pin!(stop);
+            loop {
+                tokio::select! {
+                    _ = &mut stop => return,
+                    event = events.recv() => match event {
+                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => scheduler.wake(),
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    },
+                }
+            }
+        });
     }
 
     pub fn store(&self) -> &Store {
@@ -315,7 +355,7 @@ impl Broker {
     pub(crate) fn publish(&self, server: Option<ServerName>, kind: EventKind) {
         // No receiver is not an error: nobody is watching.
         let _ = self.events.send(Event {
-            at_ms: unix_ms_now(),
+            at_ms: self.now_ms(),
             server,
             kind,
         });
@@ -362,7 +402,7 @@ impl Broker {
             record.as_ref(),
             grant.as_ref(),
             self.logins.is_active(name),
-            unix_ms_now(),
+            self.now_ms(),
         );
         Ok(ServerView {
             name: name.clone(),
@@ -371,6 +411,7 @@ impl Broker {
             state,
             token_expires_at_ms: grant.as_ref().and_then(|g| g.expires_at_ms),
             granted_scopes: grant.map(|g| g.scopes).unwrap_or_default(),
+            plan: self.scheduler.plan(name),
         })
     }
 
@@ -472,7 +513,7 @@ impl Broker {
                 return;
             }
             health.error = Some(error.clone());
-            health.error_at_ms = unix_ms_now();
+            health.error_at_ms = self.now_ms();
         }
         self.publish(None, EventKind::ConfigRejected { error });
     }
@@ -482,7 +523,7 @@ impl Broker {
     /// records for new ones. Everything is flushed before it returns.
     async fn apply(&self, config: Config, text: &str) -> Result<(), BrokerError> {
         let old = self.config();
-        let now = unix_ms_now();
+        let now = self.now_ms();
         let mut events = Vec::new();
 
         // Servers in the store but not in the config were removed, maybe
@@ -558,4 +599,52 @@ pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
         .recursive(true)
         .mode(0o700)
         .create(dir)
+}
+
+/// The broker as the scheduler sees it. Weak: the scheduler must not keep
+/// the broker alive.
+struct BrokerTarget(std::sync::Weak<Broker>);
+
+impl Target for BrokerTarget {
+    fn grants(&self) -> Vec<(ServerName, GrantTiming)> {
+        let Some(broker) = self.0.upgrade() else {
+            return Vec::new();
+        };
+        let config = broker.config();
+        config
+            .servers
+            .keys()
+            .filter_map(|name| {
+                let grant = broker.store.grant(name).ok()??;
+                Some((
+                    name.clone(),
+                    GrantTiming {
+                        generation: grant.generation,
+                        obtained_ms: grant.obtained_at_ms,
+                        expires_ms: grant.expires_at_ms,
+                        refreshable: grant.refresh_token.is_some(),
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    fn refresh(&self, name: ServerName, generation: u64) -> crate::scheduler::RefreshFuture {
+        let broker = self.0.clone();
+        Box::pin(async move {
+            let Some(broker) = broker.upgrade() else {
+                return RefreshResult::Failed("shutting down".into());
+            };
+            match broker
+                .refresh_grant(name, crate::refresh::Freshness::UnlessNewerThan(generation))
+                .await
+            {
+                Ok(_) => RefreshResult::Refreshed,
+                Err(BrokerError::LoginRequired { reason, .. }) => {
+                    RefreshResult::LoginRequired(reason)
+                }
+                Err(e) => RefreshResult::Failed(e.to_string()),
+            }
+        })
+    }
 }

@@ -16,6 +16,7 @@
 
 pub mod broker;
 pub mod callback;
+pub mod clock;
 pub mod config;
 pub mod listener;
 pub mod logging;
@@ -23,6 +24,7 @@ pub mod login;
 pub mod oauth;
 pub mod refresh;
 pub mod rpc;
+pub mod scheduler;
 pub mod secret;
 pub mod shutdown;
 pub mod state;
@@ -118,6 +120,7 @@ pub async fn run(paths: Paths, options: BrokerOptions) -> Result<(), DaemonError
     let shutdown = Shutdown::new();
     shutdown::on_signals(shutdown.clone()).map_err(DaemonError::Signals)?;
     let broker = Broker::start(paths.clone(), store, activated, shutdown.clone(), options).await?;
+    broker.start_scheduler();
     let _watcher = match watcher::watch_config(broker.clone(), paths.config.clone()) {
         Ok(w) => Some(w),
         Err(e) => {

@@ -22,7 +22,7 @@ use crate::config::ServerName;
 use crate::oauth::flow::{self, CallbackError, CallbackParams};
 use crate::oauth::{OAuthError, pkce, registration};
 use crate::shutdown::Shutdown;
-use crate::state::{Discovery, Grant, PendingFlow, Registration, RegistrationKind, unix_ms_now};
+use crate::state::{Discovery, Grant, PendingFlow, Registration, RegistrationKind};
 
 /// How long a stored flow stays valid.
 pub const FLOW_LIFETIME: Duration = Duration::from_secs(10 * 60);
@@ -120,7 +120,7 @@ impl Broker {
             });
         }
 
-        let now = unix_ms_now();
+        let now = self.now_ms();
         let discovered = match self.http.discover(&server.url, now).await {
             Ok(d) => d,
             Err(e) => {
@@ -336,7 +336,7 @@ impl Broker {
         let flow = self
             .store()
             .flow(&name)?
-            .filter(|f| f.expires_at_ms > unix_ms_now())
+            .filter(|f| f.expires_at_ms > self.now_ms())
             .ok_or_else(|| BrokerError::NoLoginPending(name.to_string()))?;
         let record = self.store().server(&name)?;
         let discovery = record
@@ -423,7 +423,7 @@ impl Broker {
                 return Err(BrokerError::OAuth(e));
             }
         };
-        let now = unix_ms_now();
+        let now = self.now_ms();
         let previous = self.store().grant(&name)?;
         let grant = Grant {
             issuer: flow.issuer.clone(),

@@ -23,7 +23,7 @@ use tracing::{info, warn};
 
 use crate::broker::{Broker, BrokerError, EventKind};
 use crate::config::ServerName;
-use crate::state::{Grant, RegistrationKind, unix_ms_now};
+use crate::state::{Grant, RegistrationKind};
 
 /// Seconds a client should wait after "unavailable".
 pub const RETRY_AFTER_SECS: u64 = 5;
@@ -78,7 +78,7 @@ impl Broker {
             .store()
             .grant(&name)?
             .ok_or_else(|| login_required("no tokens are held"))?;
-        let now = unix_ms_now();
+        let now = self.now_ms();
         match freshness {
             Freshness::Force => {}
             Freshness::UnlessNewerThan(generation) if grant.generation != generation => {
@@ -114,7 +114,7 @@ impl Broker {
             .await
         {
             Ok(tokens) => {
-                let now = unix_ms_now();
+                let now = self.now_ms();
                 let new = Grant {
                     issuer: grant.issuer.clone(),
                     client_id: grant.client_id.clone(),

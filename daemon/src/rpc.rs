@@ -21,6 +21,7 @@ use crate::broker::{AuthState, Broker, BrokerError, DaemonStatus, Event, EventKi
 use crate::config::{ClientSecret, NewServer, ServerName};
 use crate::login::{FailureKind, LoginOutcome};
 use crate::oauth::flow::CallbackParams;
+use crate::scheduler::Plan;
 
 pub struct BrokerService {
     broker: Arc<Broker>,
@@ -159,6 +160,22 @@ impl From<ServerView> for pb::Server {
             last_refresh_unix_ms: record.last_refresh_ms.unwrap_or(0),
             last_error: record.last_error.unwrap_or_default(),
             added_at_unix_ms: record.added_at_ms,
+            refresh_state: match &v.plan {
+                Plan::Idle => "idle",
+                Plan::Scheduled { .. } => "scheduled",
+                Plan::Retrying { .. } => "retrying",
+                Plan::Stopped { .. } => "stopped",
+            }
+            .into(),
+            next_refresh_unix_ms: match &v.plan {
+                Plan::Scheduled { at_ms } | Plan::Retrying { at_ms, .. } => *at_ms,
+                _ => 0,
+            },
+            refresh_attempt: match &v.plan {
+                Plan::Retrying { attempt, .. } => *attempt,
+                _ => 0,
+            },
+            granted_scopes: v.granted_scopes,
         }
     }
 }

@@ -22,7 +22,7 @@ use crate::broker::{Broker, BrokerError, EventKind};
 use crate::config::ServerName;
 use crate::oauth::{challenge, pkce};
 use crate::refresh::Freshness;
-use crate::state::{Grant, StepUp, unix_ms_now};
+use crate::state::{Grant, StepUp};
 
 /// Default minimum validity of a token handed out.
 pub const DEFAULT_MIN_TTL: Duration = Duration::from_secs(60);
@@ -62,7 +62,7 @@ impl Broker {
             .store()
             .grant(&name)?
             .ok_or_else(|| Self::login_required(&name, "no tokens are held"))?;
-        let now = unix_ms_now();
+        let now = self.now_ms();
         let min_ttl_ms = min_ttl.as_millis() as i64;
         let Some(expires_at) = grant.expires_at_ms else {
             // Unknown expiry: used until rejected.
@@ -77,7 +77,7 @@ impl Broker {
         {
             Ok(fresh) => Ok(fresh),
             // The AS is down but the token held still works: better than nothing.
-            Err(BrokerError::Unavailable { .. }) if expires_at > unix_ms_now() => Ok(grant),
+            Err(BrokerError::Unavailable { .. }) if expires_at > self.now_ms() => Ok(grant),
             Err(e) => Err(e),
         }
     }
@@ -108,7 +108,7 @@ impl Broker {
                 scopes,
             });
         }
-        let now = unix_ms_now();
+        let now = self.now_ms();
         let last = self.report_refreshes.lock().unwrap().get(&name).copied();
         if let Some(last) = last.filter(|last| now - last < REPORT_COOLDOWN_MS) {
             return Err(BrokerError::Unavailable {
@@ -122,7 +122,7 @@ impl Broker {
         self.report_refreshes
             .lock()
             .unwrap()
-            .insert(name, unix_ms_now());
+            .insert(name, self.now_ms());
         Ok(fresh)
     }
 
@@ -164,7 +164,7 @@ impl Broker {
     /// Called when a login starts with step-up scopes: enforces the bound
     /// and counts the attempt.
     pub(crate) async fn count_step_up_attempt(&self, name: &ServerName) -> Result<(), BrokerError> {
-        let now = unix_ms_now();
+        let now = self.now_ms();
         let Some(mut record) = self.store().server(name)? else {
             return Ok(());
         };
@@ -181,5 +181,130 @@ impl Broker {
         step_up.attempts.push(now);
         self.store().put_server(name, &record).await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::{BrokerOptions, Paths};
+    use crate::clock::TokioClock;
+    use crate::secret::Secret;
+    use crate::state::{AuthServerMetadata, Discovery, DiscoverySource, Grant, ServerRecord};
+
+    /// A broker whose only server's AS is unreachable, holding a grant that
+    /// expires at `expires_ms` on a clock that starts at 0 and follows
+    /// tokio's paused time.
+    async fn broker_with_grant(dir: &std::path::Path, expires_ms: i64) -> Arc<Broker> {
+        let paths = Paths {
+            socket: dir.join("s.sock"),
+            state_dir: dir.join("state"),
+            config: dir.join("config.toml"),
+        };
+        // Port 9 (discard) on loopback: nothing listens, connections fail.
+        std::fs::write(
+            &paths.config,
+            "[servers.s]\nurl = \"http://127.0.0.1:9/mcp\"\n",
+        )
+        .unwrap();
+        std::fs::create_dir_all(&paths.state_dir).unwrap();
+        let store = crate::store::Store::open(&paths.state_dir).unwrap();
+        let options = BrokerOptions {
+            clock: TokioClock::starting_at(0),
+            ..Default::default()
+        };
+        let broker = Broker::start(
+            paths,
+            store,
+            false,
+            crate::shutdown::Shutdown::new(),
+            options,
+        )
+        .await
+        .unwrap();
+        let name = ServerName::parse("s").unwrap();
+        let issuer = "http://127.0.0.1:9".to_string();
+        let mut record = ServerRecord::new(&url::Url::parse("http://127.0.0.1:9/mcp").unwrap(), 0);
+        record.discovery = Some(Discovery {
+            resource: "http://127.0.0.1:9/mcp".into(),
+            issuer: issuer.clone(),
+            metadata: AuthServerMetadata {
+                issuer: issuer.clone(),
+                authorization_endpoint: format!("{issuer}/authorize"),
+                token_endpoint: format!("{issuer}/token"),
+                ..Default::default()
+            },
+            resource_scopes: vec![],
+            source: DiscoverySource::ProtectedResource,
+            discovered_at_ms: 0,
+        });
+        broker.store().put_server(&name, &record).await.unwrap();
+        broker
+            .store()
+            .put_registration(
+                &name,
+                &crate::state::Registration {
+                    issuer: issuer.clone(),
+                    client_id: "c".into(),
+                    client_secret: None,
+                    auth_method: crate::state::ClientAuthMethod::None,
+                    redirect_uri: "http://127.0.0.1:1/callback".into(),
+                    kind: crate::state::RegistrationKind::Dynamic,
+                    registered_at_ms: 0,
+                },
+            )
+            .await
+            .unwrap();
+        broker
+            .store()
+            .put_grant(
+                &name,
+                &Grant {
+                    issuer,
+                    client_id: "c".into(),
+                    resource: "http://127.0.0.1:9/mcp".into(),
+                    access_token: Secret::new("held-token"),
+                    token_type: "Bearer".into(),
+                    refresh_token: Some(Secret::new("rt")),
+                    expires_at_ms: Some(expires_ms),
+                    scopes: vec![],
+                    obtained_at_ms: 0,
+                    generation: 1,
+                },
+            )
+            .await
+            .unwrap();
+        broker
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_expired_token_is_never_handed_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = broker_with_grant(dir.path(), 3_600_000).await;
+        // Fresh: served without a refresh.
+        let grant = broker.get_token("s", DEFAULT_MIN_TTL).await.unwrap();
+        assert_eq!(grant.access_token.expose(), "held-token");
+
+        // 30 s before expiry: a refresh is attempted and fails (the AS is
+        // unreachable), but the held token is still valid, so it is served.
+        tokio::time::advance(Duration::from_millis(3_600_000 - 30_000)).await;
+        let before = broker.now_ms();
+        let result = broker.get_token("s", DEFAULT_MIN_TTL).await;
+        if broker.now_ms() < 3_600_000 {
+            assert_eq!(result.unwrap().access_token.expose(), "held-token");
+        }
+        assert!(broker.now_ms() >= before);
+
+        // Past expiry: never the held token.
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert!(broker.now_ms() > 3_600_000);
+        match broker.get_token("s", DEFAULT_MIN_TTL).await {
+            Err(BrokerError::Unavailable { .. }) => {}
+            other => panic!(
+                "an expired token must not be served: {:?}",
+                other.map(|g| g.generation)
+            ),
+        }
+        broker.shutdown().trigger();
     }
 }

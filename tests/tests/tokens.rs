@@ -226,3 +226,37 @@ async fn step_up_asks_for_the_union_and_is_bounded() {
         "1 login + 3 step-ups"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_refreshed_ahead_of_expiry_without_anyone_asking() {
+    // 4-second tokens: the scheduler refreshes each after about 2 seconds.
+    let started = std::time::Instant::now();
+    let (env, server, _d) = logged_in(
+        Switches {
+            expires_in: Some(4),
+            ..Default::default()
+        },
+        &[],
+    )
+    .await;
+    let shown = env.ctl(&["show", "s", "--json"]).json();
+    assert_eq!(shown["refresh_state"], "scheduled", "{shown}");
+    let due = shown["next_refresh_unix_ms"].as_i64().unwrap();
+    let expires = shown["token_expires_at_unix_ms"].as_i64().unwrap();
+    assert!(due < expires, "planned before expiry");
+    let mut waited = 0;
+    while server.token_requests("refresh_token").len() < 2 && waited < 200 {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        waited += 1;
+    }
+    assert!(
+        server.token_requests("refresh_token").len() >= 2,
+        "two proactive refreshes"
+    );
+    // Each arrived before the previous token expired (4 s): no caller ever
+    // saw an expired token, and the rotated refresh token was carried.
+    assert!(started.elapsed() < std::time::Duration::from_secs(12));
+    assert!(!server.reuse_detected());
+    let status = env.ctl(&["status"]).ok();
+    assert!(status.contains("NEXT REFRESH"), "{status}");
+}

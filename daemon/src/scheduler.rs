@@ -1,0 +1,441 @@
+//! Proactive refresh: tokens are refreshed before anyone needs a new one.
+//!
+//! Policy ([`refresh_at`]): at 75 % of the token's lifetime or 5 minutes
+//! before it expires, whichever is earlier, minus up to 5 % of the lifetime
+//! of random jitter (so many servers, or many machines, do not refresh in
+//! lockstep). The 5-minute lead is capped at half the lifetime: a token
+//! that lives 4 minutes is refreshed after 2, not at once (which, for
+//! every new token, would be a refresh loop). A failed refresh is retried with capped exponential backoff
+//! ([`backoff`]); "login required" stops retrying until a new token
+//! arrives.
+//!
+//! The scheduler does not refresh by itself: it asks its [`Target`] (the
+//! broker, whose `refresh_grant` is the one place that refreshes), and it
+//! waits on an injectable [`Clock`] with tokio timers, so tests run it on a
+//! paused clock with a fake target.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tracing::{debug, info, warn};
+
+use crate::clock::Clock;
+use crate::config::ServerName;
+
+/// Refresh no later than this long before expiry.
+pub const LEAD_MS: i64 = 5 * 60 * 1000;
+/// First retry delay after a failure; doubles up to [`MAX_BACKOFF_MS`].
+pub const FIRST_BACKOFF_MS: i64 = 5_000;
+pub const MAX_BACKOFF_MS: i64 = 5 * 60 * 1000;
+
+/// When to refresh a token obtained at `obtained_ms` that expires at
+/// `expires_ms`. `jitter` in `[0, 1)` moves it earlier by up to 5 % of the
+/// lifetime.
+pub fn refresh_at(obtained_ms: i64, expires_ms: i64, jitter: f64) -> i64 {
+    let lifetime = (expires_ms - obtained_ms).max(0);
+    let at_three_quarters = obtained_ms + lifetime * 3 / 4;
+    let before_expiry = expires_ms - LEAD_MS.min(lifetime / 2);
+    let target = at_three_quarters.min(before_expiry);
+    let jitter_ms = (lifetime as f64 * 0.05 * jitter.clamp(0.0, 1.0)) as i64;
+    (target - jitter_ms).max(obtained_ms)
+}
+
+/// The delay before retry number `attempt` (1-based), capped, with up to
+/// 20 % jitter subtracted.
+pub fn backoff(attempt: u32, jitter: f64) -> i64 {
+    let exp = FIRST_BACKOFF_MS.saturating_mul(1i64 << attempt.saturating_sub(1).min(20));
+    let capped = exp.min(MAX_BACKOFF_MS);
+    capped - (capped as f64 * 0.2 * jitter.clamp(0.0, 1.0)) as i64
+}
+
+/// What the scheduler needs to know about a grant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GrantTiming {
+    pub generation: u64,
+    pub obtained_ms: i64,
+    /// `None`: unknown expiry (never refreshed proactively).
+    pub expires_ms: Option<i64>,
+    pub refreshable: bool,
+}
+
+/// How a refresh the scheduler asked for went.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RefreshResult {
+    Refreshed,
+    /// A person must log in; stop until a new token arrives.
+    LoginRequired(String),
+    /// Try again later.
+    Failed(String),
+}
+
+pub type RefreshFuture = Pin<Box<dyn Future<Output = RefreshResult> + Send>>;
+
+/// What the scheduler schedules for.
+pub trait Target: Send + Sync + 'static {
+    /// Every server that holds a grant, with its timing.
+    fn grants(&self) -> Vec<(ServerName, GrantTiming)>;
+    /// Refreshes `name` unless its grant is no longer `generation`.
+    fn refresh(&self, name: ServerName, generation: u64) -> RefreshFuture;
+}
+
+/// The scheduler's view of one server, shown by `status`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Plan {
+    /// Nothing to do: no refresh token, or the expiry is unknown.
+    Idle,
+    Scheduled {
+        at_ms: i64,
+    },
+    Retrying {
+        at_ms: i64,
+        attempt: u32,
+        error: String,
+    },
+    /// Stopped until a new token arrives.
+    Stopped {
+        reason: String,
+    },
+}
+
+#[derive(Clone, Debug)]
+struct Entry {
+    generation: u64,
+    plan: Plan,
+}
+
+pub struct Scheduler {
+    clock: Arc<dyn Clock>,
+    entries: Mutex<HashMap<ServerName, Entry>>,
+    wake: Notify,
+}
+
+impl Scheduler {
+    pub fn new(clock: Arc<dyn Clock>) -> Arc<Self> {
+        Arc::new(Self {
+            clock,
+            entries: Mutex::new(HashMap::new()),
+            wake: Notify::new(),
+        })
+    }
+
+    /// Re-plans now (a new token, a removed server, a config change).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    pub fn plan(&self, name: &ServerName) -> Plan {
+        self.entries
+            .lock()
+            .unwrap()
+            .get(name)
+            .map_or(Plan::Idle, |e| e.plan.clone())
+    }
+
+    /// Brings the plans in line with the grants held.
+    fn replan(&self, grants: &[(ServerName, GrantTiming)]) {
+        let mut entries = self.entries.lock().unwrap();
+        entries.retain(|name, _| grants.iter().any(|(n, _)| n == name));
+        for (name, timing) in grants {
+            let fresh_plan = || match (timing.refreshable, timing.expires_ms) {
+                (true, Some(expires)) => Plan::Scheduled {
+                    at_ms: refresh_at(timing.obtained_ms, expires, rand::random::<f64>()),
+                },
+                _ => Plan::Idle,
+            };
+            match entries.get_mut(name) {
+                Some(entry) if entry.generation == timing.generation => {}
+                Some(entry) => {
+                    entry.generation = timing.generation;
+                    entry.plan = fresh_plan();
+                }
+                None => {
+                    entries.insert(
+                        name.clone(),
+                        Entry {
+                            generation: timing.generation,
+                            plan: fresh_plan(),
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    fn next_due(&self) -> Option<i64> {
+        self.entries
+            .lock()
+            .unwrap()
+            .values()
+            .filter_map(|e| match e.plan {
+                Plan::Scheduled { at_ms } | Plan::Retrying { at_ms, .. } => Some(at_ms),
+                _ => None,
+            })
+            .min()
+    }
+
+    fn due(&self, now: i64) -> Vec<(ServerName, u64, u32)> {
+        self.entries
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|(name, e)| match &e.plan {
+                Plan::Scheduled { at_ms } if *at_ms <= now => Some((name.clone(), e.generation, 0)),
+                Plan::Retrying { at_ms, attempt, .. } if *at_ms <= now => {
+                    Some((name.clone(), e.generation, *attempt))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn record(&self, name: &ServerName, generation: u64, attempt: u32, result: RefreshResult) {
+        let now = self.clock.now_ms();
+        let mut entries = self.entries.lock().unwrap();
+        let Some(entry) = entries.get_mut(name) else {
+            return;
+        };
+        if entry.generation != generation {
+            // A new token arrived meanwhile; its plan stands.
+            return;
+        }
+        entry.plan = match result {
+            // The next replan sees the new generation.
+            RefreshResult::Refreshed => Plan::Idle,
+            RefreshResult::LoginRequired(reason) => Plan::Stopped { reason },
+            RefreshResult::Failed(error) => {
+                let attempt = attempt + 1;
+                Plan::Retrying {
+                    at_ms: now + backoff(attempt, rand::random::<f64>()),
+                    attempt,
+                    error,
+                }
+            }
+        };
+    }
+
+    /// Runs until `stop` resolves.
+    pub async fn run(
+        self: Arc<Self>,
+        target: Arc<dyn Target>,
+        stop: impl Future<Output = ()> + Send,
+    ) {
+        tokio::pin!(stop);
+        loop {
+            self.replan(&target.grants());
+            let now = self.clock.now_ms();
+            for (name, generation, attempt) in self.due(now) {
+                debug!(server = %name, attempt, "proactive refresh");
+                let result = target.refresh(name.clone(), generation).await;
+                match &result {
+                    RefreshResult::Refreshed => info!(server = %name, "refreshed ahead of expiry"),
+                    RefreshResult::LoginRequired(reason) => {
+                        warn!(server = %name, %reason, "proactive refresh stopped: login required")
+                    }
+                    RefreshResult::Failed(error) => {
+                        warn!(server = %name, %error, attempt = attempt + 1, "proactive refresh failed; will retry")
+                    }
+                }
+                self.record(&name, generation, attempt, result);
+            }
+            self.replan(&target.grants());
+            let sleep = match self.next_due() {
+                Some(at) => Duration::from_millis((at - self.clock.now_ms()).max(0) as u64),
+                None => Duration::from_secs(3600),
+            };
+            tokio::select! {
+                _ = &mut stop => return,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(sleep) => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::TokioClock;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    const HOUR: i64 = 3_600_000;
+
+    #[test]
+    fn policy_three_quarters_or_five_minutes_before() {
+        // One hour: 75 % is 45 min, 5 min before is 55 min: 45 min wins.
+        assert_eq!(refresh_at(0, HOUR, 0.0), 45 * 60_000);
+        // Ten hours: 7.5 h vs 9 h 55: 7.5 h.
+        assert_eq!(refresh_at(0, 10 * HOUR, 0.0), 10 * HOUR * 3 / 4);
+        // Ten minutes: 7.5 min vs 5 min: 5 min wins.
+        assert_eq!(refresh_at(0, 600_000, 0.0), 300_000);
+        // Four minutes: the lead is capped at half the lifetime.
+        assert_eq!(refresh_at(1000, 241_000, 0.0), 121_000);
+        // Expired already: at once, never before it was obtained.
+        assert_eq!(refresh_at(1000, 1000, 0.0), 1000);
+        // Jitter moves it earlier by at most 5 % of the lifetime.
+        let j = refresh_at(0, HOUR, 0.999);
+        assert!((45 * 60_000 - HOUR / 20..45 * 60_000).contains(&j), "{j}");
+    }
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        assert_eq!(backoff(1, 0.0), 5_000);
+        assert_eq!(backoff(2, 0.0), 10_000);
+        assert_eq!(backoff(3, 0.0), 20_000);
+        assert_eq!(backoff(10, 0.0), MAX_BACKOFF_MS);
+        assert_eq!(backoff(u32::MAX, 0.0), MAX_BACKOFF_MS);
+        assert!(backoff(2, 0.99) >= 8_000);
+    }
+
+    /// A fake server: a grant per generation, scripted refresh results.
+    struct Fake {
+        clock: Arc<TokioClock>,
+        lifetime_ms: i64,
+        state: Mutex<(u64, i64)>,
+        script: Mutex<Vec<RefreshResult>>,
+        calls: Mutex<Vec<i64>>,
+        refreshes: AtomicUsize,
+    }
+
+    impl Target for Fake {
+        fn grants(&self) -> Vec<(ServerName, GrantTiming)> {
+            let (generation, obtained) = *self.state.lock().unwrap();
+            vec![(
+                ServerName::parse("s").unwrap(),
+                GrantTiming {
+                    generation,
+                    obtained_ms: obtained,
+                    expires_ms: Some(obtained + self.lifetime_ms),
+                    refreshable: true,
+                },
+            )]
+        }
+        fn refresh(&self, _name: ServerName, generation: u64) -> RefreshFuture {
+            let now = self.clock.now_ms();
+            self.calls.lock().unwrap().push(now);
+            let result = {
+                let mut script = self.script.lock().unwrap();
+                if script.is_empty() {
+                    RefreshResult::Refreshed
+                } else {
+                    script.remove(0)
+                }
+            };
+            if result == RefreshResult::Refreshed {
+                let mut s = self.state.lock().unwrap();
+                assert_eq!(s.0, generation);
+                *s = (generation + 1, now);
+                self.refreshes.fetch_add(1, Ordering::SeqCst);
+            }
+            Box::pin(async move { result })
+        }
+    }
+
+    fn fake(clock: &Arc<TokioClock>, lifetime_ms: i64, script: Vec<RefreshResult>) -> Arc<Fake> {
+        Arc::new(Fake {
+            clock: clock.clone(),
+            lifetime_ms,
+            state: Mutex::new((1, clock.now_ms())),
+            script: Mutex::new(script),
+            calls: Mutex::new(Vec::new()),
+            refreshes: AtomicUsize::new(0),
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refreshes_before_expiry_on_a_paused_clock() {
+        let clock = TokioClock::starting_at(1_000_000_000);
+        let target = fake(&clock, HOUR, vec![]);
+        let scheduler = Scheduler::new(clock.clone());
+        let stop = crate::shutdown::Shutdown::new();
+        let task = tokio::spawn(scheduler.clone().run(target.clone(), stop.wait()));
+        // Three hours of virtual time: about one refresh per 45 minutes.
+        tokio::time::sleep(Duration::from_secs(3 * 3600)).await;
+        stop.trigger();
+        task.await.unwrap();
+        let calls = target.calls.lock().unwrap().clone();
+        assert!((3..=5).contains(&calls.len()), "{calls:?}");
+        let mut previous = 1_000_000_000;
+        for at in calls {
+            let since = at - previous;
+            // Never later than 75 % of the lifetime, never earlier than 70 %.
+            assert!(
+                (42 * 60_000..=45 * 60_000 + 1000).contains(&since),
+                "{since}"
+            );
+            previous = at;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_back_off_and_login_required_stops() {
+        let clock = TokioClock::starting_at(0);
+        let fail = || RefreshResult::Failed("AS down".into());
+        let target = fake(
+            &clock,
+            10 * 60_000,
+            vec![
+                fail(),
+                fail(),
+                fail(),
+                RefreshResult::LoginRequired("invalid_grant".into()),
+            ],
+        );
+        let scheduler = Scheduler::new(clock.clone());
+        let stop = crate::shutdown::Shutdown::new();
+        let task = tokio::spawn(scheduler.clone().run(target.clone(), stop.wait()));
+        tokio::time::sleep(Duration::from_secs(5 * 60 + 1)).await;
+        // First attempt by 5 min (10 min token, up to 30 s of jitter), then retrying.
+        assert!(
+            matches!(
+                scheduler.plan(&ServerName::parse("s").unwrap()),
+                Plan::Retrying { .. }
+            ),
+            "{:?}",
+            scheduler.plan(&ServerName::parse("s").unwrap())
+        );
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        stop.trigger();
+        task.await.unwrap();
+        let calls = target.calls.lock().unwrap().clone();
+        assert_eq!(
+            calls.len(),
+            4,
+            "three failures, then login required, then nothing: {calls:?}"
+        );
+        let gaps: Vec<i64> = calls.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(gaps[0] >= 4_000 && gaps[0] <= 5_000, "{gaps:?}");
+        assert!(gaps[1] >= 8_000 && gaps[1] <= 10_000, "{gaps:?}");
+        assert!(gaps[2] >= 16_000 && gaps[2] <= 20_000, "{gaps:?}");
+        assert_eq!(
+            scheduler.plan(&ServerName::parse("s").unwrap()),
+            Plan::Stopped {
+                reason: "invalid_grant".into()
+            }
+        );
+        assert_eq!(target.refreshes.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_token_from_elsewhere_replans_without_a_refresh() {
+        let clock = TokioClock::starting_at(0);
+        let target = fake(&clock, HOUR, vec![]);
+        let scheduler = Scheduler::new(clock.clone());
+        let stop = crate::shutdown::Shutdown::new();
+        let task = tokio::spawn(scheduler.clone().run(target.clone(), stop.wait()));
+        tokio::time::sleep(Duration::from_secs(30 * 60)).await;
+        // A login (or an import) brings a new token at 30 min.
+        *target.state.lock().unwrap() = (7, clock.now_ms());
+        scheduler.wake();
+        tokio::time::sleep(Duration::from_secs(30 * 60)).await;
+        // The old plan (45 min) was dropped; the new one is due at ~75 min.
+        assert!(target.calls.lock().unwrap().is_empty());
+        tokio::time::sleep(Duration::from_secs(20 * 60)).await;
+        stop.trigger();
+        task.await.unwrap();
+        assert_eq!(target.calls.lock().unwrap().len(), 1);
+    }
+}
