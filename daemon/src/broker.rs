@@ -226,6 +226,7 @@ pub struct Broker {
     /// When a report last caused a refresh, per server (Unix ms).
     pub(crate) report_refreshes: Mutex<HashMap<ServerName, i64>>,
     pub(crate) scheduler: Arc<Scheduler>,
+    pub(crate) token_files: crate::files::TokenFiles,
 }
 
 impl Broker {
@@ -259,6 +260,7 @@ impl Broker {
             locks: Mutex::new(HashMap::new()),
             report_refreshes: Mutex::new(HashMap::new()),
             scheduler: Scheduler::new(options_clock),
+            token_files: Default::default(),
         });
         if let Some(text) = broker.store.last_good_config()? {
             match Config::parse(&text, &broker.paths.config) {

@@ -113,6 +113,35 @@ pub enum ClientSecret {
     File(PathBuf),
 }
 
+/// The JSON layout of a token file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenFileFormat {
+    /// What Hermes keeps in `mcp-tokens/<name>.json`.
+    Hermes,
+    /// `access_token`, `expires_at` (epoch seconds), optional
+    /// `refresh_token`, `scope`, `token_type`, `issuer`, `client_id`.
+    Generic,
+}
+
+/// `import = { path, format }`: a file another tool writes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenImport {
+    pub path: PathBuf,
+    pub format: TokenFileFormat,
+}
+
+/// `export = { path, format, refresh_token = false }`: a file the broker
+/// writes for tools that read tokens from files.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenExport {
+    pub path: PathBuf,
+    pub format: TokenFileFormat,
+    /// Include the refresh token (off by default, so the reader cannot
+    /// start its own refresh race).
+    pub refresh_token: bool,
+}
+
 /// One `[servers.NAME]` section, validated.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerConfig {
@@ -122,6 +151,8 @@ pub struct ServerConfig {
     pub scopes: Vec<String>,
     pub callback_port: Option<u16>,
     pub client_metadata_url: Option<Url>,
+    pub import: Option<TokenImport>,
+    pub export: Option<TokenExport>,
 }
 
 /// The whole file, validated.
@@ -177,6 +208,24 @@ struct RawServer {
     scopes: Vec<String>,
     callback_port: Option<u16>,
     client_metadata_url: Option<String>,
+    import: Option<RawImport>,
+    export: Option<RawExport>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawImport {
+    path: PathBuf,
+    format: TokenFileFormat,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExport {
+    path: PathBuf,
+    format: TokenFileFormat,
+    #[serde(default)]
+    refresh_token: bool,
 }
 
 /// Line and column (1-based) of a byte offset.
@@ -301,6 +350,36 @@ fn validate_server(name: &ServerName, raw: RawServer) -> Result<ServerConfig, In
             Some(url)
         }
     };
+    let file_path = |field: &'static str, path: PathBuf| {
+        let path = expand_home(path);
+        if path.is_absolute() {
+            Ok(path)
+        } else {
+            Err(InvalidInput::Field {
+                server: name.to_string(),
+                field,
+                reason: format!(
+                    "{} must be an absolute path (or start with ~/)",
+                    path.display()
+                ),
+            })
+        }
+    };
+    let import = match raw.import {
+        None => None,
+        Some(i) => Some(TokenImport {
+            path: file_path("import", i.path)?,
+            format: i.format,
+        }),
+    };
+    let export = match raw.export {
+        None => None,
+        Some(e) => Some(TokenExport {
+            path: file_path("export", e.path)?,
+            format: e.format,
+            refresh_token: e.refresh_token,
+        }),
+    };
     Ok(ServerConfig {
         url,
         client_id,
@@ -308,6 +387,8 @@ fn validate_server(name: &ServerName, raw: RawServer) -> Result<ServerConfig, In
         scopes: raw.scopes,
         callback_port: raw.callback_port,
         client_metadata_url,
+        import,
+        export,
     })
 }
 
@@ -523,6 +604,20 @@ mod tests {
 
     #[test]
     fn parses_every_field() {
+        let with_files = parse(
+            r#"
+            [servers.h]
+            url = "https://h.example/mcp"
+            import = { path = "/tmp/in.json", format = "hermes" }
+            export = { path = "/tmp/out.json", format = "generic", refresh_token = true }
+            "#,
+        )
+        .unwrap();
+        let h = &with_files.servers[&ServerName::parse("h").unwrap()];
+        assert_eq!(h.import.as_ref().unwrap().format, TokenFileFormat::Hermes);
+        assert!(h.export.as_ref().unwrap().refresh_token);
+        assert!(parse("[servers.h]\nurl = \"https://h.example\"\nexport = { path = \"rel.json\", format = \"hermes\" }").is_err());
+        assert!(parse("[servers.h]\nurl = \"https://h.example\"\nexport = { path = \"/a\", format = \"xml\" }").is_err());
         let cfg = parse(
             r#"
             [servers.linear]

@@ -18,6 +18,7 @@ pub mod broker;
 pub mod callback;
 pub mod clock;
 pub mod config;
+pub mod files;
 pub mod listener;
 pub mod logging;
 pub mod login;
@@ -121,6 +122,7 @@ pub async fn run(paths: Paths, options: BrokerOptions) -> Result<(), DaemonError
     shutdown::on_signals(shutdown.clone()).map_err(DaemonError::Signals)?;
     let broker = Broker::start(paths.clone(), store, activated, shutdown.clone(), options).await?;
     broker.start_scheduler();
+    broker.start_token_files();
     let _watcher = match watcher::watch_config(broker.clone(), paths.config.clone()) {
         Ok(w) => Some(w),
         Err(e) => {

@@ -102,11 +102,25 @@ impl Broker {
         if discovery.issuer != grant.issuer {
             return Err(login_required("the server's authorization server changed"));
         }
-        let registration = self
+        // A grant imported from a token file may belong to another tool's
+        // (public) client: refresh it as that client.
+        let registration = match self
             .store()
             .registration(&name, &grant.issuer)?
             .filter(|r| r.client_id == grant.client_id)
-            .ok_or_else(|| login_required("the client registration is gone"))?;
+        {
+            Some(r) => r,
+            None if !grant.client_id.is_empty() => crate::state::Registration {
+                issuer: grant.issuer.clone(),
+                client_id: grant.client_id.clone(),
+                client_secret: None,
+                auth_method: crate::state::ClientAuthMethod::None,
+                redirect_uri: String::new(),
+                kind: RegistrationKind::Configured,
+                registered_at_ms: now,
+            },
+            None => return Err(login_required("the client registration is gone")),
+        };
 
         match self
             .http
