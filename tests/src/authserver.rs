@@ -86,6 +86,8 @@ pub struct Switches {
     /// Refresh answers carry a new refresh token (rotation).
     pub rotate: bool,
     pub revocation: bool,
+    /// The token endpoint answers after this long (a slow AS).
+    pub token_delay_ms: u64,
 }
 
 impl Default for Switches {
@@ -110,6 +112,7 @@ impl Default for Switches {
             issue_refresh_token: true,
             rotate: true,
             revocation: true,
+            token_delay_ms: 0,
         }
     }
 }
@@ -351,6 +354,10 @@ fn basic_auth(headers: &HeaderMap) -> Option<(String, String)> {
 }
 
 async fn handle(State(app): State<App>, request: Request<Body>) -> Response {
+    let delay = app.state.lock().unwrap().switches.token_delay_ms;
+    if delay > 0 && request.uri().path().ends_with("/token") {
+        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+    }
     let (parts, body) = request.into_parts();
     let body = to_bytes(body, 1 << 20).await.unwrap_or_default();
     let body = String::from_utf8_lossy(&body).into_owned();

@@ -260,3 +260,152 @@ async fn tokens_are_refreshed_ahead_of_expiry_without_anyone_asking() {
     let status = env.ctl(&["status"]).ok();
     assert!(status.contains("NEXT REFRESH"), "{status}");
 }
+
+/// The reason the broker exists: many processes, many tasks each, one
+/// rotating refresh token. Through the broker: exactly one refresh and one
+/// new token for everyone. The negative control does the same without the
+/// broker and must show the race (several refreshes, the grant revoked),
+/// proving the callers really overlapped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_401_storm_across_processes_refreshes_once_and_the_control_shows_the_race() {
+    const PROCESSES: usize = 10;
+    const TASKS: usize = 8;
+    let server = AuthServer::start(Switches {
+        token_delay_ms: 200,
+        ..Default::default()
+    })
+    .await;
+    let env = TestEnv::new();
+    let export = env.root.path().join("export.json");
+    env.write_config(&format!(
+        "[servers.s]\nurl = \"{}\"\nexport = {{ path = \"{}\", format = \"generic\", refresh_token = true }}\n",
+        server.mcp_url,
+        export.display()
+    ));
+    let _d = env.start_daemon();
+    env.ctl(&["login", "s"]).ok();
+    let rejected = env.ctl(&["token", "s"]).ok().trim().to_string();
+
+    let start = mcpauth_tests::now_ms() + 1500;
+    let socket = env.socket();
+    let children: Vec<_> = (0..PROCESSES)
+        .map(|_| {
+            let mut cmd = env.command("test-client");
+            cmd.args([
+                "broker",
+                socket.to_str().unwrap(),
+                "s",
+                &rejected,
+                &TASKS.to_string(),
+                &start.to_string(),
+            ]);
+            cmd.stdout(std::process::Stdio::piped());
+            cmd.spawn().unwrap()
+        })
+        .collect();
+    let mut results = Vec::new();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        results.extend(
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(str::to_string),
+        );
+    }
+    assert_eq!(results.len(), PROCESSES * TASKS);
+    let distinct: std::collections::BTreeSet<_> = results.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        1,
+        "everyone got the same token: {distinct:?}"
+    );
+    let new_token = results[0].clone();
+    assert!(server.is_valid_access_token(&new_token), "{new_token}");
+    assert_eq!(
+        server.token_requests("refresh_token").len(),
+        1,
+        "exactly one refresh reached the AS"
+    );
+    assert!(!server.reuse_detected(), "nothing was revoked");
+
+    // Negative control: the same callers refreshing on their own.
+    let mut exported: serde_json::Value = serde_json::Value::Null;
+    for _ in 0..200 {
+        exported = serde_json::from_str(&std::fs::read_to_string(&export).unwrap_or_default())
+            .unwrap_or_default();
+        if exported["access_token"] == new_token.as_str() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let refresh_token = exported["refresh_token"]
+        .as_str()
+        .expect("exported with the refresh token")
+        .to_string();
+    let client_id = exported["client_id"].as_str().unwrap().to_string();
+    let token_url = format!("{}/token", server.issuer);
+    let start = mcpauth_tests::now_ms() + 1500;
+    let children: Vec<_> = (0..PROCESSES)
+        .map(|_| {
+            let mut cmd = env.command("test-client");
+            cmd.args([
+                "direct",
+                &token_url,
+                &client_id,
+                &refresh_token,
+                &server.mcp_url,
+                &TASKS.to_string(),
+                &start.to_string(),
+            ]);
+            cmd.stdout(std::process::Stdio::piped());
+            cmd.spawn().unwrap()
+        })
+        .collect();
+    for child in children {
+        child.wait_with_output().unwrap();
+    }
+    let direct = server.token_requests("refresh_token").len() - 1;
+    assert!(direct >= 2, "the control overlapped: {direct} refreshes");
+    assert!(
+        server.reuse_detected(),
+        "without the broker, reuse revoked the grant"
+    );
+    eprintln!(
+        "storm: {} callers, 1 refresh through the broker; control: {direct} refreshes and a revoked grant",
+        PROCESSES * TASKS
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_killed_mid_refresh_does_not_lose_the_rotated_refresh_token() {
+    let server = AuthServer::start(Switches::default()).await;
+    let env = TestEnv::new();
+    let _d = env.start_daemon();
+    env.ctl(&["add", "s", &server.mcp_url]).ok();
+    env.ctl(&["login", "s"]).ok();
+    let old = env.ctl(&["token", "s"]).ok().trim().to_string();
+    server.set(|s| s.token_delay_ms = 800);
+    let mut child = env.command("mcpauthctl");
+    child.args(["token", "s", "--rejected", &old]);
+    let mut child = child.spawn().unwrap();
+    // Kill it once its refresh is at the AS.
+    for _ in 0..400 {
+        if !server.token_requests("refresh_token").is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert_eq!(server.token_requests("refresh_token").len(), 1);
+    child.kill().unwrap();
+    let _ = child.wait();
+    server.set(|s| s.token_delay_ms = 0);
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    // The refresh finished without its caller: the new token is held ...
+    let new = env.ctl(&["token", "s"]).ok().trim().to_string();
+    assert_ne!(new, old);
+    assert!(server.is_valid_access_token(&new));
+    assert_eq!(server.token_requests("refresh_token").len(), 1);
+    // ... and so is the rotated refresh token: the next refresh works.
+    env.ctl(&["refresh", "s"]).ok();
+    assert!(!server.reuse_detected());
+}
