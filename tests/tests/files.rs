@@ -111,12 +111,16 @@ async fn newer_tokens_written_by_another_tool_are_adopted_and_others_are_not() {
             expires_s(7200)
         ),
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let all_seen = || {
+        let log = daemon.log();
+        log.contains("not newer than the token held")
+            && log.contains("malformed or partial")
+            && log.contains("another issuer")
+    };
+    until(Duration::from_secs(5), all_seen)
+        .await
+        .unwrap_or_else(|| panic!("each file was looked at and refused:\n{}", daemon.log()));
     assert_eq!(current(), held);
-    let log = daemon.log();
-    assert!(log.contains("not newer than the token held"), "{log}");
-    assert!(log.contains("malformed or partial"), "{log}");
-    assert!(log.contains("another issuer"), "{log}");
 
     // Newer, same issuer: adopted.
     write_atomically(
@@ -133,7 +137,12 @@ async fn newer_tokens_written_by_another_tool_are_adopted_and_others_are_not() {
     .await
     .expect("the newer token is adopted");
     eprintln!("import pickup observed after {took:?} (includes one mcpauthctl run per poll)");
-    assert!(daemon.log().contains("token adopted from file"));
+    // The log line follows the store write.
+    until(Duration::from_secs(5), || {
+        daemon.log().contains("token adopted from file")
+    })
+    .await
+    .expect("the adoption is logged");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
