@@ -88,6 +88,9 @@ pub struct Switches {
     pub revocation: bool,
     /// The token endpoint answers after this long (a slow AS).
     pub token_delay_ms: u64,
+    /// The token endpoint answers this status with an HTML body (an AS in
+    /// trouble behind a proxy).
+    pub token_failure: Option<u16>,
 }
 
 impl Default for Switches {
@@ -113,6 +116,7 @@ impl Default for Switches {
             rotate: true,
             revocation: true,
             token_delay_ms: 0,
+            token_failure: None,
         }
     }
 }
@@ -589,6 +593,18 @@ async fn handle(State(app): State<App>, request: Request<Body>) -> Response {
             }
         }
         return StatusCode::OK.into_response();
+    }
+    if on_as
+        && parts.method == Method::POST
+        && endpoint("token")
+        && let Some(status) = sw.token_failure
+    {
+        return (
+            StatusCode::from_u16(status).unwrap(),
+            [("content-type", "text/html")],
+            "<html>upstream trouble</html>",
+        )
+            .into_response();
     }
     if on_as && parts.method == Method::POST && endpoint("token") {
         // Client authentication, as registered.

@@ -911,3 +911,24 @@ async fn the_chosen_callback_port_is_reused_by_later_logins() {
         "the registered redirect URI stayed valid"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_terminal_or_a_browser_login_does_not_block() {
+    let Setup {
+        env, daemon: _d, ..
+    } = setup(Switches::default()).await;
+    // stdin is /dev/null and stderr a pipe: nobody could finish the login.
+    let out = env.ctl_env(&["login", "s"], &[("BROWSER", "/nonexistent/browser")]);
+    assert_eq!(out.code(), 4, "{}", out.stderr());
+    assert!(
+        out.stderr()
+            .contains("run `mcpauthctl login s` in a terminal"),
+        "{}",
+        out.stderr()
+    );
+    assert_eq!(
+        env.ctl(&["show", "s", "--json"]).json()["state"],
+        "login_required",
+        "the flow was cancelled"
+    );
+}

@@ -409,3 +409,34 @@ async fn a_client_killed_mid_refresh_does_not_lose_the_rotated_refresh_token() {
     env.ctl(&["refresh", "s"]).ok();
     assert!(!server.reuse_detected());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unavailable_authorization_server_means_retry_later_and_changes_nothing() {
+    let (env, server, _d) = logged_in(Switches::default(), &[]).await;
+    let held = env.ctl(&["token", "s"]).ok().trim().to_string();
+    server.set(|s| s.token_failure = Some(503));
+    let out = env.ctl(&["refresh", "s"]);
+    assert_eq!(out.code(), 1, "{}", out.stderr());
+    assert!(
+        out.stderr().contains("unavailable") && out.stderr().contains("retry after"),
+        "{}",
+        out.stderr()
+    );
+    // A caller that wants more validity than the token has still gets the
+    // held token while it is valid: the failed refresh changed nothing.
+    let token = env
+        .ctl(&["token", "s", "--min-ttl", "7200"])
+        .ok()
+        .trim()
+        .to_string();
+    assert_eq!(token, held);
+    let shown = env.ctl(&["show", "s", "--json"]).json();
+    assert!(
+        shown["last_error"].as_str().unwrap().contains("503"),
+        "{shown}"
+    );
+    // When the AS is back, the stored refresh token still works.
+    server.set(|s| s.token_failure = None);
+    env.ctl(&["refresh", "s"]).ok();
+    assert!(!server.reuse_detected());
+}
