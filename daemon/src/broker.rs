@@ -10,7 +10,7 @@
 //! flushed before either returns.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -469,7 +469,7 @@ impl Broker {
         let text = doc.to_text();
         let config = Config::parse(&text, &self.paths.config).map_err(BrokerError::Config)?;
         if let Some(dir) = self.paths.config.parent() {
-            create_private_dir(dir).map_err(|source| {
+            crate::fsutil::create_private_dir(dir).map_err(|source| {
                 BrokerError::Config(ConfigError::Write {
                     path: dir.to_path_buf(),
                     source,
@@ -592,15 +592,6 @@ impl Broker {
         }
         Ok(())
     }
-}
-
-/// Creates `dir` (and missing parents) with mode 0700.
-pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
 }
 
 /// The broker as the scheduler sees it. Weak: the scheduler must not keep

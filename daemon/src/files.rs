@@ -13,8 +13,6 @@
 //!   never imported back.
 
 use std::collections::{HashMap, HashSet};
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -143,31 +141,8 @@ pub fn render(
 /// Writes `bytes` to `path` atomically with mode 0600, creating a missing
 /// parent directory with mode 0700.
 pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("/"));
-    crate::broker::create_private_dir(dir)?;
-    let tmp = dir.join(format!(
-        ".{}.mcpauth-{}.tmp",
-        path.file_name()
-            .map_or("token".into(), |n| n.to_string_lossy()),
-        std::process::id()
-    ));
-    let result = (|| {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .custom_flags(nix::libc::O_NOFOLLOW)
-            .open(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    crate::fsutil::create_private_dir(path.parent().unwrap_or(Path::new("/")))?;
+    crate::fsutil::write_atomically(path, bytes, 0o600)
 }
 
 fn digest(bytes: &[u8]) -> [u8; 32] {
@@ -262,7 +237,7 @@ impl Broker {
         };
         let dirs: HashSet<&Path> = files.iter().filter_map(|f| f.parent()).collect();
         for dir in dirs {
-            if let Err(e) = crate::broker::create_private_dir(dir)
+            if let Err(e) = crate::fsutil::create_private_dir(dir)
                 .map_err(notify::Error::io)
                 .and_then(|()| watcher.watch(dir, RecursiveMode::NonRecursive))
             {

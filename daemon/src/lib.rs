@@ -19,6 +19,7 @@ pub mod callback;
 pub mod clock;
 pub mod config;
 pub mod files;
+pub mod fsutil;
 pub mod listener;
 pub mod logging;
 pub mod login;
@@ -41,7 +42,8 @@ use std::time::Duration;
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::{info, warn};
 
-use crate::broker::{Broker, BrokerError, BrokerOptions, Paths, create_private_dir};
+use crate::broker::{Broker, BrokerError, BrokerOptions, Paths};
+use crate::fsutil::create_private_dir;
 use crate::listener::{ListenError, Listener};
 use crate::shutdown::Shutdown;
 use crate::store::{Store, StoreError};

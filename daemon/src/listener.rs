@@ -75,7 +75,7 @@ pub struct Listener {
 pub fn ensure_socket_dir(dir: &Path) -> Result<(), ListenError> {
     match std::fs::symlink_metadata(dir) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            crate::broker::create_private_dir(dir).map_err(io_err("cannot create", dir))?;
+            crate::fsutil::create_private_dir(dir).map_err(io_err("cannot create", dir))?;
         }
         Err(e) => return Err(io_err("cannot inspect", dir)(e)),
         Ok(_) => {}

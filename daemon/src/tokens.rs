@@ -44,11 +44,14 @@ impl Broker {
         Ok(name)
     }
 
-    fn login_required(name: &ServerName, reason: &str) -> BrokerError {
-        BrokerError::LoginRequired {
-            server: name.to_string(),
-            reason: reason.to_string(),
-        }
+    /// The grant held for `name`, or "login required".
+    fn held_grant(&self, name: &ServerName) -> Result<Grant, BrokerError> {
+        self.store()
+            .grant(name)?
+            .ok_or_else(|| BrokerError::LoginRequired {
+                server: name.to_string(),
+                reason: "no tokens are held".into(),
+            })
     }
 
     /// The current token, valid for at least `min_ttl` if it can be made so.
@@ -58,10 +61,7 @@ impl Broker {
         min_ttl: Duration,
     ) -> Result<Grant, BrokerError> {
         let name = self.known(name)?;
-        let grant = self
-            .store()
-            .grant(&name)?
-            .ok_or_else(|| Self::login_required(&name, "no tokens are held"))?;
+        let grant = self.held_grant(&name)?;
         let now = self.now_ms();
         let min_ttl_ms = min_ttl.as_millis() as i64;
         let Some(expires_at) = grant.expires_at_ms else {
@@ -92,10 +92,7 @@ impl Broker {
         www_authenticate: &str,
     ) -> Result<Grant, BrokerError> {
         let name = self.known(name)?;
-        let grant = self
-            .store()
-            .grant(&name)?
-            .ok_or_else(|| Self::login_required(&name, "no tokens are held"))?;
+        let grant = self.held_grant(&name)?;
         if !fingerprint.eq_ignore_ascii_case(&pkce::fingerprint(grant.access_token.expose())) {
             // Someone already recovered: hand out the current token.
             return Ok(grant);
