@@ -787,8 +787,16 @@ async fn no_token_code_or_verifier_reaches_any_log_or_output() {
     run(&["login", "s"]);
     run(&["refresh", "s"]);
     run(&["status", "--json"]);
+    // Tokens cross the socket here (its stdout is the token, on purpose,
+    // so only the daemon's side is checked).
+    let handed_out = env.ctl(&["token", "s"]).ok();
+    assert!(!handed_out.trim().is_empty());
+    let reported_stderr = env
+        .ctl(&["token", "s", "--rejected", handed_out.trim()])
+        .stderr();
     run(&["show", "s", "--json"]);
     run(&["logout", "s"]);
+    outputs.push(reported_stderr);
     let log = daemon.stop();
     let mut secrets: Vec<String> = server.issued_access_tokens();
     for seen in server.seen() {
