@@ -60,6 +60,9 @@ struct Versioned<T> {
 
 pub struct Store {
     path: PathBuf,
+    /// Decoded grants, so `GetToken` is served from memory: filled on
+    /// read, replaced after every durable write, dropped on delete.
+    grant_cache: std::sync::RwLock<std::collections::HashMap<ServerName, Option<Grant>>>,
     db: sled::Db,
     meta: sled::Tree,
     servers: sled::Tree,
@@ -103,6 +106,7 @@ impl Store {
         let flows = db.open_tree("flows")?;
         let store = Self {
             path,
+            grant_cache: Default::default(),
             db,
             meta,
             servers,
@@ -199,6 +203,10 @@ impl Store {
     /// Deletes every trace of a server: its record and, in every other
     /// tree, the keys under the prefix `<name>\0`.
     pub async fn delete_server(&self, name: &str) -> Result<(), StoreError> {
+        self.grant_cache
+            .write()
+            .unwrap()
+            .retain(|cached, _| cached.as_str() != name);
         self.servers.remove(name)?;
         let mut prefix = name.as_bytes().to_vec();
         prefix.push(0);
@@ -236,15 +244,32 @@ impl Store {
     }
 
     pub fn grant(&self, name: &ServerName) -> Result<Option<Grant>, StoreError> {
-        Self::get(&self.grants, &server_key(name, ""))
+        if let Some(cached) = self.grant_cache.read().unwrap().get(name) {
+            return Ok(cached.clone());
+        }
+        let grant: Option<Grant> = Self::get(&self.grants, &server_key(name, ""))?;
+        self.grant_cache
+            .write()
+            .unwrap()
+            .insert(name.clone(), grant.clone());
+        Ok(grant)
     }
 
     /// Stores a grant; durable when it returns.
     pub async fn put_grant(&self, name: &ServerName, grant: &Grant) -> Result<(), StoreError> {
-        self.put(&self.grants, server_key(name, ""), grant).await
+        // Dropped first: a failed write must not leave a cached grant that
+        // is not on disk.
+        self.grant_cache.write().unwrap().remove(name);
+        self.put(&self.grants, server_key(name, ""), grant).await?;
+        self.grant_cache
+            .write()
+            .unwrap()
+            .insert(name.clone(), Some(grant.clone()));
+        Ok(())
     }
 
     pub async fn delete_grant(&self, name: &ServerName) -> Result<(), StoreError> {
+        self.grant_cache.write().unwrap().remove(name);
         self.remove(&self.grants, server_key(name, "")).await
     }
 
@@ -408,6 +433,47 @@ mod tests {
         assert!(store.server(&name("ab")).unwrap().is_some());
         assert!(other.get(b"a\0issuer").unwrap().is_none());
         assert!(other.get(b"ab\0issuer").unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn grants_are_served_from_memory_and_follow_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let n = name("a");
+        assert!(store.grant(&n).unwrap().is_none());
+        let mut grant = crate::state::Grant {
+            issuer: "i".into(),
+            client_id: "c".into(),
+            resource: "r".into(),
+            access_token: crate::secret::Secret::new("t1"),
+            token_type: "Bearer".into(),
+            refresh_token: None,
+            expires_at_ms: None,
+            scopes: vec![],
+            obtained_at_ms: 0,
+            generation: 1,
+        };
+        store.put_grant(&n, &grant).await.unwrap();
+        assert_eq!(store.grant(&n).unwrap().unwrap().generation, 1);
+        grant.generation = 2;
+        store.put_grant(&n, &grant).await.unwrap();
+        assert_eq!(store.grant(&n).unwrap().unwrap().generation, 2);
+        store.delete_server("a").await.unwrap();
+        assert!(
+            store.grant(&n).unwrap().is_none(),
+            "deleted with its server"
+        );
+        store.put_grant(&n, &grant).await.unwrap();
+        store.delete_grant(&n).await.unwrap();
+        assert!(store.grant(&n).unwrap().is_none());
+        drop(store);
+        // What the cache served is what is on disk.
+        store_roundtrip(dir.path(), &n).await;
+    }
+
+    async fn store_roundtrip(dir: &std::path::Path, n: &ServerName) {
+        let store = Store::open(dir).unwrap();
+        assert!(store.grant(n).unwrap().is_none());
     }
 
     #[tokio::test]

@@ -17,8 +17,12 @@ use std::time::{Duration, Instant};
 /// cargo build their binaries before any test runs).
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>; a binary of
+    // this crate (the benchmark) already sits in target/<profile>/.
+    let mut dir = exe.parent().expect("target dir");
+    if dir.ends_with("deps") {
+        dir = dir.parent().expect("target dir");
+    }
     let path = dir.join(name);
     assert!(
         path.is_file(),

@@ -4,12 +4,20 @@
 //!
 //! - `test-client broker SOCKET SERVER TOKEN TASKS START_MS`: each task
 //!   reports TOKEN as rejected (401) through its own connection to the
-//!   broker and prints the token it gets back (or `error: ...`).
+//!   broker and prints the token it gets back (or `error: ...`), a tab,
+//!   and when it got it (Unix µs).
 //! - `test-client direct TOKEN_URL CLIENT_ID REFRESH_TOKEN RESOURCE TASKS START_MS`:
 //!   each task refreshes on its own at the token endpoint, as clients do
 //!   without a broker, and prints the HTTP status.
 
 use std::time::Duration;
+
+fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64
+}
 
 async fn wait_until(start_ms: i64) {
     let now = std::time::SystemTime::now()
@@ -38,23 +46,30 @@ async fn main() {
                 );
             }
             wait_until(start).await;
+            // TOKEN "-" asks for the token instead of reporting one: the
+            // same callers without a refresh to wait for (the baseline).
             let handles: Vec<_> = clients
                 .into_iter()
                 .map(|mut c| {
                     let (server, token) = (server.clone(), token.clone());
                     tokio::spawn(async move {
-                        match c
-                            .report_unauthorized(
+                        let reply = if token == "-" {
+                            c.get_token(&server, Some(0)).await
+                        } else {
+                            c.report_unauthorized(
                                 &server,
                                 &token,
                                 401,
                                 "Bearer error=\"invalid_token\"",
                             )
                             .await
-                        {
+                        };
+                        let result = match reply {
                             Ok(reply) => reply.access_token,
                             Err(e) => format!("error: {e}"),
-                        }
+                        };
+                        // The token, then when this caller had it (Unix µs).
+                        format!("{result}\t{}", now_us())
                     })
                 })
                 .collect();
