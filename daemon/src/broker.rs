@@ -227,6 +227,40 @@ pub struct Broker {
     pub(crate) report_refreshes: Mutex<HashMap<ServerName, i64>>,
     pub(crate) scheduler: Arc<Scheduler>,
     pub(crate) token_files: crate::files::TokenFiles,
+    /// Refreshes caused by reports, in flight: the generation they replace
+    /// and where their one result is published.
+    pub(crate) inflight: Mutex<HashMap<ServerName, (u64, InflightResult)>>,
+}
+
+pub(crate) type InflightResult =
+    tokio::sync::watch::Receiver<Option<Result<Grant, Arc<BrokerError>>>>;
+
+impl BrokerError {
+    /// A copy for each waiter of a shared result. Variants that carry
+    /// non-clonable sources keep their message.
+    pub fn duplicate(&self) -> BrokerError {
+        match self {
+            BrokerError::NotFound(n) => BrokerError::NotFound(n.clone()),
+            BrokerError::OAuth(e) => BrokerError::OAuth(e.clone()),
+            BrokerError::Callback(e) => BrokerError::Callback(e.clone()),
+            BrokerError::LoginRequired { server, reason } => BrokerError::LoginRequired {
+                server: server.clone(),
+                reason: reason.clone(),
+            },
+            BrokerError::Unavailable {
+                reason,
+                retry_after_secs,
+            } => BrokerError::Unavailable {
+                reason: reason.clone(),
+                retry_after_secs: *retry_after_secs,
+            },
+            BrokerError::StepUpRequired { server, scopes } => BrokerError::StepUpRequired {
+                server: server.clone(),
+                scopes: scopes.clone(),
+            },
+            other => BrokerError::Internal(other.to_string()),
+        }
+    }
 }
 
 impl Broker {
@@ -261,6 +295,7 @@ impl Broker {
             report_refreshes: Mutex::new(HashMap::new()),
             scheduler: Scheduler::new(options_clock),
             token_files: Default::default(),
+            inflight: Mutex::new(HashMap::new()),
         });
         if let Some(text) = broker.store.last_good_config()? {
             match Config::parse(&text, &broker.paths.config) {

@@ -113,14 +113,56 @@ impl Broker {
                 retry_after_secs: ((REPORT_COOLDOWN_MS - (now - last)) / 1000).max(1) as u64,
             });
         }
-        let fresh = self
-            .refresh_grant(name.clone(), Freshness::UnlessNewerThan(grant.generation))
-            .await?;
+        let fresh = self.shared_refresh(&name, grant.generation).await?;
         self.report_refreshes
             .lock()
             .unwrap()
             .insert(name, self.now_ms());
         Ok(fresh)
+    }
+
+    /// Joins the refresh in flight for this generation of the grant, or
+    /// starts it. Every reporter of the same rejected token waits on one
+    /// channel and is woken at once with the one result, instead of
+    /// passing through the server's lock one by one. (The refresh itself
+    /// still goes through `refresh_grant`, which would skip a second
+    /// request anyway.)
+    async fn shared_refresh(
+        self: &Arc<Self>,
+        name: &ServerName,
+        generation: u64,
+    ) -> Result<Grant, BrokerError> {
+        let mut rx = {
+            let mut inflight = self.inflight.lock().unwrap();
+            match inflight.get(name) {
+                Some((g, rx)) if *g == generation => rx.clone(),
+                _ => {
+                    let (tx, rx) = tokio::sync::watch::channel(None);
+                    inflight.insert(name.clone(), (generation, rx.clone()));
+                    let broker = self.clone();
+                    let name = name.clone();
+                    tokio::spawn(async move {
+                        let result = broker
+                            .refresh_grant(name.clone(), Freshness::UnlessNewerThan(generation))
+                            .await
+                            .map_err(Arc::new);
+                        tx.send_replace(Some(result));
+                        let mut inflight = broker.inflight.lock().unwrap();
+                        if inflight.get(&name).is_some_and(|(g, _)| *g == generation) {
+                            inflight.remove(&name);
+                        }
+                    });
+                    rx
+                }
+            }
+        };
+        let result = rx
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| BrokerError::Internal("the refresh task ended without a result".into()))?
+            .clone()
+            .expect("waited for Some");
+        result.map_err(|e| e.duplicate())
     }
 
     /// Records the union of held and challenged scopes as a pending
