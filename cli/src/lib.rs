@@ -265,10 +265,11 @@ impl Client {
 
     /// The status, whatever protocol the daemon speaks.
     pub async fn status_unchecked(&mut self) -> Result<pb::StatusReply, ClientError> {
-        match self.inner.status(pb::StatusRequest {}).await {
-            Ok(r) => Ok(r.into_inner()),
-            Err(e) => Err(self.err(e)),
-        }
+        self.inner
+            .status(pb::StatusRequest {})
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|e| self.err(e))
     }
 
     pub async fn shutdown(&mut self) -> Result<(), ClientError> {
@@ -287,20 +288,22 @@ impl Client {
 
     pub async fn get_server(&mut self, name: &str) -> Result<pb::Server, ClientError> {
         let request = pb::GetServerRequest { name: name.into() };
-        match self.inner.get_server(request).await {
-            Ok(r) => Ok(r.into_inner()),
-            Err(e) => Err(self.err(e)),
-        }
+        self.inner
+            .get_server(request)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|e| self.err(e))
     }
 
     pub async fn add_server(
         &mut self,
         request: pb::AddServerRequest,
     ) -> Result<pb::Server, ClientError> {
-        match self.inner.add_server(request).await {
-            Ok(r) => Ok(r.into_inner()),
-            Err(e) => Err(self.err(e)),
-        }
+        self.inner
+            .add_server(request)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|e| self.err(e))
     }
 
     pub async fn remove_server(&mut self, name: &str) -> Result<(), ClientError> {
@@ -319,10 +322,11 @@ impl Client {
         let request = pb::WatchRequest {
             server: server.unwrap_or_default().into(),
         };
-        match self.inner.watch(request).await {
-            Ok(r) => Ok(r.into_inner()),
-            Err(e) => Err(self.err(e)),
-        }
+        self.inner
+            .watch(request)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|e| self.err(e))
     }
 
     /// Starts (or joins) a login: a `LoginStarted`, then a `LoginResult`.
@@ -335,10 +339,11 @@ impl Client {
             server: server.into(),
             scopes,
         };
-        match self.inner.login(request).await {
-            Ok(r) => Ok(r.into_inner()),
-            Err(e) => Err(self.err(e)),
-        }
+        self.inner
+            .login(request)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|e| self.err(e))
     }
 
     /// Completes the pending login with a pasted redirect URL.
@@ -351,10 +356,11 @@ impl Client {
             server: server.into(),
             redirect_url: redirect_url.into(),
         };
-        match self.inner.complete_login(request).await {
-            Ok(r) => Ok(r.into_inner()),
-            Err(e) => Err(self.err(e)),
-        }
+        self.inner
+            .complete_login(request)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|e| self.err(e))
     }
 
     pub async fn cancel_login(&mut self, server: &str) -> Result<bool, ClientError> {
@@ -382,10 +388,11 @@ impl Client {
         let request = pb::RefreshRequest {
             server: server.into(),
         };
-        match self.inner.refresh(request).await {
-            Ok(r) => Ok(r.into_inner()),
-            Err(e) => Err(self.err(e)),
-        }
+        self.inner
+            .refresh(request)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|e| self.err(e))
     }
 
     /// The current access token, valid for at least `min_ttl_secs` (daemon
@@ -399,10 +406,11 @@ impl Client {
             server: server.into(),
             min_ttl_secs,
         };
-        match self.inner.get_token(request).await {
-            Ok(r) => Ok(r.into_inner()),
-            Err(e) => Err(self.err(e)),
-        }
+        self.inner
+            .get_token(request)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|e| self.err(e))
     }
 
     /// Reports that a resource server rejected `token` (only its SHA-256
@@ -420,10 +428,11 @@ impl Client {
             http_status,
             www_authenticate: www_authenticate.into(),
         };
-        match self.inner.report_unauthorized(request).await {
-            Ok(r) => Ok(r.into_inner()),
-            Err(e) => Err(self.err(e)),
-        }
+        self.inner
+            .report_unauthorized(request)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|e| self.err(e))
     }
 
     /// Converts a status met while reading a stream.

@@ -46,7 +46,7 @@ pub enum BrokerError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
-    OAuth(OAuthError),
+    OAuth(#[from] OAuthError),
     #[error(
         "cannot listen for the login callback on 127.0.0.1:{port}: {reason}; free the port or set another callback_port in config.toml"
     )]
@@ -420,6 +420,15 @@ impl Broker {
             .iter()
             .map(|(name, server)| self.view(name, server))
             .collect()
+    }
+
+    /// `name` parsed, if it is a configured server.
+    pub(crate) fn configured(&self, name: &str) -> Result<ServerName, BrokerError> {
+        let name = ServerName::parse(name)?;
+        if !self.config().servers.contains_key(&name) {
+            return Err(BrokerError::NotFound(name.to_string()));
+        }
+        Ok(name)
     }
 
     pub fn get(&self, name: &str) -> Result<ServerView, BrokerError> {

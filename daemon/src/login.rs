@@ -20,7 +20,7 @@ use crate::broker::{Broker, BrokerError, EventKind};
 use crate::callback::{self, Page};
 use crate::config::ServerName;
 use crate::oauth::flow::{self, CallbackError, CallbackParams};
-use crate::oauth::{OAuthError, pkce, registration};
+use crate::oauth::{pkce, registration};
 use crate::shutdown::Shutdown;
 use crate::state::{Discovery, Grant, PendingFlow, Registration, RegistrationKind};
 
@@ -530,11 +530,5 @@ impl Broker {
         if logins.get(name).is_some_and(|a| Arc::ptr_eq(a, active)) {
             logins.remove(name);
         }
-    }
-}
-
-impl From<OAuthError> for BrokerError {
-    fn from(e: OAuthError) -> Self {
-        BrokerError::OAuth(e)
     }
 }

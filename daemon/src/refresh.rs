@@ -43,10 +43,7 @@ pub enum Freshness {
 impl Broker {
     /// Refreshes `name`'s grant now.
     pub async fn refresh(self: &Arc<Self>, name: &str) -> Result<Grant, BrokerError> {
-        let name = ServerName::parse(name)?;
-        if !self.config().servers.contains_key(&name) {
-            return Err(BrokerError::NotFound(name.to_string()));
-        }
+        let name = self.configured(name)?;
         self.refresh_grant(name, Freshness::Force).await
     }
 
@@ -207,10 +204,7 @@ impl Broker {
         name: &str,
         forget_client: bool,
     ) -> Result<bool, BrokerError> {
-        let server = ServerName::parse(name)?;
-        if !self.config().servers.contains_key(&server) {
-            return Err(BrokerError::NotFound(server.to_string()));
-        }
+        let server = self.configured(name)?;
         self.cancel_login(name).await?;
         let lock = self.server_lock(&server);
         let _guard = lock.lock().await;

@@ -18,7 +18,7 @@ use tonic::{Request, Response, Status};
 use tracing::warn;
 
 use crate::broker::{AuthState, Broker, BrokerError, DaemonStatus, Event, EventKind, ServerView};
-use crate::config::{ClientSecret, NewServer, ServerName};
+use crate::config::{NewServer, ServerName};
 use crate::login::{FailureKind, LoginOutcome};
 use crate::oauth::flow::CallbackParams;
 use crate::scheduler::Plan;
@@ -144,10 +144,7 @@ impl From<ServerView> for pb::Server {
             name: v.name.to_string(),
             url: v.config.url.to_string(),
             client_id: v.config.client_id.unwrap_or_default(),
-            has_client_secret: matches!(
-                v.config.client_secret,
-                Some(ClientSecret::Inline(_) | ClientSecret::File(_))
-            ),
+            has_client_secret: v.config.client_secret.is_some(),
             scopes: v.config.scopes,
             callback_port: v.config.callback_port.map_or(0, u32::from),
             client_metadata_url: v

@@ -36,14 +36,6 @@ pub const STEP_UP_WINDOW_MS: i64 = 10 * 60 * 1000;
 pub const REPORT_COOLDOWN_MS: i64 = 10_000;
 
 impl Broker {
-    fn known(&self, name: &str) -> Result<ServerName, BrokerError> {
-        let name = ServerName::parse(name)?;
-        if !self.config().servers.contains_key(&name) {
-            return Err(BrokerError::NotFound(name.to_string()));
-        }
-        Ok(name)
-    }
-
     /// The grant held for `name`, or "login required".
     fn held_grant(&self, name: &ServerName) -> Result<Grant, BrokerError> {
         self.store()
@@ -60,7 +52,7 @@ impl Broker {
         name: &str,
         min_ttl: Duration,
     ) -> Result<Grant, BrokerError> {
-        let name = self.known(name)?;
+        let name = self.configured(name)?;
         let grant = self.held_grant(&name)?;
         let now = self.now_ms();
         let min_ttl_ms = min_ttl.as_millis() as i64;
@@ -91,7 +83,7 @@ impl Broker {
         http_status: u32,
         www_authenticate: &str,
     ) -> Result<Grant, BrokerError> {
-        let name = self.known(name)?;
+        let name = self.configured(name)?;
         let grant = self.held_grant(&name)?;
         if !fingerprint.eq_ignore_ascii_case(&pkce::fingerprint(grant.access_token.expose())) {
             // Someone already recovered: hand out the current token.

@@ -79,6 +79,13 @@ impl TestEnv {
         self.config_home().join("mcpauth/config.toml")
     }
 
+    /// Creates the socket directory with `mode`, as a previous daemon (or
+    /// an attacker) might have left it.
+    pub fn make_socket_dir(&self, mode: u32) {
+        std::fs::create_dir_all(self.socket_dir()).unwrap();
+        std::fs::set_permissions(self.socket_dir(), std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
     /// A command with a cleared environment pointing at this home.
     pub fn command(&self, binary: &str) -> Command {
         let mut cmd = Command::new(bin(binary));
@@ -267,20 +274,6 @@ impl CtlOutput {
     }
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.ok()).expect("valid JSON on stdout")
-    }
-}
-
-/// Polls `check` until it returns `Some` or `limit` passes.
-pub async fn eventually<T>(limit: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = check() {
-            return Some(v);
-        }
-        if start.elapsed() > limit {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

@@ -1,7 +1,6 @@
 //! mcpauthctl against a real (or deliberately wrong) daemon: autostart,
 //! the protocol handshake, service units, output shapes, and secrets.
 
-use std::os::unix::fs::PermissionsExt;
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -85,8 +84,7 @@ fn no_autostart_reports_an_unreachable_daemon_with_exit_3() {
 fn a_failing_daemon_start_is_explained() {
     let env = TestEnv::new();
     // An insecure socket directory makes the daemon refuse to start.
-    std::fs::create_dir_all(env.socket_dir()).unwrap();
-    std::fs::set_permissions(env.socket_dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    env.make_socket_dir(0o755);
     let out = env.ctl(&["status"]);
     assert_eq!(out.code(), 3);
     let stderr = out.stderr();

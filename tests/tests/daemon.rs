@@ -30,8 +30,7 @@ fn second_instance_is_refused_while_the_first_keeps_serving() {
 #[test]
 fn a_stale_socket_is_replaced() {
     let env = TestEnv::new();
-    std::fs::create_dir_all(env.socket_dir()).unwrap();
-    std::fs::set_permissions(env.socket_dir(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    env.make_socket_dir(0o700);
     // A socket file nobody listens on, as a crashed daemon leaves behind.
     drop(std::os::unix::net::UnixListener::bind(env.socket()).unwrap());
     assert!(env.socket().exists());
@@ -43,8 +42,7 @@ fn a_stale_socket_is_replaced() {
 #[test]
 fn a_file_that_is_not_a_socket_is_never_removed() {
     let env = TestEnv::new();
-    std::fs::create_dir_all(env.socket_dir()).unwrap();
-    std::fs::set_permissions(env.socket_dir(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    env.make_socket_dir(0o700);
     std::fs::write(env.socket(), "precious").unwrap();
     let out = env.command("mcpauthd").output().unwrap();
     assert_eq!(out.status.code(), Some(1));
@@ -86,8 +84,7 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 #[test]
 fn an_open_or_foreign_socket_directory_is_refused() {
     let env = TestEnv::new();
-    std::fs::create_dir_all(env.socket_dir()).unwrap();
-    std::fs::set_permissions(env.socket_dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    env.make_socket_dir(0o755);
     let out = env.command("mcpauthd").output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -226,8 +223,7 @@ async fn a_frozen_client_cannot_hold_up_shutdown() {
 #[test]
 fn systemd_socket_activation_and_readiness() {
     let env = TestEnv::new();
-    std::fs::create_dir_all(env.socket_dir()).unwrap();
-    std::fs::set_permissions(env.socket_dir(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    env.make_socket_dir(0o700);
     let listener = std::os::unix::net::UnixListener::bind(env.socket()).unwrap();
     let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
     // What systemd does: the socket on fd 3, LISTEN_FDS=1 and LISTEN_PID set
