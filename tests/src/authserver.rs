@@ -91,6 +91,33 @@ pub struct Switches {
     /// The token endpoint answers this status with an HTML body (an AS in
     /// trouble behind a proxy).
     pub token_failure: Option<u16>,
+    /// How the token endpoint misbehaves, if it does (see [`TokenFault`]).
+    pub token_fault: Option<TokenFault>,
+    /// A rotated refresh token may be presented again as long as its
+    /// successor was never used: the client evidently never received the
+    /// answer (it crashed). The unused successor is then invalidated. Real
+    /// servers offer this as a "grace period" or "reuse interval" (Okta,
+    /// Auth0, Cognito, Hydra). Off: any reuse revokes the grant.
+    pub reuse_grace: bool,
+}
+
+/// Ways a token endpoint can fail, beyond an error status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenFault {
+    /// 503 with `Retry-After: 120` and a JSON error.
+    Unavailable503,
+    /// A JSON body cut off half way.
+    TruncatedJson,
+    /// 200 with a body that is not JSON at all.
+    MalformedJson,
+    /// 200 JSON, 2 MiB of it.
+    Oversized,
+    /// 200 with `Content-Type: text/html` around a valid-looking body.
+    WrongContentType,
+    /// 302 to another origin.
+    Redirect,
+    /// Accepts the request and never answers.
+    Hang,
 }
 
 impl Default for Switches {
@@ -117,6 +144,8 @@ impl Default for Switches {
             revocation: true,
             token_delay_ms: 0,
             token_failure: None,
+            token_fault: None,
+            reuse_grace: false,
         }
     }
 }
@@ -142,6 +171,8 @@ struct RefreshToken {
     family: u64,
     used: bool,
     scope: Option<String>,
+    /// The refresh token issued when this one was used.
+    successor: Option<String>,
 }
 
 /// A request the server saw.
@@ -168,6 +199,10 @@ pub struct AsState {
     pub seen: Vec<Seen>,
     /// Set when a used refresh token came back and the grant was revoked.
     pub reuse_detected: bool,
+    /// Reuses accepted under `reuse_grace`.
+    pub grace_reuses: u64,
+    /// Token requests being handled right now.
+    pub token_requests_in_flight: u64,
 }
 
 impl AsState {
@@ -309,6 +344,16 @@ impl AuthServer {
         self.state.lock().unwrap().reuse_detected
     }
 
+    /// Reuses accepted under `reuse_grace`.
+    pub fn grace_reuses(&self) -> u64 {
+        self.state.lock().unwrap().grace_reuses
+    }
+
+    /// Token requests being handled right now.
+    pub fn token_requests_in_flight(&self) -> u64 {
+        self.state.lock().unwrap().token_requests_in_flight
+    }
+
     /// Whether `token` is a live access token.
     pub fn is_valid_access_token(&self, token: &str) -> bool {
         let s = self.state.lock().unwrap();
@@ -334,6 +379,42 @@ fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
     )
 }
 
+fn token_fault(fault: TokenFault) -> Response {
+    let body = r#"{"access_token":"at-fault","token_type":"Bearer","expires_in":3600}"#;
+    match fault {
+        TokenFault::Unavailable503 => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [("content-type", "application/json"), ("retry-after", "120")],
+            r#"{"error":"temporarily_unavailable"}"#,
+        )
+            .into_response(),
+        TokenFault::TruncatedJson => (
+            StatusCode::OK,
+            [("content-type", "application/json")],
+            &body[..body.len() / 2],
+        )
+            .into_response(),
+        TokenFault::MalformedJson => (
+            StatusCode::OK,
+            [("content-type", "application/json")],
+            "access_token=at-fault&token_type=Bearer",
+        )
+            .into_response(),
+        TokenFault::Oversized => {
+            let padding = "x".repeat(2 << 20);
+            let big = format!(
+                r#"{{"access_token":"at-fault","token_type":"Bearer","padding":"{padding}"}}"#
+            );
+            (StatusCode::OK, [("content-type", "application/json")], big).into_response()
+        }
+        TokenFault::WrongContentType => {
+            (StatusCode::OK, [("content-type", "text/html")], body).into_response()
+        }
+        TokenFault::Redirect => redirect("https://elsewhere.example/token"),
+        TokenFault::Hang => unreachable!("handled before anything else"),
+    }
+}
+
 fn redirect(location: &str) -> Response {
     (StatusCode::FOUND, [("location", location.to_string())]).into_response()
 }
@@ -357,8 +438,28 @@ fn basic_auth(headers: &HeaderMap) -> Option<(String, String)> {
     Some((dec(id)?, dec(secret)?))
 }
 
+/// Counts a token request as in flight until it is answered or dropped
+/// (the client went away).
+struct InFlight(Arc<Mutex<AsState>>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.lock().unwrap().token_requests_in_flight -= 1;
+    }
+}
+
 async fn handle(State(app): State<App>, request: Request<Body>) -> Response {
-    let delay = app.state.lock().unwrap().switches.token_delay_ms;
+    let _in_flight = request.uri().path().ends_with("/token").then(|| {
+        app.state.lock().unwrap().token_requests_in_flight += 1;
+        InFlight(app.state.clone())
+    });
+    let (delay, fault) = {
+        let s = app.state.lock().unwrap();
+        (s.switches.token_delay_ms, s.switches.token_fault)
+    };
+    if fault == Some(TokenFault::Hang) && request.uri().path().ends_with("/token") {
+        return std::future::pending().await;
+    }
     if delay > 0 && request.uri().path().ends_with("/token") {
         tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
     }
@@ -597,6 +698,13 @@ async fn handle(State(app): State<App>, request: Request<Body>) -> Response {
     if on_as
         && parts.method == Method::POST
         && endpoint("token")
+        && let Some(fault) = sw.token_fault
+    {
+        return token_fault(fault);
+    }
+    if on_as
+        && parts.method == Method::POST
+        && endpoint("token")
         && let Some(status) = sw.token_failure
     {
         return (
@@ -685,7 +793,18 @@ async fn handle(State(app): State<App>, request: Request<Body>) -> Response {
                 if rt.client_id != client_id {
                     return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", "wrong client");
                 }
-                if rt.used {
+                let successor_unused = rt
+                    .successor
+                    .as_ref()
+                    .and_then(|next| s.refresh_tokens.get(next))
+                    .is_some_and(|next| !next.used);
+                if rt.used && sw.reuse_grace && successor_unused {
+                    // The client never got the successor: accept once
+                    // more, and the successor can never be used.
+                    let next = rt.successor.clone().unwrap();
+                    s.refresh_tokens.get_mut(&next).unwrap().used = true;
+                    s.grace_reuses += 1;
+                } else if rt.used {
                     // Reuse of a rotated refresh token: revoke the grant.
                     s.revoked_families.push(rt.family);
                     s.reuse_detected = true;
@@ -719,8 +838,16 @@ async fn handle(State(app): State<App>, request: Request<Body>) -> Response {
                     family,
                     used: false,
                     scope: scope.clone(),
+                    successor: None,
                 },
             );
+            if grant_type == "refresh_token"
+                && let Some(old) = form
+                    .get("refresh_token")
+                    .and_then(|old| s.refresh_tokens.get_mut(old))
+            {
+                old.successor = Some(rt.clone());
+            }
             response["refresh_token"] = serde_json::json!(rt);
         }
         if grant_type == "authorization_code"
@@ -731,4 +858,10 @@ async fn handle(State(app): State<App>, request: Request<Body>) -> Response {
         return json(StatusCode::OK, response);
     }
     (StatusCode::NOT_FOUND, "not found").into_response()
+}
+
+/// The order in which this server issued `token` (access or refresh):
+/// its ids count up across every kind of id it hands out.
+pub fn issue_order(token: &str) -> Option<u64> {
+    token.split('-').nth(1)?.parse().ok()
 }
