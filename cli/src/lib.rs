@@ -114,10 +114,13 @@ impl ClientError {
         match status.code() {
             // A connection the daemon closed (or that broke) surfaces as
             // UNAVAILABLE/UNKNOWN with a transport message.
+            // The daemon's own "unavailable" (the AS is down) carries
+            // `retry-after`; a transport failure never does.
             tonic::Code::Unavailable | tonic::Code::Unknown
-                if status.message().contains("transport")
-                    || status.message().contains("connection")
-                    || status.message().contains("h2") =>
+                if !status.metadata().contains_key("retry-after")
+                    && (status.message().contains("transport")
+                        || status.message().contains("connection")
+                        || status.message().contains("h2")) =>
             {
                 ClientError::Unreachable {
                     socket: socket.to_path_buf(),

@@ -148,6 +148,8 @@ pub fn auth_state(
 pub struct BrokerOptions {
     /// How long the loopback callback waits for the browser.
     pub callback_timeout: Duration,
+    /// The whole-request timeout of every outbound HTTP request.
+    pub http_timeout: Duration,
     /// Wall-clock time (tests inject one that follows tokio's clock).
     pub clock: Arc<dyn Clock>,
 }
@@ -156,6 +158,7 @@ impl Default for BrokerOptions {
     fn default() -> Self {
         Self {
             callback_timeout: crate::login::CALLBACK_TIMEOUT,
+            http_timeout: crate::oauth::http::REQUEST_TIMEOUT,
             clock: Arc::new(SystemClock),
         }
     }
@@ -230,6 +233,10 @@ pub struct Broker {
     /// Refreshes caused by reports, in flight: the generation they replace
     /// and where their one result is published.
     pub(crate) inflight: Mutex<HashMap<ServerName, (u64, InflightResult)>>,
+    /// Refreshes that failed for a reason that may pass (see
+    /// `refresh::Backoff`), per server: until its time, no caller but a
+    /// person (`mcpauthctl refresh`) sends another request.
+    pub(crate) refresh_backoff: Mutex<HashMap<ServerName, crate::refresh::Backoff>>,
 }
 
 pub(crate) type InflightResult =
@@ -288,7 +295,7 @@ impl Broker {
             edits: tokio::sync::Mutex::new(()),
             events,
             shutdown,
-            http: HttpClient::new(),
+            http: HttpClient::with_timeout(options.http_timeout),
             logins: Logins::default(),
             options,
             locks: Mutex::new(HashMap::new()),
@@ -296,6 +303,7 @@ impl Broker {
             scheduler: Scheduler::new(options_clock),
             token_files: Default::default(),
             inflight: Mutex::new(HashMap::new()),
+            refresh_backoff: Mutex::new(HashMap::new()),
         });
         if let Some(text) = broker.store.last_good_config()? {
             match Config::parse(&text, &broker.paths.config) {
@@ -670,7 +678,10 @@ impl Target for BrokerTarget {
         let broker = self.0.clone();
         Box::pin(async move {
             let Some(broker) = broker.upgrade() else {
-                return RefreshResult::Failed("shutting down".into());
+                return RefreshResult::Failed {
+                    error: "shutting down".into(),
+                    retry_after_ms: 0,
+                };
             };
             match broker
                 .refresh_grant(name, crate::refresh::Freshness::UnlessNewerThan(generation))
@@ -680,7 +691,17 @@ impl Target for BrokerTarget {
                 Err(BrokerError::LoginRequired { reason, .. }) => {
                     RefreshResult::LoginRequired(reason)
                 }
-                Err(e) => RefreshResult::Failed(e.to_string()),
+                Err(BrokerError::Unavailable {
+                    reason,
+                    retry_after_secs,
+                }) => RefreshResult::Failed {
+                    error: reason,
+                    retry_after_ms: retry_after_secs as i64 * 1000,
+                },
+                Err(e) => RefreshResult::Failed {
+                    error: e.to_string(),
+                    retry_after_ms: 0,
+                },
             }
         })
     }

@@ -31,6 +31,10 @@ struct Args {
     /// Meant for tests; people want the default.
     #[arg(long, hide = true, value_name = "SECS")]
     callback_timeout_secs: Option<u64>,
+    /// Seconds before any outbound HTTP request times out (default 30).
+    /// Meant for tests.
+    #[arg(long, hide = true, value_name = "SECS")]
+    http_timeout_secs: Option<u64>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -61,6 +65,9 @@ fn main() -> ExitCode {
                 let mut options = mcpauthd::broker::BrokerOptions::default();
                 if let Some(secs) = args.callback_timeout_secs {
                     options.callback_timeout = std::time::Duration::from_secs(secs);
+                }
+                if let Some(secs) = args.http_timeout_secs {
+                    options.http_timeout = std::time::Duration::from_secs(secs.max(1));
                 }
                 rt.block_on(mcpauthd::run(paths, options))
                     .map_err(|e| e.to_string())

@@ -14,8 +14,15 @@
 //! - `invalid_grant` (or no refresh token at all) means "login required";
 //! - `invalid_client` for a dynamically registered client drops that
 //!   registration too, so the next login registers afresh;
-//! - network trouble, 5xx and 429 mean "unavailable, retry later", and
-//!   change nothing that is stored.
+//! - network trouble, 5xx and 429, and answers that are not OAuth answers
+//!   at all (cut off, not JSON, too large, redirected) mean "unavailable,
+//!   retry later", and change nothing that is stored;
+//! - after such a failure the server is in backoff: 5 s, doubling per
+//!   consecutive failure up to 5 min, or longer when the AS's
+//!   `Retry-After` asks (also capped at 5 min). Until then every caller
+//!   but a person's `mcpauthctl refresh` gets "unavailable, retry after N
+//!   s" without a request, so a thousand clients of a failing AS do not
+//!   become a thousand requests.
 
 use std::sync::Arc;
 
@@ -25,8 +32,33 @@ use crate::broker::{Broker, BrokerError, EventKind};
 use crate::config::ServerName;
 use crate::state::{Grant, RegistrationKind};
 
-/// Seconds a client should wait after "unavailable".
-pub const RETRY_AFTER_SECS: u64 = 5;
+/// A server whose last refresh failed for a reason that may pass.
+#[derive(Clone, Debug)]
+pub struct Backoff {
+    /// The grant generation that failed to refresh: a new grant (a login,
+    /// an import) ends the backoff.
+    pub generation: u64,
+    /// Consecutive failures.
+    pub failures: u32,
+    /// No request before this (Unix ms).
+    pub retry_at_ms: i64,
+    pub reason: String,
+}
+
+impl Backoff {
+    /// Whole seconds from `now` until the retry time, at least 1.
+    pub fn retry_after_secs(&self, now: i64) -> u64 {
+        ((self.retry_at_ms - now + 999) / 1000).max(1) as u64
+    }
+}
+
+/// The delay after `failures` consecutive failures when the AS asked for
+/// `asked_secs`: the larger of our backoff and its request, capped.
+pub fn backoff_ms(failures: u32, asked_secs: Option<u64>) -> i64 {
+    let ours = crate::scheduler::backoff(failures, 0.0);
+    let asked = asked_secs.map_or(0, |s| (s.min(86_400) as i64) * 1000);
+    ours.max(asked).min(crate::scheduler::MAX_BACKOFF_MS)
+}
 
 /// When a refresh may be skipped because the grant is already fresh.
 #[derive(Clone, Copy, Debug)]
@@ -41,6 +73,16 @@ pub enum Freshness {
 }
 
 impl Broker {
+    /// The backoff in force for this generation of `name`'s grant.
+    fn backoff_for(&self, name: &ServerName, generation: u64) -> Option<Backoff> {
+        self.refresh_backoff
+            .lock()
+            .unwrap()
+            .get(name)
+            .filter(|b| b.generation == generation)
+            .cloned()
+    }
+
     /// Refreshes `name`'s grant now.
     pub async fn refresh(self: &Arc<Self>, name: &str) -> Result<Grant, BrokerError> {
         let name = self.configured(name)?;
@@ -91,6 +133,15 @@ impl Broker {
         let Some(refresh_token) = grant.refresh_token.clone() else {
             return Err(login_required("the server issued no refresh token"));
         };
+        if !matches!(freshness, Freshness::Force)
+            && let Some(backoff) = self.backoff_for(&name, grant.generation)
+            && now < backoff.retry_at_ms
+        {
+            return Err(BrokerError::Unavailable {
+                reason: backoff.reason.clone(),
+                retry_after_secs: backoff.retry_after_secs(now),
+            });
+        }
         let record = self.store().server(&name)?;
         let discovery = record
             .as_ref()
@@ -142,6 +193,7 @@ impl Broker {
                 };
                 // Stored before anyone can see it.
                 self.store().put_grant(&name, &new).await?;
+                self.refresh_backoff.lock().unwrap().remove(&name);
                 self.update_record(&name, |r| {
                     r.last_refresh_ms = Some(now);
                     r.last_error = None;
@@ -158,12 +210,33 @@ impl Broker {
                 Ok(new)
             }
             Err(e) if e.is_transient() => {
-                let message = format!("refresh failed, will retry: {e}");
-                warn!(server = %name, error = %e, "refresh failed (transient)");
-                self.record_error(&name, &message).await;
+                let now = self.now_ms();
+                let backoff = {
+                    let mut all = self.refresh_backoff.lock().unwrap();
+                    let failures = all
+                        .get(&name)
+                        .filter(|b| b.generation == grant.generation)
+                        .map_or(0, |b| b.failures)
+                        + 1;
+                    let backoff = Backoff {
+                        generation: grant.generation,
+                        failures,
+                        retry_at_ms: now + backoff_ms(failures, e.retry_after_secs()),
+                        reason: e.to_string(),
+                    };
+                    all.insert(name.clone(), backoff.clone());
+                    backoff
+                };
+                let retry_after_secs = backoff.retry_after_secs(now);
+                warn!(server = %name, error = %e, failures = backoff.failures, retry_after_secs, "refresh failed; nothing changed, will retry");
+                self.record_error(
+                    &name,
+                    &format!("refresh failed, retrying in {retry_after_secs}s: {e}"),
+                )
+                .await;
                 Err(BrokerError::Unavailable {
                     reason: e.to_string(),
-                    retry_after_secs: RETRY_AFTER_SECS,
+                    retry_after_secs,
                 })
             }
             Err(e) => {
@@ -250,5 +323,25 @@ impl Broker {
             },
         );
         Ok(revoked)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::backoff_ms;
+    use crate::scheduler::MAX_BACKOFF_MS;
+
+    #[test]
+    fn backoff_doubles_honours_retry_after_and_is_bounded() {
+        assert_eq!(backoff_ms(1, None), 5_000);
+        assert_eq!(backoff_ms(2, None), 10_000);
+        assert_eq!(backoff_ms(3, None), 20_000);
+        assert_eq!(backoff_ms(30, None), MAX_BACKOFF_MS);
+        // The AS asks for longer: granted, up to the cap.
+        assert_eq!(backoff_ms(1, Some(120)), 120_000);
+        assert_eq!(backoff_ms(1, Some(86_400)), MAX_BACKOFF_MS);
+        assert_eq!(backoff_ms(1, Some(u64::MAX)), MAX_BACKOFF_MS);
+        // Or for less: our own backoff still applies.
+        assert_eq!(backoff_ms(3, Some(1)), 20_000);
     }
 }

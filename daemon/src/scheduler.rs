@@ -68,8 +68,12 @@ pub enum RefreshResult {
     Refreshed,
     /// A person must log in; stop until a new token arrives.
     LoginRequired(String),
-    /// Try again later.
-    Failed(String),
+    /// Try again later: after the backoff, and not before `retry_after_ms`
+    /// from now (what the AS asked for, or the broker's own backoff).
+    Failed {
+        error: String,
+        retry_after_ms: i64,
+    },
 }
 
 pub type RefreshFuture = Pin<Box<dyn Future<Output = RefreshResult> + Send>>;
@@ -206,10 +210,13 @@ impl Scheduler {
             // The next replan sees the new generation.
             RefreshResult::Refreshed => Plan::Idle,
             RefreshResult::LoginRequired(reason) => Plan::Stopped { reason },
-            RefreshResult::Failed(error) => {
+            RefreshResult::Failed {
+                error,
+                retry_after_ms,
+            } => {
                 let attempt = attempt + 1;
                 Plan::Retrying {
-                    at_ms: now + backoff(attempt, rand::random::<f64>()),
+                    at_ms: now + backoff(attempt, rand::random::<f64>()).max(retry_after_ms),
                     attempt,
                     error,
                 }
@@ -235,7 +242,7 @@ impl Scheduler {
                     RefreshResult::LoginRequired(reason) => {
                         warn!(server = %name, %reason, "proactive refresh stopped: login required")
                     }
-                    RefreshResult::Failed(error) => {
+                    RefreshResult::Failed { error, .. } => {
                         warn!(server = %name, %error, attempt = attempt + 1, "proactive refresh failed; will retry")
                     }
                 }
@@ -373,7 +380,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn failures_back_off_and_login_required_stops() {
         let clock = TokioClock::starting_at(0);
-        let fail = || RefreshResult::Failed("AS down".into());
+        let fail = || RefreshResult::Failed {
+            error: "AS down".into(),
+            retry_after_ms: 0,
+        };
         let target = fake(
             &clock,
             10 * 60_000,
@@ -417,6 +427,34 @@ mod tests {
             }
         );
         assert_eq!(target.refreshes.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_after_from_the_server_is_waited_out() {
+        let clock = TokioClock::starting_at(0);
+        let target = fake(
+            &clock,
+            10 * 60_000,
+            vec![
+                RefreshResult::Failed {
+                    error: "HTTP 503".into(),
+                    retry_after_ms: 120_000,
+                },
+                RefreshResult::LoginRequired("invalid_grant".into()),
+            ],
+        );
+        let scheduler = Scheduler::new(clock.clone());
+        let stop = crate::shutdown::Shutdown::new();
+        let task = tokio::spawn(scheduler.clone().run(target.clone(), stop.wait()));
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        stop.trigger();
+        task.await.unwrap();
+        let calls = target.calls.lock().unwrap().clone();
+        assert_eq!(calls.len(), 2, "{calls:?}");
+        assert!(
+            calls[1] - calls[0] >= 120_000,
+            "the retry waited for the server's 120 s, not our 5 s: {calls:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]

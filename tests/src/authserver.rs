@@ -221,7 +221,37 @@ pub struct AuthServer {
     /// The AS issuer.
     pub issuer: String,
     rs_base: String,
-    _tasks: Vec<tokio::task::JoinHandle<()>>,
+    router: Router,
+    addrs: Vec<SocketAddr>,
+    serving: Mutex<
+        Vec<(
+            tokio::sync::watch::Sender<bool>,
+            tokio::task::JoinHandle<()>,
+        )>,
+    >,
+}
+
+/// Serves `router` on `listener` until told to stop.
+fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+) -> (
+    tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (tx, mut rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                // A dropped `AuthServer` keeps serving, as some tests rely on.
+                if rx.wait_for(|stop| *stop).await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            })
+            .await
+            .unwrap();
+    });
+    (tx, task)
 }
 
 #[derive(Clone)]
@@ -256,24 +286,41 @@ impl AuthServer {
             as_base,
         };
         let router = Router::new().fallback(handle).with_state(app);
-        let mut tasks = vec![tokio::spawn({
-            let router = router.clone();
-            async move {
-                axum::serve(rs_listener, router).await.unwrap();
-            }
-        })];
+        let mut addrs = vec![rs_addr];
+        let mut serving = vec![serve(rs_listener, router.clone())];
         if let Some(l) = as_listener {
-            tasks.push(tokio::spawn(async move {
-                axum::serve(l, router).await.unwrap();
-            }));
+            addrs.push(l.local_addr().unwrap());
+            serving.push(serve(l, router.clone()));
         }
         Self {
             state,
             mcp_url: format!("{rs_base}{MCP_PATH}"),
             issuer,
             rs_base,
-            _tasks: tasks,
+            router,
+            addrs,
+            serving: Mutex::new(serving),
         }
+    }
+
+    /// Stops listening and closes every connection: from now on
+    /// connections are refused, until [`AuthServer::resume`].
+    pub async fn stop(&self) {
+        let serving = std::mem::take(&mut *self.serving.lock().unwrap());
+        for (stop, task) in serving {
+            stop.send_replace(true);
+            let _ = task.await;
+        }
+    }
+
+    /// Listens again on the same ports, with the same state.
+    pub async fn resume(&self) {
+        let mut serving = Vec::new();
+        for addr in &self.addrs {
+            let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+            serving.push(serve(listener, self.router.clone()));
+        }
+        *self.serving.lock().unwrap() = serving;
     }
 
     pub fn rs_base(&self) -> &str {

@@ -1,7 +1,8 @@
 //! The HTTP client the engine uses for every request.
 //!
 //! - Every URL is checked by `url_policy` before it is requested.
-//! - Connect timeout 10 s, whole-request timeout 30 s.
+//! - Connect timeout 10 s (at most the request timeout), whole-request
+//!   timeout 30 s.
 //! - Bodies are read up to 1 MiB; more is an error.
 //! - Redirects are never followed automatically. Metadata fetches follow up
 //!   to 3, each target checked like any other URL; token, registration and
@@ -10,7 +11,7 @@
 
 use std::time::Duration;
 
-use reqwest::header::{CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE};
+use reqwest::header::{CONTENT_TYPE, LOCATION, RETRY_AFTER, WWW_AUTHENTICATE};
 use serde::de::DeserializeOwned;
 use url::Url;
 
@@ -18,11 +19,15 @@ use super::OAuthError;
 use crate::url_policy::check_secure_url;
 
 pub const MAX_BODY: usize = 1024 * 1024;
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_REDIRECTS: usize = 3;
 
 /// A response whose body was read (within the cap).
 pub struct Response {
     pub status: u16,
+    /// `Retry-After` in seconds, when the server sent one as a number.
+    pub retry_after_secs: Option<u64>,
     pub content_type: String,
     pub www_authenticate: Vec<String>,
     pub body: Vec<u8>,
@@ -70,10 +75,15 @@ impl Default for HttpClient {
 
 impl HttpClient {
     pub fn new() -> Self {
+        Self::with_timeout(REQUEST_TIMEOUT)
+    }
+
+    /// A client whose requests time out after `timeout` in all.
+    pub fn with_timeout(timeout: Duration) -> Self {
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(30))
+            .connect_timeout(CONNECT_TIMEOUT.min(timeout))
+            .timeout(timeout)
             .user_agent(concat!("mcpauth/", env!("CARGO_PKG_VERSION")))
             .build()
             .expect("the HTTP client builds");
@@ -92,6 +102,12 @@ impl HttpClient {
         };
         let content_type = header(CONTENT_TYPE).into_iter().next().unwrap_or_default();
         let www_authenticate = header(WWW_AUTHENTICATE);
+        // RFC 9110 §10.2.3 also allows an HTTP date; servers that throttle
+        // token endpoints send seconds, and a date falls back to our own
+        // backoff.
+        let retry_after_secs = header(RETRY_AFTER)
+            .first()
+            .and_then(|v| v.trim().parse::<u64>().ok());
         if response
             .content_length()
             .is_some_and(|n| n > MAX_BODY as u64)
@@ -113,6 +129,7 @@ impl HttpClient {
         }
         Ok(Response {
             status,
+            retry_after_secs,
             content_type,
             www_authenticate,
             body,
@@ -248,6 +265,7 @@ pub fn parse_json<T: DeserializeOwned>(url: &Url, response: &Response) -> Result
         return Err(OAuthError::Status {
             url: display_url(url),
             status: response.status,
+            retry_after_secs: response.retry_after_secs,
         });
     }
     let ct = response.content_type.to_ascii_lowercase();

@@ -40,7 +40,11 @@ pub enum OAuthError {
     #[error("cannot reach {url}: {reason}")]
     Unreachable { url: String, reason: String },
     #[error("{url} answered HTTP {status}")]
-    Status { url: String, status: u16 },
+    Status {
+        url: String,
+        status: u16,
+        retry_after_secs: Option<u64>,
+    },
     #[error("{url} answered with a redirect to {location}, which is not followed here")]
     Redirect { url: String, location: String },
     #[error("{url} sent more than {limit} bytes")]
@@ -83,6 +87,7 @@ pub enum OAuthError {
     Token {
         error: String,
         description: Option<String>,
+        retry_after_secs: Option<u64>,
     },
     #[error("unsupported token type {0:?} (only Bearer is supported)")]
     UnsupportedTokenType(String),
@@ -97,13 +102,34 @@ impl OAuthError {
         }
     }
 
-    /// Whether trying again later may help (network trouble, 5xx, 429).
+    /// Whether trying again later may help: network trouble (refused,
+    /// timed out), 5xx and 429, `temporarily_unavailable`, and answers
+    /// that are not an OAuth answer at all (an error page, a redirect, a
+    /// body cut off, not JSON, too large): the server, or something in
+    /// front of it, is in trouble, and says nothing about the grant.
     pub fn is_transient(&self) -> bool {
         match self {
-            OAuthError::Unreachable { .. } => true,
-            OAuthError::Status { status, .. } => *status >= 500 || *status == 429,
+            OAuthError::Unreachable { .. }
+            | OAuthError::Status { .. }
+            | OAuthError::Redirect { .. }
+            | OAuthError::TooLarge { .. }
+            | OAuthError::NotJson { .. }
+            | OAuthError::BadDocument { .. } => true,
             OAuthError::Token { error, .. } => error == "temporarily_unavailable",
             _ => false,
+        }
+    }
+
+    /// How long the server asked us to wait (`Retry-After`), if it did.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            OAuthError::Status {
+                retry_after_secs, ..
+            }
+            | OAuthError::Token {
+                retry_after_secs, ..
+            } => *retry_after_secs,
+            _ => None,
         }
     }
 }

@@ -134,6 +134,7 @@ impl HttpClient {
             return Err(OAuthError::Status {
                 url: super::http::display_url(&endpoint),
                 status: response.status,
+                retry_after_secs: response.retry_after_secs,
             });
         }
         let reg: RegistrationResponse = parse_json(&endpoint, &response)?;

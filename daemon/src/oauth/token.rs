@@ -60,11 +60,13 @@ pub fn parse_token_response(
                     .error_description
                     .map(|d| sanitize(&d, sent))
                     .filter(|d| !d.is_empty()),
+                retry_after_secs: response.retry_after_secs,
             });
         }
         return Err(OAuthError::Status {
             url: display_url(url),
             status: response.status,
+            retry_after_secs: response.retry_after_secs,
         });
     }
     let raw: RawTokenResponse = super::http::parse_json(url, response)?;
@@ -204,6 +206,7 @@ impl HttpClient {
             Err(OAuthError::Status {
                 url: display_url(&url),
                 status: response.status,
+                retry_after_secs: response.retry_after_secs,
             })
         }
     }
@@ -216,6 +219,7 @@ mod tests {
     fn response(status: u16, body: &str) -> Response {
         Response {
             status,
+            retry_after_secs: None,
             content_type: "application/json".into(),
             www_authenticate: vec![],
             body: body.as_bytes().to_vec(),
