@@ -83,7 +83,7 @@ pub fn parse_file(
     let expires_at_ms = match (raw.expires_at, raw.expires_in, format) {
         (Some(at), _, _) if at.is_finite() && at > 0.0 => Some((at * 1000.0) as i64),
         (None, Some(secs), TokenFileFormat::Hermes) if secs.is_finite() => {
-            Some(written_ms + (secs * 1000.0) as i64)
+            Some(written_ms.saturating_add((secs * 1000.0) as i64))
         }
         (None, None, _) => None,
         _ => return Err("expires_at is not a time".into()),

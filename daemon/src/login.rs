@@ -425,6 +425,7 @@ impl Broker {
         };
         let now = self.now_ms();
         let previous = self.store().grant(&name)?;
+        let expires_at_ms = tokens.expires_at_ms(now);
         let grant = Grant {
             issuer: flow.issuer.clone(),
             client_id: registration.client_id.clone(),
@@ -432,9 +433,7 @@ impl Broker {
             access_token: tokens.access_token,
             token_type: tokens.token_type,
             refresh_token: tokens.refresh_token,
-            expires_at_ms: tokens
-                .expires_in
-                .map(|s| now + (s as i64).saturating_mul(1000)),
+            expires_at_ms,
             scopes: tokens.scope.unwrap_or_else(|| flow.scopes.clone()),
             obtained_at_ms: now,
             generation: previous.map_or(1, |g| g.generation + 1),

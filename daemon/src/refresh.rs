@@ -177,6 +177,7 @@ impl Broker {
         {
             Ok(tokens) => {
                 let now = self.now_ms();
+                let expires_at_ms = tokens.expires_at_ms(now);
                 let new = Grant {
                     issuer: grant.issuer.clone(),
                     client_id: grant.client_id.clone(),
@@ -184,9 +185,7 @@ impl Broker {
                     access_token: tokens.access_token,
                     token_type: tokens.token_type,
                     refresh_token: tokens.refresh_token.or(grant.refresh_token),
-                    expires_at_ms: tokens
-                        .expires_in
-                        .map(|s| now + (s as i64).saturating_mul(1000)),
+                    expires_at_ms,
                     scopes: tokens.scope.unwrap_or(grant.scopes),
                     obtained_at_ms: now,
                     generation: grant.generation + 1,

@@ -27,13 +27,14 @@ use crate::state::{AuthServerMetadata, Discovery, DiscoverySource};
 /// The MCP revision announced by the probe.
 pub const MCP_PROTOCOL_VERSION: &str = "2025-11-25";
 
+/// RFC 9728 protected resource metadata, as far as we use it.
 #[derive(Debug, Deserialize)]
-struct ProtectedResourceMetadata {
-    resource: Option<String>,
+pub struct ProtectedResourceMetadata {
+    pub resource: Option<String>,
     #[serde(default)]
-    authorization_servers: Vec<String>,
+    pub authorization_servers: Vec<String>,
     #[serde(default)]
-    scopes_supported: Option<Vec<String>>,
+    pub scopes_supported: Option<Vec<String>>,
 }
 
 /// The outcome: what to persist, and the challenge seen by the probe.

@@ -25,6 +25,18 @@ pub struct TokenSet {
     pub scope: Option<Vec<String>>,
 }
 
+impl TokenSet {
+    /// When the token expires, for a response received at `now_ms`. Any
+    /// `expires_in` a server sends is safe here: absurd ones saturate
+    /// (never expires) instead of overflowing.
+    pub fn expires_at_ms(&self, now_ms: i64) -> Option<i64> {
+        self.expires_in.map(|secs| {
+            let ms = i64::try_from(secs).unwrap_or(i64::MAX).saturating_mul(1000);
+            now_ms.saturating_add(ms)
+        })
+    }
+}
+
 #[derive(Deserialize)]
 struct RawTokenResponse {
     access_token: String,
