@@ -438,6 +438,19 @@ impl Client {
             .map_err(|e| self.err(e))
     }
 
+    /// Sends a report exactly as given, unchecked: what a client in another
+    /// language might send.
+    pub async fn report_unauthorized_raw(
+        &mut self,
+        request: pb::ReportUnauthorizedRequest,
+    ) -> Result<pb::TokenReply, ClientError> {
+        self.inner
+            .report_unauthorized(request)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|e| self.err(e))
+    }
+
     /// Converts a status met while reading a stream.
     pub fn stream_error(&self, status: tonic::Status) -> ClientError {
         self.err(status)

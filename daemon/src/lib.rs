@@ -39,7 +39,6 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tokio_stream::wrappers::ReceiverStream;
 use tracing::{info, warn};
 
 use crate::broker::{Broker, BrokerError, BrokerOptions, Paths};
@@ -134,11 +133,7 @@ pub async fn run(paths: Paths, options: BrokerOptions) -> Result<(), DaemonError
     };
 
     let (incoming, socket_guard) = listener.incoming(shutdown.wait());
-    let mut server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(rpc::BrokerService::new(broker.clone()).into_server())
-            .serve_with_incoming_shutdown(ReceiverStream::new(incoming), shutdown.wait()),
-    );
+    let mut server = tokio::spawn(rpc::serve(broker.clone(), incoming, shutdown.wait()));
 
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     info!(
@@ -174,7 +169,7 @@ pub async fn run(paths: Paths, options: BrokerOptions) -> Result<(), DaemonError
             info!("state flushed; stopped cleanly");
             Ok(())
         }
-        Ok(Err(e)) => Err(DaemonError::Serve(e.to_string())),
+        Ok(Err(e)) => Err(DaemonError::Serve(e)),
         Err(e) => Err(DaemonError::Serve(e.to_string())),
     }
 }

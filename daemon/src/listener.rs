@@ -12,19 +12,80 @@
 //!
 //! Every accepted connection's peer credentials are checked; a connection
 //! from any other uid is closed at once and logged.
+//!
+//! At most [`MAX_CONNECTIONS`] connections are open at once; beyond that a
+//! new connection is closed at once (the client fails fast instead of
+//! queueing), and the overload is logged once per episode.
 
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use nix::fcntl::{Flock, FlockArg};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tracing::{debug, warn};
 
 use mcpauth_proto::paths::LOCK_FILE;
+
+/// Connections open at once, at most. One MCP host keeps one connection
+/// (gRPC multiplexes its calls); a one-shot `mcpauthctl` holds one briefly.
+pub const MAX_CONNECTIONS: usize = 256;
+
+/// An accepted connection from our own uid; holds one of the
+/// [`MAX_CONNECTIONS`] slots until it is dropped.
+pub struct Connection {
+    stream: UnixStream,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Connection {
+    pub fn stream(&self) -> &UnixStream {
+        &self.stream
+    }
+}
+
+impl AsyncRead for Connection {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Connection {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ListenError {
@@ -216,8 +277,10 @@ impl Listener {
     pub fn incoming(
         self,
         stop: impl Future<Output = ()> + Send + 'static,
-    ) -> (mpsc::Receiver<std::io::Result<UnixStream>>, ListenerGuard) {
+    ) -> (mpsc::Receiver<std::io::Result<Connection>>, ListenerGuard) {
         let (tx, rx) = mpsc::channel(64);
+        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let mut overloaded = false;
         let me = nix::unistd::geteuid().as_raw();
         let guard = ListenerGuard {
             path: (!self.activated).then(|| self.path.clone()),
@@ -234,11 +297,28 @@ impl Listener {
                 };
                 match accepted {
                     Ok((stream, _)) => match stream.peer_cred() {
-                        Ok(cred) if cred.uid() == me => {
-                            if tx.send(Ok(stream)).await.is_err() {
-                                break;
+                        Ok(cred) if cred.uid() == me => match slots.clone().try_acquire_owned() {
+                            Ok(slot) => {
+                                overloaded = false;
+                                let connection = Connection {
+                                    stream,
+                                    _slot: slot,
+                                };
+                                if tx.send(Ok(connection)).await.is_err() {
+                                    break;
+                                }
                             }
-                        }
+                            Err(_) => {
+                                if !overloaded {
+                                    warn!(
+                                        limit = MAX_CONNECTIONS,
+                                        peer_pid = cred.pid(),
+                                        "too many open connections; closing new ones until some close"
+                                    );
+                                }
+                                overloaded = true;
+                            }
+                        },
                         Ok(cred) => warn!(
                             peer_uid = cred.uid(),
                             peer_pid = cred.pid(),

@@ -14,11 +14,13 @@ use mcpauth_proto::{PROTOCOL, PROTOCOL_METADATA};
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::Connected;
 use tonic::{Request, Response, Status};
 use tracing::warn;
 
 use crate::broker::{AuthState, Broker, BrokerError, DaemonStatus, Event, EventKind, ServerView};
 use crate::config::{NewServer, ServerName};
+use crate::listener::Connection;
 use crate::login::{FailureKind, LoginOutcome};
 use crate::oauth::flow::CallbackParams;
 use crate::scheduler::Plan;
@@ -33,8 +35,35 @@ impl BrokerService {
     }
 
     pub fn into_server(self) -> broker_server::BrokerServer<Self> {
-        broker_server::BrokerServer::new(self)
+        broker_server::BrokerServer::new(self).max_decoding_message_size(MAX_REQUEST_BYTES)
     }
+}
+
+/// The largest request accepted. Every real request is far smaller (the
+/// largest field, a WWW-Authenticate value, is capped at 16 KiB).
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// Calls in flight on one connection, at most; more wait in the client.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 256;
+
+impl Connected for Connection {
+    type ConnectInfo = <tokio::net::UnixStream as Connected>::ConnectInfo;
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.stream().connect_info()
+    }
+}
+
+/// Serves the broker on the accepted connections until `shutdown`.
+pub async fn serve(
+    broker: Arc<Broker>,
+    incoming: mpsc::Receiver<std::io::Result<Connection>>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), String> {
+    tonic::transport::Server::builder()
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        .add_service(BrokerService::new(broker).into_server())
+        .serve_with_incoming_shutdown(ReceiverStream::new(incoming), shutdown)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// Refuses a client that announces another protocol. A client that sends
