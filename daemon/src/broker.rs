@@ -505,15 +505,13 @@ impl Broker {
     }
 
     fn read_document(&self) -> Result<ConfigDocument, BrokerError> {
-        match std::fs::read_to_string(&self.paths.config) {
-            Ok(text) => {
+        match crate::config::read_checked(&self.paths.config) {
+            Ok(Some(text)) => {
                 ConfigDocument::parse(&text, &self.paths.config).map_err(BrokerError::ConfigBroken)
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ConfigDocument::new_file()),
-            Err(source) => Err(BrokerError::Config(ConfigError::Read {
-                path: self.paths.config.clone(),
-                source,
-            })),
+            Ok(None) => Ok(ConfigDocument::new_file()),
+            Err(e @ ConfigError::Unsafe { .. }) => Err(BrokerError::ConfigBroken(e)),
+            Err(e) => Err(BrokerError::Config(e)),
         }
     }
 

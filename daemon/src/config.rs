@@ -162,6 +162,12 @@ pub struct Config {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    #[error("{path} {reason}; refusing to use it (run: {fix})")]
+    Unsafe {
+        path: PathBuf,
+        reason: String,
+        fix: String,
+    },
     #[error("cannot read {path}: {source}")]
     Read {
         path: PathBuf,
@@ -276,16 +282,51 @@ impl Config {
 
     /// Reads and parses the file. A missing file is `Ok(None)`.
     pub fn load(path: &Path) -> Result<Option<(Self, String)>, ConfigError> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => Ok(Some((Self::parse(&text, path)?, text))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(ConfigError::Read {
-                path: path.to_path_buf(),
-                source,
-            }),
+        match read_checked(path)? {
+            Some(text) => Ok(Some((Self::parse(&text, path)?, text))),
+            None => Ok(None),
         }
     }
 }
+
+/// Reads `config.toml` if it exists and only we (or root) can change it:
+/// whoever can write it decides where our tokens go. It may be a symlink
+/// (dotfile managers); what is checked is the file it leads to, through
+/// the open descriptor. `Ok(None)` when there is no file.
+pub fn read_checked(path: &Path) -> Result<Option<String>, ConfigError> {
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    let read_err = |source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(read_err(e)),
+    };
+    let meta = file.metadata().map_err(read_err)?;
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me && meta.uid() != 0 {
+        return Err(ConfigError::Unsafe {
+            path: path.to_path_buf(),
+            reason: format!("belongs to uid {}, not to you (uid {me})", meta.uid()),
+            fix: format!("chown {me} {}", path.display()),
+        });
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(ConfigError::Unsafe {
+            path: path.to_path_buf(),
+            reason: format!("can be changed by others (mode {:o})", meta.mode() & 0o7777),
+            fix: format!("chmod go-w {}", path.display()),
+        });
+    }
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(read_err)?;
+    Ok(Some(text))
+}
+
+impl Config {}
 
 fn validate_server(name: &ServerName, raw: RawServer) -> Result<ServerConfig, InvalidInput> {
     let field = |field: &'static str, reason: &str| InvalidInput::Field {

@@ -68,7 +68,10 @@ pub enum DaemonError {
 }
 
 /// Makes the state directory private: created 0700, a looser mode is
-/// tightened (with a warning), a symlink or another owner is refused.
+/// tightened (with a warning), a symlink or another owner is refused. The
+/// same goes for everything in it (files 0600, directories 0700): a store
+/// written under a looser umask, or copied from a backup, is made private
+/// before it is opened.
 pub fn ensure_state_dir(dir: &Path) -> Result<(), DaemonError> {
     let fail = |reason: String| DaemonError::StateDir {
         path: dir.to_path_buf(),
@@ -93,7 +96,44 @@ pub fn ensure_state_dir(dir: &Path) -> Result<(), DaemonError> {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
             .map_err(|e| fail(format!("cannot chmod 700: {e}")))?;
     }
+    let tightened = tighten_tree(dir, me).map_err(fail)?;
+    if tightened > 0 {
+        warn!(path = %dir.display(), entries = tightened, "state files were readable by others; made them private (600/700)");
+    }
     Ok(())
+}
+
+/// Makes every entry under `dir` private; returns how many were changed.
+/// Symlinks are left alone (nothing of ours makes them, and chmod would
+/// follow them); an entry of another owner is refused.
+fn tighten_tree(dir: &Path, me: u32) -> Result<usize, String> {
+    let mut changed = 0;
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("cannot list it: {e}"))?;
+    for entry in entries {
+        let path = entry.map_err(|e| e.to_string())?.path();
+        let meta = std::fs::symlink_metadata(&path).map_err(|e| e.to_string())?;
+        if meta.file_type().is_symlink() {
+            continue;
+        }
+        if meta.uid() != me {
+            return Err(format!(
+                "{} belongs to uid {}, not to you (uid {me}); refusing to use it (run: chown -R {me} {})",
+                path.display(),
+                meta.uid(),
+                dir.display()
+            ));
+        }
+        let private = if meta.is_dir() { 0o700 } else { 0o600 };
+        if meta.mode() & 0o077 != 0 {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(private))
+                .map_err(|e| format!("cannot chmod {}: {e}", path.display()))?;
+            changed += 1;
+        }
+        if meta.is_dir() {
+            changed += tighten_tree(&path, me)?;
+        }
+    }
+    Ok(changed)
 }
 
 /// Process-wide hardening, done first thing: files are created private,
@@ -106,10 +146,27 @@ pub fn harden_process() {
     let _ = nix::sys::prctl::set_dumpable(false);
 }
 
+/// Reads the hardening back and logs it (a refusal by the system shows up
+/// here rather than passing silently).
+fn log_hardening() {
+    let core = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_CORE)
+        .map(|(soft, hard)| format!("{soft}/{hard}"))
+        .unwrap_or_else(|e| format!("unknown ({e})"));
+    #[cfg(target_os = "linux")]
+    let dumpable = nix::sys::prctl::get_dumpable()
+        .map(|d| d.to_string())
+        .unwrap_or_else(|e| format!("unknown ({e})"));
+    #[cfg(not(target_os = "linux"))]
+    let dumpable = "n/a";
+    let umask = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    info!(core_limit = %core, dumpable = %dumpable, umask = %format!("{:03o}", umask.bits()), "process hardening");
+}
+
 /// Runs the daemon until SIGTERM/SIGINT or a `Shutdown` RPC.
 pub async fn run(paths: Paths, options: BrokerOptions) -> Result<(), DaemonError> {
     // The lock comes first: a second instance must not touch anything.
     let listener = Listener::bind(&paths.socket)?;
+    log_hardening();
     let activated = listener.is_activated();
     ensure_state_dir(&paths.state_dir)?;
     let store = Store::open(&paths.state_dir)?;

@@ -109,6 +109,10 @@ pub enum ListenError {
     NotASocket { path: PathBuf },
     #[error("systemd passed {0} sockets; mcpauthd expects exactly one")]
     Activation(usize),
+    #[error(
+        "LISTEN_FDS announces a socket on fd 3, but fd 3 is not a socket; unset LISTEN_FDS and LISTEN_PID, or fix the systemd unit"
+    )]
+    ActivationNotSocket,
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,
@@ -240,6 +244,16 @@ impl Listener {
         let lock = take_lock(dir)?;
         let listener = if activated == 1 {
             use std::os::fd::FromRawFd;
+            // LISTEN_FDS may be inherited by mistake (a shell that exports
+            // it): adopt fd 3 only if it really is a socket.
+            let is_socket = nix::sys::stat::fstat(unsafe {
+                // SAFETY: borrowed only for the fstat call; fd 3 stays open.
+                std::os::fd::BorrowedFd::borrow_raw(fds[0])
+            })
+            .is_ok_and(|st| st.st_mode & nix::libc::S_IFMT == nix::libc::S_IFSOCK);
+            if !is_socket {
+                return Err(ListenError::ActivationNotSocket);
+            }
             // SAFETY: systemd hands us this fd (3, SD_LISTEN_FDS_START) as a
             // listening socket we now own; nothing else in the process uses it.
             let std_listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(fds[0]) };

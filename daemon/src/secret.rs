@@ -4,6 +4,12 @@
 //! daemon. Its `Debug` and `Display` print `[redacted]`, so a secret cannot
 //! reach a log line or an error message by accident; the value is only
 //! reachable through [`Secret::expose`], which is easy to grep for.
+//!
+//! Its memory is zeroed when it is dropped (`zeroize`), so a token the
+//! daemon no longer holds does not linger in freed heap. Copies made on
+//! the way to the wire (reqwest's form body, hyper's and tonic's buffers,
+//! serde_json's output for the store) are outside its reach; the process
+//! is also non-dumpable and has core dumps off, which covers those.
 
 use std::fmt;
 
@@ -30,6 +36,12 @@ impl Secret {
             return false;
         }
         a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+}
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
     }
 }
 

@@ -391,6 +391,28 @@ impl AuthServer {
         self.state.lock().unwrap().reuse_detected
     }
 
+    /// Every secret that crossed this server: access tokens issued, and
+    /// every code, verifier, refresh token and token sent to it.
+    pub fn secrets(&self) -> Vec<String> {
+        let mut secrets = self.issued_access_tokens();
+        for seen in self.seen() {
+            for key in [
+                "code",
+                "code_verifier",
+                "refresh_token",
+                "token",
+                "client_secret",
+            ] {
+                if let Some(v) = seen.form.get(key) {
+                    secrets.push(v.clone());
+                }
+            }
+        }
+        secrets.sort();
+        secrets.dedup();
+        secrets
+    }
+
     /// Reuses accepted under `reuse_grace`.
     pub fn grace_reuses(&self) -> u64 {
         self.state.lock().unwrap().grace_reuses

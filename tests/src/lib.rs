@@ -184,6 +184,19 @@ impl TestEnv {
         }
     }
 
+    /// The logs of every daemon this env started, concatenated.
+    pub fn all_daemon_logs(&self) -> String {
+        let mut logs = String::new();
+        for entry in std::fs::read_dir(self.root.path()).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if name.starts_with("mcpauthd-") && name.ends_with(".log") {
+                logs.push_str(&std::fs::read_to_string(&path).unwrap_or_default());
+            }
+        }
+        logs
+    }
+
     /// A client connected to this env's daemon.
     pub async fn client(&self) -> mcpauth_client::Client {
         mcpauth_client::Client::connect(&self.socket())
@@ -285,10 +298,58 @@ pub fn mode(path: &Path) -> u32 {
         & 0o7777
 }
 
+/// The first of `secrets` that occurs anywhere in `text`. One pass over
+/// the text (hash lookups at each position, per distinct secret length),
+/// so it stays fast on the megabytes of logs of hundreds of daemon runs.
+pub fn leaked<'a>(text: &str, secrets: &'a [String]) -> Option<&'a str> {
+    use std::collections::{BTreeSet, HashMap};
+    let by_text: HashMap<&[u8], &'a str> = secrets
+        .iter()
+        .filter(|s| !s.is_empty())
+        .map(|s| (s.as_bytes(), s.as_str()))
+        .collect();
+    let lengths: BTreeSet<usize> = by_text.keys().map(|s| s.len()).collect();
+    let mut first = [false; 256];
+    for s in by_text.keys() {
+        first[s[0] as usize] = true;
+    }
+    let bytes = text.as_bytes();
+    for i in 0..bytes.len() {
+        if !first[bytes[i] as usize] {
+            continue;
+        }
+        for &len in &lengths {
+            if let Some(candidate) = bytes.get(i..i + len)
+                && let Some(secret) = by_text.get(candidate)
+            {
+                return Some(secret);
+            }
+        }
+    }
+    None
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn leaked_finds_a_secret_anywhere_and_only_then() {
+        let secrets = vec!["at-12-abc".to_string(), "rt-7-xyz_-".to_string()];
+        assert_eq!(super::leaked("nothing here at-12-ab", &secrets), None);
+        assert_eq!(
+            super::leaked("x=\"at-12-abc\"", &secrets),
+            Some("at-12-abc")
+        );
+        assert_eq!(
+            super::leaked("prefixrt-7-xyz_-", &secrets),
+            Some("rt-7-xyz_-")
+        );
+    }
 }

@@ -277,3 +277,56 @@ fn a_changed_url_starts_the_server_afresh() {
     assert_eq!(after["url"], "https://other.example/");
     assert_ne!(before["added_at_unix_ms"], after["added_at_unix_ms"]);
 }
+
+/// Whoever can write config.toml decides where tokens go: a file others
+/// can change is refused (the last good config stays), and so is an edit
+/// through the daemon on top of it.
+#[tokio::test]
+async fn a_config_others_can_change_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = TestEnv::new();
+    env.write_config("[servers.a]\nurl = \"https://a.example/mcp\"\n");
+    let daemon = env.start_daemon();
+    assert_eq!(
+        env.ctl(&["list", "--json"])
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    daemon.stop();
+
+    env.write_config("[servers.evil]\nurl = \"https://evil.example/mcp\"\n");
+    std::fs::set_permissions(env.config_path(), std::fs::Permissions::from_mode(0o666)).unwrap();
+    let daemon = env.start_daemon();
+    let status = env.ctl(&["status", "--json"]).json();
+    assert_eq!(status["config"]["ok"], false);
+    let error = status["config"]["error"].as_str().unwrap();
+    assert!(
+        error.contains("can be changed by others (mode 666)") && error.contains("chmod go-w"),
+        "{error}"
+    );
+    let names: Vec<_> = status["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["a"], "the last good config stays in force");
+    let out = env.ctl(&["add", "b", "https://b.example/mcp"]);
+    assert_eq!(out.code(), 1, "{}", out.stderr());
+    assert_eq!(mode_of(&env), 0o666, "the daemon did not write over it");
+
+    // Made private again, the file is used.
+    std::fs::set_permissions(env.config_path(), std::fs::Permissions::from_mode(0o600)).unwrap();
+    daemon.stop();
+    let _daemon = env.start_daemon();
+    let status = env.ctl(&["status", "--json"]).json();
+    assert_eq!(status["config"]["ok"], true);
+    assert_eq!(status["servers"][0]["name"], "evil");
+}
+
+fn mode_of(env: &TestEnv) -> u32 {
+    mcpauth_tests::mode(&env.config_path())
+}

@@ -138,4 +138,12 @@ async fn sigkill_during_rotating_refreshes_never_loses_a_token_or_a_rotation() {
     );
     assert!(acknowledged.load(Ordering::SeqCst) >= total as u64);
     daemon.stop();
+    // Hundreds of interrupted refreshes later, no log line holds a secret.
+    let logs = env.all_daemon_logs();
+    let secrets = server.secrets();
+    assert!(secrets.len() > total);
+    assert!(!logs.is_empty());
+    if let Some(secret) = mcpauth_tests::leaked(&logs, &secrets) {
+        panic!("a secret reached a log: {secret}");
+    }
 }

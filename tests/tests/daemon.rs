@@ -111,6 +111,75 @@ fn an_open_state_directory_is_tightened() {
     let daemon = env.start_daemon();
     assert_eq!(mode(&env.state_dir()), 0o700);
     assert!(daemon.log().contains("setting it to 700"));
+    env.ctl(&["add", "a", "https://a.example/mcp"]).ok();
+    daemon.stop();
+
+    // A store opened up (a restored backup, a loose umask): made private
+    // again before it is opened.
+    let entries = walk(&env.state_dir());
+    assert!(entries.len() > 3);
+    for entry in &entries {
+        let open = if entry.is_dir() { 0o755 } else { 0o644 };
+        std::fs::set_permissions(entry, std::fs::Permissions::from_mode(open)).unwrap();
+    }
+    let daemon = env.start_daemon();
+    for entry in walk(&env.state_dir()) {
+        let m = mode(&entry);
+        assert_eq!(m & 0o077, 0, "{} has mode {m:o}", entry.display());
+    }
+    assert!(
+        daemon.log().contains("made them private"),
+        "{}",
+        daemon.log()
+    );
+    assert_eq!(env.ctl(&["list", "--json"]).json()[0]["name"], "a");
+}
+
+/// A store file of another user (say, left by `sudo mcpauthd`) is refused
+/// with the fix, before the store is opened. Needs root to chown.
+#[test]
+fn a_state_file_of_another_user_is_refused() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED: needs root to chown a file to another user");
+        return;
+    }
+    let env = TestEnv::new();
+    env.start_daemon().stop();
+    let victim = walk(&env.state_dir())
+        .into_iter()
+        .find(|p| p.is_file())
+        .unwrap();
+    nix::unistd::chown(&victim, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+    let out = env.command("mcpauthd").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("belongs to uid 65534") && stderr.contains("chown -R"),
+        "{stderr}"
+    );
+}
+
+/// No core dumps, not dumpable, private umask: read back from the kernel
+/// and from the daemon's own report.
+#[test]
+fn the_daemon_cannot_dump_core_and_creates_private_files() {
+    let env = TestEnv::new();
+    let daemon = env.start_daemon();
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", daemon.pid())).unwrap();
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap();
+    let fields: Vec<&str> = core.split_whitespace().collect();
+    assert_eq!(&fields[4..6], ["0", "0"], "{core}");
+    let log = daemon.log();
+    assert!(
+        log.contains("dumpable=false")
+            && log.contains("umask=077")
+            && log.contains("core_limit=0/0"),
+        "{log}"
+    );
+    daemon.stop();
 }
 
 /// CI runs as root, so it can run a client as `nobody`. The socket file and
@@ -243,7 +312,13 @@ fn systemd_socket_activation_and_readiness() {
     ]);
     unsafe {
         cmd.pre_exec(move || {
-            if nix::libc::dup2(fd, 3) < 0 {
+            // dup2 onto itself would keep close-on-exec set: clear it then.
+            let ok = if fd == 3 {
+                nix::libc::fcntl(3, nix::libc::F_SETFD, 0) >= 0
+            } else {
+                nix::libc::dup2(fd, 3) >= 0
+            };
+            if !ok {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())

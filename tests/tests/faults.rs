@@ -29,12 +29,14 @@ async fn a_failing_token_endpoint_changes_nothing_and_blocks_no_other_server() {
     let bad = AuthServer::start(Switches::default()).await;
     let good = AuthServer::start(Switches::default()).await;
     let env = TestEnv::new();
-    let _daemon = env
+    let daemon = env
         .spawn_daemon(
             env.command("mcpauthd")
+                .env(mcpauth_proto::env::LOG, "trace")
                 .args(["--http-timeout-secs", HTTP_TIMEOUT_SECS]),
         )
         .unwrap();
+    let mut outputs = Vec::new();
     env.ctl(&["add", "bad", &bad.mcp_url]).ok();
     env.ctl(&["add", "good", &good.mcp_url]).ok();
     env.ctl(&["login", "bad"]).ok();
@@ -105,6 +107,7 @@ async fn a_failing_token_endpoint_changes_nothing_and_blocks_no_other_server() {
             );
         }
         let out = mcpauth_tests::CtlOutput(person.wait_with_output().unwrap());
+        outputs.push(out.stderr());
         assert_eq!(out.code(), 1, "{fault:?}: {}", out.stderr());
         let line = out.stderr();
         assert_eq!(
@@ -133,6 +136,8 @@ async fn a_failing_token_endpoint_changes_nothing_and_blocks_no_other_server() {
             "{}",
             report.stderr()
         );
+        outputs.push(report.stderr());
+        outputs.push(env.ctl(&["status"]).ok());
         assert_eq!(
             requests(),
             after_failure,
@@ -160,4 +165,18 @@ async fn a_failing_token_endpoint_changes_nothing_and_blocks_no_other_server() {
         );
     }
     assert!(!good.reuse_detected());
+
+    // Nothing secret in any error or log line, at the most verbose level,
+    // whatever the server sent back.
+    let log = daemon.stop();
+    let mut secrets = bad.secrets();
+    secrets.extend(good.secrets());
+    secrets.push("at-fault".into());
+    assert!(secrets.len() > 20, "{}", secrets.len());
+    for secret in &secrets {
+        for text in outputs.iter().chain([&log]) {
+            assert!(!text.contains(secret.as_str()), "a secret leaked:\n{text}");
+        }
+    }
+    assert!(log.contains("TRACE"));
 }

@@ -798,14 +798,7 @@ async fn no_token_code_or_verifier_reaches_any_log_or_output() {
     run(&["logout", "s"]);
     outputs.push(reported_stderr);
     let log = daemon.stop();
-    let mut secrets: Vec<String> = server.issued_access_tokens();
-    for seen in server.seen() {
-        for key in ["code", "code_verifier", "refresh_token", "token"] {
-            if let Some(v) = seen.form.get(key) {
-                secrets.push(v.clone());
-            }
-        }
-    }
+    let secrets = server.secrets();
     assert!(
         secrets.len() >= 6,
         "tokens, code, verifier, refresh tokens: {}",
