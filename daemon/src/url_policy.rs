@@ -4,6 +4,15 @@
 //! `localhost`), which local development servers need. URLs never carry
 //! userinfo (credentials would leak into logs and across origins) nor a
 //! fragment (meaningless to a server, and forbidden for OAuth endpoints).
+//!
+//! Private addresses: a local broker legitimately talks to internal
+//! servers (an MCP server or Keycloak on the company network), and a DNS
+//! name can resolve to a private address anyway, so private ranges are not
+//! refused. One pivot is: a server elsewhere may not send the broker to
+//! this machine. Every URL discovered for a server that is not itself on
+//! this machine (PRM, metadata, endpoints, redirects) must not point at
+//! loopback, the unspecified address (which connects to loopback) or
+//! `localhost`; see [`check_discovered_url`].
 
 use std::net::IpAddr;
 use url::{Host, Url};
@@ -22,6 +31,10 @@ pub enum UrlError {
     Userinfo,
     #[error("the URL must not contain a fragment (#...)")]
     Fragment,
+    #[error(
+        "it points at this machine, but the MCP server is elsewhere; only a server on this machine may use a local authorization server"
+    )]
+    LocalFromRemote,
 }
 
 /// True for 127.0.0.0/8, ::1 and `localhost` (and its subdomains, which
@@ -38,6 +51,39 @@ pub fn is_loopback_host(host: &Host<&str>) -> bool {
             name == "localhost" || name.ends_with(".localhost")
         }
     }
+}
+
+/// True for hosts that reach this machine: loopback, the unspecified
+/// address (0.0.0.0 and :: connect to loopback), their IPv4-mapped IPv6
+/// forms, and `localhost` names.
+pub fn is_this_machine(host: &Host<&str>) -> bool {
+    let ip_is_local = |ip: IpAddr| match ip {
+        IpAddr::V4(v4) => v4.is_loopback() || v4.is_unspecified(),
+        IpAddr::V6(v6) => {
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6
+                    .to_ipv4_mapped()
+                    .is_some_and(|v4| v4.is_loopback() || v4.is_unspecified())
+        }
+    };
+    match host {
+        Host::Ipv4(ip) => ip_is_local(IpAddr::V4(*ip)),
+        Host::Ipv6(ip) => ip_is_local(IpAddr::V6(*ip)),
+        Host::Domain(_) => is_loopback_host(host),
+    }
+}
+
+/// Checks a URL discovered while serving `server` (from a document or a
+/// redirect): the general policy, and no pivot from a server elsewhere to
+/// this machine.
+pub fn check_discovered_url(url: &Url, server: &Url) -> Result<(), UrlError> {
+    check_secure_url(url)?;
+    let local = |u: &Url| u.host().is_some_and(|h| is_this_machine(&h));
+    if local(url) && !local(server) {
+        return Err(UrlError::LocalFromRemote);
+    }
+    Ok(())
 }
 
 /// Parses and checks a URL the broker is asked to contact.
@@ -68,6 +114,50 @@ pub fn check_secure_url(url: &Url) -> Result<(), UrlError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_server_elsewhere_cannot_send_the_broker_to_this_machine() {
+        let remote = Url::parse("https://mcp.example.com/mcp").unwrap();
+        let local = Url::parse("http://127.0.0.1:8080/mcp").unwrap();
+        for pivot in [
+            "http://127.0.0.1:9000/",
+            "http://localhost:9000/",
+            "http://api.localhost/",
+            "http://[::1]:9000/",
+            "https://0.0.0.0/",
+            "https://[::]/",
+            "https://[::ffff:127.0.0.1]/",
+            "https://127.1.2.3/token",
+        ] {
+            let url = Url::parse(pivot).unwrap();
+            assert_eq!(
+                check_discovered_url(&url, &remote),
+                Err(UrlError::LocalFromRemote),
+                "{pivot}"
+            );
+        }
+        // A local server may use a local AS; anyone may use remote ones,
+        // private ranges included.
+        for ok in ["http://127.0.0.1:9000/", "http://localhost:1/x"] {
+            let url = Url::parse(ok).unwrap();
+            assert_eq!(check_discovered_url(&url, &local), Ok(()), "{ok}");
+        }
+        for ok in [
+            "https://as.example.com/",
+            "https://10.0.0.5/",
+            "https://192.168.1.2/",
+        ] {
+            let url = Url::parse(ok).unwrap();
+            assert_eq!(check_discovered_url(&url, &remote), Ok(()), "{ok}");
+            assert_eq!(check_discovered_url(&url, &local), Ok(()), "{ok}");
+        }
+        // The https rule still applies to private ranges.
+        let url = Url::parse("http://10.0.0.5/").unwrap();
+        assert_eq!(
+            check_discovered_url(&url, &remote),
+            Err(UrlError::InsecureHttp)
+        );
+    }
 
     #[test]
     fn https_anywhere_http_only_on_loopback() {

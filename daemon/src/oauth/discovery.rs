@@ -20,7 +20,7 @@ use serde::Deserialize;
 use url::Url;
 
 use super::challenge::{self, BearerChallenge};
-use super::http::{Fetched, HttpClient, checked, display_url};
+use super::http::{Fetched, HttpClient, checked, checked_for, display_url};
 use super::{OAuthError, canonical_resource};
 use crate::state::{AuthServerMetadata, Discovery, DiscoverySource};
 
@@ -156,7 +156,7 @@ impl HttpClient {
             .as_ref()
             .and_then(|c| c.resource_metadata.as_deref())
         {
-            candidates.push(checked("resource metadata URL", url)?);
+            candidates.push(checked_for("resource metadata URL", url, server)?);
         }
         for url in resource_metadata_candidates(server) {
             if !candidates.contains(&url) {
@@ -165,7 +165,10 @@ impl HttpClient {
         }
         let mut prm = None;
         for url in &candidates {
-            match self.get_json::<ProtectedResourceMetadata>(url).await? {
+            match self
+                .get_json::<ProtectedResourceMetadata>(url, server)
+                .await?
+            {
                 Fetched::Found(doc) => {
                     prm = Some((url.clone(), doc));
                     break;
@@ -204,8 +207,10 @@ impl HttpClient {
             .first()
             .ok_or(OAuthError::NoAuthorizationServer)?
             .clone();
-        let issuer_url = checked("authorization server", &issuer_raw)?;
-        let metadata = self.fetch_metadata(&issuer_raw, &issuer_url).await?;
+        let issuer_url = checked_for("authorization server", &issuer_raw, server)?;
+        let metadata = self
+            .fetch_metadata(&issuer_raw, &issuer_url, server)
+            .await?;
         let metadata = metadata.ok_or_else(|| OAuthError::NoMetadata {
             issuer: issuer_raw.clone(),
         })?;
@@ -227,9 +232,10 @@ impl HttpClient {
         &self,
         issuer: &str,
         issuer_url: &Url,
+        server: &Url,
     ) -> Result<Option<AuthServerMetadata>, OAuthError> {
         for url in metadata_candidates(issuer_url) {
-            let metadata = match self.get_json::<AuthServerMetadata>(&url).await? {
+            let metadata = match self.get_json::<AuthServerMetadata>(&url, server).await? {
                 Fetched::Found(m) => m,
                 Fetched::Missing(_) => continue,
             };
@@ -248,7 +254,7 @@ impl HttpClient {
                     issuer: issuer.to_string(),
                 });
             }
-            check_endpoints(&metadata)?;
+            check_endpoints(&metadata, server)?;
             return Ok(Some(metadata));
         }
         Ok(None)
@@ -264,7 +270,7 @@ impl HttpClient {
     ) -> Result<Discovered, OAuthError> {
         let issuer = origin_of(server);
         let issuer_url = checked("authorization server", &issuer)?;
-        let (metadata, source) = match self.fetch_metadata(&issuer, &issuer_url).await? {
+        let (metadata, source) = match self.fetch_metadata(&issuer, &issuer_url, server).await? {
             Some(m) => (m, DiscoverySource::LegacyMetadata),
             None => {
                 if !matches!(status, 401 | 403) {
@@ -298,15 +304,16 @@ impl HttpClient {
     }
 }
 
-/// Every endpoint the metadata names must pass the URL policy.
-fn check_endpoints(m: &AuthServerMetadata) -> Result<(), OAuthError> {
-    checked("authorization endpoint", &m.authorization_endpoint)?;
-    checked("token endpoint", &m.token_endpoint)?;
+/// Every endpoint the metadata names must pass the URL policy for URLs
+/// discovered on behalf of `server`.
+fn check_endpoints(m: &AuthServerMetadata, server: &Url) -> Result<(), OAuthError> {
+    checked_for("authorization endpoint", &m.authorization_endpoint, server)?;
+    checked_for("token endpoint", &m.token_endpoint, server)?;
     if let Some(r) = &m.registration_endpoint {
-        checked("registration endpoint", r)?;
+        checked_for("registration endpoint", r, server)?;
     }
     if let Some(r) = &m.revocation_endpoint {
-        checked("revocation endpoint", r)?;
+        checked_for("revocation endpoint", r, server)?;
     }
     Ok(())
 }

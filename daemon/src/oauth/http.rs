@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 use url::Url;
 
 use super::OAuthError;
-use crate::url_policy::check_secure_url;
+use crate::url_policy::{check_discovered_url, check_secure_url};
 
 pub const MAX_BODY: usize = 1024 * 1024;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -60,6 +60,19 @@ pub fn checked(what: &'static str, raw: &str) -> Result<Url, OAuthError> {
         source: crate::url_policy::UrlError::Parse(e.to_string()),
     })?;
     check_secure_url(&url).map_err(|source| OAuthError::InsecureUrl {
+        what,
+        url: display_url(&url),
+        source,
+    })?;
+    Ok(url)
+}
+
+/// Parses a URL discovered while serving the MCP server `server` and
+/// checks it: the general policy, and no pivot from a server elsewhere to
+/// this machine.
+pub fn checked_for(what: &'static str, raw: &str, server: &Url) -> Result<Url, OAuthError> {
+    let url = checked(what, raw)?;
+    check_discovered_url(&url, server).map_err(|source| OAuthError::InsecureUrl {
         what,
         url: display_url(&url),
         source,
@@ -159,11 +172,16 @@ impl HttpClient {
         Self::read(url, response).await
     }
 
-    /// GETs a JSON document, following up to 3 checked redirects.
-    pub async fn get_json<T: DeserializeOwned>(&self, url: &Url) -> Result<Fetched<T>, OAuthError> {
+    /// GETs a JSON document for the MCP server `server`, following up to 3
+    /// redirects, each checked like a discovered URL.
+    pub async fn get_json<T: DeserializeOwned>(
+        &self,
+        url: &Url,
+        server: &Url,
+    ) -> Result<Fetched<T>, OAuthError> {
         let mut current = url.clone();
         for _ in 0..=MAX_REDIRECTS {
-            check_secure_url(&current).map_err(|source| OAuthError::InsecureUrl {
+            check_discovered_url(&current, server).map_err(|source| OAuthError::InsecureUrl {
                 what: "metadata URL",
                 url: display_url(&current),
                 source,
