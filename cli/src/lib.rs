@@ -113,25 +113,25 @@ impl ClientError {
     fn from_status(status: tonic::Status, socket: &Path) -> Self {
         match status.code() {
             // A connection the daemon closed (or that broke) surfaces as
-            // UNAVAILABLE/UNKNOWN with a transport message.
-            // The daemon's own "unavailable" (the AS is down) carries
-            // `retry-after`; a transport failure never does.
-            tonic::Code::Unavailable | tonic::Code::Unknown
-                if !status.metadata().contains_key("retry-after")
-                    && (status.message().contains("transport")
-                        || status.message().contains("connection")
-                        || status.message().contains("h2")) =>
-            {
-                ClientError::Unreachable {
-                    socket: socket.to_path_buf(),
-                    reason: "the connection was closed (the daemon only serves its own user)"
-                        .into(),
-                }
+            // UNKNOWN, CANCELLED ("operation was canceled", when the close
+            // races the request) or UNAVAILABLE. The daemon itself never
+            // answers UNKNOWN or CANCELLED, and its own UNAVAILABLE (the
+            // AS is down) always carries `retry-after`.
+            tonic::Code::Unknown | tonic::Code::Cancelled => Self::closed(socket),
+            tonic::Code::Unavailable if !status.metadata().contains_key("retry-after") => {
+                Self::closed(socket)
             }
             code => ClientError::Rpc {
                 code,
                 message: status.message().to_string(),
             },
+        }
+    }
+
+    fn closed(socket: &Path) -> Self {
+        ClientError::Unreachable {
+            socket: socket.to_path_buf(),
+            reason: "the connection was closed (the daemon only serves its own user)".into(),
         }
     }
 }
@@ -454,5 +454,31 @@ impl Client {
     /// Converts a status met while reading a stream.
     pub fn stream_error(&self, status: tonic::Status) -> ClientError {
         self.err(status)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exit(status: tonic::Status) -> u8 {
+        ClientError::from_status(status, Path::new("/run/x.sock")).exit_code()
+    }
+
+    #[test]
+    fn a_closed_connection_is_unreachable_and_the_daemons_own_answers_are_not() {
+        // What tonic reports when the daemon closes the connection.
+        assert_eq!(exit(tonic::Status::cancelled("operation was canceled")), 3);
+        assert_eq!(exit(tonic::Status::unknown("transport error")), 3);
+        assert_eq!(exit(tonic::Status::unavailable("connection reset")), 3);
+        // The daemon's "the AS is unavailable" carries retry-after, and
+        // may well mention a connection.
+        let mut busy = tonic::Status::unavailable(
+            "the authorization server is unavailable (cannot reach x: connection failed); retry after 5s",
+        );
+        busy.metadata_mut().insert("retry-after", 5.into());
+        assert_eq!(exit(busy), 1);
+        assert_eq!(exit(tonic::Status::unauthenticated("login required")), 4);
+        assert_eq!(exit(tonic::Status::not_found("no server x")), 2);
     }
 }
