@@ -141,6 +141,15 @@ fn tighten_tree(dir: &Path, me: u32) -> Result<usize, String> {
 /// other processes of the same user that are not its ancestors.
 pub fn harden_process() {
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    // Room for the connection limit: raise the soft file limit (often
+    // 1024) as far as the hard one allows, like most servers do.
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let want = hard.min(listener::MAX_CONNECTIONS as u64 + 1024);
+        if soft < want {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, want, hard);
+        }
+    }
     let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0);
     #[cfg(target_os = "linux")]
     let _ = nix::sys::prctl::set_dumpable(false);
@@ -159,7 +168,7 @@ fn log_hardening() {
     #[cfg(not(target_os = "linux"))]
     let dumpable = "n/a";
     let umask = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
-    info!(core_limit = %core, dumpable = %dumpable, umask = %format!("{:03o}", umask.bits()), "process hardening");
+    info!(core_limit = %core, dumpable = %dumpable, umask = %format!("{:03o}", umask.bits()), connection_limit = listener::connection_limit(), "process hardening");
 }
 
 /// Runs the daemon until SIGTERM/SIGINT or a `Shutdown` RPC.

@@ -13,9 +13,10 @@
 //! Every accepted connection's peer credentials are checked; a connection
 //! from any other uid is closed at once and logged.
 //!
-//! At most [`MAX_CONNECTIONS`] connections are open at once; beyond that a
-//! new connection is closed at once (the client fails fast instead of
-//! queueing), and the overload is logged once per episode.
+//! At most [`connection_limit`] connections are open at once
+//! ([`MAX_CONNECTIONS`], less if the file-descriptor limit is lower);
+//! beyond that a new connection is closed at once (the client fails fast
+//! instead of queueing), and the overload is logged once per episode.
 
 use std::fs::File;
 use std::io::Write;
@@ -35,8 +36,22 @@ use tracing::{debug, warn};
 use mcpauth_proto::paths::LOCK_FILE;
 
 /// Connections open at once, at most. One MCP host keeps one connection
-/// (gRPC multiplexes its calls); a one-shot `mcpauthctl` holds one briefly.
-pub const MAX_CONNECTIONS: usize = 256;
+/// (gRPC multiplexes its calls) and a one-shot `mcpauthctl` holds one
+/// briefly, but a 401 storm can bring a thousand callers at once (the
+/// benchmark's figure 4 does), so the bound is well above that.
+pub const MAX_CONNECTIONS: usize = 2048;
+/// File descriptors kept for everything but connections (store, config,
+/// token files, outbound HTTP).
+const FD_RESERVE: u64 = 128;
+
+/// The connection limit in force: [`MAX_CONNECTIONS`], or less when the
+/// process may not open that many files (see `harden_process`, which
+/// raises the soft limit as far as the hard one allows).
+pub fn connection_limit() -> usize {
+    let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(1024, |(soft, _)| soft);
+    (soft.saturating_sub(FD_RESERVE) as usize).clamp(16, MAX_CONNECTIONS)
+}
 
 /// An accepted connection from our own uid; holds one of the
 /// [`MAX_CONNECTIONS`] slots until it is dropped.
@@ -293,7 +308,8 @@ impl Listener {
         stop: impl Future<Output = ()> + Send + 'static,
     ) -> (mpsc::Receiver<std::io::Result<Connection>>, ListenerGuard) {
         let (tx, rx) = mpsc::channel(64);
-        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let limit = connection_limit();
+        let slots = Arc::new(Semaphore::new(limit));
         let mut overloaded = false;
         let me = nix::unistd::geteuid().as_raw();
         let guard = ListenerGuard {
@@ -325,7 +341,7 @@ impl Listener {
                             Err(_) => {
                                 if !overloaded {
                                     warn!(
-                                        limit = MAX_CONNECTIONS,
+                                        limit,
                                         peer_pid = cred.pid(),
                                         "too many open connections; closing new ones until some close"
                                     );
