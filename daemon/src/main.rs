@@ -69,8 +69,17 @@ fn main() -> ExitCode {
                 if let Some(secs) = args.http_timeout_secs {
                     options.http_timeout = std::time::Duration::from_secs(secs.max(1));
                 }
-                rt.block_on(mcpauthd::run(paths, options))
-                    .map_err(|e| e.to_string())
+                let result = rt
+                    .block_on(mcpauthd::run(paths, options))
+                    .map_err(|e| e.to_string());
+                // `run` has flushed the store and removed the socket; what
+                // is left in the runtime needs no cleanup. Tearing it down
+                // would drop the remaining tasks on worker threads while
+                // their thread-locals are destroyed, and a drop that logs
+                // (h2 does, at trace level) then aborts the process. So
+                // the runtime is left to the process exit.
+                std::mem::forget(rt);
+                result
             }),
     };
     match result {
