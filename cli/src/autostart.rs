@@ -111,6 +111,36 @@ async fn lock_autostart(dir: &Path) -> Result<Flock<std::fs::File>, ClientError>
     }
 }
 
+/// Waits until the daemon of `socket` has exited: it holds the instance
+/// lock (`mcpauthd.lock` beside the socket) until its process is gone, and
+/// its store with it. Returns whether it exited within `timeout`.
+pub async fn wait_for_exit(socket: &Path, timeout: Duration) -> bool {
+    let Some(dir) = socket.parent() else {
+        return true;
+    };
+    let path = dir.join(mcpauth_proto::paths::LOCK_FILE);
+    let deadline = Instant::now() + timeout;
+    loop {
+        let file = match std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+            .open(&path)
+        {
+            Ok(f) => f,
+            // No lock file: no daemon ever ran here.
+            Err(_) => return true,
+        };
+        match Flock::lock(file, FlockArg::LockSharedNonblock) {
+            // Free: nobody holds it (ours goes away with the file handle).
+            Ok(_) => return true,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(_) => return false,
+        }
+    }
+}
+
 /// Starts mcpauthd for `socket` and waits until it serves.
 pub async fn start_daemon(socket: &Path) -> Result<(), ClientError> {
     if let Some(manager) = service_manager(socket) {

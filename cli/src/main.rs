@@ -436,12 +436,20 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 Err(e) => return Err(e.into()),
             };
             client.shutdown().await?;
-            // Wait until it has let go of the socket.
-            for _ in 0..100 {
-                if !opts.socket.exists() {
-                    break;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            // Return only once the old process is gone and its store is
+            // free: it holds the instance lock until it exits.
+            if !mcpauth_client::autostart::wait_for_exit(
+                &opts.socket,
+                std::time::Duration::from_secs(10),
+            )
+            .await
+            {
+                return Err(Failure {
+                    message:
+                        "mcpauthd was asked to stop but has not exited after 10 s; see mcpauthd.log"
+                            .into(),
+                    code: exit::FAILURE,
+                });
             }
             out!("mcpauthd stopped");
         }

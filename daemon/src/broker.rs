@@ -7,7 +7,10 @@
 //!
 //! Config changes are serialised by one async mutex (`edits`): an RPC edit
 //! and a reload triggered by the watcher never interleave, and the store is
-//! flushed before either returns.
+//! flushed before either returns. A change that removes a server or changes
+//! its URL also takes that server's lock (see `locks.rs`), so it waits for
+//! a refresh or login in flight, and nothing started under the old identity
+//! writes after it.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -22,6 +25,7 @@ use crate::config::{
     Config, ConfigDocument, ConfigError, InvalidInput, NewServer, ServerConfig, ServerName,
     write_atomically,
 };
+use crate::locks::{ServerGuard, ServerLocks};
 use crate::login::Logins;
 use crate::oauth::OAuthError;
 use crate::oauth::flow::CallbackError;
@@ -70,6 +74,8 @@ pub enum BrokerError {
         "{server} asked for more scope again after {attempts} authorizations in the last 10 minutes; not asking again now (check the server's scope configuration)"
     )]
     StepUpExhausted { server: String, attempts: usize },
+    #[error("the new tokens for {server} were discarded: {reason}; try again")]
+    Superseded { server: String, reason: String },
 }
 
 /// Where the daemon keeps things, resolved once at start.
@@ -224,8 +230,8 @@ pub struct Broker {
     pub(crate) http: HttpClient,
     pub(crate) logins: Logins,
     pub(crate) options: BrokerOptions,
-    /// Per-server locks: one login start or refresh at a time per server.
-    locks: Mutex<HashMap<ServerName, Arc<tokio::sync::Mutex<()>>>>,
+    /// Per-server locks: every write of a server's state holds its guard.
+    pub(crate) locks: ServerLocks,
     /// When a report last caused a refresh, per server (Unix ms).
     pub(crate) report_refreshes: Mutex<HashMap<ServerName, i64>>,
     pub(crate) scheduler: Arc<Scheduler>,
@@ -298,7 +304,7 @@ impl Broker {
             http: HttpClient::with_timeout(options.http_timeout),
             logins: Logins::default(),
             options,
-            locks: Mutex::new(HashMap::new()),
+            locks: ServerLocks::default(),
             report_refreshes: Mutex::new(HashMap::new()),
             scheduler: Scheduler::new(options_clock),
             token_files: Default::default(),
@@ -364,37 +370,40 @@ impl Broker {
         self.events.subscribe()
     }
 
-    pub(crate) fn server_lock(&self, name: &ServerName) -> Arc<tokio::sync::Mutex<()>> {
-        self.locks
-            .lock()
-            .unwrap()
-            .entry(name.clone())
-            .or_default()
-            .clone()
-    }
-
     /// Changes a server's record (if the server still has one) and flushes.
     pub(crate) async fn update_record(
         &self,
-        name: &ServerName,
+        guard: &ServerGuard,
         change: impl FnOnce(&mut ServerRecord),
     ) -> Result<(), BrokerError> {
-        if let Some(mut record) = self.store.server(name)? {
+        if let Some(mut record) = self.store.server(guard.name())? {
             change(&mut record);
-            self.store.put_server(name, &record).await?;
+            self.store.put_server(guard, &record).await?;
         }
         Ok(())
     }
 
     /// Remembers the last error of a server for `status`.
-    pub(crate) async fn record_error(&self, name: &ServerName, message: &str) {
+    pub(crate) async fn record_error(&self, guard: &ServerGuard, message: &str) {
         let message = message.to_string();
         if let Err(e) = self
-            .update_record(name, |r| r.last_error = Some(message))
+            .update_record(guard, |r| r.last_error = Some(message))
             .await
         {
-            warn!(server = %name, error = %e, "cannot record the error");
+            warn!(server = %guard.name(), error = %e, "cannot record the error");
         }
+    }
+
+    /// What the scheduler needs to know of `name`'s grant, if one is held.
+    fn timing(&self, name: &ServerName) -> Option<GrantTiming> {
+        let grant = self.store.grant(name).ok()??;
+        Some(GrantTiming {
+            generation: grant.generation,
+            obtained_ms: grant.obtained_at_ms,
+            expires_ms: grant.expires_at_ms,
+            refreshable: grant.refresh_token.is_some(),
+            backoff: self.backoff(name, grant.generation),
+        })
     }
 
     pub(crate) fn publish(&self, server: Option<ServerName>, kind: EventKind) {
@@ -465,7 +474,7 @@ impl Broker {
             state,
             token_expires_at_ms: grant.as_ref().and_then(|g| g.expires_at_ms),
             granted_scopes: grant.map(|g| g.scopes).unwrap_or_default(),
-            plan: self.scheduler.plan(name),
+            plan: self.scheduler.plan(name, self.timing(name)),
         })
     }
 
@@ -573,23 +582,84 @@ impl Broker {
     /// Makes `config` the config in force: deletes the state of servers
     /// that are gone, starts afresh for servers whose URL changed, creates
     /// records for new ones. Everything is flushed before it returns.
+    ///
+    /// Every server whose state changes is locked first (in name order,
+    /// after `edits`), and stays locked until the new config is in force:
+    /// an operation in flight for it finishes first, and one that starts
+    /// after sees the new identity.
     async fn apply(&self, config: Config, text: &str) -> Result<(), BrokerError> {
         let old = self.config();
         let now = self.now_ms();
         let mut events = Vec::new();
 
-        // Servers in the store but not in the config were removed, maybe
-        // while the daemon was down.
-        for (stored, _) in self.store.servers()? {
-            let keep = ServerName::parse(&stored)
-                .map(|n| config.servers.contains_key(&n))
-                .unwrap_or(false);
-            if !keep {
-                self.store.delete_server(&stored).await?;
-                if let Ok(n) = ServerName::parse(&stored) {
-                    info!(server = %n, "server no longer configured; its state is deleted");
-                    events.push((Some(n), EventKind::ServerRemoved));
+        let stored = self.store.servers()?;
+        let mut touched = Vec::new();
+        for (stored_name, record) in &stored {
+            match ServerName::parse(stored_name) {
+                Ok(n) => match config.servers.get(&n) {
+                    Some(server) if server.url.as_str() == record.url => {}
+                    _ => touched.push(n),
+                },
+                Err(_) => self.store.purge_invalid(stored_name).await?,
+            }
+        }
+        for name in config.servers.keys() {
+            if !stored.iter().any(|(n, _)| n == name.as_str()) {
+                touched.push(name.clone());
+            }
+        }
+        let guards = self.locks.lock_all(touched).await;
+
+        for guard in &guards {
+            let name = guard.name();
+            // Read again under the lock: this is the state that changes.
+            let record = self.store.server(name)?;
+            match (record, config.servers.get(name)) {
+                (Some(_), None) => {
+                    // Removed, maybe while the daemon was down.
+                    self.store.delete_server(guard).await?;
+                    self.forget(name);
+                    info!(server = %name, "server no longer configured; its state is deleted");
+                    events.push((Some(name.clone()), EventKind::ServerRemoved));
                 }
+                (Some(record), Some(server)) if record.url != server.url.as_str() => {
+                    // Another URL: state for the old one must not be reused.
+                    self.store.delete_server(guard).await?;
+                    self.forget(name);
+                    let mut fresh = ServerRecord::new(&server.url, now);
+                    // Generations keep growing across the change.
+                    fresh.last_generation = record
+                        .last_generation
+                        .max(self.store.grant(name)?.map_or(0, |g| g.generation));
+                    self.store.put_server(guard, &fresh).await?;
+                    let url = server.url.to_string();
+                    info!(server = %name, %url, "server URL changed; its state starts afresh");
+                    events.push((Some(name.clone()), EventKind::ServerChanged { url }));
+                }
+                (None, Some(server)) => {
+                    self.store
+                        .put_server(guard, &ServerRecord::new(&server.url, now))
+                        .await?;
+                    events.push((
+                        Some(name.clone()),
+                        EventKind::ServerAdded {
+                            url: server.url.to_string(),
+                        },
+                    ));
+                }
+                _ => {}
+            }
+        }
+        for (name, server) in &config.servers {
+            if !guards.iter().any(|g| g.name() == name)
+                && old.servers.get(name).is_some_and(|o| o != server)
+            {
+                events.push((
+                    Some(name.clone()),
+                    EventKind::ServerChanged {
+                        url: server.url.to_string(),
+                    },
+                ));
             }
         }
         for name in old.servers.keys() {
@@ -599,33 +669,9 @@ impl Broker {
                 events.push((Some(name.clone()), EventKind::ServerRemoved));
             }
         }
-        for (name, server) in &config.servers {
-            let url = server.url.to_string();
-            match self.store.server(name)? {
-                Some(record) if record.url == url => {
-                    if old.servers.get(name).is_some_and(|o| o != server) {
-                        events.push((Some(name.clone()), EventKind::ServerChanged { url }));
-                    }
-                }
-                Some(_) => {
-                    // Another URL: state for the old one must not be reused.
-                    self.store.delete_server(name.as_str()).await?;
-                    self.store
-                        .put_server(name, &ServerRecord::new(&server.url, now))
-                        .await?;
-                    info!(server = %name, %url, "server URL changed; its state starts afresh");
-                    events.push((Some(name.clone()), EventKind::ServerChanged { url }));
-                }
-                None => {
-                    self.store
-                        .put_server(name, &ServerRecord::new(&server.url, now))
-                        .await?;
-                    events.push((Some(name.clone()), EventKind::ServerAdded { url }));
-                }
-            }
-        }
         self.store.set_last_good_config(text).await?;
         *self.config.write().unwrap() = Arc::new(config);
+        drop(guards);
         {
             let mut health = self.health.lock().unwrap();
             if health.error.is_some() || health.loaded_at_ms == 0 || !events.is_empty() {
@@ -642,6 +688,16 @@ impl Broker {
         }
         Ok(())
     }
+
+    /// Drops what the daemon keeps in memory for a server whose state was
+    /// deleted (removed, or its URL changed).
+    fn forget(&self, name: &ServerName) {
+        self.end_backoff(name);
+        self.report_refreshes.lock().unwrap().remove(name);
+        if let Some(active) = self.logins.take(name) {
+            active.abandon("the server was removed or its URL changed");
+        }
+    }
 }
 
 /// The broker as the scheduler sees it. Weak: the scheduler must not keep
@@ -657,18 +713,7 @@ impl Target for BrokerTarget {
         config
             .servers
             .keys()
-            .filter_map(|name| {
-                let grant = broker.store.grant(name).ok()??;
-                Some((
-                    name.clone(),
-                    GrantTiming {
-                        generation: grant.generation,
-                        obtained_ms: grant.obtained_at_ms,
-                        expires_ms: grant.expires_at_ms,
-                        refreshable: grant.refresh_token.is_some(),
-                    },
-                ))
-            })
+            .filter_map(|name| Some((name.clone(), broker.timing(name)?)))
             .collect()
     }
 
@@ -678,7 +723,6 @@ impl Target for BrokerTarget {
             let Some(broker) = broker.upgrade() else {
                 return RefreshResult::Failed {
                     error: "shutting down".into(),
-                    retry_after_ms: 0,
                 };
             };
             match broker
@@ -689,16 +733,11 @@ impl Target for BrokerTarget {
                 Err(BrokerError::LoginRequired { reason, .. }) => {
                     RefreshResult::LoginRequired(reason)
                 }
-                Err(BrokerError::Unavailable {
-                    reason,
-                    retry_after_secs,
-                }) => RefreshResult::Failed {
-                    error: reason,
-                    retry_after_ms: retry_after_secs as i64 * 1000,
-                },
+                Err(BrokerError::Unavailable { reason, .. }) => {
+                    RefreshResult::Failed { error: reason }
+                }
                 Err(e) => RefreshResult::Failed {
                     error: e.to_string(),
-                    retry_after_ms: 0,
                 },
             }
         })

@@ -1,10 +1,14 @@
 //! Token files, for tools that keep tokens in files instead of asking the
 //! broker (Hermes keeps `mcp-tokens/<name>.json` and watches its mtime).
 //!
-//! - **Export** (`export = { path, format, refresh_token = false }`): on
-//!   every new token the broker writes the file atomically (temporary file,
-//!   fsync, rename, directory fsync) with mode 0600. Without the refresh
-//!   token by default: a reader that cannot refresh cannot race the broker.
+//! - **Export** (`export = { path, format, refresh_token = false }`): every
+//!   new grant is written to the file by the install itself
+//!   (`install.rs`), before anyone receives it, atomically (temporary file,
+//!   fsync, rename, directory fsync) with mode 0600; so no export can be
+//!   skipped, whatever the event subscribers do. The file is also written
+//!   when its server's config changes, and, for every server, when this
+//!   module's event subscriber lags. Without the refresh token by default:
+//!   a reader that cannot refresh cannot race the broker.
 //! - **Import** (`import = { path, format }`): the broker watches the file
 //!   (through its directory, since writers replace files by rename) and
 //!   adopts a token written there when it is newer than the one held and
@@ -25,6 +29,7 @@ use tracing::{debug, info, warn};
 
 use crate::broker::{Broker, EventKind};
 use crate::config::{ServerName, TokenFileFormat};
+use crate::install::{GrantSource, NewGrant};
 use crate::secret::Secret;
 use crate::state::Grant;
 
@@ -185,19 +190,26 @@ impl Broker {
                 let Some(b) = broker.upgrade() else { return };
                 match event {
                     Ok(e) => match e.kind {
-                        EventKind::TokenIssued { .. } => {
+                        EventKind::ServerAdded { .. } | EventKind::ServerChanged { .. } => {
+                            b.rewatch_imports(&tx);
                             if let Some(name) = e.server {
-                                b.export_file(&name).await;
+                                b.export_current(&name).await;
                             }
                         }
-                        EventKind::ServerAdded { .. }
-                        | EventKind::ServerChanged { .. }
-                        | EventKind::ServerRemoved => {
-                            b.rewatch_imports(&tx);
-                        }
+                        EventKind::ServerRemoved => b.rewatch_imports(&tx),
                         _ => {}
                     },
-                    Err(broadcast::error::RecvError::Lagged(_)) => b.rewatch_imports(&tx),
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        // Whatever was missed, the files end up current.
+                        debug!(
+                            missed,
+                            "token files: events missed; exporting every current token"
+                        );
+                        b.rewatch_imports(&tx);
+                        for name in b.config().servers.keys() {
+                            b.export_current(name).await;
+                        }
+                    }
                     Err(broadcast::error::RecvError::Closed) => return,
                 }
             }
@@ -268,8 +280,15 @@ impl Broker {
         });
     }
 
-    /// Writes the server's export file, if it has one.
-    async fn export_file(&self, name: &ServerName) {
+    /// Writes the server's export file with the grant held, if any.
+    async fn export_current(&self, name: &ServerName) {
+        if let Ok(Some(grant)) = self.store().grant(name) {
+            self.export_token_file(name, &grant).await;
+        }
+    }
+
+    /// Writes the server's export file, if it has one, with `grant`.
+    pub(crate) async fn export_token_file(&self, name: &ServerName, grant: &Grant) {
         let Some(export) = self
             .config()
             .servers
@@ -278,11 +297,7 @@ impl Broker {
         else {
             return;
         };
-        let grant = match self.store().grant(name) {
-            Ok(Some(g)) => g,
-            _ => return,
-        };
-        let bytes = render(export.format, &grant, export.refresh_token, self.now_ms());
+        let bytes = render(export.format, grant, export.refresh_token, self.now_ms());
         // Recorded first: the watcher may fire before the write returns.
         self.token_files
             .own_writes
@@ -349,21 +364,41 @@ impl Broker {
         token: FileToken,
         path: &Path,
     ) -> Result<(), crate::broker::BrokerError> {
-        let lock = self.server_lock(name);
-        let _guard = lock.lock().await;
+        let guard = self.locks.lock(name).await;
         let now = self.now_ms();
         let current = self.store().grant(name)?;
-        let record = self.store().server(name)?;
-        let known_issuer = record
-            .as_ref()
-            .and_then(|r| r.discovery.as_ref().map(|d| d.issuer.clone()))
-            .or_else(|| current.as_ref().map(|g| g.issuer.clone()));
         let ignore = |why: &str| {
             info!(server = %name, path = %path.display(), "token file not adopted: {why}");
             Ok(())
         };
-        if let (Some(file), Some(known)) = (&token.issuer, &known_issuer)
-            && file != known
+        let Some(mut record) = self.store().server(name)? else {
+            return ignore("the server is no longer configured");
+        };
+        // A token is bound to the server's own authorization server: the
+        // one discovered for its URL, discovered now if never before.
+        if record.discovery.is_none() {
+            let Some(url) = self.config().servers.get(name).map(|s| s.url.clone()) else {
+                return ignore("the server is no longer configured");
+            };
+            match self.http.discover(&url, now).await {
+                Ok(found) => {
+                    record.discovery = Some(found.discovery);
+                    self.store().put_server(&guard, &record).await?;
+                }
+                Err(e) => {
+                    warn!(server = %name, path = %path.display(), error = %e, "token file not adopted: the server's authorization server cannot be discovered");
+                    return Ok(());
+                }
+            }
+        }
+        let record = Some(record);
+        let known_issuer = record
+            .as_ref()
+            .and_then(|r| r.discovery.as_ref().map(|d| d.issuer.clone()));
+        if token
+            .issuer
+            .as_ref()
+            .is_some_and(|file| Some(file) != known_issuer.as_ref())
         {
             return ignore("it is from another issuer");
         }
@@ -387,7 +422,7 @@ impl Broker {
             .as_ref()
             .and_then(|r| r.discovery.as_ref().map(|d| d.resource.clone()))
             .unwrap_or_default();
-        let grant = Grant {
+        let new = NewGrant {
             issuer: token.issuer.or(known_issuer).unwrap_or_default(),
             client_id: token
                 .client_id
@@ -404,18 +439,11 @@ impl Broker {
                 .scopes
                 .or_else(|| current.as_ref().map(|g| g.scopes.clone()))
                 .unwrap_or_default(),
-            obtained_at_ms: now,
-            generation: current.as_ref().map_or(1, |g| g.generation + 1),
         };
-        self.store().put_grant(name, &grant).await?;
+        let grant = self
+            .install_grant(&guard, new, GrantSource::Import, |_| {})
+            .await?;
         info!(server = %name, path = %path.display(), generation = grant.generation, "token adopted from file");
-        self.publish(
-            Some(name.clone()),
-            EventKind::TokenIssued {
-                generation: grant.generation,
-                expires_at_ms: grant.expires_at_ms,
-            },
-        );
         Ok(())
     }
 }

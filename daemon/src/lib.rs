@@ -20,7 +20,9 @@ pub mod clock;
 pub mod config;
 pub mod files;
 pub mod fsutil;
+pub mod install;
 pub mod listener;
+pub mod locks;
 pub mod logging;
 pub mod login;
 pub mod oauth;
@@ -178,7 +180,9 @@ pub async fn run(paths: Paths, options: BrokerOptions) -> Result<(), DaemonError
     log_hardening();
     let activated = listener.is_activated();
     ensure_state_dir(&paths.state_dir)?;
-    let store = Store::open(&paths.state_dir)?;
+    // The instance lock is ours, so the store is free or about to be: a
+    // previous instance lets go of both when its process exits.
+    let store = Store::open_waiting(&paths.state_dir, Duration::from_secs(5))?;
     if let Some(dir) = paths.config.parent()
         && let Err(e) = create_private_dir(dir)
     {

@@ -189,7 +189,30 @@ pub fn ensure_socket_dir(dir: &Path) -> Result<(), ListenError> {
     Ok(())
 }
 
-fn take_lock(dir: &Path) -> Result<Flock<File>, ListenError> {
+/// How long a starting daemon waits for an instance that is shutting down
+/// (it holds the lock but no longer answers) to exit.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
+
+/// Takes the instance lock. While another process holds it: if that one
+/// answers on the socket, it is running, and this start is refused at
+/// once; if not, it is shutting down (or starting), and the lock is tried
+/// again until [`SHUTDOWN_WAIT`] has passed.
+fn take_lock(dir: &Path, socket: &Path) -> Result<Flock<File>, ListenError> {
+    let deadline = std::time::Instant::now() + SHUTDOWN_WAIT;
+    loop {
+        match try_lock(dir) {
+            Err(ListenError::AlreadyRunning { .. })
+                if std::time::Instant::now() < deadline
+                    && std::os::unix::net::UnixStream::connect(socket).is_err() =>
+            {
+                std::thread::sleep(Duration::from_millis(25));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn try_lock(dir: &Path) -> Result<Flock<File>, ListenError> {
     let path = dir.join(LOCK_FILE);
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -256,7 +279,7 @@ impl Listener {
             return Err(ListenError::Activation(activated));
         }
         ensure_socket_dir(dir)?;
-        let lock = take_lock(dir)?;
+        let lock = take_lock(dir, path)?;
         let listener = if activated == 1 {
             use std::os::fd::FromRawFd;
             // LISTEN_FDS may be inherited by mistake (a shell that exports
@@ -315,7 +338,7 @@ impl Listener {
         let guard = ListenerGuard {
             path: (!self.activated).then(|| self.path.clone()),
             inode: std::fs::metadata(&self.path).map(|m| m.ino()).ok(),
-            _lock: self._lock,
+            lock: std::mem::ManuallyDrop::new(self._lock),
         };
         let listener = self.listener;
         tokio::spawn(async move {
@@ -370,12 +393,17 @@ impl Listener {
     }
 }
 
-/// Removes the socket file on drop if it is still the one we bound, and
-/// keeps the instance lock until then.
+/// Removes the socket file on drop if it is still the one we bound.
+///
+/// The instance lock is *not* released then: it is left to the process
+/// exit, when the kernel releases it together with the store's own file
+/// lock. Releasing it earlier would let a new daemon start while this
+/// process still holds the store (the store lives as long as the tasks
+/// that share the broker), and fail on it.
 pub struct ListenerGuard {
     path: Option<PathBuf>,
     inode: Option<u64>,
-    _lock: Flock<File>,
+    lock: std::mem::ManuallyDrop<Flock<File>>,
 }
 
 impl Drop for ListenerGuard {
@@ -385,5 +413,7 @@ impl Drop for ListenerGuard {
         {
             let _ = std::fs::remove_file(path);
         }
+        // Deliberately not dropped: see the type's doc.
+        let _held_until_exit: &Flock<File> = &self.lock;
     }
 }

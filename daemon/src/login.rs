@@ -19,10 +19,12 @@ use tracing::{info, warn};
 use crate::broker::{Broker, BrokerError, EventKind};
 use crate::callback::{self, Page};
 use crate::config::ServerName;
+use crate::install::{GrantSource, NewGrant};
+use crate::locks::ServerGuard;
 use crate::oauth::flow::{self, CallbackError, CallbackParams};
 use crate::oauth::{pkce, registration};
 use crate::shutdown::Shutdown;
-use crate::state::{Discovery, Grant, PendingFlow, Registration, RegistrationKind};
+use crate::state::{Discovery, PendingFlow, Registration, RegistrationKind};
 
 /// How long a stored flow stays valid.
 pub const FLOW_LIFETIME: Duration = Duration::from_secs(10 * 60);
@@ -90,6 +92,25 @@ impl Logins {
     fn get(&self, name: &ServerName) -> Option<Arc<ActiveLogin>> {
         self.active.lock().unwrap().get(name).cloned()
     }
+
+    /// Removes the login of a server whose state is being deleted.
+    pub(crate) fn take(&self, name: &ServerName) -> Option<Arc<ActiveLogin>> {
+        self.active.lock().unwrap().remove(name)
+    }
+}
+
+impl ActiveLogin {
+    /// Ends a login whose server's state is gone (its flow with it): the
+    /// waiters are told why, and the callback server stops.
+    pub(crate) fn abandon(&self, reason: &str) {
+        if self.outcome.borrow().is_none() {
+            self.outcome.send_replace(Some(LoginOutcome::Failed {
+                kind: FailureKind::Cancelled,
+                message: reason.to_string(),
+            }));
+        }
+        self.stop.trigger();
+    }
 }
 
 impl Broker {
@@ -100,15 +121,15 @@ impl Broker {
         scopes: Vec<String>,
     ) -> Result<LoginHandle, BrokerError> {
         let name = ServerName::parse(name)?;
-        let config = self.config();
-        let server = config
+        // One start at a time per server, so two callers cannot both start.
+        let guard = self.locks.lock(&name).await;
+        // The config as it is under the lock (a URL change waits for it).
+        let server = self
+            .config()
             .servers
             .get(&name)
             .ok_or_else(|| BrokerError::NotFound(name.to_string()))?
             .clone();
-        // One start at a time per server, so two callers cannot both start.
-        let lock = self.server_lock(&name);
-        let _guard = lock.lock().await;
         if let Some(active) = self.logins.get(&name)
             && active.outcome.borrow().is_none()
         {
@@ -124,7 +145,7 @@ impl Broker {
         let discovered = match self.http.discover(&server.url, now).await {
             Ok(d) => d,
             Err(e) => {
-                self.record_error(&name, &e.to_string()).await;
+                self.record_error(&guard, &e.to_string()).await;
                 return Err(BrokerError::OAuth(e));
             }
         };
@@ -154,17 +175,17 @@ impl Broker {
             record.callback_port = Some(port);
         }
         record.discovery = Some(discovery.clone());
-        self.store().put_server(&name, &record).await?;
+        self.store().put_server(&guard, &record).await?;
 
         let registration = self
-            .registration_for(&name, &server, &discovery, &redirect_uri, now)
+            .registration_for(&guard, &server, &discovery, &redirect_uri, now)
             .await?;
 
         let explicit = if !scopes.is_empty() {
             scopes
         } else if let Some(step_up) = record.step_up.as_ref().filter(|s| !s.scopes.is_empty()) {
             let scopes = step_up.scopes.clone();
-            self.count_step_up_attempt(&name).await?;
+            self.count_step_up_attempt(&guard).await?;
             scopes
         } else {
             server.scopes.clone()
@@ -192,7 +213,7 @@ impl Broker {
             expires_at_ms: now + FLOW_LIFETIME.as_millis() as i64,
         };
         // Stored before anyone sees the URL.
-        self.store().put_flow(&name, &pending).await?;
+        self.store().put_flow(&guard, &pending).await?;
 
         let (outcome, rx) = watch::channel(None);
         let active = Arc::new(ActiveLogin {
@@ -269,9 +290,10 @@ impl Broker {
                 _ = tokio::time::sleep(timeout) => true,
             };
             if timed_out && let Some(broker) = broker.upgrade() {
+                let guard = broker.locks.lock(&name).await;
                 broker
                     .finish_login(
-                        &name,
+                        &guard,
                         &active,
                         LoginOutcome::Failed {
                             kind: FailureKind::TimedOut,
@@ -293,15 +315,16 @@ impl Broker {
     /// new dynamic registration. Stored per issuer.
     async fn registration_for(
         &self,
-        name: &ServerName,
+        guard: &ServerGuard,
         server: &crate::config::ServerConfig,
         discovery: &Discovery,
         redirect_uri: &str,
         now: i64,
     ) -> Result<Registration, BrokerError> {
+        let name = guard.name();
         if let Some(reg) = registration::static_registration(server, discovery, redirect_uri, now)?
         {
-            self.store().put_registration(name, &reg).await?;
+            self.store().put_registration(guard, &reg).await?;
             return Ok(reg);
         }
         if let Some(reg) = self.store().registration(name, &discovery.issuer)?
@@ -315,7 +338,7 @@ impl Broker {
             .register(discovery, redirect_uri, now)
             .await
             .map_err(BrokerError::OAuth)?;
-        self.store().put_registration(name, &reg).await?;
+        self.store().put_registration(guard, &reg).await?;
         info!(server = %name, issuer = %discovery.issuer, "registered a client dynamically");
         Ok(reg)
     }
@@ -333,6 +356,9 @@ impl Broker {
             Some(a) => Some(a.completing.lock().await),
             None => None,
         };
+        // Held until the grant is installed: the code exchange and the
+        // install are one operation on the server's state.
+        let guard = self.locks.lock(&name).await;
         let flow = self
             .store()
             .flow(&name)?
@@ -372,7 +398,7 @@ impl Broker {
                 };
                 warn!(server = %name, error = %e, "login failed at the callback");
                 self.end_flow(
-                    &name,
+                    &guard,
                     active.as_ref(),
                     LoginOutcome::Failed {
                         kind,
@@ -404,15 +430,16 @@ impl Broker {
                     // The AS forgot our registration: drop it so the next
                     // login registers afresh instead of looping.
                     self.store()
-                        .delete_registration(&name, &registration.issuer)
+                        .delete_registration(&guard, &registration.issuer)
                         .await?;
                     message.push_str(
                         "; the stale client registration was dropped, run the login again",
                     );
                 }
-                self.record_error(&name, &message).await;
+                warn!(server = %name, error = %e, "login failed at the token endpoint");
+                self.record_error(&guard, &message).await;
                 self.end_flow(
-                    &name,
+                    &guard,
                     active.as_ref(),
                     LoginOutcome::Failed {
                         kind: FailureKind::Error,
@@ -423,10 +450,8 @@ impl Broker {
                 return Err(BrokerError::OAuth(e));
             }
         };
-        let now = self.now_ms();
-        let previous = self.store().grant(&name)?;
-        let expires_at_ms = tokens.expires_at_ms(now);
-        let grant = Grant {
+        let expires_at_ms = tokens.expires_at_ms(self.now_ms());
+        let new = NewGrant {
             issuer: flow.issuer.clone(),
             client_id: registration.client_id.clone(),
             resource: discovery.resource.clone(),
@@ -435,35 +460,42 @@ impl Broker {
             refresh_token: tokens.refresh_token,
             expires_at_ms,
             scopes: tokens.scope.unwrap_or_else(|| flow.scopes.clone()),
-            obtained_at_ms: now,
-            generation: previous.map_or(1, |g| g.generation + 1),
         };
-        // Durable before anyone hears of it.
-        self.store().put_grant(&name, &grant).await?;
-        self.update_record(&name, |r| {
-            r.last_error = None;
-            // The step-up is satisfied; its attempts stay counted so the
-            // bound holds across logins.
-            if let Some(step_up) = r.step_up.as_mut()
-                && step_up.scopes.iter().all(|x| grant.scopes.contains(x))
-            {
-                step_up.scopes.clear();
+        let granted = new.scopes.clone();
+        // Durable (and exported) before anyone hears of it.
+        let installed = self
+            .install_grant(&guard, new, GrantSource::Login, |r| {
+                // The step-up is satisfied; its attempts stay counted so
+                // the bound holds across logins.
+                if let Some(step_up) = r.step_up.as_mut()
+                    && step_up.scopes.iter().all(|x| granted.contains(x))
+                {
+                    step_up.scopes.clear();
+                }
+            })
+            .await;
+        let grant = match installed {
+            Ok(grant) => grant,
+            Err(e) => {
+                self.end_flow(
+                    &guard,
+                    active.as_ref(),
+                    LoginOutcome::Failed {
+                        kind: FailureKind::Error,
+                        message: e.to_string(),
+                    },
+                )
+                .await;
+                return Err(e);
             }
-        })
-        .await?;
+        };
         let outcome = LoginOutcome::Success {
             scopes: grant.scopes.clone(),
             expires_at_ms: grant.expires_at_ms,
         };
         info!(server = %name, generation = grant.generation, "login complete");
-        self.publish(
-            Some(name.clone()),
-            EventKind::TokenIssued {
-                generation: grant.generation,
-                expires_at_ms: grant.expires_at_ms,
-            },
-        );
-        self.end_flow(&name, active.as_ref(), outcome.clone()).await;
+        self.end_flow(&guard, active.as_ref(), outcome.clone())
+            .await;
         Ok(outcome)
     }
 
@@ -476,8 +508,9 @@ impl Broker {
         if active.outcome.borrow().is_some() {
             return Ok(false);
         }
+        let guard = self.locks.lock(&name).await;
         self.finish_login(
-            &name,
+            &guard,
             &active,
             LoginOutcome::Failed {
                 kind: FailureKind::Cancelled,
@@ -491,14 +524,15 @@ impl Broker {
 
     async fn end_flow(
         &self,
-        name: &ServerName,
+        guard: &ServerGuard,
         active: Option<&Arc<ActiveLogin>>,
         outcome: LoginOutcome,
     ) {
+        let name = guard.name();
         match active {
-            Some(active) => self.finish_login(name, active, outcome, true).await,
+            Some(active) => self.finish_login(guard, active, outcome, true).await,
             None => {
-                if let Err(e) = self.store().delete_flow(name).await {
+                if let Err(e) = self.store().delete_flow(guard).await {
                     warn!(server = %name, error = %e, "cannot delete the finished flow");
                 }
             }
@@ -509,15 +543,16 @@ impl Broker {
     /// and (with `delete`) removes the stored flow.
     async fn finish_login(
         &self,
-        name: &ServerName,
+        guard: &ServerGuard,
         active: &Arc<ActiveLogin>,
         outcome: LoginOutcome,
         delete: bool,
     ) {
+        let name = guard.name();
         if active.outcome.borrow().is_some() {
             return;
         }
-        if delete && let Err(e) = self.store().delete_flow(name).await {
+        if delete && let Err(e) = self.store().delete_flow(guard).await {
             warn!(server = %name, error = %e, "cannot delete the finished flow");
         }
         if let LoginOutcome::Failed { kind, message } = &outcome {

@@ -30,27 +30,10 @@ use tracing::{info, warn};
 
 use crate::broker::{Broker, BrokerError, EventKind};
 use crate::config::ServerName;
+use crate::install::{GrantSource, NewGrant};
 use crate::state::{Grant, RegistrationKind};
 
-/// A server whose last refresh failed for a reason that may pass.
-#[derive(Clone, Debug)]
-pub struct Backoff {
-    /// The grant generation that failed to refresh: a new grant (a login,
-    /// an import) ends the backoff.
-    pub generation: u64,
-    /// Consecutive failures.
-    pub failures: u32,
-    /// No request before this (Unix ms).
-    pub retry_at_ms: i64,
-    pub reason: String,
-}
-
-impl Backoff {
-    /// Whole seconds from `now` until the retry time, at least 1.
-    pub fn retry_after_secs(&self, now: i64) -> u64 {
-        ((self.retry_at_ms - now + 999) / 1000).max(1) as u64
-    }
-}
+pub use crate::scheduler::Backoff;
 
 /// The delay after `failures` consecutive failures when the AS asked for
 /// `asked_secs`: the larger of our backoff and its request, capped.
@@ -73,14 +56,46 @@ pub enum Freshness {
 }
 
 impl Broker {
-    /// The backoff in force for this generation of `name`'s grant.
-    fn backoff_for(&self, name: &ServerName, generation: u64) -> Option<Backoff> {
+    /// The backoff in force for `name`'s current grant, if any: the one
+    /// failure state, read by the scheduler and by `status`.
+    pub(crate) fn backoff(&self, name: &ServerName, generation: u64) -> Option<Backoff> {
         self.refresh_backoff
             .lock()
             .unwrap()
             .get(name)
             .filter(|b| b.generation == generation)
             .cloned()
+    }
+
+    /// Ends the backoff of `name` (a new grant, a logout, a removal).
+    pub(crate) fn end_backoff(&self, name: &ServerName) {
+        self.refresh_backoff.lock().unwrap().remove(name);
+    }
+
+    /// Records a failed refresh of `generation`: one more consecutive
+    /// failure, and no request before the backoff is over.
+    fn start_backoff(
+        &self,
+        name: &ServerName,
+        generation: u64,
+        asked_secs: Option<u64>,
+        reason: String,
+    ) -> Backoff {
+        let now = self.now_ms();
+        let mut all = self.refresh_backoff.lock().unwrap();
+        let failures = all
+            .get(name)
+            .filter(|b| b.generation == generation)
+            .map_or(0, |b| b.failures)
+            + 1;
+        let backoff = Backoff {
+            generation,
+            failures,
+            retry_at_ms: now + backoff_ms(failures, asked_secs),
+            reason,
+        };
+        all.insert(name.clone(), backoff.clone());
+        backoff
     }
 
     /// Refreshes `name`'s grant now.
@@ -107,8 +122,7 @@ impl Broker {
         name: ServerName,
         freshness: Freshness,
     ) -> Result<Grant, BrokerError> {
-        let lock = self.server_lock(&name);
-        let _guard = lock.lock().await;
+        let guard = self.locks.lock(&name).await;
         let login_required = |reason: &str| BrokerError::LoginRequired {
             server: name.to_string(),
             reason: reason.to_string(),
@@ -134,7 +148,7 @@ impl Broker {
             return Err(login_required("the server issued no refresh token"));
         };
         if !matches!(freshness, Freshness::Force)
-            && let Some(backoff) = self.backoff_for(&name, grant.generation)
+            && let Some(backoff) = self.backoff(&name, grant.generation)
             && now < backoff.retry_at_ms
         {
             return Err(BrokerError::Unavailable {
@@ -176,9 +190,8 @@ impl Broker {
             .await
         {
             Ok(tokens) => {
-                let now = self.now_ms();
-                let expires_at_ms = tokens.expires_at_ms(now);
-                let new = Grant {
+                let expires_at_ms = tokens.expires_at_ms(self.now_ms());
+                let new = NewGrant {
                     issuer: grant.issuer.clone(),
                     client_id: grant.client_id.clone(),
                     resource: grant.resource.clone(),
@@ -187,52 +200,25 @@ impl Broker {
                     refresh_token: tokens.refresh_token.or(grant.refresh_token),
                     expires_at_ms,
                     scopes: tokens.scope.unwrap_or(grant.scopes),
-                    obtained_at_ms: now,
-                    generation: grant.generation + 1,
                 };
-                // Stored before anyone can see it.
-                self.store().put_grant(&name, &new).await?;
-                self.refresh_backoff.lock().unwrap().remove(&name);
-                self.update_record(&name, |r| {
-                    r.last_refresh_ms = Some(now);
-                    r.last_error = None;
-                })
-                .await?;
-                info!(server = %name, generation = new.generation, "token refreshed");
-                self.publish(
-                    Some(name.clone()),
-                    EventKind::TokenIssued {
-                        generation: new.generation,
-                        expires_at_ms: new.expires_at_ms,
-                    },
-                );
-                Ok(new)
+                // Stored (and exported) before anyone can see it.
+                self.install_grant(&guard, new, GrantSource::Refresh, |_| {})
+                    .await
             }
             Err(e) if e.is_transient() => {
+                let backoff = self.start_backoff(
+                    &name,
+                    grant.generation,
+                    e.retry_after_secs(),
+                    e.to_string(),
+                );
                 let now = self.now_ms();
-                let backoff = {
-                    let mut all = self.refresh_backoff.lock().unwrap();
-                    let failures = all
-                        .get(&name)
-                        .filter(|b| b.generation == grant.generation)
-                        .map_or(0, |b| b.failures)
-                        + 1;
-                    let backoff = Backoff {
-                        generation: grant.generation,
-                        failures,
-                        retry_at_ms: now + backoff_ms(failures, e.retry_after_secs()),
-                        reason: e.to_string(),
-                    };
-                    all.insert(name.clone(), backoff.clone());
-                    backoff
-                };
                 let retry_after_secs = backoff.retry_after_secs(now);
                 warn!(server = %name, error = %e, failures = backoff.failures, retry_after_secs, "refresh failed; nothing changed, will retry");
-                self.record_error(
-                    &name,
-                    &format!("refresh failed, retrying in {retry_after_secs}s: {e}"),
-                )
-                .await;
+                // When the next attempt is made is the scheduler's plan,
+                // shown beside this; the error itself does not promise one.
+                self.record_error(&guard, &format!("refresh failed: {e}"))
+                    .await;
                 Err(BrokerError::Unavailable {
                     reason: e.to_string(),
                     retry_after_secs,
@@ -242,7 +228,7 @@ impl Broker {
                 let code = e.token_error().unwrap_or("");
                 if code == "invalid_client" && registration.kind == RegistrationKind::Dynamic {
                     self.store()
-                        .delete_registration(&name, &registration.issuer)
+                        .delete_registration(&guard, &registration.issuer)
                         .await?;
                     warn!(server = %name, "the AS no longer knows our client; registration dropped");
                 }
@@ -250,9 +236,11 @@ impl Broker {
                     code,
                     "invalid_grant" | "invalid_client" | "unauthorized_client"
                 ) {
-                    self.store().delete_grant(&name).await?;
+                    self.store().delete_grant(&guard).await?;
+                    self.end_backoff(&name);
                     let reason = format!("the authorization server rejected the refresh ({code})");
-                    self.record_error(&name, &format!("{reason}; run `mcpauthctl login {name}`"))
+                    warn!(server = %name, %reason, "refresh refused; login required");
+                    self.record_error(&guard, &format!("{reason}; run `mcpauthctl login {name}`"))
                         .await;
                     self.publish(
                         Some(name.clone()),
@@ -262,7 +250,12 @@ impl Broker {
                     );
                     return Err(login_required(&reason));
                 }
-                self.record_error(&name, &e.to_string()).await;
+                // Another OAuth error: it may be fixed at the AS; back off
+                // like any failure so nothing loops on it.
+                self.start_backoff(&name, grant.generation, None, e.to_string());
+                warn!(server = %name, error = %e, "refresh failed");
+                self.record_error(&guard, &format!("refresh failed: {e}"))
+                    .await;
                 Err(BrokerError::OAuth(e))
             }
         }
@@ -278,9 +271,9 @@ impl Broker {
     ) -> Result<bool, BrokerError> {
         let server = self.configured(name)?;
         self.cancel_login(name).await?;
-        let lock = self.server_lock(&server);
-        let _guard = lock.lock().await;
+        let guard = self.locks.lock(&server).await;
         let mut revoked = false;
+        let held = self.store().grant(&server)?.is_some();
         if let Some(grant) = self.store().grant(&server)? {
             let discovery = self.store().server(&server)?.and_then(|r| r.discovery);
             let registration = self.store().registration(&server, &grant.issuer)?;
@@ -304,17 +297,18 @@ impl Broker {
                     .is_ok();
                 revoked = ok;
             }
-            self.store().delete_grant(&server).await?;
+            self.store().delete_grant(&guard).await?;
         }
         if forget_client {
-            self.store().delete_registrations(&server).await?;
+            self.store().delete_registrations(&guard).await?;
         }
-        self.update_record(&server, |r| {
+        self.end_backoff(&server);
+        self.update_record(&guard, |r| {
             r.last_error = None;
             r.step_up = None;
         })
         .await?;
-        info!(server = %server, revoked, forget_client, "logged out");
+        info!(server = %server, revoked, held, forget_client, "logged out");
         self.publish(
             Some(server),
             EventKind::LoginRequired {

@@ -121,6 +121,7 @@ impl From<BrokerError> for Status {
             }
             BrokerError::Callback(_) => Status::permission_denied(message),
             BrokerError::OAuth(_) => Status::failed_precondition(message),
+            BrokerError::Superseded { .. } => Status::aborted(message),
         }
     }
 }

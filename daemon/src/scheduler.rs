@@ -5,9 +5,15 @@
 //! of random jitter (so many servers, or many machines, do not refresh in
 //! lockstep). The 5-minute lead is capped at half the lifetime: a token
 //! that lives 4 minutes is refreshed after 2, not at once (which, for
-//! every new token, would be a refresh loop). A failed refresh is retried with capped exponential backoff
-//! ([`backoff`]); "login required" stops retrying until a new token
-//! arrives.
+//! every new token, would be a refresh loop).
+//!
+//! A failed refresh (by the scheduler, a client or a person) leaves one
+//! failure state, the broker's [`Backoff`] for that grant: consecutive
+//! failures and the time before which no request is sent ([`backoff`],
+//! doubling and capped, or the AS's `Retry-After`). The scheduler keeps no
+//! count of its own: its next attempt is the later of its plan and the
+//! backoff's retry time, so what `status` shows is what will happen.
+//! "Login required" stops it until a new token arrives.
 //!
 //! The scheduler does not refresh by itself: it asks its [`Target`] (the
 //! broker, whose `refresh_grant` is the one place that refreshes), and it
@@ -52,14 +58,37 @@ pub fn backoff(attempt: u32, jitter: f64) -> i64 {
     capped - (capped as f64 * 0.2 * jitter.clamp(0.0, 1.0)) as i64
 }
 
+/// A grant whose last refresh failed for a reason that may pass: the one
+/// failure state of a server (kept by the broker, read by the scheduler).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Backoff {
+    /// The grant generation that failed to refresh: a new grant (a login,
+    /// an import) ends the backoff.
+    pub generation: u64,
+    /// Consecutive failures.
+    pub failures: u32,
+    /// No request before this (Unix ms).
+    pub retry_at_ms: i64,
+    pub reason: String,
+}
+
+impl Backoff {
+    /// Whole seconds from `now` until the retry time, at least 1.
+    pub fn retry_after_secs(&self, now: i64) -> u64 {
+        ((self.retry_at_ms - now + 999) / 1000).max(1) as u64
+    }
+}
+
 /// What the scheduler needs to know about a grant.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GrantTiming {
     pub generation: u64,
     pub obtained_ms: i64,
     /// `None`: unknown expiry (never refreshed proactively).
     pub expires_ms: Option<i64>,
     pub refreshable: bool,
+    /// The failure state of this generation, if its refresh failed.
+    pub backoff: Option<Backoff>,
 }
 
 /// How a refresh the scheduler asked for went.
@@ -68,11 +97,9 @@ pub enum RefreshResult {
     Refreshed,
     /// A person must log in; stop until a new token arrives.
     LoginRequired(String),
-    /// Try again later: after the backoff, and not before `retry_after_ms`
-    /// from now (what the AS asked for, or the broker's own backoff).
+    /// Try again later: when the grant's [`Backoff`] says.
     Failed {
         error: String,
-        retry_after_ms: i64,
     },
 }
 
@@ -107,8 +134,58 @@ pub enum Plan {
 
 #[derive(Clone, Debug)]
 struct Entry {
-    generation: u64,
-    plan: Plan,
+    timing: GrantTiming,
+    /// The proactive refresh time of this generation (jitter included).
+    due_ms: Option<i64>,
+    /// Set when a refresh said "login required".
+    stopped: Option<String>,
+    /// After a failed attempt, no other before this: a floor that keeps
+    /// the loop from spinning should a failure leave no backoff.
+    floor_ms: i64,
+}
+
+impl Entry {
+    fn new(timing: GrantTiming) -> Self {
+        let due_ms = match (timing.refreshable, timing.expires_ms) {
+            (true, Some(expires)) => Some(refresh_at(
+                timing.obtained_ms,
+                expires,
+                rand::random::<f64>(),
+            )),
+            _ => None,
+        };
+        Self {
+            timing,
+            due_ms,
+            stopped: None,
+            floor_ms: 0,
+        }
+    }
+
+    fn plan(&self) -> Plan {
+        if let Some(reason) = &self.stopped {
+            return Plan::Stopped {
+                reason: reason.clone(),
+            };
+        }
+        let Some(due) = self.due_ms else {
+            return Plan::Idle;
+        };
+        match &self.timing.backoff {
+            // The plan was reached and failed: the next attempt is the
+            // backoff's.
+            Some(b) if b.retry_at_ms > due => Plan::Retrying {
+                at_ms: b.retry_at_ms.max(self.floor_ms),
+                attempt: b.failures,
+                error: b.reason.clone(),
+            },
+            // A failure before the plan (a person's refresh, a client's):
+            // the plan stands.
+            _ => Plan::Scheduled {
+                at_ms: due.max(self.floor_ms),
+            },
+        }
+    }
 }
 
 pub struct Scheduler {
@@ -131,39 +208,34 @@ impl Scheduler {
         self.wake.notify_one();
     }
 
-    pub fn plan(&self, name: &ServerName) -> Plan {
-        self.entries
-            .lock()
-            .unwrap()
-            .get(name)
-            .map_or(Plan::Idle, |e| e.plan.clone())
+    /// The plan for `name`, given its grant as it is now (so a failure
+    /// recorded since the last re-plan shows at once).
+    pub fn plan(&self, name: &ServerName, timing: Option<GrantTiming>) -> Plan {
+        let entries = self.entries.lock().unwrap();
+        let Some(timing) = timing else {
+            return Plan::Idle;
+        };
+        match entries.get(name) {
+            Some(entry) if entry.timing.generation == timing.generation => Entry {
+                timing,
+                ..entry.clone()
+            }
+            .plan(),
+            _ => Entry::new(timing).plan(),
+        }
     }
 
     /// Brings the plans in line with the grants held.
-    fn replan(&self, grants: &[(ServerName, GrantTiming)]) {
+    fn replan(&self, grants: Vec<(ServerName, GrantTiming)>) {
         let mut entries = self.entries.lock().unwrap();
         entries.retain(|name, _| grants.iter().any(|(n, _)| n == name));
         for (name, timing) in grants {
-            let fresh_plan = || match (timing.refreshable, timing.expires_ms) {
-                (true, Some(expires)) => Plan::Scheduled {
-                    at_ms: refresh_at(timing.obtained_ms, expires, rand::random::<f64>()),
-                },
-                _ => Plan::Idle,
-            };
-            match entries.get_mut(name) {
-                Some(entry) if entry.generation == timing.generation => {}
-                Some(entry) => {
-                    entry.generation = timing.generation;
-                    entry.plan = fresh_plan();
+            match entries.get_mut(&name) {
+                Some(entry) if entry.timing.generation == timing.generation => {
+                    entry.timing = timing;
                 }
-                None => {
-                    entries.insert(
-                        name.clone(),
-                        Entry {
-                            generation: timing.generation,
-                            plan: fresh_plan(),
-                        },
-                    );
+                _ => {
+                    entries.insert(name, Entry::new(timing));
                 }
             }
         }
@@ -174,7 +246,7 @@ impl Scheduler {
             .lock()
             .unwrap()
             .values()
-            .filter_map(|e| match e.plan {
+            .filter_map(|e| match e.plan() {
                 Plan::Scheduled { at_ms } | Plan::Retrying { at_ms, .. } => Some(at_ms),
                 _ => None,
             })
@@ -186,42 +258,35 @@ impl Scheduler {
             .lock()
             .unwrap()
             .iter()
-            .filter_map(|(name, e)| match &e.plan {
-                Plan::Scheduled { at_ms } if *at_ms <= now => Some((name.clone(), e.generation, 0)),
-                Plan::Retrying { at_ms, attempt, .. } if *at_ms <= now => {
-                    Some((name.clone(), e.generation, *attempt))
+            .filter_map(|(name, e)| match e.plan() {
+                Plan::Scheduled { at_ms } if at_ms <= now => {
+                    Some((name.clone(), e.timing.generation, 0))
+                }
+                Plan::Retrying { at_ms, attempt, .. } if at_ms <= now => {
+                    Some((name.clone(), e.timing.generation, attempt))
                 }
                 _ => None,
             })
             .collect()
     }
 
-    fn record(&self, name: &ServerName, generation: u64, attempt: u32, result: RefreshResult) {
+    fn record(&self, name: &ServerName, generation: u64, result: RefreshResult) {
         let now = self.clock.now_ms();
         let mut entries = self.entries.lock().unwrap();
         let Some(entry) = entries.get_mut(name) else {
             return;
         };
-        if entry.generation != generation {
+        if entry.timing.generation != generation {
             // A new token arrived meanwhile; its plan stands.
             return;
         }
-        entry.plan = match result {
-            // The next replan sees the new generation.
-            RefreshResult::Refreshed => Plan::Idle,
-            RefreshResult::LoginRequired(reason) => Plan::Stopped { reason },
-            RefreshResult::Failed {
-                error,
-                retry_after_ms,
-            } => {
-                let attempt = attempt + 1;
-                Plan::Retrying {
-                    at_ms: now + backoff(attempt, rand::random::<f64>()).max(retry_after_ms),
-                    attempt,
-                    error,
-                }
-            }
-        };
+        match result {
+            RefreshResult::LoginRequired(reason) => entry.stopped = Some(reason),
+            RefreshResult::Failed { .. } => entry.floor_ms = now + FIRST_BACKOFF_MS,
+            RefreshResult::Refreshed => {}
+        }
+        // Refreshed: the next replan sees the new generation. Failed: the
+        // next replan sees the backoff.
     }
 
     /// Runs until `stop` resolves.
@@ -232,7 +297,7 @@ impl Scheduler {
     ) {
         tokio::pin!(stop);
         loop {
-            self.replan(&target.grants());
+            self.replan(target.grants());
             let now = self.clock.now_ms();
             for (name, generation, attempt) in self.due(now) {
                 debug!(server = %name, attempt, "proactive refresh");
@@ -242,13 +307,13 @@ impl Scheduler {
                     RefreshResult::LoginRequired(reason) => {
                         warn!(server = %name, %reason, "proactive refresh stopped: login required")
                     }
-                    RefreshResult::Failed { error, .. } => {
+                    RefreshResult::Failed { error } => {
                         warn!(server = %name, %error, attempt = attempt + 1, "proactive refresh failed; will retry")
                     }
                 }
-                self.record(&name, generation, attempt, result);
+                self.record(&name, generation, result);
             }
-            self.replan(&target.grants());
+            self.replan(target.grants());
             let sleep = match self.next_due() {
                 Some(at) => Duration::from_millis((at - self.clock.now_ms()).max(0) as u64),
                 None => Duration::from_secs(3600),
@@ -297,19 +362,29 @@ mod tests {
         assert!(backoff(2, 0.99) >= 8_000);
     }
 
-    /// A fake server: a grant per generation, scripted refresh results.
+    /// What the fake AS does on the next refresh.
+    #[derive(Clone, Debug, PartialEq)]
+    enum Next {
+        Refresh,
+        /// Fails; the AS asks for this many seconds, if any.
+        Fail(Option<u64>),
+        LoginRequired(&'static str),
+    }
+
+    /// A fake server: a grant per generation, scripted refresh results,
+    /// and the broker's backoff rule for failures.
     struct Fake {
         clock: Arc<TokioClock>,
         lifetime_ms: i64,
-        state: Mutex<(u64, i64)>,
-        script: Mutex<Vec<RefreshResult>>,
+        state: Mutex<(u64, i64, Option<Backoff>)>,
+        script: Mutex<Vec<Next>>,
         calls: Mutex<Vec<i64>>,
         refreshes: AtomicUsize,
     }
 
     impl Target for Fake {
         fn grants(&self) -> Vec<(ServerName, GrantTiming)> {
-            let (generation, obtained) = *self.state.lock().unwrap();
+            let (generation, obtained, backoff) = self.state.lock().unwrap().clone();
             vec![(
                 ServerName::parse("s").unwrap(),
                 GrantTiming {
@@ -317,35 +392,52 @@ mod tests {
                     obtained_ms: obtained,
                     expires_ms: Some(obtained + self.lifetime_ms),
                     refreshable: true,
+                    backoff,
                 },
             )]
         }
         fn refresh(&self, _name: ServerName, generation: u64) -> RefreshFuture {
             let now = self.clock.now_ms();
             self.calls.lock().unwrap().push(now);
-            let result = {
+            let next = {
                 let mut script = self.script.lock().unwrap();
                 if script.is_empty() {
-                    RefreshResult::Refreshed
+                    Next::Refresh
                 } else {
                     script.remove(0)
                 }
             };
-            if result == RefreshResult::Refreshed {
-                let mut s = self.state.lock().unwrap();
-                assert_eq!(s.0, generation);
-                *s = (generation + 1, now);
-                self.refreshes.fetch_add(1, Ordering::SeqCst);
-            }
+            let mut s = self.state.lock().unwrap();
+            assert_eq!(s.0, generation);
+            let result = match next {
+                Next::Refresh => {
+                    *s = (generation + 1, now, None);
+                    self.refreshes.fetch_add(1, Ordering::SeqCst);
+                    RefreshResult::Refreshed
+                }
+                Next::Fail(asked) => {
+                    let failures = s.2.as_ref().map_or(0, |b| b.failures) + 1;
+                    s.2 = Some(Backoff {
+                        generation,
+                        failures,
+                        retry_at_ms: now + crate::refresh::backoff_ms(failures, asked),
+                        reason: "AS down".into(),
+                    });
+                    RefreshResult::Failed {
+                        error: "AS down".into(),
+                    }
+                }
+                Next::LoginRequired(reason) => RefreshResult::LoginRequired(reason.into()),
+            };
             Box::pin(async move { result })
         }
     }
 
-    fn fake(clock: &Arc<TokioClock>, lifetime_ms: i64, script: Vec<RefreshResult>) -> Arc<Fake> {
+    fn fake(clock: &Arc<TokioClock>, lifetime_ms: i64, script: Vec<Next>) -> Arc<Fake> {
         Arc::new(Fake {
             clock: clock.clone(),
             lifetime_ms,
-            state: Mutex::new((1, clock.now_ms())),
+            state: Mutex::new((1, clock.now_ms(), None)),
             script: Mutex::new(script),
             calls: Mutex::new(Vec::new()),
             refreshes: AtomicUsize::new(0),
@@ -380,18 +472,14 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn failures_back_off_and_login_required_stops() {
         let clock = TokioClock::starting_at(0);
-        let fail = || RefreshResult::Failed {
-            error: "AS down".into(),
-            retry_after_ms: 0,
-        };
         let target = fake(
             &clock,
             10 * 60_000,
             vec![
-                fail(),
-                fail(),
-                fail(),
-                RefreshResult::LoginRequired("invalid_grant".into()),
+                Next::Fail(None),
+                Next::Fail(None),
+                Next::Fail(None),
+                Next::LoginRequired("invalid_grant"),
             ],
         );
         let scheduler = Scheduler::new(clock.clone());
@@ -401,11 +489,17 @@ mod tests {
         // First attempt by 5 min (10 min token, up to 30 s of jitter), then retrying.
         assert!(
             matches!(
-                scheduler.plan(&ServerName::parse("s").unwrap()),
+                scheduler.plan(
+                    &ServerName::parse("s").unwrap(),
+                    target.grants().pop().map(|g| g.1)
+                ),
                 Plan::Retrying { .. }
             ),
             "{:?}",
-            scheduler.plan(&ServerName::parse("s").unwrap())
+            scheduler.plan(
+                &ServerName::parse("s").unwrap(),
+                target.grants().pop().map(|g| g.1)
+            )
         );
         tokio::time::sleep(Duration::from_secs(3600)).await;
         stop.trigger();
@@ -417,11 +511,12 @@ mod tests {
             "three failures, then login required, then nothing: {calls:?}"
         );
         let gaps: Vec<i64> = calls.windows(2).map(|w| w[1] - w[0]).collect();
-        assert!(gaps[0] >= 4_000 && gaps[0] <= 5_000, "{gaps:?}");
-        assert!(gaps[1] >= 8_000 && gaps[1] <= 10_000, "{gaps:?}");
-        assert!(gaps[2] >= 16_000 && gaps[2] <= 20_000, "{gaps:?}");
+        assert_eq!(gaps, vec![5_000, 10_000, 20_000], "the backoff's times");
         assert_eq!(
-            scheduler.plan(&ServerName::parse("s").unwrap()),
+            scheduler.plan(
+                &ServerName::parse("s").unwrap(),
+                target.grants().pop().map(|g| g.1)
+            ),
             Plan::Stopped {
                 reason: "invalid_grant".into()
             }
@@ -435,13 +530,7 @@ mod tests {
         let target = fake(
             &clock,
             10 * 60_000,
-            vec![
-                RefreshResult::Failed {
-                    error: "HTTP 503".into(),
-                    retry_after_ms: 120_000,
-                },
-                RefreshResult::LoginRequired("invalid_grant".into()),
-            ],
+            vec![Next::Fail(Some(120)), Next::LoginRequired("invalid_grant")],
         );
         let scheduler = Scheduler::new(clock.clone());
         let stop = crate::shutdown::Shutdown::new();
@@ -466,7 +555,7 @@ mod tests {
         let task = tokio::spawn(scheduler.clone().run(target.clone(), stop.wait()));
         tokio::time::sleep(Duration::from_secs(30 * 60)).await;
         // A login (or an import) brings a new token at 30 min.
-        *target.state.lock().unwrap() = (7, clock.now_ms());
+        *target.state.lock().unwrap() = (7, clock.now_ms(), None);
         scheduler.wake();
         tokio::time::sleep(Duration::from_secs(30 * 60)).await;
         // The old plan (45 min) was dropped; the new one is due at ~75 min.
@@ -475,5 +564,50 @@ mod tests {
         stop.trigger();
         task.await.unwrap();
         assert_eq!(target.calls.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_failure_before_the_plan_leaves_the_plan_and_one_after_it_retries() {
+        let clock = TokioClock::starting_at(0);
+        let scheduler = Scheduler::new(clock);
+        let name = ServerName::parse("s").unwrap();
+        let timing = |backoff: Option<Backoff>| GrantTiming {
+            generation: 1,
+            obtained_ms: 0,
+            expires_ms: Some(HOUR),
+            refreshable: true,
+            backoff,
+        };
+        scheduler.replan(vec![(name.clone(), timing(None))]);
+        let Plan::Scheduled { at_ms: due } = scheduler.plan(&name, Some(timing(None))) else {
+            panic!("scheduled")
+        };
+        // A person's refresh failed at minute 1: retry allowed after 5 s,
+        // but nothing will retry before the plan, and status says so.
+        let early = Backoff {
+            generation: 1,
+            failures: 1,
+            retry_at_ms: 65_000,
+            reason: "AS down".into(),
+        };
+        assert_eq!(
+            scheduler.plan(&name, Some(timing(Some(early)))),
+            Plan::Scheduled { at_ms: due }
+        );
+        // The planned attempt itself failed: the backoff's time is next.
+        let late = Backoff {
+            generation: 1,
+            failures: 2,
+            retry_at_ms: due + 10_000,
+            reason: "AS down".into(),
+        };
+        assert_eq!(
+            scheduler.plan(&name, Some(timing(Some(late)))),
+            Plan::Retrying {
+                at_ms: due + 10_000,
+                attempt: 2,
+                error: "AS down".into()
+            }
+        );
     }
 }

@@ -36,6 +36,10 @@ pub struct ServerRecord {
     /// Scope the server asked for beyond what the grant holds.
     #[serde(default)]
     pub step_up: Option<StepUp>,
+    /// The highest grant generation this server ever had: a new grant's
+    /// generation is above it, so generations only grow, across logouts.
+    #[serde(default)]
+    pub last_generation: u64,
 }
 
 impl ServerRecord {
@@ -48,6 +52,7 @@ impl ServerRecord {
             callback_port: None,
             discovery: None,
             step_up: None,
+            last_generation: 0,
         }
     }
 }

@@ -14,12 +14,25 @@
 //!
 //! Durability: every write method flushes before it returns, so the caller
 //! (and the RPC client behind it) only hears of a change that is on disk.
+//!
+//! One writer per server: every write of a server's state takes the
+//! [`ServerGuard`] of that server (the key is the guard's name), and a
+//! grant is only ever written by [`Store::install_grant`], which writes it
+//! together with the server's record in one transaction.
+//!
+//! The grant cache: a miss reads sled and fills the cache under the cache's
+//! write lock; every write (install, delete) changes the cache only after
+//! sled, under the same lock. So a fill that read the old value before a
+//! write is replaced by the write, and a fill after it reads the new value:
+//! the cache can never keep a grant older than one just written (or one
+//! just deleted).
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::config::ServerName;
+use crate::locks::ServerGuard;
 use crate::state::{Grant, PendingFlow, Registration, ServerRecord};
 
 /// The layout version written in `meta/schema_version`.
@@ -139,6 +152,21 @@ impl Store {
         Ok(store)
     }
 
+    /// Opens the store like [`Store::open`], but waits up to `wait` while
+    /// another process holds it: an instance that is shutting down lets go
+    /// of it when its process exits, a moment after it stopped answering.
+    pub fn open_waiting(dir: &Path, wait: std::time::Duration) -> Result<Self, StoreError> {
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            match Self::open(dir) {
+                Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(25));
+                }
+                other => return other,
+            }
+        }
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -193,20 +221,42 @@ impl Store {
 
     pub async fn put_server(
         &self,
-        name: &ServerName,
+        guard: &ServerGuard,
         record: &ServerRecord,
     ) -> Result<(), StoreError> {
-        self.servers.insert(name.as_str(), Self::encode(record))?;
+        self.servers
+            .insert(guard.name().as_str(), Self::encode(record))?;
         self.flush().await
     }
 
     /// Deletes every trace of a server: its record and, in every other
     /// tree, the keys under the prefix `<name>\0`.
-    pub async fn delete_server(&self, name: &str) -> Result<(), StoreError> {
+    pub async fn delete_server(&self, guard: &ServerGuard) -> Result<(), StoreError> {
+        self.delete_prefix(guard.name().as_str()).await
+    }
+
+    /// Deletes the state stored under a name that is no longer a valid
+    /// server name (it can have no lock, and no writer).
+    pub async fn purge_invalid(&self, name: &str) -> Result<(), StoreError> {
+        if ServerName::parse(name).is_ok() {
+            return Ok(());
+        }
+        self.delete_prefix(name).await
+    }
+
+    async fn delete_prefix(&self, name: &str) -> Result<(), StoreError> {
+        let result = self.delete_prefix_uncached(name).await;
+        // After the write, not before: a fill (which reads sled under the
+        // cache's lock) that ran before the delete is undone here, and one
+        // that runs after it reads nothing.
         self.grant_cache
             .write()
             .unwrap()
             .retain(|cached, _| cached.as_str() != name);
+        result
+    }
+
+    async fn delete_prefix_uncached(&self, name: &str) -> Result<(), StoreError> {
         self.servers.remove(name)?;
         let mut prefix = name.as_bytes().to_vec();
         prefix.push(0);
@@ -247,30 +297,73 @@ impl Store {
         if let Some(cached) = self.grant_cache.read().unwrap().get(name) {
             return Ok(cached.clone());
         }
+        self.fill_grant(name)
+    }
+
+    /// Reads a grant from sled into the cache. Under the cache's write
+    /// lock, and only where no entry exists: an entry put meanwhile is
+    /// newer than what was read, and stays.
+    fn fill_grant(&self, name: &ServerName) -> Result<Option<Grant>, StoreError> {
+        let mut cache = self.grant_cache.write().unwrap();
+        if let Some(cached) = cache.get(name) {
+            return Ok(cached.clone());
+        }
         let grant: Option<Grant> = Self::get(&self.grants, &server_key(name, ""))?;
-        self.grant_cache
-            .write()
-            .unwrap()
-            .insert(name.clone(), grant.clone());
+        cache.insert(name.clone(), grant.clone());
         Ok(grant)
     }
 
-    /// Stores a grant; durable when it returns.
-    pub async fn put_grant(&self, name: &ServerName, grant: &Grant) -> Result<(), StoreError> {
-        // Dropped first: a failed write must not leave a cached grant that
-        // is not on disk.
-        self.grant_cache.write().unwrap().remove(name);
-        self.put(&self.grants, server_key(name, ""), grant).await?;
-        self.grant_cache
-            .write()
-            .unwrap()
-            .insert(name.clone(), Some(grant.clone()));
-        Ok(())
+    /// The one way a grant is written: the grant and the server's record
+    /// (which carries the generation high-water mark) in one transaction,
+    /// flushed before it returns, then cached. Called only by
+    /// `Broker::install_grant`.
+    pub async fn install_grant(
+        &self,
+        guard: &ServerGuard,
+        grant: &Grant,
+        record: &ServerRecord,
+    ) -> Result<(), StoreError> {
+        use sled::Transactional;
+        let name = guard.name();
+        // The durable value stays cached while the new one is written, so
+        // no reader can fill the cache with the unflushed one.
+        self.fill_grant(name)?;
+        let key = server_key(name, "");
+        let grant_bytes = Self::encode(grant);
+        let record_bytes = Self::encode(record);
+        let written = (&self.grants, &self.servers).transaction(|(grants, servers)| {
+            grants.insert(key.as_slice(), grant_bytes.as_slice())?;
+            servers.insert(name.as_str().as_bytes(), record_bytes.as_slice())?;
+            Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+        });
+        let result = match written {
+            Ok(()) => self.flush().await,
+            Err(e) => Err(StoreError::Io(format!("{e:?}"))),
+        };
+        let mut cache = self.grant_cache.write().unwrap();
+        match result {
+            Ok(()) => {
+                cache.insert(name.clone(), Some(grant.clone()));
+                Ok(())
+            }
+            Err(e) => {
+                // What is on disk is unknown now: read it again next time.
+                cache.remove(name);
+                Err(e)
+            }
+        }
     }
 
-    pub async fn delete_grant(&self, name: &ServerName) -> Result<(), StoreError> {
-        self.grant_cache.write().unwrap().remove(name);
-        self.remove(&self.grants, server_key(name, "")).await
+    pub async fn delete_grant(&self, guard: &ServerGuard) -> Result<(), StoreError> {
+        let name = guard.name();
+        self.fill_grant(name)?;
+        let result = self.remove(&self.grants, server_key(name, "")).await;
+        let mut cache = self.grant_cache.write().unwrap();
+        match result {
+            Ok(()) => cache.insert(name.clone(), None),
+            Err(_) => cache.remove(name),
+        };
+        result
     }
 
     pub fn registration(
@@ -283,12 +376,12 @@ impl Store {
 
     pub async fn put_registration(
         &self,
-        name: &ServerName,
+        guard: &ServerGuard,
         registration: &Registration,
     ) -> Result<(), StoreError> {
         self.put(
             &self.registrations,
-            server_key(name, &registration.issuer),
+            server_key(guard.name(), &registration.issuer),
             registration,
         )
         .await
@@ -296,16 +389,20 @@ impl Store {
 
     pub async fn delete_registration(
         &self,
-        name: &ServerName,
+        guard: &ServerGuard,
         issuer: &str,
     ) -> Result<(), StoreError> {
-        self.remove(&self.registrations, server_key(name, issuer))
+        self.remove(&self.registrations, server_key(guard.name(), issuer))
             .await
     }
 
     /// Deletes every registration of a server (all issuers).
-    pub async fn delete_registrations(&self, name: &ServerName) -> Result<(), StoreError> {
-        for key in self.registrations.scan_prefix(server_key(name, "")).keys() {
+    pub async fn delete_registrations(&self, guard: &ServerGuard) -> Result<(), StoreError> {
+        for key in self
+            .registrations
+            .scan_prefix(server_key(guard.name(), ""))
+            .keys()
+        {
             self.registrations.remove(key?)?;
         }
         self.flush().await
@@ -315,12 +412,17 @@ impl Store {
         Self::get(&self.flows, &server_key(name, ""))
     }
 
-    pub async fn put_flow(&self, name: &ServerName, flow: &PendingFlow) -> Result<(), StoreError> {
-        self.put(&self.flows, server_key(name, ""), flow).await
+    pub async fn put_flow(
+        &self,
+        guard: &ServerGuard,
+        flow: &PendingFlow,
+    ) -> Result<(), StoreError> {
+        self.put(&self.flows, server_key(guard.name(), ""), flow)
+            .await
     }
 
-    pub async fn delete_flow(&self, name: &ServerName) -> Result<(), StoreError> {
-        self.remove(&self.flows, server_key(name, "")).await
+    pub async fn delete_flow(&self, guard: &ServerGuard) -> Result<(), StoreError> {
+        self.remove(&self.flows, server_key(guard.name(), "")).await
     }
 
     pub fn last_good_config(&self) -> Result<Option<String>, StoreError> {
@@ -389,6 +491,10 @@ mod tests {
         ServerName::parse(s).unwrap()
     }
 
+    async fn guard(s: &str) -> ServerGuard {
+        crate::locks::ServerLocks::default().lock(&name(s)).await
+    }
+
     #[tokio::test]
     async fn records_survive_reopen_and_carry_a_version() {
         let dir = tempfile::tempdir().unwrap();
@@ -396,7 +502,7 @@ mod tests {
         {
             let store = Store::open(dir.path()).unwrap();
             store
-                .put_server(&name("a"), &ServerRecord::new(&url, 42))
+                .put_server(&guard("a").await, &ServerRecord::new(&url, 42))
                 .await
                 .unwrap();
             store.set_last_good_config("x = 1").await.unwrap();
@@ -418,17 +524,17 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let url = url::Url::parse("https://a.example/").unwrap();
         store
-            .put_server(&name("a"), &ServerRecord::new(&url, 1))
+            .put_server(&guard("a").await, &ServerRecord::new(&url, 1))
             .await
             .unwrap();
         store
-            .put_server(&name("ab"), &ServerRecord::new(&url, 1))
+            .put_server(&guard("ab").await, &ServerRecord::new(&url, 1))
             .await
             .unwrap();
         let other = store.db.open_tree("grants").unwrap();
         other.insert(b"a\0issuer", b"x").unwrap();
         other.insert(b"ab\0issuer", b"y").unwrap();
-        store.delete_server("a").await.unwrap();
+        store.delete_server(&guard("a").await).await.unwrap();
         assert!(store.server(&name("a")).unwrap().is_none());
         assert!(store.server(&name("ab")).unwrap().is_some());
         assert!(other.get(b"a\0issuer").unwrap().is_none());
@@ -440,6 +546,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let n = name("a");
+        let g = guard("a").await;
+        let record = ServerRecord::new(&url::Url::parse("https://a.example/").unwrap(), 0);
         assert!(store.grant(&n).unwrap().is_none());
         let mut grant = crate::state::Grant {
             issuer: "i".into(),
@@ -453,18 +561,22 @@ mod tests {
             obtained_at_ms: 0,
             generation: 1,
         };
-        store.put_grant(&n, &grant).await.unwrap();
+        store.install_grant(&g, &grant, &record).await.unwrap();
         assert_eq!(store.grant(&n).unwrap().unwrap().generation, 1);
+        assert!(
+            store.server(&n).unwrap().is_some(),
+            "record written with it"
+        );
         grant.generation = 2;
-        store.put_grant(&n, &grant).await.unwrap();
+        store.install_grant(&g, &grant, &record).await.unwrap();
         assert_eq!(store.grant(&n).unwrap().unwrap().generation, 2);
-        store.delete_server("a").await.unwrap();
+        store.delete_server(&g).await.unwrap();
         assert!(
             store.grant(&n).unwrap().is_none(),
             "deleted with its server"
         );
-        store.put_grant(&n, &grant).await.unwrap();
-        store.delete_grant(&n).await.unwrap();
+        store.install_grant(&g, &grant, &record).await.unwrap();
+        store.delete_grant(&g).await.unwrap();
         assert!(store.grant(&n).unwrap().is_none());
         drop(store);
         // What the cache served is what is on disk.
@@ -496,8 +608,66 @@ mod tests {
     #[test]
     fn a_second_open_is_refused_while_the_first_holds_the_lock() {
         let dir = tempfile::tempdir().unwrap();
-        let _first = Store::open(dir.path()).unwrap();
+        let first = Store::open(dir.path()).unwrap();
         let err = Store::open(dir.path()).err().expect("second open fails");
         assert!(matches!(err, StoreError::Locked { .. }), "{err:?}");
+        // A waiting open gets it once the holder lets go.
+        let path = dir.path().to_path_buf();
+        let waiter = std::thread::spawn(move || {
+            Store::open_waiting(&path, std::time::Duration::from_secs(10)).map(|_| ())
+        });
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        drop(first);
+        waiter
+            .join()
+            .unwrap()
+            .expect("opened once the first let go");
+    }
+
+    /// Readers filling the cache race a writer: once `install_grant`
+    /// returns, no reader may see an older grant (a fill that read sled
+    /// before the write must not overwrite the newer entry).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cache_fill_never_replaces_a_newer_grant() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(Store::open(dir.path()).unwrap());
+        let n = name("a");
+        let g = guard("a").await;
+        let record = ServerRecord::new(&url::Url::parse("https://a.example/").unwrap(), 0);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut readers = Vec::new();
+        for _ in 0..2 {
+            let store = store.clone();
+            let stop = stop.clone();
+            let n = n.clone();
+            readers.push(std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    // Empty the cache so every read is a fill.
+                    store.grant_cache.write().unwrap().clear();
+                    let _ = store.grant(&n);
+                }
+            }));
+        }
+        for generation in 1..=300u64 {
+            let grant = crate::state::Grant {
+                issuer: "i".into(),
+                client_id: "c".into(),
+                resource: "r".into(),
+                access_token: crate::secret::Secret::new(format!("t{generation}")),
+                token_type: "Bearer".into(),
+                refresh_token: None,
+                expires_at_ms: None,
+                scopes: vec![],
+                obtained_at_ms: 0,
+                generation,
+            };
+            store.install_grant(&g, &grant, &record).await.unwrap();
+            let seen = store.grant(&n).unwrap().unwrap().generation;
+            assert!(seen >= generation, "read {seen} after writing {generation}");
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for r in readers {
+            r.join().unwrap();
+        }
     }
 }

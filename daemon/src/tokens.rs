@@ -1,8 +1,10 @@
 //! The token service: what clients call on every request.
 //!
 //! - `get_token`: the current token, refreshed first (through the one
-//!   refresh path) if it would expire within `min_ttl`. A token is never
-//!   handed out past its expiry.
+//!   refresh path) if it would expire within `min_ttl`. The margin asked
+//!   for is capped at half the token's lifetime (the scheduler's rule), so
+//!   short-lived tokens are refreshed about once per half-life, not on
+//!   every call. A token is never handed out past its expiry.
 //! - `report_unauthorized`: a resource server rejected a token. If the
 //!   rejected token is not the current one, the current one is the answer
 //!   (someone already recovered). A 401 triggers one refresh: every
@@ -20,6 +22,7 @@ use tracing::info;
 
 use crate::broker::{Broker, BrokerError, EventKind};
 use crate::config::ServerName;
+use crate::locks::ServerGuard;
 use crate::oauth::{challenge, pkce};
 use crate::refresh::Freshness;
 use crate::state::{Grant, StepUp};
@@ -34,6 +37,14 @@ pub const STEP_UP_WINDOW_MS: i64 = 10 * 60 * 1000;
 /// reports into a storm of refreshes. (Concurrent reporters of the same
 /// token share one refresh regardless.)
 pub const REPORT_COOLDOWN_MS: i64 = 10_000;
+
+/// The validity to demand of a token obtained at `obtained_ms` that
+/// expires at `expires_ms`: what the caller asked for, but never more than
+/// half the token's lifetime.
+pub fn capped_margin(asked: Duration, obtained_ms: i64, expires_ms: i64) -> i64 {
+    let asked = i64::try_from(asked.as_millis()).unwrap_or(i64::MAX);
+    asked.min((expires_ms - obtained_ms).max(0) / 2)
+}
 
 impl Broker {
     /// The grant held for `name`, or "login required".
@@ -55,11 +66,11 @@ impl Broker {
         let name = self.configured(name)?;
         let grant = self.held_grant(&name)?;
         let now = self.now_ms();
-        let min_ttl_ms = min_ttl.as_millis() as i64;
         let Some(expires_at) = grant.expires_at_ms else {
             // Unknown expiry: used until rejected.
             return Ok(grant);
         };
+        let min_ttl_ms = capped_margin(min_ttl, grant.obtained_at_ms, expires_at);
         if expires_at - now >= min_ttl_ms {
             return Ok(grant);
         }
@@ -165,6 +176,7 @@ impl Broker {
         grant: &Grant,
         challenged: &[String],
     ) -> Result<Vec<String>, BrokerError> {
+        let guard = self.locks.lock(name).await;
         let mut union = grant.scopes.clone();
         let record = self.store().server(name)?;
         if let Some(previous) = record.as_ref().and_then(|r| r.step_up.as_ref()) {
@@ -174,7 +186,7 @@ impl Broker {
         let mut seen = std::collections::HashSet::new();
         union.retain(|s| seen.insert(s.clone()));
         let scopes = union.clone();
-        self.update_record(name, |r| {
+        self.update_record(&guard, |r| {
             let attempts = r.step_up.take().map(|s| s.attempts).unwrap_or_default();
             r.step_up = Some(StepUp {
                 scopes: union,
@@ -194,7 +206,11 @@ impl Broker {
 
     /// Called when a login starts with step-up scopes: enforces the bound
     /// and counts the attempt.
-    pub(crate) async fn count_step_up_attempt(&self, name: &ServerName) -> Result<(), BrokerError> {
+    pub(crate) async fn count_step_up_attempt(
+        &self,
+        guard: &ServerGuard,
+    ) -> Result<(), BrokerError> {
+        let name = guard.name();
         let now = self.now_ms();
         let Some(mut record) = self.store().server(name)? else {
             return Ok(());
@@ -210,7 +226,7 @@ impl Broker {
             });
         }
         step_up.attempts.push(now);
-        self.store().put_server(name, &record).await?;
+        self.store().put_server(guard, &record).await?;
         Ok(())
     }
 }
@@ -221,7 +237,7 @@ mod tests {
     use crate::broker::{BrokerOptions, Paths};
     use crate::clock::TokioClock;
     use crate::secret::Secret;
-    use crate::state::{AuthServerMetadata, Discovery, DiscoverySource, Grant, ServerRecord};
+    use crate::state::{AuthServerMetadata, Discovery, DiscoverySource, ServerRecord};
 
     /// A broker whose only server's AS is unreachable, holding a grant that
     /// expires at `expires_ms` on a clock that starts at 0 and follows
@@ -269,11 +285,12 @@ mod tests {
             source: DiscoverySource::ProtectedResource,
             discovered_at_ms: 0,
         });
-        broker.store().put_server(&name, &record).await.unwrap();
+        let guard = broker.locks.lock(&name).await;
+        broker.store().put_server(&guard, &record).await.unwrap();
         broker
             .store()
             .put_registration(
-                &name,
+                &guard,
                 &crate::state::Registration {
                     issuer: issuer.clone(),
                     client_id: "c".into(),
@@ -287,10 +304,9 @@ mod tests {
             .await
             .unwrap();
         broker
-            .store()
-            .put_grant(
-                &name,
-                &Grant {
+            .install_grant(
+                &guard,
+                crate::install::NewGrant {
                     issuer,
                     client_id: "c".into(),
                     resource: "http://127.0.0.1:9/mcp".into(),
@@ -299,12 +315,13 @@ mod tests {
                     refresh_token: Some(Secret::new("rt")),
                     expires_at_ms: Some(expires_ms),
                     scopes: vec![],
-                    obtained_at_ms: 0,
-                    generation: 1,
                 },
+                crate::install::GrantSource::Import,
+                |_| {},
             )
             .await
             .unwrap();
+        drop(guard);
         broker
     }
 

@@ -1,0 +1,133 @@
+//! The one place that installs a grant (`impl Broker`).
+//!
+//! A login, a refresh and an import all end here, under the server's
+//! [`ServerGuard`]. Installing means, in this order:
+//! 1. the binding is checked: the server is still configured with the URL
+//!    its record belongs to, and the grant's issuer is the authorization
+//!    server discovered for it (a grant is never installed for another
+//!    server, even when its URL changed while the grant was being
+//!    obtained);
+//! 2. the generation is bumped past every generation this server ever
+//!    had (the record keeps the high-water mark, so generations only grow,
+//!    across logouts too);
+//! 3. grant and record are written in one transaction and flushed;
+//! 4. the backoff of the previous grant ends;
+//! 5. the token files are exported (awaited, not queued, so no export can
+//!    be skipped);
+//! 6. `TokenIssued` is published.
+//!
+//! Only then does the caller get the grant.
+
+use tracing::{info, warn};
+
+use crate::broker::{Broker, BrokerError, EventKind};
+use crate::locks::ServerGuard;
+use crate::secret::Secret;
+use crate::state::{Grant, ServerRecord};
+
+/// Where a new grant came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GrantSource {
+    /// An authorization-code (or other interactive) login.
+    Login,
+    /// A refresh of the grant held.
+    Refresh,
+    /// A token file or another tool's store.
+    Import,
+}
+
+impl GrantSource {
+    fn as_str(self) -> &'static str {
+        match self {
+            GrantSource::Login => "login",
+            GrantSource::Refresh => "refresh",
+            GrantSource::Import => "import",
+        }
+    }
+}
+
+/// A grant as obtained, before it has a generation.
+#[derive(Debug)]
+pub struct NewGrant {
+    pub issuer: String,
+    pub client_id: String,
+    pub resource: String,
+    pub access_token: Secret,
+    pub token_type: String,
+    pub refresh_token: Option<Secret>,
+    pub expires_at_ms: Option<i64>,
+    pub scopes: Vec<String>,
+}
+
+impl Broker {
+    /// Installs `new` as `guard`'s server's grant; see the module doc.
+    /// `change` updates the server's record in the same transaction.
+    pub(crate) async fn install_grant(
+        &self,
+        guard: &ServerGuard,
+        new: NewGrant,
+        source: GrantSource,
+        change: impl FnOnce(&mut ServerRecord),
+    ) -> Result<Grant, BrokerError> {
+        let name = guard.name();
+        let discard = |reason: &str| {
+            warn!(server = %name, source = source.as_str(), %reason, "new grant discarded");
+            BrokerError::Superseded {
+                server: name.to_string(),
+                reason: reason.to_string(),
+            }
+        };
+        let configured_url = self.config().servers.get(name).map(|s| s.url.to_string());
+        let Some(mut record) = self.store().server(name)? else {
+            return Err(discard("the server is no longer configured"));
+        };
+        if configured_url.as_deref() != Some(record.url.as_str()) {
+            return Err(discard("the server's URL changed while it was obtained"));
+        }
+        match record.discovery.as_ref() {
+            Some(d) if d.issuer == new.issuer => {}
+            Some(_) => {
+                return Err(discard(
+                    "it was issued by another authorization server than the server's own",
+                ));
+            }
+            None => return Err(discard("the server's authorization server is not known")),
+        }
+        let now = self.now_ms();
+        let current = self.store().grant(name)?;
+        let generation = current
+            .as_ref()
+            .map_or(0, |g| g.generation)
+            .max(record.last_generation)
+            + 1;
+        let grant = Grant {
+            issuer: new.issuer,
+            client_id: new.client_id,
+            resource: new.resource,
+            access_token: new.access_token,
+            token_type: new.token_type,
+            refresh_token: new.refresh_token,
+            expires_at_ms: new.expires_at_ms,
+            scopes: new.scopes,
+            obtained_at_ms: now,
+            generation,
+        };
+        record.last_generation = generation;
+        record.last_error = None;
+        // LAST REFRESH is that of the grant in force.
+        record.last_refresh_ms = (source == GrantSource::Refresh).then_some(now);
+        change(&mut record);
+        self.store().install_grant(guard, &grant, &record).await?;
+        self.end_backoff(name);
+        self.export_token_file(name, &grant).await;
+        info!(server = %name, generation, source = source.as_str(), "grant installed");
+        self.publish(
+            Some(name.clone()),
+            EventKind::TokenIssued {
+                generation,
+                expires_at_ms: grant.expires_at_ms,
+            },
+        );
+        Ok(grant)
+    }
+}
