@@ -6,36 +6,48 @@
 //!   systemd activation, peer-uid check on every connection.
 //! - [`rpc`]: the gRPC adapter; the only module that knows tonic/prost.
 //! - [`broker`]: the domain core: config in force, server registry, events.
+//! - [`locks`]: the per-server lock as a type (`ServerGuard`), which every
+//!   write of a server's state takes.
+//! - [`install`]: the one place a new grant is installed.
+//! - [`login`]: the authorization-code flow; [`callback`]: its loopback
+//!   HTTP server.
+//! - [`refresh`]: the one place a grant is refreshed, the backoff, logout.
+//! - [`tokens`]: `GetToken`, rejected-token reports, step-up.
+//! - [`scheduler`]: proactive refresh on an injectable [`clock`].
+//! - [`files`]: token-file export and import.
+//! - [`oauth`]: the OAuth engine (discovery, registration, flows, token
+//!   endpoint); knows neither gRPC nor the store.
 //! - [`config`]: `config.toml`: parsing, validation, comment-keeping edits.
 //! - [`store`]: persistence in sled; the only module that knows sled.
 //! - [`state`]: the runtime records the store persists.
 //! - [`watcher`]: `notify` on the config's directory, debounced reloads.
-//! - [`secret`], [`url_policy`], [`logging`], [`shutdown`]: small pieces.
+//! - [`secret`], [`url_policy`], [`fsutil`], [`logging`], [`shutdown`]:
+//!   small pieces.
 //!
 //! The binary (`src/main.rs`) only parses flags and calls [`run`].
 
 pub mod broker;
-pub mod callback;
+pub(crate) mod callback;
 pub mod clock;
 pub mod config;
 pub mod files;
-pub mod fsutil;
-pub mod install;
+pub(crate) mod fsutil;
+pub(crate) mod install;
 pub mod listener;
-pub mod locks;
+pub(crate) mod locks;
 pub mod logging;
 pub mod login;
 pub mod oauth;
-pub mod refresh;
-pub mod rpc;
+pub(crate) mod refresh;
+pub(crate) mod rpc;
 pub mod scheduler;
 pub mod secret;
 pub mod shutdown;
 pub mod state;
 pub mod store;
-pub mod tokens;
-pub mod url_policy;
-pub mod watcher;
+pub(crate) mod tokens;
+pub(crate) mod url_policy;
+pub(crate) mod watcher;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};

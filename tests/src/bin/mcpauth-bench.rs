@@ -478,9 +478,125 @@ async fn bench(smoke: bool) -> i32 {
         target: "≤ 100 ms".into(),
     });
 
+    // 7. Idle wakeups: the daemon runs all day on laptops.
+    let idle_secs = if smoke { 2 } else { 10 };
+    let (per_sec, by_thread) = idle_wakeups(100, Duration::from_secs(idle_secs));
+    rows.push(Row {
+        figure: format!("7. Idle wakeups per second, 100 servers ({idle_secs} s)"),
+        ours: format!("{per_sec:.1}/s ({by_thread})"),
+        baseline: "-".into(),
+        ratio: "-".into(),
+        target: "≤ 1/s".into(),
+    });
+
+    // 8. Short tokens: 5 processes x 30 GetToken calls with 3 s tokens.
+    let (refreshes, elapsed) = short_token_refreshes().await;
+    rows.push(Row {
+        figure: "8. Refreshes per 150 calls, 3 s tokens (5 clients x 30, 100 ms apart)".into(),
+        ours: format!("{refreshes} in {:.1} s", elapsed.as_secs_f64()),
+        baseline: "150 (one per call, before the margin cap)".into(),
+        ratio: format!("{:.2}", refreshes as f64 / 150.0),
+        target: "≈ one per half-life".into(),
+    });
+    if refreshes > (elapsed.as_millis() / 1500) as usize + 3 {
+        eprintln!("FAIL: {refreshes} refreshes for 150 calls with 3 s tokens");
+        failed = true;
+    }
+
     print_table(&rows, smoke);
     drop(daemon);
     i32::from(failed)
+}
+
+/// Context switches of every thread of `pid`, by thread name.
+fn switches(pid: i32) -> std::collections::BTreeMap<String, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        let mut name = String::new();
+        let mut n = 0;
+        for line in status.lines() {
+            if let Some(v) = line.strip_prefix("Name:") {
+                name = v.trim().to_string();
+            } else if let Some(v) = line
+                .strip_prefix("voluntary_ctxt_switches:")
+                .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
+            {
+                n += v.trim().parse::<u64>().unwrap_or(0);
+            }
+        }
+        *out.entry(name).or_insert(0) += n;
+    }
+    out
+}
+
+/// Wakeups per second of an idle daemon with `n` servers, and the threads
+/// that woke.
+fn idle_wakeups(n: usize, window: Duration) -> (f64, String) {
+    let env = TestEnv::new();
+    let mut config = String::new();
+    for i in 0..n {
+        config.push_str(&format!(
+            "[servers.s{i}]\nurl = \"https://mcp{i}.example.com/mcp\"\n"
+        ));
+    }
+    env.write_config(&config);
+    let mut cmd = env.command("mcpauthd");
+    cmd.env(mcpauth_proto::env::LOG, "warn");
+    let daemon = env.spawn_daemon(&mut cmd).expect("ready");
+    std::thread::sleep(Duration::from_secs(2));
+    let before = switches(daemon.pid());
+    std::thread::sleep(window);
+    let after = switches(daemon.pid());
+    let secs = window.as_secs_f64();
+    let mut total = 0u64;
+    let mut parts = Vec::new();
+    for (name, n) in &after {
+        let d = n.saturating_sub(before.get(name).copied().unwrap_or(0));
+        total += d;
+        if d > 0 {
+            parts.push(format!("{name} {:.1}", d as f64 / secs));
+        }
+    }
+    (total as f64 / secs, parts.join(", "))
+}
+
+/// Refresh requests at the AS while 5 clients make 30 calls each, 100 ms
+/// apart, with 3 s tokens.
+async fn short_token_refreshes() -> (usize, Duration) {
+    let server = AuthServer::start(Switches {
+        expires_in: Some(3),
+        ..Default::default()
+    })
+    .await;
+    let env = TestEnv::new();
+    env.write_config(&format!("[servers.s]\nurl = \"{}\"\n", server.mcp_url));
+    let mut cmd = env.command("mcpauthd");
+    cmd.env(mcpauth_proto::env::LOG, "warn");
+    let daemon = env.spawn_daemon(&mut cmd).expect("daemon ready");
+    let login = env.ctl(&["login", "s"]);
+    assert_eq!(login.code(), 0, "login: {}", login.stderr());
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..5 {
+        let socket = env.socket();
+        tasks.push(tokio::spawn(async move {
+            let mut c = mcpauth_client::Client::connect(&socket).await.unwrap();
+            for _ in 0..30 {
+                c.get_token("s", None).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let elapsed = started.elapsed();
+    drop(daemon);
+    (server.token_requests("refresh_token").len(), elapsed)
 }
 
 /// Calls per second of `tasks` concurrent loops of `call(task)` for `time`.
