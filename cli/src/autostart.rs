@@ -141,9 +141,49 @@ pub async fn wait_for_exit(socket: &Path, timeout: Duration) -> bool {
     }
 }
 
+/// Whether `manager` ("systemd" or "launchd") can be reached from here:
+/// `Err` says why not.
+pub fn manager_reachable(manager: &str) -> Result<(), String> {
+    let (program, args): (&str, Vec<String>) = if manager == "launchd" {
+        (
+            "launchctl",
+            vec!["print".into(), format!("gui/{}", nix::unistd::getuid())],
+        )
+    } else {
+        (
+            "systemctl",
+            vec!["--user".into(), "show-environment".into()],
+        )
+    };
+    let shown = format!("{program} {}", args.join(" "));
+    match Command::new(program)
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+    {
+        Ok(out) if out.status.success() => Ok(()),
+        Ok(out) => {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let first = stderr.lines().next().unwrap_or("").trim();
+            let first: String = first.chars().take(200).collect();
+            Err(if manager == "launchd" {
+                format!("launchd's GUI domain is not reachable (`{shown}` failed: {first})")
+            } else {
+                format!("no systemd user manager is reachable (`{shown}` failed: {first})")
+            })
+        }
+        Err(e) => Err(format!("`{shown}` could not run: {e}")),
+    }
+}
+
 /// Starts mcpauthd for `socket` and waits until it serves.
 pub async fn start_daemon(socket: &Path) -> Result<(), ClientError> {
     if let Some(manager) = service_manager(socket) {
+        if let Err(reason) = manager_reachable(manager) {
+            return Err(ClientError::ServiceUnusable { manager, reason });
+        }
         return Err(ClientError::Managed {
             manager,
             start: if manager == "systemd" {

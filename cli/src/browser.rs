@@ -8,16 +8,20 @@
 
 use std::process::{Command, Stdio};
 
-/// Whether this looks like a session with no local browser: SSH without a
-/// display (and no `$BROWSER` telling us otherwise).
+/// Whether this looks like a session with no local browser: no `$BROWSER`
+/// telling us otherwise, and (outside macOS) no display to show one on.
+/// `xdg-open` "succeeds" on such machines without showing anything, so
+/// its exit status cannot tell.
 pub fn is_headless() -> bool {
     let var = |k: &str| std::env::var_os(k).is_some_and(|v| !v.is_empty());
     if var("BROWSER") {
         return false;
     }
-    let ssh = var("SSH_CONNECTION") || var("SSH_TTY");
-    let display = cfg!(target_os = "macos") || var("DISPLAY") || var("WAYLAND_DISPLAY");
-    ssh && !display
+    if cfg!(target_os = "macos") {
+        // A Mac has a browser unless this is an SSH session.
+        return var("SSH_CONNECTION") || var("SSH_TTY");
+    }
+    !(var("DISPLAY") || var("WAYLAND_DISPLAY"))
 }
 
 /// The command lines that would open `url`, in order of preference.

@@ -62,6 +62,11 @@ pub enum ClientError {
         manager: &'static str,
         start: &'static str,
     },
+    #[error("mcpauthd's {manager} units are installed, but {reason}")]
+    ServiceUnusable {
+        manager: &'static str,
+        reason: String,
+    },
 }
 
 impl ClientError {
@@ -71,6 +76,7 @@ impl ClientError {
             ClientError::NotRunning { .. }
             | ClientError::Unreachable { .. }
             | ClientError::Managed { .. }
+            | ClientError::ServiceUnusable { .. }
             | ClientError::Autostart(_) => exit::UNREACHABLE,
             ClientError::ProtocolMismatch { .. } => exit::FAILURE,
             ClientError::Rpc { code, .. } => match code {
@@ -102,6 +108,10 @@ impl ClientError {
                     .into(),
             ),
             ClientError::Managed { start, .. } => Some(format!("start it with `{start}`")),
+            ClientError::ServiceUnusable { .. } => Some(
+                "run `mcpauthctl service uninstall` to go back to starting mcpauthd on demand"
+                    .into(),
+            ),
             ClientError::Autostart(_) => Some("run `mcpauthd` in a terminal to see why".into()),
             ClientError::Rpc { code, .. } => match code {
                 tonic::Code::NotFound => Some("see `mcpauthctl list` for the configured servers".into()),

@@ -27,6 +27,50 @@ fn stderr(line: &str) {
     let _ = writeln!(std::io::stderr(), "{line}");
 }
 
+/// The terminal's width, if stderr is one.
+fn width() -> Option<usize> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let mut size = nix::libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes one `winsize` into the struct we own.
+    let ok = unsafe { nix::libc::ioctl(2, nix::libc::TIOCGWINSZ, &mut size) } == 0;
+    (ok && size.ws_col > 20).then_some(size.ws_col as usize)
+}
+
+/// Prints a paragraph, wrapped at word boundaries to the terminal's width
+/// (unwrapped when stderr is not a terminal: the reader wraps it).
+fn paragraph(text: &str) {
+    let Some(width) = width() else {
+        stderr(text);
+        return;
+    };
+    stderr(&wrap(text, width));
+}
+
+fn wrap(text: &str, width: usize) -> String {
+    let mut out = String::new();
+    let mut line = 0;
+    for word in text.split(' ') {
+        let len = word.chars().count();
+        if line > 0 && line + 1 + len > width {
+            out.push('\n');
+            line = 0;
+        } else if line > 0 {
+            out.push(' ');
+            line += 1;
+        }
+        out.push_str(word);
+        line += len;
+    }
+    out
+}
+
 fn failure(result: &pb::LoginResult) -> Failure {
     let code = match pb::LoginFailure::try_from(result.failure) {
         Ok(pb::LoginFailure::Denied) => exit::LOGIN_REQUIRED,
@@ -91,10 +135,12 @@ pub async fn run(mut client: Client, args: LoginArgs) -> Result<String, Failure>
     let interactive = std::io::stderr().is_terminal();
     let name = &args.name;
 
-    stderr(&format!(
-        "Log in to {name} by opening this URL in a browser:\n\n  {}\n",
-        started.authorization_url
+    // The URL on a line of its own, unindented, so it copies whole however
+    // the terminal wraps it.
+    paragraph(&format!(
+        "Log in to {name} by opening this URL in a browser:"
     ));
+    stderr(&format!("\n{}\n", started.authorization_url));
     if started.joined {
         stderr("(joining the login already in progress)");
     }
@@ -105,12 +151,25 @@ pub async fn run(mut client: Client, args: LoginArgs) -> Result<String, Failure>
             .ok()
             .and_then(|h| h.into_string().ok())
             .unwrap_or_else(|| "this-host".into());
-        stderr(&format!(
-            "No local browser here. Either forward the callback port from your own machine:\n\n  ssh -N -L {port}:127.0.0.1:{port} {host}\n\n\
-             and open the URL there, or open it anywhere and paste below the address your browser\n\
-             ends up on (it starts with {}).\n",
+        if !args.no_browser {
+            paragraph(
+                "No display and no $BROWSER here, so no browser was opened (set $BROWSER to use one).",
+            );
+        }
+        paragraph(
+            "Either forward the callback port from the machine with the browser, then open the URL there:",
+        );
+        stderr(&format!("\n  ssh -N -L {port}:127.0.0.1:{port} {host}\n"));
+        paragraph(&format!(
+            "or open the URL on any machine and paste below the address your browser ends up on (it starts with {}, and may show an error page there).",
             started.redirect_uri
         ));
+        if std::io::stdin().is_terminal() {
+            // A prompt on its own line; nothing else is written while the
+            // person types.
+            let _ = write!(std::io::stderr(), "\nPaste the address and press Enter: ");
+            let _ = std::io::stderr().flush();
+        }
         pasted = Some(paste_lines());
     } else {
         match browser::open(&started.authorization_url) {
@@ -131,11 +190,14 @@ pub async fn run(mut client: Client, args: LoginArgs) -> Result<String, Failure>
             }
         }
     }
+    // The spinner only runs while nobody is typing.
+    let tty = interactive;
+    let interactive = interactive && pasted.is_none();
 
     let spinner = ['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏'];
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut frame = 0usize;
-    if !interactive {
+    if !interactive && pasted.is_none() {
         stderr("Waiting for the browser (Ctrl-C to cancel)...");
     }
     let ctrl_c = tokio::signal::ctrl_c();
@@ -166,15 +228,28 @@ pub async fn run(mut client: Client, args: LoginArgs) -> Result<String, Failure>
             line = async { match pasted.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {
                 clear(interactive);
                 let Some(line) = line else {
-                    // stdin closed: keep waiting for the callback.
                     pasted = None;
+                    if !tty {
+                        // No terminal and nothing pasted: nobody is there
+                        // to finish it, so a program is not kept waiting.
+                        let _ = client.cancel_login(name).await;
+                        return Err(Failure {
+                            message: format!(
+                                "login required: no browser, no terminal and nothing pasted on stdin; run `mcpauthctl login {name}` in a terminal"
+                            ),
+                            code: exit::LOGIN_REQUIRED,
+                        });
+                    }
+                    // A terminal without stdin: keep waiting for the callback.
                     continue;
                 };
                 match client.complete_login(name, &line).await {
                     Ok(result) if result.ok => return Ok(success(name, &result)),
                     Ok(result) => return Err(failure(&result)),
                     Err(ClientError::Rpc { message, .. }) => {
-                        stderr(&format!("That did not work: {message}. Paste the address again, or finish in the browser."));
+                        paragraph(&format!("That did not work: {message}."));
+                        let _ = write!(std::io::stderr(), "Paste the address again, or finish in the browser: ");
+                        let _ = std::io::stderr().flush();
                     }
                     Err(e) => return Err(e.into()),
                 }
@@ -200,5 +275,21 @@ pub async fn run(mut client: Client, args: LoginArgs) -> Result<String, Failure>
                 frame += 1;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wrap;
+
+    #[test]
+    fn wraps_at_word_boundaries_and_keeps_long_words_whole() {
+        assert_eq!(wrap("aa bb cc", 5), "aa bb\ncc");
+        let url = "https://as.example/authorize?client_id=x&state=y";
+        assert_eq!(
+            wrap(&format!("open {url} now"), 10),
+            format!("open\n{url}\nnow")
+        );
+        assert_eq!(wrap("one", 80), "one");
     }
 }

@@ -130,6 +130,10 @@ enum Command {
         name: Option<String>,
         #[arg(long)]
         json: bool,
+        /// When the daemon stops, wait for it (or start it) and go on,
+        /// instead of exiting 3.
+        #[arg(long)]
+        follow: bool,
     },
     /// Stop the daemon.
     Stop,
@@ -400,30 +404,50 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             });
             out!("{headers}");
         }
-        Command::Watch { name, json } => {
-            let mut client = mcpauth_client::connect(&opts).await?;
-            let mut stream = client.watch(name.as_deref()).await?;
-            while let Some(item) = stream.next().await {
-                let event = output::EventJson::from(item.map_err(|s| client.stream_error(s))?);
-                if json {
-                    out!(
-                        "{}",
-                        serde_json::to_string(&event).expect("JSON serialises")
-                    );
-                } else {
-                    let mut line = format!(
-                        "{} {}",
-                        event.event.replace('_', " "),
-                        event.server.as_deref().unwrap_or("-")
-                    );
-                    if let Some(url) = &event.url {
-                        line.push_str(&format!(" {url}"));
+        Command::Watch { name, json, follow } => {
+            let mut reconnecting = false;
+            loop {
+                let mut client = match mcpauth_client::connect(&opts).await {
+                    Ok(c) => c,
+                    Err(e) if reconnecting && e.exit_code() == exit::UNREACHABLE => {
+                        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                        continue;
                     }
-                    if let Some(error) = &event.error {
-                        line.push_str(&format!(": {error}"));
-                    }
-                    out!("{line}");
+                    Err(e) => return Err(e.into()),
+                };
+                let mut stream = client.watch(name.as_deref()).await?;
+                if reconnecting {
+                    eprintln!("mcpauthctl: reconnected to mcpauthd");
                 }
+                while let Some(item) = stream.next().await {
+                    let item = match item {
+                        Ok(item) => item,
+                        // A broken connection is the daemon going away.
+                        Err(status) => match client.stream_error(status) {
+                            e if e.exit_code() == exit::UNREACHABLE => break,
+                            e => return Err(e.into()),
+                        },
+                    };
+                    let event = output::EventJson::from(item);
+                    if json {
+                        out!(
+                            "{}",
+                            serde_json::to_string(&event).expect("JSON serialises")
+                        );
+                    } else {
+                        out!("{}", watch_line(&event));
+                    }
+                }
+                // The daemon ends every stream when it stops.
+                if !follow {
+                    return Err(Failure {
+                        message: "mcpauthd stopped, so the event stream ended; run `mcpauthctl watch --follow` to wait for it to come back".into(),
+                        code: exit::UNREACHABLE,
+                    });
+                }
+                eprintln!("mcpauthctl: mcpauthd stopped; waiting for it to come back");
+                reconnecting = true;
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
             }
         }
         Command::Stop => {
@@ -456,17 +480,33 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Service { action } => {
             let result = match action {
                 ServiceAction::Install { no_enable } => {
+                    let mut stopped = false;
                     if !no_enable {
+                        // Nothing is touched unless the manager is there.
+                        service::preflight().map_err(|message| Failure {
+                            message,
+                            code: exit::FAILURE,
+                        })?;
                         // An autostarted daemon holds the socket the service wants.
                         if let Ok(mut c) = mcpauth_client::Client::connect(&opts.socket).await
                             && let Ok(s) = c.status_unchecked().await
                             && !s.socket_activated
                         {
                             let _ = c.shutdown().await;
-                            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                            mcpauth_client::autostart::wait_for_exit(
+                                &opts.socket,
+                                std::time::Duration::from_secs(10),
+                            )
+                            .await;
+                            stopped = true;
                         }
                     }
-                    service::install(!no_enable)
+                    let result = service::install(!no_enable);
+                    if result.is_err() && stopped {
+                        // The daemon as it was: started on demand again.
+                        let _ = mcpauth_client::autostart::start_daemon(&opts.socket).await;
+                    }
+                    result
                 }
                 ServiceAction::Uninstall { no_disable } => service::uninstall(!no_disable),
             };
@@ -480,6 +520,28 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// One human line for an event: local time, what, which server (or
+/// "config" for the daemon's config events), and details.
+fn watch_line(event: &output::EventJson) -> String {
+    let subject = match (event.server.as_deref(), event.event) {
+        (Some(server), _) => server,
+        (None, "config_rejected" | "config_accepted") => "config",
+        (None, _) => "daemon",
+    };
+    let mut line = format!(
+        "{} {} {subject}",
+        output::local_time(event.at_unix_ms),
+        event.event.replace('_', " "),
+    );
+    if let Some(url) = &event.url {
+        line.push_str(&format!(" {url}"));
+    }
+    if let Some(error) = &event.error {
+        line.push_str(&format!(": {error}"));
+    }
+    line
 }
 
 /// The configured server whose URL is `$CLAUDE_CODE_MCP_SERVER_URL`.
@@ -606,10 +668,12 @@ fn print_server(s: pb::Server) {
         ("state", output::state_name(s.state).replace('_', " ")),
         (
             "client id",
-            if s.client_id.is_empty() {
-                "(registered by mcpauthd)".into()
-            } else {
-                s.client_id.clone()
+            match (s.client_id.as_str(), s.client_id_source.as_str()) {
+                ("", _) => "(registered by mcpauthd at the first login)".into(),
+                (id, "registered") => format!("{id} (registered by mcpauthd)"),
+                (id, "metadata_document") => format!("{id} (metadata document)"),
+                (id, "imported") => format!("{id} (from an imported login)"),
+                (id, _) => format!("{id} (configured)"),
             },
         ),
         (
@@ -630,10 +694,10 @@ fn print_server(s: pb::Server) {
         ),
         (
             "callback port",
-            if s.callback_port == 0 {
-                "(chosen by mcpauthd)".into()
-            } else {
-                s.callback_port.to_string()
+            match (s.callback_port, s.callback_port_source.as_str()) {
+                (0, _) => "(chosen by mcpauthd at the first login, then kept)".into(),
+                (port, "chosen") => format!("{port} (chosen by mcpauthd, kept)"),
+                (port, _) => format!("{port} (configured)"),
             },
         ),
         (

@@ -14,10 +14,16 @@ pub struct ServerJson {
     /// `login_required`, `login_pending`, `authorized`, `refresh_failing`,
     /// `step_up_required`, or `unknown`.
     pub state: &'static str,
+    /// The client id in effect (configured, registered, ...).
     pub client_id: Option<String>,
+    /// `configured`, `registered`, `metadata_document`, `imported`, or null.
+    pub client_id_source: Option<String>,
     pub has_client_secret: bool,
     pub scopes: Vec<String>,
+    /// The callback port in effect (configured, or chosen at first login).
     pub callback_port: Option<u32>,
+    /// `configured`, `chosen`, or null.
+    pub callback_port_source: Option<String>,
     pub client_metadata_url: Option<String>,
     pub token_expires_at_unix_ms: Option<i64>,
     pub last_refresh_unix_ms: Option<i64>,
@@ -63,12 +69,33 @@ pub struct EventJson {
     pub at_unix_ms: i64,
     pub server: Option<String>,
     /// `server_added`, `server_removed`, `server_changed`, `config_rejected`,
-    /// `login_started`, `token_issued`, `login_required`, `step_up_required`.
+    /// `config_accepted`, `login_started`, `token_issued`, `login_required`,
+    /// `step_up_required`.
     pub event: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// `unix_ms` as local time, `YYYY-MM-DD HH:MM:SS`.
+pub fn local_time(unix_ms: i64) -> String {
+    let secs = (unix_ms / 1000) as nix::libc::time_t;
+    // SAFETY: localtime_r fills the `tm` we own from the time we pass.
+    let mut tm: nix::libc::tm = unsafe { std::mem::zeroed() };
+    let ok = !unsafe { nix::libc::localtime_r(&secs, &mut tm) }.is_null();
+    if !ok {
+        return format!("@{}", unix_ms / 1000);
+    }
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+        tm.tm_year + 1900,
+        tm.tm_mon + 1,
+        tm.tm_mday,
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec
+    )
 }
 
 fn some<T: PartialEq + Default>(v: T) -> Option<T> {
@@ -93,9 +120,11 @@ impl From<pb::Server> for ServerJson {
             name: s.name,
             url: s.url,
             client_id: some(s.client_id),
+            client_id_source: some(s.client_id_source),
             has_client_secret: s.has_client_secret,
             scopes: s.scopes,
             callback_port: some(s.callback_port),
+            callback_port_source: some(s.callback_port_source),
             client_metadata_url: some(s.client_metadata_url),
             token_expires_at_unix_ms: some(s.token_expires_at_unix_ms),
             last_refresh_unix_ms: some(s.last_refresh_unix_ms),
@@ -146,6 +175,7 @@ impl From<pb::Event> for EventJson {
             Some(Kind::ServerRemoved(_)) => ("server_removed", None, None),
             Some(Kind::ServerChanged(c)) => ("server_changed", Some(c.url), None),
             Some(Kind::ConfigRejected(r)) => ("config_rejected", None, Some(r.error)),
+            Some(Kind::ConfigAccepted(_)) => ("config_accepted", None, None),
             Some(Kind::LoginStarted(_)) => ("login_started", None, None),
             Some(Kind::TokenIssued(_)) => ("token_issued", None, None),
             Some(Kind::LoginRequired(r)) => ("login_required", None, Some(r.reason)),

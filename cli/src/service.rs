@@ -64,7 +64,25 @@ fn uid() -> String {
     nix::unistd::getuid().to_string()
 }
 
-/// Writes the unit files; with `activate`, enables and starts them.
+/// Checks that the service manager can be reached (a systemd user
+/// manager on its bus; launchd's GUI domain on macOS), before anything is
+/// changed: installing units for a manager that is not there would leave
+/// the daemon unable to start at all.
+pub fn preflight() -> Result<(), String> {
+    mcpauth_client::autostart::manager_reachable(if cfg!(target_os = "macos") {
+        "launchd"
+    } else {
+        "systemd"
+    })
+    .map_err(|reason| {
+        format!(
+            "{reason}; nothing was changed. Without a service, mcpauthctl starts mcpauthd on demand, which needs no install"
+        )
+    })
+}
+
+/// Writes the unit files; with `activate`, enables and starts them. If a
+/// step fails, the files are put back as they were before.
 pub fn install(activate: bool) -> Result<Vec<String>, String> {
     let daemon = daemon_binary();
     let daemon = std::fs::canonicalize(&daemon).map_err(|e| {
@@ -74,36 +92,70 @@ pub fn install(activate: bool) -> Result<Vec<String>, String> {
             mcpauth_proto::env::DAEMON_BIN
         )
     })?;
+    let files = rendered(&daemon);
+    // What was there before, to put back on failure.
+    let before: Vec<(PathBuf, Option<Vec<u8>>)> = files
+        .iter()
+        .map(|(path, _)| (path.clone(), std::fs::read(path).ok()))
+        .collect();
+    let rollback = |error: String| -> String {
+        for (path, old) in &before {
+            let _ = match old {
+                Some(bytes) => std::fs::write(path, bytes),
+                None => std::fs::remove_file(path),
+            };
+        }
+        if activate && !cfg!(target_os = "macos") {
+            let _ = run_quiet("systemctl", &["--user", "daemon-reload"]);
+        }
+        format!("{error}; the unit files were put back as they were")
+    };
     let mut notes = Vec::new();
-    for (path, contents) in rendered(&daemon) {
+    for (path, contents) in files {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)
-                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+                .map_err(|e| rollback(format!("cannot create {}: {e}", dir.display())))?;
         }
         std::fs::write(&path, contents)
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            .map_err(|e| rollback(format!("cannot write {}: {e}", path.display())))?;
         notes.push(format!("wrote {}", path.display()));
     }
     if !activate {
         notes.push(next_step_install());
         return Ok(notes);
     }
-    if cfg!(target_os = "macos") {
+    let activated = if cfg!(target_os = "macos") {
         let plist = &service_files()[2].1;
         let plist = plist.display().to_string();
         run(
             "launchctl",
             &["bootstrap", &format!("gui/{}", uid()), &plist],
-        )?;
+        )
     } else {
-        run("systemctl", &["--user", "daemon-reload"])?;
-        run(
-            "systemctl",
-            &["--user", "enable", "--now", "mcpauthd.socket"],
-        )?;
-    }
+        run("systemctl", &["--user", "daemon-reload"]).and_then(|()| {
+            run(
+                "systemctl",
+                &["--user", "enable", "--now", "mcpauthd.socket"],
+            )
+        })
+    };
+    activated.map_err(rollback)?;
     notes.push("enabled and started".into());
     Ok(notes)
+}
+
+/// Runs a command with its output discarded.
+fn run_quiet(program: &str, args: &[&str]) -> Result<(), String> {
+    match Command::new(program)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+    {
+        Ok(status) if status.success() => Ok(()),
+        Ok(status) => Err(format!("{status}")),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 fn next_step_install() -> String {

@@ -117,6 +117,10 @@ pub struct ServerView {
     pub granted_scopes: Vec<String>,
     /// What the refresh scheduler plans for this server.
     pub plan: Plan,
+    /// The client id in effect and where it comes from.
+    pub client_id: Option<(String, &'static str)>,
+    /// The callback port in effect and where it comes from.
+    pub callback_port: Option<(u16, &'static str)>,
 }
 
 /// Derives the state shown for a server from what is stored.
@@ -193,6 +197,8 @@ pub enum EventKind {
     ConfigRejected {
         error: String,
     },
+    /// `config.toml` is valid again after a rejection.
+    ConfigAccepted,
     LoginStarted,
     TokenIssued {
         generation: u64,
@@ -467,7 +473,42 @@ impl Broker {
             self.logins.is_active(name),
             self.now_ms(),
         );
+        let client_id = if let Some(id) = &server.client_id {
+            Some((id.clone(), "configured"))
+        } else {
+            let issuer = record
+                .as_ref()
+                .and_then(|r| r.discovery.as_ref().map(|d| d.issuer.clone()));
+            let registration = match &issuer {
+                Some(issuer) => self.store.registration(name, issuer)?,
+                None => None,
+            };
+            match (registration, &grant) {
+                (Some(reg), _) => Some((
+                    reg.client_id,
+                    match reg.kind {
+                        crate::state::RegistrationKind::Configured => "configured",
+                        crate::state::RegistrationKind::MetadataDocument => "metadata_document",
+                        crate::state::RegistrationKind::Dynamic => "registered",
+                    },
+                )),
+                (None, Some(g)) if !g.client_id.is_empty() => {
+                    Some((g.client_id.clone(), "imported"))
+                }
+                _ => None,
+            }
+        };
+        let callback_port = match (
+            server.callback_port,
+            record.as_ref().and_then(|r| r.callback_port),
+        ) {
+            (Some(port), _) => Some((port, "configured")),
+            (None, Some(port)) => Some((port, "chosen")),
+            _ => None,
+        };
         Ok(ServerView {
+            client_id,
+            callback_port,
             name: name.clone(),
             config: server.clone(),
             record,
@@ -567,15 +608,16 @@ impl Broker {
     }
 
     fn reject(&self, error: String) {
-        warn!(%error, "config edit rejected; the last good config stays in force");
         {
             let mut health = self.health.lock().unwrap();
             if health.error.as_deref() == Some(error.as_str()) {
+                // The same rejection again (editors write twice): said once.
                 return;
             }
             health.error = Some(error.clone());
             health.error_at_ms = self.now_ms();
         }
+        warn!(%error, "config edit rejected; the last good config stays in force");
         self.publish(None, EventKind::ConfigRejected { error });
     }
 
@@ -672,16 +714,21 @@ impl Broker {
         self.store.set_last_good_config(text).await?;
         *self.config.write().unwrap() = Arc::new(config);
         drop(guards);
-        {
+        let healed = {
             let mut health = self.health.lock().unwrap();
             if health.error.is_some() || health.loaded_at_ms == 0 || !events.is_empty() {
                 info!(servers = self.config().servers.len(), "config loaded");
             }
+            let healed = health.error.is_some();
             *health = ConfigHealth {
                 loaded_at_ms: now,
                 error: None,
                 error_at_ms: 0,
             };
+            healed
+        };
+        if healed {
+            events.push((None, EventKind::ConfigAccepted));
         }
         for (server, kind) in events {
             self.publish(server, kind);

@@ -145,6 +145,7 @@ impl Broker {
         let discovered = match self.http.discover(&server.url, now).await {
             Ok(d) => d,
             Err(e) => {
+                warn!(server = %name, error = %e, "login failed: discovery");
                 self.record_error(&guard, &e.to_string()).await;
                 return Err(BrokerError::OAuth(e));
             }
@@ -177,9 +178,17 @@ impl Broker {
         record.discovery = Some(discovery.clone());
         self.store().put_server(&guard, &record).await?;
 
-        let registration = self
+        let registration = match self
             .registration_for(&guard, &server, &discovery, &redirect_uri, now)
-            .await?;
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(server = %name, error = %e, "login failed: client registration");
+                self.record_error(&guard, &e.to_string()).await;
+                return Err(e);
+            }
+        };
 
         let explicit = if !scopes.is_empty() {
             scopes

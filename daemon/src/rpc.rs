@@ -173,10 +173,16 @@ impl From<ServerView> for pb::Server {
         pb::Server {
             name: v.name.to_string(),
             url: v.config.url.to_string(),
-            client_id: v.config.client_id.unwrap_or_default(),
+            client_id: v
+                .client_id
+                .as_ref()
+                .map(|c| c.0.clone())
+                .unwrap_or_default(),
+            client_id_source: v.client_id.map(|c| c.1.to_string()).unwrap_or_default(),
             has_client_secret: v.config.client_secret.is_some(),
             scopes: v.config.scopes,
-            callback_port: v.config.callback_port.map_or(0, u32::from),
+            callback_port: v.callback_port.map_or(0, |p| u32::from(p.0)),
+            callback_port_source: v.callback_port.map(|p| p.1.to_string()).unwrap_or_default(),
             client_metadata_url: v
                 .config
                 .client_metadata_url
@@ -238,6 +244,7 @@ impl From<Event> for pb::Event {
             EventKind::ConfigRejected { error } => {
                 Kind::ConfigRejected(pb::ConfigRejected { error })
             }
+            EventKind::ConfigAccepted => Kind::ConfigAccepted(pb::ConfigAccepted {}),
             EventKind::LoginStarted => Kind::LoginStarted(pb::LoginStartedEvent {}),
             EventKind::TokenIssued {
                 generation,
@@ -513,9 +520,10 @@ impl broker_server::Broker for BrokerService {
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         check_protocol(&request)?;
+        // An unknown name is refused at once, as by every other call.
         let filter = match optional(request.into_inner().server) {
             None => None,
-            Some(name) => Some(ServerName::parse(&name).map_err(BrokerError::from)?),
+            Some(name) => Some(self.broker.configured(&name)?),
         };
         let mut events = self.broker.subscribe();
         let shutdown = self.broker.shutdown().wait();

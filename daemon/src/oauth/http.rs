@@ -257,23 +257,100 @@ impl HttpClient {
 }
 
 fn unreachable(url: &Url, e: &reqwest::Error) -> OAuthError {
-    let reason = if e.is_timeout() {
-        "timed out".to_string()
-    } else if e.is_connect() {
-        "connection failed".to_string()
-    } else {
-        // reqwest errors name the URL; ours has no secrets in it, but keep
-        // the message short and predictable.
-        std::error::Error::source(e)
-            .map(|s| s.to_string())
-            .unwrap_or_else(|| "request failed".into())
-            .chars()
-            .take(200)
-            .collect()
+    // The causes, innermost last, as text: reqwest, hyper and rustls
+    // errors do not share a type to match on, but their messages are
+    // stable, and none of them carries anything we sent.
+    let mut chain = Vec::new();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        chain.push(s.to_string());
+        source = s.source();
+    }
+    let io_kind = {
+        let mut source = std::error::Error::source(e);
+        let mut kind = None;
+        while let Some(s) = source {
+            if let Some(io) = s.downcast_ref::<std::io::Error>() {
+                kind = Some(io.kind());
+            }
+            source = s.source();
+        }
+        kind
     };
+    let text = chain.join(": ");
+    let host = url.host_str().unwrap_or("the server").to_string();
+    let port = url.port_or_known_default().unwrap_or(0);
+    let reason = classify(e.is_timeout(), io_kind, &text, &host, port);
     OAuthError::Unreachable {
         url: display_url(url),
         reason,
+    }
+}
+
+/// What kind of network failure `text` (the error's causes) describes,
+/// with the next step for a person.
+fn classify(
+    timed_out: bool,
+    io_kind: Option<std::io::ErrorKind>,
+    text: &str,
+    host: &str,
+    port: u16,
+) -> String {
+    let lower = text.to_ascii_lowercase();
+    if timed_out {
+        return "timed out (no answer in time); the server may be down or overloaded, or a firewall drops the traffic".into();
+    }
+    if lower.contains("dns error")
+        || lower.contains("failed to lookup address")
+        || lower.contains("name or service not known")
+        || lower.contains("name resolution")
+        || lower.contains("nodename nor servname")
+    {
+        return format!(
+            "cannot resolve the host name {host}; check the URL for a typo, and your network or DNS"
+        );
+    }
+    if io_kind == Some(std::io::ErrorKind::ConnectionRefused)
+        || lower.contains("connection refused")
+    {
+        return format!(
+            "connection refused by {host}:{port}; nothing listens there: check the URL's port and that the server is running"
+        );
+    }
+    let tls = lower.contains("certificate")
+        || lower.contains("tls")
+        || lower.contains("handshake")
+        || lower.contains("invalidcontenttype")
+        || lower.contains("corrupt message");
+    if tls {
+        let which = if lower.contains("notvalidforname") || lower.contains("not valid for name") {
+            format!("the certificate is not valid for {host}")
+        } else if lower.contains("unknownissuer") || lower.contains("unknown issuer") {
+            "the certificate is signed by an unknown authority (a self-signed certificate, or a proxy that intercepts TLS?)".to_string()
+        } else if lower.contains("expired") {
+            "the certificate has expired".to_string()
+        } else if lower.contains("notvalidyet") {
+            "the certificate is not valid yet (is this machine's clock right?)".to_string()
+        } else if lower.contains("invalidcontenttype") || lower.contains("corrupt message") {
+            "the server did not answer with TLS (is it plain http on that port?)".to_string()
+        } else {
+            let short: String = text.chars().take(160).collect();
+            format!("the TLS handshake failed ({short})")
+        };
+        return format!(
+            "TLS failed: {which}; check the URL, or the certificate the server presents"
+        );
+    }
+    if io_kind == Some(std::io::ErrorKind::ConnectionReset) {
+        return format!(
+            "the connection to {host}:{port} was reset; try again, and check any proxy or firewall in between"
+        );
+    }
+    let short: String = text.chars().take(200).collect();
+    if short.is_empty() {
+        "the request failed".into()
+    } else {
+        format!("the request failed ({short})")
     }
 }
 
@@ -297,4 +374,51 @@ pub fn parse_json<T: DeserializeOwned>(url: &Url, response: &Response) -> Result
         url: display_url(url),
         reason: e.to_string().chars().take(200).collect(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::classify;
+
+    #[test]
+    fn network_failures_name_their_kind_and_the_next_step() {
+        use std::io::ErrorKind;
+        let c = |t, k, text: &str| classify(t, k, text, "mcp.example.com", 443);
+        assert!(c(true, None, "").starts_with("timed out"));
+        assert!(
+            c(
+                false,
+                None,
+                "dns error: failed to lookup address information: Name or service not known"
+            )
+            .contains("cannot resolve the host name mcp.example.com")
+        );
+        assert!(
+            c(
+                false,
+                Some(ErrorKind::ConnectionRefused),
+                "tcp connect error: Connection refused (os error 111)"
+            )
+            .contains("connection refused by mcp.example.com:443")
+        );
+        assert!(
+            c(false, None, "invalid peer certificate: NotValidForName")
+                .contains("not valid for mcp.example.com")
+        );
+        assert!(
+            c(false, None, "invalid peer certificate: UnknownIssuer").contains("unknown authority")
+        );
+        assert!(c(false, None, "invalid peer certificate: Expired").contains("expired"));
+        assert!(
+            c(
+                false,
+                None,
+                "received corrupt message of type InvalidContentType"
+            )
+            .contains("did not answer with TLS")
+        );
+        assert!(
+            c(false, Some(ErrorKind::ConnectionReset), "connection reset").contains("was reset")
+        );
+    }
 }

@@ -1,0 +1,327 @@
+//! What a new user trips over: a service install without systemd, a login
+//! on a machine without a display, network errors, `watch`, and what
+//! `show` says is in use.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mcpauth_tests::TestEnv;
+use mcpauth_tests::authserver::{AuthServer, Switches};
+
+/// A directory with a `systemctl` that fails the way it does where no
+/// user manager runs, and logs its calls; returns the PATH to use.
+fn failing_systemctl(env: &TestEnv) -> (String, PathBuf) {
+    let dir = env.root.path().join("fake-bin");
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = env.root.path().join("systemctl.log");
+    let script = dir.join("systemctl");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho \"$@\" >> {}\necho 'Failed to connect to bus: No such file or directory' >&2\nexit 1\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    (path, log)
+}
+
+fn unit_files(env: &TestEnv) -> Vec<PathBuf> {
+    ["mcpauthd.socket", "mcpauthd.service"]
+        .iter()
+        .map(|f| env.config_home().join("systemd/user").join(f))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_install_without_a_user_manager_changes_nothing() {
+    let server = AuthServer::start(Switches::default()).await;
+    let env = TestEnv::new();
+    env.ctl(&["add", "s", &server.mcp_url]).ok();
+    env.ctl(&["login", "s"]).ok();
+    let token = env.ctl(&["token", "s"]).ok();
+    let pid = env.ctl(&["status", "--json"]).json()["daemon"]["pid"].clone();
+
+    let (path, log) = failing_systemctl(&env);
+    let out = env.ctl_env(&["service", "install"], &[("PATH", &path)]);
+    assert_eq!(out.code(), 1, "{}", out.stderr());
+    let line = out.stderr();
+    assert_eq!(line.trim().lines().count(), 1, "{line}");
+    assert!(line.contains("no systemd user manager"), "{line}");
+    assert!(line.contains("nothing was changed"), "{line}");
+    assert!(line.contains("on demand"), "{line}");
+    for file in unit_files(&env) {
+        assert!(!file.exists(), "{} was written", file.display());
+    }
+    // The daemon was left alone, and programs still get their token.
+    assert_eq!(
+        env.ctl(&["status", "--json"]).json()["daemon"]["pid"],
+        pid,
+        "the running daemon was not stopped"
+    );
+    assert_eq!(env.ctl(&["token", "s"]).ok(), token);
+    // Only the reachability check ran: nothing was enabled or reloaded.
+    let calls = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(calls.trim(), "--user show-environment", "{calls}");
+}
+
+#[test]
+fn units_that_cannot_run_point_to_uninstall() {
+    let env = TestEnv::new();
+    env.ctl(&["service", "install", "--no-enable"]).ok();
+    assert!(unit_files(&env).iter().all(|f| f.exists()));
+    let (path, _) = failing_systemctl(&env);
+    let out = env.ctl_env(&["status"], &[("PATH", &path)]);
+    assert_eq!(out.code(), 3, "{}", out.stderr());
+    assert!(
+        out.stderr().contains("mcpauthctl service uninstall"),
+        "{}",
+        out.stderr()
+    );
+    assert!(
+        !out.stderr().contains("systemctl --user start"),
+        "an impossible start command: {}",
+        out.stderr()
+    );
+    // And uninstall gets out of it.
+    env.ctl_env(&["service", "uninstall"], &[("PATH", &path)])
+        .ok();
+    env.ctl_env(&["status"], &[("PATH", &path)]).ok();
+}
+
+/// Output of a process on a pseudo-terminal, collected by a thread.
+struct Pty {
+    master: std::fs::File,
+    seen: Arc<Mutex<String>>,
+}
+
+impl Pty {
+    fn wait_for(&self, needle: &str, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let seen = self.seen.lock().unwrap().clone();
+            if seen.contains(needle) {
+                return seen;
+            }
+            assert!(Instant::now() < deadline, "no {needle:?} in:\n{seen}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn spawn_on_pty(cmd: &mut std::process::Command) -> (std::process::Child, Pty) {
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let slave = std::fs::File::from(pty.slave);
+    let child = cmd
+        .stdin(slave.try_clone().unwrap())
+        .stdout(slave.try_clone().unwrap())
+        .stderr(slave)
+        .spawn()
+        .unwrap();
+    let master = std::fs::File::from(pty.master);
+    let seen = Arc::new(Mutex::new(String::new()));
+    let mut reader = master.try_clone().unwrap();
+    let sink = seen.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    (child, Pty { master, seen })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_without_a_display_prompts_for_the_pasted_address() {
+    let server = AuthServer::start(Switches::default()).await;
+    let env = TestEnv::new();
+    env.ctl(&["add", "s", &server.mcp_url]).ok();
+    // No DISPLAY, no WAYLAND_DISPLAY, no $BROWSER, an xdg-open that would
+    // "succeed": a server on the other end of an SSH session.
+    let mut cmd = env.command("mcpauthctl");
+    cmd.env_remove("BROWSER").args(["login", "s"]);
+    let (mut child, pty) = spawn_on_pty(&mut cmd);
+    let seen = pty.wait_for(
+        "Paste the address and press Enter: ",
+        Duration::from_secs(20),
+    );
+    assert!(seen.contains("ssh -N -L"), "{seen}");
+    assert!(!seen.contains("Opened it with"), "{seen}");
+    let url = seen
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("http") && l.contains("/authorize"))
+        .unwrap_or_else(|| panic!("no URL in:\n{seen}"))
+        .to_string();
+    // The person opens it elsewhere; the browser lands on the callback
+    // address, which they paste.
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let response = client.get(&url).send().await.unwrap();
+    let location = response.headers()["location"].to_str().unwrap().to_string();
+    // Nothing was written after the prompt while we were away.
+    std::thread::sleep(Duration::from_millis(300));
+    let before_paste = pty.seen.lock().unwrap().clone();
+    assert!(
+        before_paste.ends_with("Paste the address and press Enter: "),
+        "the spinner wrote into the prompt: {before_paste:?}"
+    );
+    let mut master = pty.master.try_clone().unwrap();
+    writeln!(master, "{location}").unwrap();
+    let seen = pty.wait_for("logged in to s", Duration::from_secs(20));
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{seen}");
+    assert_eq!(
+        env.ctl(&["show", "s", "--json"]).json()["state"],
+        "authorized"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_failures_say_what_kind_and_what_to_do() {
+    let plain = AuthServer::start(Switches::default()).await;
+    let env = TestEnv::new();
+    let _d = env.start_daemon();
+    let port = plain
+        .mcp_url
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap();
+    let cases = [
+        (
+            "refused",
+            "http://127.0.0.1:1/mcp".to_string(),
+            "connection refused by 127.0.0.1:1",
+        ),
+        (
+            "unresolvable",
+            "https://mcp.invalid/mcp".to_string(),
+            "cannot resolve the host name mcp.invalid",
+        ),
+        (
+            "notls",
+            format!("https://127.0.0.1:{port}/mcp"),
+            "TLS failed: the server did not answer with TLS",
+        ),
+    ];
+    for (name, url, expected) in &cases {
+        env.ctl(&["add", name, url]).ok();
+        let out = env.ctl(&["login", name, "--no-browser"]);
+        assert_eq!(out.code(), 1, "{name}: {}", out.stderr());
+        let line = out.stderr();
+        assert_eq!(line.trim().lines().count(), 1, "{name}: one line: {line}");
+        assert!(line.contains(expected), "{name}: {expected:?} in {line}");
+        assert!(!line.contains("connection failed"), "{line}");
+    }
+    // Each failed login left one line in the daemon's log, naming it.
+    let log = env.all_daemon_logs();
+    for (name, _, _) in &cases {
+        let lines = log
+            .lines()
+            .filter(|l| l.contains("login failed") && l.contains(&format!("server={name}")))
+            .count();
+        assert_eq!(lines, 1, "{name} in:\n{log}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_refuses_unknown_names_and_says_when_its_stream_ends() {
+    let env = TestEnv::new();
+    let _ = env.start_daemon();
+    env.write_config("[servers.s]\nurl = \"https://mcp.example.com/mcp\"\n");
+    let started = Instant::now();
+    let typo = env.ctl(&["watch", "typo"]);
+    assert_eq!(typo.code(), 2, "{}", typo.stderr());
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    // Human lines: local time, "config" for config events, and a line when
+    // a rejected config heals.
+    let watch = env
+        .command("mcpauthctl")
+        .args(["watch"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    env.write_config("[servers.s]\nurl = \"not a url\"\n");
+    std::thread::sleep(Duration::from_millis(500));
+    env.write_config("[servers.s]\nurl = \"https://mcp.example.com/mcp\"\n");
+    std::thread::sleep(Duration::from_millis(500));
+    env.ctl(&["stop"]).ok();
+    let out = watch.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Exit 3 with one line when the daemon stops.
+    assert_eq!(out.status.code(), Some(3), "{stdout}\n{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("mcpauthd stopped"), "{stderr}");
+    let rejected = stdout
+        .lines()
+        .find(|l| l.contains("config rejected"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(rejected.contains("config rejected config"), "{rejected}");
+    assert!(!rejected.contains(" - "), "{rejected}");
+    let date = rejected.split(' ').next().unwrap();
+    assert_eq!(date.len(), 10, "a date first: {rejected}");
+    assert_eq!(date.matches('-').count(), 2, "{rejected}");
+    assert!(
+        stdout.lines().any(|l| l.contains("config accepted config")),
+        "{stdout}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn show_says_which_client_and_port_are_in_use() {
+    let server = AuthServer::start(Switches::default()).await;
+    let env = TestEnv::new();
+    let _d = env.start_daemon();
+    env.ctl(&["add", "s", &server.mcp_url]).ok();
+    let before = env.ctl(&["show", "s", "--json"]).json();
+    assert!(before["client_id"].is_null(), "{before}");
+    assert!(before["callback_port"].is_null(), "{before}");
+    env.ctl(&["login", "s"]).ok();
+    let after = env.ctl(&["show", "s", "--json"]).json();
+    let registered = server
+        .seen()
+        .iter()
+        .find(|s| s.path.ends_with("/register"))
+        .is_some();
+    assert!(registered);
+    assert!(
+        after["client_id"].as_str().is_some_and(|c| !c.is_empty()),
+        "{after}"
+    );
+    assert_eq!(after["client_id_source"], "registered", "{after}");
+    assert!(
+        after["callback_port"].as_u64().is_some_and(|p| p > 0),
+        "{after}"
+    );
+    assert_eq!(after["callback_port_source"], "chosen", "{after}");
+    let human = env.ctl(&["show", "s"]).ok();
+    let port = after["callback_port"].as_u64().unwrap().to_string();
+    assert!(human.contains(&port), "{human}");
+    assert!(
+        human.contains(after["client_id"].as_str().unwrap()),
+        "{human}"
+    );
+}
