@@ -386,13 +386,17 @@ impl Client {
         }
     }
 
-    pub async fn logout(&mut self, server: &str, forget_client: bool) -> Result<bool, ClientError> {
+    pub async fn logout(
+        &mut self,
+        server: &str,
+        forget_client: bool,
+    ) -> Result<pb::LogoutReply, ClientError> {
         let request = pb::LogoutRequest {
             server: server.into(),
             forget_client,
         };
         match self.inner.logout(request).await {
-            Ok(r) => Ok(r.into_inner().revoked),
+            Ok(r) => Ok(r.into_inner()),
             Err(e) => Err(self.err(e)),
         }
     }

@@ -118,6 +118,20 @@ fn paste_lines() -> tokio::sync::mpsc::Receiver<String> {
 }
 
 pub async fn run(mut client: Client, args: LoginArgs) -> Result<String, Failure> {
+    // Logging in again is allowed (another account, more scope), but not
+    // silently: the person hears what they already have.
+    if let Ok(server) = client.get_server(&args.name).await
+        && server.state == pb::AuthState::Authorized as i32
+    {
+        let expiry = match server.token_expires_at_unix_ms {
+            0 => "expiry unknown".to_string(),
+            at => format!("token expires {}", relative(at, now_ms())),
+        };
+        paragraph(&format!(
+            "{} is already logged in ({expiry}). Logging in again replaces that login once this one completes; Ctrl-C keeps it.",
+            args.name
+        ));
+    }
     let mut stream = client.login(&args.name, args.scopes.clone()).await?;
     let started = match stream.next().await {
         Some(Ok(pb::LoginEvent {

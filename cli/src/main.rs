@@ -332,20 +332,24 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             forget_client,
         } => {
             let mut client = mcpauth_client::connect(&opts).await?;
-            let revoked = client.logout(&name, forget_client).await?;
-            out!(
-                "logged out of {name}{}{}",
-                if revoked {
-                    "; the tokens were revoked at the server"
-                } else {
-                    ""
-                },
-                if forget_client {
-                    "; the client registration is forgotten"
-                } else {
-                    ""
-                }
-            );
+            let reply = client.logout(&name, forget_client).await?;
+            let forgot = if forget_client {
+                "; the client registration is forgotten"
+            } else {
+                ""
+            };
+            if reply.held {
+                out!(
+                    "logged out of {name}{}{forgot}",
+                    if reply.revoked {
+                        "; the tokens were revoked at the server"
+                    } else {
+                        "; the tokens were deleted (the server offers no revocation)"
+                    }
+                );
+            } else {
+                out!("{name} was not logged in; no tokens to delete{forgot}");
+            }
         }
         Command::Refresh { name } => {
             let mut client = mcpauth_client::connect(&opts).await?;
@@ -591,11 +595,15 @@ fn print_status(status: pb::StatusReply) {
     if config.error.is_empty() {
         out!("config {}: ok", status.config_path);
     } else {
+        // The error names the file already when it is about its text.
+        let error = config
+            .error
+            .strip_prefix(&format!("{}: ", status.config_path))
+            .unwrap_or(&config.error);
         out!(
-            "config {}: REJECTED EDIT ({}), the last good config stays in force: {}",
+            "config {}: REJECTED EDIT ({}), the last good config stays in force: {error}",
             status.config_path,
             relative(config.error_at_unix_ms, now),
-            config.error
         );
     }
     if status.servers.is_empty() {

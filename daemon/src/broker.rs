@@ -242,6 +242,7 @@ pub struct Broker {
     pub(crate) report_refreshes: Mutex<HashMap<ServerName, i64>>,
     pub(crate) scheduler: Arc<Scheduler>,
     pub(crate) token_files: crate::files::TokenFiles,
+    pub(crate) notices: crate::desktop::Notices,
     /// Refreshes caused by reports, in flight: the generation they replace
     /// and where their one result is published.
     pub(crate) inflight: Mutex<HashMap<ServerName, (u64, InflightResult)>>,
@@ -314,6 +315,7 @@ impl Broker {
             report_refreshes: Mutex::new(HashMap::new()),
             scheduler: Scheduler::new(options_clock),
             token_files: Default::default(),
+            notices: Default::default(),
             inflight: Mutex::new(HashMap::new()),
             refresh_backoff: Mutex::new(HashMap::new()),
         });
@@ -740,6 +742,7 @@ impl Broker {
     /// deleted (removed, or its URL changed).
     fn forget(&self, name: &ServerName) {
         self.end_backoff(name);
+        self.person_no_longer_needed(name);
         self.report_refreshes.lock().unwrap().remove(name);
         if let Some(active) = self.logins.take(name) {
             active.abandon("the server was removed or its URL changed");

@@ -155,9 +155,21 @@ pub struct ServerConfig {
 }
 
 /// The whole file, validated.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     pub servers: BTreeMap<ServerName, ServerConfig>,
+    /// `notifications = false` turns off the desktop notification sent
+    /// when a program needs a login that nobody is doing.
+    pub notifications: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            servers: BTreeMap::new(),
+            notifications: true,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -200,6 +212,7 @@ pub enum ConfigError {
 struct RawConfig {
     #[serde(default)]
     servers: BTreeMap<String, RawServer>,
+    notifications: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -277,7 +290,10 @@ impl Config {
             let server = validate_server(&name, raw).map_err(invalid)?;
             servers.insert(name, server);
         }
-        Ok(Self { servers })
+        Ok(Self {
+            servers,
+            notifications: raw.notifications.unwrap_or(true),
+        })
     }
 
     /// Reads and parses the file. A missing file is `Ok(None)`.

@@ -119,6 +119,7 @@ impl Broker {
         change(&mut record);
         self.store().install_grant(guard, &grant, &record).await?;
         self.end_backoff(name);
+        self.person_no_longer_needed(name);
         self.export_token_file(name, &grant).await;
         info!(server = %name, generation, source = source.as_str(), "grant installed");
         self.publish(

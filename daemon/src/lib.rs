@@ -15,6 +15,7 @@
 //! - [`tokens`]: `GetToken`, rejected-token reports, step-up.
 //! - [`scheduler`]: proactive refresh on an injectable [`clock`].
 //! - [`files`]: token-file export and import.
+//! - [`desktop`]: the notification when a program needs a person's login.
 //! - [`oauth`]: the OAuth engine (discovery, registration, flows, token
 //!   endpoint); knows neither gRPC nor the store.
 //! - [`config`]: `config.toml`: parsing, validation, comment-keeping edits.
@@ -30,6 +31,7 @@ pub mod broker;
 pub(crate) mod callback;
 pub mod clock;
 pub mod config;
+pub(crate) mod desktop;
 pub mod files;
 pub(crate) mod fsutil;
 pub(crate) mod install;

@@ -263,12 +263,12 @@ impl Broker {
 
     /// Revokes the tokens at the AS when it offers RFC 7009, then deletes
     /// them; with `forget_client`, the client registrations too. Returns
-    /// whether anything was revoked.
+    /// whether tokens were held, and whether they were revoked.
     pub async fn logout(
         self: &Arc<Self>,
         name: &str,
         forget_client: bool,
-    ) -> Result<bool, BrokerError> {
+    ) -> Result<(bool, bool), BrokerError> {
         let server = self.configured(name)?;
         self.cancel_login(name).await?;
         let guard = self.locks.lock(&server).await;
@@ -315,7 +315,7 @@ impl Broker {
                 reason: "logged out".into(),
             },
         );
-        Ok(revoked)
+        Ok((held, revoked))
     }
 }
 

@@ -455,8 +455,8 @@ impl broker_server::Broker for BrokerService {
     ) -> Result<Response<pb::LogoutReply>, Status> {
         check_protocol(&request)?;
         let r = request.into_inner();
-        let revoked = self.broker.logout(&r.server, r.forget_client).await?;
-        Ok(Response::new(pb::LogoutReply { revoked }))
+        let (held, revoked) = self.broker.logout(&r.server, r.forget_client).await?;
+        Ok(Response::new(pb::LogoutReply { revoked, held }))
     }
 
     async fn refresh(

@@ -57,13 +57,33 @@ impl Broker {
             })
     }
 
-    /// The current token, valid for at least `min_ttl` if it can be made so.
+    /// The current token, valid for at least `min_ttl` if it can be made
+    /// so. When a person must act, they are told (see `desktop.rs`).
     pub async fn get_token(
         self: &Arc<Self>,
         name: &str,
         min_ttl: Duration,
     ) -> Result<Grant, BrokerError> {
         let name = self.configured(name)?;
+        let result = self.get_token_for(&name, min_ttl).await;
+        self.tell_person_if_needed(&name, &result);
+        result
+    }
+
+    fn tell_person_if_needed(&self, name: &ServerName, result: &Result<Grant, BrokerError>) {
+        match result {
+            Err(BrokerError::LoginRequired { .. }) => self.person_needed(name, false),
+            Err(BrokerError::StepUpRequired { .. }) => self.person_needed(name, true),
+            _ => {}
+        }
+    }
+
+    async fn get_token_for(
+        self: &Arc<Self>,
+        name: &ServerName,
+        min_ttl: Duration,
+    ) -> Result<Grant, BrokerError> {
+        let name = name.clone();
         let grant = self.held_grant(&name)?;
         let now = self.now_ms();
         let Some(expires_at) = grant.expires_at_ms else {
@@ -95,6 +115,21 @@ impl Broker {
         www_authenticate: &str,
     ) -> Result<Grant, BrokerError> {
         let name = self.configured(name)?;
+        let result = self
+            .report_for(&name, fingerprint, http_status, www_authenticate)
+            .await;
+        self.tell_person_if_needed(&name, &result);
+        result
+    }
+
+    async fn report_for(
+        self: &Arc<Self>,
+        name: &ServerName,
+        fingerprint: &str,
+        http_status: u32,
+        www_authenticate: &str,
+    ) -> Result<Grant, BrokerError> {
+        let name = name.clone();
         let grant = self.held_grant(&name)?;
         if !fingerprint.eq_ignore_ascii_case(&pkce::fingerprint(grant.access_token.expose())) {
             // Someone already recovered: hand out the current token.

@@ -44,7 +44,12 @@ pub mod env {
     pub const DAEMON_BIN: &str = "MCP_BROKER_DAEMON";
 
     /// Every variable above, for the naming check.
-    pub const ALL: &[&str] = &[SOCKET, STATE_DIR, CONFIG, LOG, LOG_FORMAT, DAEMON_BIN];
+    /// A program the daemon runs to notify the person (arguments: title,
+    /// body) instead of the desktop's notification service.
+    pub const NOTIFIER: &str = "MCP_BROKER_NOTIFIER";
+    pub const ALL: &[&str] = &[
+        SOCKET, STATE_DIR, CONFIG, LOG, LOG_FORMAT, DAEMON_BIN, NOTIFIER,
+    ];
 
     /// The words Claude Code filters out of helper environments.
     pub const STRIPPED_WORDS: &[&str] = &["TOKEN", "SECRET", "PASSWORD", "KEY", "AUTH"];

@@ -325,3 +325,143 @@ async fn show_says_which_client_and_port_are_in_use() {
         "{human}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_is_notified_once_per_episode_when_a_program_needs_a_login() {
+    let server = AuthServer::start(Switches::default()).await;
+    let env = TestEnv::new();
+    let sink = env.root.path().join("notifications.log");
+    let notifier = env.root.path().join("notifier");
+    std::fs::write(
+        &notifier,
+        format!(
+            "#!/bin/sh\nprintf '%s | %s\\n' \"$1\" \"$2\" >> {}\n",
+            sink.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&notifier, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let notifier = notifier.display().to_string();
+    let with_sink = [(mcpauth_proto::env::NOTIFIER, notifier.as_str())];
+    let mut cmd = env.command("mcpauthd");
+    cmd.env(mcpauth_proto::env::NOTIFIER, &notifier);
+    let _d = env.spawn_daemon(&mut cmd).unwrap();
+    env.ctl_env(&["add", "s", &server.mcp_url], &with_sink).ok();
+    let notes = || -> Vec<String> {
+        // The notifier runs in the background: give it a moment.
+        std::thread::sleep(Duration::from_millis(300));
+        std::fs::read_to_string(&sink)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+
+    // Three programs ask: one notification.
+    for _ in 0..3 {
+        assert_eq!(env.ctl(&["token", "s"]).code(), 4);
+    }
+    let first = notes();
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert!(first[0].contains("log in to s"), "{first:?}");
+    assert!(first[0].contains("mcpauthctl login s"), "{first:?}");
+
+    // A login: the episode ends; a logout and another request start a new one.
+    env.ctl(&["login", "s"]).ok();
+    let token = env.ctl(&["token", "s"]).ok();
+    env.ctl(&["logout", "s"]).ok();
+    assert_eq!(env.ctl(&["token", "s"]).code(), 4);
+    let second = notes();
+    assert_eq!(second.len(), 2, "{second:?}");
+    for line in &second {
+        assert!(
+            !line.contains(token.trim()),
+            "a token in a notification: {line}"
+        );
+    }
+
+    // While a login is under way, nobody is pestered.
+    env.ctl(&["logout", "s"]).ok();
+    let mut pending = env
+        .command("mcpauthctl")
+        .env("TEST_BROWSER_MODE", "ignore")
+        .args(["login", "s"])
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while env.ctl(&["show", "s", "--json"]).json()["state"] != "login_pending" {
+        assert!(Instant::now() < deadline, "the login never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(env.ctl(&["token", "s"]).code(), 4);
+    let _ = pending.kill();
+    let _ = pending.wait();
+    assert_eq!(notes().len(), 2, "no notification during a login");
+
+    // Turned off in config.toml: none.
+    env.write_config(&format!(
+        "notifications = false\n[servers.t]\nurl = \"{}\"\n",
+        server.mcp_url
+    ));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while env.ctl(&["show", "t", "--json"]).code() != 0 {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(env.ctl(&["token", "t"]).code(), 4);
+    assert_eq!(notes().len(), 2, "notifications = false is honoured");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_lies_are_gone() {
+    let server = AuthServer::start(Switches::default()).await;
+    let env = TestEnv::new();
+    let _d = env.start_daemon();
+    env.ctl(&["add", "s", &server.mcp_url]).ok();
+    // Logging out of what was never logged in says so.
+    let out = env.ctl(&["logout", "s"]).ok();
+    assert!(out.contains("s was not logged in"), "{out}");
+    assert!(!out.contains("logged out of"), "{out}");
+
+    env.ctl(&["login", "s"]).ok();
+    env.ctl(&["refresh", "s"]).ok();
+    let refreshed = env.ctl(&["show", "s", "--json"]).json();
+    assert!(
+        refreshed["last_refresh_unix_ms"].as_i64().is_some(),
+        "{refreshed}"
+    );
+    // Logging in again is not silent, and LAST REFRESH is the new grant's.
+    let again = env.ctl(&["login", "s"]);
+    assert_eq!(again.code(), 0, "{}", again.stderr());
+    assert!(
+        again.stderr().contains("s is already logged in"),
+        "{}",
+        again.stderr()
+    );
+    let shown = env.ctl(&["show", "s", "--json"]).json();
+    assert!(shown["last_refresh_unix_ms"].is_null(), "{shown}");
+    let out = env.ctl(&["logout", "s"]).ok();
+    assert!(out.contains("logged out of s"), "{out}");
+
+    // A rejected config names its file once.
+    env.write_config("[servers.s]\nurl = 5\n");
+    let path = env.config_path().display().to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = env.ctl(&["status"]).ok();
+        if let Some(line) = status.lines().find(|l| l.contains("REJECTED")) {
+            assert_eq!(line.matches(&path).count(), 1, "{line}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{status}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = env.all_daemon_logs();
+    assert_eq!(
+        log.lines()
+            .filter(|l| l.contains("config edit rejected"))
+            .count(),
+        1,
+        "one log line per rejection:\n{log}"
+    );
+}
