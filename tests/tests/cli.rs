@@ -114,8 +114,25 @@ fn service_install_writes_units_with_the_real_binary_path() {
     assert!(socket.contains("ListenStream=%t/mcpauth/mcpauthd.sock"));
     assert!(out.contains("systemctl --user"), "{out}");
 
-    // A managed daemon is never started by hand.
-    let status = env.ctl(&["status"]);
+    // A managed daemon is never started by hand: with a user manager
+    // there (a systemctl that answers), the CLI says how to start it.
+    let bin = env.root.path().join("fake-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::write(bin.join("systemctl"), "#!/bin/sh\nexit 0\n").unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            bin.join("systemctl"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+    }
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let status = env.ctl_env(&["status"], &[("PATH", &path)]);
     assert_eq!(status.code(), 3);
     assert!(
         status

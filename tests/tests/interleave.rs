@@ -17,8 +17,8 @@
 //! - after a restart, every token acknowledged before it is still there,
 //!   or a newer one.
 //!
-//! The seed is printed first; `MCPAUTH_INTERLEAVE_SEED` replays a run and
-//! `MCPAUTH_INTERLEAVE_STEPS` makes it longer (default 3,000 steps).
+//! The seed is printed first; `MCP_BROKER_INTERLEAVE_SEED` replays a run and
+//! `MCP_BROKER_INTERLEAVE_STEPS` makes it longer (default 3,000 steps).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -148,15 +148,17 @@ enum Op {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_interleavings_keep_every_invariant() {
-    let seed: u64 = std::env::var("MCPAUTH_INTERLEAVE_SEED")
+    let seed: u64 = std::env::var("MCP_BROKER_INTERLEAVE_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(rand::random);
-    let steps: usize = std::env::var("MCPAUTH_INTERLEAVE_STEPS")
+    let steps: usize = std::env::var("MCP_BROKER_INTERLEAVE_STEPS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(3000);
-    println!("interleave seed {seed} ({steps} steps); replay with MCPAUTH_INTERLEAVE_SEED={seed}");
+    println!(
+        "interleave seed {seed} ({steps} steps); replay with MCP_BROKER_INTERLEAVE_SEED={seed}"
+    );
     let mut rng = StdRng::seed_from_u64(seed);
 
     let mut ases = Vec::new();
