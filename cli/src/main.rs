@@ -1,6 +1,9 @@
 //! `mcpauthctl`: the command-line front end of the mcpauth broker.
 
 mod browser;
+mod connect;
+mod hostfile;
+mod hosts;
 mod login;
 mod output;
 mod service;
@@ -134,6 +137,38 @@ enum Command {
         /// instead of exiting 3.
         #[arg(long)]
         follow: bool,
+    },
+    /// Wire the broker into an MCP host's own config file.
+    ///
+    /// Claude Code and Codex get an http entry whose headers helper is
+    /// `mcpauthctl headers NAME`; the other hosts a stdio entry running
+    /// `mcpauthctl proxy NAME`. Nothing else in the file changes, and the
+    /// original is kept as FILE.mcpauth-backup.
+    Connect {
+        /// claude-code, codex, cursor, vscode, claude-desktop, gemini or opencode.
+        host: String,
+        /// The servers to connect (default: every configured server).
+        names: Vec<String>,
+        /// Print what would change, and write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Overwrite entries of the same name that mcpauthctl did not write.
+        #[arg(long)]
+        replace: bool,
+    },
+    /// Remove the entries `connect` wrote from an MCP host's config file.
+    Disconnect {
+        host: String,
+        /// The servers to disconnect (default: every entry `connect` wrote).
+        names: Vec<String>,
+        /// Print what would change, and write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// List the MCP hosts on this machine and which servers go through the broker.
+    Hosts {
+        #[arg(long)]
+        json: bool,
     },
     /// Stop the daemon.
     Stop,
@@ -454,6 +489,42 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 tokio::time::sleep(std::time::Duration::from_millis(500)).await;
             }
         }
+        Command::Connect {
+            host,
+            names,
+            dry_run,
+            replace,
+        } => {
+            let host = connect::host(&host)?;
+            let mut client = mcpauth_client::connect(&opts).await?;
+            let servers = connect::select(&mut client, &names).await?;
+            let wiring = connect::Wiring::current(&opts.socket)?;
+            let env = hosts::HostEnv::from_env();
+            print_report(connect::connect(
+                host, &env, &servers, &wiring, dry_run, replace,
+            )?)?;
+        }
+        Command::Disconnect {
+            host,
+            names,
+            dry_run,
+        } => {
+            let host = connect::host(&host)?;
+            let env = hosts::HostEnv::from_env();
+            print_report(connect::disconnect(host, &env, &names, dry_run)?)?;
+        }
+        Command::Hosts { json } => {
+            let mut client = mcpauth_client::connect(&opts).await?;
+            let servers = connect::select(&mut client, &[]).await.unwrap_or_default();
+            let surveys = connect::survey(&hosts::HostEnv::from_env(), &servers);
+            if json {
+                print_json(&surveys);
+            } else {
+                for line in connect::survey_lines(&surveys) {
+                    out!("{line}");
+                }
+            }
+        }
         Command::Stop => {
             let mut client = match mcpauth_client::Client::connect(&opts.socket).await {
                 Ok(client) => client,
@@ -524,6 +595,14 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// Prints what a connect or disconnect did, then fails if it has to.
+fn print_report(report: connect::Report) -> Result<(), Failure> {
+    for line in &report.lines {
+        out!("{line}");
+    }
+    report.failure.map_or(Ok(()), Err)
 }
 
 /// One human line for an event: local time, what, which server (or

@@ -1,0 +1,692 @@
+//! `mcpauthctl connect`, `disconnect` and `hosts`: wiring each MCP host's
+//! own config file to the broker.
+//!
+//! `connect HOST [NAME…]` writes one entry per configured server into the
+//! host's user-level file (`hosts.rs` knows where and in what shape), run
+//! by the absolute path of this very `mcpauthctl`. When the socket in use
+//! is not the one a process with only `HOME` and `PATH` would find (hosts
+//! start helpers with a filtered environment), the command carries
+//! `--socket PATH`.
+//!
+//! Rules for every file: nothing else in it changes; the first write keeps
+//! the original as `<file>.mcpauth-backup`; writes are atomic and keep the
+//! mode; a second run changes nothing; an entry of the same name that
+//! mcpauthctl did not write is left alone unless `--replace`; `disconnect`
+//! removes only entries `connect` wrote; a file that does not parse is
+//! not touched. Every run says, per server, what it did (or, with
+//! `--dry-run`, would do).
+
+use std::path::{Path, PathBuf};
+
+use mcpauth_client::{Client, exit};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::Failure;
+use crate::hostfile::{self, Document};
+use crate::hosts::{self, Host, HostEnv, Via};
+
+/// How a host entry runs the broker.
+pub struct Wiring {
+    /// This `mcpauthctl`, canonical.
+    pub exe: PathBuf,
+    /// `--socket PATH` for the entry, when needed.
+    pub socket: Option<PathBuf>,
+}
+
+impl Wiring {
+    /// The running `mcpauthctl`, talking to `socket`.
+    pub fn current(socket: &Path) -> Result<Self, Failure> {
+        let exe = std::env::current_exe()
+            .and_then(std::fs::canonicalize)
+            .map_err(|e| Failure {
+                message: format!("cannot tell where this mcpauthctl is installed: {e}"),
+                code: exit::FAILURE,
+            })?;
+        let socket = std::path::absolute(socket).unwrap_or_else(|_| socket.to_path_buf());
+        Ok(Self {
+            exe,
+            socket: socket_flag(&socket, &mcpauth_proto::paths::home_only_socket_path()),
+        })
+    }
+
+    /// `mcpauthctl [--socket PATH] headers|proxy NAME` as argv.
+    pub fn command(&self, via: Via, name: &str) -> Vec<String> {
+        let mut argv = vec![self.exe.display().to_string()];
+        if let Some(socket) = &self.socket {
+            argv.push("--socket".into());
+            argv.push(socket.display().to_string());
+        }
+        argv.push(via.subcommand().into());
+        argv.push(name.into());
+        argv
+    }
+}
+
+/// The socket to name in host entries: none when a helper would find the
+/// one in use by itself.
+pub fn socket_flag(in_use: &Path, home_only: &Path) -> Option<PathBuf> {
+    (in_use != home_only).then(|| in_use.to_path_buf())
+}
+
+/// A configured server: name and URL.
+pub struct Server {
+    pub name: String,
+    pub url: String,
+}
+
+/// The host called `id`, or a usage error naming the known ones.
+pub fn host(id: &str) -> Result<&'static dyn Host, Failure> {
+    hosts::find(id).ok_or_else(|| Failure {
+        message: format!("unknown host `{id}`; known hosts: {}", hosts::ids()),
+        code: exit::USAGE,
+    })
+}
+
+/// The configured servers called `names` (all of them when empty).
+pub async fn select(client: &mut Client, names: &[String]) -> Result<Vec<Server>, Failure> {
+    let servers: Vec<Server> = client
+        .list_servers()
+        .await?
+        .into_iter()
+        .map(|s| Server {
+            name: s.name,
+            url: s.url,
+        })
+        .collect();
+    if names.is_empty() {
+        if servers.is_empty() {
+            return Err(Failure {
+                message: "no servers configured; add one with `mcpauthctl add NAME URL` first"
+                    .into(),
+                code: exit::FAILURE,
+            });
+        }
+        return Ok(servers);
+    }
+    let mut chosen = Vec::new();
+    for name in names {
+        match servers.iter().find(|s| &s.name == name) {
+            Some(s) if !chosen.iter().any(|c: &Server| &c.name == name) => chosen.push(Server {
+                name: s.name.clone(),
+                url: s.url.clone(),
+            }),
+            Some(_) => {}
+            None => {
+                return Err(Failure {
+                    message: format!(
+                        "no configured server `{name}`; add it with `mcpauthctl add {name} URL` (see `mcpauthctl list`)"
+                    ),
+                    code: exit::USAGE,
+                });
+            }
+        }
+    }
+    Ok(chosen)
+}
+
+/// What a run printed, and whether it failed after all.
+pub struct Report {
+    pub lines: Vec<String>,
+    pub failure: Option<Failure>,
+}
+
+/// What happened to one entry.
+enum Outcome {
+    Added,
+    Updated,
+    Replaced,
+    Unchanged,
+    Removed,
+    NotConnected,
+    Skipped(&'static str),
+}
+
+impl Outcome {
+    fn changes(&self) -> bool {
+        matches!(
+            self,
+            Outcome::Added | Outcome::Updated | Outcome::Replaced | Outcome::Removed
+        )
+    }
+
+    fn line(&self, name: &str, url: Option<&str>) -> String {
+        let url = url.map(|u| format!(" ({u})")).unwrap_or_default();
+        match self {
+            Outcome::Added => format!("  added      {name}{url}"),
+            Outcome::Updated => format!("  updated    {name}{url}"),
+            Outcome::Replaced => {
+                format!("  updated    {name}{url}, replacing an entry mcpauthctl did not write")
+            }
+            Outcome::Unchanged => format!("  unchanged  {name}"),
+            Outcome::Removed => format!("  removed    {name}"),
+            Outcome::NotConnected => format!("  unchanged  {name} (not connected)"),
+            Outcome::Skipped(why) => format!("  skipped    {name} ({why})"),
+        }
+    }
+}
+
+const FOREIGN: &str =
+    "an entry of that name exists that mcpauthctl did not write; --replace overwrites it";
+const FOREIGN_KEPT: &str = "that entry was not written by mcpauthctl; it is left as it is";
+
+/// The file's bytes, or `None` when it does not exist.
+fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, Failure> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(failure(format!("cannot read {}: {e}", path.display()))),
+    }
+}
+
+fn failure(message: String) -> Failure {
+    Failure {
+        message,
+        code: exit::FAILURE,
+    }
+}
+
+fn parse(host: &dyn Host, path: &Path, bytes: &[u8]) -> Result<Document, Failure> {
+    let text = std::str::from_utf8(bytes).map_err(|_| {
+        failure(format!(
+            "{} is not UTF-8 text; nothing was changed",
+            path.display()
+        ))
+    })?;
+    Document::parse(host.format(), text).map_err(|e| {
+        failure(format!(
+            "cannot read {}: {e}; fix the file (or move it away), nothing was changed",
+            path.display()
+        ))
+    })
+}
+
+/// The file's permission bits (0600 for a file to be created).
+fn mode_of(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).map_or(0o600, |m| m.permissions().mode() & 0o7777)
+}
+
+/// Whether every key we write already has the value we would write.
+fn matches(want: &Value, have: &Value) -> bool {
+    want.as_object()
+        .is_some_and(|w| w.iter().all(|(k, v)| have.get(k) == Some(v)))
+}
+
+/// What `edit_file` did.
+struct Edited {
+    lines: Vec<String>,
+    /// Entries left alone because mcpauthctl did not write them.
+    skipped: usize,
+    /// How many entries the edit looked at.
+    entries: usize,
+}
+
+/// Applies `edit` to the host's file and writes the result: the edit
+/// returns one outcome per entry. A missing file is created only when
+/// `create`. A file rewritten by someone else between our read and our
+/// write is read again (three tries).
+fn edit_file(
+    host: &dyn Host,
+    env: &HostEnv,
+    dry_run: bool,
+    create: bool,
+    mut edit: impl FnMut(
+        &mut Document,
+        &[(String, Value)],
+    ) -> Result<Vec<(String, Option<String>, Outcome)>, String>,
+) -> Result<Edited, Failure> {
+    let shown = host.path(env);
+    let path = hostfile::real_path(&shown);
+    for _ in 0..3 {
+        let original = read_optional(&path)?;
+        let mut lines = vec![format!(
+            "{}: {}{}",
+            host.title(),
+            shown.display(),
+            if original.is_none() {
+                " (new file)"
+            } else {
+                ""
+            }
+        )];
+        if original.is_none() && !create {
+            lines[0] = format!(
+                "{}: {} does not exist; nothing to disconnect",
+                host.title(),
+                shown.display()
+            );
+            return Ok(Edited {
+                lines,
+                skipped: 0,
+                entries: 0,
+            });
+        }
+        let mut doc = match &original {
+            Some(bytes) => parse(host, &shown, bytes)?,
+            None => Document::new(host.format()),
+        };
+        let before = doc.entries(host.servers_key()).map_err(|e| {
+            failure(format!(
+                "cannot read {}: {e}; fix the file, nothing was changed",
+                shown.display()
+            ))
+        })?;
+        let outcomes = edit(&mut doc, &before).map_err(|e| {
+            failure(format!(
+                "cannot edit {}: {e}; nothing was changed",
+                shown.display()
+            ))
+        })?;
+        let skipped = outcomes
+            .iter()
+            .filter(|(_, _, o)| matches!(o, Outcome::Skipped(_)))
+            .count();
+        let changed = outcomes.iter().any(|(_, _, o)| o.changes());
+        lines.extend(
+            outcomes
+                .iter()
+                .map(|(name, url, o)| o.line(name, url.as_deref())),
+        );
+        let mut done = Edited {
+            lines,
+            skipped,
+            entries: outcomes.len(),
+        };
+        if !changed {
+            return Ok(done);
+        }
+        if dry_run {
+            done.lines.push("dry run: nothing was written".into());
+            return Ok(done);
+        }
+        let mode = mode_of(&path);
+        let backup = match &original {
+            Some(bytes) => hostfile::keep_backup(&path, bytes, mode).map_err(failure)?,
+            None => {
+                hostfile::create_parent(&path).map_err(failure)?;
+                None
+            }
+        };
+        if hostfile::write_atomically(&path, &doc.render(), mode, original.as_deref())
+            .map_err(failure)?
+        {
+            if let Some(backup) = backup {
+                done.lines
+                    .push(format!("  the original is kept in {}", backup.display()));
+            }
+            return Ok(done);
+        }
+    }
+    Err(failure(format!(
+        "{} kept changing while mcpauthctl was writing it (is {} running and rewriting it?); nothing was written, try again",
+        shown.display(),
+        host.title()
+    )))
+}
+
+/// `mcpauthctl connect`.
+pub fn connect(
+    host: &dyn Host,
+    env: &HostEnv,
+    servers: &[Server],
+    wiring: &Wiring,
+    dry_run: bool,
+    replace: bool,
+) -> Result<Report, Failure> {
+    let key = host.servers_key();
+    let mut mcp_remote_urls = Vec::new();
+    let edited = edit_file(host, env, dry_run, true, |doc, before| {
+        mcp_remote_urls = before
+            .iter()
+            .filter_map(|(_, entry)| host.command_of(entry))
+            .filter_map(|argv| hosts::mcp_remote_url(&argv))
+            .collect();
+        let mut outcomes = Vec::new();
+        for server in servers {
+            let want = host.entry(&server.url, &wiring.command(host.via(), &server.name));
+            let outcome = match doc.entry(key, &server.name)? {
+                None => {
+                    doc.put(key, &server.name, &want)?;
+                    Outcome::Added
+                }
+                Some(have) if hosts::is_ours(host, &server.name, &have) => {
+                    if matches(&want, &have) {
+                        Outcome::Unchanged
+                    } else {
+                        let fields = want.as_object().cloned().unwrap_or_default();
+                        doc.merge(key, &server.name, &fields)?;
+                        Outcome::Updated
+                    }
+                }
+                Some(_) if replace => {
+                    doc.put(key, &server.name, &want)?;
+                    Outcome::Replaced
+                }
+                Some(_) => Outcome::Skipped(FOREIGN),
+            };
+            outcomes.push((server.name.clone(), Some(server.url.clone()), outcome));
+        }
+        Ok(outcomes)
+    })?;
+    let (mut lines, skipped) = (edited.lines, edited.skipped);
+    lines.extend(login_notes(host, env, servers, &mcp_remote_urls));
+    let failure = (skipped > 0).then(|| Failure {
+        message: format!(
+            "{skipped} {} in {} left as {} (not written by mcpauthctl); rerun with --replace to overwrite",
+            if skipped == 1 { "entry" } else { "entries" },
+            host.path(env).display(),
+            if skipped == 1 { "it was" } else { "they were" },
+        ),
+        code: exit::FAILURE,
+    });
+    Ok(Report { lines, failure })
+}
+
+/// `mcpauthctl disconnect`: removes the entries `connect` wrote (all of
+/// them when `names` is empty).
+pub fn disconnect(
+    host: &dyn Host,
+    env: &HostEnv,
+    names: &[String],
+    dry_run: bool,
+) -> Result<Report, Failure> {
+    let key = host.servers_key();
+    let edited = edit_file(host, env, dry_run, false, |doc, before| {
+        let wanted: Vec<String> = if names.is_empty() {
+            before
+                .iter()
+                .filter(|(name, entry)| hosts::is_ours(host, name, entry))
+                .map(|(name, _)| name.clone())
+                .collect()
+        } else {
+            names.to_vec()
+        };
+        let mut outcomes = Vec::new();
+        for name in wanted {
+            let outcome = match doc.entry(key, &name)? {
+                None => Outcome::NotConnected,
+                Some(entry) if hosts::is_ours(host, &name, &entry) => {
+                    doc.remove(key, &name)?;
+                    Outcome::Removed
+                }
+                Some(_) => Outcome::Skipped(FOREIGN_KEPT),
+            };
+            if !outcomes.iter().any(|(n, _, _)| n == &name) {
+                outcomes.push((name, None, outcome));
+            }
+        }
+        Ok(outcomes)
+    })?;
+    let (mut lines, skipped) = (edited.lines, edited.skipped);
+    if edited.entries == 0 && lines.len() == 1 && host.path(env).exists() {
+        lines.push("  nothing to disconnect: no entry here goes through mcpauthctl".into());
+    }
+    let failure = (skipped > 0).then(|| Failure {
+        message: format!(
+            "{skipped} {} in {} not written by mcpauthctl, so not removed",
+            if skipped == 1 {
+                "entry is"
+            } else {
+                "entries are"
+            },
+            host.path(env).display(),
+        ),
+        code: exit::FAILURE,
+    });
+    Ok(Report { lines, failure })
+}
+
+/// Where the host keeps its own login for a server being connected: the
+/// broker does not use it, and `import` can bring it over.
+fn login_notes(
+    host: &dyn Host,
+    env: &HostEnv,
+    servers: &[Server],
+    mcp_remote_urls: &[String],
+) -> Vec<String> {
+    let mut notes = Vec::new();
+    if let Some(own) = host.own_logins(env) {
+        for server in servers {
+            if own.names.contains(&server.name) {
+                notes.push(format!(
+                    "note: {} holds its own login for {} in {}; run `mcpauthctl import` to bring it into the broker (or `mcpauthctl login {}`)",
+                    host.title(),
+                    server.name,
+                    own.file.display(),
+                    server.name
+                ));
+            }
+        }
+    }
+    let mcp_auth = env.mcp_remote_dir();
+    let has_tokens = std::fs::read_dir(&mcp_auth).is_ok_and(|mut d| d.next().is_some());
+    if has_tokens {
+        for server in servers {
+            if mcp_remote_urls
+                .iter()
+                .any(|u| hosts::same_url(u, &server.url))
+            {
+                notes.push(format!(
+                    "note: mcp-remote holds its own login for {} in {}; run `mcpauthctl import` to bring it into the broker (or `mcpauthctl login {}`)",
+                    server.url,
+                    mcp_auth.display(),
+                    server.name
+                ));
+            }
+        }
+    }
+    notes
+}
+
+/// One host as `hosts` shows it.
+#[derive(Serialize)]
+pub struct HostSurvey {
+    pub host: &'static str,
+    pub title: &'static str,
+    pub path: String,
+    pub exists: bool,
+    /// Why the file could not be read, if it could not.
+    pub error: Option<String>,
+    /// Entries that go through the broker.
+    pub wired: Vec<Wired>,
+    /// Configured servers with no entry that goes through the broker.
+    pub not_wired: Vec<String>,
+    /// Entries that reach a remote server without the broker.
+    pub bypassing: Vec<Bypass>,
+    /// Every other entry (local servers).
+    pub other_entries: usize,
+}
+
+#[derive(Serialize)]
+pub struct Wired {
+    pub entry: String,
+    pub server: String,
+    /// Whether `server` is configured in the broker.
+    pub configured: bool,
+}
+
+#[derive(Serialize)]
+pub struct Bypass {
+    pub entry: String,
+    /// `mcp-remote` (a stdio bridge with its own login) or `http` (the
+    /// host's own OAuth client, or static headers).
+    pub via: &'static str,
+    pub url: String,
+    /// The configured server with that URL, if any.
+    pub server: Option<String>,
+}
+
+/// The hosts found on this machine: the file exists, or the host's
+/// directory does.
+pub fn survey(env: &HostEnv, servers: &[Server]) -> Vec<HostSurvey> {
+    hosts::HOSTS
+        .iter()
+        .filter(|host| host.path(env).exists() || host.dir(env).is_dir())
+        .map(|host| survey_one(*host, env, servers))
+        .collect()
+}
+
+fn survey_one(host: &dyn Host, env: &HostEnv, servers: &[Server]) -> HostSurvey {
+    let path = host.path(env);
+    let mut survey = HostSurvey {
+        host: host.id(),
+        title: host.title(),
+        path: path.display().to_string(),
+        exists: path.exists(),
+        error: None,
+        wired: Vec::new(),
+        not_wired: Vec::new(),
+        bypassing: Vec::new(),
+        other_entries: 0,
+    };
+    let entries = match std::fs::read(&path) {
+        Ok(bytes) => std::str::from_utf8(&bytes)
+            .map_err(|_| "not UTF-8 text".to_string())
+            .and_then(|text| Document::parse(host.format(), text))
+            .and_then(|doc| doc.entries(host.servers_key())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e.to_string()),
+    };
+    let entries = match entries {
+        Ok(entries) => entries,
+        Err(e) => {
+            survey.error = Some(e);
+            return survey;
+        }
+    };
+    let configured = |url: &str| {
+        servers
+            .iter()
+            .find(|s| hosts::same_url(&s.url, url))
+            .map(|s| s.name.clone())
+    };
+    for (name, entry) in entries {
+        let argv = host.command_of(&entry);
+        if let Some((_, server)) = argv.as_deref().and_then(hosts::broker_target) {
+            survey.wired.push(Wired {
+                entry: name,
+                configured: servers.iter().any(|s| s.name == server),
+                server,
+            });
+        } else if let Some(url) = argv.as_deref().and_then(hosts::mcp_remote_url) {
+            survey.bypassing.push(Bypass {
+                entry: name,
+                via: "mcp-remote",
+                server: configured(&url),
+                url,
+            });
+        } else if let Some(url) = host.url_of(&entry) {
+            survey.bypassing.push(Bypass {
+                entry: name,
+                via: "http",
+                server: configured(&url),
+                url,
+            });
+        } else {
+            survey.other_entries += 1;
+        }
+    }
+    survey.not_wired = servers
+        .iter()
+        .filter(|s| !survey.wired.iter().any(|w| w.server == s.name))
+        .map(|s| s.name.clone())
+        .collect();
+    survey
+}
+
+/// `hosts` for a person.
+pub fn survey_lines(surveys: &[HostSurvey]) -> Vec<String> {
+    if surveys.is_empty() {
+        return vec![format!(
+            "no MCP host found on this machine (known: {})",
+            hosts::ids()
+        )];
+    }
+    let mut lines = Vec::new();
+    for s in surveys {
+        lines.push(format!(
+            "{} ({}): {}{}",
+            s.title,
+            s.host,
+            s.path,
+            if s.exists { "" } else { " (not created yet)" }
+        ));
+        if let Some(error) = &s.error {
+            lines.push(format!("  cannot read it: {error}"));
+            continue;
+        }
+        if !s.wired.is_empty() {
+            let wired: Vec<String> = s
+                .wired
+                .iter()
+                .map(|w| {
+                    let mut text = if w.entry == w.server {
+                        w.entry.clone()
+                    } else {
+                        format!("{} (as {})", w.server, w.entry)
+                    };
+                    if !w.configured {
+                        text.push_str(" [not configured in mcpauth]");
+                    }
+                    text
+                })
+                .collect();
+            lines.push(format!("  through the broker: {}", wired.join(", ")));
+        }
+        if !s.not_wired.is_empty() {
+            lines.push(format!(
+                "  not connected: {} (`mcpauthctl connect {}`)",
+                s.not_wired.join(", "),
+                s.host
+            ));
+        }
+        for b in &s.bypassing {
+            let how = match b.via {
+                "mcp-remote" => format!("runs mcp-remote {}", b.url),
+                _ => format!("connects to {} itself, without the broker's helper", b.url),
+            };
+            let what = match &b.server {
+                Some(server) => format!("configured in mcpauth as {server}"),
+                None => format!("not configured in mcpauth: `mcpauthctl add NAME {}`", b.url),
+            };
+            lines.push(format!(
+                "  not through the broker: {} {how} ({what})",
+                b.entry
+            ));
+        }
+        if s.other_entries > 0 {
+            lines.push(format!("  other (local) servers: {}", s.other_entries));
+        }
+    }
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_socket_is_named_only_when_a_filtered_environment_would_miss_it() {
+        let home_only = Path::new("/run/user/1000/mcpauth/mcpauthd.sock");
+        assert_eq!(socket_flag(home_only, home_only), None);
+        assert_eq!(
+            socket_flag(Path::new("/tmp/x/mcpauthd.sock"), home_only),
+            Some(PathBuf::from("/tmp/x/mcpauthd.sock"))
+        );
+        let wiring = Wiring {
+            exe: "/opt/bin/mcpauthctl".into(),
+            socket: Some("/tmp/x/mcpauthd.sock".into()),
+        };
+        assert_eq!(
+            wiring.command(Via::HeadersHelper, "lin"),
+            [
+                "/opt/bin/mcpauthctl",
+                "--socket",
+                "/tmp/x/mcpauthd.sock",
+                "headers",
+                "lin"
+            ]
+        );
+    }
+}
