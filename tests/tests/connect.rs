@@ -1,0 +1,715 @@
+//! `mcpauthctl connect`, `disconnect` and `hosts` against realistic host
+//! config files, each test in its own temporary home.
+//!
+//! For every host: the entry written is exactly the documented shape,
+//! everything else in the file survives (parsed values compared; comments
+//! still there; byte for byte once our entry is removed again), the
+//! original is backed up once with its mode, a second run changes
+//! nothing, `--dry-run` writes nothing, an entry of the same name that
+//! mcpauthctl did not write is refused without `--replace`, and
+//! `disconnect` removes only what `connect` wrote.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::Command;
+
+use mcpauth_tests::authserver::{AuthServer, Switches};
+use mcpauth_tests::{CtlOutput, TestEnv, bin, mode};
+use serde_json::{Value, json};
+
+const LINEAR: &str = "https://mcp.linear.app/mcp";
+const GITHUB: &str = "https://api.githubcopilot.com/mcp/";
+
+#[derive(Clone, Copy)]
+enum Format {
+    Json,
+    Jsonc,
+    Toml,
+}
+
+fn parse(format: Format, text: &str) -> Value {
+    match format {
+        Format::Json => serde_json::from_str(text).expect("valid JSON"),
+        Format::Jsonc => {
+            jsonc_parser::parse_to_serde_value(text, &Default::default()).expect("valid JSONC")
+        }
+        Format::Toml => toml::from_str(text).expect("valid TOML"),
+    }
+}
+
+/// What a host's test needs to know.
+struct Case {
+    host: &'static str,
+    /// Relative to the test's HOME.
+    path: &'static str,
+    key: &'static str,
+    format: Format,
+    fixture: &'static str,
+    /// Text that must survive every edit.
+    comments: &'static [&'static str],
+    /// The entry `connect` writes for (name, url, argv).
+    expected: fn(&str, &[String]) -> Value,
+}
+
+fn helper_entry_claude(url: &str, argv: &[String]) -> Value {
+    json!({"type": "http", "url": url, "headersHelper": argv.join(" ")})
+}
+fn helper_entry_codex(url: &str, argv: &[String]) -> Value {
+    json!({"url": url, "http_headers_helper": argv.join(" ")})
+}
+fn stdio_entry(_url: &str, argv: &[String]) -> Value {
+    json!({"command": argv[0], "args": argv[1..]})
+}
+fn stdio_entry_vscode(_url: &str, argv: &[String]) -> Value {
+    json!({"type": "stdio", "command": argv[0], "args": argv[1..]})
+}
+fn local_entry_opencode(_url: &str, argv: &[String]) -> Value {
+    json!({"type": "local", "command": argv})
+}
+
+/// The broker command `connect` writes in these tests: this build's
+/// mcpauthctl, with the test daemon's socket (the test home's
+/// XDG_RUNTIME_DIR is not what a filtered environment would find).
+fn broker_argv(env: &TestEnv, sub: &str, name: &str) -> Vec<String> {
+    vec![
+        std::fs::canonicalize(bin("mcpauthctl"))
+            .unwrap()
+            .display()
+            .to_string(),
+        "--socket".into(),
+        env.socket().display().to_string(),
+        sub.into(),
+        name.into(),
+    ]
+}
+
+fn start(env: &TestEnv) -> mcpauth_tests::Daemon {
+    let daemon = env.start_daemon();
+    env.ctl(&["add", "linear", LINEAR]).ok();
+    env.ctl(&["add", "github", GITHUB]).ok();
+    daemon
+}
+
+fn fails(out: &CtlOutput, code: i32) -> String {
+    assert_eq!(
+        out.code(),
+        code,
+        "stdout: {}\nstderr: {}",
+        out.stdout(),
+        out.stderr()
+    );
+    out.stderr()
+}
+
+/// The servers object of a parsed file.
+fn servers<'a>(value: &'a Value, key: &str) -> &'a serde_json::Map<String, Value> {
+    value[key].as_object().expect("servers object")
+}
+
+/// `value` without the servers called `names`.
+fn without(value: &Value, key: &str, names: &[&str]) -> Value {
+    let mut value = value.clone();
+    let servers = value[key].as_object_mut().unwrap();
+    for name in names {
+        servers.remove(*name);
+    }
+    value
+}
+
+fn exercise(case: &Case) {
+    let env = TestEnv::new();
+    let _daemon = start(&env);
+    let path = env.home().join(case.path);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, case.fixture).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let backup = PathBuf::from(format!("{}.mcpauth-backup", path.display()));
+    let original = parse(case.format, case.fixture);
+    let sub = if matches!(case.host, "claude-code" | "codex") {
+        "headers"
+    } else {
+        "proxy"
+    };
+    let want_linear = (case.expected)(LINEAR, &broker_argv(&env, sub, "linear"));
+    let want_github = (case.expected)(GITHUB, &broker_argv(&env, sub, "github"));
+    let read = || std::fs::read_to_string(&path).unwrap();
+
+    // --dry-run: says what it would do, writes nothing.
+    let out = env.ctl(&["connect", case.host, "--dry-run"]);
+    let stderr = fails(&out, 1);
+    let stdout = out.stdout();
+    assert!(
+        stdout.contains(&format!("  added      linear ({LINEAR})")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("  skipped    github (an entry of that name exists that mcpauthctl did not write; --replace overwrites it)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("dry run: nothing was written"), "{stdout}");
+    assert!(stderr.contains("--replace"), "{stderr}");
+    assert_eq!(read(), case.fixture);
+    assert!(!backup.exists());
+
+    // connect linear: exactly the documented entry, the rest untouched.
+    let stdout = env.ctl(&["connect", case.host, "linear"]).ok();
+    assert!(
+        stdout.contains(&format!("  added      linear ({LINEAR})")),
+        "{stdout}"
+    );
+    let after = parse(case.format, &read());
+    assert_eq!(servers(&after, case.key)["linear"], want_linear);
+    assert_eq!(without(&after, case.key, &["linear"]), original);
+    for comment in case.comments {
+        assert!(read().contains(comment), "{comment} is gone:\n{}", read());
+    }
+    // The original is kept, once, with its mode; the file keeps its mode.
+    assert_eq!(std::fs::read_to_string(&backup).unwrap(), case.fixture);
+    assert_eq!(mode(&backup), 0o640);
+    assert_eq!(mode(&path), 0o640);
+    assert!(stdout.contains("the original is kept in"), "{stdout}");
+
+    // A second run changes nothing.
+    let written = read();
+    let stdout = env.ctl(&["connect", case.host, "linear"]).ok();
+    assert!(stdout.contains("  unchanged  linear"), "{stdout}");
+    assert!(!stdout.contains("kept in"), "{stdout}");
+    assert_eq!(read(), written);
+
+    // disconnect linear gives back the original, byte for byte.
+    let stdout = env.ctl(&["disconnect", case.host, "linear"]).ok();
+    assert!(stdout.contains("  removed    linear"), "{stdout}");
+    assert_eq!(read(), case.fixture);
+    assert_eq!(std::fs::read_to_string(&backup).unwrap(), case.fixture);
+
+    // A foreign entry of the same name is refused...
+    let out = env.ctl(&["connect", case.host, "github"]);
+    let stderr = fails(&out, 1);
+    assert!(stderr.contains("rerun with --replace"), "{stderr}");
+    assert_eq!(read(), case.fixture);
+    // ...unless --replace (and --dry-run still writes nothing).
+    env.ctl(&["connect", case.host, "--replace", "--dry-run"])
+        .ok();
+    assert_eq!(read(), case.fixture);
+    let stdout = env.ctl(&["connect", case.host, "--replace"]).ok();
+    assert!(
+        stdout.contains(&format!(
+            "  updated    github ({GITHUB}), replacing an entry mcpauthctl did not write"
+        )),
+        "{stdout}"
+    );
+    let after = parse(case.format, &read());
+    assert_eq!(servers(&after, case.key)["github"], want_github);
+    assert_eq!(servers(&after, case.key)["linear"], want_linear);
+    assert_eq!(
+        without(&after, case.key, &["linear", "github"]),
+        without(&original, case.key, &["github"])
+    );
+
+    // disconnect (all): removes only what connect wrote; the local server
+    // and the foreign entry of another name stay.
+    let before = read();
+    let stdout = env.ctl(&["disconnect", case.host, "--dry-run"]).ok();
+    assert!(stdout.contains("  removed    linear"), "{stdout}");
+    assert_eq!(read(), before);
+    let stdout = env.ctl(&["disconnect", case.host]).ok();
+    assert!(
+        stdout.contains("  removed    linear") && stdout.contains("  removed    github"),
+        "{stdout}"
+    );
+    let after = parse(case.format, &read());
+    assert_eq!(after, without(&original, case.key, &["github"]));
+    assert!(servers(&after, case.key).contains_key("old-notion"));
+    assert!(servers(&after, case.key).contains_key("files"));
+    for comment in case.comments {
+        assert!(read().contains(comment), "{comment} is gone:\n{}", read());
+    }
+    // Nothing left to do.
+    let stdout = env.ctl(&["disconnect", case.host]).ok();
+    assert!(stdout.contains("nothing to disconnect"), "{stdout}");
+    // The backup is still the very first original.
+    assert_eq!(std::fs::read_to_string(&backup).unwrap(), case.fixture);
+}
+
+#[test]
+fn claude_code_gets_an_http_entry_with_a_headers_helper() {
+    exercise(&Case {
+        host: "claude-code",
+        path: ".claude.json",
+        key: "mcpServers",
+        format: Format::Json,
+        fixture: r#"{
+  "numStartups": 41,
+  "theme": "dark",
+  "mcpServers": {
+    "files": {
+      "type": "stdio",
+      "command": "npx",
+      "args": ["-y", "@modelcontextprotocol/server-filesystem", "/srv"],
+      "env": {}
+    },
+    "github": {
+      "type": "http",
+      "url": "https://api.githubcopilot.com/mcp/"
+    },
+    "old-notion": {
+      "type": "stdio",
+      "command": "npx",
+      "args": ["-y", "mcp-remote", "https://mcp.notion.com/mcp"]
+    }
+  },
+  "projects": {
+    "/home/me/src/app": {
+      "allowedTools": [],
+      "mcpServers": {}
+    }
+  },
+  "userID": "0f3c"
+}
+"#,
+        comments: &[],
+        expected: helper_entry_claude,
+    });
+}
+
+#[test]
+fn codex_gets_a_url_and_http_headers_helper_and_keeps_its_comments() {
+    exercise(&Case {
+        host: "codex",
+        path: ".codex/config.toml",
+        key: "mcp_servers",
+        format: Format::Toml,
+        fixture: r#"# Codex settings, by hand
+model = "gpt-5-codex"
+approval_policy = "on-request"
+
+# Local tools
+[mcp_servers.files]
+command = "npx"
+args = ["-y", "@modelcontextprotocol/server-filesystem", "/srv"]
+
+[mcp_servers.github]
+url = "https://api.githubcopilot.com/mcp/"
+bearer_token_env_var = "GH_PAT"
+
+[mcp_servers.old-notion]
+command = "npx" # until mcpauth
+args = ["-y", "mcp-remote", "https://mcp.notion.com/mcp"]
+
+[profiles.fast]
+model = "o4-mini" # cheap
+"#,
+        comments: &[
+            "# Codex settings, by hand",
+            "# Local tools",
+            "# until mcpauth",
+            "# cheap",
+        ],
+        expected: helper_entry_codex,
+    });
+}
+
+#[test]
+fn cursor_gets_a_stdio_proxy_entry() {
+    exercise(&Case {
+        host: "cursor",
+        path: ".cursor/mcp.json",
+        key: "mcpServers",
+        format: Format::Json,
+        fixture: r#"{
+  "mcpServers": {
+    "files": {
+      "command": "npx",
+      "args": ["-y", "@modelcontextprotocol/server-filesystem", "/srv"]
+    },
+    "github": {
+      "url": "https://api.githubcopilot.com/mcp/",
+      "headers": { "X-Client": "cursor" }
+    },
+    "old-notion": {
+      "command": "npx",
+      "args": ["-y", "mcp-remote", "https://mcp.notion.com/mcp"]
+    }
+  },
+  "someFutureKey": { "enabled": true }
+}
+"#,
+        comments: &[],
+        expected: stdio_entry,
+    });
+}
+
+#[test]
+fn vscode_gets_a_typed_stdio_entry_and_keeps_its_comments() {
+    exercise(&Case {
+        host: "vscode",
+        path: ".config/Code/User/mcp.json",
+        key: "servers",
+        format: Format::Jsonc,
+        fixture: r#"{
+  // MCP servers for every workspace
+  "inputs": [
+    { "type": "promptString", "id": "pat", "description": "GitHub PAT", "password": true }
+  ],
+  "servers": {
+    "files": {
+      "type": "stdio",
+      "command": "npx",
+      "args": ["-y", "@modelcontextprotocol/server-filesystem", "/srv"]
+    },
+    /* the hosted one */
+    "github": {
+      "type": "http",
+      "url": "https://api.githubcopilot.com/mcp/"
+    },
+    "old-notion": {
+      "type": "stdio",
+      "command": "npx",
+      "args": ["-y", "mcp-remote", "https://mcp.notion.com/mcp"], // before mcpauth
+    },
+  },
+}
+"#,
+        comments: &["// MCP servers for every workspace", "// before mcpauth"],
+        expected: stdio_entry_vscode,
+    });
+}
+
+#[test]
+fn claude_desktop_gets_a_stdio_proxy_entry() {
+    exercise(&Case {
+        host: "claude-desktop",
+        path: ".config/Claude/claude_desktop_config.json",
+        key: "mcpServers",
+        format: Format::Json,
+        fixture: r#"{
+  "globalShortcut": "Ctrl+Space",
+  "mcpServers": {
+    "files": {
+      "command": "npx",
+      "args": ["-y", "@modelcontextprotocol/server-filesystem", "/srv"]
+    },
+    "github": {
+      "command": "docker",
+      "args": ["run", "-i", "--rm", "ghcr.io/github/github-mcp-server"]
+    },
+    "old-notion": {
+      "command": "npx",
+      "args": ["-y", "mcp-remote", "https://mcp.notion.com/mcp"]
+    }
+  }
+}
+"#,
+        comments: &[],
+        expected: stdio_entry,
+    });
+}
+
+#[test]
+fn gemini_gets_a_stdio_proxy_entry_and_keeps_its_comments() {
+    exercise(&Case {
+        host: "gemini",
+        path: ".gemini/settings.json",
+        key: "mcpServers",
+        format: Format::Jsonc,
+        fixture: r#"{
+  // my Gemini CLI settings
+  "theme": "Dracula",
+  "selectedAuthType": "gemini-api-key",
+  "mcpServers": {
+    "files": {
+      "command": "npx",
+      "args": ["-y", "@modelcontextprotocol/server-filesystem", "/srv"],
+      "timeout": 30000
+    },
+    "github": {
+      "httpUrl": "https://api.githubcopilot.com/mcp/",
+      "headers": { "X-Client": "gemini" }
+    },
+    "old-notion": {
+      "command": "npx",
+      "args": ["-y", "mcp-remote", "https://mcp.notion.com/mcp"]
+    }
+  }
+}
+"#,
+        comments: &["// my Gemini CLI settings"],
+        expected: stdio_entry,
+    });
+}
+
+#[test]
+fn opencode_gets_a_local_entry_with_one_command_array() {
+    exercise(&Case {
+        host: "opencode",
+        path: ".config/opencode/opencode.json",
+        key: "mcp",
+        format: Format::Jsonc,
+        fixture: r#"{
+  "$schema": "https://opencode.ai/config.json",
+  "theme": "opencode",
+  // servers
+  "mcp": {
+    "files": {
+      "type": "local",
+      "command": ["npx", "-y", "@modelcontextprotocol/server-filesystem", "/srv"],
+      "enabled": true
+    },
+    "github": {
+      "type": "remote",
+      "url": "https://api.githubcopilot.com/mcp/"
+    },
+    "old-notion": {
+      "type": "local",
+      "command": ["npx", "-y", "mcp-remote", "https://mcp.notion.com/mcp"]
+    }
+  }
+}
+"#,
+        comments: &["// servers"],
+        expected: local_entry_opencode,
+    });
+}
+
+/// Runs a host entry's command the way a host that filters the
+/// environment does (Codex keeps HOME, PATH and little else).
+fn run_filtered(env: &TestEnv, command: &str) -> std::process::Output {
+    let argv: Vec<&str> = command.split_whitespace().collect();
+    Command::new(argv[0])
+        .args(&argv[1..])
+        .env_clear()
+        .env("HOME", env.home())
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_helpers_connect_writes_reach_the_daemon_with_only_home_and_path() {
+    let server = AuthServer::start(Switches::default()).await;
+    let env = TestEnv::new();
+    let _daemon = env.start_daemon();
+    env.ctl(&["add", "s", &server.mcp_url]).ok();
+    env.ctl(&["login", "s"]).ok();
+    let token = env.ctl(&["token", "s"]).ok().trim().to_string();
+    let expected = json!({"Authorization": format!("Bearer {token}")});
+
+    env.ctl(&["connect", "codex"]).ok();
+    let config = std::fs::read_to_string(env.home().join(".codex/config.toml")).unwrap();
+    let config: Value = toml::from_str(&config).unwrap();
+    let helper = config["mcp_servers"]["s"]["http_headers_helper"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        helper.contains(&format!("--socket {}", env.socket().display())),
+        "{helper}"
+    );
+    let out = run_filtered(&env, &helper);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let headers: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(headers, expected);
+
+    env.ctl(&["connect", "claude-code"]).ok();
+    let config = std::fs::read_to_string(env.home().join(".claude.json")).unwrap();
+    let config: Value = serde_json::from_str(&config).unwrap();
+    let out = run_filtered(
+        &env,
+        config["mcpServers"]["s"]["headersHelper"].as_str().unwrap(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        serde_json::from_slice::<Value>(&out.stdout).unwrap(),
+        expected
+    );
+}
+
+#[test]
+fn a_file_that_does_not_parse_is_left_alone_with_one_line() {
+    let env = TestEnv::new();
+    let _daemon = start(&env);
+    let path = env.home().join(".cursor/mcp.json");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    // Strict JSON: Cursor's file allows no comments. The value must never be echoed.
+    let text = "{\n  \"mcpServers\": {\n    \"x\": {\"env\": {\"K\": \"sk-do-not-print\"}} // note\n  }\n}\n";
+    std::fs::write(&path, text).unwrap();
+    let out = env.ctl(&["connect", "cursor"]);
+    let stderr = fails(&out, 1);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("line 3") && stderr.contains("nothing was changed"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("sk-do-not-print") && !out.stdout().contains("sk-do-not-print"));
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+    assert!(!path.with_file_name("mcp.json.mcpauth-backup").exists());
+    // TOML too.
+    let codex = env.home().join(".codex/config.toml");
+    std::fs::create_dir_all(codex.parent().unwrap()).unwrap();
+    std::fs::write(&codex, "model = \"o3\"\n[mcp_servers.x\nurl = 1\n").unwrap();
+    let stderr = fails(&env.ctl(&["connect", "codex", "linear"]), 1);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("line 2"), "{stderr}");
+}
+
+#[test]
+fn usage_errors_exit_2_and_name_what_is_known() {
+    let env = TestEnv::new();
+    let _daemon = start(&env);
+    let stderr = fails(&env.ctl(&["connect", "claude"]), 2);
+    assert!(
+        stderr.contains("unknown host `claude`; known hosts: claude-code, codex, cursor, vscode, claude-desktop, gemini, opencode"),
+        "{stderr}"
+    );
+    let stderr = fails(&env.ctl(&["disconnect", "atom"]), 2);
+    assert!(stderr.contains("known hosts"), "{stderr}");
+    let stderr = fails(&env.ctl(&["connect", "cursor", "nope"]), 2);
+    assert!(stderr.contains("no configured server `nope`"), "{stderr}");
+    assert!(!env.home().join(".cursor").exists(), "nothing was created");
+}
+
+#[test]
+fn connect_creates_a_missing_file_and_disconnect_never_does() {
+    let env = TestEnv::new();
+    let _daemon = start(&env);
+    let stdout = env.ctl(&["disconnect", "gemini"]).ok();
+    assert!(
+        stdout.contains("does not exist; nothing to disconnect"),
+        "{stdout}"
+    );
+    assert!(!env.home().join(".gemini").exists());
+    let stdout = env.ctl(&["connect", "gemini", "linear"]).ok();
+    assert!(
+        stdout.contains("(new file)") && stdout.contains("added      linear"),
+        "{stdout}"
+    );
+    let path = env.home().join(".gemini/settings.json");
+    let value: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(
+        value,
+        json!({"mcpServers": {"linear": stdio_entry(LINEAR, &broker_argv(&env, "proxy", "linear"))}})
+    );
+    assert_eq!(mode(&path), 0o600);
+    // No backup of a file that did not exist.
+    assert!(!path.with_file_name("settings.json.mcpauth-backup").exists());
+}
+
+#[test]
+fn the_daemon_unreachable_is_exit_3() {
+    let env = TestEnv::new();
+    let stderr = fails(&env.ctl(&["--no-autostart", "connect", "codex"]), 3);
+    assert!(stderr.contains("not running"), "{stderr}");
+}
+
+#[test]
+fn connect_points_to_import_when_the_host_holds_its_own_login() {
+    let env = TestEnv::new();
+    let _daemon = start(&env);
+    let codex = env.home().join(".codex");
+    std::fs::create_dir_all(&codex).unwrap();
+    std::fs::write(
+        codex.join(".credentials.json"),
+        r#"{"linear|9a1b2c3d4e5f6a7b": {"server_name": "linear", "access_token": "at-never-shown", "refresh_token": "rt-never-shown"}}"#,
+    )
+    .unwrap();
+    // mcp-remote's login, used by an entry for a configured URL.
+    std::fs::create_dir_all(env.home().join(".mcp-auth/mcp-remote-0.1.29")).unwrap();
+    let cursor = env.home().join(".cursor/mcp.json");
+    std::fs::create_dir_all(cursor.parent().unwrap()).unwrap();
+    std::fs::write(
+        &cursor,
+        format!(r#"{{"mcpServers": {{"lin": {{"command": "npx", "args": ["-y", "mcp-remote", "{LINEAR}"]}}}}}}"#),
+    )
+    .unwrap();
+
+    let stdout = env.ctl(&["connect", "codex", "linear"]).ok();
+    assert!(
+        stdout.contains("note: Codex holds its own login for linear in")
+            && stdout.contains("run `mcpauthctl import`"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("never-shown"), "{stdout}");
+    let stdout = env.ctl(&["connect", "codex", "github"]).ok();
+    assert!(!stdout.contains("note:"), "{stdout}");
+    let stdout = env.ctl(&["connect", "cursor", "linear"]).ok();
+    assert!(
+        stdout.contains(&format!(
+            "note: mcp-remote holds its own login for {LINEAR}"
+        )),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn hosts_lists_what_goes_through_the_broker_and_what_does_not() {
+    let env = TestEnv::new();
+    let _daemon = start(&env);
+    // Nothing installed yet.
+    let stdout = env.ctl(&["hosts"]).ok();
+    assert!(stdout.starts_with("no MCP host found"), "{stdout}");
+    assert_eq!(env.ctl(&["hosts", "--json"]).json(), json!([]));
+
+    // Claude Code: github over http without the helper, a local server.
+    std::fs::write(
+        env.home().join(".claude.json"),
+        format!(
+            r#"{{"mcpServers": {{"gh": {{"type": "http", "url": "{GITHUB}"}}, "files": {{"command": "npx", "args": ["fs"]}}}}}}"#
+        ),
+    )
+    .unwrap();
+    // Codex: installed (its directory), no config yet.
+    std::fs::create_dir_all(env.home().join(".codex")).unwrap();
+    // Cursor: linear through the broker, an mcp-remote entry for an
+    // unconfigured server.
+    env.ctl(&["connect", "cursor", "linear"]).ok();
+    let cursor = env.home().join(".cursor/mcp.json");
+    let mut value: Value =
+        serde_json::from_str(&std::fs::read_to_string(&cursor).unwrap()).unwrap();
+    value["mcpServers"]["sentry"] =
+        json!({"command": "npx", "args": ["-y", "mcp-remote", "https://mcp.sentry.dev/mcp"]});
+    std::fs::write(&cursor, value.to_string()).unwrap();
+
+    let hosts = env.ctl(&["hosts", "--json"]).json();
+    let home = env.home().display().to_string();
+    assert_eq!(
+        hosts,
+        json!([
+            {"host": "claude-code", "title": "Claude Code", "path": format!("{home}/.claude.json"),
+             "exists": true, "error": null, "wired": [], "not_wired": ["github", "linear"],
+             "bypassing": [{"entry": "gh", "via": "http", "url": GITHUB, "server": "github"}],
+             "other_entries": 1},
+            {"host": "codex", "title": "Codex", "path": format!("{home}/.codex/config.toml"),
+             "exists": false, "error": null, "wired": [], "not_wired": ["github", "linear"],
+             "bypassing": [], "other_entries": 0},
+            {"host": "cursor", "title": "Cursor", "path": format!("{home}/.cursor/mcp.json"),
+             "exists": true, "error": null,
+             "wired": [{"entry": "linear", "server": "linear", "configured": true}],
+             "not_wired": ["github"],
+             "bypassing": [{"entry": "sentry", "via": "mcp-remote", "url": "https://mcp.sentry.dev/mcp", "server": null}],
+             "other_entries": 0},
+        ])
+    );
+    let stdout = env.ctl(&["hosts"]).ok();
+    assert!(stdout.contains("Claude Code (claude-code): "), "{stdout}");
+    assert!(
+        stdout.contains(&format!("  not through the broker: gh connects to {GITHUB} itself, without the broker's helper (configured in mcpauth as github)")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("  through the broker: linear"), "{stdout}");
+    assert!(
+        stdout.contains("  not through the broker: sentry runs mcp-remote https://mcp.sentry.dev/mcp (not configured in mcpauth: `mcpauthctl add NAME https://mcp.sentry.dev/mcp`)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("  not connected: github (`mcpauthctl connect cursor`)"),
+        "{stdout}"
+    );
+}
