@@ -510,7 +510,8 @@ mod tests {
 
     #[test]
     fn the_broker_is_recognised_through_its_global_flags() {
-        let cases: &[(&[&str], Option<(Via, &str)>)] = &[
+        type Case<'a> = (&'a [&'a str], Option<(Via, &'a str)>);
+        let cases: &[Case] = &[
             (
                 &["/usr/bin/mcpauthctl", "headers", "a"],
                 Some((Via::HeadersHelper, "a")),
