@@ -184,6 +184,8 @@ pub struct Seen {
     pub form: HashMap<String, String>,
     pub json: serde_json::Value,
     pub basic_auth: Option<(String, String)>,
+    /// The bearer token of the `Authorization` header, if any.
+    pub bearer: Option<String>,
 }
 
 #[derive(Default)]
@@ -561,6 +563,12 @@ async fn handle(State(app): State<App>, request: Request<Body>) -> Response {
         form: form.clone(),
         json: serde_json::from_str(&body).unwrap_or_default(),
         basic_auth: basic.clone(),
+        bearer: parts
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::to_string),
     });
     let sw = s.switches.clone();
     let issuer = format!("{}{}", app.as_base, sw.issuer_path);

@@ -713,3 +713,146 @@ fn hosts_lists_what_goes_through_the_broker_and_what_does_not() {
         "{stdout}"
     );
 }
+
+/// A real host from `tests/hosts` (installed by `tests/hosts/install.sh`),
+/// or `None` when it is not installed: the test then says it was skipped.
+fn real_host(name: &str) -> Option<PathBuf> {
+    let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("hosts/node_modules/.bin")
+        .join(name);
+    if bin.exists() {
+        Some(bin)
+    } else {
+        eprintln!("skipped: {name} is not installed here; run tests/hosts/install.sh");
+        None
+    }
+}
+
+/// Waits until the MCP endpoint has seen a request carrying `token`.
+async fn endpoint_saw(server: &AuthServer, token: &str, limit: std::time::Duration) -> bool {
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        if server
+            .requests(mcpauth_tests::authserver::MCP_PATH)
+            .iter()
+            .any(|r| r.method == "POST" && r.bearer.as_deref() == Some(token))
+        {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    false
+}
+
+/// The real Codex (npm `@openai/codex`, the version in tests/hosts) reads
+/// what `connect` wrote, and `codex exec` (with a model provider that does
+/// not answer: it starts its MCP servers first) runs the helper in its
+/// filtered environment and sends the broker's token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_codex_reads_the_entry_and_sends_the_brokers_token() {
+    let Some(codex) = real_host("codex") else {
+        return;
+    };
+    let server = AuthServer::start(Switches::default()).await;
+    let env = TestEnv::new();
+    let _daemon = env.start_daemon();
+    env.ctl(&["add", "s", &server.mcp_url]).ok();
+    env.ctl(&["login", "s"]).ok();
+    let token = env.ctl(&["token", "s"]).ok().trim().to_string();
+    let config = env.home().join(".codex/config.toml");
+    std::fs::create_dir_all(config.parent().unwrap()).unwrap();
+    std::fs::write(
+        &config,
+        "# no model answers here\nmodel = \"test\"\nmodel_provider = \"nowhere\"\n\n\
+         [model_providers.nowhere]\nname = \"nowhere\"\nbase_url = \"http://127.0.0.1:9/v1\"\nwire_api = \"responses\"\n",
+    )
+    .unwrap();
+    env.ctl(&["connect", "codex"]).ok();
+
+    // Codex reads it back as a streamable HTTP server with a helper.
+    let out = Command::new(&codex)
+        .args(["mcp", "get", "s", "--json"])
+        .env_clear()
+        .env("HOME", env.home())
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(got["transport"]["type"], "streamable_http", "{got}");
+    assert_eq!(got["transport"]["url"], server.mcp_url.as_str(), "{got}");
+    assert!(got["transport"]["http_headers_helper"].is_string(), "{got}");
+
+    // Codex runs the helper (with HOME and PATH, no XDG_*) and sends the
+    // token to the server. It then waits for its model forever: stop it.
+    let mut child = Command::new(&codex);
+    child
+        .args(["exec", "--skip-git-repo-check", "hello"])
+        .current_dir(env.root.path())
+        .env_clear()
+        .env("HOME", env.home())
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("XDG_RUNTIME_DIR", env.runtime_dir())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    // Its own process group: the npm wrapper starts the native binary as a
+    // child, and both must go.
+    std::os::unix::process::CommandExt::process_group(&mut child, 0);
+    let mut child = child.spawn().unwrap();
+    let saw = endpoint_saw(&server, &token, std::time::Duration::from_secs(60)).await;
+    let group = nix::unistd::Pid::from_raw(child.id() as i32);
+    let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+    let _ = child.wait();
+    assert!(
+        saw,
+        "Codex did not send the broker's token: {:?}",
+        server.requests("/mcp").len()
+    );
+}
+
+/// The real Claude Code (npm `@anthropic-ai/claude-code`) reads the user
+/// scope entry `connect` wrote, and its health check runs the helper and
+/// sends the broker's token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_claude_code_reads_the_entry_and_sends_the_brokers_token() {
+    let Some(claude) = real_host("claude") else {
+        return;
+    };
+    let server = AuthServer::start(Switches::default()).await;
+    let env = TestEnv::new();
+    let _daemon = env.start_daemon();
+    env.ctl(&["add", "s", &server.mcp_url]).ok();
+    env.ctl(&["login", "s"]).ok();
+    let token = env.ctl(&["token", "s"]).ok().trim().to_string();
+    std::fs::write(
+        env.home().join(".claude.json"),
+        "{\n  \"numStartups\": 3,\n  \"mcpServers\": {}\n}\n",
+    )
+    .unwrap();
+    env.ctl(&["connect", "claude-code"]).ok();
+
+    let out = Command::new(&claude)
+        .args(["mcp", "get", "s"])
+        .current_dir(env.root.path())
+        .env_clear()
+        .env("HOME", env.home())
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("Scope: User config"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("URL: {}", server.mcp_url)),
+        "{stdout}"
+    );
+    assert!(
+        endpoint_saw(&server, &token, std::time::Duration::from_secs(5)).await,
+        "Claude Code did not send the broker's token:\n{stdout}"
+    );
+}
