@@ -32,6 +32,10 @@ pub struct Wiring {
     pub exe: PathBuf,
     /// `--socket PATH` for the entry, when needed.
     pub socket: Option<PathBuf>,
+    /// `--no-autostart` for the entry: a daemon that a helper started
+    /// with the host's filtered environment would use another state
+    /// directory or config than this one, and hold the socket with them.
+    pub no_autostart: bool,
 }
 
 impl Wiring {
@@ -44,9 +48,12 @@ impl Wiring {
                 code: exit::FAILURE,
             })?;
         let socket = std::path::absolute(socket).unwrap_or_else(|_| socket.to_path_buf());
+        use mcpauth_proto::paths;
         Ok(Self {
             exe,
-            socket: socket_flag(&socket, &mcpauth_proto::paths::home_only_socket_path()),
+            socket: socket_flag(&socket, &paths::home_only_socket_path()),
+            no_autostart: paths::state_dir() != paths::home_only_state_dir()
+                || paths::config_path() != paths::home_only_config_path(),
         })
     }
 
@@ -56,6 +63,9 @@ impl Wiring {
         if let Some(socket) = &self.socket {
             argv.push("--socket".into());
             argv.push(socket.display().to_string());
+        }
+        if self.no_autostart {
+            argv.push("--no-autostart".into());
         }
         argv.push(via.subcommand().into());
         argv.push(name.into());
@@ -83,9 +93,9 @@ pub fn host(id: &str) -> Result<&'static dyn Host, Failure> {
     })
 }
 
-/// The configured servers called `names` (all of them when empty).
-pub async fn select(client: &mut Client, names: &[String]) -> Result<Vec<Server>, Failure> {
-    let servers: Vec<Server> = client
+/// Every configured server.
+pub async fn configured(client: &mut Client) -> Result<Vec<Server>, Failure> {
+    Ok(client
         .list_servers()
         .await?
         .into_iter()
@@ -93,7 +103,12 @@ pub async fn select(client: &mut Client, names: &[String]) -> Result<Vec<Server>
             name: s.name,
             url: s.url,
         })
-        .collect();
+        .collect())
+}
+
+/// The configured servers called `names` (all of them when empty).
+pub async fn select(client: &mut Client, names: &[String]) -> Result<Vec<Server>, Failure> {
+    let servers = configured(client).await?;
     if names.is_empty() {
         if servers.is_empty() {
             return Err(Failure {
@@ -370,6 +385,11 @@ pub fn connect(
         Ok(outcomes)
     })?;
     let (mut lines, skipped) = (edited.lines, edited.skipped);
+    if wiring.no_autostart {
+        lines.push(
+            "note: mcpauthd's state or config is not where a host's filtered environment would find it (XDG_STATE_HOME, XDG_CONFIG_HOME or MCP_BROKER_*), so these entries never start mcpauthd: keep it running (`mcpauthctl service install`)".into(),
+        );
+    }
     lines.extend(login_notes(host, env, servers, &mcp_remote_urls));
     let failure = (skipped > 0).then(|| Failure {
         message: format!(
@@ -674,9 +694,10 @@ mod tests {
             socket_flag(Path::new("/tmp/x/mcpauthd.sock"), home_only),
             Some(PathBuf::from("/tmp/x/mcpauthd.sock"))
         );
-        let wiring = Wiring {
+        let mut wiring = Wiring {
             exe: "/opt/bin/mcpauthctl".into(),
             socket: Some("/tmp/x/mcpauthd.sock".into()),
+            no_autostart: false,
         };
         assert_eq!(
             wiring.command(Via::HeadersHelper, "lin"),
@@ -687,6 +708,13 @@ mod tests {
                 "headers",
                 "lin"
             ]
+        );
+        wiring.no_autostart = true;
+        let argv = wiring.command(Via::Proxy, "lin");
+        assert_eq!(argv[3], "--no-autostart");
+        assert_eq!(
+            hosts::broker_target(&argv),
+            Some((Via::Proxy, "lin".into()))
         );
     }
 }

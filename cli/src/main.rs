@@ -515,7 +515,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Hosts { json } => {
             let mut client = mcpauth_client::connect(&opts).await?;
-            let servers = connect::select(&mut client, &[]).await.unwrap_or_default();
+            let servers = connect::configured(&mut client).await?;
             let surveys = connect::survey(&hosts::HostEnv::from_env(), &servers);
             if json {
                 print_json(&surveys);

@@ -103,6 +103,12 @@ pub fn state_dir() -> PathBuf {
     if let Some(state) = absolute_var("XDG_STATE_HOME") {
         return state.join("mcpauth");
     }
+    home_only_state_dir()
+}
+
+/// The state directory a process with only `HOME` in its environment uses
+/// (a daemon started by a helper that an MCP host runs).
+pub fn home_only_state_dir() -> PathBuf {
     let home = home_dir().unwrap_or_else(|| PathBuf::from("/"));
     if cfg!(target_os = "macos") {
         home.join("Library/Application Support/mcpauth")
@@ -124,6 +130,14 @@ pub fn config_dir() -> PathBuf {
 /// The config file: `$MCP_BROKER_CONFIG`, else the default.
 pub fn config_path() -> PathBuf {
     absolute_var(crate::env::CONFIG).unwrap_or_else(|| config_dir().join(CONFIG_FILE))
+}
+
+/// The config file a process with only `HOME` in its environment uses.
+pub fn home_only_config_path() -> PathBuf {
+    home_dir()
+        .unwrap_or_else(|| PathBuf::from("/"))
+        .join(".config/mcpauth")
+        .join(CONFIG_FILE)
 }
 
 #[cfg(test)]

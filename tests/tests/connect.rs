@@ -856,3 +856,66 @@ async fn real_claude_code_reads_the_entry_and_sends_the_brokers_token() {
         "Claude Code did not send the broker's token:\n{stdout}"
     );
 }
+
+#[test]
+fn an_entry_connect_wrote_before_is_updated_and_keeps_the_persons_keys() {
+    let env = TestEnv::new();
+    let _daemon = start(&env);
+    let path = env.home().join(".cursor/mcp.json");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    // Written by an mcpauthctl installed elsewhere; the person added `env`.
+    std::fs::write(
+        &path,
+        r#"{"mcpServers": {"linear": {"command": "/opt/old/mcpauthctl", "args": ["proxy", "linear"], "env": {"LANG": "C"}}}}"#,
+    )
+    .unwrap();
+    let stdout = env.ctl(&["connect", "cursor", "linear"]).ok();
+    assert!(
+        stdout.contains(&format!("  updated    linear ({LINEAR})")),
+        "{stdout}"
+    );
+    let value: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let argv = broker_argv(&env, "proxy", "linear");
+    assert_eq!(
+        value["mcpServers"]["linear"],
+        json!({"command": argv[0], "args": argv[1..], "env": {"LANG": "C"}})
+    );
+}
+
+#[test]
+fn entries_never_start_a_daemon_that_would_use_another_state_directory() {
+    let env = TestEnv::new();
+    let _daemon = start(&env);
+    // This shell's state is not under HOME: a helper started by Codex
+    // (HOME and PATH only) would start a daemon with other state.
+    let elsewhere = env.root.path().join("state-elsewhere");
+    let out = env.ctl_env(
+        &["connect", "codex", "linear"],
+        &[("XDG_STATE_HOME", elsewhere.to_str().unwrap())],
+    );
+    let stdout = out.ok();
+    assert!(
+        stdout.contains("these entries never start mcpauthd"),
+        "{stdout}"
+    );
+    let config = std::fs::read_to_string(env.home().join(".codex/config.toml")).unwrap();
+    let config: Value = toml::from_str(&config).unwrap();
+    let helper = config["mcp_servers"]["linear"]["http_headers_helper"]
+        .as_str()
+        .unwrap();
+    assert!(
+        helper.ends_with(&format!(
+            "--socket {} --no-autostart headers linear",
+            env.socket().display()
+        )),
+        "{helper}"
+    );
+    // With the default state directory the flag goes away again.
+    let stdout = env.ctl(&["connect", "codex", "linear"]).ok();
+    assert!(stdout.contains("  updated    linear"), "{stdout}");
+    assert!(
+        !std::fs::read_to_string(env.home().join(".codex/config.toml"))
+            .unwrap()
+            .contains("--no-autostart")
+    );
+}
