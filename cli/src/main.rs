@@ -3,6 +3,7 @@
 mod browser;
 mod login;
 mod output;
+mod proxy;
 mod service;
 
 use std::path::PathBuf;
@@ -124,6 +125,13 @@ enum Command {
     /// Without NAME, the server comes from CLAUDE_CODE_MCP_SERVER_NAME, else
     /// from CLAUDE_CODE_MCP_SERVER_URL matched against the configured URLs.
     Headers { name: Option<String> },
+    /// Run as a stdio MCP server that bridges to NAME with the broker's
+    /// tokens (for hosts that start stdio servers: Cursor, VS Code, Claude
+    /// Desktop, Gemini CLI, opencode). stdout carries only the protocol.
+    Proxy {
+        /// The server's name, as in `mcpauthctl list`.
+        name: String,
+    },
     /// Print events as they happen (one line each; JSON lines with --json).
     Watch {
         /// Only this server's events.
@@ -454,6 +462,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 tokio::time::sleep(std::time::Duration::from_millis(500)).await;
             }
         }
+        Command::Proxy { name } => proxy::run(opts, name).await?,
         Command::Stop => {
             let mut client = match mcpauth_client::Client::connect(&opts.socket).await {
                 Ok(client) => client,
