@@ -410,7 +410,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 Some(name) => name,
                 None => headers_server_from_url(&mut client).await?,
             };
-            let reply = client.get_token(&name, None).await?;
+            let reply = client.get_token_for_helper(&name).await?;
             let headers = serde_json::json!({
                 "Authorization": format!("{} {}", reply.token_type, reply.access_token),
             });

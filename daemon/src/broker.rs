@@ -243,6 +243,7 @@ pub struct Broker {
     pub(crate) scheduler: Arc<Scheduler>,
     pub(crate) token_files: crate::files::TokenFiles,
     pub(crate) notices: crate::desktop::Notices,
+    pub(crate) helper_checks: crate::tokens::HelperChecks,
     /// Refreshes caused by reports, in flight: the generation they replace
     /// and where their one result is published.
     pub(crate) inflight: Mutex<HashMap<ServerName, (u64, InflightResult)>>,
@@ -316,6 +317,7 @@ impl Broker {
             scheduler: Scheduler::new(options_clock),
             token_files: Default::default(),
             notices: Default::default(),
+            helper_checks: Default::default(),
             inflight: Mutex::new(HashMap::new()),
             refresh_backoff: Mutex::new(HashMap::new()),
         });

@@ -195,6 +195,7 @@ async fn bench(smoke: bool) -> i32 {
     let request_bytes = mcpauth_client::pb::GetTokenRequest {
         server: "s".into(),
         min_ttl_secs: Some(0),
+        headers_helper: false,
     }
     .encoded_len();
 
