@@ -111,9 +111,13 @@ enum Command {
         /// replacement (only its SHA-256 is sent to the daemon).
         #[arg(long, value_name = "TOKEN")]
         rejected: Option<String>,
-        /// The HTTP status of the rejection.
-        #[arg(long, value_name = "CODE", default_value_t = 401, requires = "rejected",
-              value_parser = clap::value_parser!(u32).range(401..=403))]
+        /// The HTTP status the server answered with: 401 or 403.
+        #[arg(
+            long,
+            value_name = "CODE",
+            default_value_t = 401,
+            requires = "rejected"
+        )]
         status: u32,
         /// The WWW-Authenticate header of the rejection.
         #[arg(long, value_name = "HEADER", requires = "rejected")]
@@ -362,9 +366,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             status,
             www_authenticate,
         } => {
-            if status == 402 {
+            if status != 401 && status != 403 {
                 return Err(Failure {
-                    message: "--status is 401 or 403".into(),
+                    message:
+                        "--status must be 401 or 403 (the HTTP status the server answered with)"
+                            .into(),
                     code: exit::USAGE,
                 });
             }

@@ -226,6 +226,47 @@ fn secrets_never_reach_logs_output_or_errors() {
     }
 }
 
+// --- What a new user meets (issue 14) ----------------------------------
+
+/// Nothing was started: no socket (nor its directory) and no daemon log.
+fn assert_no_daemon(env: &TestEnv, what: &str) {
+    assert!(
+        !env.socket_dir().exists(),
+        "{what} made the socket directory"
+    );
+    assert!(
+        !env.state_dir().join("mcpauthd.log").exists(),
+        "{what} started a daemon"
+    );
+}
+
+/// The single line a failing command printed, without the program name.
+fn one_line_error(out: &mcpauth_tests::CtlOutput) -> String {
+    let stderr = out.stderr();
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+    stderr
+        .trim_end()
+        .strip_prefix("mcpauthctl: ")
+        .unwrap_or_else(|| panic!("prefixed with the program name: {stderr}"))
+        .to_string()
+}
+
+#[test]
+fn a_rejection_status_other_than_401_or_403_is_refused_in_one_line() {
+    let env = TestEnv::new();
+    let token = "rejected-token-must-not-be-printed";
+    for status in ["500", "402", "200"] {
+        let out = env.ctl(&["token", "x", "--rejected", token, "--status", status]);
+        assert_eq!(out.code(), 2, "{}", out.stderr());
+        assert_eq!(
+            one_line_error(&out),
+            "--status must be 401 or 403 (the HTTP status the server answered with)"
+        );
+        assert!(!out.stdout().contains(token) && !out.stderr().contains(token));
+    }
+    assert_no_daemon(&env, "a refused --status");
+}
+
 // --- A daemon of another protocol --------------------------------------
 
 struct FutureDaemon;
