@@ -23,10 +23,26 @@ Exit codes:
   3  daemon unreachable
   4  login or consent required";
 
+const TOKEN_EXAMPLES: &str = "\
+Examples:
+  TOKEN=$(mcpauthctl token linear)
+  curl -H \"Authorization: Bearer $(mcpauthctl token linear)\" https://mcp.linear.app/mcp
+  # the server answered 401 with $TOKEN: report it and use the replacement
+  TOKEN=$(mcpauthctl token linear --rejected \"$TOKEN\" --status 401)";
+
+/// The description of every command's NAME argument.
+const NAME_HELP: &str = "The server's name, as in `mcpauthctl list`";
+
 /// Control the mcpauth broker: one OAuth login per server, shared by every
 /// MCP host on this machine.
+///
+/// mcpauthctl talks to the daemon, mcpauthd, over a private Unix socket and
+/// starts it when it is not running (not with --no-autostart, nor when a
+/// systemd or launchd service is installed: see `mcpauthctl service`). The
+/// servers are declared in ~/.config/mcpauth/config.toml, which `add` and
+/// `remove` edit.
 #[derive(Parser)]
-#[command(name = "mcpauthctl", version, about, long_about, after_help = EXIT_CODES)]
+#[command(name = "mcpauthctl", version, after_help = EXIT_CODES)]
 struct Cli {
     /// The daemon's socket.
     #[arg(long, global = true, env = env::SOCKET, value_name = "PATH")]
@@ -52,6 +68,7 @@ enum Command {
     },
     /// Show one server.
     Show {
+        #[arg(help = NAME_HELP)]
         name: String,
         #[arg(long)]
         json: bool,
@@ -79,9 +96,13 @@ enum Command {
         client_metadata_url: Option<String>,
     },
     /// Remove a server from config.toml and delete all of its state.
-    Remove { name: String },
+    Remove {
+        #[arg(help = NAME_HELP)]
+        name: String,
+    },
     /// Log in to a server in the browser (the daemon keeps the tokens).
     Login {
+        #[arg(help = NAME_HELP)]
         name: String,
         /// Scopes to ask for (repeat for several); default: configured,
         /// pending step-up, or what the server suggests.
@@ -94,15 +115,25 @@ enum Command {
     },
     /// Revoke the server's tokens (when it supports revocation) and delete them.
     Logout {
+        #[arg(help = NAME_HELP)]
         name: String,
         /// Also forget the OAuth client registration.
         #[arg(long)]
         forget_client: bool,
     },
     /// Refresh the server's token now.
-    Refresh { name: String },
+    Refresh {
+        #[arg(help = NAME_HELP)]
+        name: String,
+    },
     /// Print the server's access token (for scripts: never opens a browser).
+    ///
+    /// Prints the token alone on stdout. A token that would expire within
+    /// 60 s (--min-ttl) is refreshed first. Without a login it exits 4 and
+    /// says which `mcpauthctl login` to run.
+    #[command(after_long_help = TOKEN_EXAMPLES)]
     Token {
+        #[arg(help = NAME_HELP)]
         name: String,
         /// Seconds the token must still be valid for (default 60).
         #[arg(long, value_name = "SECS")]
@@ -127,7 +158,10 @@ enum Command {
     ///
     /// Without NAME, the server comes from CLAUDE_CODE_MCP_SERVER_NAME, else
     /// from CLAUDE_CODE_MCP_SERVER_URL matched against the configured URLs.
-    Headers { name: Option<String> },
+    Headers {
+        /// The server's name, as in `mcpauthctl list` (default: see below).
+        name: Option<String>,
+    },
     /// Print events as they happen (one line each; JSON lines with --json).
     Watch {
         /// Only this server's events.

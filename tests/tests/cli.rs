@@ -252,6 +252,49 @@ fn one_line_error(out: &mcpauth_tests::CtlOutput) -> String {
 }
 
 #[test]
+fn bare_mcpauthctl_prints_the_help_and_exits_2() {
+    let env = TestEnv::new();
+    let out = env.ctl(&[]);
+    assert_eq!(out.code(), 2);
+    let help = out.stderr();
+    for part in [
+        "Control the mcpauth broker",
+        "Usage: mcpauthctl [OPTIONS] <COMMAND>",
+        "Commands:",
+        "login",
+        "token",
+        "Exit codes:",
+    ] {
+        assert!(help.contains(part), "{part:?} in {help}");
+    }
+    // Not the library crate's description.
+    assert!(!help.contains("client library"), "{help}");
+    assert_no_daemon(&env, "bare mcpauthctl");
+}
+
+#[test]
+fn token_help_explains_name_and_shows_examples() {
+    let env = TestEnv::new();
+    let help = env.ctl(&["token", "--help"]).ok();
+    for part in [
+        "The server's name, as in `mcpauthctl list`",
+        "TOKEN=$(mcpauthctl token linear)",
+        "curl -H \"Authorization: Bearer $(mcpauthctl token linear)\"",
+        "401 or 403",
+    ] {
+        assert!(help.contains(part), "{part:?} in {help}");
+    }
+    for command in ["show", "remove", "login", "logout", "refresh", "headers"] {
+        let help = env.ctl(&[command, "--help"]).ok();
+        assert!(
+            help.contains("The server's name, as in `mcpauthctl list`"),
+            "{command} --help: {help}"
+        );
+    }
+    assert_no_daemon(&env, "--help");
+}
+
+#[test]
 fn a_rejection_status_other_than_401_or_403_is_refused_in_one_line() {
     let env = TestEnv::new();
     let token = "rejected-token-must-not-be-printed";
