@@ -1,6 +1,7 @@
 //! `mcpauthctl`: the command-line front end of the mcpauth broker.
 
 mod browser;
+mod docs;
 mod login;
 mod output;
 mod service;
@@ -8,7 +9,7 @@ mod service;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use mcpauth_client::{ClientError, ConnectOptions, exit, pb};
 use mcpauth_proto::env;
 use tokio_stream::StreamExt;
@@ -29,6 +30,21 @@ Examples:
   curl -H \"Authorization: Bearer $(mcpauthctl token linear)\" https://mcp.linear.app/mcp
   # the server answered 401 with $TOKEN: report it and use the replacement
   TOKEN=$(mcpauthctl token linear --rejected \"$TOKEN\" --status 401)";
+
+const COMPLETIONS_INSTALL: &str = "\
+Install (once; a new shell picks it up):
+  bash: mkdir -p ~/.local/share/bash-completion/completions
+        mcpauthctl completions bash > ~/.local/share/bash-completion/completions/mcpauthctl
+  zsh:  mkdir -p ~/.zfunc && mcpauthctl completions zsh > ~/.zfunc/_mcpauthctl
+        (and in ~/.zshrc, before compinit: fpath=(~/.zfunc $fpath))
+  fish: mkdir -p ~/.config/fish/completions
+        mcpauthctl completions fish > ~/.config/fish/completions/mcpauthctl.fish";
+
+const MAN_INSTALL: &str = "\
+Install (once):
+  mkdir -p ~/.local/share/man/man1
+  mcpauthctl man > ~/.local/share/man/man1/mcpauthctl.1
+  (man finds it when ~/.local/bin is on PATH; else: export MANPATH=\"$HOME/.local/share/man:\")";
 
 /// The description of every command's NAME argument.
 const NAME_HELP: &str = "The server's name, as in `mcpauthctl list`";
@@ -176,6 +192,16 @@ enum Command {
         #[command(subcommand)]
         action: ServiceAction,
     },
+    /// Print a shell completion script on stdout (needs no daemon).
+    #[command(after_long_help = COMPLETIONS_INSTALL)]
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: docs::Shell,
+    },
+    /// Print the man page (roff) on stdout (needs no daemon).
+    #[command(after_long_help = MAN_INSTALL)]
+    Man,
 }
 
 #[derive(Subcommand)]
@@ -203,12 +229,14 @@ macro_rules! out {
 }
 
 fn write_stdout(args: std::fmt::Arguments<'_>) {
+    write_stdout_bytes(format!("{args}\n").as_bytes());
+}
+
+/// Writes `bytes` to stdout as they are, like [`out!`].
+fn write_stdout_bytes(bytes: &[u8]) {
     use std::io::Write;
     let mut stdout = std::io::stdout().lock();
-    if let Err(e) = stdout
-        .write_fmt(args)
-        .and_then(|()| stdout.write_all(b"\n"))
-    {
+    if let Err(e) = stdout.write_all(bytes).and_then(|()| stdout.flush()) {
         if e.kind() == std::io::ErrorKind::BrokenPipe {
             std::process::exit(0);
         }
@@ -517,6 +545,16 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             for note in notes {
                 out!("{note}");
             }
+        }
+        Command::Completions { shell } => {
+            write_stdout_bytes(&docs::completions(Cli::command(), shell));
+        }
+        Command::Man => {
+            let page = docs::man_page(Cli::command(), EXIT_CODES).map_err(|e| Failure {
+                message: format!("cannot render the man page: {e}"),
+                code: exit::FAILURE,
+            })?;
+            write_stdout_bytes(&page);
         }
     }
     Ok(())

@@ -252,6 +252,87 @@ fn one_line_error(out: &mcpauth_tests::CtlOutput) -> String {
 }
 
 #[test]
+fn completions_are_generated_for_each_shell_without_a_daemon() {
+    let env = TestEnv::new();
+    for shell in ["bash", "zsh", "fish"] {
+        let script = env.ctl(&["completions", shell]).ok();
+        assert!(script.len() > 500, "{shell}: {script}");
+        for word in ["login", "token", "add", "completions"] {
+            assert!(script.contains(word), "{shell} script mentions {word}");
+        }
+    }
+    let script = env.root.path().join("mcpauthctl.bash");
+    std::fs::write(&script, env.ctl(&["completions", "bash"]).ok()).unwrap();
+    let syntax = std::process::Command::new("bash")
+        .arg("-n")
+        .arg(&script)
+        .output()
+        .expect("run bash");
+    assert!(
+        syntax.status.success(),
+        "bash -n: {}",
+        String::from_utf8_lossy(&syntax.stderr)
+    );
+    // And it completes: `mcpauthctl lo<TAB>`, `mcpauthctl completions <TAB>`.
+    let complete = |words: &str, cword: usize| {
+        let out = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "source \"$1\"; COMP_WORDS=({words}); COMP_CWORD={cword}; \
+                 _mcpauthctl mcpauthctl \"${{COMP_WORDS[$COMP_CWORD]}}\" \"${{COMP_WORDS[$COMP_CWORD-1]}}\"; \
+                 echo \"${{COMPREPLY[*]}}\""
+            ))
+            .arg("bash")
+            .arg(&script)
+            .output()
+            .expect("run bash");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(complete("mcpauthctl lo", 1), "login logout");
+    let shells = complete("mcpauthctl completions ''", 2);
+    assert!(shells.ends_with("bash zsh fish"), "{shells}");
+    assert_no_daemon(&env, "completions");
+}
+
+#[test]
+fn the_man_page_is_roff_and_documents_every_command_without_a_daemon() {
+    let env = TestEnv::new();
+    let page = env.ctl(&["man"]).ok();
+    let lines: Vec<&str> = page.lines().collect();
+    // The .TH header comes first (after the apostrophe preamble roff
+    // writers put before it), ahead of every section.
+    let th = lines
+        .iter()
+        .position(|l| l.starts_with(".TH mcpauthctl 1"))
+        .unwrap_or_else(|| panic!("a .TH header: {page}"));
+    assert!(th < 3, "{page}");
+    assert!(lines[..th].iter().all(|l| !l.starts_with(".SH")), "{page}");
+    for section in [
+        ".SH NAME",
+        ".SH SYNOPSIS",
+        ".SH COMMANDS",
+        ".SH \"EXIT STATUS\"",
+    ] {
+        assert!(lines.contains(&section), "{section} in {page}");
+    }
+    // Each command is documented in this page (not in pages per command
+    // that are never installed), with its arguments and examples.
+    assert!(
+        page.contains("\\fBmcpauthctl login [OPTIONS] <NAME>\\fR"),
+        "{page}"
+    );
+    assert!(page.contains("\\fB\\-\\-no\\-browser\\fR"), "{page}");
+    assert!(page.contains("TOKEN=$(mcpauthctl token linear)"), "{page}");
+    assert!(!page.contains("mcpauthctl-login(1)"), "{page}");
+    assert_no_daemon(&env, "man");
+}
+
+#[test]
 fn bare_mcpauthctl_prints_the_help_and_exits_2() {
     let env = TestEnv::new();
     let out = env.ctl(&[]);
@@ -263,6 +344,7 @@ fn bare_mcpauthctl_prints_the_help_and_exits_2() {
         "Commands:",
         "login",
         "token",
+        "completions",
         "Exit codes:",
     ] {
         assert!(help.contains(part), "{part:?} in {help}");
