@@ -76,7 +76,16 @@ fn no_autostart_reports_an_unreachable_daemon_with_exit_3() {
     let env = TestEnv::new();
     let out = env.ctl(&["--no-autostart", "status"]);
     assert_eq!(out.code(), 3);
-    assert!(out.stderr().contains("not running"), "{}", out.stderr());
+    let stderr = out.stderr();
+    assert!(stderr.contains("not running"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    // The next step: never `mcpauthd` in the foreground, which would hold
+    // the terminal.
+    assert!(
+        stderr.contains("without --no-autostart") && stderr.contains("mcpauthctl service install"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("`mcpauthd`"), "{stderr}");
     assert!(!env.socket().exists(), "nothing was started");
 }
 
