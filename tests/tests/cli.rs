@@ -401,6 +401,25 @@ fn a_rejection_status_other_than_401_or_403_is_refused_in_one_line() {
     assert_no_daemon(&env, "a refused --status");
 }
 
+#[test]
+fn a_duplicate_add_says_how_to_see_or_remove_the_existing_server() {
+    let env = TestEnv::new();
+    let _daemon = env.start_daemon();
+    env.ctl(&["add", "x", "https://x.example/mcp"]).ok();
+    let dup = env.ctl(&["add", "x", "https://other.example/mcp"]);
+    assert_eq!(dup.code(), 2);
+    assert_eq!(
+        one_line_error(&dup),
+        "a server named \"x\" already exists; see it with `mcpauthctl show x`, \
+         or remove it first with `mcpauthctl remove x`"
+    );
+    // The first one is untouched.
+    assert_eq!(
+        env.ctl(&["show", "x", "--json"]).json()["url"],
+        "https://x.example/mcp"
+    );
+}
+
 // --- A daemon of another protocol --------------------------------------
 
 struct FutureDaemon;
