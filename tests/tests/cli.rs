@@ -420,6 +420,28 @@ fn a_duplicate_add_says_how_to_see_or_remove_the_existing_server() {
     );
 }
 
+#[test]
+fn a_url_without_a_scheme_is_refused_with_the_url_to_use() {
+    let env = TestEnv::new();
+    let _daemon = env.start_daemon();
+    let out = env.ctl(&["add", "x", "example.com/mcp"]);
+    assert_eq!(out.code(), 2);
+    assert_eq!(
+        one_line_error(&out),
+        "invalid URL for server x: it needs a scheme; use https://example.com/mcp"
+    );
+    let out = env.ctl(&["add", "local", "localhost:8080/mcp"]);
+    assert_eq!(out.code(), 2);
+    let message = one_line_error(&out);
+    assert!(
+        message.contains("use http://localhost:8080/mcp"),
+        "{message}"
+    );
+    // Nothing was added; the suggestion works.
+    assert_eq!(env.ctl(&["list", "--json"]).json(), serde_json::json!([]));
+    env.ctl(&["add", "x", "https://example.com/mcp"]).ok();
+}
+
 // --- A daemon of another protocol --------------------------------------
 
 struct FutureDaemon;
