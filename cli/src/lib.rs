@@ -98,7 +98,7 @@ impl ClientError {
     pub fn hint(&self) -> Option<String> {
         match self {
             ClientError::NotRunning { .. } => {
-                Some("start it with `mcpauthd`, or run without --no-autostart".into())
+                Some("run the command without --no-autostart to start it in the background, or install the service once with `mcpauthctl service install`".into())
             }
             ClientError::Unreachable { .. } => Some(
                 "check that mcpauthd runs as your user (`mcpauthctl status`); its log is in the state directory".into(),

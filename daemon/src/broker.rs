@@ -39,7 +39,9 @@ use crate::store::{Store, StoreError};
 pub enum BrokerError {
     #[error("no server named {0:?} is configured")]
     NotFound(String),
-    #[error("a server named {0:?} already exists")]
+    #[error(
+        "a server named {0:?} already exists; see it with `mcpauthctl show {0}`, or remove it first with `mcpauthctl remove {0}`"
+    )]
     AlreadyExists(String),
     #[error(transparent)]
     Invalid(#[from] InvalidInput),

@@ -528,7 +528,8 @@ async fn bench(smoke: bool) -> i32 {
 async fn proxy_latency(calls: usize) -> (Vec<f64>, Vec<f64>) {
     use std::io::{BufRead, BufReader, Write};
     let auth = AuthServer::start(Switches::default()).await;
-    let mcp = mcpauth_tests::mcpserver::McpServer::start(&auth.issuer, auth.validator(), false).await;
+    let mcp =
+        mcpauth_tests::mcpserver::McpServer::start(&auth.issuer, auth.validator(), false).await;
     let env = TestEnv::new();
     env.write_config(&format!("[servers.s]\nurl = \"{}\"\n", mcp.url));
     let mut cmd = env.command("mcpauthd");
@@ -570,7 +571,10 @@ async fn proxy_latency(calls: usize) -> (Vec<f64>, Vec<f64>) {
     let mut through = Vec::new();
     for i in 1..=calls {
         let t = Instant::now();
-        ask(i, format!(r#"{{"jsonrpc":"2.0","id":{i},"method":"tools/list","params":{{}}}}"#));
+        ask(
+            i,
+            format!(r#"{{"jsonrpc":"2.0","id":{i},"method":"tools/list","params":{{}}}}"#),
+        );
         through.push(t.elapsed().as_secs_f64() * 1e6);
     }
     drop(stdin);
@@ -586,7 +590,10 @@ async fn proxy_latency(calls: usize) -> (Vec<f64>, Vec<f64>) {
         .send()
         .await
         .unwrap();
-    let session = init.headers()["mcp-session-id"].to_str().unwrap().to_string();
+    let session = init.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
     let mut direct = Vec::new();
     for i in 1..=calls {
         let t = Instant::now();
@@ -597,7 +604,9 @@ async fn proxy_latency(calls: usize) -> (Vec<f64>, Vec<f64>) {
             .header("content-type", "application/json")
             .header("mcp-session-id", &session)
             .header("mcp-protocol-version", "2025-06-18")
-            .body(format!(r#"{{"jsonrpc":"2.0","id":{i},"method":"tools/list","params":{{}}}}"#))
+            .body(format!(
+                r#"{{"jsonrpc":"2.0","id":{i},"method":"tools/list","params":{{}}}}"#
+            ))
             .send()
             .await
             .unwrap();
