@@ -14,7 +14,22 @@
 //! client_secret_file = "~/.secrets/linear"  # or client_secret = "..."
 //! callback_port = 33418             # optional: fixed loopback port
 //! client_metadata_url = "https://example.com/client.json"  # optional (CIMD)
+//!
+//! [servers.ci-tools]
+//! url = "https://tools.example.com/mcp"
+//! grant = "client_credentials"      # no person involved
+//! client_id = "svc-ci"
+//! client_secret_file = "~/.secrets/svc-ci"
+//! # or: client_key_file = "~/.secrets/svc-ci.pem", client_key_alg = "ES256"
+//!
+//! [servers.k8s-tools]
+//! url = "https://tools.internal/mcp"
+//! grant = "workload"                # JWT bearer with a workload token
+//! assertion_file = "/var/run/secrets/tokens/mcp"
 //! ```
+//!
+//! `grant` is `authorization_code` (the default: a person logs in, in a
+//! browser or with a device code), `client_credentials` or `workload`.
 //!
 //! Parse errors never quote the file: a malformed line may hold a secret.
 
@@ -141,9 +156,69 @@ pub struct TokenExport {
     pub refresh_token: bool,
 }
 
+/// How a server's tokens are obtained (`grant = ...`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GrantKind {
+    /// A person logs in (browser, pasted redirect, or device code).
+    #[default]
+    AuthorizationCode,
+    /// The client's own credentials (RFC 6749 §4.4); no person.
+    ClientCredentials,
+    /// JWT bearer (RFC 7523) with a workload identity token from a file;
+    /// no person.
+    Workload,
+}
+
+impl GrantKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GrantKind::AuthorizationCode => "authorization_code",
+            GrantKind::ClientCredentials => "client_credentials",
+            GrantKind::Workload => "workload",
+        }
+    }
+
+    /// Whether tokens come without a person: asked for on first use and
+    /// asked for again before they expire (no login, no refresh token).
+    pub fn unattended(self) -> bool {
+        !matches!(self, GrantKind::AuthorizationCode)
+    }
+}
+
+/// The signature algorithms of `client_key_alg` (private_key_jwt).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+pub enum KeyAlgorithm {
+    /// ECDSA with P-256 and SHA-256.
+    #[default]
+    ES256,
+}
+
+impl KeyAlgorithm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyAlgorithm::ES256 => "ES256",
+        }
+    }
+}
+
+/// `client_key_file` and `client_key_alg`: the private key a client
+/// authenticates with (`private_key_jwt`, RFC 7523 §2.2).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientKey {
+    pub path: PathBuf,
+    pub alg: KeyAlgorithm,
+}
+
 /// One `[servers.NAME]` section, validated.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerConfig {
+    /// How tokens are obtained; `authorization_code` by default.
+    pub grant: GrantKind,
+    /// A private key for `private_key_jwt` client authentication.
+    pub client_key: Option<ClientKey>,
+    /// `workload`: the file the platform keeps the workload JWT in.
+    pub assertion_file: Option<PathBuf>,
     pub url: Url,
     pub client_id: Option<String>,
     pub client_secret: Option<ClientSecret>,
@@ -219,6 +294,11 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawServer {
     url: String,
+    #[serde(default)]
+    grant: GrantKind,
+    client_key_file: Option<PathBuf>,
+    client_key_alg: Option<KeyAlgorithm>,
+    assertion_file: Option<PathBuf>,
     client_id: Option<String>,
     client_secret: Option<String>,
     client_secret_file: Option<PathBuf>,
@@ -436,7 +516,70 @@ fn validate_server(name: &ServerName, raw: RawServer) -> Result<ServerConfig, In
             refresh_token: e.refresh_token,
         }),
     };
+    let client_key = match (raw.client_key_file, raw.client_key_alg) {
+        (Some(path), alg) => Some(ClientKey {
+            path: file_path("client_key_file", path)?,
+            alg: alg.unwrap_or_default(),
+        }),
+        (None, Some(_)) => {
+            return Err(field(
+                "client_key_alg",
+                "client_key_alg needs a client_key_file",
+            ));
+        }
+        (None, None) => None,
+    };
+    if client_key.is_some() {
+        if client_secret.is_some() {
+            return Err(field(
+                "client_key_file",
+                "set a client secret or a client key, not both",
+            ));
+        }
+        if client_id.is_none() {
+            return Err(field("client_key_file", "a client key needs a client_id"));
+        }
+    }
+    let assertion_file = raw
+        .assertion_file
+        .map(|p| file_path("assertion_file", p))
+        .transpose()?;
+    match raw.grant {
+        GrantKind::AuthorizationCode => {
+            if client_key.is_some() {
+                return Err(field(
+                    "client_key_file",
+                    "a client key is used by grant = \"client_credentials\" or \"workload\"",
+                ));
+            }
+        }
+        GrantKind::ClientCredentials => {
+            if client_id.is_none() || (client_secret.is_none() && client_key.is_none()) {
+                return Err(field(
+                    "grant",
+                    "client_credentials needs a client_id and its client_secret_file (or client_secret, or client_key_file)",
+                ));
+            }
+        }
+        GrantKind::Workload => {
+            if assertion_file.is_none() {
+                return Err(field(
+                    "grant",
+                    "workload needs assertion_file: the file the platform writes the workload token to",
+                ));
+            }
+        }
+    }
+    if assertion_file.is_some() && raw.grant != GrantKind::Workload {
+        return Err(field(
+            "assertion_file",
+            "assertion_file is used by grant = \"workload\"",
+        ));
+    }
     Ok(ServerConfig {
+        grant: raw.grant,
+        client_key,
+        assertion_file,
         url,
         client_id,
         client_secret,
@@ -709,6 +852,98 @@ mod tests {
         ];
         for (text, expected) in cases {
             let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains(expected), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn grants_and_their_keys() {
+        let cfg = parse(
+            r#"
+            [servers.plain]
+            url = "https://a.example/mcp"
+
+            [servers.ci]
+            url = "https://tools.example.com/mcp"
+            grant = "client_credentials"
+            client_id = "svc-ci"
+            client_secret_file = "/s/svc-ci"
+
+            [servers.jwt]
+            url = "https://tools.example.com/mcp"
+            grant = "client_credentials"
+            client_id = "svc-ci"
+            client_key_file = "/s/svc-ci.pem"
+            client_key_alg = "ES256"
+
+            [servers.k8s]
+            url = "https://tools.internal/mcp"
+            grant = "workload"
+            assertion_file = "/var/run/secrets/tokens/mcp"
+            "#,
+        )
+        .unwrap();
+        let get = |n: &str| &cfg.servers[&ServerName::parse(n).unwrap()];
+        assert_eq!(get("plain").grant, GrantKind::AuthorizationCode);
+        assert!(!get("plain").grant.unattended());
+        assert_eq!(get("ci").grant, GrantKind::ClientCredentials);
+        assert!(get("ci").grant.unattended());
+        assert_eq!(
+            get("jwt").client_key,
+            Some(ClientKey {
+                path: "/s/svc-ci.pem".into(),
+                alg: KeyAlgorithm::ES256
+            })
+        );
+        assert_eq!(get("k8s").grant, GrantKind::Workload);
+        assert_eq!(
+            get("k8s").assertion_file.as_deref(),
+            Some(Path::new("/var/run/secrets/tokens/mcp"))
+        );
+        let u = "url = \"https://e.com\"\n";
+        let cases = [
+            (format!("{u}grant = \"password\""), "unknown variant"),
+            (
+                format!("{u}grant = \"client_credentials\""),
+                "needs a client_id",
+            ),
+            (
+                format!("{u}grant = \"client_credentials\"\nclient_id = \"a\""),
+                "needs a client_id and its client_secret_file",
+            ),
+            (format!("{u}grant = \"workload\""), "needs assertion_file"),
+            (
+                format!("{u}assertion_file = \"/x\""),
+                "used by grant = \"workload\"",
+            ),
+            (
+                format!("{u}grant = \"workload\"\nassertion_file = \"rel\""),
+                "absolute path",
+            ),
+            (
+                format!("{u}client_id = \"a\"\nclient_key_file = \"/k\""),
+                "used by grant",
+            ),
+            (
+                format!(
+                    "{u}grant = \"client_credentials\"\nclient_id = \"a\"\nclient_secret = \"s\"\nclient_key_file = \"/k\""
+                ),
+                "not both",
+            ),
+            (
+                format!(
+                    "{u}grant = \"client_credentials\"\nclient_id = \"a\"\nclient_key_file = \"/k\"\nclient_key_alg = \"RS256\""
+                ),
+                "unknown variant",
+            ),
+            (
+                format!("{u}client_key_alg = \"ES256\""),
+                "needs a client_key_file",
+            ),
+        ];
+        for (body, expected) in cases {
+            let text = format!("[servers.x]\n{body}");
+            let err = parse(&text).unwrap_err().to_string();
             assert!(err.contains(expected), "{text:?}: {err}");
         }
     }
