@@ -91,6 +91,15 @@ enum Command {
         /// address on stdin (for SSH sessions).
         #[arg(long)]
         no_browser: bool,
+        /// Log in with a code entered on any device (RFC 8628), when the
+        /// authorization server offers it. Chosen by itself when there is
+        /// neither a browser nor a terminal here.
+        #[arg(long, conflicts_with = "no_browser")]
+        device: bool,
+        /// The WWW-Authenticate header of a 401 a client met without a
+        /// token: its scope is the scope this login asks for.
+        #[arg(long, value_name = "HEADER")]
+        www_authenticate: Option<String>,
     },
     /// Revoke the server's tokens (when it supports revocation) and delete them.
     Logout {
@@ -314,6 +323,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             name,
             scopes,
             no_browser,
+            device,
+            www_authenticate,
         } => {
             let client = mcpauth_client::connect(&opts).await?;
             let done = login::run(
@@ -322,6 +333,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     name,
                     scopes,
                     no_browser,
+                    device,
+                    www_authenticate,
                 },
             )
             .await?;
@@ -618,7 +631,13 @@ fn print_status(status: pb::StatusReply) {
             vec![
                 s.name,
                 s.url,
-                output::state_name(s.state).replace('_', " "),
+                match s.grant.as_str() {
+                    "" | "authorization_code" => output::state_name(s.state).replace('_', " "),
+                    grant => format!(
+                        "{} ({grant})",
+                        output::state_name(s.state).replace('_', " ")
+                    ),
+                },
                 match s.token_expires_at_unix_ms {
                     0 => "-".into(),
                     at => relative(at, now),
@@ -674,6 +693,13 @@ fn print_server(s: pb::Server) {
         ("name", s.name.clone()),
         ("url", s.url.clone()),
         ("state", output::state_name(s.state).replace('_', " ")),
+        (
+            "grant",
+            match s.grant.as_str() {
+                "" | "authorization_code" => "authorization_code (a person logs in)".into(),
+                grant => format!("{grant} (no person involved)"),
+            },
+        ),
         (
             "client id",
             match (s.client_id.as_str(), s.client_id_source.as_str()) {
