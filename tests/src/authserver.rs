@@ -99,6 +99,8 @@ pub struct Switches {
     /// servers offer this as a "grace period" or "reuse interval" (Okta,
     /// Auth0, Cognito, Hydra). Off: any reuse revokes the grant.
     pub reuse_grace: bool,
+    /// Device flow, client credentials, JWT bearer, stateless MCP.
+    pub grants: crate::grants_as::GrantSwitches,
 }
 
 /// Ways a token endpoint can fail, beyond an error status.
@@ -146,6 +148,7 @@ impl Default for Switches {
             token_failure: None,
             token_fault: None,
             reuse_grace: false,
+            grants: Default::default(),
         }
     }
 }
@@ -192,9 +195,9 @@ pub struct AsState {
     pub clients: HashMap<String, Client>,
     codes: HashMap<String, Code>,
     refresh_tokens: HashMap<String, RefreshToken>,
-    access_tokens: HashMap<String, u64>,
+    pub(crate) access_tokens: HashMap<String, u64>,
     revoked_families: Vec<u64>,
-    next: u64,
+    pub(crate) next: u64,
     /// Every request, in order.
     pub seen: Vec<Seen>,
     /// Set when a used refresh token came back and the grant was revoked.
@@ -203,10 +206,11 @@ pub struct AsState {
     pub grace_reuses: u64,
     /// Token requests being handled right now.
     pub token_requests_in_flight: u64,
+    pub grants: crate::grants_as::GrantState,
 }
 
 impl AsState {
-    fn id(&mut self, prefix: &str) -> String {
+    pub(crate) fn id(&mut self, prefix: &str) -> String {
         self.next += 1;
         let mut bytes = [0u8; 12];
         rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);
@@ -402,6 +406,9 @@ impl AuthServer {
                 "refresh_token",
                 "token",
                 "client_secret",
+                "client_assertion",
+                "assertion",
+                "device_code",
             ] {
                 if let Some(v) = seen.form.get(key) {
                     secrets.push(v.clone());
@@ -595,6 +602,10 @@ async fn handle(State(app): State<App>, request: Request<Body>) -> Response {
                 app.rs_base
             ));
         }
+        if let Some(r) = crate::grants_as::stateless(&sw.grants, &parts.headers, &body, &challenge)
+        {
+            return r;
+        }
         if let Some(scope) = &sw.challenge_scope {
             challenge.push_str(&format!(", scope=\"{scope}\""));
         }
@@ -662,6 +673,7 @@ async fn handle(State(app): State<App>, request: Request<Body>) -> Response {
             if sw.iss != IssMode::Off {
                 doc["authorization_response_iss_parameter_supported"] = serde_json::json!(true);
             }
+            crate::grants_as::metadata(&sw.grants, &issuer, &mut doc);
             return json(StatusCode::OK, doc);
         }
     }
@@ -782,6 +794,19 @@ async fn handle(State(app): State<App>, request: Request<Body>) -> Response {
             "<html>upstream trouble</html>",
         )
             .into_response();
+    }
+    if on_as
+        && parts.method == Method::POST
+        && let Some(r) = crate::grants_as::handle(
+            &mut s,
+            endpoint("device_authorization"),
+            endpoint("token"),
+            &form,
+            &basic,
+            &issuer,
+        )
+    {
+        return r;
     }
     if on_as && parts.method == Method::POST && endpoint("token") {
         // Client authentication, as registered.
