@@ -82,7 +82,14 @@ enum Command {
     Remove { name: String },
     /// Log in to a server in the browser (the daemon keeps the tokens).
     Login {
-        name: String,
+        /// The server (with --idp, optional: any of that identity
+        /// provider's servers).
+        #[arg(required_unless_present = "idp")]
+        name: Option<String>,
+        /// Log in at this identity provider (enterprise servers): one
+        /// login serves every server that uses it.
+        #[arg(long, value_name = "IDP")]
+        idp: Option<String>,
         /// Scopes to ask for (repeat for several); default: configured,
         /// pending step-up, or what the server suggests.
         #[arg(long = "scope", value_name = "SCOPE")]
@@ -321,12 +328,18 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Login {
             name,
+            idp,
             scopes,
             no_browser,
             device,
             www_authenticate,
         } => {
-            let client = mcpauth_client::connect(&opts).await?;
+            let mut client = mcpauth_client::connect(&opts).await?;
+            let name = match (name, idp) {
+                (Some(name), _) => name,
+                (None, Some(idp)) => idp_server(&mut client, &idp).await?,
+                (None, None) => unreachable!("clap requires one"),
+            };
             let done = login::run(
                 client,
                 login::LoginArgs {
@@ -589,6 +602,21 @@ async fn headers_server_from_url(client: &mut mcpauth_client::Client) -> Result<
         })
 }
 
+/// An enterprise server that logs in at `idp`, for `login --idp`.
+async fn idp_server(client: &mut mcpauth_client::Client, idp: &str) -> Result<String, Failure> {
+    let servers = client.list_servers().await?;
+    servers
+        .into_iter()
+        .find(|s| s.grant == "enterprise" && s.identity_provider == idp)
+        .map(|s| s.name)
+        .ok_or_else(|| Failure {
+            message: format!(
+                "no server uses the identity provider {idp:?}; set grant = \"enterprise\" and identity_provider = \"{idp}\" in a server's section"
+            ),
+            code: mcpauth_client::exit::USAGE,
+        })
+}
+
 fn print_status(status: pb::StatusReply) {
     let now = now_ms();
     out!(
@@ -697,6 +725,10 @@ fn print_server(s: pb::Server) {
             "grant",
             match s.grant.as_str() {
                 "" | "authorization_code" => "authorization_code (a person logs in)".into(),
+                "enterprise" => format!(
+                    "enterprise (one login at the identity provider {})",
+                    s.identity_provider
+                ),
                 grant => format!("{grant} (no person involved)"),
             },
         ),

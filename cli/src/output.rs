@@ -15,9 +15,11 @@ pub struct ServerJson {
     /// `step_up_required`, `on_demand` (no token yet, none needs a
     /// person), or `unknown`.
     pub state: &'static str,
-    /// How tokens are obtained: `authorization_code`, `client_credentials`
-    /// or `workload`.
+    /// How tokens are obtained: `authorization_code`, `client_credentials`,
+    /// `workload` or `enterprise`.
     pub grant: String,
+    /// For `enterprise`: the identity provider it uses.
+    pub identity_provider: Option<String>,
     /// The client id in effect (configured, registered, ...).
     pub client_id: Option<String>,
     /// `configured`, `registered`, `metadata_document`, `imported`, or null.
@@ -127,6 +129,7 @@ impl From<pb::Server> for ServerJson {
             } else {
                 s.grant.clone()
             },
+            identity_provider: some(s.identity_provider.clone()),
             name: s.name,
             url: s.url,
             client_id: some(s.client_id),

@@ -273,6 +273,8 @@ pub struct Broker {
     pub(crate) refresh_backoff: Mutex<HashMap<ServerName, crate::refresh::Backoff>>,
     /// The watch on the directories of workload assertion files.
     pub(crate) assertion_watch: Mutex<Option<notify::RecommendedWatcher>>,
+    /// The identity providers' locks (`enterprise`): after a server's.
+    pub(crate) idp_locks: crate::locks::IdpLocks,
 }
 
 pub(crate) type InflightResult =
@@ -342,6 +344,7 @@ impl Broker {
             inflight: Mutex::new(HashMap::new()),
             refresh_backoff: Mutex::new(HashMap::new()),
             assertion_watch: Mutex::new(None),
+            idp_locks: Default::default(),
         });
         if let Some(text) = broker.store.last_good_config()? {
             match Config::parse(&text, &broker.paths.config) {
@@ -498,7 +501,13 @@ impl Broker {
             grant.as_ref(),
             self.logins.is_active(name),
             self.now_ms(),
-            server.grant.unattended(),
+            // An enterprise server needs a person while no valid ID token
+            // is at hand.
+            server.grant.unattended()
+                && server
+                    .identity_provider
+                    .as_ref()
+                    .is_none_or(|idp| self.id_token_valid(idp)),
         );
         let client_id = if let Some(id) = &server.client_id {
             Some((id.clone(), "configured"))

@@ -29,7 +29,10 @@
 //! ```
 //!
 //! `grant` is `authorization_code` (the default: a person logs in, in a
-//! browser or with a device code), `client_credentials` or `workload`.
+//! browser or with a device code), `client_credentials`, `workload`, or
+//! `enterprise` (with `identity_provider = "corp"` naming an
+//! `[identity_providers.corp]` section: `issuer`, `client_id`, optional
+//! `client_secret_file` and `id_token_file`).
 //!
 //! Parse errors never quote the file: a malformed line may hold a secret.
 
@@ -168,6 +171,11 @@ pub enum GrantKind {
     /// JWT bearer (RFC 7523) with a workload identity token from a file;
     /// no person.
     Workload,
+    /// Enterprise-managed authorization (ID-JAG): one OIDC login at the
+    /// identity provider, then per server a token exchange there and a
+    /// JWT bearer grant at the server's AS, with no person while the ID
+    /// token is valid.
+    Enterprise,
 }
 
 impl GrantKind {
@@ -176,13 +184,21 @@ impl GrantKind {
             GrantKind::AuthorizationCode => "authorization_code",
             GrantKind::ClientCredentials => "client_credentials",
             GrantKind::Workload => "workload",
+            GrantKind::Enterprise => "enterprise",
         }
     }
 
-    /// Whether tokens come without a person: asked for on first use and
-    /// asked for again before they expire (no login, no refresh token).
+    /// Whether tokens are obtained on first use and obtained again before
+    /// they expire (no refresh token), through `renew_unattended`. For
+    /// `enterprise` that holds while the identity provider's ID token is
+    /// valid; a person logs in there when it is not.
     pub fn unattended(self) -> bool {
         !matches!(self, GrantKind::AuthorizationCode)
+    }
+
+    /// Whether `mcpauthctl login` has anything to do for such a server.
+    pub fn has_login(self) -> bool {
+        matches!(self, GrantKind::AuthorizationCode | GrantKind::Enterprise)
     }
 }
 
@@ -219,6 +235,8 @@ pub struct ServerConfig {
     pub client_key: Option<ClientKey>,
     /// `workload`: the file the platform keeps the workload JWT in.
     pub assertion_file: Option<PathBuf>,
+    /// `enterprise`: the `[identity_providers.NAME]` to log in at.
+    pub identity_provider: Option<ServerName>,
     pub url: Url,
     pub client_id: Option<String>,
     pub client_secret: Option<ClientSecret>,
@@ -233,6 +251,9 @@ pub struct ServerConfig {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     pub servers: BTreeMap<ServerName, ServerConfig>,
+    /// `[identity_providers.NAME]`, for `grant = "enterprise"`. Names
+    /// follow the server name rules.
+    pub identity_providers: BTreeMap<ServerName, IdentityProvider>,
     /// `notifications = false` turns off the desktop notification sent
     /// when a program needs a login that nobody is doing.
     pub notifications: bool,
@@ -242,6 +263,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             servers: BTreeMap::new(),
+            identity_providers: BTreeMap::new(),
             notifications: true,
         }
     }
@@ -282,11 +304,39 @@ pub enum ConfigError {
     },
 }
 
+/// One `[identity_providers.NAME]` section, validated: the enterprise
+/// IdP the broker logs in at with OpenID Connect (authorization code and
+/// PKCE), and exchanges the ID token at for ID-JAGs (RFC 8693).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdentityProvider {
+    /// As written (validated as a URL): the IdP's metadata must name this
+    /// exact string.
+    pub issuer: String,
+    /// The broker's client at the IdP.
+    pub client_id: String,
+    pub client_secret: Option<ClientSecret>,
+    /// An ID token obtained elsewhere (an SSO agent), used instead of a
+    /// login of the broker's own; watched.
+    pub id_token_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIdentityProvider {
+    issuer: String,
+    client_id: String,
+    client_secret: Option<String>,
+    client_secret_file: Option<PathBuf>,
+    id_token_file: Option<PathBuf>,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     #[serde(default)]
     servers: BTreeMap<String, RawServer>,
+    #[serde(default)]
+    identity_providers: BTreeMap<String, RawIdentityProvider>,
     notifications: Option<bool>,
 }
 
@@ -299,6 +349,7 @@ struct RawServer {
     client_key_file: Option<PathBuf>,
     client_key_alg: Option<KeyAlgorithm>,
     assertion_file: Option<PathBuf>,
+    identity_provider: Option<String>,
     client_id: Option<String>,
     client_secret: Option<String>,
     client_secret_file: Option<PathBuf>,
@@ -364,14 +415,30 @@ impl Config {
             path: path.to_path_buf(),
             source,
         };
+        let mut identity_providers = BTreeMap::new();
+        for (name, raw) in raw.identity_providers {
+            let name = ServerName::parse(&name).map_err(invalid)?;
+            let idp = validate_identity_provider(&name, raw).map_err(invalid)?;
+            identity_providers.insert(name, idp);
+        }
         let mut servers = BTreeMap::new();
         for (name, raw) in raw.servers {
             let name = ServerName::parse(&name).map_err(invalid)?;
             let server = validate_server(&name, raw).map_err(invalid)?;
+            if let Some(idp) = &server.identity_provider
+                && !identity_providers.contains_key(idp)
+            {
+                return Err(invalid(InvalidInput::Field {
+                    server: name.to_string(),
+                    field: "identity_provider",
+                    reason: format!("no [identity_providers.{idp}] section"),
+                }));
+            }
             servers.insert(name, server);
         }
         Ok(Self {
             servers,
+            identity_providers,
             notifications: raw.notifications.unwrap_or(true),
         })
     }
@@ -423,6 +490,49 @@ pub fn read_checked(path: &Path) -> Result<Option<String>, ConfigError> {
 }
 
 impl Config {}
+
+fn validate_identity_provider(
+    name: &ServerName,
+    raw: RawIdentityProvider,
+) -> Result<IdentityProvider, InvalidInput> {
+    let field = |field: &'static str, reason: &str| InvalidInput::Field {
+        server: format!("identity provider {name}"),
+        field,
+        reason: reason.to_string(),
+    };
+    parse_secure_url(&raw.issuer).map_err(|e| field("issuer", &e.to_string()))?;
+    let issuer = raw.issuer;
+    if raw.client_id.is_empty() {
+        return Err(field("client_id", "it is empty"));
+    }
+    let client_secret = match (raw.client_secret, raw.client_secret_file) {
+        (Some(_), Some(_)) => {
+            return Err(field(
+                "client_secret",
+                "set client_secret or client_secret_file, not both",
+            ));
+        }
+        (Some(s), None) if s.is_empty() => return Err(field("client_secret", "it is empty")),
+        (Some(s), None) => Some(ClientSecret::Inline(Secret::new(s))),
+        (None, Some(p)) => Some(ClientSecret::File(expand_home(p))),
+        (None, None) => None,
+    };
+    let id_token_file = match raw.id_token_file.map(expand_home) {
+        Some(p) if !p.is_absolute() => {
+            return Err(field(
+                "id_token_file",
+                "it must be an absolute path (or start with ~/)",
+            ));
+        }
+        other => other,
+    };
+    Ok(IdentityProvider {
+        issuer,
+        client_id: raw.client_id,
+        client_secret,
+        id_token_file,
+    })
+}
 
 fn validate_server(name: &ServerName, raw: RawServer) -> Result<ServerConfig, InvalidInput> {
     let field = |field: &'static str, reason: &str| InvalidInput::Field {
@@ -549,7 +659,7 @@ fn validate_server(name: &ServerName, raw: RawServer) -> Result<ServerConfig, In
             if client_key.is_some() {
                 return Err(field(
                     "client_key_file",
-                    "a client key is used by grant = \"client_credentials\" or \"workload\"",
+                    "a client key is used by grant = \"client_credentials\", \"workload\" or \"enterprise\"",
                 ));
             }
         }
@@ -558,6 +668,14 @@ fn validate_server(name: &ServerName, raw: RawServer) -> Result<ServerConfig, In
                 return Err(field(
                     "grant",
                     "client_credentials needs a client_id and its client_secret_file (or client_secret, or client_key_file)",
+                ));
+            }
+        }
+        GrantKind::Enterprise => {
+            if raw.identity_provider.is_none() || client_id.is_none() {
+                return Err(field(
+                    "grant",
+                    "enterprise needs identity_provider (an [identity_providers.NAME] section) and the client_id registered at the server's authorization server",
                 ));
             }
         }
@@ -570,6 +688,16 @@ fn validate_server(name: &ServerName, raw: RawServer) -> Result<ServerConfig, In
             }
         }
     }
+    let identity_provider = match raw.identity_provider {
+        None => None,
+        Some(_) if raw.grant != GrantKind::Enterprise => {
+            return Err(field(
+                "identity_provider",
+                "identity_provider is used by grant = \"enterprise\"",
+            ));
+        }
+        Some(idp) => Some(ServerName::parse(&idp)?),
+    };
     if assertion_file.is_some() && raw.grant != GrantKind::Workload {
         return Err(field(
             "assertion_file",
@@ -580,6 +708,7 @@ fn validate_server(name: &ServerName, raw: RawServer) -> Result<ServerConfig, In
         grant: raw.grant,
         client_key,
         assertion_file,
+        identity_provider,
         url,
         client_id,
         client_secret,
@@ -880,6 +1009,17 @@ mod tests {
             url = "https://tools.internal/mcp"
             grant = "workload"
             assertion_file = "/var/run/secrets/tokens/mcp"
+
+            [servers.wiki]
+            url = "https://wiki.corp.example/mcp"
+            grant = "enterprise"
+            identity_provider = "corp"
+            client_id = "wiki-client"
+
+            [identity_providers.corp]
+            issuer = "https://login.corp.example"
+            client_id = "mcpauth-desktop"
+            id_token_file = "/run/sso/id_token"
             "#,
         )
         .unwrap();
@@ -894,6 +1034,14 @@ mod tests {
                 path: "/s/svc-ci.pem".into(),
                 alg: KeyAlgorithm::ES256
             })
+        );
+        assert_eq!(get("wiki").grant, GrantKind::Enterprise);
+        assert!(get("wiki").grant.unattended() && get("wiki").grant.has_login());
+        let corp = &cfg.identity_providers[&ServerName::parse("corp").unwrap()];
+        assert_eq!(corp.issuer, "https://login.corp.example");
+        assert_eq!(
+            corp.id_token_file.as_deref(),
+            Some(Path::new("/run/sso/id_token"))
         );
         assert_eq!(get("k8s").grant, GrantKind::Workload);
         assert_eq!(
@@ -939,6 +1087,20 @@ mod tests {
             (
                 format!("{u}client_key_alg = \"ES256\""),
                 "needs a client_key_file",
+            ),
+            (
+                format!("{u}grant = \"enterprise\"\nclient_id = \"a\""),
+                "enterprise needs identity_provider",
+            ),
+            (
+                format!(
+                    "{u}grant = \"enterprise\"\nclient_id = \"a\"\nidentity_provider = \"corp\""
+                ),
+                "no [identity_providers.corp] section",
+            ),
+            (
+                format!("{u}identity_provider = \"corp\""),
+                "used by grant = \"enterprise\"",
             ),
         ];
         for (body, expected) in cases {

@@ -12,7 +12,8 @@
 //! - [`login`]: the authorization-code flow; [`callback`]: its loopback
 //!   HTTP server; [`device`]: the device flow (RFC 8628).
 //! - [`unattended`]: grants without a person (client credentials,
-//!   workload JWT bearer), obtained and renewed through the refresh path.
+//!   workload JWT bearer), obtained and renewed through the refresh path;
+//!   [`enterprise`]: enterprise-managed authorization (ID-JAG) on top.
 //! - [`refresh`]: the one place a grant is refreshed, the backoff, logout.
 //! - [`tokens`]: `GetToken`, rejected-token reports, step-up.
 //! - [`scheduler`]: proactive refresh on an injectable [`clock`].
@@ -35,6 +36,7 @@ pub mod clock;
 pub mod config;
 pub(crate) mod desktop;
 pub(crate) mod device;
+pub(crate) mod enterprise;
 pub mod files;
 pub(crate) mod fsutil;
 pub(crate) mod install;

@@ -213,7 +213,7 @@ impl Broker {
         options: LoginOptions,
     ) -> Result<LoginHandle, BrokerError> {
         let name = self.configured(name)?;
-        if let Some(grant) = self.unattended(&name) {
+        if let Some(grant) = self.unattended(&name).filter(|g| !g.has_login()) {
             return Err(BrokerError::NoLoginNeeded {
                 server: name.to_string(),
                 grant: grant.as_str(),
@@ -236,6 +236,10 @@ impl Broker {
             && active.outcome.borrow().is_none()
         {
             return Ok(active.join());
+        }
+        if server.grant == crate::config::GrantKind::Enterprise {
+            // The login is the identity provider's (OpenID Connect).
+            return self.start_idp_login(guard, &server).await;
         }
 
         let now = self.now_ms();
@@ -418,7 +422,7 @@ impl Broker {
         ))
     }
 
-    fn spawn_callback(
+    pub(crate) fn spawn_callback(
         self: &Arc<Self>,
         name: ServerName,
         active: Arc<ActiveLogin>,
@@ -544,10 +548,14 @@ impl Broker {
             .filter(|f| f.expires_at_ms > self.now_ms())
             .ok_or_else(|| BrokerError::NoLoginPending(name.to_string()))?;
         let record = self.store().server(&name)?;
+        // An enterprise server's login is at its identity provider.
+        let idp_login = self.idp_discovery_for(&name, &flow.issuer)?;
+        let is_idp_login = idp_login.is_some();
         let discovery = record
             .as_ref()
             .and_then(|r| r.discovery.clone())
             .filter(|d| d.issuer == flow.issuer)
+            .or(idp_login)
             .ok_or_else(|| BrokerError::NoLoginPending(name.to_string()))?;
         let registration = self
             .store()
@@ -629,6 +637,11 @@ impl Broker {
                 return Err(BrokerError::OAuth(e));
             }
         };
+        if is_idp_login {
+            return self
+                .finish_idp_login(guard, active.as_ref(), &flow, tokens)
+                .await;
+        }
         let expires_at_ms = tokens.expires_at_ms(self.now_ms());
         let new = NewGrant {
             issuer: flow.issuer.clone(),

@@ -212,6 +212,11 @@ impl From<ServerView> for pb::Server {
             },
             granted_scopes: v.granted_scopes,
             grant: v.config.grant.as_str().into(),
+            identity_provider: v
+                .config
+                .identity_provider
+                .map(|i| i.to_string())
+                .unwrap_or_default(),
         }
     }
 }

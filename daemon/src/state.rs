@@ -134,6 +134,10 @@ pub struct AuthServerMetadata {
     pub device_authorization_endpoint: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grant_types_supported: Option<Vec<String>>,
+    /// The grant profiles the AS takes (ID-JAG:
+    /// `urn:ietf:params:oauth:grant-profile:id-jag`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization_grant_profiles_supported: Option<Vec<String>>,
 }
 
 /// How the authorization server was found.
@@ -238,4 +242,19 @@ pub struct StepUp {
     pub scopes: Vec<String>,
     /// When step-up authorizations started (Unix ms), newest last.
     pub attempts: Vec<i64>,
+}
+
+/// What the broker holds for one identity provider (`enterprise`): its
+/// metadata, and the ID token of the last login there. One per identity
+/// provider, shared by every server that names it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentityRecord {
+    pub issuer: String,
+    pub metadata: AuthServerMetadata,
+    #[serde(default)]
+    pub id_token: Option<Secret>,
+    /// The ID token's `exp` (Unix ms), when it has one.
+    #[serde(default)]
+    pub id_token_expires_at_ms: Option<i64>,
+    pub logged_in_at_ms: i64,
 }

@@ -1,5 +1,7 @@
-//! Grants without a person (`impl Broker`): `grant = "client_credentials"`
-//! and `grant = "workload"`.
+//! Grants without a person (`impl Broker`): `grant = "client_credentials"`,
+//! `grant = "workload"`, and the renewals of `grant = "enterprise"` (see
+//! `enterprise.rs`), which need a person only to log in at the identity
+//! provider.
 //!
 //! Such a server never needs a login. Its first token is obtained on first
 //! use and renewed by asking again before it expires (there is no refresh
@@ -49,7 +51,7 @@ use crate::state::{Discovery, Grant};
 const MAX_FILE: u64 = 64 * 1024;
 
 /// Reads a small private file into a `Secret`, trailing newlines dropped.
-fn read_small(path: &Path) -> std::io::Result<Secret> {
+pub(crate) fn read_small(path: &Path) -> std::io::Result<Secret> {
     let file = std::fs::File::open(path)?;
     let mut text = String::new();
     file.take(MAX_FILE + 1).read_to_string(&mut text)?;
@@ -68,18 +70,24 @@ pub(crate) struct Credentials {
     key: Option<SigningKey>,
 }
 
+/// A configured client secret, read (from its file) for one request.
+pub(crate) fn read_client_secret(secret: &ClientSecret) -> Result<Secret, OAuthError> {
+    match secret {
+        ClientSecret::Inline(s) => Ok(s.clone()),
+        ClientSecret::File(path) => read_small(path).map_err(|e| OAuthError::SecretFile {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        }),
+    }
+}
+
 impl Credentials {
     pub(crate) fn read(server: &ServerConfig) -> Result<Self, OAuthError> {
-        let secret = match &server.client_secret {
-            None => None,
-            Some(ClientSecret::Inline(s)) => Some(s.clone()),
-            Some(ClientSecret::File(path)) => {
-                Some(read_small(path).map_err(|e| OAuthError::SecretFile {
-                    path: path.display().to_string(),
-                    reason: e.to_string(),
-                })?)
-            }
-        };
+        let secret = server
+            .client_secret
+            .as_ref()
+            .map(read_client_secret)
+            .transpose()?;
         let key = match &server.client_key {
             None => None,
             Some(key) => {
@@ -176,17 +184,24 @@ impl Broker {
     /// The token request of an unattended grant.
     async fn request_unattended(
         &self,
+        name: &ServerName,
         server: &ServerConfig,
         discovery: &Discovery,
-    ) -> Result<TokenSet, OAuthError> {
+    ) -> Result<TokenSet, BrokerError> {
         let credentials = Credentials::read(server)?;
         let now = self.now_ms();
         match server.grant {
             GrantKind::ClientCredentials => {
                 check_grant_listed(discovery, GRANT_CLIENT_CREDENTIALS)?;
                 let auth = credentials.auth(discovery, now);
-                self.http
+                Ok(self
+                    .http
                     .client_credentials(discovery, &auth, &server.scopes)
+                    .await?)
+            }
+            GrantKind::Enterprise => {
+                check_grant_listed(discovery, GRANT_JWT_BEARER)?;
+                self.enterprise_tokens(name, server, discovery, &credentials)
                     .await
             }
             GrantKind::Workload => {
@@ -218,11 +233,14 @@ impl Broker {
                     reason,
                 })?;
                 let auth = credentials.auth(discovery, now);
-                self.http
+                Ok(self
+                    .http
                     .jwt_bearer(discovery, &auth, &assertion, &server.scopes)
-                    .await
+                    .await?)
             }
-            GrantKind::AuthorizationCode => unreachable!("only unattended grants come here"),
+            GrantKind::AuthorizationCode => Err(BrokerError::Internal(
+                "an authorization-code server has no unattended grant".into(),
+            )),
         }
     }
 
@@ -263,10 +281,9 @@ impl Broker {
         }
         let obtained = match self.unattended_discovery(guard, server).await {
             Ok(discovery) => self
-                .request_unattended(server, &discovery)
+                .request_unattended(&name, server, &discovery)
                 .await
-                .map(|tokens| (discovery, tokens))
-                .map_err(BrokerError::OAuth),
+                .map(|tokens| (discovery, tokens)),
             Err(e) => Err(e),
         };
         match obtained {
@@ -290,6 +307,21 @@ impl Broker {
                 };
                 self.install_grant(guard, new, source, |r| r.challenge = None)
                     .await
+            }
+            Err(e @ BrokerError::LoginRequired { .. }) => {
+                // A person must log in (at the identity provider): no
+                // backoff, nothing would change before they do.
+                info!(server = %name, error = %e, "login required");
+                if let BrokerError::LoginRequired { reason, .. } = &e {
+                    self.record_error(guard, reason).await;
+                    self.publish(
+                        Some(name.clone()),
+                        EventKind::LoginRequired {
+                            reason: reason.clone(),
+                        },
+                    );
+                }
+                Err(e)
             }
             Err(e) => {
                 let (asked, transient) = match &e {
@@ -327,10 +359,17 @@ impl Broker {
                     paths.insert(p);
                 }
                 let Some(b) = broker.upgrade() else { return };
-                for (name, server) in b.config().servers.iter() {
+                let config = b.config();
+                for (name, server) in config.servers.iter() {
+                    let id_token_file = server
+                        .identity_provider
+                        .as_ref()
+                        .and_then(|i| config.identity_providers.get(i))
+                        .and_then(|i| i.id_token_file.as_ref());
                     if server
                         .assertion_file
                         .as_ref()
+                        .or(id_token_file)
                         .is_some_and(|f| paths.contains(f))
                     {
                         debug!(server = %name, "the workload assertion file changed");
@@ -369,11 +408,17 @@ impl Broker {
     }
 
     fn rewatch_assertions(&self, tx: &mpsc::Sender<PathBuf>) {
-        let files: HashSet<PathBuf> = self
-            .config()
+        let config = self.config();
+        let files: HashSet<PathBuf> = config
             .servers
             .values()
             .filter_map(|s| s.assertion_file.clone())
+            .chain(
+                config
+                    .identity_providers
+                    .values()
+                    .filter_map(|i| i.id_token_file.clone()),
+            )
             .collect();
         let mut slot = self.assertion_watch.lock().unwrap();
         *slot = None;

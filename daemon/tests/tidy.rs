@@ -259,15 +259,29 @@ fn grants_without_a_person_share_the_one_refresh_path() {
     let refresh = code(&std::fs::read_to_string(root().join("daemon/src/refresh.rs")).unwrap());
     assert_eq!(refresh.matches(".renew_unattended(").count(), 1);
     // Their token requests, and the device polls, have one caller each.
-    for (call, home) in [
-        (".client_credentials(", "daemon/src/unattended.rs"),
-        (".jwt_bearer(", "daemon/src/unattended.rs"),
-        (".poll_device(", "daemon/src/device.rs"),
-        (".device_authorization(", "daemon/src/device.rs"),
+    // (enterprise.rs's requests run inside renew_unattended.)
+    for (call, homes) in [
+        (".client_credentials(", &["daemon/src/unattended.rs"][..]),
+        (
+            ".jwt_bearer(",
+            &["daemon/src/unattended.rs", "daemon/src/enterprise.rs"][..],
+        ),
+        (".exchange_for_id_jag(", &["daemon/src/enterprise.rs"][..]),
+        (".poll_device(", &["daemon/src/device.rs"][..]),
+        (".device_authorization(", &["daemon/src/device.rs"][..]),
     ] {
-        let found = offenders("daemon/src", &[call], &[home, "daemon/src/oauth/grants.rs"]);
-        assert!(found.is_empty(), "{call} outside {home}: {found:?}");
+        let mut allowed = homes.to_vec();
+        allowed.push("daemon/src/oauth/grants.rs");
+        let found = offenders("daemon/src", &[call], &allowed);
+        assert!(found.is_empty(), "{call} outside {homes:?}: {found:?}");
     }
+    let unattended =
+        code(&std::fs::read_to_string(root().join("daemon/src/unattended.rs")).unwrap());
+    assert_eq!(
+        unattended.matches(".enterprise_tokens(").count(),
+        1,
+        "the ID-JAG exchange runs only inside renew_unattended"
+    );
 }
 
 #[test]

@@ -409,6 +409,7 @@ impl AuthServer {
                 "client_assertion",
                 "assertion",
                 "device_code",
+                "subject_token",
             ] {
                 if let Some(v) = seen.form.get(key) {
                     secrets.push(v.clone());
@@ -843,7 +844,9 @@ async fn handle(State(app): State<App>, request: Request<Body>) -> Response {
                 "client authentication failed",
             );
         }
-        if !form.contains_key("resource") {
+        // An identity provider's OIDC login is about the person: no
+        // resource there.
+        if !form.contains_key("resource") && sw.grants.idp_id_token_ttl.is_none() {
             return oauth_error(
                 StatusCode::BAD_REQUEST,
                 "invalid_target",
@@ -948,6 +951,9 @@ async fn handle(State(app): State<App>, request: Request<Body>) -> Response {
             && let Some(scope) = &scope
         {
             response["scope"] = serde_json::json!(scope);
+        }
+        if grant_type == "authorization_code" {
+            crate::grants_as::on_code_exchange(&mut s, &issuer, &client_id, &mut response);
         }
         return json(StatusCode::OK, response);
     }

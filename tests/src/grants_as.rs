@@ -11,6 +11,12 @@
 //!   `exp` and `jti` are verified; a `jti` is accepted once).
 //! - JWT bearer (RFC 7523): the assertion must be signed by a trusted key,
 //!   unexpired, and for this AS (`aud` the issuer or the token endpoint).
+//! - An identity provider (enterprise-managed authorization): ID tokens on
+//!   the authorization-code exchange, and RFC 8693 token exchange of an
+//!   ID token it issued for an ID-JAG signed with its key (`aud` the
+//!   `audience` asked for, unless told to get it wrong). An MCP AS with
+//!   `id_jag` lists the ID-JAG grant profile and takes the ID-JAG as a
+//!   JWT bearer assertion (signature by a trusted key, audience, expiry).
 //! - Stateless MCP: `initialize` does not exist; any other request
 //!   without a token gets a 401 whose challenge names the scope, provided
 //!   it carries `MCP-Protocol-Version` and an `Mcp-Method` that matches.
@@ -29,6 +35,9 @@ use crate::authserver::AsState;
 pub const DEVICE_CODE: &str = "urn:ietf:params:oauth:grant-type:device_code";
 pub const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 pub const CLIENT_ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+pub const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+pub const ID_JAG: &str = "urn:ietf:params:oauth:token-type:id-jag";
+pub const ID_TOKEN: &str = "urn:ietf:params:oauth:token-type:id_token";
 
 #[derive(Clone, Debug)]
 pub struct GrantSwitches {
@@ -48,6 +57,14 @@ pub struct GrantSwitches {
     pub jwt_bearer: bool,
     /// A stateless MCP endpoint; the scope its challenges name.
     pub stateless_scope: Option<String>,
+    /// Act as an identity provider: ID tokens (valid this long, seconds)
+    /// and token exchange for ID-JAGs.
+    pub idp_id_token_ttl: Option<i64>,
+    /// The identity provider puts this audience in ID-JAGs instead of the
+    /// one asked for.
+    pub idp_wrong_audience: Option<String>,
+    /// As an MCP AS: list the ID-JAG grant profile (and jwt-bearer).
+    pub id_jag: bool,
 }
 
 impl Default for GrantSwitches {
@@ -62,6 +79,9 @@ impl Default for GrantSwitches {
             client_credentials: false,
             jwt_bearer: false,
             stateless_scope: None,
+            idp_id_token_ttl: None,
+            idp_wrong_audience: None,
+            id_jag: false,
         }
     }
 }
@@ -89,6 +109,12 @@ pub struct GrantState {
     jtis: HashSet<String>,
     /// Why the last assertion was refused, for test messages.
     pub last_refusal: Option<String>,
+    /// The identity provider's signing key (ID tokens, ID-JAGs).
+    pub idp_key: Option<p256::ecdsa::SigningKey>,
+    /// ID tokens issued, with their expiry (Unix seconds).
+    pub id_tokens: HashMap<String, i64>,
+    /// ID-JAGs issued.
+    pub id_jags: Vec<String>,
 }
 
 impl GrantState {
@@ -119,6 +145,10 @@ pub fn metadata(sw: &GrantSwitches, issuer: &str, doc: &mut serde_json::Value) {
         doc["device_authorization_endpoint"] =
             serde_json::json!(format!("{issuer}/device_authorization"));
     }
+    if sw.id_jag {
+        doc["authorization_grant_profiles_supported"] =
+            serde_json::json!(["urn:ietf:params:oauth:grant-profile:id-jag"]);
+    }
     let types = doc["grant_types_supported"].as_array_mut();
     if let Some(types) = types {
         if sw.device {
@@ -127,8 +157,11 @@ pub fn metadata(sw: &GrantSwitches, issuer: &str, doc: &mut serde_json::Value) {
         if sw.client_credentials {
             types.push("client_credentials".into());
         }
-        if sw.jwt_bearer {
+        if sw.jwt_bearer || sw.id_jag {
             types.push(JWT_BEARER.into());
+        }
+        if sw.idp_id_token_ttl.is_some() {
+            types.push(TOKEN_EXCHANGE.into());
         }
     }
     if (sw.client_credentials || sw.jwt_bearer)
@@ -330,7 +363,7 @@ pub fn handle(
     let grant_type = form.get("grant_type").cloned().unwrap_or_default();
     let ours = matches!(
         grant_type.as_str(),
-        "client_credentials" | DEVICE_CODE | JWT_BEARER
+        "client_credentials" | DEVICE_CODE | JWT_BEARER | TOKEN_EXCHANGE
     ) || form.contains_key("client_assertion");
     if !ours {
         return None;
@@ -398,7 +431,66 @@ pub fn handle(
             s.grants.devices.remove(&code);
             issue(s, expires_in, scope)
         }
-        JWT_BEARER if sw.jwt_bearer => {
+        TOKEN_EXCHANGE if sw.idp_id_token_ttl.is_some() => {
+            let subject = form.get("subject_token").cloned().unwrap_or_default();
+            let valid = s
+                .grants
+                .id_tokens
+                .get(&subject)
+                .is_some_and(|exp| *exp > now_secs());
+            if form.get("subject_token_type").map(String::as_str) != Some(ID_TOKEN)
+                || form.get("requested_token_type").map(String::as_str) != Some(ID_JAG)
+            {
+                return Some(error(StatusCode::BAD_REQUEST, "invalid_request", "types"));
+            }
+            if !valid {
+                return Some(error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_grant",
+                    "unknown or expired ID token",
+                ));
+            }
+            let Some(audience) = form.get("audience").cloned() else {
+                return Some(error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    "audience",
+                ));
+            };
+            let now = now_secs();
+            s.next += 1;
+            let key = s
+                .grants
+                .idp_key
+                .clone()
+                .expect("the test set the IdP's key");
+            let jag = sign_typed(
+                &key,
+                "oauth-id-jag+jwt",
+                &serde_json::json!({
+                    "iss": issuer,
+                    "sub": "user-1",
+                    "aud": sw.idp_wrong_audience.clone().unwrap_or(audience),
+                    "resource": form.get("resource"),
+                    "client_id": client_id,
+                    "scope": form.get("scope"),
+                    "iat": now,
+                    "exp": now + 300,
+                    "jti": format!("jag-{}", s.next),
+                }),
+            );
+            s.grants.id_jags.push(jag.clone());
+            json(
+                StatusCode::OK,
+                serde_json::json!({
+                    "issued_token_type": ID_JAG,
+                    "access_token": jag,
+                    "token_type": "N_A",
+                    "expires_in": 300,
+                }),
+            )
+        }
+        JWT_BEARER if sw.jwt_bearer || sw.id_jag => {
             let assertion = form.get("assertion").cloned().unwrap_or_default();
             let keys: Vec<p256::ecdsa::VerifyingKey> = s.grants.assertion_keys.clone();
             let claims = match verify_jwt(&assertion, &keys.iter().collect::<Vec<_>>()) {
@@ -423,6 +515,37 @@ pub fn handle(
         }
         _ => error(StatusCode::BAD_REQUEST, "unsupported_grant_type", "?"),
     })
+}
+
+/// Adds an ID token to an authorization-code answer when acting as an
+/// identity provider.
+pub fn on_code_exchange(
+    s: &mut AsState,
+    issuer: &str,
+    client_id: &str,
+    response: &mut serde_json::Value,
+) {
+    let Some(ttl) = s.switches.grants.idp_id_token_ttl else {
+        return;
+    };
+    let Some(key) = s.grants.idp_key.clone() else {
+        return;
+    };
+    let now = now_secs();
+    s.next += 1;
+    let id_token = sign(
+        &key,
+        &serde_json::json!({
+            "iss": issuer,
+            "sub": "user-1",
+            "aud": client_id,
+            "iat": now,
+            "exp": now + ttl,
+            "nonce_free": s.next,
+        }),
+    );
+    s.grants.id_tokens.insert(id_token.clone(), now + ttl);
+    response["id_token"] = serde_json::json!(id_token);
 }
 
 /// The stateless MCP endpoint's answer to a request without a valid
@@ -484,8 +607,14 @@ pub fn es256_key() -> (String, p256::ecdsa::SigningKey) {
 
 /// A compact ES256 JWS of `claims`, signed with `key`.
 pub fn sign(key: &p256::ecdsa::SigningKey, claims: &serde_json::Value) -> String {
+    sign_typed(key, "JWT", claims)
+}
+
+/// A compact ES256 JWS with this `typ`.
+pub fn sign_typed(key: &p256::ecdsa::SigningKey, typ: &str, claims: &serde_json::Value) -> String {
     use p256::ecdsa::signature::Signer;
-    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"ES256","typ":"JWT"}"#);
+    let header =
+        URL_SAFE_NO_PAD.encode(serde_json::json!({"alg": "ES256", "typ": typ}).to_string());
     let payload = URL_SAFE_NO_PAD.encode(claims.to_string());
     let input = format!("{header}.{payload}");
     let signature: p256::ecdsa::Signature = key.sign(input.as_bytes());

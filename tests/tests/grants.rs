@@ -664,3 +664,244 @@ async fn a_challenge_met_without_a_token_sets_the_next_logins_scope() {
     .ok();
     assert_eq!(server.requests("/authorize")[2].query["scope"], "admin:all");
 }
+
+/// An identity provider and two MCP servers (each with its own AS) that
+/// take its ID-JAGs; a daemon with both servers as `enterprise`.
+struct Enterprise {
+    env: TestEnv,
+    idp: AuthServer,
+    wiki: AuthServer,
+    tools: AuthServer,
+    _daemon: Daemon,
+}
+
+async fn enterprise(idp_grants: GrantSwitches, mcp_expires_in: Option<u64>) -> Enterprise {
+    let (_, idp_key) = es256_key();
+    let idp = AuthServer::start(Switches {
+        grants: GrantSwitches {
+            idp_id_token_ttl: Some(600),
+            ..idp_grants
+        },
+        ..Default::default()
+    })
+    .await;
+    idp.state.lock().unwrap().grants.idp_key = Some(idp_key.clone());
+    idp.add_client("mcpauth-desktop", None, "none");
+    let mcp = || async {
+        let server = AuthServer::start(Switches {
+            grants: GrantSwitches {
+                id_jag: true,
+                ..Default::default()
+            },
+            expires_in: mcp_expires_in,
+            ..Default::default()
+        })
+        .await;
+        server
+            .state
+            .lock()
+            .unwrap()
+            .grants
+            .trust_assertion_key(*idp_key.verifying_key());
+        server.add_client("wiki-client", None, "none");
+        server
+    };
+    let wiki = mcp().await;
+    let tools = mcp().await;
+    let env = TestEnv::new();
+    env.write_config(&format!(
+        "[servers.wiki]\nurl = \"{}\"\ngrant = \"enterprise\"\nidentity_provider = \"corp\"\nclient_id = \"wiki-client\"\n\n\
+         [servers.tools]\nurl = \"{}\"\ngrant = \"enterprise\"\nidentity_provider = \"corp\"\nclient_id = \"wiki-client\"\n\n\
+         [identity_providers.corp]\nissuer = \"{}\"\nclient_id = \"mcpauth-desktop\"\n",
+        wiki.mcp_url, tools.mcp_url, idp.issuer
+    ));
+    let mut cmd = env.command("mcpauthd");
+    cmd.env(mcpauth_proto::env::LOG, "trace");
+    let daemon = env.spawn_daemon(&mut cmd).unwrap();
+    Enterprise {
+        env,
+        idp,
+        wiki,
+        tools,
+        _daemon: daemon,
+    }
+}
+
+fn jwt_claims(jwt: &str) -> serde_json::Value {
+    serde_json::from_slice(
+        &base64::Engine::decode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            jwt.split('.').nth(1).unwrap(),
+        )
+        .unwrap(),
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enterprise_one_idp_login_serves_every_server_and_renews_without_a_person() {
+    let Enterprise {
+        env,
+        idp,
+        wiki,
+        tools,
+        _daemon,
+    } = enterprise(GrantSwitches::default(), Some(4)).await;
+    let before = env.ctl(&["show", "wiki", "--json"]).json();
+    assert_eq!(before["grant"], "enterprise");
+    assert_eq!(before["identity_provider"], "corp");
+    assert_eq!(before["state"], "login_required");
+    let no_login = env.ctl(&["token", "tools"]);
+    assert_eq!(no_login.code(), 4, "{}", no_login.stderr());
+    assert!(
+        no_login.stderr().contains("identity provider corp"),
+        "{}",
+        no_login.stderr()
+    );
+
+    // One OIDC login at the identity provider (browser, PKCE, openid).
+    let out = env.ctl(&["login", "--idp", "corp"]);
+    assert!(out.ok().contains("logged in to"), "{}", out.stderr());
+    assert_eq!(env.browser_log().len(), 1);
+    let authorize = &idp.requests("/authorize")[0].query;
+    assert_eq!(authorize["scope"], "openid");
+    assert_eq!(authorize["client_id"], "mcpauth-desktop");
+    assert_eq!(authorize["code_challenge_method"], "S256");
+    assert!(!authorize.contains_key("resource"));
+    let id_token = idp
+        .state
+        .lock()
+        .unwrap()
+        .grants
+        .id_tokens
+        .keys()
+        .next()
+        .cloned()
+        .unwrap();
+
+    // Both servers get tokens with no further login.
+    let t_wiki = env.ctl(&["token", "wiki"]).ok().trim().to_string();
+    let t_tools = env.ctl(&["token", "tools"]).ok().trim().to_string();
+    assert!(wiki.is_valid_access_token(&t_wiki));
+    assert!(tools.is_valid_access_token(&t_tools));
+    assert_eq!(env.browser_log().len(), 1, "one login served both");
+
+    // The exchanges at the identity provider, one per server.
+    let exchanges = idp.token_requests("urn:ietf:params:oauth:grant-type:token-exchange");
+    assert!(exchanges.len() >= 2);
+    for (server, audience) in [(&wiki, &wiki.issuer), (&tools, &tools.issuer)] {
+        let x = exchanges
+            .iter()
+            .find(|x| &x.form["audience"] == audience)
+            .expect("an exchange for each AS");
+        assert_eq!(x.form["subject_token"], id_token);
+        assert_eq!(
+            x.form["subject_token_type"],
+            "urn:ietf:params:oauth:token-type:id_token"
+        );
+        assert_eq!(
+            x.form["requested_token_type"],
+            "urn:ietf:params:oauth:token-type:id-jag"
+        );
+        assert_eq!(x.form["resource"], server.mcp_url);
+        assert_eq!(x.form["client_id"], "mcpauth-desktop");
+        // And the ID-JAG went to that server's AS as a JWT bearer grant.
+        let grants = server.token_requests("urn:ietf:params:oauth:grant-type:jwt-bearer");
+        let claims = jwt_claims(&grants[0].form["assertion"]);
+        assert_eq!(&claims["aud"], audience.as_str());
+        assert_eq!(grants[0].form["client_id"], "wiki-client");
+        assert_eq!(grants[0].form["resource"], server.mcp_url);
+    }
+
+    // Renewal without a person: the tokens live 4 s.
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    let again = env.ctl(&["token", "wiki"]).ok().trim().to_string();
+    assert_ne!(again, t_wiki);
+    assert!(wiki.is_valid_access_token(&again));
+    assert_eq!(env.browser_log().len(), 1, "no login for a renewal");
+    let shown = env.ctl(&["show", "wiki"]).ok();
+    assert!(
+        shown.contains("one login at the identity provider corp"),
+        "{shown}"
+    );
+    let mut extra: Vec<String> = idp
+        .state
+        .lock()
+        .unwrap()
+        .grants
+        .id_tokens
+        .keys()
+        .cloned()
+        .collect();
+    extra.extend(idp.state.lock().unwrap().grants.id_jags.clone());
+    extra.extend(wiki.secrets());
+    extra.extend(tools.secrets());
+    assert_no_leak(&env, &idp, &extra, &[&out, &no_login]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_id_jag_for_another_audience_is_never_sent() {
+    let Enterprise {
+        env,
+        idp,
+        wiki,
+        _daemon,
+        ..
+    } = enterprise(
+        GrantSwitches {
+            idp_wrong_audience: Some("https://elsewhere.example".into()),
+            ..Default::default()
+        },
+        None,
+    )
+    .await;
+    let out = env.ctl(&["login", "wiki"]);
+    assert_ne!(out.code(), 0);
+    assert!(
+        out.stderr().contains("ID-JAG") && out.stderr().contains("https://elsewhere.example"),
+        "{}",
+        out.stderr()
+    );
+    assert_eq!(
+        idp.token_requests("urn:ietf:params:oauth:grant-type:token-exchange")
+            .len(),
+        1
+    );
+    assert!(
+        wiki.requests("/token").is_empty(),
+        "the wrong ID-JAG never reached the server's AS"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_id_token_means_a_login_at_the_identity_provider() {
+    let Enterprise {
+        env,
+        idp,
+        wiki,
+        _daemon,
+        ..
+    } = enterprise(GrantSwitches::default(), None).await;
+    idp.set(|s| s.grants.idp_id_token_ttl = Some(7));
+    env.ctl(&["login", "wiki"]).ok();
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let out = env.ctl(&["refresh", "wiki"]);
+    assert_eq!(out.code(), 4, "{}", out.stderr());
+    assert!(
+        out.stderr()
+            .contains("login required at the identity provider corp"),
+        "{}",
+        out.stderr()
+    );
+    let exchanges = idp
+        .token_requests("urn:ietf:params:oauth:grant-type:token-exchange")
+        .len();
+    assert_eq!(exchanges, 1, "no exchange with an expired ID token");
+    // Another login there, and it works again.
+    idp.set(|s| s.grants.idp_id_token_ttl = Some(600));
+    env.ctl(&["login", "--idp", "corp"]).ok();
+    env.ctl(&["refresh", "wiki"]).ok();
+    assert_eq!(env.browser_log().len(), 2);
+    let t = env.ctl(&["token", "wiki"]).ok().trim().to_string();
+    assert!(wiki.is_valid_access_token(&t));
+}

@@ -278,6 +278,21 @@ impl HttpClient {
         })
     }
 
+    /// The metadata of a configured identity provider (`enterprise`): its
+    /// issuer was written by the person, so it is held to it exactly,
+    /// and PKCE S256 is required (the broker logs in there with a browser).
+    pub async fn identity_provider_metadata(
+        &self,
+        issuer: &str,
+    ) -> Result<AuthServerMetadata, OAuthError> {
+        let issuer_url = checked("identity provider", issuer)?;
+        self.fetch_metadata(Some(issuer), &issuer_url, &issuer_url, true)
+            .await?
+            .ok_or_else(|| OAuthError::NoMetadata {
+                issuer: issuer.to_string(),
+            })
+    }
+
     /// Fetches and checks AS metadata; `Ok(None)` when no candidate exists.
     /// `issuer`: the issuer the metadata must name exactly, when one was
     /// learned beforehand (from PRM); `None` in the 2025-03-26 fallback,

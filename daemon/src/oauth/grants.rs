@@ -4,7 +4,9 @@
 //! - JWT bearer (RFC 7523 §2.1): an assertion from elsewhere (a workload
 //!   identity token), checked before it is sent (see `jwt`);
 //! - device authorization (RFC 8628): the device authorization request
-//!   and one poll of the token endpoint. No PKCE (RFC 8628 has none).
+//!   and one poll of the token endpoint. No PKCE (RFC 8628 has none);
+//! - token exchange (RFC 8693) at an identity provider: an ID token for
+//!   an ID-JAG (enterprise-managed authorization).
 //!
 //! Every request carries `resource` (RFC 8707), as the code exchange and
 //! the refresh do. Server text in errors is sanitised and stripped of
@@ -21,6 +23,12 @@ use crate::state::Discovery;
 pub const GRANT_CLIENT_CREDENTIALS: &str = "client_credentials";
 pub const GRANT_JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 pub const GRANT_DEVICE_CODE: &str = "urn:ietf:params:oauth:grant-type:device_code";
+pub const GRANT_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+pub const TOKEN_TYPE_ID_TOKEN: &str = "urn:ietf:params:oauth:token-type:id_token";
+pub const TOKEN_TYPE_ID_JAG: &str = "urn:ietf:params:oauth:token-type:id-jag";
+/// What an AS lists in `authorization_grant_profiles_supported` when it
+/// takes ID-JAGs (enterprise-managed authorization, section 6).
+pub const PROFILE_ID_JAG: &str = "urn:ietf:params:oauth:grant-profile:id-jag";
 /// RFC 8628 §3.2: the polling interval when the AS names none.
 pub const DEFAULT_DEVICE_INTERVAL_SECS: u64 = 5;
 /// RFC 8628 §3.5: what `slow_down` adds to the interval.
@@ -51,6 +59,13 @@ pub enum DevicePoll {
     Denied,
     /// `expired_token`: the person did not approve in time.
     Expired,
+}
+
+#[derive(Deserialize)]
+struct RawExchange {
+    access_token: String,
+    #[serde(default)]
+    issued_token_type: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -109,6 +124,58 @@ impl HttpClient {
         }
         self.token_request_as(discovery, auth, form, &[assertion.expose()])
             .await
+    }
+
+    /// Exchanges an ID token for an ID-JAG at the identity provider
+    /// `idp` (RFC 8693; enterprise-managed authorization, section 4):
+    /// `audience` is the MCP server's AS issuer, `resource` the server.
+    pub async fn exchange_for_id_jag(
+        &self,
+        idp: &Discovery,
+        auth: &ClientAuth<'_>,
+        id_token: &Secret,
+        audience: &str,
+        resource: &str,
+        scopes: &[String],
+    ) -> Result<Secret, OAuthError> {
+        let url = checked("token endpoint", &idp.metadata.token_endpoint)?;
+        let scope = scope_param(scopes);
+        let mut form = vec![
+            ("grant_type", GRANT_TOKEN_EXCHANGE),
+            ("requested_token_type", TOKEN_TYPE_ID_JAG),
+            ("audience", audience),
+            ("resource", resource),
+            ("subject_token", id_token.expose()),
+            ("subject_token_type", TOKEN_TYPE_ID_TOKEN),
+        ];
+        if let Some(scope) = &scope {
+            form.push(("scope", scope));
+        }
+        let basic = auth.apply(&mut form);
+        let response = self.post_form(&url, &form, basic).await?;
+        let mut secrets = vec![id_token.expose()];
+        secrets.extend(auth.secret());
+        if !(200..300).contains(&response.status) {
+            return Err(
+                super::token::parse_token_response(&url, &response, &secrets)
+                    .err()
+                    .unwrap_or(OAuthError::Status {
+                        url: display_url(&url),
+                        status: response.status,
+                        retry_after_secs: response.retry_after_secs,
+                    }),
+            );
+        }
+        let raw: RawExchange = parse_json(&url, &response)?;
+        if raw.access_token.is_empty()
+            || raw.issued_token_type.as_deref() != Some(TOKEN_TYPE_ID_JAG)
+        {
+            return Err(OAuthError::BadDocument {
+                url: display_url(&url),
+                reason: "the answer is not an ID-JAG (issued_token_type)".into(),
+            });
+        }
+        Ok(Secret::new(raw.access_token))
     }
 
     /// Starts a device login (RFC 8628 §3.1).

@@ -115,6 +115,15 @@ pub enum OAuthError {
         "{issuer} does not list the {grant} grant in grant_types_supported; refusing to ask it for one"
     )]
     GrantUnsupported { issuer: String, grant: &'static str },
+    #[error(
+        "{issuer} does not list the ID-JAG grant profile (urn:ietf:params:oauth:grant-profile:id-jag in authorization_grant_profiles_supported); refusing to send it one"
+    )]
+    IdJagUnsupported { issuer: String },
+    #[error("the ID-JAG from the identity provider {idp} was not sent: {reason}")]
+    IdJagRefused {
+        idp: String,
+        reason: jwt::AssertionError,
+    },
 }
 
 impl OAuthError {

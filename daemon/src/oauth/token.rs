@@ -23,6 +23,8 @@ pub struct TokenSet {
     /// Seconds, as sent; `None` when absent (expiry unknown).
     pub expires_in: Option<u64>,
     pub scope: Option<Vec<String>>,
+    /// An OpenID Connect login's ID token.
+    pub id_token: Option<Secret>,
 }
 
 impl TokenSet {
@@ -48,6 +50,8 @@ struct RawTokenResponse {
     expires_in: Option<serde_json::Value>,
     #[serde(default)]
     scope: Option<String>,
+    #[serde(default)]
+    id_token: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -111,6 +115,7 @@ pub fn parse_token_response(
         scope: raw
             .scope
             .map(|s| s.split_whitespace().map(str::to_string).collect()),
+        id_token: raw.id_token.filter(|t| !t.is_empty()).map(Secret::new),
     })
 }
 
@@ -237,13 +242,17 @@ impl HttpClient {
         verifier: &Secret,
         redirect_uri: &str,
     ) -> Result<TokenSet, OAuthError> {
-        let form = vec![
+        let mut form = vec![
             ("grant_type", "authorization_code"),
             ("code", code.expose()),
             ("redirect_uri", redirect_uri),
             ("code_verifier", verifier.expose()),
-            ("resource", discovery.resource.as_str()),
         ];
+        // Empty only for an identity provider's own login (OIDC), which
+        // is about the person, not about a resource.
+        if !discovery.resource.is_empty() {
+            form.push(("resource", discovery.resource.as_str()));
+        }
         self.token_request(
             discovery,
             registration,
