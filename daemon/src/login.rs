@@ -238,7 +238,15 @@ impl Broker {
             return Ok(active.join());
         }
         if server.grant == crate::config::GrantKind::Enterprise {
-            // The login is the identity provider's (OpenID Connect).
+            // The login is the identity provider's (OpenID Connect), in a
+            // browser or with a pasted redirect.
+            if options.method == LoginMethod::Device {
+                return Err(BrokerError::Invalid(crate::config::InvalidInput::Field {
+                    server: name.to_string(),
+                    field: "login",
+                    reason: "--device is not offered for an enterprise server: its login is the identity provider's, in a browser (or with the pasted redirect, --no-browser)".into(),
+                }));
+            }
             return self.start_idp_login(guard, &server).await;
         }
 

@@ -676,6 +676,15 @@ struct Enterprise {
 }
 
 async fn enterprise(idp_grants: GrantSwitches, mcp_expires_in: Option<u64>) -> Enterprise {
+    enterprise_with(idp_grants, mcp_expires_in, |_| String::new()).await
+}
+
+/// `extra` adds lines to `[identity_providers.corp]` (given the test env).
+async fn enterprise_with(
+    idp_grants: GrantSwitches,
+    mcp_expires_in: Option<u64>,
+    extra: impl FnOnce(&TestEnv) -> String,
+) -> Enterprise {
     let (_, idp_key) = es256_key();
     let idp = AuthServer::start(Switches {
         grants: GrantSwitches {
@@ -712,8 +721,11 @@ async fn enterprise(idp_grants: GrantSwitches, mcp_expires_in: Option<u64>) -> E
     env.write_config(&format!(
         "[servers.wiki]\nurl = \"{}\"\ngrant = \"enterprise\"\nidentity_provider = \"corp\"\nclient_id = \"wiki-client\"\n\n\
          [servers.tools]\nurl = \"{}\"\ngrant = \"enterprise\"\nidentity_provider = \"corp\"\nclient_id = \"wiki-client\"\n\n\
-         [identity_providers.corp]\nissuer = \"{}\"\nclient_id = \"mcpauth-desktop\"\n",
-        wiki.mcp_url, tools.mcp_url, idp.issuer
+         [identity_providers.corp]\nissuer = \"{}\"\nclient_id = \"mcpauth-desktop\"\n{}",
+        wiki.mcp_url,
+        tools.mcp_url,
+        idp.issuer,
+        extra(&env)
     ));
     let mut cmd = env.command("mcpauthd");
     cmd.env(mcpauth_proto::env::LOG, "trace");
@@ -904,4 +916,85 @@ async fn an_expired_id_token_means_a_login_at_the_identity_provider() {
     assert_eq!(env.browser_log().len(), 2);
     let t = env.ctl(&["token", "wiki"]).ok().trim().to_string();
     assert!(wiki.is_valid_access_token(&t));
+}
+
+/// An ID token the test's identity provider will take, as an SSO agent
+/// would have it, valid for `ttl` seconds.
+fn agent_id_token(idp: &AuthServer, ttl: i64) -> String {
+    let now = unix_secs();
+    let mut state = idp.state.lock().unwrap();
+    let key = state.grants.idp_key.clone().unwrap();
+    let token = sign(
+        &key,
+        &serde_json::json!({"iss": idp.issuer, "sub": "user-1", "aud": "mcpauth-desktop",
+            "iat": now, "exp": now + ttl}),
+    );
+    state.grants.id_tokens.insert(token.clone(), now + ttl);
+    token
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sso_agents_id_token_file_stands_in_for_the_login() {
+    let Enterprise {
+        env,
+        idp,
+        wiki,
+        _daemon,
+        ..
+    } = enterprise_with(GrantSwitches::default(), None, |env| {
+        format!(
+            "id_token_file = \"{}\"\n",
+            env.home().join("sso/id_token").display()
+        )
+    })
+    .await;
+    let file = env.home().join("sso/id_token");
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    // Expired: login required at the identity provider, nothing exchanged.
+    let expired = agent_id_token(&idp, -60);
+    rotate(&file, &expired);
+    let out = env.ctl(&["token", "wiki"]);
+    assert_eq!(out.code(), 4, "{}", out.stderr());
+    assert!(out.stderr().contains("expired"), "{}", out.stderr());
+    assert!(idp.requests("/token").is_empty());
+    // The agent renews it: tokens with no login of ours.
+    let fresh = agent_id_token(&idp, 600);
+    rotate(&file, &fresh);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = env.ctl(&["token", "wiki"]).ok().trim().to_string();
+    assert!(wiki.is_valid_access_token(&t));
+    let exchange = &idp.token_requests("urn:ietf:params:oauth:grant-type:token-exchange")[0];
+    assert_eq!(exchange.form["subject_token"], fresh);
+    assert!(env.browser_log().is_empty(), "no login of the broker's own");
+    assert_no_leak(&env, &idp, &[expired, fresh], &[&out]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_as_without_the_id_jag_profile_is_sent_nothing() {
+    let Enterprise {
+        env,
+        idp,
+        wiki,
+        _daemon,
+        ..
+    } = enterprise(GrantSwitches::default(), None).await;
+    // It takes JWT bearer grants, but does not say it takes ID-JAGs.
+    wiki.set(|s| {
+        s.grants.id_jag = false;
+        s.grants.jwt_bearer = true;
+    });
+    let out = env.ctl(&["login", "wiki"]);
+    assert_ne!(out.code(), 0);
+    assert!(
+        out.stderr()
+            .contains("authorization_grant_profiles_supported"),
+        "{}",
+        out.stderr()
+    );
+    assert!(
+        idp.token_requests("urn:ietf:params:oauth:grant-type:token-exchange")
+            .is_empty(),
+        "no ID-JAG asked for"
+    );
+    assert!(wiki.requests("/token").is_empty());
 }

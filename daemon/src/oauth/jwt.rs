@@ -144,8 +144,8 @@ pub fn check_forwarded(
     now_secs: i64,
 ) -> Result<(), AssertionError> {
     let exp = claims.exp.ok_or(AssertionError::NoExpiry)?;
-    if exp <= now_secs + EXPIRY_MARGIN_SECS {
-        return Err(AssertionError::Expired((now_secs - exp).max(0)));
+    if exp <= now_secs.saturating_add(EXPIRY_MARGIN_SECS) {
+        return Err(AssertionError::Expired(now_secs.saturating_sub(exp).max(0)));
     }
     if !claims.aud.iter().any(|a| audiences.contains(&a.as_str())) {
         let found: String = claims
