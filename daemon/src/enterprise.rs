@@ -127,6 +127,15 @@ impl Broker {
         }
         let metadata = self.http.identity_provider_metadata(&idp.issuer).await?;
         let guard = self.idp_locks.lock(name).await;
+        // A login that completed meanwhile wrote a record with its ID
+        // token: that one stays.
+        if let Some(record) = self
+            .store()
+            .identity(name)?
+            .filter(|r| r.issuer == idp.issuer)
+        {
+            return Ok(record);
+        }
         let record = IdentityRecord {
             issuer: idp.issuer.clone(),
             metadata,

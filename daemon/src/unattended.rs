@@ -310,16 +310,25 @@ impl Broker {
             }
             Err(e @ BrokerError::LoginRequired { .. }) => {
                 // A person must log in (at the identity provider): no
-                // backoff, nothing would change before they do.
-                info!(server = %name, error = %e, "login required");
+                // backoff, nothing would change before they do. Said once
+                // (a write and an event), not at every request that finds
+                // it so.
                 if let BrokerError::LoginRequired { reason, .. } = &e {
-                    self.record_error(guard, reason).await;
-                    self.publish(
-                        Some(name.clone()),
-                        EventKind::LoginRequired {
-                            reason: reason.clone(),
-                        },
-                    );
+                    let known = self
+                        .store()
+                        .server(&name)?
+                        .and_then(|r| r.last_error)
+                        .is_some_and(|last| &last == reason);
+                    if !known {
+                        info!(server = %name, error = %e, "login required");
+                        self.record_error(guard, reason).await;
+                        self.publish(
+                            Some(name.clone()),
+                            EventKind::LoginRequired {
+                                reason: reason.clone(),
+                            },
+                        );
+                    }
                 }
                 Err(e)
             }
