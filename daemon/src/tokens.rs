@@ -235,6 +235,11 @@ impl Broker {
             return Ok(());
         };
         let guard = self.locks.lock(name).await;
+        let held = self.store().server(name)?.and_then(|r| r.challenge);
+        if held.is_some_and(|h| h.scopes == stored.scopes) {
+            // A storm of the same report is one write.
+            return Ok(());
+        }
         let scopes = stored.scopes.join(" ");
         self.update_record(&guard, |r| r.challenge = Some(stored))
             .await?;
