@@ -98,7 +98,7 @@ impl ClientError {
     pub fn hint(&self) -> Option<String> {
         match self {
             ClientError::NotRunning { .. } => {
-                Some("start it with `mcpauthd`, or run without --no-autostart".into())
+                Some("run the command without --no-autostart to start it in the background, or install the service once with `mcpauthctl service install`".into())
             }
             ClientError::Unreachable { .. } => Some(
                 "check that mcpauthd runs as your user (`mcpauthctl status`); its log is in the state directory".into(),
@@ -435,6 +435,7 @@ impl Client {
         let request = pb::GetTokenRequest {
             server: server.into(),
             min_ttl_secs,
+            headers_helper: false,
         };
         self.inner
             .get_token(request)
@@ -445,6 +446,24 @@ impl Client {
 
     /// Reports that a resource server rejected `token` (only its SHA-256
     /// is sent) and returns the token to use instead.
+    /// `get_token` as a headers helper asks: a rerun moments later makes
+    /// the daemon check the token with the server first.
+    pub async fn get_token_for_helper(
+        &mut self,
+        server: &str,
+    ) -> Result<pb::TokenReply, ClientError> {
+        let request = pb::GetTokenRequest {
+            server: server.into(),
+            min_ttl_secs: None,
+            headers_helper: true,
+        };
+        self.inner
+            .get_token(request)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|e| self.err(e))
+    }
+
     pub async fn report_unauthorized(
         &mut self,
         server: &str,

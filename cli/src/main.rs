@@ -1,14 +1,16 @@
 //! `mcpauthctl`: the command-line front end of the mcpauth broker.
 
 mod browser;
+mod docs;
 mod login;
 mod output;
+mod proxy;
 mod service;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use mcpauth_client::{ClientError, ConnectOptions, exit, pb};
 use mcpauth_proto::env;
 use tokio_stream::StreamExt;
@@ -23,10 +25,41 @@ Exit codes:
   3  daemon unreachable
   4  login or consent required";
 
+const TOKEN_EXAMPLES: &str = "\
+Examples:
+  TOKEN=$(mcpauthctl token linear)
+  curl -H \"Authorization: Bearer $(mcpauthctl token linear)\" https://mcp.linear.app/mcp
+  # the server answered 401 with $TOKEN: report it and use the replacement
+  TOKEN=$(mcpauthctl token linear --rejected \"$TOKEN\" --status 401)";
+
+const COMPLETIONS_INSTALL: &str = "\
+Install (once; a new shell picks it up):
+  bash: mkdir -p ~/.local/share/bash-completion/completions
+        mcpauthctl completions bash > ~/.local/share/bash-completion/completions/mcpauthctl
+  zsh:  mkdir -p ~/.zfunc && mcpauthctl completions zsh > ~/.zfunc/_mcpauthctl
+        (and in ~/.zshrc, before compinit: fpath=(~/.zfunc $fpath))
+  fish: mkdir -p ~/.config/fish/completions
+        mcpauthctl completions fish > ~/.config/fish/completions/mcpauthctl.fish";
+
+const MAN_INSTALL: &str = "\
+Install (once):
+  mkdir -p ~/.local/share/man/man1
+  mcpauthctl man > ~/.local/share/man/man1/mcpauthctl.1
+  (man finds it when ~/.local/bin is on PATH; else: export MANPATH=\"$HOME/.local/share/man:\")";
+
+/// The description of every command's NAME argument.
+const NAME_HELP: &str = "The server's name, as in `mcpauthctl list`";
+
 /// Control the mcpauth broker: one OAuth login per server, shared by every
 /// MCP host on this machine.
+///
+/// mcpauthctl talks to the daemon, mcpauthd, over a private Unix socket and
+/// starts it when it is not running (not with --no-autostart, nor when a
+/// systemd or launchd service is installed: see `mcpauthctl service`). The
+/// servers are declared in ~/.config/mcpauth/config.toml, which `add` and
+/// `remove` edit.
 #[derive(Parser)]
-#[command(name = "mcpauthctl", version, about, long_about, after_help = EXIT_CODES)]
+#[command(name = "mcpauthctl", version, after_help = EXIT_CODES)]
 struct Cli {
     /// The daemon's socket.
     #[arg(long, global = true, env = env::SOCKET, value_name = "PATH")]
@@ -52,6 +85,7 @@ enum Command {
     },
     /// Show one server.
     Show {
+        #[arg(help = NAME_HELP)]
         name: String,
         #[arg(long)]
         json: bool,
@@ -79,12 +113,13 @@ enum Command {
         client_metadata_url: Option<String>,
     },
     /// Remove a server from config.toml and delete all of its state.
-    Remove { name: String },
+    Remove {
+        #[arg(help = NAME_HELP)]
+        name: String,
+    },
     /// Log in to a server in the browser (the daemon keeps the tokens).
     Login {
-        /// The server (with --idp, optional: any of that identity
-        /// provider's servers).
-        #[arg(required_unless_present = "idp")]
+        #[arg(help = NAME_HELP, required_unless_present = "idp")]
         name: Option<String>,
         /// Log in at this identity provider (enterprise servers): one
         /// login serves every server that uses it.
@@ -110,15 +145,25 @@ enum Command {
     },
     /// Revoke the server's tokens (when it supports revocation) and delete them.
     Logout {
+        #[arg(help = NAME_HELP)]
         name: String,
         /// Also forget the OAuth client registration.
         #[arg(long)]
         forget_client: bool,
     },
     /// Refresh the server's token now.
-    Refresh { name: String },
+    Refresh {
+        #[arg(help = NAME_HELP)]
+        name: String,
+    },
     /// Print the server's access token (for scripts: never opens a browser).
+    ///
+    /// Prints the token alone on stdout. A token that would expire within
+    /// 60 s (--min-ttl) is refreshed first. Without a login it exits 4 and
+    /// says which `mcpauthctl login` to run.
+    #[command(after_long_help = TOKEN_EXAMPLES)]
     Token {
+        #[arg(help = NAME_HELP)]
         name: String,
         /// Seconds the token must still be valid for (default 60).
         #[arg(long, value_name = "SECS")]
@@ -127,9 +172,13 @@ enum Command {
         /// replacement (only its SHA-256 is sent to the daemon).
         #[arg(long, value_name = "TOKEN")]
         rejected: Option<String>,
-        /// The HTTP status of the rejection.
-        #[arg(long, value_name = "CODE", default_value_t = 401, requires = "rejected",
-              value_parser = clap::value_parser!(u32).range(401..=403))]
+        /// The HTTP status the server answered with: 401 or 403.
+        #[arg(
+            long,
+            value_name = "CODE",
+            default_value_t = 401,
+            requires = "rejected"
+        )]
         status: u32,
         /// The WWW-Authenticate header of the rejection.
         #[arg(long, value_name = "HEADER", requires = "rejected")]
@@ -139,7 +188,17 @@ enum Command {
     ///
     /// Without NAME, the server comes from CLAUDE_CODE_MCP_SERVER_NAME, else
     /// from CLAUDE_CODE_MCP_SERVER_URL matched against the configured URLs.
-    Headers { name: Option<String> },
+    Headers {
+        /// The server's name, as in `mcpauthctl list` (default: see below).
+        name: Option<String>,
+    },
+    /// Run as a stdio MCP server that bridges to NAME with the broker's
+    /// tokens (for hosts that start stdio servers: Cursor, VS Code, Claude
+    /// Desktop, Gemini CLI, opencode). stdout carries only the protocol.
+    Proxy {
+        /// The server's name, as in `mcpauthctl list`.
+        name: String,
+    },
     /// Print events as they happen (one line each; JSON lines with --json).
     Watch {
         /// Only this server's events.
@@ -158,6 +217,16 @@ enum Command {
         #[command(subcommand)]
         action: ServiceAction,
     },
+    /// Print a shell completion script on stdout (needs no daemon).
+    #[command(after_long_help = COMPLETIONS_INSTALL)]
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: docs::Shell,
+    },
+    /// Print the man page (roff) on stdout (needs no daemon).
+    #[command(after_long_help = MAN_INSTALL)]
+    Man,
 }
 
 #[derive(Subcommand)]
@@ -185,12 +254,14 @@ macro_rules! out {
 }
 
 fn write_stdout(args: std::fmt::Arguments<'_>) {
+    write_stdout_bytes(format!("{args}\n").as_bytes());
+}
+
+/// Writes `bytes` to stdout as they are, like [`out!`].
+fn write_stdout_bytes(bytes: &[u8]) {
     use std::io::Write;
     let mut stdout = std::io::stdout().lock();
-    if let Err(e) = stdout
-        .write_fmt(args)
-        .and_then(|()| stdout.write_all(b"\n"))
-    {
+    if let Err(e) = stdout.write_all(bytes).and_then(|()| stdout.flush()) {
         if e.kind() == std::io::ErrorKind::BrokenPipe {
             std::process::exit(0);
         }
@@ -396,9 +467,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             status,
             www_authenticate,
         } => {
-            if status == 402 {
+            if status != 401 && status != 403 {
                 return Err(Failure {
-                    message: "--status is 401 or 403".into(),
+                    message:
+                        "--status must be 401 or 403 (the HTTP status the server answered with)"
+                            .into(),
                     code: exit::USAGE,
                 });
             }
@@ -428,7 +501,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 Some(name) => name,
                 None => headers_server_from_url(&mut client).await?,
             };
-            let reply = client.get_token(&name, None).await?;
+            let reply = client.get_token_for_helper(&name).await?;
             let headers = serde_json::json!({
                 "Authorization": format!("{} {}", reply.token_type, reply.access_token),
             });
@@ -480,6 +553,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 tokio::time::sleep(std::time::Duration::from_millis(500)).await;
             }
         }
+        Command::Proxy { name } => proxy::run(opts, name).await?,
         Command::Stop => {
             let mut client = match mcpauth_client::Client::connect(&opts.socket).await {
                 Ok(client) => client,
@@ -547,6 +621,16 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             for note in notes {
                 out!("{note}");
             }
+        }
+        Command::Completions { shell } => {
+            write_stdout_bytes(&docs::completions(Cli::command(), shell));
+        }
+        Command::Man => {
+            let page = docs::man_page(Cli::command(), EXIT_CODES).map_err(|e| Failure {
+                message: format!("cannot render the man page: {e}"),
+                code: exit::FAILURE,
+            })?;
+            write_stdout_bytes(&page);
         }
     }
     Ok(())

@@ -39,7 +39,9 @@ use crate::store::{Store, StoreError};
 pub enum BrokerError {
     #[error("no server named {0:?} is configured")]
     NotFound(String),
-    #[error("a server named {0:?} already exists")]
+    #[error(
+        "a server named {0:?} already exists; see it with `mcpauthctl show {0}`, or remove it first with `mcpauthctl remove {0}`"
+    )]
     AlreadyExists(String),
     #[error(transparent)]
     Invalid(#[from] InvalidInput),
@@ -264,6 +266,7 @@ pub struct Broker {
     pub(crate) scheduler: Arc<Scheduler>,
     pub(crate) token_files: crate::files::TokenFiles,
     pub(crate) notices: crate::desktop::Notices,
+    pub(crate) helper_checks: crate::tokens::HelperChecks,
     /// Refreshes caused by reports, in flight: the generation they replace
     /// and where their one result is published.
     pub(crate) inflight: Mutex<HashMap<ServerName, (u64, InflightResult)>>,
@@ -341,6 +344,7 @@ impl Broker {
             scheduler: Scheduler::new(options_clock),
             token_files: Default::default(),
             notices: Default::default(),
+            helper_checks: Default::default(),
             inflight: Mutex::new(HashMap::new()),
             refresh_backoff: Mutex::new(HashMap::new()),
             assertion_watch: Mutex::new(None),

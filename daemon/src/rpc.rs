@@ -520,7 +520,11 @@ impl broker_server::Broker for BrokerService {
         let min_ttl = r.min_ttl_secs.map_or(crate::tokens::DEFAULT_MIN_TTL, |s| {
             std::time::Duration::from_secs(u64::from(s))
         });
-        let grant = self.broker.get_token(&r.server, min_ttl).await?;
+        let grant = if r.headers_helper {
+            self.broker.helper_token(&r.server, min_ttl).await?
+        } else {
+            self.broker.get_token(&r.server, min_ttl).await?
+        };
         Ok(Response::new(token_reply(grant)))
     }
 

@@ -14,6 +14,15 @@
 //! - Step-up: the next login asks for the union of the scopes held and the
 //!   scopes challenged, at most 3 step-up authorizations per server in any
 //!   10 minutes.
+//! - `helper_token`: `get_token` for headers helpers, which hosts rerun
+//!   after a 401/403 without telling the helper why. The first handout of
+//!   a token costs nothing extra. A rerun that asks for the same token
+//!   within [`RERUN_WINDOW_MS`] is taken as a sign of rejection: the token
+//!   is checked against its server (one `ping`, shared by every rerun for
+//!   [`CHECK_SHARED_MS`]), and a rejected one goes through
+//!   `report_unauthorized`, so however many hosts rerun at once, one
+//!   refresh happens; a server that rejects every token meets the report
+//!   cooldown, not a loop.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,6 +46,50 @@ pub const STEP_UP_WINDOW_MS: i64 = 10 * 60 * 1000;
 /// reports into a storm of refreshes. (Concurrent reporters of the same
 /// token share one refresh regardless.)
 pub const REPORT_COOLDOWN_MS: i64 = 10_000;
+/// A headers helper asking again for the token it was given this recently
+/// is checked against the server first.
+pub const RERUN_WINDOW_MS: i64 = 30_000;
+/// How long one check's verdict answers every rerun.
+pub const CHECK_SHARED_MS: i64 = 10_000;
+
+/// What the server said of a token a helper handed out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Verdict {
+    /// Accepted, or no answer that says otherwise (network trouble: the
+    /// host's own retry will tell).
+    Fine,
+    Rejected {
+        status: u16,
+        challenge: String,
+    },
+}
+
+/// Per server: the token a helper last handed out, and the last check.
+#[derive(Default)]
+struct HelperState {
+    handed_out: Option<(u64, i64)>,
+    checked: Option<(u64, i64, Verdict)>,
+}
+
+/// The helpers' bookkeeping, one async lock per server so a check is one
+/// flight for every rerun.
+#[derive(Default)]
+pub struct HelperChecks {
+    map: std::sync::Mutex<
+        std::collections::HashMap<ServerName, Arc<tokio::sync::Mutex<HelperState>>>,
+    >,
+}
+
+impl HelperChecks {
+    fn slot(&self, name: &ServerName) -> Arc<tokio::sync::Mutex<HelperState>> {
+        self.map
+            .lock()
+            .unwrap()
+            .entry(name.clone())
+            .or_default()
+            .clone()
+    }
+}
 
 /// The validity to demand of a token obtained at `obtained_ms` that
 /// expires at `expires_ms`: what the caller asked for, but never more than
@@ -109,6 +162,71 @@ impl Broker {
             // The AS is down but the token held still works: better than nothing.
             Err(BrokerError::Unavailable { .. }) if expires_at > self.now_ms() => Ok(grant),
             Err(e) => Err(e),
+        }
+    }
+
+    /// `get_token` for a headers helper; see the module doc.
+    pub async fn helper_token(
+        self: &Arc<Self>,
+        name: &str,
+        min_ttl: Duration,
+    ) -> Result<Grant, BrokerError> {
+        let grant = self.get_token(name, min_ttl).await?;
+        let name = self.configured(name)?;
+        let slot = self.helper_checks.slot(&name);
+        let verdict = {
+            let mut state = slot.lock().await;
+            let now = self.now_ms();
+            let repeat = state.handed_out.is_some_and(|(generation, at)| {
+                generation == grant.generation && now - at < RERUN_WINDOW_MS
+            });
+            if !repeat {
+                state.handed_out = Some((grant.generation, now));
+                return Ok(grant);
+            }
+            match &state.checked {
+                Some((generation, at, verdict))
+                    if *generation == grant.generation && now - at < CHECK_SHARED_MS =>
+                {
+                    verdict.clone()
+                }
+                _ => {
+                    let verdict = self.check_with_server(&name, &grant).await;
+                    state.checked = Some((grant.generation, self.now_ms(), verdict.clone()));
+                    verdict
+                }
+            }
+        };
+        match verdict {
+            Verdict::Fine => Ok(grant),
+            Verdict::Rejected { status, challenge } => {
+                info!(server = %name, status, "a headers helper's token was rejected by the server; replacing it");
+                let fingerprint = pkce::fingerprint(grant.access_token.expose());
+                self.report_unauthorized(name.as_str(), &fingerprint, u32::from(status), &challenge)
+                    .await
+            }
+        }
+    }
+
+    /// One `ping` with the token to its own server.
+    async fn check_with_server(&self, name: &ServerName, grant: &Grant) -> Verdict {
+        let Some(url) = self.config().servers.get(name).map(|s| s.url.clone()) else {
+            return Verdict::Fine;
+        };
+        match self.http.check_token(&url, &grant.access_token).await {
+            Ok((status @ (401 | 403), challenges)) => {
+                let challenge = challenges.join(", ");
+                // A 403 is a rejection only when it is about the token.
+                if status == 403 && !challenge.contains("insufficient_scope") {
+                    return Verdict::Fine;
+                }
+                Verdict::Rejected { status, challenge }
+            }
+            Ok(_) => Verdict::Fine,
+            Err(e) => {
+                tracing::debug!(server = %name, error = %e, "could not check a helper's token");
+                Verdict::Fine
+            }
         }
     }
 

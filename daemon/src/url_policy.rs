@@ -21,6 +21,9 @@ use url::{Host, Url};
 pub enum UrlError {
     #[error("not a valid URL ({0})")]
     Parse(String),
+    /// `example.com/mcp`: what to type instead.
+    #[error("it needs a scheme; {0}")]
+    NoScheme(String),
     #[error("scheme {0:?} is not allowed: use https (or http for a loopback host)")]
     Scheme(String),
     #[error("http is only allowed for loopback hosts (127.0.0.1, ::1, localhost): use https")]
@@ -86,11 +89,51 @@ pub fn check_discovered_url(url: &Url, server: &Url) -> Result<(), UrlError> {
     Ok(())
 }
 
-/// Parses and checks a URL the broker is asked to contact.
+/// Parses and checks a URL the broker is asked to contact. A URL typed
+/// without its scheme (`example.com/mcp`, `localhost:8080/mcp`) is refused
+/// with the URL to use instead.
 pub fn parse_secure_url(input: &str) -> Result<Url, UrlError> {
-    let url = Url::parse(input.trim()).map_err(|e| UrlError::Parse(e.to_string()))?;
-    check_secure_url(&url)?;
-    Ok(url)
+    let input = input.trim();
+    let url = match Url::parse(input) {
+        Ok(url) => url,
+        Err(e) => {
+            let advice = match e {
+                url::ParseError::RelativeUrlWithoutBase => scheme_advice(input, false),
+                _ => None,
+            };
+            return Err(advice.map_or_else(|| UrlError::Parse(e.to_string()), UrlError::NoScheme));
+        }
+    };
+    match check_secure_url(&url) {
+        // `localhost:8080/mcp` parses with "localhost" as its scheme.
+        Err(UrlError::NoHost) if !input.contains("://") => Err(scheme_advice(input, true)
+            .map(UrlError::NoScheme)
+            .unwrap_or(UrlError::NoHost)),
+        Err(e) => Err(e),
+        Ok(()) => Ok(url),
+    }
+}
+
+/// "use https://INPUT" when that is a URL the policy accepts; with
+/// `hostlike`, only when the host looks like one (a dot, an address or
+/// `localhost`), so `file:/etc/passwd` is not read as host "file".
+fn scheme_advice(input: &str, hostlike: bool) -> Option<String> {
+    let https = Url::parse(&format!("https://{input}")).ok()?;
+    check_secure_url(&https).ok()?;
+    let host = https.host()?;
+    let loopback = is_loopback_host(&host);
+    if hostlike && matches!(host, Host::Domain(d) if !d.contains('.')) && !loopback {
+        return None;
+    }
+    // Long input is not echoed back: the advice names the scheme.
+    if input.len() > 200 {
+        return Some("start it with https://".into());
+    }
+    Some(if loopback {
+        format!("use http://{input} (or https://{input} if the server speaks TLS)")
+    } else {
+        format!("use https://{input}")
+    })
 }
 
 /// Checks an already parsed URL against the policy above.
@@ -192,6 +235,55 @@ mod tests {
         assert!(matches!(
             parse_secure_url("file:///etc/passwd"),
             Err(UrlError::NoHost | UrlError::Scheme(_))
+        ));
+    }
+
+    #[test]
+    fn a_url_without_a_scheme_is_refused_with_the_url_to_use() {
+        for (input, advice) in [
+            ("example.com/mcp", "use https://example.com/mcp"),
+            ("mcp.linear.app", "use https://mcp.linear.app"),
+            ("example.com:8443/mcp", "use https://example.com:8443/mcp"),
+            (
+                "localhost:8080/mcp",
+                "use http://localhost:8080/mcp (or https://localhost:8080/mcp if the server speaks TLS)",
+            ),
+            (
+                "127.0.0.1:8080/mcp",
+                "use http://127.0.0.1:8080/mcp (or https://127.0.0.1:8080/mcp if the server speaks TLS)",
+            ),
+            ("  example.com/mcp ", "use https://example.com/mcp"),
+        ] {
+            assert_eq!(
+                parse_secure_url(input),
+                Err(UrlError::NoScheme(advice.into())),
+                "{input:?}"
+            );
+        }
+        let message = parse_secure_url("example.com/mcp").unwrap_err().to_string();
+        assert_eq!(message, "it needs a scheme; use https://example.com/mcp");
+        // Long input is not echoed.
+        let long = format!("example.com/{}", "a".repeat(300));
+        assert_eq!(
+            parse_secure_url(&long),
+            Err(UrlError::NoScheme("start it with https://".into()))
+        );
+        // Not a host without a scheme: the usual errors.
+        assert!(matches!(
+            parse_secure_url("not a url"),
+            Err(UrlError::Parse(_))
+        ));
+        assert!(matches!(
+            parse_secure_url("file:/etc/passwd"),
+            Err(UrlError::NoHost | UrlError::Scheme(_))
+        ));
+        assert!(matches!(
+            parse_secure_url("mailto:me@example.com"),
+            Err(UrlError::NoHost)
+        ));
+        assert!(matches!(
+            parse_secure_url("ftp://example.com"),
+            Err(UrlError::Scheme(_))
         ));
     }
 

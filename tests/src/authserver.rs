@@ -431,6 +431,25 @@ impl AuthServer {
         self.state.lock().unwrap().token_requests_in_flight
     }
 
+    /// The resource server stops accepting every access token issued so
+    /// far (revoked at the AS, signing keys rotated); refresh tokens stay
+    /// good, so a refresh recovers.
+    pub fn reject_current_access_tokens(&self) {
+        self.state.lock().unwrap().access_tokens.clear();
+    }
+
+    /// Checks access tokens the way this AS's resource server does, for
+    /// another resource server (the test MCP server).
+    pub fn validator(&self) -> std::sync::Arc<dyn Fn(&str) -> bool + Send + Sync> {
+        let state = self.state.clone();
+        std::sync::Arc::new(move |token: &str| {
+            let s = state.lock().unwrap();
+            s.access_tokens
+                .get(token)
+                .is_some_and(|f| !s.revoked_families.contains(f))
+        })
+    }
+
     /// Whether `token` is a live access token.
     pub fn is_valid_access_token(&self, token: &str) -> bool {
         let s = self.state.lock().unwrap();

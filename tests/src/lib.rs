@@ -5,6 +5,7 @@
 
 pub mod authserver;
 pub mod grants_as;
+pub mod mcpserver;
 
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;

@@ -76,7 +76,16 @@ fn no_autostart_reports_an_unreachable_daemon_with_exit_3() {
     let env = TestEnv::new();
     let out = env.ctl(&["--no-autostart", "status"]);
     assert_eq!(out.code(), 3);
-    assert!(out.stderr().contains("not running"), "{}", out.stderr());
+    let stderr = out.stderr();
+    assert!(stderr.contains("not running"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    // The next step: never `mcpauthd` in the foreground, which would hold
+    // the terminal.
+    assert!(
+        stderr.contains("without --no-autostart") && stderr.contains("mcpauthctl service install"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("`mcpauthd`"), "{stderr}");
     assert!(!env.socket().exists(), "nothing was started");
 }
 
@@ -241,6 +250,213 @@ fn secrets_never_reach_logs_output_or_errors() {
         assert!(!text.contains(SECRET), "secret leaked:\n{text}");
         assert!(!text.contains("hunter2"), "secret leaked:\n{text}");
     }
+}
+
+// --- What a new user meets (issue 14) ----------------------------------
+
+/// Nothing was started: no socket (nor its directory) and no daemon log.
+fn assert_no_daemon(env: &TestEnv, what: &str) {
+    assert!(
+        !env.socket_dir().exists(),
+        "{what} made the socket directory"
+    );
+    assert!(
+        !env.state_dir().join("mcpauthd.log").exists(),
+        "{what} started a daemon"
+    );
+}
+
+/// The single line a failing command printed, without the program name.
+fn one_line_error(out: &mcpauth_tests::CtlOutput) -> String {
+    let stderr = out.stderr();
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+    stderr
+        .trim_end()
+        .strip_prefix("mcpauthctl: ")
+        .unwrap_or_else(|| panic!("prefixed with the program name: {stderr}"))
+        .to_string()
+}
+
+#[test]
+fn completions_are_generated_for_each_shell_without_a_daemon() {
+    let env = TestEnv::new();
+    for shell in ["bash", "zsh", "fish"] {
+        let script = env.ctl(&["completions", shell]).ok();
+        assert!(script.len() > 500, "{shell}: {script}");
+        for word in ["login", "token", "add", "completions"] {
+            assert!(script.contains(word), "{shell} script mentions {word}");
+        }
+    }
+    let script = env.root.path().join("mcpauthctl.bash");
+    std::fs::write(&script, env.ctl(&["completions", "bash"]).ok()).unwrap();
+    let syntax = std::process::Command::new("bash")
+        .arg("-n")
+        .arg(&script)
+        .output()
+        .expect("run bash");
+    assert!(
+        syntax.status.success(),
+        "bash -n: {}",
+        String::from_utf8_lossy(&syntax.stderr)
+    );
+    // And it completes: `mcpauthctl lo<TAB>`, `mcpauthctl completions <TAB>`.
+    let complete = |words: &str, cword: usize| {
+        let out = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "source \"$1\"; COMP_WORDS=({words}); COMP_CWORD={cword}; \
+                 _mcpauthctl mcpauthctl \"${{COMP_WORDS[$COMP_CWORD]}}\" \"${{COMP_WORDS[$COMP_CWORD-1]}}\"; \
+                 echo \"${{COMPREPLY[*]}}\""
+            ))
+            .arg("bash")
+            .arg(&script)
+            .output()
+            .expect("run bash");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(complete("mcpauthctl lo", 1), "login logout");
+    let shells = complete("mcpauthctl completions ''", 2);
+    assert!(shells.ends_with("bash zsh fish"), "{shells}");
+    assert_no_daemon(&env, "completions");
+}
+
+#[test]
+fn the_man_page_is_roff_and_documents_every_command_without_a_daemon() {
+    let env = TestEnv::new();
+    let page = env.ctl(&["man"]).ok();
+    let lines: Vec<&str> = page.lines().collect();
+    // The .TH header comes first (after the apostrophe preamble roff
+    // writers put before it), ahead of every section.
+    let th = lines
+        .iter()
+        .position(|l| l.starts_with(".TH mcpauthctl 1"))
+        .unwrap_or_else(|| panic!("a .TH header: {page}"));
+    assert!(th < 3, "{page}");
+    assert!(lines[..th].iter().all(|l| !l.starts_with(".SH")), "{page}");
+    for section in [
+        ".SH NAME",
+        ".SH SYNOPSIS",
+        ".SH COMMANDS",
+        ".SH \"EXIT STATUS\"",
+    ] {
+        assert!(lines.contains(&section), "{section} in {page}");
+    }
+    // Each command is documented in this page (not in pages per command
+    // that are never installed), with its arguments and examples.
+    assert!(
+        page.contains("\\fBmcpauthctl login [OPTIONS] <NAME>\\fR"),
+        "{page}"
+    );
+    assert!(page.contains("\\fB\\-\\-no\\-browser\\fR"), "{page}");
+    assert!(page.contains("TOKEN=$(mcpauthctl token linear)"), "{page}");
+    assert!(!page.contains("mcpauthctl-login(1)"), "{page}");
+    assert_no_daemon(&env, "man");
+}
+
+#[test]
+fn bare_mcpauthctl_prints_the_help_and_exits_2() {
+    let env = TestEnv::new();
+    let out = env.ctl(&[]);
+    assert_eq!(out.code(), 2);
+    let help = out.stderr();
+    for part in [
+        "Control the mcpauth broker",
+        "Usage: mcpauthctl [OPTIONS] <COMMAND>",
+        "Commands:",
+        "login",
+        "token",
+        "completions",
+        "Exit codes:",
+    ] {
+        assert!(help.contains(part), "{part:?} in {help}");
+    }
+    // Not the library crate's description.
+    assert!(!help.contains("client library"), "{help}");
+    assert_no_daemon(&env, "bare mcpauthctl");
+}
+
+#[test]
+fn token_help_explains_name_and_shows_examples() {
+    let env = TestEnv::new();
+    let help = env.ctl(&["token", "--help"]).ok();
+    for part in [
+        "The server's name, as in `mcpauthctl list`",
+        "TOKEN=$(mcpauthctl token linear)",
+        "curl -H \"Authorization: Bearer $(mcpauthctl token linear)\"",
+        "401 or 403",
+    ] {
+        assert!(help.contains(part), "{part:?} in {help}");
+    }
+    for command in ["show", "remove", "login", "logout", "refresh", "headers"] {
+        let help = env.ctl(&[command, "--help"]).ok();
+        assert!(
+            help.contains("The server's name, as in `mcpauthctl list`"),
+            "{command} --help: {help}"
+        );
+    }
+    assert_no_daemon(&env, "--help");
+}
+
+#[test]
+fn a_rejection_status_other_than_401_or_403_is_refused_in_one_line() {
+    let env = TestEnv::new();
+    let token = "rejected-token-must-not-be-printed";
+    for status in ["500", "402", "200"] {
+        let out = env.ctl(&["token", "x", "--rejected", token, "--status", status]);
+        assert_eq!(out.code(), 2, "{}", out.stderr());
+        assert_eq!(
+            one_line_error(&out),
+            "--status must be 401 or 403 (the HTTP status the server answered with)"
+        );
+        assert!(!out.stdout().contains(token) && !out.stderr().contains(token));
+    }
+    assert_no_daemon(&env, "a refused --status");
+}
+
+#[test]
+fn a_duplicate_add_says_how_to_see_or_remove_the_existing_server() {
+    let env = TestEnv::new();
+    let _daemon = env.start_daemon();
+    env.ctl(&["add", "x", "https://x.example/mcp"]).ok();
+    let dup = env.ctl(&["add", "x", "https://other.example/mcp"]);
+    assert_eq!(dup.code(), 2);
+    assert_eq!(
+        one_line_error(&dup),
+        "a server named \"x\" already exists; see it with `mcpauthctl show x`, \
+         or remove it first with `mcpauthctl remove x`"
+    );
+    // The first one is untouched.
+    assert_eq!(
+        env.ctl(&["show", "x", "--json"]).json()["url"],
+        "https://x.example/mcp"
+    );
+}
+
+#[test]
+fn a_url_without_a_scheme_is_refused_with_the_url_to_use() {
+    let env = TestEnv::new();
+    let _daemon = env.start_daemon();
+    let out = env.ctl(&["add", "x", "example.com/mcp"]);
+    assert_eq!(out.code(), 2);
+    assert_eq!(
+        one_line_error(&out),
+        "invalid URL for server x: it needs a scheme; use https://example.com/mcp"
+    );
+    let out = env.ctl(&["add", "local", "localhost:8080/mcp"]);
+    assert_eq!(out.code(), 2);
+    let message = one_line_error(&out);
+    assert!(
+        message.contains("use http://localhost:8080/mcp"),
+        "{message}"
+    );
+    // Nothing was added; the suggestion works.
+    assert_eq!(env.ctl(&["list", "--json"]).json(), serde_json::json!([]));
+    env.ctl(&["add", "x", "https://example.com/mcp"]).ok();
 }
 
 // --- A daemon of another protocol --------------------------------------

@@ -70,7 +70,7 @@ async fn a_failing_token_endpoint_changes_nothing_and_blocks_no_other_server() {
             &["redirect to https://elsewhere.example/token, which is not followed"],
         ),
         (Fault::Endpoint(TokenFault::Hang), &["timed out"]),
-        (Fault::Refused, &["connection failed"]),
+        (Fault::Refused, &["connection refused by"]),
     ];
 
     for &(fault, expected) in cases {

@@ -589,9 +589,9 @@ async fn a_headless_login_completes_with_the_pasted_redirect() {
     } = setup(Switches::default()).await;
     let (mut child, url, mut stderr) = start_login(&env, &["--no-browser"], "ignore");
     let mut banner = String::new();
-    for _ in 0..8 {
+    while !banner.contains("ends up on") {
         let mut line = String::new();
-        stderr.read_line(&mut line).unwrap();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "{banner}");
         banner.push_str(&line);
     }
     assert!(banner.contains("ssh -N -L"), "tunnel hint: {banner}");

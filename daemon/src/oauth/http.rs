@@ -237,6 +237,40 @@ impl HttpClient {
         self.send(url, request).await
     }
 
+    /// Asks the MCP server at `server` whether it accepts `token`: a
+    /// JSON-RPC `ping` with the token, looking only at the status (an SSE
+    /// answer is not waited for). Returns the status and the
+    /// `WWW-Authenticate` challenges. The token goes to the server it was
+    /// issued for, and nowhere else: no redirect is followed.
+    pub async fn check_token(
+        &self,
+        server: &Url,
+        token: &crate::secret::Secret,
+    ) -> Result<(u16, Vec<String>), OAuthError> {
+        check_secure_url(server).map_err(|source| OAuthError::InsecureUrl {
+            what: "server URL",
+            url: display_url(server),
+            source,
+        })?;
+        let response = self
+            .client
+            .post(server.clone())
+            .header("Accept", "application/json, text/event-stream")
+            .header("Content-Type", "application/json")
+            .bearer_auth(token.expose())
+            .body(r#"{"jsonrpc":"2.0","id":"mcpauth-check","method":"ping"}"#)
+            .send()
+            .await
+            .map_err(|e| unreachable(server, &e))?;
+        let challenges = response
+            .headers()
+            .get_all(WWW_AUTHENTICATE)
+            .iter()
+            .filter_map(|v| v.to_str().ok().map(|s| s.chars().take(4096).collect()))
+            .collect();
+        Ok((response.status().as_u16(), challenges))
+    }
+
     /// POSTs a JSON body (registration, MCP probe).
     pub async fn post_json(
         &self,

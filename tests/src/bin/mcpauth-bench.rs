@@ -195,6 +195,7 @@ async fn bench(smoke: bool) -> i32 {
     let request_bytes = mcpauth_client::pb::GetTokenRequest {
         server: "s".into(),
         min_ttl_secs: Some(0),
+        headers_helper: false,
     }
     .encoded_len();
 
@@ -503,9 +504,117 @@ async fn bench(smoke: bool) -> i32 {
         failed = true;
     }
 
+    // 9. The proxy's added latency per request.
+    let calls = if smoke { 20 } else { 300 };
+    let (through, direct) = proxy_latency(calls).await;
+    let (t, d) = (Stats::new(through), Stats::new(direct));
+    rows.push(Row {
+        figure: format!(
+            "9. MCP request through `mcpauthctl proxy` (tools/list, {calls} sequential; baseline: the same POST sent directly)"
+        ),
+        ours: format!("{} / {}", fmt(t.median(), "µs"), fmt(t.p99(), "µs")),
+        baseline: format!("{} / {}", fmt(d.median(), "µs"), fmt(d.p99(), "µs")),
+        ratio: format!("+{}", fmt(t.median() - d.median(), "µs")),
+        target: "small next to the network".into(),
+    });
+
     print_table(&rows, smoke);
     drop(daemon);
     i32::from(failed)
+}
+
+/// Round-trip times (µs) of `calls` tools/list requests through the proxy
+/// and sent directly, to the same in-process test MCP server.
+async fn proxy_latency(calls: usize) -> (Vec<f64>, Vec<f64>) {
+    use std::io::{BufRead, BufReader, Write};
+    let auth = AuthServer::start(Switches::default()).await;
+    let mcp =
+        mcpauth_tests::mcpserver::McpServer::start(&auth.issuer, auth.validator(), false).await;
+    let env = TestEnv::new();
+    env.write_config(&format!("[servers.s]\nurl = \"{}\"\n", mcp.url));
+    let mut cmd = env.command("mcpauthd");
+    cmd.env(mcpauth_proto::env::LOG, "warn");
+    let daemon = env.spawn_daemon(&mut cmd).expect("daemon ready");
+    let login = env.ctl(&["login", "s"]);
+    assert_eq!(login.code(), 0, "login: {}", login.stderr());
+    let token = env.ctl(&["token", "s"]).ok().trim().to_string();
+
+    let mut proxy = env
+        .command("mcpauthctl")
+        .args(["proxy", "s"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = proxy.stdin.take().unwrap();
+    let mut stdout = BufReader::new(proxy.stdout.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        while stdout.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+            if tx.send(std::mem::take(&mut line)).is_err() {
+                break;
+            }
+        }
+    });
+    let mut ask = |id: usize, body: String| {
+        writeln!(stdin, "{body}").unwrap();
+        stdin.flush().unwrap();
+        loop {
+            let line = rx.recv_timeout(Duration::from_secs(10)).expect("an answer");
+            if line.contains(&format!("\"id\":{id}")) {
+                return;
+            }
+        }
+    };
+    ask(0, r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"bench","version":"1"}}}"#.into());
+    let mut through = Vec::new();
+    for i in 1..=calls {
+        let t = Instant::now();
+        ask(
+            i,
+            format!(r#"{{"jsonrpc":"2.0","id":{i},"method":"tools/list","params":{{}}}}"#),
+        );
+        through.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    drop(stdin);
+    let _ = proxy.wait();
+
+    // Direct: a session of our own, the same request.
+    let http = reqwest::Client::new();
+    let init = http
+        .post(&mcp.url)
+        .bearer_auth(&token)
+        .header("accept", "application/json, text/event-stream")
+        .body(r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"bench","version":"1"}}}"#)
+        .send()
+        .await
+        .unwrap();
+    let session = init.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let mut direct = Vec::new();
+    for i in 1..=calls {
+        let t = Instant::now();
+        let r = http
+            .post(&mcp.url)
+            .bearer_auth(&token)
+            .header("accept", "application/json, text/event-stream")
+            .header("content-type", "application/json")
+            .header("mcp-session-id", &session)
+            .header("mcp-protocol-version", "2025-06-18")
+            .body(format!(
+                r#"{{"jsonrpc":"2.0","id":{i},"method":"tools/list","params":{{}}}}"#
+            ))
+            .send()
+            .await
+            .unwrap();
+        let _ = r.bytes().await.unwrap();
+        direct.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    drop(daemon);
+    (through, direct)
 }
 
 /// Context switches of every thread of `pid`, by thread name.

@@ -1,0 +1,965 @@
+//! `mcpauthctl proxy NAME`: a stdio MCP server that bridges to the remote
+//! server with the broker's tokens, for hosts that can only start stdio
+//! servers (Cursor, VS Code, Claude Desktop, Gemini CLI, opencode, ...).
+//!
+//! Downstream (the host): newline-delimited JSON-RPC on stdin/stdout.
+//! stdout carries protocol messages only; one line per problem goes to
+//! stderr.
+//!
+//! Upstream (the server), the Streamable HTTP transport:
+//! - every message is POSTed; the answer is JSON, an SSE stream, or 202;
+//! - `Mcp-Session-Id` from the initialize answer is sent on every later
+//!   request; a 404 for it means the session is gone, and the proxy
+//!   initializes again (replaying the host's own initialize) and retries;
+//! - `MCP-Protocol-Version` as negotiated, and the `Mcp-Method` /
+//!   `Mcp-Name` headers 2026-07-28 servers require;
+//! - after `notifications/initialized`, a GET stream for server-initiated
+//!   messages (405: the server has none), resumed with `Last-Event-ID`,
+//!   as is a POST's SSE stream that breaks before its answer;
+//! - DELETE of the session when the host closes stdin;
+//! - a server that answers the first POST with 400, 404 or 405 is tried as
+//!   an HTTP+SSE (2024-11-05) server: GET for the `endpoint` event, then
+//!   POST there, answers arriving on the stream.
+//!
+//! Auth: the token comes from the broker (held in memory, asked for again
+//! when near expiry). On a 401 the proxy reports the rejected token (its
+//! fingerprint and the `WWW-Authenticate`) and retries once with what the
+//! broker returns; concurrent requests share that one recovery. A 403
+//! `insufficient_scope` records the step-up and answers the request with an
+//! error telling the person to run `mcpauthctl login NAME`, as does a
+//! missing login, within seconds; the next request asks the broker again,
+//! so a login made meanwhile works without restarting the host.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mcpauth_client::{Client, ClientError, ConnectOptions, exit};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{Mutex, mpsc};
+use tokio_stream::StreamExt;
+
+use crate::Failure;
+
+/// The largest message accepted from the host or the server.
+const MAX_MESSAGE: usize = 16 * 1024 * 1024;
+/// A POST's whole exchange, answer streamed included.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long the broker may take to hand out a token.
+const TOKEN_TIMEOUT: Duration = Duration::from_secs(15);
+/// Ask the broker again when the held token has less than this left.
+const RENEW_MARGIN_MS: i64 = 60_000;
+/// JSON-RPC error codes (implementation-defined server errors).
+const LOGIN_REQUIRED: i64 = -32001;
+const UPSTREAM_FAILED: i64 = -32002;
+
+/// Why no token could be had.
+#[derive(Debug)]
+enum TokenError {
+    /// A person must act (login, step-up): the message says how.
+    Person(String),
+    /// The broker or the AS is in trouble.
+    Other(String),
+}
+
+impl TokenError {
+    fn rpc_error(&self) -> (i64, String) {
+        match self {
+            TokenError::Person(m) => (LOGIN_REQUIRED, m.clone()),
+            TokenError::Other(m) => (UPSTREAM_FAILED, m.clone()),
+        }
+    }
+}
+
+/// A token and its expiry (Unix ms, 0 when unknown).
+type Held = Option<(String, i64)>;
+
+/// The broker's token for one server, held in memory.
+struct Tokens {
+    name: String,
+    opts: ConnectOptions,
+    /// The daemon connection and the token held. One lock: a recovery is
+    /// one critical section.
+    state: Mutex<(Option<Client>, Held)>,
+}
+
+fn now_ms() -> i64 {
+    crate::output::now_ms()
+}
+
+impl Tokens {
+    fn classify(&self, e: ClientError) -> TokenError {
+        let name = &self.name;
+        if e.exit_code() == exit::LOGIN_REQUIRED {
+            TokenError::Person(format!(
+                "mcpauth: {name} needs a person: {e}. Run `mcpauthctl login {name}`, then retry"
+            ))
+        } else {
+            TokenError::Other(format!("mcpauth: no token for {name}: {e}"))
+        }
+    }
+
+    async fn client<'a>(&self, slot: &'a mut Option<Client>) -> Result<&'a mut Client, TokenError> {
+        if slot.is_none() {
+            let client = tokio::time::timeout(TOKEN_TIMEOUT, mcpauth_client::connect(&self.opts))
+                .await
+                .map_err(|_| TokenError::Other("mcpauth: the broker did not answer".into()))?
+                .map_err(|e| self.classify(e))?;
+            *slot = Some(client);
+        }
+        Ok(slot.as_mut().expect("just set"))
+    }
+
+    /// The token to send now.
+    async fn current(&self) -> Result<String, TokenError> {
+        let mut state = self.state.lock().await;
+        if let Some((token, expires)) = &state.1
+            && (*expires == 0 || expires - now_ms() > RENEW_MARGIN_MS)
+        {
+            return Ok(token.clone());
+        }
+        let (slot, held) = &mut *state;
+        let client = self.client(slot).await?;
+        let reply = tokio::time::timeout(TOKEN_TIMEOUT, client.get_token(&self.name, None)).await;
+        match reply {
+            Ok(Ok(reply)) => {
+                *held = Some((reply.access_token.clone(), reply.expires_at_unix_ms));
+                Ok(reply.access_token)
+            }
+            Ok(Err(e)) => {
+                if e.exit_code() == exit::UNREACHABLE {
+                    *slot = None;
+                }
+                *held = None;
+                Err(self.classify(e))
+            }
+            Err(_) => {
+                *slot = None;
+                Err(TokenError::Other(
+                    "mcpauth: the broker did not answer".into(),
+                ))
+            }
+        }
+    }
+
+    /// The server rejected `token`: report it once, and get what replaces
+    /// it. A request that finds the token already replaced by another's
+    /// recovery takes the new one without reporting again.
+    async fn rejected(&self, token: &str, status: u16, www: &str) -> Result<String, TokenError> {
+        let mut state = self.state.lock().await;
+        if let Some((held, _)) = &state.1
+            && held != token
+        {
+            return Ok(held.clone());
+        }
+        let (slot, held) = &mut *state;
+        let client = self.client(slot).await?;
+        let reply = tokio::time::timeout(
+            TOKEN_TIMEOUT,
+            client.report_unauthorized(&self.name, token, u32::from(status), www),
+        )
+        .await;
+        *held = None;
+        match reply {
+            Ok(Ok(reply)) => {
+                *held = Some((reply.access_token.clone(), reply.expires_at_unix_ms));
+                Ok(reply.access_token)
+            }
+            Ok(Err(e)) => {
+                if e.exit_code() == exit::UNREACHABLE {
+                    *slot = None;
+                }
+                Err(self.classify(e))
+            }
+            Err(_) => {
+                *slot = None;
+                Err(TokenError::Other(
+                    "mcpauth: the broker did not answer".into(),
+                ))
+            }
+        }
+    }
+}
+
+/// What the upstream answered to one POST.
+enum Answer {
+    Accepted,
+    Json(Vec<u8>),
+    Sse(reqwest::Response),
+    Status(u16, String),
+}
+
+struct Proxy {
+    name: String,
+    url: url::Url,
+    http: reqwest::Client,
+    tokens: Tokens,
+    out: mpsc::Sender<Vec<u8>>,
+    session: std::sync::Mutex<Option<String>>,
+    protocol: std::sync::Mutex<Option<String>>,
+    /// The host's initialize request, replayed when a session is lost.
+    initialize: std::sync::Mutex<Option<Value>>,
+    /// The POST endpoint of an HTTP+SSE (2024-11-05) server, once found.
+    legacy: std::sync::Mutex<Option<url::Url>>,
+    get_stream_started: std::sync::atomic::AtomicBool,
+}
+
+fn problem(name: &str, line: &str) {
+    eprintln!("mcpauthctl proxy {name}: {line}");
+}
+
+fn error_response(id: &Value, code: i64, message: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "jsonrpc": "2.0",
+        "id": id,
+        "error": {"code": code, "message": message},
+    }))
+    .expect("JSON serialises")
+}
+
+impl Proxy {
+    async fn emit(&self, bytes: Vec<u8>) {
+        let _ = self.out.send(bytes).await;
+    }
+
+    async fn fail(&self, message: &Value, code: i64, text: &str) {
+        problem(&self.name, text);
+        if let Some(id) = message
+            .get("id")
+            .filter(|_| message.get("method").is_some())
+        {
+            self.emit(error_response(id, code, text)).await;
+        }
+    }
+
+    fn headers(&self, message: Option<&Value>, token: &str) -> reqwest::header::HeaderMap {
+        use reqwest::header::{HeaderMap, HeaderValue};
+        let mut h = HeaderMap::new();
+        if let Ok(v) = HeaderValue::from_str(&format!("Bearer {token}")) {
+            h.insert("authorization", v);
+        }
+        if let Some(session) = self.session.lock().unwrap().clone()
+            && let Ok(v) = HeaderValue::from_str(&session)
+        {
+            h.insert("mcp-session-id", v);
+        }
+        if let Some(version) = self.protocol.lock().unwrap().clone()
+            && let Ok(v) = HeaderValue::from_str(&version)
+        {
+            h.insert("mcp-protocol-version", v);
+        }
+        if let Some(message) = message {
+            if let Some(method) = message.get("method").and_then(Value::as_str)
+                && let Ok(v) = HeaderValue::from_str(method)
+            {
+                h.insert("mcp-method", v);
+            }
+            let params = message.get("params");
+            if let Some(name) = params
+                .and_then(|p| p.get("name").or_else(|| p.get("uri")))
+                .and_then(Value::as_str)
+                && let Ok(v) = HeaderValue::from_str(name)
+            {
+                h.insert("mcp-name", v);
+            }
+        }
+        h
+    }
+
+    async fn post(&self, url: &url::Url, message: &Value, token: &str) -> Result<Answer, String> {
+        let body = serde_json::to_vec(message).expect("JSON serialises");
+        let response = self
+            .http
+            .post(url.clone())
+            .headers(self.headers(Some(message), token))
+            .header("accept", "application/json, text/event-stream")
+            .header("content-type", "application/json")
+            .timeout(REQUEST_TIMEOUT)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| format!("cannot reach {}: {}", self.url, short(&e)))?;
+        let status = response.status().as_u16();
+        if let Some(session) = response
+            .headers()
+            .get("mcp-session-id")
+            .and_then(|v| v.to_str().ok())
+        {
+            *self.session.lock().unwrap() = Some(session.to_string());
+        }
+        let www = response
+            .headers()
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .chars()
+            .take(4096)
+            .collect::<String>();
+        match status {
+            202 | 204 => Ok(Answer::Accepted),
+            200..=299 => {
+                let sse = response
+                    .headers()
+                    .get("content-type")
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|c| c.starts_with("text/event-stream"));
+                if sse {
+                    return Ok(Answer::Sse(response));
+                }
+                let bytes = read_bounded(response).await?;
+                if bytes.iter().all(u8::is_ascii_whitespace) {
+                    Ok(Answer::Accepted)
+                } else {
+                    Ok(Answer::Json(bytes))
+                }
+            }
+            _ => Ok(Answer::Status(status, www)),
+        }
+    }
+
+    /// Sends one message upstream and passes on what comes back.
+    async fn forward(self: &Arc<Self>, message: Value) {
+        let is_initialize = message.get("method").and_then(Value::as_str) == Some("initialize");
+        if is_initialize {
+            *self.initialize.lock().unwrap() = Some(message.clone());
+        }
+        let legacy = self.legacy.lock().unwrap().clone();
+        if let Some(endpoint) = legacy {
+            self.forward_legacy(&endpoint, message).await;
+            return;
+        }
+        let mut token = match self.tokens.current().await {
+            Ok(t) => t,
+            Err(e) => {
+                let (code, text) = e.rpc_error();
+                return self.fail(&message, code, &text).await;
+            }
+        };
+        let mut recovered = false;
+        let mut reinitialized = false;
+        loop {
+            let answer = match self.post(&self.url, &message, &token).await {
+                Ok(a) => a,
+                Err(e) => return self.fail(&message, UPSTREAM_FAILED, &e).await,
+            };
+            match answer {
+                Answer::Accepted => return,
+                Answer::Json(bytes) => {
+                    if is_initialize {
+                        self.note_initialize_result(&bytes);
+                    }
+                    return self.emit_json(bytes).await;
+                }
+                Answer::Sse(response) => {
+                    let id = message.get("id").cloned();
+                    return self.relay_post_stream(response, id, is_initialize).await;
+                }
+                Answer::Status(401, www) if !recovered => {
+                    recovered = true;
+                    token = match self.tokens.rejected(&token, 401, &www).await {
+                        Ok(t) => t,
+                        Err(e) => {
+                            let (code, text) = e.rpc_error();
+                            return self.fail(&message, code, &text).await;
+                        }
+                    };
+                }
+                Answer::Status(401, _) => {
+                    let text = format!(
+                        "{} rejects the broker's token even after a refresh; check the server's configuration, or run `mcpauthctl login {}`",
+                        self.url, self.name
+                    );
+                    return self.fail(&message, LOGIN_REQUIRED, &text).await;
+                }
+                Answer::Status(403, www) if www.contains("insufficient_scope") => {
+                    // Recorded as a step-up by the broker; a person decides.
+                    let text = match self.tokens.rejected(&token, 403, &www).await {
+                        Err(TokenError::Person(m)) => m,
+                        _ => format!(
+                            "mcpauth: {} needs more access; run `mcpauthctl login {}`",
+                            self.name, self.name
+                        ),
+                    };
+                    return self.fail(&message, LOGIN_REQUIRED, &text).await;
+                }
+                Answer::Status(404, _)
+                    if !reinitialized
+                        && !is_initialize
+                        && self.session.lock().unwrap().is_some() =>
+                {
+                    // The session is gone: a new one, then this again.
+                    reinitialized = true;
+                    problem(
+                        &self.name,
+                        "the server ended the session; starting a new one",
+                    );
+                    if !self.reinitialize(&token).await {
+                        return self
+                            .fail(
+                                &message,
+                                UPSTREAM_FAILED,
+                                "the server ended the session and a new one could not be started",
+                            )
+                            .await;
+                    }
+                }
+                Answer::Status(400 | 404 | 405, _) if is_initialize => {
+                    // Maybe an HTTP+SSE (2024-11-05) server.
+                    match self.open_legacy(&token).await {
+                        Ok(endpoint) => {
+                            *self.legacy.lock().unwrap() = Some(endpoint.clone());
+                            return self.forward_legacy(&endpoint, message).await;
+                        }
+                        Err(e) => {
+                            let text = format!(
+                                "{} refused initialize, and is not an HTTP+SSE server either ({e})",
+                                self.url
+                            );
+                            return self.fail(&message, UPSTREAM_FAILED, &text).await;
+                        }
+                    }
+                }
+                Answer::Status(status, _) => {
+                    let text = format!("{} answered HTTP {status}", self.url);
+                    return self.fail(&message, UPSTREAM_FAILED, &text).await;
+                }
+            }
+        }
+    }
+
+    fn note_initialize_result(&self, bytes: &[u8]) {
+        if let Ok(v) = serde_json::from_slice::<Value>(bytes)
+            && let Some(version) = v.pointer("/result/protocolVersion").and_then(Value::as_str)
+        {
+            *self.protocol.lock().unwrap() = Some(version.to_string());
+        }
+    }
+
+    async fn emit_json(&self, bytes: Vec<u8>) {
+        // One line per message: a batch stays one line, as JSON-RPC allows.
+        match serde_json::from_slice::<Value>(&bytes) {
+            Ok(v) => self.emit(serde_json::to_vec(&v).expect("JSON")).await,
+            Err(_) => problem(
+                &self.name,
+                "the server sent a body that is not JSON; dropped",
+            ),
+        }
+    }
+
+    /// Passes on a POST's SSE stream until its answer arrives; resumes it
+    /// with `Last-Event-ID` if it breaks before.
+    async fn relay_post_stream(
+        self: &Arc<Self>,
+        response: reqwest::Response,
+        id: Option<Value>,
+        is_initialize: bool,
+    ) {
+        let mut last_event = None;
+        let mut response = Some(response);
+        for attempt in 0..5 {
+            let Some(r) = response.take() else { break };
+            let answered = self
+                .relay_events(r, id.as_ref(), &mut last_event, is_initialize)
+                .await;
+            if answered || id.is_none() {
+                return;
+            }
+            // Broken before the answer: resume if the server gave ids.
+            let Some(event_id) = last_event.clone() else {
+                break;
+            };
+            tokio::time::sleep(Duration::from_millis(200 * (attempt + 1))).await;
+            match self.open_get(Some(&event_id)).await {
+                Ok(Some(r)) => response = Some(r),
+                _ => break,
+            }
+        }
+        if let Some(id) = id {
+            let text = "the server's stream ended before it answered";
+            problem(&self.name, text);
+            self.emit(error_response(&id, UPSTREAM_FAILED, text)).await;
+        }
+    }
+
+    /// Relays events; returns whether the answer to `id` was among them.
+    async fn relay_events(
+        &self,
+        response: reqwest::Response,
+        id: Option<&Value>,
+        last_event: &mut Option<String>,
+        is_initialize: bool,
+    ) -> bool {
+        let mut answered = false;
+        let mut parser = SseParser::default();
+        let mut stream = response.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let Ok(chunk) = chunk else { break };
+            for event in parser.feed(&chunk) {
+                let Some(event) = event else {
+                    problem(
+                        &self.name,
+                        "an event from the server was too large; dropped",
+                    );
+                    continue;
+                };
+                if let Some(event_id) = event.id {
+                    *last_event = Some(event_id);
+                }
+                if event.data.is_empty() {
+                    continue;
+                }
+                if let Ok(v) = serde_json::from_str::<Value>(&event.data) {
+                    if id.is_some_and(|id| v.get("id") == Some(id) && v.get("method").is_none()) {
+                        answered = true;
+                        if is_initialize {
+                            self.note_initialize_result(event.data.as_bytes());
+                        }
+                    }
+                    self.emit(serde_json::to_vec(&v).expect("JSON")).await;
+                }
+            }
+            if answered {
+                return true;
+            }
+        }
+        answered
+    }
+
+    /// GET the server's stream: `Ok(None)` when it offers none (405).
+    async fn open_get(
+        &self,
+        last_event: Option<&str>,
+    ) -> Result<Option<reqwest::Response>, String> {
+        let mut recovered = false;
+        loop {
+            let token = self.tokens.current().await.map_err(|e| e.rpc_error().1)?;
+            let mut request = self
+                .http
+                .get(self.url.clone())
+                .headers(self.headers(None, &token))
+                .header("accept", "text/event-stream");
+            if let Some(id) = last_event {
+                request = request.header("last-event-id", id);
+            }
+            let response = request.send().await.map_err(|e| short(&e))?;
+            match response.status().as_u16() {
+                200 => return Ok(Some(response)),
+                405 => return Ok(None),
+                401 if !recovered => {
+                    recovered = true;
+                    let www = response
+                        .headers()
+                        .get("www-authenticate")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_string();
+                    self.tokens
+                        .rejected(&token, 401, &www)
+                        .await
+                        .map_err(|e| e.rpc_error().1)?;
+                }
+                status => return Err(format!("HTTP {status}")),
+            }
+        }
+    }
+
+    /// The stream of server-initiated messages, kept open (and resumed)
+    /// while the session lives.
+    fn start_get_stream(self: &Arc<Self>) {
+        if self
+            .get_stream_started
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            return;
+        }
+        let proxy = self.clone();
+        tokio::spawn(async move {
+            let mut last_event: Option<String> = None;
+            let mut delay = Duration::from_millis(500);
+            loop {
+                match proxy.open_get(last_event.as_deref()).await {
+                    Ok(None) => return, // 405: no such stream
+                    Ok(Some(response)) => {
+                        delay = Duration::from_millis(500);
+                        proxy
+                            .relay_events(response, None, &mut last_event, false)
+                            .await;
+                    }
+                    Err(e) => {
+                        problem(
+                            &proxy.name,
+                            &format!("the server's event stream failed ({e}); retrying"),
+                        );
+                        delay = (delay * 2).min(Duration::from_secs(30));
+                    }
+                }
+                tokio::time::sleep(delay).await;
+            }
+        });
+    }
+
+    /// A new session, replaying the host's initialize and initialized.
+    async fn reinitialize(&self, token: &str) -> bool {
+        *self.session.lock().unwrap() = None;
+        let Some(init) = self.initialize.lock().unwrap().clone() else {
+            return false;
+        };
+        match self.post(&self.url, &init, token).await {
+            Ok(Answer::Json(_)) => {}
+            Ok(Answer::Sse(r)) => {
+                // Drain it for the answer, which the host already has.
+                let mut parser = SseParser::default();
+                let mut stream = r.bytes_stream();
+                'outer: while let Some(Ok(chunk)) = stream.next().await {
+                    for event in parser.feed(&chunk).into_iter().flatten() {
+                        if event.data.contains("\"result\"") {
+                            break 'outer;
+                        }
+                    }
+                }
+            }
+            _ => return false,
+        }
+        let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+        matches!(
+            self.post(&self.url, &initialized, token).await,
+            Ok(Answer::Accepted | Answer::Json(_))
+        )
+    }
+
+    /// Connects to an HTTP+SSE (2024-11-05) server: GET the stream, wait
+    /// for its `endpoint` event, and relay the rest of it to the host.
+    async fn open_legacy(self: &Arc<Self>, token: &str) -> Result<url::Url, String> {
+        let response = self
+            .http
+            .get(self.url.clone())
+            .headers(self.headers(None, token))
+            .header("accept", "text/event-stream")
+            .send()
+            .await
+            .map_err(|e| short(&e))?;
+        if response.status().as_u16() != 200 {
+            return Err(format!("GET answered HTTP {}", response.status().as_u16()));
+        }
+        let mut stream = response.bytes_stream();
+        let mut parser = SseParser::default();
+        let endpoint = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(Ok(chunk)) = stream.next().await {
+                for event in parser.feed(&chunk).into_iter().flatten() {
+                    if event.event.as_deref() == Some("endpoint") {
+                        return Some(event.data);
+                    }
+                }
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten()
+        .ok_or("no endpoint event on the stream")?;
+        let endpoint = self
+            .url
+            .join(endpoint.trim())
+            .map_err(|e| format!("bad endpoint: {e}"))?;
+        if endpoint.origin() != self.url.origin() {
+            return Err(
+                "the endpoint is on another origin; refusing to send the token there".into(),
+            );
+        }
+        let proxy = self.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(chunk)) = stream.next().await {
+                for event in parser.feed(&chunk).into_iter().flatten() {
+                    if matches!(event.event.as_deref(), None | Some("message"))
+                        && let Ok(v) = serde_json::from_str::<Value>(&event.data)
+                    {
+                        proxy.emit(serde_json::to_vec(&v).expect("JSON")).await;
+                    }
+                }
+            }
+            problem(&proxy.name, "the server closed its event stream");
+        });
+        Ok(endpoint)
+    }
+
+    async fn forward_legacy(self: &Arc<Self>, endpoint: &url::Url, message: Value) {
+        let mut recovered = false;
+        loop {
+            let token = match self.tokens.current().await {
+                Ok(t) => t,
+                Err(e) => {
+                    let (code, text) = e.rpc_error();
+                    return self.fail(&message, code, &text).await;
+                }
+            };
+            match self.post(endpoint, &message, &token).await {
+                Ok(Answer::Accepted | Answer::Json(_) | Answer::Sse(_)) => return,
+                Ok(Answer::Status(401, www)) if !recovered => {
+                    recovered = true;
+                    if let Err(e) = self.tokens.rejected(&token, 401, &www).await {
+                        let (code, text) = e.rpc_error();
+                        return self.fail(&message, code, &text).await;
+                    }
+                }
+                Ok(Answer::Status(status, _)) => {
+                    let text = format!("{endpoint} answered HTTP {status}");
+                    return self.fail(&message, UPSTREAM_FAILED, &text).await;
+                }
+                Err(e) => return self.fail(&message, UPSTREAM_FAILED, &e).await,
+            }
+        }
+    }
+
+    /// Ends the session at the server.
+    async fn close(&self) {
+        if self.session.lock().unwrap().is_none() {
+            return;
+        }
+        let Ok(token) = self.tokens.current().await else {
+            return;
+        };
+        let _ = self
+            .http
+            .delete(self.url.clone())
+            .headers(self.headers(None, &token))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await;
+    }
+}
+
+fn short(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text = s.to_string();
+        source = s.source();
+    }
+    text.chars().take(200).collect()
+}
+
+async fn read_bounded(response: reqwest::Response) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    let mut stream = response.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| short(&e))?;
+        if body.len() + chunk.len() > MAX_MESSAGE {
+            return Err("the server's answer is larger than 16 MiB".into());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// One server-sent event.
+#[derive(Debug, Default, PartialEq)]
+struct SseEvent {
+    event: Option<String>,
+    data: String,
+    id: Option<String>,
+}
+
+/// An incremental `text/event-stream` parser, bounded per event.
+#[derive(Default)]
+struct SseParser {
+    line: Vec<u8>,
+    current: SseEvent,
+    data_lines: usize,
+    oversized: bool,
+}
+
+impl SseParser {
+    /// Feeds bytes; returns the completed events (`None`: one that was too
+    /// large and was dropped).
+    fn feed(&mut self, bytes: &[u8]) -> Vec<Option<SseEvent>> {
+        let mut out = Vec::new();
+        for &b in bytes {
+            if b != b'\n' {
+                if self.line.len() < MAX_MESSAGE {
+                    self.line.push(b);
+                } else {
+                    self.oversized = true;
+                }
+                continue;
+            }
+            let mut line = std::mem::take(&mut self.line);
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            if line.is_empty() {
+                let event = std::mem::take(&mut self.current);
+                let had_data = self.data_lines > 0 || event.id.is_some();
+                self.data_lines = 0;
+                if std::mem::take(&mut self.oversized) {
+                    out.push(None);
+                } else if had_data {
+                    out.push(Some(event));
+                }
+                continue;
+            }
+            let line = String::from_utf8_lossy(&line);
+            let (field, value) = match line.split_once(':') {
+                Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
+                None => (line.as_ref(), ""),
+            };
+            match field {
+                "data" => {
+                    if self.data_lines > 0 {
+                        self.current.data.push('\n');
+                    }
+                    if self.current.data.len() + value.len() > MAX_MESSAGE {
+                        self.oversized = true;
+                    } else {
+                        self.current.data.push_str(value);
+                    }
+                    self.data_lines += 1;
+                }
+                "event" => self.current.event = Some(value.to_string()),
+                "id" if !value.contains('\0') => self.current.id = Some(value.to_string()),
+                _ => {} // comments (":keepalive"), retry, unknown fields
+            }
+        }
+        out
+    }
+}
+
+/// Runs the proxy until the host closes stdin.
+pub async fn run(opts: ConnectOptions, name: String) -> Result<(), Failure> {
+    // The server's URL, from the broker (which also checks the name).
+    let mut client = mcpauth_client::connect(&opts).await?;
+    let server = client.get_server(&name).await?;
+    let url = url::Url::parse(&server.url).map_err(|e| Failure {
+        message: format!("the configured URL of {name} is not valid: {e}"),
+        code: exit::FAILURE,
+    })?;
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        // Never follow a redirect with the token to somewhere else.
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| Failure {
+            message: format!("cannot start an HTTP client: {e}"),
+            code: exit::FAILURE,
+        })?;
+    let (out, mut lines) = mpsc::channel::<Vec<u8>>(256);
+    let writer = tokio::spawn(async move {
+        let mut stdout = tokio::io::stdout();
+        while let Some(mut line) = lines.recv().await {
+            line.push(b'\n');
+            if stdout.write_all(&line).await.is_err() || stdout.flush().await.is_err() {
+                break;
+            }
+        }
+    });
+    let proxy = Arc::new(Proxy {
+        name: name.clone(),
+        url,
+        http,
+        tokens: Tokens {
+            name: name.clone(),
+            opts,
+            state: Mutex::new((Some(client), None)),
+        },
+        out,
+        session: Default::default(),
+        protocol: Default::default(),
+        initialize: Default::default(),
+        legacy: Default::default(),
+        get_stream_started: Default::default(),
+    });
+
+    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        let read = (&mut stdin)
+            .take(MAX_MESSAGE as u64 + 1)
+            .read_until(b'\n', &mut buf)
+            .await;
+        match read {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        if buf.len() > MAX_MESSAGE {
+            problem(
+                &name,
+                "a message from the host is larger than 16 MiB; closing",
+            );
+            break;
+        }
+        let text = String::from_utf8_lossy(&buf);
+        let text = text.trim();
+        if text.is_empty() {
+            continue;
+        }
+        let message: Value = match serde_json::from_str(text) {
+            Ok(v) => v,
+            Err(_) => {
+                proxy
+                    .emit(error_response(&Value::Null, -32700, "parse error"))
+                    .await;
+                continue;
+            }
+        };
+        let method = message
+            .get("method")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        match method.as_deref() {
+            // The session starts with initialize: nothing else may race it.
+            Some("initialize") => proxy.forward(message).await,
+            Some("notifications/initialized") => {
+                proxy.forward(message).await;
+                if proxy.legacy.lock().unwrap().is_none() {
+                    proxy.start_get_stream();
+                }
+            }
+            _ => {
+                let p = proxy.clone();
+                tasks.spawn(async move { p.forward(message).await });
+            }
+        }
+        while tasks.try_join_next().is_some() {}
+    }
+    // The host is gone: let what is in flight finish briefly, then end
+    // the session.
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    proxy.close().await;
+    drop(proxy);
+    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sse_events_across_chunks_with_ids_comments_and_crlf() {
+        let mut p = SseParser::default();
+        let mut events = p.feed(b": keepalive\n\nid: 1\ndata: {\"a\"");
+        assert!(events.is_empty());
+        events.extend(p.feed(b":1}\r\n\r\nevent: endpoint\ndata: /messages?s=x\n\n"));
+        assert_eq!(
+            events,
+            vec![
+                Some(SseEvent {
+                    event: None,
+                    data: "{\"a\":1}".into(),
+                    id: Some("1".into())
+                }),
+                Some(SseEvent {
+                    event: Some("endpoint".into()),
+                    data: "/messages?s=x".into(),
+                    id: None
+                }),
+            ]
+        );
+        let events = p.feed(b"data: a\ndata: b\n\n");
+        assert_eq!(events[0].as_ref().unwrap().data, "a\nb");
+    }
+}

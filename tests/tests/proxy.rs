@@ -1,0 +1,395 @@
+//! `mcpauthctl proxy NAME` end to end: the real binaries, a host played by
+//! the test over stdin/stdout, and MCP servers protected by the test AS:
+//! the in-repo test server (Streamable HTTP, and HTTP+SSE), and a server
+//! built with the official TypeScript SDK from npm.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use mcpauth_tests::TestEnv;
+use mcpauth_tests::authserver::{AuthServer, Switches};
+use mcpauth_tests::mcpserver::McpServer;
+use serde_json::{Value, json};
+
+/// The proxy as a host runs it.
+struct Host {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    out: mpsc::Receiver<String>,
+    /// Messages read but not yet asked for.
+    pending: std::cell::RefCell<Vec<Value>>,
+    stdout_log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Host {
+    fn start(env: &TestEnv, name: &str) -> Self {
+        let mut child = env
+            .command("mcpauthctl")
+            .args(["proxy", name])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, out) = mpsc::channel();
+        let stdout_log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = stdout_log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                log.lock().unwrap().push(line.clone());
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let err = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = err.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let mut s = sink.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        Host {
+            pending: Default::default(),
+            stdin: child.stdin.take(),
+            child,
+            out,
+            stdout_log,
+            stderr: err,
+        }
+    }
+
+    fn send(&mut self, message: Value) {
+        let stdin = self.stdin.as_mut().unwrap();
+        writeln!(stdin, "{message}").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// The first message that satisfies `want`; others are kept for later.
+    fn wait(&self, what: &str, want: impl Fn(&Value) -> bool) -> Value {
+        {
+            let mut pending = self.pending.borrow_mut();
+            if let Some(i) = pending.iter().position(&want) {
+                return pending.remove(i);
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self.out.recv_timeout(left).unwrap_or_else(|_| {
+                panic!(
+                    "no {what} from the proxy; stderr:\n{}",
+                    self.stderr.lock().unwrap()
+                )
+            });
+            let v: Value = serde_json::from_str(&line)
+                .unwrap_or_else(|_| panic!("stdout carries only JSON-RPC: {line}"));
+            if want(&v) {
+                return v;
+            }
+            self.pending.borrow_mut().push(v);
+        }
+    }
+
+    fn answer(&self, id: u64) -> Value {
+        self.wait(&format!("answer {id}"), |v| {
+            v["id"] == id && (v.get("result").is_some() || v.get("error").is_some())
+        })
+    }
+
+    fn request(&mut self, id: u64, method: &str, params: Value) -> Value {
+        self.send(json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}));
+        self.answer(id)
+    }
+
+    fn initialize(&mut self) -> Value {
+        let answer = self.request(
+            1,
+            "initialize",
+            json!({"protocolVersion": "2025-06-18", "capabilities": {},
+                   "clientInfo": {"name": "test-host", "version": "1"}}),
+        );
+        self.send(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
+        answer
+    }
+
+    /// Closes stdin and waits for a clean exit.
+    fn close(mut self) -> (String, Vec<String>) {
+        drop(self.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "proxy exit: {status}");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the proxy did not exit after stdin closed"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        let stderr = self.stderr.lock().unwrap().clone();
+        let stdout = self.stdout_log.lock().unwrap().clone();
+        (stderr, stdout)
+    }
+}
+
+async fn logged_in_to(mcp_legacy: bool) -> (AuthServer, McpServer, TestEnv, mcpauth_tests::Daemon) {
+    let auth = AuthServer::start(Switches::default()).await;
+    let mcp = McpServer::start(&auth.issuer, auth.validator(), mcp_legacy).await;
+    let env = TestEnv::new();
+    let daemon = env.start_daemon();
+    env.ctl(&["add", "s", &mcp.url]).ok();
+    env.ctl(&["login", "s"]).ok();
+    (auth, mcp, env, daemon)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_bridges_sessions_json_sse_and_server_messages_and_recovers_a_401() {
+    let (auth, mcp, env, _d) = logged_in_to(false).await;
+    let mut host = Host::start(&env, "s");
+    let init = host.initialize();
+    assert_eq!(init["result"]["protocolVersion"], "2025-06-18", "{init}");
+
+    // JSON answers.
+    let tools = host.request(2, "tools/list", json!({}));
+    assert_eq!(
+        tools["result"]["tools"].as_array().unwrap().len(),
+        3,
+        "{tools}"
+    );
+    // An SSE answer: the notification first, then the result.
+    host.send(json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "sse", "arguments": {}}}));
+    host.wait("progress", |v| v["method"] == "notifications/progress");
+    assert_eq!(host.answer(3)["result"]["content"][0]["text"], "sse done");
+
+    // Server-initiated messages on the GET stream.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !mcp
+        .seen()
+        .iter()
+        .any(|s| s.method == "GET" && s.status == 200)
+    {
+        assert!(Instant::now() < deadline, "no GET stream opened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    mcp.push(json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"}));
+    host.wait("a server-initiated message", |v| {
+        v["method"] == "notifications/tools/list_changed"
+    });
+
+    // A stream that breaks before its answer is resumed with Last-Event-ID.
+    let answer = host.request(4, "tools/call", json!({"name": "broken", "arguments": {}}));
+    assert_eq!(
+        answer["result"]["content"][0]["text"], "broken done",
+        "{answer}"
+    );
+    assert!(
+        mcp.seen()
+            .iter()
+            .any(|s| s.method == "GET" && s.last_event_id.is_some()),
+        "resumed with Last-Event-ID"
+    );
+
+    // Headers: the session, the negotiated version, the method headers.
+    let seen = mcp.seen();
+    let session = seen
+        .iter()
+        .find_map(|s| s.session.clone())
+        .expect("a session id was sent");
+    for s in seen
+        .iter()
+        .filter(|s| s.method == "POST" && s.rpc.as_deref() != Some("initialize"))
+    {
+        assert_eq!(s.session.as_deref(), Some(session.as_str()), "{s:?}");
+        assert_eq!(s.protocol_version.as_deref(), Some("2025-06-18"), "{s:?}");
+        assert_eq!(s.mcp_method, s.rpc, "{s:?}");
+    }
+    let call = seen
+        .iter()
+        .find(|s| s.rpc.as_deref() == Some("tools/call"))
+        .unwrap();
+    assert_eq!(call.mcp_name.as_deref(), Some("sse"));
+
+    // The server stops accepting the token mid-session: one refresh, and
+    // the request still succeeds, as do requests sent at the same time.
+    auth.reject_current_access_tokens();
+    for id in 10..15 {
+        host.send(json!({"jsonrpc": "2.0", "id": id, "method": "tools/list", "params": {}}));
+    }
+    for id in 10..15 {
+        let a = host.answer(id);
+        assert!(a.get("result").is_some(), "{a}");
+    }
+    assert_eq!(
+        auth.token_requests("refresh_token").len(),
+        1,
+        "one recovery for all"
+    );
+
+    // 403 insufficient_scope: an error that tells the person what to do,
+    // and the step-up is recorded.
+    let denied = host.request(20, "tools/call", json!({"name": "admin", "arguments": {}}));
+    assert_eq!(denied["error"]["code"], -32001, "{denied}");
+    assert!(
+        denied["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("mcpauthctl login s"),
+        "{denied}"
+    );
+    assert_eq!(
+        env.ctl(&["show", "s", "--json"]).json()["state"],
+        "step_up_required"
+    );
+
+    // The host goes away: the session is deleted, the exit is clean, and
+    // no token was ever printed.
+    let (stderr, stdout) = host.close();
+    assert_eq!(mcp.deleted(), vec![session]);
+    let secrets = auth.secrets();
+    let all = format!("{stderr}\n{}", stdout.join("\n"));
+    assert!(
+        mcpauth_tests::leaked(&all, &secrets).is_none(),
+        "a secret in the proxy's output"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_login_requests_are_answered_at_once_and_a_login_heals_without_a_restart() {
+    let auth = AuthServer::start(Switches::default()).await;
+    let mcp = McpServer::start(&auth.issuer, auth.validator(), false).await;
+    let env = TestEnv::new();
+    let _d = env.start_daemon();
+    env.ctl(&["add", "s", &mcp.url]).ok();
+    let mut host = Host::start(&env, "s");
+    let started = Instant::now();
+    let init = host.request(1, "initialize", json!({"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "h", "version": "1"}}));
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(init["error"]["code"], -32001, "{init}");
+    assert!(
+        init["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("mcpauthctl login s"),
+        "{init}"
+    );
+    assert!(mcp.seen().is_empty(), "nothing was sent without a token");
+
+    env.ctl(&["login", "s"]).ok();
+    let init = host.request(2, "initialize", json!({"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "h", "version": "1"}}));
+    assert_eq!(init["result"]["protocolVersion"], "2025-06-18", "{init}");
+    let (stderr, _) = host.close();
+    assert!(
+        stderr.lines().count() <= 3,
+        "one line per problem:\n{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_sse_server_of_2024_11_05_is_bridged_too() {
+    let (_auth, mcp, env, _d) = logged_in_to(true).await;
+    let mut host = Host::start(&env, "s");
+    let init = host.initialize();
+    assert_eq!(init["result"]["protocolVersion"], "2024-11-05", "{init}");
+    let tools = host.request(2, "tools/list", json!({}));
+    assert!(tools["result"]["tools"].is_array(), "{tools}");
+    assert!(mcp.seen().iter().any(|s| s.path == "/messages"));
+    host.close();
+}
+
+/// Installs the official SDK (tests/sdk) with npm, once per test run.
+fn sdk_installed() -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("sdk");
+    let lock =
+        std::fs::File::create(std::env::temp_dir().join("mcpauth-sdk-install.lock")).unwrap();
+    let _guard = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).unwrap();
+    if !dir
+        .join("node_modules/@modelcontextprotocol/sdk/package.json")
+        .exists()
+    {
+        let status = std::process::Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&dir)
+            .status()
+            .expect("npm is needed for the SDK interoperability test");
+        assert!(status.success(), "npm ci in tests/sdk failed");
+    }
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_talks_to_a_server_built_with_the_official_sdk() {
+    let dir = sdk_installed();
+    let auth = AuthServer::start(Switches::default()).await;
+    let env = TestEnv::new();
+    let _d = env.start_daemon();
+    let bearer = env.root.path().join("bearer");
+    std::fs::write(&bearer, "no token yet").unwrap();
+    let mut server = KillOnDrop(
+        std::process::Command::new("node")
+            .arg(dir.join("server.mjs"))
+            .env("MCP_TEST_BEARER_FILE", &bearer)
+            .env("MCP_TEST_ISSUER", &auth.issuer)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut url = String::new();
+    BufReader::new(server.0.stdout.take().unwrap())
+        .read_line(&mut url)
+        .unwrap();
+    let url = url.trim().to_string();
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    // The broker discovers the test AS from the SDK server's metadata and
+    // logs in there; the SDK server is told which token is good.
+    env.ctl(&["add", "sdk", &url]).ok();
+    env.ctl(&["login", "sdk"]).ok();
+    let token = env.ctl(&["token", "sdk"]).ok().trim().to_string();
+    std::fs::write(&bearer, &token).unwrap();
+
+    let mut host = Host::start(&env, "sdk");
+    let init = host.initialize();
+    assert!(
+        init["result"]["serverInfo"]["name"] == "sdk-test-server",
+        "{init}"
+    );
+    let tools = host.request(2, "tools/list", json!({}));
+    assert_eq!(tools["result"]["tools"][0]["name"], "echo", "{tools}");
+    host.send(json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+                     "params": {"name": "echo", "arguments": {"text": "hi"}}}));
+    let log = host.wait("the log notification", |v| {
+        v["method"] == "notifications/message"
+    });
+    assert_eq!(log["params"]["data"], "echoing hi", "{log}");
+    assert_eq!(host.answer(3)["result"]["content"][0]["text"], "echo: hi");
+
+    // The token is replaced (refreshed elsewhere) and the SDK server only
+    // takes the new one: the proxy's next request recovers on the 401.
+    env.ctl(&["refresh", "sdk"]).ok();
+    let fresh = env.ctl(&["token", "sdk"]).ok().trim().to_string();
+    assert_ne!(fresh, token);
+    std::fs::write(&bearer, &fresh).unwrap();
+    let again = host.request(4, "tools/list", json!({}));
+    assert!(again.get("result").is_some(), "{again}");
+    host.close();
+}
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
