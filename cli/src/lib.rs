@@ -174,6 +174,9 @@ impl Interceptor for ProtocolInterceptor {
 
 type Inner = BrokerClient<InterceptedService<Channel, ProtocolInterceptor>>;
 
+/// The events of a login, as the daemon sends them.
+pub type LoginStream = tonic::Streaming<pb::LoginEvent>;
+
 /// A connection to mcpauthd.
 #[derive(Clone)]
 pub struct Client {
@@ -351,7 +354,17 @@ impl Client {
         let request = pb::LoginRequest {
             server: server.into(),
             scopes,
+            ..Default::default()
         };
+        self.login_with(request).await
+    }
+
+    /// Starts or joins a login with every option of the request: a
+    /// `LoginStarted` (or a `DeviceAuthorization`), then a `LoginResult`.
+    pub async fn login_with(
+        &mut self,
+        request: pb::LoginRequest,
+    ) -> Result<LoginStream, ClientError> {
         self.inner
             .login(request)
             .await

@@ -21,6 +21,8 @@ pub struct LoginArgs {
     pub name: String,
     pub scopes: Vec<String>,
     pub no_browser: bool,
+    pub device: bool,
+    pub www_authenticate: Option<String>,
 }
 
 fn stderr(line: &str) {
@@ -132,11 +134,30 @@ pub async fn run(mut client: Client, args: LoginArgs) -> Result<String, Failure>
             args.name
         ));
     }
-    let mut stream = client.login(&args.name, args.scopes.clone()).await?;
+    // With neither a browser nor a terminal, nobody can open the URL here
+    // or paste an address: a device code, shown to whoever reads the
+    // output, is the one way left (when the AS offers it).
+    let method = if args.device {
+        pb::LoginMethod::Device
+    } else if !args.no_browser && browser::is_headless() && !std::io::stdin().is_terminal() {
+        pb::LoginMethod::DeviceIfOffered
+    } else {
+        pb::LoginMethod::Browser
+    };
+    let request = pb::LoginRequest {
+        server: args.name.clone(),
+        scopes: args.scopes.clone(),
+        method: method.into(),
+        www_authenticate: args.www_authenticate.clone().unwrap_or_default(),
+    };
+    let mut stream = client.login_with(request).await?;
     let started = match stream.next().await {
         Some(Ok(pb::LoginEvent {
             kind: Some(pb::login_event::Kind::Started(s)),
         })) => s,
+        Some(Ok(pb::LoginEvent {
+            kind: Some(pb::login_event::Kind::Device(device)),
+        })) => return device_login(client, &args.name, device, stream).await,
         Some(Err(status)) => return Err(client.stream_error(status).into()),
         _ => {
             return Err(Failure {
@@ -282,6 +303,87 @@ pub async fn run(mut client: Client, args: LoginArgs) -> Result<String, Failure>
                     std::io::stderr(),
                     "\r\x1b[2K{} Waiting for the browser... (Ctrl-C to cancel; the link is valid for {}m{:02}s)",
                     spinner[frame % spinner.len()],
+                    remaining / 60,
+                    remaining % 60
+                );
+                let _ = std::io::stderr().flush();
+                frame += 1;
+            }
+        }
+    }
+}
+
+/// Shows a device login's code and waits for the daemon's result.
+async fn device_login(
+    mut client: Client,
+    name: &str,
+    device: pb::DeviceAuthorization,
+    mut stream: mcpauth_client::LoginStream,
+) -> Result<String, Failure> {
+    paragraph(&format!(
+        "Log in to {name} on any device: open this address and enter the code."
+    ));
+    stderr(&format!(
+        "\n  {}\n\n  code: {}\n",
+        device.verification_uri, device.user_code
+    ));
+    if !device.verification_uri_complete.is_empty() {
+        paragraph("Or open this address, which carries the code:");
+        stderr(&format!("\n{}\n", device.verification_uri_complete));
+    }
+    if device.joined {
+        stderr("(joining the login already in progress)");
+    }
+    let interactive = std::io::stderr().is_terminal();
+    if !interactive {
+        stderr(&format!(
+            "Waiting for the approval (the code expires {}; Ctrl-C to cancel)...",
+            relative(device.expires_at_unix_ms, now_ms())
+        ));
+    }
+    let spinner = ['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏'];
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut frame = 0usize;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    let clear = || {
+        if interactive {
+            let _ = write!(std::io::stderr(), "\r\x1b[2K");
+        }
+    };
+    loop {
+        tokio::select! {
+            event = stream.next() => {
+                clear();
+                match event {
+                    Some(Ok(pb::LoginEvent { kind: Some(pb::login_event::Kind::Finished(result)) })) => {
+                        return if result.ok { Ok(success(name, &result)) } else { Err(failure(&result)) };
+                    }
+                    Some(Ok(_)) => continue,
+                    Some(Err(status)) => return Err(client.stream_error(status).into()),
+                    None => {
+                        return Err(Failure {
+                            message: "the daemon stopped before the login finished".into(),
+                            code: exit::UNREACHABLE,
+                        });
+                    }
+                }
+            }
+            _ = &mut ctrl_c => {
+                clear();
+                let _ = client.cancel_login(name).await;
+                return Err(Failure {
+                    message: "login cancelled".into(),
+                    code: exit::FAILURE,
+                });
+            }
+            _ = tick.tick(), if interactive => {
+                let remaining = (device.expires_at_unix_ms - now_ms()).max(0) / 1000;
+                let _ = write!(
+                    std::io::stderr(),
+                    "\r\x1b[2K{} Waiting for the approval of code {}... (Ctrl-C to cancel; the code is valid for {}m{:02}s)",
+                    spinner[frame % spinner.len()],
+                    device.user_code,
                     remaining / 60,
                     remaining % 60
                 );

@@ -122,8 +122,12 @@ enum Command {
     },
     /// Log in to a server in the browser (the daemon keeps the tokens).
     Login {
-        #[arg(help = NAME_HELP)]
-        name: String,
+        #[arg(help = NAME_HELP, required_unless_present = "idp")]
+        name: Option<String>,
+        /// Log in at this identity provider (enterprise servers): one
+        /// login serves every server that uses it.
+        #[arg(long, value_name = "IDP")]
+        idp: Option<String>,
         /// Scopes to ask for (repeat for several); default: configured,
         /// pending step-up, or what the server suggests.
         #[arg(long = "scope", value_name = "SCOPE")]
@@ -132,6 +136,15 @@ enum Command {
         /// address on stdin (for SSH sessions).
         #[arg(long)]
         no_browser: bool,
+        /// Log in with a code entered on any device (RFC 8628), when the
+        /// authorization server offers it. Chosen by itself when there is
+        /// neither a browser nor a terminal here.
+        #[arg(long, conflicts_with = "no_browser")]
+        device: bool,
+        /// The WWW-Authenticate header of a 401 a client met without a
+        /// token: its scope is the scope this login asks for.
+        #[arg(long, value_name = "HEADER")]
+        www_authenticate: Option<String>,
     },
     /// Revoke the server's tokens (when it supports revocation) and delete them.
     Logout {
@@ -421,16 +434,26 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Login {
             name,
+            idp,
             scopes,
             no_browser,
+            device,
+            www_authenticate,
         } => {
-            let client = mcpauth_client::connect(&opts).await?;
+            let mut client = mcpauth_client::connect(&opts).await?;
+            let name = match (name, idp) {
+                (Some(name), _) => name,
+                (None, Some(idp)) => idp_server(&mut client, &idp).await?,
+                (None, None) => unreachable!("clap requires one"),
+            };
             let done = login::run(
                 client,
                 login::LoginArgs {
                     name,
                     scopes,
                     no_browser,
+                    device,
+                    www_authenticate,
                 },
             )
             .await?;
@@ -742,6 +765,21 @@ async fn headers_server_from_url(client: &mut mcpauth_client::Client) -> Result<
         })
 }
 
+/// An enterprise server that logs in at `idp`, for `login --idp`.
+async fn idp_server(client: &mut mcpauth_client::Client, idp: &str) -> Result<String, Failure> {
+    let servers = client.list_servers().await?;
+    servers
+        .into_iter()
+        .find(|s| s.grant == "enterprise" && s.identity_provider == idp)
+        .map(|s| s.name)
+        .ok_or_else(|| Failure {
+            message: format!(
+                "no server uses the identity provider {idp:?}; set grant = \"enterprise\" and identity_provider = \"{idp}\" in a server's section"
+            ),
+            code: mcpauth_client::exit::USAGE,
+        })
+}
+
 fn print_status(status: pb::StatusReply) {
     let now = now_ms();
     out!(
@@ -784,7 +822,13 @@ fn print_status(status: pb::StatusReply) {
             vec![
                 s.name,
                 s.url,
-                output::state_name(s.state).replace('_', " "),
+                match s.grant.as_str() {
+                    "" | "authorization_code" => output::state_name(s.state).replace('_', " "),
+                    grant => format!(
+                        "{} ({grant})",
+                        output::state_name(s.state).replace('_', " ")
+                    ),
+                },
                 match s.token_expires_at_unix_ms {
                     0 => "-".into(),
                     at => relative(at, now),
@@ -840,6 +884,17 @@ fn print_server(s: pb::Server) {
         ("name", s.name.clone()),
         ("url", s.url.clone()),
         ("state", output::state_name(s.state).replace('_', " ")),
+        (
+            "grant",
+            match s.grant.as_str() {
+                "" | "authorization_code" => "authorization_code (a person logs in)".into(),
+                "enterprise" => format!(
+                    "enterprise (one login at the identity provider {})",
+                    s.identity_provider
+                ),
+                grant => format!("{grant} (no person involved)"),
+            },
+        ),
         (
             "client id",
             match (s.client_id.as_str(), s.client_id_source.as_str()) {

@@ -12,8 +12,14 @@ pub struct ServerJson {
     pub name: String,
     pub url: String,
     /// `login_required`, `login_pending`, `authorized`, `refresh_failing`,
-    /// `step_up_required`, or `unknown`.
+    /// `step_up_required`, `on_demand` (no token yet, none needs a
+    /// person), or `unknown`.
     pub state: &'static str,
+    /// How tokens are obtained: `authorization_code`, `client_credentials`,
+    /// `workload` or `enterprise`.
+    pub grant: String,
+    /// For `enterprise`: the identity provider it uses.
+    pub identity_provider: Option<String>,
     /// The client id in effect (configured, registered, ...).
     pub client_id: Option<String>,
     /// `configured`, `registered`, `metadata_document`, `imported`, or null.
@@ -109,6 +115,7 @@ pub fn state_name(state: i32) -> &'static str {
         Ok(pb::AuthState::Authorized) => "authorized",
         Ok(pb::AuthState::RefreshFailing) => "refresh_failing",
         Ok(pb::AuthState::StepUpRequired) => "step_up_required",
+        Ok(pb::AuthState::OnDemand) => "on_demand",
         _ => "unknown",
     }
 }
@@ -117,6 +124,12 @@ impl From<pb::Server> for ServerJson {
     fn from(s: pb::Server) -> Self {
         ServerJson {
             state: state_name(s.state),
+            grant: if s.grant.is_empty() {
+                "authorization_code".into()
+            } else {
+                s.grant.clone()
+            },
+            identity_provider: some(s.identity_provider.clone()),
             name: s.name,
             url: s.url,
             client_id: some(s.client_id),

@@ -78,6 +78,10 @@ pub enum BrokerError {
     StepUpExhausted { server: String, attempts: usize },
     #[error("the new tokens for {server} were discarded: {reason}; try again")]
     Superseded { server: String, reason: String },
+    #[error(
+        "{server} uses grant = \"{grant}\": its tokens come without a login (`mcpauthctl token {server}` gets one)"
+    )]
+    NoLoginNeeded { server: String, grant: &'static str },
 }
 
 /// Where the daemon keeps things, resolved once at start.
@@ -104,6 +108,9 @@ pub enum AuthState {
     Authorized,
     RefreshFailing,
     StepUpRequired,
+    /// No token yet, and none needs a person: one is obtained at the first
+    /// request (client credentials, workload).
+    OnDemand,
 }
 
 /// What a client sees of a server: declared config plus runtime state.
@@ -126,14 +133,28 @@ pub struct ServerView {
 }
 
 /// Derives the state shown for a server from what is stored.
+/// `unattended`: the server's grant needs no person (it is renewed by
+/// asking again, not with a refresh token).
 pub fn auth_state(
     record: Option<&ServerRecord>,
     grant: Option<&Grant>,
     login_pending: bool,
     now_ms: i64,
+    unattended: bool,
 ) -> AuthState {
     if login_pending {
         return AuthState::LoginPending;
+    }
+    if unattended {
+        let failing = record.and_then(|r| r.last_error.as_ref()).is_some();
+        return match grant {
+            None if failing => AuthState::RefreshFailing,
+            None => AuthState::OnDemand,
+            Some(g) if failing && g.expires_at_ms.is_some_and(|at| at <= now_ms) => {
+                AuthState::RefreshFailing
+            }
+            Some(_) => AuthState::Authorized,
+        };
     }
     if record
         .and_then(|r| r.step_up.as_ref())
@@ -253,6 +274,10 @@ pub struct Broker {
     /// `refresh::Backoff`), per server: until its time, no caller but a
     /// person (`mcpauthctl refresh`) sends another request.
     pub(crate) refresh_backoff: Mutex<HashMap<ServerName, crate::refresh::Backoff>>,
+    /// The watch on the directories of workload assertion files.
+    pub(crate) assertion_watch: Mutex<Option<notify::RecommendedWatcher>>,
+    /// The identity providers' locks (`enterprise`): after a server's.
+    pub(crate) idp_locks: crate::locks::IdpLocks,
 }
 
 pub(crate) type InflightResult =
@@ -322,6 +347,8 @@ impl Broker {
             helper_checks: Default::default(),
             inflight: Mutex::new(HashMap::new()),
             refresh_backoff: Mutex::new(HashMap::new()),
+            assertion_watch: Mutex::new(None),
+            idp_locks: Default::default(),
         });
         if let Some(text) = broker.store.last_good_config()? {
             match Config::parse(&text, &broker.paths.config) {
@@ -413,7 +440,7 @@ impl Broker {
             generation: grant.generation,
             obtained_ms: grant.obtained_at_ms,
             expires_ms: grant.expires_at_ms,
-            refreshable: grant.refresh_token.is_some(),
+            refreshable: grant.refresh_token.is_some() || self.unattended(name).is_some(),
             backoff: self.backoff(name, grant.generation),
         })
     }
@@ -478,6 +505,13 @@ impl Broker {
             grant.as_ref(),
             self.logins.is_active(name),
             self.now_ms(),
+            // An enterprise server needs a person while no valid ID token
+            // is at hand.
+            server.grant.unattended()
+                && server
+                    .identity_provider
+                    .as_ref()
+                    .is_none_or(|idp| self.id_token_valid(idp)),
         );
         let client_id = if let Some(id) = &server.client_id {
             Some((id.clone(), "configured"))

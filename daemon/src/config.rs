@@ -14,7 +14,25 @@
 //! client_secret_file = "~/.secrets/linear"  # or client_secret = "..."
 //! callback_port = 33418             # optional: fixed loopback port
 //! client_metadata_url = "https://example.com/client.json"  # optional (CIMD)
+//!
+//! [servers.ci-tools]
+//! url = "https://tools.example.com/mcp"
+//! grant = "client_credentials"      # no person involved
+//! client_id = "svc-ci"
+//! client_secret_file = "~/.secrets/svc-ci"
+//! # or: client_key_file = "~/.secrets/svc-ci.pem", client_key_alg = "ES256"
+//!
+//! [servers.k8s-tools]
+//! url = "https://tools.internal/mcp"
+//! grant = "workload"                # JWT bearer with a workload token
+//! assertion_file = "/var/run/secrets/tokens/mcp"
 //! ```
+//!
+//! `grant` is `authorization_code` (the default: a person logs in, in a
+//! browser or with a device code), `client_credentials`, `workload`, or
+//! `enterprise` (with `identity_provider = "corp"` naming an
+//! `[identity_providers.corp]` section: `issuer`, `client_id`, optional
+//! `client_secret_file` and `id_token_file`).
 //!
 //! Parse errors never quote the file: a malformed line may hold a secret.
 
@@ -141,9 +159,84 @@ pub struct TokenExport {
     pub refresh_token: bool,
 }
 
+/// How a server's tokens are obtained (`grant = ...`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GrantKind {
+    /// A person logs in (browser, pasted redirect, or device code).
+    #[default]
+    AuthorizationCode,
+    /// The client's own credentials (RFC 6749 §4.4); no person.
+    ClientCredentials,
+    /// JWT bearer (RFC 7523) with a workload identity token from a file;
+    /// no person.
+    Workload,
+    /// Enterprise-managed authorization (ID-JAG): one OIDC login at the
+    /// identity provider, then per server a token exchange there and a
+    /// JWT bearer grant at the server's AS, with no person while the ID
+    /// token is valid.
+    Enterprise,
+}
+
+impl GrantKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GrantKind::AuthorizationCode => "authorization_code",
+            GrantKind::ClientCredentials => "client_credentials",
+            GrantKind::Workload => "workload",
+            GrantKind::Enterprise => "enterprise",
+        }
+    }
+
+    /// Whether tokens are obtained on first use and obtained again before
+    /// they expire (no refresh token), through `renew_unattended`. For
+    /// `enterprise` that holds while the identity provider's ID token is
+    /// valid; a person logs in there when it is not.
+    pub fn unattended(self) -> bool {
+        !matches!(self, GrantKind::AuthorizationCode)
+    }
+
+    /// Whether `mcpauthctl login` has anything to do for such a server.
+    pub fn has_login(self) -> bool {
+        matches!(self, GrantKind::AuthorizationCode | GrantKind::Enterprise)
+    }
+}
+
+/// The signature algorithms of `client_key_alg` (private_key_jwt).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+pub enum KeyAlgorithm {
+    /// ECDSA with P-256 and SHA-256.
+    #[default]
+    ES256,
+}
+
+impl KeyAlgorithm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyAlgorithm::ES256 => "ES256",
+        }
+    }
+}
+
+/// `client_key_file` and `client_key_alg`: the private key a client
+/// authenticates with (`private_key_jwt`, RFC 7523 §2.2).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientKey {
+    pub path: PathBuf,
+    pub alg: KeyAlgorithm,
+}
+
 /// One `[servers.NAME]` section, validated.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerConfig {
+    /// How tokens are obtained; `authorization_code` by default.
+    pub grant: GrantKind,
+    /// A private key for `private_key_jwt` client authentication.
+    pub client_key: Option<ClientKey>,
+    /// `workload`: the file the platform keeps the workload JWT in.
+    pub assertion_file: Option<PathBuf>,
+    /// `enterprise`: the `[identity_providers.NAME]` to log in at.
+    pub identity_provider: Option<ServerName>,
     pub url: Url,
     pub client_id: Option<String>,
     pub client_secret: Option<ClientSecret>,
@@ -158,6 +251,9 @@ pub struct ServerConfig {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     pub servers: BTreeMap<ServerName, ServerConfig>,
+    /// `[identity_providers.NAME]`, for `grant = "enterprise"`. Names
+    /// follow the server name rules.
+    pub identity_providers: BTreeMap<ServerName, IdentityProvider>,
     /// `notifications = false` turns off the desktop notification sent
     /// when a program needs a login that nobody is doing.
     pub notifications: bool,
@@ -167,6 +263,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             servers: BTreeMap::new(),
+            identity_providers: BTreeMap::new(),
             notifications: true,
         }
     }
@@ -207,11 +304,39 @@ pub enum ConfigError {
     },
 }
 
+/// One `[identity_providers.NAME]` section, validated: the enterprise
+/// IdP the broker logs in at with OpenID Connect (authorization code and
+/// PKCE), and exchanges the ID token at for ID-JAGs (RFC 8693).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdentityProvider {
+    /// As written (validated as a URL): the IdP's metadata must name this
+    /// exact string.
+    pub issuer: String,
+    /// The broker's client at the IdP.
+    pub client_id: String,
+    pub client_secret: Option<ClientSecret>,
+    /// An ID token obtained elsewhere (an SSO agent), used instead of a
+    /// login of the broker's own; watched.
+    pub id_token_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIdentityProvider {
+    issuer: String,
+    client_id: String,
+    client_secret: Option<String>,
+    client_secret_file: Option<PathBuf>,
+    id_token_file: Option<PathBuf>,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     #[serde(default)]
     servers: BTreeMap<String, RawServer>,
+    #[serde(default)]
+    identity_providers: BTreeMap<String, RawIdentityProvider>,
     notifications: Option<bool>,
 }
 
@@ -219,6 +344,12 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawServer {
     url: String,
+    #[serde(default)]
+    grant: GrantKind,
+    client_key_file: Option<PathBuf>,
+    client_key_alg: Option<KeyAlgorithm>,
+    assertion_file: Option<PathBuf>,
+    identity_provider: Option<String>,
     client_id: Option<String>,
     client_secret: Option<String>,
     client_secret_file: Option<PathBuf>,
@@ -284,14 +415,30 @@ impl Config {
             path: path.to_path_buf(),
             source,
         };
+        let mut identity_providers = BTreeMap::new();
+        for (name, raw) in raw.identity_providers {
+            let name = ServerName::parse(&name).map_err(invalid)?;
+            let idp = validate_identity_provider(&name, raw).map_err(invalid)?;
+            identity_providers.insert(name, idp);
+        }
         let mut servers = BTreeMap::new();
         for (name, raw) in raw.servers {
             let name = ServerName::parse(&name).map_err(invalid)?;
             let server = validate_server(&name, raw).map_err(invalid)?;
+            if let Some(idp) = &server.identity_provider
+                && !identity_providers.contains_key(idp)
+            {
+                return Err(invalid(InvalidInput::Field {
+                    server: name.to_string(),
+                    field: "identity_provider",
+                    reason: format!("no [identity_providers.{idp}] section"),
+                }));
+            }
             servers.insert(name, server);
         }
         Ok(Self {
             servers,
+            identity_providers,
             notifications: raw.notifications.unwrap_or(true),
         })
     }
@@ -343,6 +490,49 @@ pub fn read_checked(path: &Path) -> Result<Option<String>, ConfigError> {
 }
 
 impl Config {}
+
+fn validate_identity_provider(
+    name: &ServerName,
+    raw: RawIdentityProvider,
+) -> Result<IdentityProvider, InvalidInput> {
+    let field = |field: &'static str, reason: &str| InvalidInput::Field {
+        server: format!("identity provider {name}"),
+        field,
+        reason: reason.to_string(),
+    };
+    parse_secure_url(&raw.issuer).map_err(|e| field("issuer", &e.to_string()))?;
+    let issuer = raw.issuer;
+    if raw.client_id.is_empty() {
+        return Err(field("client_id", "it is empty"));
+    }
+    let client_secret = match (raw.client_secret, raw.client_secret_file) {
+        (Some(_), Some(_)) => {
+            return Err(field(
+                "client_secret",
+                "set client_secret or client_secret_file, not both",
+            ));
+        }
+        (Some(s), None) if s.is_empty() => return Err(field("client_secret", "it is empty")),
+        (Some(s), None) => Some(ClientSecret::Inline(Secret::new(s))),
+        (None, Some(p)) => Some(ClientSecret::File(expand_home(p))),
+        (None, None) => None,
+    };
+    let id_token_file = match raw.id_token_file.map(expand_home) {
+        Some(p) if !p.is_absolute() => {
+            return Err(field(
+                "id_token_file",
+                "it must be an absolute path (or start with ~/)",
+            ));
+        }
+        other => other,
+    };
+    Ok(IdentityProvider {
+        issuer,
+        client_id: raw.client_id,
+        client_secret,
+        id_token_file,
+    })
+}
 
 fn validate_server(name: &ServerName, raw: RawServer) -> Result<ServerConfig, InvalidInput> {
     let field = |field: &'static str, reason: &str| InvalidInput::Field {
@@ -436,7 +626,89 @@ fn validate_server(name: &ServerName, raw: RawServer) -> Result<ServerConfig, In
             refresh_token: e.refresh_token,
         }),
     };
+    let client_key = match (raw.client_key_file, raw.client_key_alg) {
+        (Some(path), alg) => Some(ClientKey {
+            path: file_path("client_key_file", path)?,
+            alg: alg.unwrap_or_default(),
+        }),
+        (None, Some(_)) => {
+            return Err(field(
+                "client_key_alg",
+                "client_key_alg needs a client_key_file",
+            ));
+        }
+        (None, None) => None,
+    };
+    if client_key.is_some() {
+        if client_secret.is_some() {
+            return Err(field(
+                "client_key_file",
+                "set a client secret or a client key, not both",
+            ));
+        }
+        if client_id.is_none() {
+            return Err(field("client_key_file", "a client key needs a client_id"));
+        }
+    }
+    let assertion_file = raw
+        .assertion_file
+        .map(|p| file_path("assertion_file", p))
+        .transpose()?;
+    match raw.grant {
+        GrantKind::AuthorizationCode => {
+            if client_key.is_some() {
+                return Err(field(
+                    "client_key_file",
+                    "a client key is used by grant = \"client_credentials\", \"workload\" or \"enterprise\"",
+                ));
+            }
+        }
+        GrantKind::ClientCredentials => {
+            if client_id.is_none() || (client_secret.is_none() && client_key.is_none()) {
+                return Err(field(
+                    "grant",
+                    "client_credentials needs a client_id and its client_secret_file (or client_secret, or client_key_file)",
+                ));
+            }
+        }
+        GrantKind::Enterprise => {
+            if raw.identity_provider.is_none() || client_id.is_none() {
+                return Err(field(
+                    "grant",
+                    "enterprise needs identity_provider (an [identity_providers.NAME] section) and the client_id registered at the server's authorization server",
+                ));
+            }
+        }
+        GrantKind::Workload => {
+            if assertion_file.is_none() {
+                return Err(field(
+                    "grant",
+                    "workload needs assertion_file: the file the platform writes the workload token to",
+                ));
+            }
+        }
+    }
+    let identity_provider = match raw.identity_provider {
+        None => None,
+        Some(_) if raw.grant != GrantKind::Enterprise => {
+            return Err(field(
+                "identity_provider",
+                "identity_provider is used by grant = \"enterprise\"",
+            ));
+        }
+        Some(idp) => Some(ServerName::parse(&idp)?),
+    };
+    if assertion_file.is_some() && raw.grant != GrantKind::Workload {
+        return Err(field(
+            "assertion_file",
+            "assertion_file is used by grant = \"workload\"",
+        ));
+    }
     Ok(ServerConfig {
+        grant: raw.grant,
+        client_key,
+        assertion_file,
+        identity_provider,
         url,
         client_id,
         client_secret,
@@ -709,6 +981,131 @@ mod tests {
         ];
         for (text, expected) in cases {
             let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains(expected), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn grants_and_their_keys() {
+        let cfg = parse(
+            r#"
+            [servers.plain]
+            url = "https://a.example/mcp"
+
+            [servers.ci]
+            url = "https://tools.example.com/mcp"
+            grant = "client_credentials"
+            client_id = "svc-ci"
+            client_secret_file = "/s/svc-ci"
+
+            [servers.jwt]
+            url = "https://tools.example.com/mcp"
+            grant = "client_credentials"
+            client_id = "svc-ci"
+            client_key_file = "/s/svc-ci.pem"
+            client_key_alg = "ES256"
+
+            [servers.k8s]
+            url = "https://tools.internal/mcp"
+            grant = "workload"
+            assertion_file = "/var/run/secrets/tokens/mcp"
+
+            [servers.wiki]
+            url = "https://wiki.corp.example/mcp"
+            grant = "enterprise"
+            identity_provider = "corp"
+            client_id = "wiki-client"
+
+            [identity_providers.corp]
+            issuer = "https://login.corp.example"
+            client_id = "mcpauth-desktop"
+            id_token_file = "/run/sso/id_token"
+            "#,
+        )
+        .unwrap();
+        let get = |n: &str| &cfg.servers[&ServerName::parse(n).unwrap()];
+        assert_eq!(get("plain").grant, GrantKind::AuthorizationCode);
+        assert!(!get("plain").grant.unattended());
+        assert_eq!(get("ci").grant, GrantKind::ClientCredentials);
+        assert!(get("ci").grant.unattended());
+        assert_eq!(
+            get("jwt").client_key,
+            Some(ClientKey {
+                path: "/s/svc-ci.pem".into(),
+                alg: KeyAlgorithm::ES256
+            })
+        );
+        assert_eq!(get("wiki").grant, GrantKind::Enterprise);
+        assert!(get("wiki").grant.unattended() && get("wiki").grant.has_login());
+        let corp = &cfg.identity_providers[&ServerName::parse("corp").unwrap()];
+        assert_eq!(corp.issuer, "https://login.corp.example");
+        assert_eq!(
+            corp.id_token_file.as_deref(),
+            Some(Path::new("/run/sso/id_token"))
+        );
+        assert_eq!(get("k8s").grant, GrantKind::Workload);
+        assert_eq!(
+            get("k8s").assertion_file.as_deref(),
+            Some(Path::new("/var/run/secrets/tokens/mcp"))
+        );
+        let u = "url = \"https://e.com\"\n";
+        let cases = [
+            (format!("{u}grant = \"password\""), "unknown variant"),
+            (
+                format!("{u}grant = \"client_credentials\""),
+                "needs a client_id",
+            ),
+            (
+                format!("{u}grant = \"client_credentials\"\nclient_id = \"a\""),
+                "needs a client_id and its client_secret_file",
+            ),
+            (format!("{u}grant = \"workload\""), "needs assertion_file"),
+            (
+                format!("{u}assertion_file = \"/x\""),
+                "used by grant = \"workload\"",
+            ),
+            (
+                format!("{u}grant = \"workload\"\nassertion_file = \"rel\""),
+                "absolute path",
+            ),
+            (
+                format!("{u}client_id = \"a\"\nclient_key_file = \"/k\""),
+                "used by grant",
+            ),
+            (
+                format!(
+                    "{u}grant = \"client_credentials\"\nclient_id = \"a\"\nclient_secret = \"s\"\nclient_key_file = \"/k\""
+                ),
+                "not both",
+            ),
+            (
+                format!(
+                    "{u}grant = \"client_credentials\"\nclient_id = \"a\"\nclient_key_file = \"/k\"\nclient_key_alg = \"RS256\""
+                ),
+                "unknown variant",
+            ),
+            (
+                format!("{u}client_key_alg = \"ES256\""),
+                "needs a client_key_file",
+            ),
+            (
+                format!("{u}grant = \"enterprise\"\nclient_id = \"a\""),
+                "enterprise needs identity_provider",
+            ),
+            (
+                format!(
+                    "{u}grant = \"enterprise\"\nclient_id = \"a\"\nidentity_provider = \"corp\""
+                ),
+                "no [identity_providers.corp] section",
+            ),
+            (
+                format!("{u}identity_provider = \"corp\""),
+                "used by grant = \"enterprise\"",
+            ),
+        ];
+        for (body, expected) in cases {
+            let text = format!("[servers.x]\n{body}");
+            let err = parse(&text).unwrap_err().to_string();
             assert!(err.contains(expected), "{text:?}: {err}");
         }
     }

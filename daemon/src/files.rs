@@ -380,7 +380,7 @@ impl Broker {
             let Some(url) = self.config().servers.get(name).map(|s| s.url.clone()) else {
                 return ignore("the server is no longer configured");
             };
-            match self.http.discover(&url, now).await {
+            match self.http.discover(&url, now, true).await {
                 Ok(found) => {
                     record.discovery = Some(found.discovery);
                     self.store().put_server(&guard, &record).await?;

@@ -10,7 +10,10 @@
 //!   write of a server's state takes.
 //! - [`install`]: the one place a new grant is installed.
 //! - [`login`]: the authorization-code flow; [`callback`]: its loopback
-//!   HTTP server.
+//!   HTTP server; [`device`]: the device flow (RFC 8628).
+//! - [`unattended`]: grants without a person (client credentials,
+//!   workload JWT bearer), obtained and renewed through the refresh path;
+//!   [`enterprise`]: enterprise-managed authorization (ID-JAG) on top.
 //! - [`refresh`]: the one place a grant is refreshed, the backoff, logout.
 //! - [`tokens`]: `GetToken`, rejected-token reports, step-up.
 //! - [`scheduler`]: proactive refresh on an injectable [`clock`].
@@ -32,6 +35,8 @@ pub(crate) mod callback;
 pub mod clock;
 pub mod config;
 pub(crate) mod desktop;
+pub(crate) mod device;
+pub(crate) mod enterprise;
 pub mod files;
 pub(crate) mod fsutil;
 pub(crate) mod install;
@@ -48,6 +53,7 @@ pub mod shutdown;
 pub mod state;
 pub mod store;
 pub(crate) mod tokens;
+pub(crate) mod unattended;
 pub(crate) mod url_policy;
 pub(crate) mod watcher;
 
@@ -208,6 +214,7 @@ pub async fn run(paths: Paths, options: BrokerOptions) -> Result<(), DaemonError
     let broker = Broker::start(paths.clone(), store, activated, shutdown.clone(), options).await?;
     broker.start_scheduler();
     broker.start_token_files();
+    broker.start_assertion_watch();
     let _watcher = match watcher::watch_config(broker.clone(), paths.config.clone()) {
         Ok(w) => Some(w),
         Err(e) => {

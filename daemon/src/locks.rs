@@ -75,6 +75,30 @@ impl ServerGuard {
     }
 }
 
+/// The identity providers' locks (`enterprise`): a map of their own, so an
+/// identity provider and a server of the same name never share a lock.
+/// Taken after a server's lock, never before one.
+#[derive(Default)]
+pub struct IdpLocks(ServerLocks);
+
+/// Proof that the holder has an identity provider's lock; the store's
+/// writes of an identity provider's record ask for one.
+#[derive(Debug)]
+pub struct IdpGuard(ServerGuard);
+
+impl IdpLocks {
+    pub async fn lock(&self, name: &ServerName) -> IdpGuard {
+        IdpGuard(self.0.lock(name).await)
+    }
+}
+
+impl IdpGuard {
+    /// The identity provider this guard locks.
+    pub fn name(&self) -> &ServerName {
+        self.0.name()
+    }
+}
+
 impl std::fmt::Debug for ServerGuard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServerGuard")

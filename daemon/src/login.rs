@@ -56,10 +56,46 @@ pub enum LoginOutcome {
     },
 }
 
+/// How a person logs in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LoginMethod {
+    /// The authorization-code flow: a browser, or a pasted redirect.
+    #[default]
+    Browser,
+    /// RFC 8628: a code entered on any device (see `device.rs`).
+    Device,
+    /// The device flow where the AS offers it, else the browser.
+    DeviceIfOffered,
+}
+
+/// What a caller asks of a login.
+#[derive(Clone, Debug, Default)]
+pub struct LoginOptions {
+    /// Scopes to ask for; empty: step-up, stored challenge, configured,
+    /// or suggested by the server.
+    pub scopes: Vec<String>,
+    pub method: LoginMethod,
+    /// A challenge the client received without a token: kept (its scopes
+    /// only) and authoritative for this login.
+    pub www_authenticate: Option<String>,
+}
+
+/// What a person is shown of a device login.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceView {
+    pub user_code: String,
+    pub verification_uri: String,
+    pub verification_uri_complete: Option<String>,
+    pub expires_at_ms: i64,
+    pub interval_secs: u64,
+}
+
 /// A login in progress, shared by everyone who asked for it.
 pub struct ActiveLogin {
     pub flow: PendingFlow,
     pub callback_port: u16,
+    /// Set for a device login (which has no callback).
+    pub device: Option<DeviceView>,
     outcome: watch::Sender<Option<LoginOutcome>>,
     /// Stops the callback server.
     stop: Shutdown,
@@ -71,6 +107,7 @@ pub struct ActiveLogin {
 pub struct LoginHandle {
     pub flow: PendingFlow,
     pub callback_port: u16,
+    pub device: Option<DeviceView>,
     pub joined: bool,
     pub outcome: watch::Receiver<Option<LoginOutcome>>,
 }
@@ -89,8 +126,13 @@ impl Logins {
             .is_some_and(|a| a.outcome.borrow().is_none())
     }
 
-    fn get(&self, name: &ServerName) -> Option<Arc<ActiveLogin>> {
+    pub(crate) fn get(&self, name: &ServerName) -> Option<Arc<ActiveLogin>> {
         self.active.lock().unwrap().get(name).cloned()
+    }
+
+    /// Makes `login` the server's login in progress.
+    pub(crate) fn insert(&self, name: &ServerName, login: Arc<ActiveLogin>) {
+        self.active.lock().unwrap().insert(name.clone(), login);
     }
 
     /// Removes the login of a server whose state is being deleted.
@@ -100,6 +142,40 @@ impl Logins {
 }
 
 impl ActiveLogin {
+    /// A login with these parts, not yet settled.
+    pub(crate) fn new(
+        flow: PendingFlow,
+        callback_port: u16,
+        device: Option<DeviceView>,
+    ) -> (Arc<Self>, watch::Receiver<Option<LoginOutcome>>) {
+        let (outcome, rx) = watch::channel(None);
+        let login = Arc::new(Self {
+            flow,
+            callback_port,
+            device,
+            outcome,
+            stop: Shutdown::new(),
+            completing: tokio::sync::Mutex::new(()),
+        });
+        (login, rx)
+    }
+
+    /// Resolves when the login is stopped (settled or cancelled).
+    pub(crate) fn stopped(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        self.stop.wait()
+    }
+
+    /// A handle for a caller joining this login.
+    fn join(&self) -> LoginHandle {
+        LoginHandle {
+            flow: self.flow.clone(),
+            callback_port: self.callback_port,
+            device: self.device.clone(),
+            joined: true,
+            outcome: self.outcome.subscribe(),
+        }
+    }
+
     /// Ends a login whose server's state is gone (its flow with it): the
     /// waiters are told why, and the callback server stops.
     pub(crate) fn abandon(&self, reason: &str) {
@@ -114,13 +190,39 @@ impl ActiveLogin {
 }
 
 impl Broker {
-    /// Starts a login, or joins the one in progress.
+    /// Starts a browser login, or joins the one in progress.
     pub async fn login(
         self: &Arc<Self>,
         name: &str,
         scopes: Vec<String>,
     ) -> Result<LoginHandle, BrokerError> {
-        let name = ServerName::parse(name)?;
+        self.login_with(
+            name,
+            LoginOptions {
+                scopes,
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
+    /// Starts a login, or joins the one in progress.
+    pub async fn login_with(
+        self: &Arc<Self>,
+        name: &str,
+        options: LoginOptions,
+    ) -> Result<LoginHandle, BrokerError> {
+        let name = self.configured(name)?;
+        if let Some(grant) = self.unattended(&name).filter(|g| !g.has_login()) {
+            return Err(BrokerError::NoLoginNeeded {
+                server: name.to_string(),
+                grant: grant.as_str(),
+            });
+        }
+        if let Some(www) = options.www_authenticate.as_deref() {
+            self.store_challenge(&name, www).await?;
+        }
+        let scopes = options.scopes;
         // One start at a time per server, so two callers cannot both start.
         let guard = self.locks.lock(&name).await;
         // The config as it is under the lock (a URL change waits for it).
@@ -133,16 +235,25 @@ impl Broker {
         if let Some(active) = self.logins.get(&name)
             && active.outcome.borrow().is_none()
         {
-            return Ok(LoginHandle {
-                flow: active.flow.clone(),
-                callback_port: active.callback_port,
-                joined: true,
-                outcome: active.outcome.subscribe(),
-            });
+            return Ok(active.join());
+        }
+        if server.grant == crate::config::GrantKind::Enterprise {
+            // The login is the identity provider's (OpenID Connect), in a
+            // browser or with a pasted redirect.
+            if options.method == LoginMethod::Device {
+                return Err(BrokerError::Invalid(crate::config::InvalidInput::Field {
+                    server: name.to_string(),
+                    field: "login",
+                    reason: "--device is not offered for an enterprise server: its login is the identity provider's, in a browser (or with the pasted redirect, --no-browser)".into(),
+                }));
+            }
+            return self.start_idp_login(guard, &server).await;
         }
 
         let now = self.now_ms();
-        let discovered = match self.http.discover(&server.url, now).await {
+        // PKCE is asked of the AS below, once it is known that the browser
+        // flow is the one used (the device flow has none).
+        let discovered = match self.http.discover(&server.url, now, false).await {
             Ok(d) => d,
             Err(e) => {
                 warn!(server = %name, error = %e, "login failed: discovery");
@@ -151,6 +262,52 @@ impl Broker {
             }
         };
         let discovery = discovered.discovery;
+        let offers_device = discovery.metadata.device_authorization_endpoint.is_some();
+        let device = match options.method {
+            LoginMethod::Browser => false,
+            LoginMethod::DeviceIfOffered => offers_device,
+            LoginMethod::Device if offers_device => true,
+            LoginMethod::Device => {
+                let e = crate::oauth::OAuthError::DeviceUnsupported {
+                    issuer: discovery.issuer.clone(),
+                };
+                self.record_error(&guard, &e.to_string()).await;
+                return Err(BrokerError::OAuth(e));
+            }
+        };
+        let s256 = discovery
+            .metadata
+            .code_challenge_methods_supported
+            .as_ref()
+            .is_some_and(|m| m.iter().any(|m| m == "S256"));
+        if !device && !s256 {
+            let e = crate::oauth::OAuthError::PkceUnsupported {
+                issuer: discovery.issuer.clone(),
+            };
+            warn!(server = %name, error = %e, "login failed: discovery");
+            self.record_error(&guard, &e.to_string()).await;
+            return Err(BrokerError::OAuth(e));
+        }
+        let stored_challenge = self
+            .store()
+            .server(&name)?
+            .and_then(|r| r.challenge)
+            .map(|c| crate::oauth::challenge::BearerChallenge {
+                scope: Some(c.scopes.join(" ")),
+                ..Default::default()
+            });
+        if device {
+            return self
+                .start_device_login(
+                    guard,
+                    &server,
+                    discovery,
+                    scopes,
+                    discovered.challenge,
+                    stored_challenge,
+                )
+                .await;
+        }
 
         let mut record = self
             .store()
@@ -190,16 +347,16 @@ impl Broker {
             }
         };
 
-        let explicit = if !scopes.is_empty() {
-            scopes
-        } else if let Some(step_up) = record.step_up.as_ref().filter(|s| !s.scopes.is_empty()) {
-            let scopes = step_up.scopes.clone();
-            self.count_step_up_attempt(&guard).await?;
-            scopes
-        } else {
-            server.scopes.clone()
-        };
-        let scopes = flow::select_scopes(&explicit, discovered.challenge.as_ref(), &discovery);
+        let scopes = self
+            .login_scopes(
+                &guard,
+                &server,
+                &discovery,
+                scopes,
+                discovered.challenge,
+                stored_challenge,
+            )
+            .await?;
         let pkce = pkce::Pkce::new();
         let state = pkce::new_state();
         let url = flow::authorization_url(
@@ -224,31 +381,56 @@ impl Broker {
         // Stored before anyone sees the URL.
         self.store().put_flow(&guard, &pending).await?;
 
-        let (outcome, rx) = watch::channel(None);
-        let active = Arc::new(ActiveLogin {
-            flow: pending.clone(),
-            callback_port: port,
-            outcome,
-            stop: Shutdown::new(),
-            completing: tokio::sync::Mutex::new(()),
-        });
-        self.logins
-            .active
-            .lock()
-            .unwrap()
-            .insert(name.clone(), active.clone());
+        let (active, rx) = ActiveLogin::new(pending.clone(), port, None);
+        self.logins.insert(&name, active.clone());
         self.spawn_callback(name.clone(), active.clone(), listener)?;
         info!(server = %name, issuer = %discovery.issuer, port, "login started");
         self.publish(Some(name), EventKind::LoginStarted);
         Ok(LoginHandle {
             flow: pending,
             callback_port: port,
+            device: None,
             joined: false,
             outcome: rx,
         })
     }
 
-    fn spawn_callback(
+    /// The scopes of a login: those asked for, else a pending step-up's
+    /// (counted), else a stored challenge's (authoritative), else the
+    /// configured ones, else what the probe's challenge or the PRM suggest.
+    pub(crate) async fn login_scopes(
+        &self,
+        guard: &ServerGuard,
+        server: &crate::config::ServerConfig,
+        discovery: &Discovery,
+        asked: Vec<String>,
+        probed: Option<crate::oauth::challenge::BearerChallenge>,
+        stored: Option<crate::oauth::challenge::BearerChallenge>,
+    ) -> Result<Vec<String>, BrokerError> {
+        let record = self.store().server(guard.name())?;
+        let step_up = record
+            .as_ref()
+            .and_then(|r| r.step_up.as_ref())
+            .filter(|s| !s.scopes.is_empty())
+            .map(|s| s.scopes.clone());
+        let (explicit, challenge) = if !asked.is_empty() {
+            (asked, None)
+        } else if let Some(scopes) = step_up {
+            self.count_step_up_attempt(guard).await?;
+            (scopes, None)
+        } else if stored.is_some() {
+            (Vec::new(), stored)
+        } else {
+            (server.scopes.clone(), probed)
+        };
+        Ok(flow::select_scopes(
+            &explicit,
+            challenge.as_ref(),
+            discovery,
+        ))
+    }
+
+    pub(crate) fn spawn_callback(
         self: &Arc<Self>,
         name: ServerName,
         active: Arc<ActiveLogin>,
@@ -322,7 +504,7 @@ impl Broker {
     /// The registration to use with `discovery`'s issuer: configured or
     /// CIMD, else a stored dynamic one for the same redirect URI, else a
     /// new dynamic registration. Stored per issuer.
-    async fn registration_for(
+    pub(crate) async fn registration_for(
         &self,
         guard: &ServerGuard,
         server: &crate::config::ServerConfig,
@@ -374,10 +556,14 @@ impl Broker {
             .filter(|f| f.expires_at_ms > self.now_ms())
             .ok_or_else(|| BrokerError::NoLoginPending(name.to_string()))?;
         let record = self.store().server(&name)?;
+        // An enterprise server's login is at its identity provider.
+        let idp_login = self.idp_discovery_for(&name, &flow.issuer)?;
+        let is_idp_login = idp_login.is_some();
         let discovery = record
             .as_ref()
             .and_then(|r| r.discovery.clone())
             .filter(|d| d.issuer == flow.issuer)
+            .or(idp_login)
             .ok_or_else(|| BrokerError::NoLoginPending(name.to_string()))?;
         let registration = self
             .store()
@@ -459,6 +645,11 @@ impl Broker {
                 return Err(BrokerError::OAuth(e));
             }
         };
+        if is_idp_login {
+            return self
+                .finish_idp_login(guard, active.as_ref(), &flow, tokens)
+                .await;
+        }
         let expires_at_ms = tokens.expires_at_ms(self.now_ms());
         let new = NewGrant {
             issuer: flow.issuer.clone(),
@@ -473,15 +664,7 @@ impl Broker {
         let granted = new.scopes.clone();
         // Durable (and exported) before anyone hears of it.
         let installed = self
-            .install_grant(&guard, new, GrantSource::Login, |r| {
-                // The step-up is satisfied; its attempts stay counted so
-                // the bound holds across logins.
-                if let Some(step_up) = r.step_up.as_mut()
-                    && step_up.scopes.iter().all(|x| granted.contains(x))
-                {
-                    step_up.scopes.clear();
-                }
-            })
+            .install_grant(&guard, new, GrantSource::Login, |r| login_done(r, &granted))
             .await;
         let grant = match installed {
             Ok(grant) => grant,
@@ -531,7 +714,7 @@ impl Broker {
         Ok(true)
     }
 
-    async fn end_flow(
+    pub(crate) async fn end_flow(
         &self,
         guard: &ServerGuard,
         active: Option<&Arc<ActiveLogin>>,
@@ -550,7 +733,7 @@ impl Broker {
 
     /// Settles a login: publishes the outcome, stops its callback server,
     /// and (with `delete`) removes the stored flow.
-    async fn finish_login(
+    pub(crate) async fn finish_login(
         &self,
         guard: &ServerGuard,
         active: &Arc<ActiveLogin>,
@@ -574,4 +757,16 @@ impl Broker {
             logins.remove(name);
         }
     }
+}
+
+/// What a completed login changes in the server's record: the step-up is
+/// satisfied (its attempts stay counted, so the bound holds across
+/// logins), and the stored challenge has served.
+pub(crate) fn login_done(record: &mut crate::state::ServerRecord, granted: &[String]) {
+    if let Some(step_up) = record.step_up.as_mut()
+        && step_up.scopes.iter().all(|x| granted.contains(x))
+    {
+        step_up.scopes.clear();
+    }
+    record.challenge = None;
 }

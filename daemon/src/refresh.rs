@@ -74,7 +74,7 @@ impl Broker {
 
     /// Records a failed refresh of `generation`: one more consecutive
     /// failure, and no request before the backoff is over.
-    fn start_backoff(
+    pub(crate) fn start_backoff(
         &self,
         name: &ServerName,
         generation: u64,
@@ -123,6 +123,17 @@ impl Broker {
         freshness: Freshness,
     ) -> Result<Grant, BrokerError> {
         let guard = self.locks.lock(&name).await;
+        // The config as it is under the lock: a grant without a person is
+        // obtained again instead of refreshed.
+        let unattended = self
+            .config()
+            .servers
+            .get(&name)
+            .filter(|s| s.grant.unattended())
+            .cloned();
+        if let Some(server) = unattended {
+            return self.renew_unattended(&guard, &server, freshness).await;
+        }
         let login_required = |reason: &str| BrokerError::LoginRequired {
             server: name.to_string(),
             reason: reason.to_string(),

@@ -21,7 +21,7 @@ use tracing::warn;
 use crate::broker::{AuthState, Broker, BrokerError, DaemonStatus, Event, EventKind, ServerView};
 use crate::config::{NewServer, ServerName};
 use crate::listener::Connection;
-use crate::login::{FailureKind, LoginOutcome};
+use crate::login::{FailureKind, LoginMethod, LoginOptions, LoginOutcome};
 use crate::oauth::flow::CallbackParams;
 use crate::scheduler::Plan;
 
@@ -122,6 +122,7 @@ impl From<BrokerError> for Status {
             BrokerError::Callback(_) => Status::permission_denied(message),
             BrokerError::OAuth(_) => Status::failed_precondition(message),
             BrokerError::Superseded { .. } => Status::aborted(message),
+            BrokerError::NoLoginNeeded { .. } => Status::failed_precondition(message),
         }
     }
 }
@@ -133,6 +134,7 @@ fn auth_state(state: AuthState) -> pb::AuthState {
         AuthState::Authorized => pb::AuthState::Authorized,
         AuthState::RefreshFailing => pb::AuthState::RefreshFailing,
         AuthState::StepUpRequired => pb::AuthState::StepUpRequired,
+        AuthState::OnDemand => pb::AuthState::OnDemand,
     }
 }
 
@@ -209,6 +211,12 @@ impl From<ServerView> for pb::Server {
                 _ => 0,
             },
             granted_scopes: v.granted_scopes,
+            grant: v.config.grant.as_str().into(),
+            identity_provider: v
+                .config
+                .identity_provider
+                .map(|i| i.to_string())
+                .unwrap_or_default(),
         }
     }
 }
@@ -382,15 +390,46 @@ impl broker_server::Broker for BrokerService {
     ) -> Result<Response<Self::LoginStream>, Status> {
         check_protocol(&request)?;
         let r = request.into_inner();
-        let handle = self.broker.login(&r.server, r.scopes).await?;
-        let started = pb::LoginEvent {
-            kind: Some(pb::login_event::Kind::Started(pb::LoginStarted {
-                authorization_url: handle.flow.authorization_url.clone(),
-                redirect_uri: handle.flow.redirect_uri.clone(),
-                callback_port: u32::from(handle.callback_port),
-                joined: handle.joined,
-                expires_at_unix_ms: handle.flow.expires_at_ms,
-            })),
+        if r.www_authenticate.len() > 16 * 1024 {
+            return Err(Status::invalid_argument(
+                "www_authenticate is longer than 16 KiB",
+            ));
+        }
+        let method = match pb::LoginMethod::try_from(r.method) {
+            Ok(pb::LoginMethod::Browser) => LoginMethod::Browser,
+            Ok(pb::LoginMethod::Device) => LoginMethod::Device,
+            Ok(pb::LoginMethod::DeviceIfOffered) => LoginMethod::DeviceIfOffered,
+            Err(_) => return Err(Status::invalid_argument("unknown login method")),
+        };
+        let options = LoginOptions {
+            scopes: r.scopes,
+            method,
+            www_authenticate: optional(r.www_authenticate),
+        };
+        let handle = self.broker.login_with(&r.server, options).await?;
+        let started = match &handle.device {
+            Some(device) => pb::LoginEvent {
+                kind: Some(pb::login_event::Kind::Device(pb::DeviceAuthorization {
+                    user_code: device.user_code.clone(),
+                    verification_uri: device.verification_uri.clone(),
+                    verification_uri_complete: device
+                        .verification_uri_complete
+                        .clone()
+                        .unwrap_or_default(),
+                    expires_at_unix_ms: device.expires_at_ms,
+                    interval_secs: u32::try_from(device.interval_secs).unwrap_or(u32::MAX),
+                    joined: handle.joined,
+                })),
+            },
+            None => pb::LoginEvent {
+                kind: Some(pb::login_event::Kind::Started(pb::LoginStarted {
+                    authorization_url: handle.flow.authorization_url.clone(),
+                    redirect_uri: handle.flow.redirect_uri.clone(),
+                    callback_port: u32::from(handle.callback_port),
+                    joined: handle.joined,
+                    expires_at_unix_ms: handle.flow.expires_at_ms,
+                })),
+            },
         };
         let (tx, rx) = mpsc::channel(2);
         let mut outcome = handle.outcome;

@@ -40,6 +40,50 @@ pub struct ServerRecord {
     /// generation is above it, so generations only grow, across logouts.
     #[serde(default)]
     pub last_generation: u64,
+    /// A challenge a client received while no token was held (a
+    /// `ReportUnauthorized` without a grant, or `login --www-authenticate`):
+    /// its scope is authoritative for the next login, which clears it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub challenge: Option<StoredChallenge>,
+}
+
+/// What is kept of a challenge for the next login: its scopes, validated
+/// as scope tokens and bounded. Nothing else of the header is kept (it
+/// came from a server, and may carry anything).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredChallenge {
+    pub scopes: Vec<String>,
+    pub received_at_ms: i64,
+}
+
+impl StoredChallenge {
+    /// At most this many scopes of at most [`Self::MAX_SCOPE_LEN`] bytes.
+    pub const MAX_SCOPES: usize = 32;
+    pub const MAX_SCOPE_LEN: usize = 128;
+
+    /// The scopes of a challenge worth keeping: `None` when it names none
+    /// that are valid scope tokens (RFC 6749 §3.3).
+    pub fn from_scopes(scopes: &[String], now_ms: i64) -> Option<Self> {
+        let valid = |s: &&String| {
+            !s.is_empty()
+                && s.len() <= Self::MAX_SCOPE_LEN
+                && s.bytes()
+                    .all(|b| b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b))
+        };
+        let mut kept: Vec<String> = Vec::new();
+        for scope in scopes.iter().filter(valid) {
+            if kept.len() == Self::MAX_SCOPES {
+                break;
+            }
+            if !kept.contains(scope) {
+                kept.push(scope.clone());
+            }
+        }
+        (!kept.is_empty()).then_some(Self {
+            scopes: kept,
+            received_at_ms: now_ms,
+        })
+    }
 }
 
 impl ServerRecord {
@@ -53,6 +97,7 @@ impl ServerRecord {
             discovery: None,
             step_up: None,
             last_generation: 0,
+            challenge: None,
         }
     }
 }
@@ -84,6 +129,15 @@ pub struct AuthServerMetadata {
     pub client_id_metadata_document_supported: bool,
     #[serde(default)]
     pub authorization_response_iss_parameter_supported: bool,
+    /// RFC 8628: where a device login starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_authorization_endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant_types_supported: Option<Vec<String>>,
+    /// The grant profiles the AS takes (ID-JAG:
+    /// `urn:ietf:params:oauth:grant-profile:id-jag`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization_grant_profiles_supported: Option<Vec<String>>,
 }
 
 /// How the authorization server was found.
@@ -188,4 +242,19 @@ pub struct StepUp {
     pub scopes: Vec<String>,
     /// When step-up authorizations started (Unix ms), newest last.
     pub attempts: Vec<i64>,
+}
+
+/// What the broker holds for one identity provider (`enterprise`): its
+/// metadata, and the ID token of the last login there. One per identity
+/// provider, shared by every server that names it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentityRecord {
+    pub issuer: String,
+    pub metadata: AuthServerMetadata,
+    #[serde(default)]
+    pub id_token: Option<Secret>,
+    /// The ID token's `exp` (Unix ms), when it has one.
+    #[serde(default)]
+    pub id_token_expires_at_ms: Option<i64>,
+    pub logged_in_at_ms: i64,
 }

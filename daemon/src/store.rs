@@ -7,7 +7,10 @@
 //! - `servers`: server name -> [`ServerRecord`] as versioned JSON;
 //! - `grants`: `<name>\0` -> [`Grant`] (the tokens);
 //! - `registrations`: `<name>\0<issuer>` -> [`Registration`];
-//! - `flows`: `<name>\0` -> [`PendingFlow`] (a login in progress).
+//! - `flows`: `<name>\0` -> [`PendingFlow`] (a login in progress);
+//! - `identities`: identity provider name -> [`IdentityRecord`] (its
+//!   metadata and ID token, for `enterprise` servers); written under the
+//!   identity provider's [`IdpGuard`], and not a per-server tree.
 //!
 //! Per-server trees key their entries as `<server name>\0<rest>`, so
 //! [`Store::delete_server`] can remove every trace of a server by prefix.
@@ -32,8 +35,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::config::ServerName;
-use crate::locks::ServerGuard;
-use crate::state::{Grant, PendingFlow, Registration, ServerRecord};
+use crate::locks::{IdpGuard, ServerGuard};
+use crate::state::{Grant, IdentityRecord, PendingFlow, Registration, ServerRecord};
 
 /// The layout version written in `meta/schema_version`.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -82,6 +85,7 @@ pub struct Store {
     grants: sled::Tree,
     registrations: sled::Tree,
     flows: sled::Tree,
+    identities: sled::Tree,
 }
 
 fn server_key(name: &ServerName, rest: &str) -> Vec<u8> {
@@ -121,6 +125,7 @@ impl Store {
         let grants = db.open_tree("grants")?;
         let registrations = db.open_tree("registrations")?;
         let flows = db.open_tree("flows")?;
+        let identities = db.open_tree("identities")?;
         let store = Self {
             path,
             grant_cache: Default::default(),
@@ -130,6 +135,7 @@ impl Store {
             grants,
             registrations,
             flows,
+            identities,
         };
         match store.meta.get("schema_version")? {
             None => {
@@ -265,7 +271,11 @@ impl Store {
         let mut prefix = name.as_bytes().to_vec();
         prefix.push(0);
         for tree_name in self.db.tree_names() {
-            if tree_name == b"meta" || tree_name == b"servers" || tree_name == b"__sled__default" {
+            if tree_name == b"meta"
+                || tree_name == b"servers"
+                || tree_name == b"identities"
+                || tree_name == b"__sled__default"
+            {
                 continue;
             }
             let tree = self.db.open_tree(&tree_name)?;
@@ -295,6 +305,29 @@ impl Store {
     async fn remove(&self, tree: &sled::Tree, key: Vec<u8>) -> Result<(), StoreError> {
         tree.remove(key)?;
         self.flush().await
+    }
+
+    /// What is held for an identity provider.
+    pub fn identity(&self, name: &ServerName) -> Result<Option<IdentityRecord>, StoreError> {
+        Self::get(&self.identities, name.as_str().as_bytes())
+    }
+
+    pub async fn put_identity(
+        &self,
+        guard: &IdpGuard,
+        record: &IdentityRecord,
+    ) -> Result<(), StoreError> {
+        self.put(
+            &self.identities,
+            guard.name().as_str().as_bytes().to_vec(),
+            record,
+        )
+        .await
+    }
+
+    pub async fn delete_identity(&self, guard: &IdpGuard) -> Result<(), StoreError> {
+        self.remove(&self.identities, guard.name().as_str().as_bytes().to_vec())
+            .await
     }
 
     pub fn grant(&self, name: &ServerName) -> Result<Option<Grant>, StoreError> {
@@ -464,6 +497,7 @@ impl Store {
             ("grants", &self.grants),
             ("registrations", &self.registrations),
             ("flows", &self.flows),
+            ("identities", &self.identities),
         ] {
             let mut entries = serde_json::Map::new();
             for entry in tree.iter() {

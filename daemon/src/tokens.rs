@@ -34,7 +34,7 @@ use crate::config::ServerName;
 use crate::locks::ServerGuard;
 use crate::oauth::{challenge, pkce};
 use crate::refresh::Freshness;
-use crate::state::{Grant, StepUp};
+use crate::state::{Grant, StepUp, StoredChallenge};
 
 /// Default minimum validity of a token handed out.
 pub const DEFAULT_MIN_TTL: Duration = Duration::from_secs(60);
@@ -137,6 +137,13 @@ impl Broker {
         min_ttl: Duration,
     ) -> Result<Grant, BrokerError> {
         let name = name.clone();
+        if self.unattended(&name).is_some() && self.store().grant(&name)?.is_none() {
+            // No person needed: the first token is obtained now, through
+            // the one refresh path.
+            return self
+                .refresh_grant(name, Freshness::UnlessValidForMs(0))
+                .await;
+        }
         let grant = self.held_grant(&name)?;
         let now = self.now_ms();
         let Some(expires_at) = grant.expires_at_ms else {
@@ -248,6 +255,16 @@ impl Broker {
         www_authenticate: &str,
     ) -> Result<Grant, BrokerError> {
         let name = name.clone();
+        if self.store().grant(&name)?.is_none() {
+            if self.unattended(&name).is_some() {
+                return self
+                    .refresh_grant(name, Freshness::UnlessValidForMs(0))
+                    .await;
+            }
+            // A client met a challenge before any login: what it asks for
+            // is authoritative for the next login.
+            self.store_challenge(&name, www_authenticate).await?;
+        }
         let grant = self.held_grant(&name)?;
         if !fingerprint.eq_ignore_ascii_case(&pkce::fingerprint(grant.access_token.expose())) {
             // Someone already recovered: hand out the current token.
@@ -319,6 +336,33 @@ impl Broker {
             .clone()
             .expect("waited for Some");
         result.map_err(|e| e.duplicate())
+    }
+
+    /// Keeps the scopes of `www_authenticate` (a challenge met while no
+    /// token is held) for the next login. Only validated scope tokens are
+    /// kept, at most 32; a challenge without any leaves the stored one.
+    pub(crate) async fn store_challenge(
+        &self,
+        name: &ServerName,
+        www_authenticate: &str,
+    ) -> Result<(), BrokerError> {
+        let Some(bearer) = challenge::bearer([www_authenticate]) else {
+            return Ok(());
+        };
+        let Some(stored) = StoredChallenge::from_scopes(&bearer.scopes(), self.now_ms()) else {
+            return Ok(());
+        };
+        let guard = self.locks.lock(name).await;
+        let held = self.store().server(name)?.and_then(|r| r.challenge);
+        if held.is_some_and(|h| h.scopes == stored.scopes) {
+            // A storm of the same report is one write.
+            return Ok(());
+        }
+        let scopes = stored.scopes.join(" ");
+        self.update_record(&guard, |r| r.challenge = Some(stored))
+            .await?;
+        info!(server = %name, %scopes, "challenge kept for the next login");
+        Ok(())
     }
 
     /// Records the union of held and challenged scopes as a pending

@@ -20,6 +20,7 @@ use mcpauthd::oauth::discovery::{
 };
 use mcpauthd::oauth::flow::{CallbackError, CallbackParams, validate_callback};
 use mcpauthd::oauth::http::Response;
+use mcpauthd::oauth::jwt;
 use mcpauthd::oauth::token::parse_token_response;
 use mcpauthd::secret::Secret;
 use mcpauthd::state::{AuthServerMetadata, PendingFlow};
@@ -188,6 +189,48 @@ proptest! {
         let parsed = challenge::parse([value.as_str()]);
         prop_assert_eq!(parsed.len(), 1, "{}", value);
         prop_assert_eq!(&parsed[0].params, &params, "{}", value);
+    }
+
+    // --- JWTs the broker forwards (workload tokens, ID-JAGs) ---
+
+    #[test]
+    fn the_jwt_decoder_survives_anything(text in nasty_string(), now in any::<i64>()) {
+        if let Ok(claims) = jwt::decode_unverified(&Secret::new(text)) {
+            let _ = jwt::check_forwarded(&claims, &["https://as.example.com"], now);
+        }
+    }
+
+    #[test]
+    fn forwarded_claims_of_any_shape_are_judged_without_panic(
+        aud in prop_oneof![
+            nasty_string().prop_map(serde_json::Value::from),
+            proptest::collection::vec(nasty_string(), 0..4).prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+        ],
+        exp in prop_oneof![
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<f64>().prop_map(serde_json::Value::from),
+            nasty_string().prop_map(serde_json::Value::from),
+        ],
+        now in any::<i64>(),
+        secret in secret_value(),
+    ) {
+        use base64::Engine;
+        let b64 = |v: &serde_json::Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+        };
+        let token = format!(
+            "{}.{}.{secret}",
+            b64(&serde_json::json!({"alg": "ES256"})),
+            b64(&serde_json::json!({"aud": aud, "exp": exp, "sub": secret}))
+        );
+        if let Ok(claims) = jwt::decode_unverified(&Secret::new(token))
+            && let Err(e) = jwt::check_forwarded(&claims, &["https://as.example.com"], now)
+        {
+            // The refusal names the audience, never the token or its
+            // subject.
+            prop_assert!(!e.to_string().contains(&secret), "{}", e);
+        }
     }
 
     #[test]

@@ -242,3 +242,70 @@ fn every_daemon_module_is_on_the_map() {
         );
     }
 }
+
+#[test]
+fn grants_without_a_person_share_the_one_refresh_path() {
+    // An unattended grant is obtained and renewed only by refresh_grant
+    // (which calls renew_unattended under the server's guard).
+    let found = offenders(
+        "daemon/src",
+        &["renew_unattended("],
+        &["daemon/src/refresh.rs", "daemon/src/unattended.rs"],
+    );
+    assert!(
+        found.is_empty(),
+        "an unattended grant obtained elsewhere: {found:?}"
+    );
+    let refresh = code(&std::fs::read_to_string(root().join("daemon/src/refresh.rs")).unwrap());
+    assert_eq!(refresh.matches(".renew_unattended(").count(), 1);
+    // Their token requests, and the device polls, have one caller each.
+    // (enterprise.rs's requests run inside renew_unattended.)
+    for (call, homes) in [
+        (".client_credentials(", &["daemon/src/unattended.rs"][..]),
+        (
+            ".jwt_bearer(",
+            &["daemon/src/unattended.rs", "daemon/src/enterprise.rs"][..],
+        ),
+        (".exchange_for_id_jag(", &["daemon/src/enterprise.rs"][..]),
+        (".poll_device(", &["daemon/src/device.rs"][..]),
+        (".device_authorization(", &["daemon/src/device.rs"][..]),
+    ] {
+        let mut allowed = homes.to_vec();
+        allowed.push("daemon/src/oauth/grants.rs");
+        let found = offenders("daemon/src", &[call], &allowed);
+        assert!(found.is_empty(), "{call} outside {homes:?}: {found:?}");
+    }
+    let unattended =
+        code(&std::fs::read_to_string(root().join("daemon/src/unattended.rs")).unwrap());
+    assert_eq!(
+        unattended.matches(".enterprise_tokens(").count(),
+        1,
+        "the ID-JAG exchange runs only inside renew_unattended"
+    );
+}
+
+#[test]
+fn secrets_are_exposed_only_where_they_leave() {
+    // Keys, client secrets, assertions and device codes reach the wire in
+    // the OAuth engine only; the broker's modules (the device flow and the
+    // unattended grants among them) pass them as `Secret`s. Tokens leave
+    // through rpc.rs and token files; tokens.rs only fingerprints them.
+    let found = offenders(
+        "daemon/src",
+        &[".expose()"],
+        &[
+            "daemon/src/rpc.rs",
+            "daemon/src/files.rs",
+            "daemon/src/tokens.rs",
+            "daemon/src/secret.rs",
+            "daemon/src/oauth/token.rs",
+            "daemon/src/oauth/grants.rs",
+            "daemon/src/oauth/jwt.rs",
+            "daemon/src/oauth/flow.rs",
+            "daemon/src/oauth/pkce.rs",
+            // check_token: a token shown to its own server, to check it.
+            "daemon/src/oauth/http.rs",
+        ],
+    );
+    assert!(found.is_empty(), "a secret exposed in: {found:?}");
+}

@@ -99,6 +99,8 @@ pub struct Switches {
     /// servers offer this as a "grace period" or "reuse interval" (Okta,
     /// Auth0, Cognito, Hydra). Off: any reuse revokes the grant.
     pub reuse_grace: bool,
+    /// Device flow, client credentials, JWT bearer, stateless MCP.
+    pub grants: crate::grants_as::GrantSwitches,
 }
 
 /// Ways a token endpoint can fail, beyond an error status.
@@ -146,6 +148,7 @@ impl Default for Switches {
             token_failure: None,
             token_fault: None,
             reuse_grace: false,
+            grants: Default::default(),
         }
     }
 }
@@ -194,9 +197,9 @@ pub struct AsState {
     pub clients: HashMap<String, Client>,
     codes: HashMap<String, Code>,
     refresh_tokens: HashMap<String, RefreshToken>,
-    access_tokens: HashMap<String, u64>,
+    pub(crate) access_tokens: HashMap<String, u64>,
     revoked_families: Vec<u64>,
-    next: u64,
+    pub(crate) next: u64,
     /// Every request, in order.
     pub seen: Vec<Seen>,
     /// Set when a used refresh token came back and the grant was revoked.
@@ -205,10 +208,11 @@ pub struct AsState {
     pub grace_reuses: u64,
     /// Token requests being handled right now.
     pub token_requests_in_flight: u64,
+    pub grants: crate::grants_as::GrantState,
 }
 
 impl AsState {
-    fn id(&mut self, prefix: &str) -> String {
+    pub(crate) fn id(&mut self, prefix: &str) -> String {
         self.next += 1;
         let mut bytes = [0u8; 12];
         rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);
@@ -404,6 +408,10 @@ impl AuthServer {
                 "refresh_token",
                 "token",
                 "client_secret",
+                "client_assertion",
+                "assertion",
+                "device_code",
+                "subject_token",
             ] {
                 if let Some(v) = seen.form.get(key) {
                     secrets.push(v.clone());
@@ -622,6 +630,10 @@ async fn handle(State(app): State<App>, request: Request<Body>) -> Response {
                 app.rs_base
             ));
         }
+        if let Some(r) = crate::grants_as::stateless(&sw.grants, &parts.headers, &body, &challenge)
+        {
+            return r;
+        }
         if let Some(scope) = &sw.challenge_scope {
             challenge.push_str(&format!(", scope=\"{scope}\""));
         }
@@ -689,6 +701,7 @@ async fn handle(State(app): State<App>, request: Request<Body>) -> Response {
             if sw.iss != IssMode::Off {
                 doc["authorization_response_iss_parameter_supported"] = serde_json::json!(true);
             }
+            crate::grants_as::metadata(&sw.grants, &issuer, &mut doc);
             return json(StatusCode::OK, doc);
         }
     }
@@ -810,6 +823,19 @@ async fn handle(State(app): State<App>, request: Request<Body>) -> Response {
         )
             .into_response();
     }
+    if on_as
+        && parts.method == Method::POST
+        && let Some(r) = crate::grants_as::handle(
+            &mut s,
+            endpoint("device_authorization"),
+            endpoint("token"),
+            &form,
+            &basic,
+            &issuer,
+        )
+    {
+        return r;
+    }
     if on_as && parts.method == Method::POST && endpoint("token") {
         // Client authentication, as registered.
         let client_id = basic
@@ -845,7 +871,9 @@ async fn handle(State(app): State<App>, request: Request<Body>) -> Response {
                 "client authentication failed",
             );
         }
-        if !form.contains_key("resource") {
+        // An identity provider's OIDC login is about the person: no
+        // resource there.
+        if !form.contains_key("resource") && sw.grants.idp_id_token_ttl.is_none() {
             return oauth_error(
                 StatusCode::BAD_REQUEST,
                 "invalid_target",
@@ -950,6 +978,9 @@ async fn handle(State(app): State<App>, request: Request<Body>) -> Response {
             && let Some(scope) = &scope
         {
             response["scope"] = serde_json::json!(scope);
+        }
+        if grant_type == "authorization_code" {
+            crate::grants_as::on_code_exchange(&mut s, &issuer, &client_id, &mut response);
         }
         return json(StatusCode::OK, response);
     }

@@ -4,6 +4,7 @@
 //! `tests/util.rs`), so nothing from the machine leaks in.
 
 pub mod authserver;
+pub mod grants_as;
 pub mod mcpserver;
 
 use std::io::Read;

@@ -1,7 +1,13 @@
 //! Finding a server's authorization server.
 //!
-//! 1. Probe: an unauthenticated MCP `initialize` POST; a 401/403 carries a
-//!    `WWW-Authenticate` challenge with `resource_metadata` and `scope`.
+//! 1. Probe: an unauthenticated MCP request that a 2026-07-28 stateless
+//!    server answers with its real challenge: a `tools/list` POST with the
+//!    `MCP-Protocol-Version` and `Mcp-Method` headers (a list has no
+//!    `Mcp-Name`) and the protocol version and capabilities in
+//!    `params._meta`. A server that refuses it without a challenge (an
+//!    older one wanting `initialize` first) is probed again with an
+//!    `initialize` POST. A 401/403 carries a `WWW-Authenticate` challenge
+//!    with `resource_metadata` and `scope`.
 //! 2. Protected Resource Metadata (RFC 9728): the challenge's URL, else
 //!    `/.well-known/oauth-protected-resource/<path>`, else at the root. Its
 //!    `resource` must identify this server, or nothing more is requested.
@@ -10,7 +16,13 @@
 //!    path-appended; without a path, RFC 8414 then OIDC. The document's
 //!    `issuer` must equal the issuer exactly, and PKCE S256 must be listed.
 //! 4. No PRM at all (2025-03-26): AS metadata at the server's origin, else
-//!    the default `/authorize`, `/token`, `/register` there.
+//!    the default `/authorize`, `/token`, `/register` there. No issuer was
+//!    learned beforehand in that mode, so the metadata's own `issuer` is
+//!    accepted (it still passes the URL policy and the no-pivot check).
+//!
+//! PKCE S256 is required of an AS used for a browser login; the grants
+//! without a person (client credentials, JWT bearer) do not use PKCE, and
+//! their discovery does not ask for it.
 //!
 //! A candidate answering 4xx is skipped; anything else that fails (network,
 //! 5xx, a malformed document) stops discovery: falling back to a weaker
@@ -24,8 +36,13 @@ use super::http::{Fetched, HttpClient, checked, checked_for, display_url};
 use super::{OAuthError, canonical_resource};
 use crate::state::{AuthServerMetadata, Discovery, DiscoverySource};
 
-/// The MCP revision announced by the probe.
+/// The MCP revision announced by the `initialize` probe.
 pub const MCP_PROTOCOL_VERSION: &str = "2025-11-25";
+/// The MCP revision announced by the stateless probe.
+pub const MCP_STATELESS_VERSION: &str = "2026-07-28";
+/// The method of the stateless probe: one every server answers, and one
+/// that needs the scope a person's tools need.
+pub const PROBE_METHOD: &str = "tools/list";
 
 /// RFC 9728 protected resource metadata, as far as we use it.
 #[derive(Debug, Deserialize)]
@@ -113,10 +130,31 @@ fn origin_of(url: &Url) -> String {
 }
 
 impl HttpClient {
-    /// Sends the unauthenticated MCP `initialize` and returns the status
-    /// and the Bearer challenge, if any.
+    /// Probes the server without a token and returns the status and the
+    /// Bearer challenge, if any: first a stateless `tools/list`, then, when
+    /// that is refused without a challenge, an `initialize`.
     pub async fn probe(&self, server: &Url) -> Result<(u16, Option<BearerChallenge>), OAuthError> {
-        let body = serde_json::json!({
+        let stateless = serde_json::json!({
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": PROBE_METHOD,
+            "params": {
+                "_meta": {
+                    "protocolVersion": MCP_STATELESS_VERSION,
+                    "capabilities": {},
+                    "clientInfo": {"name": "mcpauth", "version": env!("CARGO_PKG_VERSION")}
+                }
+            }
+        });
+        let headers = [
+            ("MCP-Protocol-Version", MCP_STATELESS_VERSION),
+            ("Mcp-Method", PROBE_METHOD),
+        ];
+        let first = self.probe_with(server, &stateless, &headers).await?;
+        if first.1.is_some() || matches!(first.0, 0 | 200..=299 | 401 | 403) {
+            return Ok(first);
+        }
+        let initialize = serde_json::json!({
             "jsonrpc": "2.0",
             "id": 1,
             "method": "initialize",
@@ -126,14 +164,21 @@ impl HttpClient {
                 "clientInfo": {"name": "mcpauth", "version": env!("CARGO_PKG_VERSION")}
             }
         });
-        let response = match self
-            .post_json(
-                server,
-                &body,
-                &[("MCP-Protocol-Version", MCP_PROTOCOL_VERSION)],
-            )
-            .await
-        {
+        self.probe_with(
+            server,
+            &initialize,
+            &[("MCP-Protocol-Version", MCP_PROTOCOL_VERSION)],
+        )
+        .await
+    }
+
+    async fn probe_with(
+        &self,
+        server: &Url,
+        body: &serde_json::Value,
+        headers: &[(&str, &str)],
+    ) -> Result<(u16, Option<BearerChallenge>), OAuthError> {
+        let response = match self.post_json(server, body, headers).await {
             Ok(r) => r,
             // A redirect or an oversized answer from the MCP endpoint says
             // nothing about authorization: carry on with well-known URLs.
@@ -149,7 +194,13 @@ impl HttpClient {
     }
 
     /// Runs discovery for the MCP server at `server`.
-    pub async fn discover(&self, server: &Url, now_ms: i64) -> Result<Discovered, OAuthError> {
+    /// `pkce`: whether the AS must offer PKCE S256 (a browser login).
+    pub async fn discover(
+        &self,
+        server: &Url,
+        now_ms: i64,
+        pkce: bool,
+    ) -> Result<Discovered, OAuthError> {
         let (status, challenge) = self.probe(server).await?;
         let mut candidates = Vec::new();
         if let Some(url) = challenge
@@ -179,7 +230,7 @@ impl HttpClient {
 
         let Some((prm_url, prm)) = prm else {
             return self
-                .discover_legacy(server, status, challenge, now_ms)
+                .discover_legacy(server, status, challenge, now_ms, pkce)
                 .await;
         };
 
@@ -209,7 +260,7 @@ impl HttpClient {
             .clone();
         let issuer_url = checked_for("authorization server", &issuer_raw, server)?;
         let metadata = self
-            .fetch_metadata(&issuer_raw, &issuer_url, server)
+            .fetch_metadata(Some(&issuer_raw), &issuer_url, server, pkce)
             .await?;
         let metadata = metadata.ok_or_else(|| OAuthError::NoMetadata {
             issuer: issuer_raw.clone(),
@@ -227,31 +278,57 @@ impl HttpClient {
         })
     }
 
-    /// Fetches and checks AS metadata; `Ok(None)` when no candidate exists.
-    async fn fetch_metadata(
+    /// The metadata of a configured identity provider (`enterprise`): its
+    /// issuer was written by the person, so it is held to it exactly,
+    /// and PKCE S256 is required (the broker logs in there with a browser).
+    pub async fn identity_provider_metadata(
         &self,
         issuer: &str,
+    ) -> Result<AuthServerMetadata, OAuthError> {
+        let issuer_url = checked("identity provider", issuer)?;
+        self.fetch_metadata(Some(issuer), &issuer_url, &issuer_url, true)
+            .await?
+            .ok_or_else(|| OAuthError::NoMetadata {
+                issuer: issuer.to_string(),
+            })
+    }
+
+    /// Fetches and checks AS metadata; `Ok(None)` when no candidate exists.
+    /// `issuer`: the issuer the metadata must name exactly, when one was
+    /// learned beforehand (from PRM); `None` in the 2025-03-26 fallback,
+    /// where the document's own issuer is taken once it passes the URL
+    /// policy.
+    async fn fetch_metadata(
+        &self,
+        issuer: Option<&str>,
         issuer_url: &Url,
         server: &Url,
+        pkce: bool,
     ) -> Result<Option<AuthServerMetadata>, OAuthError> {
         for url in metadata_candidates(issuer_url) {
             let metadata = match self.get_json::<AuthServerMetadata>(&url, server).await? {
                 Fetched::Found(m) => m,
                 Fetched::Missing(_) => continue,
             };
-            if metadata.issuer != issuer {
-                return Err(OAuthError::IssuerMismatch {
-                    expected: issuer.to_string(),
-                    found: metadata.issuer.chars().take(200).collect(),
-                });
+            match issuer {
+                Some(issuer) if metadata.issuer != issuer => {
+                    return Err(OAuthError::IssuerMismatch {
+                        expected: issuer.to_string(),
+                        found: metadata.issuer.chars().take(200).collect(),
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    checked_for("authorization server issuer", &metadata.issuer, server)?;
+                }
             }
             let s256 = metadata
                 .code_challenge_methods_supported
                 .as_ref()
                 .is_some_and(|m| m.iter().any(|m| m == "S256"));
-            if !s256 {
+            if pkce && !s256 {
                 return Err(OAuthError::PkceUnsupported {
-                    issuer: issuer.to_string(),
+                    issuer: metadata.issuer.clone(),
                 });
             }
             check_endpoints(&metadata, server)?;
@@ -260,26 +337,30 @@ impl HttpClient {
         Ok(None)
     }
 
-    /// 2025-03-26 servers: no PRM; the server's origin is the issuer.
+    /// 2025-03-26 servers: no PRM; the AS metadata is looked for at the
+    /// server's origin, and the issuer it names is the issuer (none was
+    /// learned beforehand to hold it to). Without metadata, the origin is
+    /// the issuer of the default endpoints.
     async fn discover_legacy(
         &self,
         server: &Url,
         status: u16,
         challenge: Option<BearerChallenge>,
         now_ms: i64,
+        pkce: bool,
     ) -> Result<Discovered, OAuthError> {
-        let issuer = origin_of(server);
-        let issuer_url = checked("authorization server", &issuer)?;
-        let (metadata, source) = match self.fetch_metadata(&issuer, &issuer_url, server).await? {
+        let origin = origin_of(server);
+        let origin_url = checked("authorization server", &origin)?;
+        let (metadata, source) = match self.fetch_metadata(None, &origin_url, server, pkce).await? {
             Some(m) => (m, DiscoverySource::LegacyMetadata),
             None => {
                 if !matches!(status, 401 | 403) {
                     return Err(OAuthError::NotProtected);
                 }
-                let at = |path: &str| format!("{issuer}{path}");
+                let at = |path: &str| format!("{origin}{path}");
                 (
                     AuthServerMetadata {
-                        issuer: issuer.clone(),
+                        issuer: origin.clone(),
                         authorization_endpoint: at("/authorize"),
                         token_endpoint: at("/token"),
                         registration_endpoint: Some(at("/register")),
@@ -293,7 +374,7 @@ impl HttpClient {
         Ok(Discovered {
             discovery: Discovery {
                 resource: canonical_resource(server),
-                issuer,
+                issuer: metadata.issuer.clone(),
                 metadata,
                 resource_scopes: Vec::new(),
                 source,

@@ -76,8 +76,11 @@ pub fn authorization_url(
             .append_pair("redirect_uri", redirect_uri)
             .append_pair("code_challenge", code_challenge)
             .append_pair("code_challenge_method", "S256")
-            .append_pair("state", state)
-            .append_pair("resource", &discovery.resource);
+            .append_pair("state", state);
+        // Empty only for an identity provider's own login (OIDC).
+        if !discovery.resource.is_empty() {
+            q.append_pair("resource", &discovery.resource);
+        }
         if !scopes.is_empty() {
             q.append_pair("scope", &scopes.join(" "));
         }

@@ -12,13 +12,20 @@
 //! - `discovery`: PRM (RFC 9728) and AS metadata (RFC 8414 / OIDC).
 //! - `registration`: configured client, CIMD, or DCR (RFC 7591).
 //! - `flow`: PKCE authorization requests and callback validation (RFC 9207).
-//! - `token`: code exchange, refresh, revocation (RFC 6749, 7009, 8707).
+//! - `token`: code exchange, refresh, revocation (RFC 6749, 7009, 8707),
+//!   and client authentication (`ClientAuth`).
+//! - `grants`: client credentials, JWT bearer (RFC 7523), device
+//!   authorization (RFC 8628).
+//! - `jwt`: client assertions (`private_key_jwt`) and the checks of a
+//!   forwarded assertion (expiry, audience) before it is sent.
 //! - `pkce`: verifier, challenge, state, token fingerprints.
 
 pub mod challenge;
 pub mod discovery;
 pub mod flow;
+pub mod grants;
 pub mod http;
+pub mod jwt;
 pub mod pkce;
 pub mod registration;
 pub mod token;
@@ -91,6 +98,32 @@ pub enum OAuthError {
     },
     #[error("unsupported token type {0:?} (only Bearer is supported)")]
     UnsupportedTokenType(String),
+    #[error("cannot use the client key file {path}: {reason}")]
+    KeyFile { path: String, reason: String },
+    #[error("the assertion in {path} was not sent: {reason}")]
+    Assertion {
+        path: String,
+        reason: jwt::AssertionError,
+    },
+    #[error("cannot read the assertion file {path}: {reason}")]
+    AssertionFile { path: String, reason: String },
+    #[error(
+        "{issuer} offers no device login (no device_authorization_endpoint); log in with a browser, or paste the redirect address"
+    )]
+    DeviceUnsupported { issuer: String },
+    #[error(
+        "{issuer} does not list the {grant} grant in grant_types_supported; refusing to ask it for one"
+    )]
+    GrantUnsupported { issuer: String, grant: &'static str },
+    #[error(
+        "{issuer} does not list the ID-JAG grant profile (urn:ietf:params:oauth:grant-profile:id-jag in authorization_grant_profiles_supported); refusing to send it one"
+    )]
+    IdJagUnsupported { issuer: String },
+    #[error("the ID-JAG from the identity provider {idp} was not sent: {reason}")]
+    IdJagRefused {
+        idp: String,
+        reason: jwt::AssertionError,
+    },
 }
 
 impl OAuthError {

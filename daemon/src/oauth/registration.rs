@@ -101,7 +101,9 @@ pub fn static_registration(
 }
 
 impl HttpClient {
-    /// Dynamic Client Registration (RFC 7591) as a native public client.
+    /// Dynamic Client Registration (RFC 7591) as a native public client:
+    /// for the browser flow with `redirect_uri`, or, when it is empty, for
+    /// the device flow (RFC 8628 §3.1, no redirect URI).
     pub async fn register(
         &self,
         discovery: &Discovery,
@@ -114,14 +116,24 @@ impl HttpClient {
             });
         };
         let endpoint = checked("registration endpoint", endpoint)?;
-        let body = serde_json::json!({
-            "client_name": "mcpauth",
-            "redirect_uris": [redirect_uri],
-            "grant_types": ["authorization_code", "refresh_token"],
-            "response_types": ["code"],
-            "token_endpoint_auth_method": "none",
-            "application_type": "native",
-        });
+        let body = if redirect_uri.is_empty() {
+            serde_json::json!({
+                "client_name": "mcpauth",
+                "grant_types": [super::grants::GRANT_DEVICE_CODE, "refresh_token"],
+                "response_types": [],
+                "token_endpoint_auth_method": "none",
+                "application_type": "native",
+            })
+        } else {
+            serde_json::json!({
+                "client_name": "mcpauth",
+                "redirect_uris": [redirect_uri],
+                "grant_types": ["authorization_code", "refresh_token"],
+                "response_types": ["code"],
+                "token_endpoint_auth_method": "none",
+                "application_type": "native",
+            })
+        };
         let response = self.post_json(&endpoint, &body, &[]).await?;
         if !(200..300).contains(&response.status) {
             if let Ok(err) = serde_json::from_slice::<ErrorResponse>(&response.body) {

@@ -23,6 +23,8 @@ pub struct TokenSet {
     /// Seconds, as sent; `None` when absent (expiry unknown).
     pub expires_in: Option<u64>,
     pub scope: Option<Vec<String>>,
+    /// An OpenID Connect login's ID token.
+    pub id_token: Option<Secret>,
 }
 
 impl TokenSet {
@@ -48,6 +50,8 @@ struct RawTokenResponse {
     expires_in: Option<serde_json::Value>,
     #[serde(default)]
     scope: Option<String>,
+    #[serde(default)]
+    id_token: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -111,27 +115,89 @@ pub fn parse_token_response(
         scope: raw
             .scope
             .map(|s| s.split_whitespace().map(str::to_string).collect()),
+        id_token: raw.id_token.filter(|t| !t.is_empty()).map(Secret::new),
     })
 }
 
-/// Adds client authentication to a form per the registration's method.
-fn authenticate<'a>(
-    registration: &'a Registration,
-    form: &mut Vec<(&'static str, &'a str)>,
-) -> Option<(&'a str, &'a str)> {
-    let secret = registration.client_secret.as_ref().map(Secret::expose);
-    match (registration.auth_method, secret) {
-        (ClientAuthMethod::ClientSecretBasic, Some(secret)) => {
-            Some((&registration.client_id, secret))
+/// How a client proves who it is at the token endpoint, for one request.
+pub enum ClientAuth<'a> {
+    /// No client at all (a JWT bearer grant without a client id).
+    Anonymous,
+    /// A public client: `client_id` in the form.
+    Public { client_id: &'a str },
+    /// `client_secret_basic`.
+    Basic {
+        client_id: &'a str,
+        secret: &'a Secret,
+    },
+    /// `client_secret_post`.
+    Post {
+        client_id: &'a str,
+        secret: &'a Secret,
+    },
+    /// `private_key_jwt`: a signed assertion made for this request.
+    Assertion {
+        client_id: &'a str,
+        assertion: Secret,
+    },
+}
+
+impl<'a> ClientAuth<'a> {
+    /// The authentication a stored registration calls for.
+    pub fn of(registration: &'a Registration) -> Self {
+        let client_id = registration.client_id.as_str();
+        match (
+            registration.auth_method,
+            registration.client_secret.as_ref(),
+        ) {
+            (ClientAuthMethod::ClientSecretBasic, Some(secret)) => {
+                ClientAuth::Basic { client_id, secret }
+            }
+            (ClientAuthMethod::ClientSecretPost, Some(secret)) => {
+                ClientAuth::Post { client_id, secret }
+            }
+            _ => ClientAuth::Public { client_id },
         }
-        (ClientAuthMethod::ClientSecretPost, Some(secret)) => {
-            form.push(("client_id", &registration.client_id));
-            form.push(("client_secret", secret));
-            None
+    }
+
+    /// The secret this authentication sends, if any (kept out of errors).
+    pub(super) fn secret(&self) -> Option<&str> {
+        match self {
+            ClientAuth::Basic { secret, .. } | ClientAuth::Post { secret, .. } => {
+                Some(secret.expose())
+            }
+            ClientAuth::Assertion { assertion, .. } => Some(assertion.expose()),
+            _ => None,
         }
-        _ => {
-            form.push(("client_id", &registration.client_id));
-            None
+    }
+
+    /// Adds the authentication to a form; returns HTTP Basic credentials
+    /// when that is the method.
+    pub(super) fn apply<'b>(
+        &'b self,
+        form: &mut Vec<(&'static str, &'b str)>,
+    ) -> Option<(&'b str, &'b str)> {
+        match self {
+            ClientAuth::Anonymous => None,
+            ClientAuth::Public { client_id } => {
+                form.push(("client_id", client_id));
+                None
+            }
+            ClientAuth::Basic { client_id, secret } => Some((client_id, secret.expose())),
+            ClientAuth::Post { client_id, secret } => {
+                form.push(("client_id", client_id));
+                form.push(("client_secret", secret.expose()));
+                None
+            }
+            ClientAuth::Assertion {
+                client_id,
+                assertion,
+            } => {
+                form.push(("client_id", client_id));
+                form.push(("client_assertion_type", super::jwt::CLIENT_ASSERTION_TYPE));
+                form.push(("client_assertion", assertion.expose()));
+                None
+            }
         }
     }
 }
@@ -141,15 +207,28 @@ impl HttpClient {
         &self,
         discovery: &Discovery,
         registration: &Registration,
+        form: Vec<(&'static str, &str)>,
+        sent: &[&str],
+    ) -> Result<TokenSet, OAuthError> {
+        self.token_request_as(discovery, &ClientAuth::of(registration), form, sent)
+            .await
+    }
+
+    /// A token request authenticated as `auth`. `sent`: the secrets in
+    /// `form`, removed from any error text.
+    pub async fn token_request_as(
+        &self,
+        discovery: &Discovery,
+        auth: &ClientAuth<'_>,
         mut form: Vec<(&'static str, &str)>,
         sent: &[&str],
     ) -> Result<TokenSet, OAuthError> {
         let url = checked("token endpoint", &discovery.metadata.token_endpoint)?;
-        let basic = authenticate(registration, &mut form);
+        let basic = auth.apply(&mut form);
         let response = self.post_form(&url, &form, basic).await?;
         let mut secrets: Vec<&str> = sent.to_vec();
-        if let Some(s) = &registration.client_secret {
-            secrets.push(s.expose());
+        if let Some(s) = auth.secret() {
+            secrets.push(s);
         }
         parse_token_response(&url, &response, &secrets)
     }
@@ -163,13 +242,17 @@ impl HttpClient {
         verifier: &Secret,
         redirect_uri: &str,
     ) -> Result<TokenSet, OAuthError> {
-        let form = vec![
+        let mut form = vec![
             ("grant_type", "authorization_code"),
             ("code", code.expose()),
             ("redirect_uri", redirect_uri),
             ("code_verifier", verifier.expose()),
-            ("resource", discovery.resource.as_str()),
         ];
+        // Empty only for an identity provider's own login (OIDC), which
+        // is about the person, not about a resource.
+        if !discovery.resource.is_empty() {
+            form.push(("resource", discovery.resource.as_str()));
+        }
         self.token_request(
             discovery,
             registration,
@@ -210,7 +293,8 @@ impl HttpClient {
         };
         let url = checked("revocation endpoint", endpoint)?;
         let mut form = vec![("token", token.expose()), ("token_type_hint", hint)];
-        let basic = authenticate(registration, &mut form);
+        let auth = ClientAuth::of(registration);
+        let basic = auth.apply(&mut form);
         let response = self.post_form(&url, &form, basic).await?;
         if (200..300).contains(&response.status) {
             Ok(())

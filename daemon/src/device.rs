@@ -1,0 +1,252 @@
+//! Device logins (RFC 8628) from the broker's side (`impl Broker`).
+//!
+//! `mcpauthctl login NAME --device` (or a client with neither a browser
+//! nor a terminal, when the AS offers it) starts one. The daemon asks the
+//! device authorization endpoint for a code, hands the user code and the
+//! verification URI to every caller (joined like a browser login), and
+//! polls the token endpoint itself: the login survives the CLI going away,
+//! and one poll serves every caller.
+//!
+//! Polling: no faster than the interval the AS gave (5 s if none);
+//! `slow_down` adds 5 s from then on; `authorization_pending` goes on;
+//! `access_denied` ends it (denied), `expired_token` or the code's own
+//! expiry end it (timed out); network trouble is retried at the next
+//! interval; any other error ends it. `CancelLogin` stops it. No PKCE
+//! (RFC 8628 has none); `resource` is sent as on every token request. The
+//! tokens go through `install_grant` like a browser login's.
+//!
+//! The device code lives in memory only (a `Secret`): a daemon restart
+//! ends the login, and the person starts again.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+use crate::broker::{Broker, BrokerError, EventKind};
+use crate::config::{ServerConfig, ServerName};
+use crate::install::{GrantSource, NewGrant};
+use crate::locks::ServerGuard;
+use crate::login::{ActiveLogin, DeviceView, FailureKind, LoginHandle, LoginOutcome, login_done};
+use crate::oauth::challenge::BearerChallenge;
+use crate::oauth::grants::{DevicePoll, SLOW_DOWN_SECS};
+use crate::oauth::token::ClientAuth;
+use crate::secret::Secret;
+use crate::state::{Discovery, PendingFlow, Registration};
+
+impl Broker {
+    /// Starts a device login; called by `login_with` under the guard, with
+    /// the discovery just made.
+    pub(crate) async fn start_device_login(
+        self: &Arc<Self>,
+        guard: ServerGuard,
+        server: &ServerConfig,
+        discovery: Discovery,
+        asked: Vec<String>,
+        probed: Option<BearerChallenge>,
+        stored: Option<BearerChallenge>,
+    ) -> Result<LoginHandle, BrokerError> {
+        let name = guard.name().clone();
+        let now = self.now_ms();
+        self.update_record(&guard, |r| r.discovery = Some(discovery.clone()))
+            .await?;
+        if self.store().server(&name)?.is_none() {
+            let mut record = crate::state::ServerRecord::new(&server.url, now);
+            record.discovery = Some(discovery.clone());
+            self.store().put_server(&guard, &record).await?;
+        }
+        // A device client has no redirect URI.
+        let registration = match self
+            .registration_for(&guard, server, &discovery, "", now)
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(server = %name, error = %e, "device login failed: client registration");
+                self.record_error(&guard, &e.to_string()).await;
+                return Err(e);
+            }
+        };
+        let scopes = self
+            .login_scopes(&guard, server, &discovery, asked, probed, stored)
+            .await?;
+        let authorization = match self
+            .http
+            .device_authorization(&discovery, &ClientAuth::of(&registration), &scopes)
+            .await
+        {
+            Ok(a) => a,
+            Err(e) => {
+                warn!(server = %name, error = %e, "device login failed: device authorization");
+                self.record_error(&guard, &e.to_string()).await;
+                return Err(BrokerError::OAuth(e));
+            }
+        };
+        let expires_at_ms = now + (authorization.expires_in_secs as i64) * 1000;
+        let view = DeviceView {
+            user_code: authorization.user_code.clone(),
+            verification_uri: authorization.verification_uri.clone(),
+            verification_uri_complete: authorization.verification_uri_complete.clone(),
+            expires_at_ms,
+            interval_secs: authorization.interval_secs,
+        };
+        let flow = PendingFlow {
+            state: Secret::new(crate::oauth::pkce::new_state()),
+            verifier: Secret::new(""),
+            issuer: discovery.issuer.clone(),
+            client_id: registration.client_id.clone(),
+            redirect_uri: String::new(),
+            scopes: scopes.clone(),
+            authorization_url: view
+                .verification_uri_complete
+                .clone()
+                .unwrap_or_else(|| view.verification_uri.clone()),
+            created_at_ms: now,
+            expires_at_ms,
+        };
+        let (active, rx) = ActiveLogin::new(flow.clone(), 0, Some(view.clone()));
+        self.logins.insert(&name, active.clone());
+        drop(guard);
+        let broker = Arc::downgrade(self);
+        let shutdown = self.shutdown().wait();
+        let lifetime = Duration::from_secs(authorization.expires_in_secs);
+        let interval = authorization.interval_secs;
+        let device_code = authorization.device_code;
+        let poll_name = name.clone();
+        tokio::spawn(async move {
+            let name = poll_name;
+            let stopped = active.stopped();
+            tokio::pin!(stopped, shutdown);
+            let deadline = tokio::time::Instant::now() + lifetime;
+            let mut interval = interval;
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => return,
+                    _ = &mut shutdown => return,
+                    _ = tokio::time::sleep(Duration::from_secs(interval)) => {}
+                }
+                let Some(broker) = broker.upgrade() else {
+                    return;
+                };
+                let settle = |kind: FailureKind, message: String| {
+                    let broker = broker.clone();
+                    let active = active.clone();
+                    let name = name.clone();
+                    async move {
+                        let guard = broker.locks.lock(&name).await;
+                        broker
+                            .finish_login(
+                                &guard,
+                                &active,
+                                LoginOutcome::Failed { kind, message },
+                                false,
+                            )
+                            .await;
+                    }
+                };
+                if tokio::time::Instant::now() >= deadline {
+                    settle(
+                        FailureKind::TimedOut,
+                        "the code expired before it was approved; run the login again".into(),
+                    )
+                    .await;
+                    return;
+                }
+                let poll = broker
+                    .http
+                    .poll_device(&discovery, &ClientAuth::of(&registration), &device_code)
+                    .await;
+                match poll {
+                    Ok(DevicePoll::Pending) => continue,
+                    Ok(DevicePoll::SlowDown) => {
+                        interval += SLOW_DOWN_SECS;
+                        info!(server = %name, interval, "the authorization server asked to slow down");
+                        continue;
+                    }
+                    Ok(DevicePoll::Denied) => {
+                        settle(
+                            FailureKind::Denied,
+                            "the authorization server refused: access_denied".into(),
+                        )
+                        .await;
+                        return;
+                    }
+                    Ok(DevicePoll::Expired) => {
+                        settle(
+                            FailureKind::TimedOut,
+                            "the code expired before it was approved (expired_token); run the login again".into(),
+                        )
+                        .await;
+                        return;
+                    }
+                    Err(e) if e.is_transient() => {
+                        warn!(server = %name, error = %e, "device login: polling failed; trying again");
+                        continue;
+                    }
+                    Err(e) => {
+                        let guard = broker.locks.lock(&name).await;
+                        broker.record_error(&guard, &e.to_string()).await;
+                        drop(guard);
+                        settle(FailureKind::Error, e.to_string()).await;
+                        return;
+                    }
+                    Ok(DevicePoll::Tokens(tokens)) => {
+                        broker
+                            .finish_device_login(&name, &active, &discovery, &registration, tokens)
+                            .await;
+                        return;
+                    }
+                }
+            }
+        });
+        info!(server = %name, issuer = %flow.issuer, "device login started");
+        self.publish(Some(name), EventKind::LoginStarted);
+        Ok(LoginHandle {
+            flow,
+            callback_port: 0,
+            device: Some(view),
+            joined: false,
+            outcome: rx,
+        })
+    }
+
+    /// Installs the tokens of an approved device login and settles it.
+    async fn finish_device_login(
+        &self,
+        name: &ServerName,
+        active: &Arc<ActiveLogin>,
+        discovery: &Discovery,
+        registration: &Registration,
+        tokens: crate::oauth::token::TokenSet,
+    ) {
+        let guard = self.locks.lock(name).await;
+        let new = NewGrant {
+            issuer: discovery.issuer.clone(),
+            client_id: registration.client_id.clone(),
+            resource: discovery.resource.clone(),
+            expires_at_ms: tokens.expires_at_ms(self.now_ms()),
+            access_token: tokens.access_token,
+            token_type: tokens.token_type,
+            refresh_token: tokens.refresh_token,
+            scopes: tokens.scope.unwrap_or_else(|| active.flow.scopes.clone()),
+        };
+        let granted = new.scopes.clone();
+        let outcome = match self
+            .install_grant(&guard, new, GrantSource::Login, |r| login_done(r, &granted))
+            .await
+        {
+            Ok(grant) => {
+                info!(server = %name, generation = grant.generation, "device login complete");
+                LoginOutcome::Success {
+                    scopes: grant.scopes,
+                    expires_at_ms: grant.expires_at_ms,
+                }
+            }
+            Err(e) => LoginOutcome::Failed {
+                kind: FailureKind::Error,
+                message: e.to_string(),
+            },
+        };
+        self.finish_login(&guard, active, outcome, false).await;
+    }
+}

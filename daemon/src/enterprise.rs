@@ -1,0 +1,471 @@
+//! Enterprise-managed authorization (ID-JAG, SEP-990) from the broker's
+//! side (`impl Broker`): `grant = "enterprise"` with an
+//! `[identity_providers.NAME]`.
+//!
+//! 1. One OpenID Connect login (authorization code with PKCE, browser or
+//!    pasted redirect, through the usual login machinery) at the identity
+//!    provider gives an ID token, kept per identity provider in the store
+//!    (`identities`), under the identity provider's lock (taken after a
+//!    server's, never before). `mcpauthctl login NAME` for any of its
+//!    servers, or `login --idp IDP`, is that login; it serves every server
+//!    of the identity provider. An `id_token_file` (an SSO agent's) is
+//!    used instead when configured, and watched.
+//! 2. Per server, and again for every renewal while the ID token is
+//!    valid, `renew_unattended` (the refresh path) exchanges the ID token
+//!    at the identity provider for an ID-JAG (RFC 8693) whose audience is
+//!    the server's AS and whose resource is the server, refuses an ID-JAG
+//!    for any other audience before sending it, and presents it to the AS
+//!    as a JWT bearer grant, authenticated as the configured client. The
+//!    AS must list the ID-JAG grant profile.
+//! 3. Without a valid ID token the answer is "login required at the
+//!    identity provider"; an ID token the identity provider refuses
+//!    (`invalid_grant`) is dropped, with the same answer.
+//!
+//! ID tokens and ID-JAGs are `Secret`s and never logged.
+
+use std::sync::Arc;
+
+use tracing::{info, warn};
+
+use crate::broker::{Broker, BrokerError, EventKind};
+use crate::config::{IdentityProvider, ServerConfig, ServerName};
+use crate::locks::ServerGuard;
+use crate::login::{ActiveLogin, FailureKind, LoginHandle, LoginOutcome};
+use crate::oauth::grants::PROFILE_ID_JAG;
+use crate::oauth::jwt;
+use crate::oauth::token::{ClientAuth, TokenSet};
+use crate::oauth::{OAuthError, flow, pkce};
+use crate::refresh::Freshness;
+use crate::secret::Secret;
+use crate::state::{
+    ClientAuthMethod, Discovery, DiscoverySource, IdentityRecord, PendingFlow, Registration,
+    RegistrationKind,
+};
+
+/// The scope of the login at the identity provider.
+const OIDC_SCOPE: &str = "openid";
+
+fn idp_discovery(idp: &IdentityProvider, record: &IdentityRecord) -> Discovery {
+    Discovery {
+        // Empty: the login is about the person, not a resource.
+        resource: String::new(),
+        issuer: idp.issuer.clone(),
+        metadata: record.metadata.clone(),
+        resource_scopes: Vec::new(),
+        source: DiscoverySource::ProtectedResource,
+        discovered_at_ms: record.logged_in_at_ms,
+    }
+}
+
+/// The broker's client at the identity provider.
+fn idp_registration(
+    idp: &IdentityProvider,
+    metadata: &crate::state::AuthServerMetadata,
+    redirect_uri: &str,
+    now_ms: i64,
+) -> Result<Registration, OAuthError> {
+    let client_secret = idp
+        .client_secret
+        .as_ref()
+        .map(crate::unattended::read_client_secret)
+        .transpose()?;
+    let auth_method = match &client_secret {
+        None => ClientAuthMethod::None,
+        Some(_) => match &metadata.token_endpoint_auth_methods_supported {
+            Some(m)
+                if !m.iter().any(|m| m == "client_secret_basic")
+                    && m.iter().any(|m| m == "client_secret_post") =>
+            {
+                ClientAuthMethod::ClientSecretPost
+            }
+            _ => ClientAuthMethod::ClientSecretBasic,
+        },
+    };
+    Ok(Registration {
+        issuer: idp.issuer.clone(),
+        client_id: idp.client_id.clone(),
+        client_secret,
+        auth_method,
+        redirect_uri: redirect_uri.to_string(),
+        kind: RegistrationKind::Configured,
+        registered_at_ms: now_ms,
+    })
+}
+
+/// The `exp` of a JWT we hold (Unix ms), read without verifying: it came
+/// straight from the identity provider (or an SSO agent's file).
+fn expiry_ms(token: &Secret) -> Option<i64> {
+    jwt::decode_unverified(token)
+        .ok()?
+        .exp
+        .map(|e| e.saturating_mul(1000))
+}
+
+impl Broker {
+    fn login_required_at(&self, server: &ServerName, idp: &ServerName, why: &str) -> BrokerError {
+        BrokerError::LoginRequired {
+            server: server.to_string(),
+            reason: format!(
+                "login required at the identity provider {idp}: {why} (one `mcpauthctl login --idp {idp}` serves every server that uses it)"
+            ),
+        }
+    }
+
+    /// The identity provider's metadata, as stored or fetched now (then
+    /// stored).
+    async fn idp_record(
+        &self,
+        name: &ServerName,
+        idp: &IdentityProvider,
+    ) -> Result<IdentityRecord, BrokerError> {
+        if let Some(record) = self
+            .store()
+            .identity(name)?
+            .filter(|r| r.issuer == idp.issuer)
+        {
+            return Ok(record);
+        }
+        let metadata = self.http.identity_provider_metadata(&idp.issuer).await?;
+        let guard = self.idp_locks.lock(name).await;
+        // A login that completed meanwhile wrote a record with its ID
+        // token: that one stays.
+        if let Some(record) = self
+            .store()
+            .identity(name)?
+            .filter(|r| r.issuer == idp.issuer)
+        {
+            return Ok(record);
+        }
+        let record = IdentityRecord {
+            issuer: idp.issuer.clone(),
+            metadata,
+            id_token: None,
+            id_token_expires_at_ms: None,
+            logged_in_at_ms: 0,
+        };
+        self.store().put_identity(&guard, &record).await?;
+        Ok(record)
+    }
+
+    /// Whether a valid ID token is at hand for the identity provider.
+    pub(crate) fn id_token_valid(&self, idp_name: &ServerName) -> bool {
+        let config = self.config();
+        let Some(idp) = config.identity_providers.get(idp_name) else {
+            return false;
+        };
+        let now = self.now_ms();
+        match &idp.id_token_file {
+            Some(path) => crate::unattended::read_small(path)
+                .ok()
+                .and_then(|t| expiry_ms(&t))
+                .is_some_and(|at| at > now),
+            None => self
+                .store()
+                .identity(idp_name)
+                .ok()
+                .flatten()
+                .is_some_and(|r| {
+                    r.issuer == idp.issuer
+                        && r.id_token.is_some()
+                        && r.id_token_expires_at_ms.is_none_or(|at| at > now)
+                }),
+        }
+    }
+
+    /// Steps 2 and 3 for `server`: an ID-JAG from the identity provider,
+    /// then the server's token. Called by `request_unattended`, on the
+    /// refresh path, under the server's guard.
+    pub(crate) async fn enterprise_tokens(
+        &self,
+        name: &ServerName,
+        server: &ServerConfig,
+        discovery: &Discovery,
+        credentials: &crate::unattended::Credentials,
+    ) -> Result<TokenSet, BrokerError> {
+        let profiles = discovery
+            .metadata
+            .authorization_grant_profiles_supported
+            .as_deref()
+            .unwrap_or_default();
+        if !profiles.iter().any(|p| p == PROFILE_ID_JAG) {
+            return Err(OAuthError::IdJagUnsupported {
+                issuer: discovery.issuer.clone(),
+            }
+            .into());
+        }
+        let idp_name = server
+            .identity_provider
+            .clone()
+            .expect("validated: enterprise names an identity provider");
+        let idp = self
+            .config()
+            .identity_providers
+            .get(&idp_name)
+            .cloned()
+            .expect("validated: the identity provider is configured");
+        let record = self.idp_record(&idp_name, &idp).await?;
+        let now = self.now_ms();
+        let id_token = match &idp.id_token_file {
+            Some(path) => crate::unattended::read_small(path).map_err(|e| {
+                self.login_required_at(
+                    name,
+                    &idp_name,
+                    &format!("cannot read the ID token file {}: {e}", path.display()),
+                )
+            })?,
+            None => record
+                .id_token
+                .clone()
+                .ok_or_else(|| self.login_required_at(name, &idp_name, "no ID token is held"))?,
+        };
+        if expiry_ms(&id_token)
+            .or(record.id_token_expires_at_ms)
+            .is_some_and(|at| at <= now)
+        {
+            return Err(self.login_required_at(name, &idp_name, "the ID token has expired"));
+        }
+        let idp_discovery = idp_discovery(&idp, &record);
+        let idp_client = idp_registration(&idp, &record.metadata, "", now)?;
+        let exchanged = self
+            .http
+            .exchange_for_id_jag(
+                &idp_discovery,
+                &ClientAuth::of(&idp_client),
+                &id_token,
+                &discovery.issuer,
+                &discovery.resource,
+                &server.scopes,
+            )
+            .await;
+        let id_jag = match exchanged {
+            Ok(t) => t,
+            Err(e) if e.token_error() == Some("invalid_grant") => {
+                if idp.id_token_file.is_none() {
+                    let guard = self.idp_locks.lock(&idp_name).await;
+                    if let Some(mut r) = self.store().identity(&idp_name)? {
+                        r.id_token = None;
+                        r.id_token_expires_at_ms = None;
+                        self.store().put_identity(&guard, &r).await?;
+                    }
+                }
+                warn!(server = %name, idp = %idp_name, error = %e, "the identity provider refused the ID token");
+                return Err(self.login_required_at(
+                    name,
+                    &idp_name,
+                    "it refused the ID token (invalid_grant)",
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        // An ID-JAG for another audience would hand this server's AS a
+        // grant meant elsewhere (or show another AS ours): never sent.
+        let claims =
+            jwt::decode_unverified(&id_jag).map_err(|reason| OAuthError::IdJagRefused {
+                idp: idp_name.to_string(),
+                reason,
+            })?;
+        jwt::check_forwarded(&claims, &[discovery.issuer.as_str()], now / 1000).map_err(
+            |reason| OAuthError::IdJagRefused {
+                idp: idp_name.to_string(),
+                reason,
+            },
+        )?;
+        let auth = credentials.auth(discovery, now);
+        Ok(self
+            .http
+            .jwt_bearer(discovery, &auth, &id_jag, &server.scopes)
+            .await?)
+    }
+
+    /// The discovery of `name`'s identity provider when `issuer` is its
+    /// issuer (a login at the identity provider), else `None`.
+    pub(crate) fn idp_discovery_for(
+        &self,
+        name: &ServerName,
+        issuer: &str,
+    ) -> Result<Option<Discovery>, BrokerError> {
+        let config = self.config();
+        let Some(idp_name) = config
+            .servers
+            .get(name)
+            .and_then(|s| s.identity_provider.as_ref())
+        else {
+            return Ok(None);
+        };
+        let Some(idp) = config
+            .identity_providers
+            .get(idp_name)
+            .filter(|i| i.issuer == issuer)
+        else {
+            return Ok(None);
+        };
+        Ok(self
+            .store()
+            .identity(idp_name)?
+            .filter(|r| r.issuer == idp.issuer)
+            .map(|r| idp_discovery(idp, &r)))
+    }
+
+    /// Starts the login at `server`'s identity provider; called by
+    /// `login_with` under the server's guard. The flow is the server's
+    /// (stored, joined, completed by the callback or a paste as usual).
+    pub(crate) async fn start_idp_login(
+        self: &Arc<Self>,
+        guard: ServerGuard,
+        server: &ServerConfig,
+    ) -> Result<LoginHandle, BrokerError> {
+        let name = guard.name().clone();
+        let idp_name = server
+            .identity_provider
+            .clone()
+            .expect("validated: enterprise names an identity provider");
+        let idp = self
+            .config()
+            .identity_providers
+            .get(&idp_name)
+            .cloned()
+            .expect("validated: the identity provider is configured");
+        let now = self.now_ms();
+        let record = match self.idp_record(&idp_name, &idp).await {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(server = %name, idp = %idp_name, error = %e, "login failed: identity provider discovery");
+                self.record_error(&guard, &e.to_string()).await;
+                return Err(e);
+            }
+        };
+        let mut server_record = self
+            .store()
+            .server(&name)?
+            .unwrap_or_else(|| crate::state::ServerRecord::new(&server.url, now));
+        let port = server
+            .callback_port
+            .or(server_record.callback_port)
+            .unwrap_or(0);
+        let listener = crate::callback::bind(port).map_err(|e| BrokerError::CallbackPort {
+            port,
+            reason: e.to_string(),
+        })?;
+        let port = listener
+            .local_addr()
+            .map_err(|e| BrokerError::CallbackPort {
+                port,
+                reason: e.to_string(),
+            })?
+            .port();
+        let redirect_uri = format!("http://127.0.0.1:{port}/callback");
+        if server.callback_port.is_none() {
+            server_record.callback_port = Some(port);
+        }
+        self.store().put_server(&guard, &server_record).await?;
+        let registration = idp_registration(&idp, &record.metadata, &redirect_uri, now)?;
+        self.store().put_registration(&guard, &registration).await?;
+        let discovery = idp_discovery(&idp, &record);
+        let pkce = pkce::Pkce::new();
+        let state = pkce::new_state();
+        let scopes = vec![OIDC_SCOPE.to_string()];
+        let url = flow::authorization_url(
+            &discovery,
+            &registration.client_id,
+            &pkce.challenge,
+            &state,
+            &scopes,
+            &redirect_uri,
+        )?;
+        let pending = PendingFlow {
+            state: Secret::new(state),
+            verifier: pkce.verifier,
+            issuer: idp.issuer.clone(),
+            client_id: registration.client_id.clone(),
+            redirect_uri,
+            scopes,
+            authorization_url: url.to_string(),
+            created_at_ms: now,
+            expires_at_ms: now + crate::login::FLOW_LIFETIME.as_millis() as i64,
+        };
+        self.store().put_flow(&guard, &pending).await?;
+        let (active, rx) = ActiveLogin::new(pending.clone(), port, None);
+        self.logins.insert(&name, active.clone());
+        self.spawn_callback(name.clone(), active, listener)?;
+        info!(server = %name, idp = %idp_name, port, "login at the identity provider started");
+        self.publish(Some(name), EventKind::LoginStarted);
+        Ok(LoginHandle {
+            flow: pending,
+            callback_port: port,
+            device: None,
+            joined: false,
+            outcome: rx,
+        })
+    }
+
+    /// Ends a login at the identity provider: keeps the ID token, then
+    /// gets the server's tokens through the refresh path (the guard is let
+    /// go for that, and taken again to settle the login).
+    pub(crate) async fn finish_idp_login(
+        self: &Arc<Self>,
+        guard: ServerGuard,
+        active: Option<&Arc<ActiveLogin>>,
+        flow: &PendingFlow,
+        tokens: TokenSet,
+    ) -> Result<LoginOutcome, BrokerError> {
+        let name = guard.name().clone();
+        let idp_name = self
+            .config()
+            .servers
+            .get(&name)
+            .and_then(|s| s.identity_provider.clone());
+        let kept = match (idp_name, tokens.id_token) {
+            (Some(idp_name), Some(id_token)) => {
+                let idp_guard = self.idp_locks.lock(&idp_name).await;
+                match self.store().identity(&idp_name)? {
+                    Some(mut record) if record.issuer == flow.issuer => {
+                        record.id_token_expires_at_ms = expiry_ms(&id_token);
+                        record.id_token = Some(id_token);
+                        record.logged_in_at_ms = self.now_ms();
+                        self.store().put_identity(&idp_guard, &record).await?;
+                        info!(server = %name, idp = %idp_name, "logged in at the identity provider");
+                        Ok(())
+                    }
+                    _ => Err("the identity provider changed during the login".to_string()),
+                }
+            }
+            (_, None) => Err(
+                "the identity provider sent no ID token (is the openid scope allowed for this client?)"
+                    .to_string(),
+            ),
+            (None, _) => Err("the server is no longer an enterprise server".to_string()),
+        };
+        if let Err(message) = kept {
+            self.end_flow(
+                &guard,
+                active,
+                LoginOutcome::Failed {
+                    kind: FailureKind::Error,
+                    message: message.clone(),
+                },
+            )
+            .await;
+            return Err(BrokerError::Internal(message));
+        }
+        if let Err(e) = self.store().delete_flow(&guard).await {
+            warn!(server = %name, error = %e, "cannot delete the finished flow");
+        }
+        drop(guard);
+        let outcome = match self.refresh_grant(name.clone(), Freshness::Force).await {
+            Ok(grant) => LoginOutcome::Success {
+                scopes: grant.scopes,
+                expires_at_ms: grant.expires_at_ms,
+            },
+            Err(e) => LoginOutcome::Failed {
+                kind: FailureKind::Error,
+                message: e.to_string(),
+            },
+        };
+        if let Some(active) = active {
+            let guard = self.locks.lock(&name).await;
+            self.finish_login(&guard, active, outcome.clone(), false)
+                .await;
+        }
+        Ok(outcome)
+    }
+}

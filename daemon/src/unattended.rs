@@ -1,0 +1,469 @@
+//! Grants without a person (`impl Broker`): `grant = "client_credentials"`,
+//! `grant = "workload"`, and the renewals of `grant = "enterprise"` (see
+//! `enterprise.rs`), which need a person only to log in at the identity
+//! provider.
+//!
+//! Such a server never needs a login. Its first token is obtained on first
+//! use and renewed by asking again before it expires (there is no refresh
+//! token); both go through the one refresh path, `refresh_grant`, which
+//! calls [`Broker::renew_unattended`] under the server's guard, so the
+//! single flight, the backoff and "durable before handing out"
+//! (`install_grant`) are the same as for a refresh.
+//!
+//! - Discovery runs without the PKCE requirement (no browser is involved)
+//!   and is persisted like a login's. An AS that lists
+//!   `grant_types_supported` must list the grant.
+//! - Client authentication: `client_secret_basic`/`client_secret_post`
+//!   (per `token_endpoint_auth_methods_supported`), or `private_key_jwt`
+//!   with an assertion signed afresh for every request.
+//! - Workload: the JWT is read from `assertion_file` at every request. It
+//!   is decoded (not verified) and refused, with nothing sent, when it has
+//!   expired or its audience is neither the AS issuer nor its token
+//!   endpoint. The file's directory is watched (`notify`): a rotation
+//!   ends the backoff a bad or expired token started, and the scheduler
+//!   plans again.
+//!
+//! Keys, secrets and assertions are read into `Secret`s (or the key type,
+//! whose `Debug` shows nothing) and never logged.
+
+use std::collections::HashSet;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::{broadcast, mpsc};
+use tracing::{debug, info, warn};
+
+use crate::broker::{Broker, BrokerError, EventKind};
+use crate::config::{ClientSecret, GrantKind, ServerConfig, ServerName};
+use crate::install::{GrantSource, NewGrant};
+use crate::locks::ServerGuard;
+use crate::oauth::OAuthError;
+use crate::oauth::grants::{GRANT_CLIENT_CREDENTIALS, GRANT_JWT_BEARER};
+use crate::oauth::jwt::{self, SigningKey};
+use crate::oauth::token::{ClientAuth, TokenSet};
+use crate::refresh::Freshness;
+use crate::secret::Secret;
+use crate::state::{Discovery, Grant};
+
+/// The largest key, secret or assertion file read.
+const MAX_FILE: u64 = 64 * 1024;
+
+/// Reads a small private file into a `Secret`, trailing newlines dropped.
+pub(crate) fn read_small(path: &Path) -> std::io::Result<Secret> {
+    let file = std::fs::File::open(path)?;
+    let mut text = String::new();
+    file.take(MAX_FILE + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_FILE {
+        return Err(std::io::Error::other("larger than 64 KiB"));
+    }
+    let secret = Secret::new(text.trim_end_matches(['\n', '\r']));
+    zeroize::Zeroize::zeroize(&mut text);
+    Ok(secret)
+}
+
+/// The client's credentials as configured, read for one request.
+pub(crate) struct Credentials {
+    client_id: Option<String>,
+    secret: Option<Secret>,
+    key: Option<SigningKey>,
+}
+
+/// A configured client secret, read (from its file) for one request.
+pub(crate) fn read_client_secret(secret: &ClientSecret) -> Result<Secret, OAuthError> {
+    match secret {
+        ClientSecret::Inline(s) => Ok(s.clone()),
+        ClientSecret::File(path) => read_small(path).map_err(|e| OAuthError::SecretFile {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        }),
+    }
+}
+
+impl Credentials {
+    pub(crate) fn read(server: &ServerConfig) -> Result<Self, OAuthError> {
+        let secret = server
+            .client_secret
+            .as_ref()
+            .map(read_client_secret)
+            .transpose()?;
+        let key = match &server.client_key {
+            None => None,
+            Some(key) => {
+                let what = key.path.display().to_string();
+                let pem = read_small(&key.path).map_err(|e| OAuthError::KeyFile {
+                    path: what.clone(),
+                    reason: e.to_string(),
+                })?;
+                Some(SigningKey::from_pem(&pem, &what)?)
+            }
+        };
+        Ok(Self {
+            client_id: server.client_id.clone(),
+            secret,
+            key,
+        })
+    }
+
+    /// The authentication for a request to `discovery`'s AS at `now_ms`.
+    pub(crate) fn auth(&self, discovery: &Discovery, now_ms: i64) -> ClientAuth<'_> {
+        let Some(client_id) = self.client_id.as_deref() else {
+            return ClientAuth::Anonymous;
+        };
+        if let Some(key) = &self.key {
+            return ClientAuth::Assertion {
+                client_id,
+                assertion: jwt::client_assertion(key, client_id, &discovery.issuer, now_ms / 1000),
+            };
+        }
+        match &self.secret {
+            None => ClientAuth::Public { client_id },
+            Some(secret) => {
+                let post_only = discovery
+                    .metadata
+                    .token_endpoint_auth_methods_supported
+                    .as_ref()
+                    .is_some_and(|m| {
+                        !m.iter().any(|m| m == "client_secret_basic")
+                            && m.iter().any(|m| m == "client_secret_post")
+                    });
+                if post_only {
+                    ClientAuth::Post { client_id, secret }
+                } else {
+                    ClientAuth::Basic { client_id, secret }
+                }
+            }
+        }
+    }
+}
+
+/// Refuses an AS that lists its grant types without this one.
+fn check_grant_listed(discovery: &Discovery, grant: &'static str) -> Result<(), OAuthError> {
+    match &discovery.metadata.grant_types_supported {
+        Some(types) if !types.iter().any(|t| t == grant) => Err(OAuthError::GrantUnsupported {
+            issuer: discovery.issuer.clone(),
+            grant,
+        }),
+        _ => Ok(()),
+    }
+}
+
+impl Broker {
+    /// Whether `name` is configured with a grant that needs no person.
+    pub(crate) fn unattended(&self, name: &ServerName) -> Option<GrantKind> {
+        self.config()
+            .servers
+            .get(name)
+            .map(|s| s.grant)
+            .filter(|g| g.unattended())
+    }
+
+    /// The discovery held for the server, or a new one (persisted).
+    async fn unattended_discovery(
+        &self,
+        guard: &ServerGuard,
+        server: &ServerConfig,
+    ) -> Result<Discovery, BrokerError> {
+        let name = guard.name();
+        let record = self.store().server(name)?;
+        if let Some(d) = record.as_ref().and_then(|r| r.discovery.clone()) {
+            return Ok(d);
+        }
+        let now = self.now_ms();
+        let discovered = self.http.discover(&server.url, now, false).await?;
+        let discovery = discovered.discovery;
+        let mut record =
+            record.unwrap_or_else(|| crate::state::ServerRecord::new(&server.url, now));
+        record.discovery = Some(discovery.clone());
+        self.store().put_server(guard, &record).await?;
+        info!(server = %name, issuer = %discovery.issuer, "authorization server discovered");
+        Ok(discovery)
+    }
+
+    /// The token request of an unattended grant.
+    async fn request_unattended(
+        &self,
+        name: &ServerName,
+        server: &ServerConfig,
+        discovery: &Discovery,
+    ) -> Result<TokenSet, BrokerError> {
+        let credentials = Credentials::read(server)?;
+        let now = self.now_ms();
+        match server.grant {
+            GrantKind::ClientCredentials => {
+                check_grant_listed(discovery, GRANT_CLIENT_CREDENTIALS)?;
+                let auth = credentials.auth(discovery, now);
+                Ok(self
+                    .http
+                    .client_credentials(discovery, &auth, &server.scopes)
+                    .await?)
+            }
+            GrantKind::Enterprise => {
+                check_grant_listed(discovery, GRANT_JWT_BEARER)?;
+                self.enterprise_tokens(name, server, discovery, &credentials)
+                    .await
+            }
+            GrantKind::Workload => {
+                check_grant_listed(discovery, GRANT_JWT_BEARER)?;
+                let path = server
+                    .assertion_file
+                    .as_deref()
+                    .expect("validated: workload has an assertion_file");
+                let shown = path.display().to_string();
+                let assertion = read_small(path).map_err(|e| OAuthError::AssertionFile {
+                    path: shown.clone(),
+                    reason: e.to_string(),
+                })?;
+                let claims =
+                    jwt::decode_unverified(&assertion).map_err(|reason| OAuthError::Assertion {
+                        path: shown.clone(),
+                        reason,
+                    })?;
+                jwt::check_forwarded(
+                    &claims,
+                    &[
+                        discovery.issuer.as_str(),
+                        discovery.metadata.token_endpoint.as_str(),
+                    ],
+                    now / 1000,
+                )
+                .map_err(|reason| OAuthError::Assertion {
+                    path: shown,
+                    reason,
+                })?;
+                let auth = credentials.auth(discovery, now);
+                Ok(self
+                    .http
+                    .jwt_bearer(discovery, &auth, &assertion, &server.scopes)
+                    .await?)
+            }
+            GrantKind::AuthorizationCode => Err(BrokerError::Internal(
+                "an authorization-code server has no unattended grant".into(),
+            )),
+        }
+    }
+
+    /// Obtains or renews an unattended grant; called by `refresh_locked`
+    /// under the server's guard (so this is the same single flight).
+    pub(crate) async fn renew_unattended(
+        &self,
+        guard: &ServerGuard,
+        server: &ServerConfig,
+        freshness: Freshness,
+    ) -> Result<Grant, BrokerError> {
+        let name = guard.name().clone();
+        let current = self.store().grant(&name)?;
+        let now = self.now_ms();
+        if let Some(grant) = &current {
+            match freshness {
+                Freshness::Force => {}
+                Freshness::UnlessNewerThan(generation) if grant.generation != generation => {
+                    return Ok(grant.clone());
+                }
+                Freshness::UnlessValidForMs(ms)
+                    if grant.expires_at_ms.is_none_or(|at| at - now >= ms) =>
+                {
+                    return Ok(grant.clone());
+                }
+                _ => {}
+            }
+        }
+        let generation = current.as_ref().map_or(0, |g| g.generation);
+        if !matches!(freshness, Freshness::Force)
+            && let Some(backoff) = self.backoff(&name, generation)
+            && now < backoff.retry_at_ms
+        {
+            return Err(BrokerError::Unavailable {
+                reason: backoff.reason.clone(),
+                retry_after_secs: backoff.retry_after_secs(now),
+            });
+        }
+        let obtained = match self.unattended_discovery(guard, server).await {
+            Ok(discovery) => self
+                .request_unattended(&name, server, &discovery)
+                .await
+                .map(|tokens| (discovery, tokens)),
+            Err(e) => Err(e),
+        };
+        match obtained {
+            Ok((discovery, tokens)) => {
+                let expires_at_ms = tokens.expires_at_ms(self.now_ms());
+                let new = NewGrant {
+                    issuer: discovery.issuer.clone(),
+                    client_id: server.client_id.clone().unwrap_or_default(),
+                    resource: discovery.resource.clone(),
+                    access_token: tokens.access_token,
+                    token_type: tokens.token_type,
+                    // Renewal asks again; a refresh token is not kept.
+                    refresh_token: None,
+                    expires_at_ms,
+                    scopes: tokens.scope.unwrap_or_else(|| server.scopes.clone()),
+                };
+                let source = if current.is_some() {
+                    GrantSource::Refresh
+                } else {
+                    GrantSource::Login
+                };
+                self.install_grant(guard, new, source, |r| r.challenge = None)
+                    .await
+            }
+            Err(e @ BrokerError::LoginRequired { .. }) => {
+                // A person must log in (at the identity provider): no
+                // backoff, nothing would change before they do. Said once
+                // (a write and an event), not at every request that finds
+                // it so.
+                if let BrokerError::LoginRequired { reason, .. } = &e {
+                    let known = self
+                        .store()
+                        .server(&name)?
+                        .and_then(|r| r.last_error)
+                        .is_some_and(|last| &last == reason);
+                    if !known {
+                        info!(server = %name, error = %e, "login required");
+                        self.record_error(guard, reason).await;
+                        self.publish(
+                            Some(name.clone()),
+                            EventKind::LoginRequired {
+                                reason: reason.clone(),
+                            },
+                        );
+                    }
+                }
+                Err(e)
+            }
+            Err(e) => {
+                let (asked, transient) = match &e {
+                    BrokerError::OAuth(o) => (o.retry_after_secs(), o.is_transient()),
+                    _ => (None, false),
+                };
+                let backoff = self.start_backoff(&name, generation, asked, e.to_string());
+                let now = self.now_ms();
+                warn!(server = %name, grant = server.grant.as_str(), error = %e, failures = backoff.failures, "obtaining a token failed");
+                self.record_error(guard, &format!("obtaining a token failed: {e}"))
+                    .await;
+                if transient {
+                    Err(BrokerError::Unavailable {
+                        reason: e.to_string(),
+                        retry_after_secs: backoff.retry_after_secs(now),
+                    })
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    /// Watches the directories of the workload assertion files; a change
+    /// to one ends that server's backoff and wakes the scheduler.
+    pub fn start_assertion_watch(self: &Arc<Self>) {
+        let (tx, mut rx) = mpsc::channel::<PathBuf>(64);
+        self.rewatch_assertions(&tx);
+        let broker = Arc::downgrade(self);
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                let mut paths = HashSet::from([first]);
+                while let Ok(p) = rx.try_recv() {
+                    paths.insert(p);
+                }
+                let Some(b) = broker.upgrade() else { return };
+                let config = b.config();
+                for (name, server) in config.servers.iter() {
+                    let id_token_file = server
+                        .identity_provider
+                        .as_ref()
+                        .and_then(|i| config.identity_providers.get(i))
+                        .and_then(|i| i.id_token_file.as_ref());
+                    if server
+                        .assertion_file
+                        .as_ref()
+                        .or(id_token_file)
+                        .is_some_and(|f| paths.contains(f))
+                    {
+                        debug!(server = %name, "the workload assertion file changed");
+                        b.end_backoff(name);
+                        b.scheduler().wake();
+                    }
+                }
+            }
+        });
+        let broker = Arc::downgrade(self);
+        let mut events = self.subscribe();
+        let stop = self.shutdown().wait();
+        tokio::spawn(async move {
+            tokio::pin!(stop);
+            loop {
+                let event = tokio::select! {
+                    _ = &mut stop => return,
+                    e = events.recv() => e,
+                };
+                let Some(b) = broker.upgrade() else { return };
+                match event {
+                    Ok(e)
+                        if !matches!(
+                            e.kind,
+                            EventKind::ServerAdded { .. }
+                                | EventKind::ServerChanged { .. }
+                                | EventKind::ServerRemoved
+                        ) => {}
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                        b.rewatch_assertions(&tx)
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+    }
+
+    fn rewatch_assertions(&self, tx: &mpsc::Sender<PathBuf>) {
+        let config = self.config();
+        let files: HashSet<PathBuf> = config
+            .servers
+            .values()
+            .filter_map(|s| s.assertion_file.clone())
+            .chain(
+                config
+                    .identity_providers
+                    .values()
+                    .filter_map(|i| i.id_token_file.clone()),
+            )
+            .collect();
+        let mut slot = self.assertion_watch.lock().unwrap();
+        *slot = None;
+        if files.is_empty() {
+            return;
+        }
+        let tx = tx.clone();
+        let wanted = files.clone();
+        // Platforms rotate these files by renaming a new one (or a new
+        // directory, as Kubernetes' `..data` link) into place: the parent
+        // directory is watched, and any event naming the file counts.
+        let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if let Ok(event) = res {
+                for path in event.paths {
+                    for file in wanted
+                        .iter()
+                        .filter(|f| **f == path || f.parent() == path.parent())
+                    {
+                        let _ = tx.try_send(file.clone());
+                    }
+                }
+            }
+        });
+        let mut watcher = match watcher {
+            Ok(w) => w,
+            Err(e) => {
+                warn!(error = %e, "cannot watch the workload assertion files");
+                return;
+            }
+        };
+        let dirs: HashSet<&Path> = files.iter().filter_map(|f| f.parent()).collect();
+        for dir in dirs {
+            if let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive) {
+                warn!(dir = %dir.display(), error = %e, "cannot watch the assertion file's directory");
+            }
+        }
+        *slot = Some(watcher);
+    }
+}
