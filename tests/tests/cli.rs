@@ -349,7 +349,7 @@ fn the_man_page_is_roff_and_documents_every_command_without_a_daemon() {
     // Each command is documented in this page (not in pages per command
     // that are never installed), with its arguments and examples.
     assert!(
-        page.contains("\\fBmcpauthctl login [OPTIONS] <NAME>\\fR"),
+        page.contains("\\fBmcpauthctl login [OPTIONS] [NAME]\\fR"),
         "{page}"
     );
     assert!(page.contains("\\fB\\-\\-no\\-browser\\fR"), "{page}");
