@@ -403,6 +403,88 @@ pub fn connect(
     Ok(Report { lines, failure })
 }
 
+/// `mcpauthctl adopt`: hands the host's own entries for `servers` over to
+/// the broker. A remote entry for a server's URL gets the broker's entry
+/// fields (its other keys stay); with `mcp_remote`, an entry that runs
+/// `mcp-remote URL` for a server's URL runs `mcpauthctl proxy NAME`
+/// instead (its other keys, `env` and the like, stay). Entries for other
+/// URLs are not touched.
+pub fn hand_over(
+    host: &dyn Host,
+    env: &HostEnv,
+    servers: &[Server],
+    wiring: &Wiring,
+    dry_run: bool,
+    remote_entries: bool,
+    mcp_remote: bool,
+) -> Result<Report, Failure> {
+    let key = host.servers_key();
+    let server_for = |url: &str| servers.iter().find(|s| hosts::same_url(&s.url, url));
+    let edited = edit_file(host, env, dry_run, false, |doc, before| {
+        let mut outcomes = Vec::new();
+        for (entry_name, entry) in before {
+            let argv = host.command_of(entry);
+            let fields = match &argv {
+                None if remote_entries => {
+                    let Some(server) = host.url_of(entry).and_then(|u| server_for(&u)) else {
+                        continue;
+                    };
+                    host.entry(&server.url, &wiring.command(host.via(), &server.name))
+                        .as_object()
+                        .cloned()
+                        .map(|f| (server, f))
+                }
+                Some(argv) if mcp_remote => {
+                    let Some(server) = hosts::mcp_remote_url(argv).and_then(|u| server_for(&u))
+                    else {
+                        continue;
+                    };
+                    let proxy = wiring.command(hosts::Via::Proxy, &server.name);
+                    let mut f = serde_json::Map::new();
+                    if entry.get("command").is_some_and(Value::is_array) {
+                        f.insert("command".into(), Value::from(proxy));
+                    } else {
+                        f.insert("command".into(), Value::from(proxy[0].clone()));
+                        f.insert("args".into(), Value::from(proxy[1..].to_vec()));
+                    }
+                    Some((server, f))
+                }
+                _ => continue,
+            };
+            let Some((server, fields)) = fields else {
+                continue;
+            };
+            let unchanged = fields.iter().all(|(k, v)| entry.get(k) == Some(v));
+            if !unchanged {
+                doc.merge(key, entry_name, &fields)?;
+            }
+            outcomes.push((
+                entry_name.clone(),
+                Some(format!("{} via `{}`", server.url, server.name)),
+                if unchanged {
+                    Outcome::Unchanged
+                } else {
+                    Outcome::Updated
+                },
+            ));
+        }
+        Ok(outcomes)
+    })?;
+    let mut lines = edited.lines;
+    if edited.entries == 0 {
+        if !remote_entries {
+            // Sweeping every host for mcp-remote: say nothing of the rest.
+            lines.clear();
+        } else {
+            lines.push("  no entry here reaches an imported server by itself".into());
+        }
+    }
+    Ok(Report {
+        lines,
+        failure: None,
+    })
+}
+
 /// `mcpauthctl disconnect`: removes the entries `connect` wrote (all of
 /// them when `names` is empty).
 pub fn disconnect(

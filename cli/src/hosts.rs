@@ -68,6 +68,7 @@ pub struct HostEnv {
     pub claude_config_dir: Option<PathBuf>,
     pub gemini_cli_home: Option<PathBuf>,
     pub mcp_remote_config_dir: Option<PathBuf>,
+    pub hermes_home: Option<PathBuf>,
     pub macos: bool,
 }
 
@@ -85,6 +86,7 @@ impl HostEnv {
             claude_config_dir: var("CLAUDE_CONFIG_DIR"),
             gemini_cli_home: var("GEMINI_CLI_HOME"),
             mcp_remote_config_dir: var("MCP_REMOTE_CONFIG_DIR"),
+            hermes_home: var("HERMES_HOME"),
             macos: cfg!(target_os = "macos"),
         }
     }
@@ -105,13 +107,20 @@ impl HostEnv {
         }
     }
 
-    fn claude_dir(&self) -> PathBuf {
+    /// Hermes' home (`$HERMES_HOME`, else `~/.hermes`).
+    pub fn hermes_dir(&self) -> PathBuf {
+        self.hermes_home
+            .clone()
+            .unwrap_or_else(|| self.home.join(".hermes"))
+    }
+
+    pub fn claude_dir(&self) -> PathBuf {
         self.claude_config_dir
             .clone()
             .unwrap_or_else(|| self.home.join(".claude"))
     }
 
-    fn codex_dir(&self) -> PathBuf {
+    pub fn codex_dir(&self) -> PathBuf {
         self.codex_home
             .clone()
             .unwrap_or_else(|| self.home.join(".codex"))
@@ -504,6 +513,7 @@ mod tests {
             claude_config_dir: None,
             gemini_cli_home: None,
             mcp_remote_config_dir: None,
+            hermes_home: None,
             macos: false,
         }
     }

@@ -108,6 +108,12 @@ impl ClientError {
                     .into(),
             ),
             ClientError::Managed { start, .. } => Some(format!("start it with `{start}`")),
+            ClientError::Rpc {
+                code: tonic::Code::Unimplemented,
+                ..
+            } => Some(
+                "the running mcpauthd is older than this mcpauthctl: run `mcpauthctl stop`, then your command again".into(),
+            ),
             ClientError::ServiceUnusable { .. } => Some(
                 "run `mcpauthctl service uninstall` to go back to starting mcpauthd on demand"
                     .into(),
@@ -319,6 +325,18 @@ impl Client {
             .add_server(request)
             .await
             .map(tonic::Response::into_inner)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Adopts other tools' logins (the daemon reads their files).
+    pub async fn import(
+        &mut self,
+        request: pb::ImportRequest,
+    ) -> Result<Vec<pb::ImportResult>, ClientError> {
+        self.inner
+            .import(request)
+            .await
+            .map(|r| r.into_inner().results)
             .map_err(|e| self.err(e))
     }
 

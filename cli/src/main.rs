@@ -5,6 +5,7 @@ mod connect;
 mod docs;
 mod hostfile;
 mod hosts;
+mod import;
 mod login;
 mod output;
 mod proxy;
@@ -49,6 +50,18 @@ Install (once):
   mkdir -p ~/.local/share/man/man1
   mcpauthctl man > ~/.local/share/man/man1/mcpauthctl.1
   (man finds it when ~/.local/bin is on PATH; else: export MANPATH=\"$HOME/.local/share/man:\")";
+
+const IMPORT_HELP: &str = "\
+Where each tool keeps its logins:
+  codex        $CODEX_HOME/.credentials.json (with mcp_oauth_credentials_store = \"file\")
+  claude-code  ~/.claude/.credentials.json ($CLAUDE_CONFIG_DIR)
+  mcp-remote   ~/.mcp-auth/mcp-remote-*/ ($MCP_REMOTE_CONFIG_DIR), matched to the URLs host configs pass it
+  hermes       ~/.hermes/mcp-tokens/ ($HERMES_HOME)
+
+Examples:
+  mcpauthctl import --dry-run
+  mcpauthctl import codex
+  mcpauthctl adopt mcp-remote";
 
 /// The description of every command's NAME argument.
 const NAME_HELP: &str = "The server's name, as in `mcpauthctl list`";
@@ -230,6 +243,45 @@ enum Command {
         /// Overwrite entries of the same name that mcpauthctl did not write.
         #[arg(long)]
         replace: bool,
+    },
+    /// Adopt the logins other tools hold: no browser, no new login.
+    ///
+    /// For each server the tool knows: the server is added to config.toml
+    /// (the same URL already there is the same server; a name taken by
+    /// another URL gets a new one), and its live grant (tokens, expiry,
+    /// scopes and client registration) becomes the broker's, once bound to
+    /// the server's own authorization server and only when newer than the
+    /// grant held. The daemon reads the tools' files itself; they are
+    /// never changed.
+    #[command(after_long_help = IMPORT_HELP)]
+    Import {
+        /// codex, claude-code, mcp-remote or hermes (default: every tool found).
+        tools: Vec<String>,
+        /// An MCP server URL mcp-remote logged in to that no host config names.
+        #[arg(long = "url", value_name = "URL")]
+        urls: Vec<String>,
+        /// Print what would happen, and write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Import a tool's logins, then hand its entries over to the broker.
+    ///
+    /// codex and claude-code: import, then the host's own entries for the
+    /// imported servers go through the broker's headers helper, so the
+    /// host stops refreshing on its own. mcp-remote: import, then every
+    /// host entry that runs `mcp-remote URL` runs `mcpauthctl proxy NAME`.
+    /// Everything else in the files stays; the first write keeps a backup.
+    Adopt {
+        /// codex, claude-code or mcp-remote.
+        tool: String,
+        /// An MCP server URL mcp-remote logged in to that no host config names.
+        #[arg(long = "url", value_name = "URL")]
+        urls: Vec<String>,
+        /// Print what would change, and write nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Remove the entries `connect` wrote from an MCP host's config file.
     Disconnect {
@@ -604,6 +656,106 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 host, &env, &servers, &wiring, dry_run, replace,
             )?)?;
         }
+        Command::Import {
+            tools,
+            urls,
+            dry_run,
+            json,
+        } => {
+            let mut client = mcpauth_client::connect(&opts).await?;
+            let env = hosts::HostEnv::from_env();
+            let (results, notes) =
+                run_import(&mut client, &env, &import::tools(&tools)?, &urls, dry_run).await?;
+            if json {
+                print_json(&output::import_json(&results, &notes));
+            } else {
+                print_import(&results, &notes, dry_run);
+            }
+            import_failure(&results)?;
+        }
+        Command::Adopt {
+            tool,
+            urls,
+            dry_run,
+        } => {
+            let tool = match tool.as_str() {
+                "codex" | "claude-code" | "mcp-remote" => tool,
+                "hermes" => {
+                    return Err(Failure {
+                        message: "Hermes is not wired through a command: import its logins with `mcpauthctl import hermes`, then export tokens to its files (`export` in config.toml, see the README)".into(),
+                        code: exit::USAGE,
+                    });
+                }
+                other => {
+                    return Err(Failure {
+                        message: format!(
+                            "cannot adopt `{other}`: known tools are codex, claude-code and mcp-remote"
+                        ),
+                        code: exit::USAGE,
+                    });
+                }
+            };
+            let mut client = mcpauth_client::connect(&opts).await?;
+            let env = hosts::HostEnv::from_env();
+            let (results, notes) =
+                run_import(&mut client, &env, &[tool.as_str()], &urls, dry_run).await?;
+            print_import(&results, &notes, dry_run);
+            // Hand over every server the broker now has (or, dry, would
+            // have) for the tool's entries: adopted, current or awaiting
+            // a login alike.
+            let servers: Vec<connect::Server> = results
+                .iter()
+                .filter(|r| {
+                    !r.server.is_empty()
+                        && pb::ImportVerdict::try_from(r.verdict) != Ok(pb::ImportVerdict::Skipped)
+                })
+                .map(|r| connect::Server {
+                    name: r.server.clone(),
+                    url: r.url.clone(),
+                })
+                .collect();
+            let wiring = connect::Wiring::current(&opts.socket)?;
+            let mut failure = import_failure(&results).err();
+            let targets: Vec<&'static dyn hosts::Host> = if tool == "mcp-remote" {
+                hosts::HOSTS.to_vec()
+            } else {
+                vec![connect::host(&tool)?]
+            };
+            for host in targets {
+                if !host.path(&env).exists() {
+                    continue;
+                }
+                let report = connect::hand_over(
+                    host,
+                    &env,
+                    &servers,
+                    &wiring,
+                    dry_run,
+                    tool != "mcp-remote",
+                    true,
+                );
+                match report {
+                    Ok(report) => {
+                        for line in &report.lines {
+                            out!("{line}");
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("mcpauthctl: {}", e.message);
+                        failure.get_or_insert(e);
+                    }
+                }
+            }
+            if !servers.is_empty() && !dry_run {
+                out!(
+                    "{}'s own token files are left in place; they are no longer used by the entries above",
+                    tool
+                );
+            }
+            if let Some(f) = failure {
+                return Err(f);
+            }
+        }
         Command::Disconnect {
             host,
             names,
@@ -708,6 +860,85 @@ async fn run(cli: Cli) -> Result<(), Failure> {
 }
 
 /// Prints what a connect or disconnect did, then fails if it has to.
+/// Finds what `tools` know and has the daemon import it.
+async fn run_import(
+    client: &mut mcpauth_client::Client,
+    env: &hosts::HostEnv,
+    tools: &[&str],
+    urls: &[String],
+    dry_run: bool,
+) -> Result<(Vec<pb::ImportResult>, Vec<String>), Failure> {
+    for url in urls {
+        if !(url.starts_with("https://") || url.starts_with("http://")) {
+            return Err(Failure {
+                message: format!("--url {url}: not an http(s) URL"),
+                code: exit::USAGE,
+            });
+        }
+    }
+    let found = import::find(tools, env, urls);
+    let mut notes = found.notes;
+    if found.present.is_empty() {
+        notes.insert(
+            0,
+            format!(
+                "no logins to import: none of {} has files on this machine",
+                tools.join(", ")
+            ),
+        );
+    }
+    let results = if found.items.is_empty() {
+        Vec::new()
+    } else {
+        client
+            .import(pb::ImportRequest {
+                items: found.items,
+                dry_run,
+            })
+            .await?
+    };
+    Ok((results, notes))
+}
+
+fn print_import(results: &[pb::ImportResult], notes: &[String], dry_run: bool) {
+    let mut tool = "";
+    for r in results {
+        if r.tool != tool {
+            tool = &r.tool;
+            out!("{tool}:");
+        }
+        out!("{}", import::result_line(r, dry_run));
+    }
+    for note in notes {
+        out!("note: {note}");
+    }
+    if dry_run {
+        out!("dry run: nothing was written");
+    }
+}
+
+/// Exit 1 when a login was refused (the lines above say why).
+fn import_failure(results: &[pb::ImportResult]) -> Result<(), Failure> {
+    let skipped = results
+        .iter()
+        .filter(|r| pb::ImportVerdict::try_from(r.verdict) == Ok(pb::ImportVerdict::Skipped))
+        .count();
+    if skipped == 0 {
+        return Ok(());
+    }
+    Err(Failure {
+        message: format!(
+            "{skipped} {} not adopted (see above); each line says why",
+            if skipped == 1 {
+                "login was"
+            } else {
+                "logins were"
+            }
+        ),
+        code: exit::FAILURE,
+    })
+}
+
 fn print_report(report: connect::Report) -> Result<(), Failure> {
     for line in &report.lines {
         out!("{line}");

@@ -305,3 +305,48 @@ mod tests {
         assert_eq!(json["scopes"], serde_json::json!([]));
     }
 }
+
+/// `mcpauthctl import --json`.
+#[derive(Serialize)]
+pub struct ImportJson {
+    pub results: Vec<ImportResultJson>,
+    pub notes: Vec<String>,
+}
+
+#[derive(Serialize)]
+pub struct ImportResultJson {
+    pub tool: String,
+    pub tool_name: String,
+    pub server: Option<String>,
+    pub url: String,
+    /// adopted, current, login_needed or skipped.
+    pub verdict: &'static str,
+    pub reason: Option<String>,
+    pub added: bool,
+    pub renamed: Option<String>,
+}
+
+pub fn import_json(results: &[pb::ImportResult], notes: &[String]) -> ImportJson {
+    let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    ImportJson {
+        results: results
+            .iter()
+            .map(|r| ImportResultJson {
+                tool: r.tool.clone(),
+                tool_name: r.tool_name.clone(),
+                server: some(&r.server),
+                url: r.url.clone(),
+                verdict: match pb::ImportVerdict::try_from(r.verdict) {
+                    Ok(pb::ImportVerdict::Adopted) => "adopted",
+                    Ok(pb::ImportVerdict::Current) => "current",
+                    Ok(pb::ImportVerdict::LoginNeeded) => "login_needed",
+                    _ => "skipped",
+                },
+                reason: some(&r.reason),
+                added: r.added,
+                renamed: some(&r.renamed),
+            })
+            .collect(),
+        notes: notes.to_vec(),
+    }
+}

@@ -17,7 +17,8 @@
 //! - [`refresh`]: the one place a grant is refreshed, the backoff, logout.
 //! - [`tokens`]: `GetToken`, rejected-token reports, step-up.
 //! - [`scheduler`]: proactive refresh on an injectable [`clock`].
-//! - [`files`]: token-file export and import.
+//! - [`files`]: token-file export and import; [`import`]: adopting the
+//!   logins other tools hold (`mcpauthctl import`).
 //! - [`desktop`]: the notification when a program needs a person's login.
 //! - [`oauth`]: the OAuth engine (discovery, registration, flows, token
 //!   endpoint); knows neither gRPC nor the store.
@@ -39,6 +40,7 @@ pub(crate) mod device;
 pub(crate) mod enterprise;
 pub mod files;
 pub(crate) mod fsutil;
+pub(crate) mod import;
 pub(crate) mod install;
 pub mod listener;
 pub(crate) mod locks;

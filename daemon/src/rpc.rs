@@ -20,6 +20,7 @@ use tracing::warn;
 
 use crate::broker::{AuthState, Broker, BrokerError, DaemonStatus, Event, EventKind, ServerView};
 use crate::config::{NewServer, ServerName};
+use crate::import::{ImportItem, Tool, Verdict};
 use crate::listener::Connection;
 use crate::login::{FailureKind, LoginMethod, LoginOptions, LoginOutcome};
 use crate::oauth::flow::CallbackParams;
@@ -371,6 +372,59 @@ impl broker_server::Broker for BrokerService {
             client_metadata_url: optional(r.client_metadata_url),
         };
         Ok(Response::new(self.broker.add(new).await?.into()))
+    }
+
+    async fn import(
+        &self,
+        request: Request<pb::ImportRequest>,
+    ) -> Result<Response<pb::ImportReply>, Status> {
+        check_protocol(&request)?;
+        let r = request.into_inner();
+        if r.items.len() > 1000 {
+            return Err(Status::invalid_argument("more than 1000 items to import"));
+        }
+        let mut items = Vec::with_capacity(r.items.len());
+        for i in r.items {
+            let tool = Tool::parse(&i.tool).ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "unknown tool {:?} (codex, claude-code, mcp-remote, hermes)",
+                    i.tool.chars().take(40).collect::<String>()
+                ))
+            })?;
+            let path = |p: String| (!p.is_empty()).then(|| std::path::PathBuf::from(p));
+            items.push(ImportItem {
+                tool,
+                name: i.name,
+                url: i.url,
+                store: path(i.store_path),
+                key: optional(i.key),
+                client_info: path(i.client_info_path),
+            });
+        }
+        let outcomes = self.broker.import(items, r.dry_run).await?;
+        Ok(Response::new(pb::ImportReply {
+            results: outcomes
+                .into_iter()
+                .map(|o| {
+                    let (verdict, reason) = match o.verdict {
+                        Verdict::Adopted => (pb::ImportVerdict::Adopted, String::new()),
+                        Verdict::Current(r) => (pb::ImportVerdict::Current, r),
+                        Verdict::LoginNeeded(r) => (pb::ImportVerdict::LoginNeeded, r),
+                        Verdict::Skipped(r) => (pb::ImportVerdict::Skipped, r),
+                    };
+                    pb::ImportResult {
+                        tool: o.tool.id().into(),
+                        tool_name: o.tool_name,
+                        server: o.server,
+                        url: o.url,
+                        verdict: verdict.into(),
+                        reason,
+                        added: o.added,
+                        renamed: o.renamed.unwrap_or_default(),
+                    }
+                })
+                .collect(),
+        }))
     }
 
     async fn remove_server(

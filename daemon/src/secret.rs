@@ -29,6 +29,11 @@ impl Secret {
         &self.0
     }
 
+    /// [`Self::constant_time_eq`] between two secrets.
+    pub fn same_as(&self, other: &Secret) -> bool {
+        self.constant_time_eq(&other.0)
+    }
+
     /// Compares in time independent of where the values differ.
     pub fn constant_time_eq(&self, other: &str) -> bool {
         let (a, b) = (self.0.as_bytes(), other.as_bytes());

@@ -350,6 +350,29 @@ impl AuthServer {
         );
     }
 
+    /// A grant as another tool's login would have left it: `client_id`
+    /// (registered with [`Self::add_client`]) holds the access and refresh
+    /// token returned, which this server honours like any it issued.
+    pub fn mint_grant(&self, client_id: &str, scope: Option<&str>) -> (String, String) {
+        let mut s = self.state.lock().unwrap();
+        s.next += 1;
+        let family = s.next;
+        let access = s.id("at");
+        s.access_tokens.insert(access.clone(), family);
+        let refresh = s.id("rt");
+        s.refresh_tokens.insert(
+            refresh.clone(),
+            RefreshToken {
+                client_id: client_id.into(),
+                family,
+                used: false,
+                scope: scope.map(Into::into),
+                successor: None,
+            },
+        );
+        (access, refresh)
+    }
+
     /// Forgets every client (a server that lost its registrations).
     pub fn forget_clients(&self) {
         self.state.lock().unwrap().clients.clear();

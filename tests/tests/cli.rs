@@ -555,6 +555,12 @@ impl broker_server::Broker for FutureDaemon {
     ) -> Result<Response<pb::TokenReply>, Status> {
         Err(Status::unimplemented("future"))
     }
+    async fn import(
+        &self,
+        _: Request<pb::ImportRequest>,
+    ) -> Result<Response<pb::ImportReply>, Status> {
+        Err(Status::unimplemented("future"))
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

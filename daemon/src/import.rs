@@ -1,0 +1,887 @@
+//! Adopting the logins other tools hold (`mcpauthctl import` and `adopt`).
+//!
+//! The CLI finds what each tool knows (its server list, where it keeps its
+//! tokens, which entry belongs to which URL) and sends that here as
+//! [`ImportItem`]s: names, URLs, paths and keys, never a secret. The daemon
+//! reads the tool's token store itself, so no token or client secret ever
+//! crosses the socket inwards, and adopts each grant through the one
+//! install path (`install.rs`). Per item, in this order:
+//!
+//! 1. the tool's entry is read and parsed; a malformed or partial one
+//!    changes nothing, not even `config.toml`;
+//! 2. the server is found by URL in `config.toml` or added there (a name
+//!    taken by another URL gets `NAME-TOOL`, then a number);
+//! 3. the authorization server is discovered for the URL, and the grant is
+//!    bound to it: an issuer (or token endpoint) the tool recorded must be
+//!    the discovered one, or nothing is adopted;
+//! 4. under the server's lock, a grant the broker already holds wins
+//!    unless the tool's expires later; the tool's client registration is
+//!    stored for the issuer (a refresh needs the client the refresh token
+//!    was issued to) and the grant is installed.
+//!
+//! With `dry_run`, steps 2 and 4 write nothing; the verdicts are what a
+//! real run would do. The tool's own files are never changed.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use tracing::{info, warn};
+
+use crate::broker::{Broker, BrokerError};
+use crate::config::{GrantKind, NewServer, ServerName};
+use crate::install::{GrantSource, NewGrant};
+use crate::secret::Secret;
+use crate::state::{ClientAuthMethod, Registration, RegistrationKind};
+
+/// Token stores larger than this are not read (Claude Code's
+/// `.credentials.json` holds every login it has; a few KiB each).
+const MAX_STORE: u64 = 4 * 1024 * 1024;
+
+/// A tool whose logins can be adopted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tool {
+    Codex,
+    ClaudeCode,
+    McpRemote,
+    Hermes,
+}
+
+impl Tool {
+    pub fn parse(id: &str) -> Option<Self> {
+        Some(match id {
+            "codex" => Tool::Codex,
+            "claude-code" => Tool::ClaudeCode,
+            "mcp-remote" => Tool::McpRemote,
+            "hermes" => Tool::Hermes,
+            _ => return None,
+        })
+    }
+
+    pub fn id(self) -> &'static str {
+        match self {
+            Tool::Codex => "codex",
+            Tool::ClaudeCode => "claude-code",
+            Tool::McpRemote => "mcp-remote",
+            Tool::Hermes => "hermes",
+        }
+    }
+}
+
+/// One server a tool knows, and where its login is (if anywhere).
+#[derive(Clone, Debug)]
+pub struct ImportItem {
+    pub tool: Tool,
+    /// The tool's name for the server.
+    pub name: String,
+    pub url: String,
+    /// The tool's token store; `None` when it holds no login for the URL.
+    pub store: Option<PathBuf>,
+    /// The entry in `store` (Codex, Claude Code: `NAME|HASH`); `None` for a
+    /// file of its own (mcp-remote, Hermes).
+    pub key: Option<String>,
+    /// The client registration file (mcp-remote, Hermes).
+    pub client_info: Option<PathBuf>,
+}
+
+/// What happened to one item.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// The grant is the broker's now (or would be, in a dry run).
+    Adopted,
+    /// The broker already holds this grant or a newer one.
+    Current(String),
+    /// No usable login to adopt: a person must log in.
+    LoginNeeded(String),
+    /// Not adopted, and why.
+    Skipped(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct ImportOutcome {
+    pub tool: Tool,
+    pub tool_name: String,
+    /// The broker's name for the server (empty when none was chosen).
+    pub server: String,
+    pub url: String,
+    /// The server entry was added to `config.toml` (or would be).
+    pub added: bool,
+    /// Why `server` differs from `tool_name`, when it does.
+    pub renamed: Option<String>,
+    pub verdict: Verdict,
+}
+
+/// A login as a tool recorded it.
+#[derive(Debug)]
+pub struct ToolGrant {
+    pub access_token: Secret,
+    pub refresh_token: Option<Secret>,
+    pub expires_at_ms: Option<i64>,
+    pub scopes: Vec<String>,
+    pub issuer: Option<String>,
+    pub token_endpoint: Option<String>,
+    /// The URL the tool recorded the login for, if it did.
+    pub server_url: Option<String>,
+    pub client: Option<ToolClient>,
+}
+
+/// The client registration a tool's grant belongs to.
+#[derive(Debug)]
+pub struct ToolClient {
+    pub client_id: String,
+    pub client_secret: Option<Secret>,
+    pub auth_method: Option<ClientAuthMethod>,
+    pub redirect_uri: String,
+}
+
+/// A file read for import: its bytes and modification time (Unix ms).
+pub struct ReadFile {
+    pub bytes: Vec<u8>,
+    pub mtime_ms: i64,
+}
+
+fn read_file(path: &Path) -> Result<Option<ReadFile>, String> {
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    if !meta.is_file() {
+        return Err(format!("{} is not a file", path.display()));
+    }
+    if meta.len() > MAX_STORE {
+        return Err(format!("{} is larger than 4 MiB", path.display()));
+    }
+    let mtime_ms = meta
+        .modified()
+        .ok()
+        .and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_millis() as i64);
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    Ok(Some(ReadFile { bytes, mtime_ms }))
+}
+
+/// Parse errors name a line and column, never the text (it holds tokens).
+fn json(file: &ReadFile, path: &Path) -> Result<Value, String> {
+    serde_json::from_slice(&file.bytes).map_err(|e| {
+        format!(
+            "{} is not JSON (line {}, column {}); nothing was changed",
+            path.display(),
+            e.line(),
+            e.column()
+        )
+    })
+}
+
+fn partial(path: &Path, what: &str) -> String {
+    format!(
+        "{} is partial or malformed: {what}; nothing was changed",
+        path.display()
+    )
+}
+
+fn str_field(v: &Value, key: &str) -> Option<String> {
+    v.get(key)
+        .and_then(Value::as_str)
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+}
+
+fn required(v: &Value, key: &str, path: &Path) -> Result<String, String> {
+    str_field(v, key).ok_or_else(|| partial(path, &format!("`{key}` is missing")))
+}
+
+/// A number as milliseconds; `None` when absent, an error when not a time.
+fn number(v: &Value, key: &str, path: &Path) -> Result<Option<f64>, String> {
+    match v.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(n) => n
+            .as_f64()
+            .filter(|n| n.is_finite() && *n >= 0.0)
+            .map(Some)
+            .ok_or_else(|| partial(path, &format!("`{key}` is not a number"))),
+    }
+}
+
+fn scope_list(v: &Value, key: &str) -> Vec<String> {
+    match v.get(key) {
+        Some(Value::String(s)) => s.split_whitespace().map(str::to_string).collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(Value::as_str)
+            .flat_map(str::split_whitespace)
+            .map(str::to_string)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn auth_method(v: &Value) -> Option<ClientAuthMethod> {
+    match v
+        .get("token_endpoint_auth_method")
+        .and_then(Value::as_str)?
+    {
+        "none" => Some(ClientAuthMethod::None),
+        "client_secret_basic" => Some(ClientAuthMethod::ClientSecretBasic),
+        "client_secret_post" => Some(ClientAuthMethod::ClientSecretPost),
+        _ => None,
+    }
+}
+
+/// An RFC 7591 client information file (mcp-remote's `_client_info.json`,
+/// Hermes' `.client.json`).
+fn client_info_file(path: &Path) -> Result<Option<ToolClient>, String> {
+    let Some(file) = read_file(path)? else {
+        return Ok(None);
+    };
+    let v = json(&file, path)?;
+    Ok(Some(ToolClient {
+        client_id: required(&v, "client_id", path)?,
+        client_secret: str_field(&v, "client_secret").map(Secret::new),
+        auth_method: auth_method(&v),
+        redirect_uri: v
+            .get("redirect_uris")
+            .and_then(Value::as_array)
+            .and_then(|a| a.first())
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
+    }))
+}
+
+/// An OAuth token response as mcp-remote and Hermes keep it: `expires_at`
+/// (`ms_per_unit` milliseconds per unit) when present, else the file's
+/// time plus `expires_in`.
+fn token_response(
+    v: &Value,
+    file: &ReadFile,
+    path: &Path,
+    ms_per_unit: f64,
+) -> Result<ToolGrant, String> {
+    if let Some(t) = str_field(v, "token_type")
+        && !t.eq_ignore_ascii_case("bearer")
+    {
+        return Err(partial(path, "only Bearer tokens can be adopted"));
+    }
+    let expires_at_ms = match (
+        number(v, "expires_at", path)?,
+        number(v, "expires_in", path)?,
+    ) {
+        (Some(at), _) => Some((at * ms_per_unit) as i64),
+        (None, Some(secs)) => Some(file.mtime_ms.saturating_add((secs * 1000.0) as i64)),
+        (None, None) => None,
+    };
+    Ok(ToolGrant {
+        access_token: Secret::new(required(v, "access_token", path)?),
+        refresh_token: str_field(v, "refresh_token").map(Secret::new),
+        expires_at_ms,
+        scopes: scope_list(v, "scope"),
+        issuer: str_field(v, "issuer").or_else(|| str_field(v, "hermes_issuer")),
+        token_endpoint: str_field(v, "token_endpoint"),
+        server_url: None,
+        client: None,
+    })
+}
+
+/// Reads the login `item` points at: `Ok(None)` when the tool holds none.
+pub fn read_grant(item: &ImportItem) -> Result<Option<ToolGrant>, String> {
+    let Some(path) = &item.store else {
+        return Ok(None);
+    };
+    let Some(file) = read_file(path)? else {
+        return Ok(None);
+    };
+    let v = json(&file, path)?;
+    let mut grant = match item.tool {
+        Tool::Codex => {
+            let Some(key) = &item.key else {
+                return Ok(None);
+            };
+            let Some(e) = v.as_object().and_then(|o| o.get(key)) else {
+                return Ok(None);
+            };
+            let client_id = required(e, "client_id", path)?;
+            ToolGrant {
+                access_token: Secret::new(required(e, "access_token", path)?),
+                refresh_token: str_field(e, "refresh_token").map(Secret::new),
+                expires_at_ms: number(e, "expires_at", path)?.map(|ms| ms as i64),
+                scopes: scope_list(e, "scopes"),
+                issuer: str_field(e, "issuer"),
+                token_endpoint: None,
+                server_url: str_field(e, "server_url"),
+                client: Some(ToolClient {
+                    client_id,
+                    client_secret: None,
+                    auth_method: None,
+                    redirect_uri: String::new(),
+                }),
+            }
+        }
+        Tool::ClaudeCode => {
+            let Some(key) = &item.key else {
+                return Ok(None);
+            };
+            let Some(e) = v.get("mcpOAuth").and_then(|o| o.get(key)) else {
+                return Ok(None);
+            };
+            // Claude Code keeps an entry before it has a token (the client
+            // registration and discovery state): no login to adopt yet.
+            let Some(access_token) = str_field(e, "accessToken") else {
+                return Ok(None);
+            };
+            let metadata = e
+                .get("discoveryState")
+                .and_then(|d| d.get("authorizationServerMetadata"));
+            let secret = str_field(e, "clientSecret").or_else(|| {
+                v.get("mcpOAuthClientConfig")
+                    .and_then(|c| c.get(key))
+                    .and_then(|c| str_field(c, "clientSecret"))
+            });
+            ToolGrant {
+                access_token: Secret::new(access_token),
+                refresh_token: str_field(e, "refreshToken").map(Secret::new),
+                expires_at_ms: number(e, "expiresAt", path)?.map(|ms| ms as i64),
+                scopes: scope_list(e, "scope"),
+                issuer: str_field(e, "issuer")
+                    .or_else(|| metadata.and_then(|m| str_field(m, "issuer"))),
+                token_endpoint: metadata.and_then(|m| str_field(m, "token_endpoint")),
+                server_url: str_field(e, "serverUrl"),
+                client: Some(ToolClient {
+                    client_id: required(e, "clientId", path)?,
+                    client_secret: secret.map(Secret::new),
+                    auth_method: None,
+                    redirect_uri: str_field(e, "redirectUri").unwrap_or_default(),
+                }),
+            }
+        }
+        // mcp-remote writes `expires_at` in ms (0.1.46 and later), Hermes
+        // in seconds.
+        Tool::McpRemote => token_response(&v, &file, path, 1.0)?,
+        Tool::Hermes => {
+            let mut g = token_response(&v, &file, path, 1000.0)?;
+            if g.client.is_none()
+                && let Some(id) = str_field(&v, "client_id")
+            {
+                g.client = Some(ToolClient {
+                    client_id: id,
+                    client_secret: None,
+                    auth_method: None,
+                    redirect_uri: String::new(),
+                });
+            }
+            g
+        }
+    };
+    if let Some(info) = &item.client_info
+        && let Some(client) = client_info_file(info)?
+    {
+        grant.client = Some(client);
+    }
+    Ok(Some(grant))
+}
+
+/// `name` made a valid server name: other characters become `-`.
+fn sanitize(name: &str) -> String {
+    let mut s: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    s.truncate(48);
+    let s = s.trim_matches(|c| c == '-' || c == '.').to_string();
+    if s.is_empty() { "server".into() } else { s }
+}
+
+/// Two URLs are the same server: parsed, without a trailing slash.
+pub fn same_url(a: &str, b: &str) -> bool {
+    let normalize = |u: &str| {
+        url::Url::parse(u.trim())
+            .map(|u| u.to_string())
+            .unwrap_or_else(|_| u.trim().to_string())
+            .trim_end_matches('/')
+            .to_string()
+    };
+    normalize(a) == normalize(b)
+}
+
+impl Broker {
+    /// Imports every item in order; see the module doc.
+    pub async fn import(
+        &self,
+        items: Vec<ImportItem>,
+        dry_run: bool,
+    ) -> Result<Vec<ImportOutcome>, BrokerError> {
+        let mut outcomes = Vec::new();
+        // Names a dry run would have added, so later items see them.
+        let mut planned: Vec<(String, String)> = Vec::new();
+        for item in items {
+            let outcome = self.import_one(&item, dry_run, &mut planned).await?;
+            match &outcome.verdict {
+                Verdict::Skipped(why) | Verdict::LoginNeeded(why) => {
+                    info!(tool = item.tool.id(), server = %outcome.server, reason = %why, "import: not adopted");
+                }
+                Verdict::Adopted | Verdict::Current(_) => {}
+            }
+            outcomes.push(outcome);
+        }
+        Ok(outcomes)
+    }
+
+    async fn import_one(
+        &self,
+        item: &ImportItem,
+        dry_run: bool,
+        planned: &mut Vec<(String, String)>,
+    ) -> Result<ImportOutcome, BrokerError> {
+        let mut out = ImportOutcome {
+            tool: item.tool,
+            tool_name: item.name.clone(),
+            server: String::new(),
+            url: item.url.clone(),
+            added: false,
+            renamed: None,
+            verdict: Verdict::Adopted,
+        };
+        let skip = |mut out: ImportOutcome, why: String| {
+            out.verdict = Verdict::Skipped(why);
+            Ok(out)
+        };
+        let url = match crate::url_policy::parse_secure_url(item.url.trim()) {
+            Ok(u) => u,
+            Err(e) => return skip(out, e.to_string()),
+        };
+        // 1. The tool's login, read before anything changes.
+        let grant = {
+            let item = item.clone();
+            match tokio::task::spawn_blocking(move || read_grant(&item)).await {
+                Ok(Ok(g)) => g,
+                Ok(Err(why)) => return skip(out, why),
+                Err(e) => return Err(BrokerError::Internal(e.to_string())),
+            }
+        };
+        if let Some(recorded) = grant.as_ref().and_then(|g| g.server_url.as_deref())
+            && !same_url(recorded, &item.url)
+        {
+            return skip(
+                out,
+                format!(
+                    "the {} entry is for another URL ({recorded}); nothing was changed",
+                    item.tool.id()
+                ),
+            );
+        }
+
+        // 2. The server: the one with this URL, or a new name for it.
+        let config = self.config();
+        let existing = config
+            .servers
+            .iter()
+            .find(|(_, s)| same_url(s.url.as_str(), &item.url))
+            .map(|(n, _)| n.to_string())
+            .or_else(|| {
+                planned
+                    .iter()
+                    .find(|(_, u)| same_url(u, &item.url))
+                    .map(|(n, _)| n.clone())
+            });
+        let (name, new_server) = match existing {
+            Some(name) => (name, false),
+            None => {
+                let taken = |n: &str| {
+                    config.servers.keys().any(|k| k.as_str() == n)
+                        || planned.iter().any(|(p, _)| p == n)
+                };
+                let wanted = sanitize(&item.name);
+                let mut name = wanted.clone();
+                if taken(&name) {
+                    name = format!("{wanted}-{}", item.tool.id());
+                    let mut n = 2;
+                    while taken(&name) {
+                        name = format!("{wanted}-{}-{n}", item.tool.id());
+                        n += 1;
+                    }
+                    out.renamed = Some(format!("`{wanted}` is another server"));
+                } else if wanted != item.name {
+                    out.renamed = Some(format!("`{}` is not a valid name", item.name));
+                }
+                (name, true)
+            }
+        };
+        out.server = name.clone();
+        let server_name = ServerName::parse(&name)?;
+        if let Some(cfg) = config.servers.get(&server_name)
+            && cfg.grant != GrantKind::AuthorizationCode
+        {
+            return skip(
+                out,
+                "it gets its tokens without a login (grant in config.toml)".into(),
+            );
+        }
+        let now = self.now_ms();
+        let grant = match grant {
+            Some(g) if g.expires_at_ms.is_some_and(|at| at <= now) && g.refresh_token.is_none() => {
+                out.verdict = Verdict::LoginNeeded(format!(
+                    "the {} token has expired and there is no refresh token",
+                    item.tool.id()
+                ));
+                None
+            }
+            Some(g) => Some(g),
+            None => {
+                out.verdict =
+                    Verdict::LoginNeeded(format!("{} holds no login for it", item.tool.id()));
+                None
+            }
+        };
+
+        // 3. Bound to the URL's own authorization server, before anything
+        // is written: a refused grant adds no server either.
+        let mut discovery = None;
+        if let Some(grant) = &grant {
+            let held = self
+                .store()
+                .server(&server_name)?
+                .filter(|r| !new_server && same_url(&r.url, url.as_str()))
+                .and_then(|r| r.discovery);
+            let found = match held {
+                Some(d) => d,
+                None => match self.http.discover(&url, now, true).await {
+                    Ok(found) => found.discovery,
+                    Err(e) => {
+                        return skip(
+                            out,
+                            format!("its authorization server cannot be discovered: {e}"),
+                        );
+                    }
+                },
+            };
+            if let Some(issuer) = &grant.issuer
+                && issuer.trim_end_matches('/') != found.issuer.trim_end_matches('/')
+            {
+                return skip(
+                    out,
+                    format!(
+                        "the grant was issued by {issuer}, but the server's authorization server is {}",
+                        found.issuer
+                    ),
+                );
+            }
+            if let Some(endpoint) = &grant.token_endpoint
+                && endpoint != &found.metadata.token_endpoint
+            {
+                return skip(
+                    out,
+                    format!(
+                        "the grant's token endpoint {endpoint} is not that of the server's authorization server ({})",
+                        found.metadata.token_endpoint
+                    ),
+                );
+            }
+            discovery = Some(found);
+        }
+        if new_server {
+            if !dry_run {
+                self.add(NewServer {
+                    name: name.clone(),
+                    url: item.url.trim().to_string(),
+                    client_id: None,
+                    client_secret_file: None,
+                    scopes: Vec::new(),
+                    callback_port: None,
+                    client_metadata_url: None,
+                })
+                .await?;
+            }
+            planned.push((name.clone(), item.url.clone()));
+            out.added = true;
+        }
+        let (Some(grant), Some(discovery)) = (grant, discovery) else {
+            return Ok(out);
+        };
+
+        // 4. Newer wins, under the server's lock.
+        if dry_run {
+            if !new_server
+                && let Some(held) = self.store().grant(&server_name)?
+                && let Some(v) = held_verdict(&held, &grant)
+            {
+                out.verdict = v;
+            }
+            return Ok(out);
+        }
+        let guard = self.locks.lock(&server_name).await;
+        let Some(mut record) = self.store().server(&server_name)? else {
+            return skip(out, "the server was removed meanwhile".into());
+        };
+        if !same_url(&record.url, url.as_str()) {
+            return skip(out, "the server's URL changed meanwhile".into());
+        }
+        if let Some(held) = self.store().grant(&server_name)?
+            && let Some(v) = held_verdict(&held, &grant)
+        {
+            out.verdict = v;
+            return Ok(out);
+        }
+        if record.discovery.as_ref().map(|d| &d.issuer) != Some(&discovery.issuer) {
+            record.discovery = Some(discovery.clone());
+            self.store().put_server(&guard, &record).await?;
+        }
+        // The refresh token belongs to the tool's client: keep it only
+        // when that client is known, and store the client for the issuer.
+        let refresh_token = match &grant.client {
+            Some(client) => {
+                let registration = Registration {
+                    issuer: discovery.issuer.clone(),
+                    client_id: client.client_id.clone(),
+                    client_secret: client.client_secret.clone(),
+                    auth_method: client
+                        .auth_method
+                        .unwrap_or(if client.client_secret.is_some() {
+                            ClientAuthMethod::ClientSecretBasic
+                        } else {
+                            ClientAuthMethod::None
+                        }),
+                    redirect_uri: client.redirect_uri.clone(),
+                    kind: RegistrationKind::Dynamic,
+                    registered_at_ms: now,
+                };
+                self.store().put_registration(&guard, &registration).await?;
+                grant.refresh_token
+            }
+            None => None,
+        };
+        let new = NewGrant {
+            issuer: discovery.issuer.clone(),
+            client_id: grant
+                .client
+                .as_ref()
+                .map(|c| c.client_id.clone())
+                .unwrap_or_default(),
+            resource: discovery.resource.clone(),
+            access_token: grant.access_token,
+            token_type: "Bearer".into(),
+            refresh_token,
+            expires_at_ms: grant.expires_at_ms,
+            scopes: grant.scopes,
+        };
+        match self
+            .install_grant(&guard, new, GrantSource::Import, |_| {})
+            .await
+        {
+            Ok(g) => {
+                info!(server = %name, tool = item.tool.id(), generation = g.generation, "grant adopted");
+                Ok(out)
+            }
+            Err(BrokerError::Superseded { reason, .. }) => {
+                warn!(server = %name, tool = item.tool.id(), %reason, "import: not adopted");
+                skip(out, reason)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// The verdict when the broker already holds `held`: `None` when the
+/// tool's grant is newer and should be adopted.
+fn held_verdict(held: &crate::state::Grant, tool: &ToolGrant) -> Option<Verdict> {
+    if held.access_token.same_as(&tool.access_token) {
+        return Some(Verdict::Current("the broker holds this very grant".into()));
+    }
+    let newer = match (tool.expires_at_ms, held.expires_at_ms) {
+        (Some(t), Some(h)) => t > h,
+        (Some(_), None) => true,
+        (None, _) => false,
+    };
+    (!newer).then(|| Verdict::Current("the broker holds a newer grant".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    fn item(tool: Tool, store: Option<PathBuf>, key: Option<&str>) -> ImportItem {
+        ImportItem {
+            tool,
+            name: "n".into(),
+            url: "https://mcp.example/mcp".into(),
+            store,
+            key: key.map(str::to_string),
+            client_info: None,
+        }
+    }
+
+    #[test]
+    fn codex_entries_are_read_with_their_client() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            ".credentials.json",
+            r#"{"n|9a70b85417749d5c":{"server_name":"n","server_url":"https://mcp.example/mcp","client_id":"c1","access_token":"at","expires_at":1700000000000,"refresh_token":"rt","scopes":["a","b"]}}"#,
+        );
+        let g = read_grant(&item(
+            Tool::Codex,
+            Some(p.clone()),
+            Some("n|9a70b85417749d5c"),
+        ))
+        .unwrap()
+        .unwrap();
+        assert!(g.access_token == Secret::new("at"));
+        assert!(g.refresh_token == Some(Secret::new("rt")));
+        assert_eq!(g.expires_at_ms, Some(1_700_000_000_000));
+        assert_eq!(g.scopes, ["a", "b"]);
+        assert_eq!(g.client.unwrap().client_id, "c1");
+        assert!(
+            read_grant(&item(Tool::Codex, Some(p), Some("other|x")))
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn claude_code_entries_take_the_issuer_and_secret_they_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            ".credentials.json",
+            r#"{"mcpOAuth":{"n|k":{"serverName":"n","serverUrl":"https://mcp.example/mcp","clientId":"c","accessToken":"at","expiresAt":5,"refreshToken":"rt","scope":"x y","discoveryState":{"authorizationServerMetadata":{"issuer":"https://as","token_endpoint":"https://as/token"}}}},"mcpOAuthClientConfig":{"n|k":{"clientSecret":"cs"}}}"#,
+        );
+        let g = read_grant(&item(Tool::ClaudeCode, Some(p), Some("n|k")))
+            .unwrap()
+            .unwrap();
+        assert_eq!(g.issuer.as_deref(), Some("https://as"));
+        assert_eq!(g.token_endpoint.as_deref(), Some("https://as/token"));
+        assert_eq!(g.scopes, ["x", "y"]);
+        assert!(g.client.unwrap().client_secret == Some(Secret::new("cs")));
+    }
+
+    #[test]
+    fn mcp_remote_without_expires_at_counts_from_the_file_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            "h_tokens.json",
+            r#"{"access_token":"at","token_type":"Bearer","expires_in":3600,"refresh_token":"rt"}"#,
+        );
+        let info = write(
+            dir.path(),
+            "h_client_info.json",
+            r#"{"client_id":"c","redirect_uris":["http://localhost:3334/oauth/callback"],"token_endpoint_auth_method":"none"}"#,
+        );
+        let mut it = item(Tool::McpRemote, Some(p.clone()), None);
+        it.client_info = Some(info);
+        let g = read_grant(&it).unwrap().unwrap();
+        let mtime = std::fs::metadata(&p)
+            .unwrap()
+            .modified()
+            .unwrap()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        assert_eq!(g.expires_at_ms, Some(mtime + 3_600_000));
+        let c = g.client.unwrap();
+        assert_eq!(c.auth_method, Some(ClientAuthMethod::None));
+        assert_eq!(c.redirect_uri, "http://localhost:3334/oauth/callback");
+    }
+
+    #[test]
+    fn hermes_expires_at_is_in_seconds() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            "n.json",
+            r#"{"access_token":"at","token_type":"bearer","expires_at":1700000000.5,"hermes_issuer":"https://as"}"#,
+        );
+        let g = read_grant(&item(Tool::Hermes, Some(p), None))
+            .unwrap()
+            .unwrap();
+        assert_eq!(g.expires_at_ms, Some(1_700_000_000_500));
+        assert_eq!(g.issuer.as_deref(), Some("https://as"));
+    }
+
+    #[test]
+    fn malformed_or_partial_files_are_refused_without_quoting_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases = [
+            (Tool::McpRemote, "{\"access_token\": \"sekrit-at\"", None),
+            (Tool::McpRemote, "{\"refresh_token\": \"sekrit-rt\"}", None),
+            (
+                Tool::McpRemote,
+                "{\"access_token\": \"sekrit-at\", \"expires_in\": \"soon\"}",
+                None,
+            ),
+            (
+                Tool::Codex,
+                "{\"n|k\": {\"access_token\": \"sekrit-at\"}}",
+                Some("n|k"),
+            ),
+            (
+                Tool::McpRemote,
+                "{\"access_token\": \"sekrit-at\", \"token_type\": \"DPoP\"}",
+                None,
+            ),
+        ];
+        for (tool, text, key) in cases {
+            let p = write(dir.path(), "f.json", text);
+            let e = read_grant(&item(tool, Some(p), key)).unwrap_err();
+            assert!(e.contains("nothing was changed"), "{e}");
+            assert!(!e.contains("sekrit"), "{e}");
+        }
+    }
+
+    #[test]
+    fn names_are_made_valid() {
+        assert_eq!(sanitize("my server/1"), "my-server-1");
+        assert_eq!(sanitize("@@"), "server");
+        assert_eq!(sanitize("ok_name.v2"), "ok_name.v2");
+    }
+
+    #[test]
+    fn a_held_grant_wins_unless_the_tool_s_expires_later() {
+        let held = crate::state::Grant {
+            issuer: "https://as".into(),
+            client_id: "c".into(),
+            resource: "r".into(),
+            access_token: Secret::new("held"),
+            token_type: "Bearer".into(),
+            refresh_token: None,
+            expires_at_ms: Some(1000),
+            scopes: vec![],
+            obtained_at_ms: 0,
+            generation: 1,
+        };
+        let tool = |at: &str, exp: Option<i64>| ToolGrant {
+            access_token: Secret::new(at),
+            refresh_token: None,
+            expires_at_ms: exp,
+            scopes: vec![],
+            issuer: None,
+            token_endpoint: None,
+            server_url: None,
+            client: None,
+        };
+        assert!(matches!(
+            held_verdict(&held, &tool("held", Some(5000))),
+            Some(Verdict::Current(_))
+        ));
+        assert!(matches!(
+            held_verdict(&held, &tool("old", Some(999))),
+            Some(Verdict::Current(_))
+        ));
+        assert!(matches!(
+            held_verdict(&held, &tool("old", None)),
+            Some(Verdict::Current(_))
+        ));
+        assert_eq!(held_verdict(&held, &tool("new", Some(1001))), None);
+    }
+}

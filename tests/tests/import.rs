@@ -1,0 +1,412 @@
+//! `mcpauthctl import` and `adopt`: the logins Codex, Claude Code,
+//! mcp-remote and Hermes hold become the broker's, with no login, and the
+//! hosts' entries are handed over to the broker.
+//!
+//! The fixtures are the tools' own formats (see `cli/src/import.rs` for
+//! where each was checked), holding grants the test authorization server
+//! honours as if the tool had logged in (`AuthServer::mint_grant`), with
+//! rotating refresh tokens.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use mcpauth_tests::authserver::{AuthServer, Switches};
+use mcpauth_tests::{CtlOutput, TestEnv, leaked, now_ms};
+use md5::{Digest, Md5};
+use serde_json::json;
+
+fn write(path: &Path, text: &str) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+}
+
+/// `mcpauthctl ARGS` off the async workers, so the in-process servers
+/// keep answering.
+async fn ctl(env: &Arc<TestEnv>, args: &[&str]) -> CtlOutput {
+    let env = env.clone();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        env.ctl(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    })
+    .await
+    .unwrap()
+}
+
+/// A tool's login at `server`: its client, and a grant for it.
+struct Minted {
+    client: String,
+    access: String,
+    refresh: String,
+}
+
+fn mint(server: &AuthServer, client: &str) -> Minted {
+    server.add_client(client, None, "none");
+    let (access, refresh) = server.mint_grant(client, Some("mcp:read"));
+    Minted {
+        client: client.into(),
+        access,
+        refresh,
+    }
+}
+
+fn codex_files(env: &TestEnv, name: &str, url: &str, issuer: &str, m: &Minted, expires_at: i64) {
+    let home = env.home();
+    write(
+        &home.join(".codex/config.toml"),
+        &format!(
+            "mcp_oauth_credentials_store = \"file\"\n\n[mcp_servers.{name}]\nurl = \"{url}\"\nstartup_timeout_sec = 20\n"
+        ),
+    );
+    write(
+        &home.join(".codex/.credentials.json"),
+        &json!({
+            format!("{name}|9a70b85417749d5c"): {
+                "server_name": name,
+                "server_url": url,
+                "issuer": issuer,
+                "client_id": m.client,
+                "access_token": m.access,
+                "expires_at": expires_at,
+                "refresh_token": m.refresh,
+                "scopes": ["mcp:read"],
+            }
+        })
+        .to_string(),
+    );
+}
+
+fn claude_files(env: &TestEnv, name: &str, url: &str, server: &AuthServer, m: &Minted) {
+    let home = env.home();
+    write(
+        &home.join(".claude.json"),
+        &json!({"numStartups": 3, "mcpServers": {name: {"type": "http", "url": url}}}).to_string(),
+    );
+    write(
+        &home.join(".claude/.credentials.json"),
+        &json!({
+            "claudeAiOauth": {"accessToken": "not-ours"},
+            "mcpOAuth": {
+                format!("{name}|0123456789abcdef"): {
+                    "serverName": name,
+                    "serverUrl": url,
+                    "clientId": m.client,
+                    "accessToken": m.access,
+                    "refreshToken": m.refresh,
+                    "expiresAt": now_ms() + 3_600_000,
+                    "scope": "mcp:read",
+                    "discoveryState": {
+                        "authorizationServerMetadata": {
+                            "issuer": server.issuer,
+                            "token_endpoint": format!("{}/token", server.issuer),
+                        }
+                    }
+                }
+            }
+        })
+        .to_string(),
+    );
+}
+
+fn md5_hex(text: &str) -> String {
+    Md5::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// mcp-remote 0.1.43's files (no `expires_at`: the file's time counts),
+/// and a Cursor entry that runs it.
+fn mcp_remote_files(env: &TestEnv, name: &str, url: &str, m: &Minted) {
+    let home = env.home();
+    write(
+        &home.join(".cursor/mcp.json"),
+        &serde_json::to_string_pretty(&json!({"mcpServers": {
+            name: {"command": "npx", "args": ["-y", "mcp-remote", url], "env": {"NODE_OPTIONS": "--no-warnings"}},
+            "local": {"command": "my-local-server"},
+        }}))
+        .unwrap(),
+    );
+    let dir = home.join(".mcp-auth/mcp-remote-0.1.43");
+    let hash = md5_hex(url);
+    write(
+        &dir.join(format!("{hash}_tokens.json")),
+        &json!({"access_token": m.access, "token_type": "Bearer", "expires_in": 3600, "refresh_token": m.refresh, "scope": "mcp:read"}).to_string(),
+    );
+    write(
+        &dir.join(format!("{hash}_client_info.json")),
+        &json!({"client_id": m.client, "redirect_uris": ["http://localhost:3334/oauth/callback"], "token_endpoint_auth_method": "none", "client_name": "MCP CLI Proxy"}).to_string(),
+    );
+}
+
+fn hermes_files(env: &TestEnv, name: &str, url: &str, issuer: &str, m: &Minted) {
+    let home = env.home();
+    write(
+        &home.join(".hermes/config.yaml"),
+        &format!(
+            "model: x\nmcp_servers:\n  {name}:\n    url: {url}\n    auth: oauth\n    enabled: true\n"
+        ),
+    );
+    write(
+        &home.join(format!(".hermes/mcp-tokens/{name}.json")),
+        &json!({"access_token": m.access, "token_type": "Bearer", "expires_in": 3600, "scope": "mcp:read", "refresh_token": m.refresh, "expires_at": (now_ms() as f64) / 1000.0 + 3600.0, "hermes_issuer": issuer}).to_string(),
+    );
+    write(
+        &home.join(format!(".hermes/mcp-tokens/{name}.client.json")),
+        &json!({"client_id": m.client, "redirect_uris": ["http://127.0.0.1:27890/callback"], "token_endpoint_auth_method": "none"}).to_string(),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_tool_s_login_is_adopted_and_its_refresh_token_rotates_once() {
+    let env = Arc::new(TestEnv::new());
+    let servers = [
+        AuthServer::start(Switches::default()).await,
+        AuthServer::start(Switches::default()).await,
+        AuthServer::start(Switches::default()).await,
+        AuthServer::start(Switches::default()).await,
+    ];
+    let names = ["cx", "cc", "mr", "hm"];
+    let minted: Vec<Minted> = servers
+        .iter()
+        .zip([
+            "codex-client",
+            "claude-client",
+            "mcp-remote-client",
+            "hermes-client",
+        ])
+        .map(|(s, c)| mint(s, c))
+        .collect();
+    codex_files(
+        &env,
+        "cx",
+        &servers[0].mcp_url,
+        &servers[0].issuer,
+        &minted[0],
+        now_ms() + 3_600_000,
+    );
+    claude_files(&env, "cc", &servers[1].mcp_url, &servers[1], &minted[1]);
+    mcp_remote_files(&env, "mr", &servers[2].mcp_url, &minted[2]);
+    hermes_files(
+        &env,
+        "hm",
+        &servers[3].mcp_url,
+        &servers[3].issuer,
+        &minted[3],
+    );
+    let _d = env.start_daemon();
+
+    // A dry run first: it says what would happen and writes nothing.
+    let dry = ctl(&env, &["import", "--dry-run"]).await.ok();
+    assert_eq!(dry.matches("would adopt").count(), 4, "{dry}");
+    assert!(!env.config_path().exists(), "{dry}");
+    assert_eq!(ctl(&env, &["token", "cx"]).await.code(), 2);
+
+    let out = ctl(&env, &["import"]).await.ok();
+    for name in names {
+        assert!(
+            out.lines()
+                .any(|l| l.contains("adopted") && l.contains(name) && l.contains("added")),
+            "{name}: {out}"
+        );
+    }
+    let config = std::fs::read_to_string(env.config_path()).unwrap();
+    for (name, server) in names.iter().zip(&servers) {
+        assert!(config.contains(&format!("[servers.{name}]")), "{config}");
+        assert!(config.contains(&server.mcp_url), "{config}");
+    }
+    for ((name, server), m) in names.iter().zip(&servers).zip(&minted) {
+        // `token` works at once: the tool's own access token, no login.
+        let token = ctl(&env, &["token", name]).await.ok();
+        assert_eq!(token.trim(), m.access, "{name}");
+        assert!(server.requests("/authorize").is_empty(), "{name}");
+        assert!(server.requests("/register").is_empty(), "{name}");
+        // A forced refresh uses the adopted refresh token with the tool's
+        // client, once; the next uses the rotated one: no reuse.
+        for _ in 0..2 {
+            ctl(&env, &["refresh", name]).await.ok();
+        }
+        let refreshes = server.token_requests("refresh_token");
+        assert_eq!(refreshes.len(), 2, "{name}");
+        assert_eq!(refreshes[0].form["refresh_token"], m.refresh, "{name}");
+        assert_ne!(refreshes[1].form["refresh_token"], m.refresh, "{name}");
+        assert_eq!(refreshes[0].form["client_id"], m.client, "{name}");
+        assert!(!server.reuse_detected(), "{name}");
+        let now = ctl(&env, &["token", name]).await.ok();
+        assert!(server.is_valid_access_token(now.trim()), "{name}");
+    }
+    // Importing again: the broker's grants are newer.
+    let again = ctl(&env, &["import", "--json"]).await.json();
+    let verdicts: Vec<&str> = again["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["verdict"].as_str().unwrap())
+        .collect();
+    assert_eq!(verdicts, ["current"; 4], "{again}");
+    // No secret in any output or log.
+    let secrets: Vec<String> = minted
+        .iter()
+        .flat_map(|m| [m.access.clone(), m.refresh.clone()])
+        .collect();
+    let seen = format!("{dry}{out}{again}{}", env.all_daemon_logs());
+    assert_eq!(leaked(&seen, &secrets), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grants_for_another_server_older_grants_broken_files_and_name_clashes_are_refused() {
+    let env = Arc::new(TestEnv::new());
+    let server = AuthServer::start(Switches::default()).await;
+    let other = AuthServer::start(Switches::default()).await;
+    let _d = env.start_daemon();
+
+    // Issued by another authorization server: refused, nothing added.
+    let m = mint(&server, "codex-client");
+    codex_files(
+        &env,
+        "cx",
+        &server.mcp_url,
+        &other.issuer,
+        &m,
+        now_ms() + 3_600_000,
+    );
+    let out = ctl(&env, &["import", "codex"]).await;
+    assert_eq!(out.code(), 1, "{}", out.stderr());
+    assert!(
+        out.stdout().contains("skipped") && out.stdout().contains("issued by"),
+        "{}",
+        out.stdout()
+    );
+    assert!(!env.config_path().exists());
+
+    // A malformed Hermes file: one clear line, nothing changed, no secret.
+    hermes_files(&env, "hm", &server.mcp_url, &server.issuer, &m);
+    let file = env.home().join(".hermes/mcp-tokens/hm.json");
+    let text = std::fs::read_to_string(&file).unwrap();
+    write(&file, &text[..text.len() / 2]);
+    let out = ctl(&env, &["import", "hermes"]).await;
+    assert_eq!(out.code(), 1);
+    assert!(
+        out.stdout().contains("not JSON (line 1"),
+        "{}",
+        out.stdout()
+    );
+    assert_eq!(leaked(&out.stdout(), std::slice::from_ref(&m.access)), None);
+    assert!(!env.config_path().exists());
+    std::fs::remove_dir_all(env.home().join(".hermes")).unwrap();
+
+    // A name taken by another URL: a clear new name, said so.
+    ctl(&env, &["add", "cx", &other.mcp_url]).await.ok();
+    codex_files(
+        &env,
+        "cx",
+        &server.mcp_url,
+        &server.issuer,
+        &m,
+        now_ms() + 3_600_000,
+    );
+    let out = ctl(&env, &["import", "codex"]).await.ok();
+    assert!(
+        out.contains("adopted") && out.contains("cx-codex") && out.contains("cx was taken"),
+        "{out}"
+    );
+    assert_eq!(
+        ctl(&env, &["token", "cx-codex"]).await.ok().trim(),
+        m.access
+    );
+    assert_eq!(
+        ctl(&env, &["token", "cx"]).await.code(),
+        4,
+        "cx is untouched"
+    );
+
+    // Older than the grant held: the broker's stays.
+    ctl(&env, &["login", "cx"]).await.ok();
+    let held = ctl(&env, &["token", "cx"]).await.ok();
+    let old = mint(&other, "codex-client-2");
+    codex_files(
+        &env,
+        "cx",
+        &other.mcp_url,
+        &other.issuer,
+        &old,
+        now_ms() + 60_000,
+    );
+    let out = ctl(&env, &["import", "codex"]).await.ok();
+    assert!(out.contains("current") && out.contains("newer"), "{out}");
+    assert_eq!(ctl(&env, &["token", "cx"]).await.ok(), held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adopt_hands_mcp_remote_and_codex_entries_over_and_keeps_everything_else() {
+    let env = Arc::new(TestEnv::new());
+    let a = AuthServer::start(Switches::default()).await;
+    let b = AuthServer::start(Switches::default()).await;
+    let ma = mint(&a, "mcp-remote-client");
+    let mb = mint(&b, "codex-client");
+    mcp_remote_files(&env, "mr", &a.mcp_url, &ma);
+    // Claude Desktop runs mcp-remote for the same server, with other keys.
+    let desktop = env.config_home().join("Claude/claude_desktop_config.json");
+    write(
+        &desktop,
+        &serde_json::to_string_pretty(&json!({
+            "globalShortcut": "Ctrl+Space",
+            "mcpServers": {"remote": {"command": "npx", "args": ["mcp-remote@0.1.43", a.mcp_url, "3334"], "env": {"X": "1"}}}
+        }))
+        .unwrap(),
+    );
+    codex_files(&env, "cx", &b.mcp_url, &b.issuer, &mb, now_ms() + 3_600_000);
+    let _d = env.start_daemon();
+
+    let dry = ctl(&env, &["adopt", "mcp-remote", "--dry-run"]).await.ok();
+    assert!(dry.contains("would adopt"), "{dry}");
+    let cursor = env.home().join(".cursor/mcp.json");
+    let before = std::fs::read_to_string(&cursor).unwrap();
+
+    let out = ctl(&env, &["adopt", "mcp-remote"]).await.ok();
+    assert!(
+        out.contains("adopted") && out.contains("no longer used"),
+        "{out}"
+    );
+    let cursor_json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cursor).unwrap()).unwrap();
+    let entry = &cursor_json["mcpServers"]["mr"];
+    assert!(
+        entry["command"].as_str().unwrap().ends_with("mcpauthctl"),
+        "{entry}"
+    );
+    let args: Vec<&str> = entry["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(args[args.len() - 2..], ["proxy", "mr"], "{entry}");
+    assert_eq!(entry["env"]["NODE_OPTIONS"], "--no-warnings", "kept");
+    assert_eq!(
+        cursor_json["mcpServers"]["local"]["command"], "my-local-server",
+        "other entries kept"
+    );
+    assert!(
+        std::fs::read_to_string(cursor.with_file_name("mcp.json.mcpauth-backup")).unwrap()
+            == before
+    );
+    let desktop_json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&desktop).unwrap()).unwrap();
+    let remote = &desktop_json["mcpServers"]["remote"];
+    assert_eq!(remote["args"].as_array().unwrap().last().unwrap(), "mr");
+    assert_eq!(remote["env"]["X"], "1");
+    assert_eq!(desktop_json["globalShortcut"], "Ctrl+Space");
+    assert_eq!(ctl(&env, &["token", "mr"]).await.ok().trim(), ma.access);
+
+    // Codex: its remote entry now runs the broker's headers helper, its
+    // other keys stay.
+    ctl(&env, &["adopt", "codex"]).await.ok();
+    let codex = std::fs::read_to_string(env.home().join(".codex/config.toml")).unwrap();
+    assert!(codex.contains("http_headers_helper"), "{codex}");
+    assert!(codex.contains("headers cx"), "{codex}");
+    assert!(codex.contains("startup_timeout_sec = 20"), "{codex}");
+    assert!(codex.contains("mcp_oauth_credentials_store"), "{codex}");
+    assert_eq!(ctl(&env, &["token", "cx"]).await.ok().trim(), mb.access);
+    // The tool's own token files are left in place.
+    assert!(env.home().join(".codex/.credentials.json").exists());
+}
