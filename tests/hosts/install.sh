@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Installs the real MCP hosts that tests/tests/connect.rs reads connect's
-# entries back with, pinned by package-lock.json, from the npm registry.
-# Both ship their native binary inside the registry package; nothing else
+# Installs the real MCP hosts and tools that tests/tests/connect.rs and
+# import.rs run (Codex, Claude Code, mcp-remote),
+# pinned by package-lock.json, from the npm registry.
+# Codex and Claude Code ship their native binary inside the registry
+# package, mcp-remote is JavaScript; nothing else
 # is downloaded. Install scripts are skipped, except Claude Code's, which
 # only links its binary out of the platform package.
 set -euo pipefail

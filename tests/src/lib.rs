@@ -355,3 +355,28 @@ mod tests {
         );
     }
 }
+
+/// The real MCP hosts of `tests/hosts` (Codex and Claude Code from npm,
+/// pinned by its lockfile): installed by `tests/hosts/install.sh` the first
+/// time a test asks, once per machine. Returns the directory of their
+/// executables. npm is needed, as for the other tests against independent
+/// implementations.
+pub fn real_hosts() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("hosts");
+    let bin = dir.join("node_modules/.bin");
+    let lock = std::fs::File::create(std::env::temp_dir().join("mcpauth-hosts-install.lock"))
+        .expect("lock file");
+    let _guard = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .expect("lock");
+    if !["codex", "claude", "mcp-remote-client"]
+        .iter()
+        .all(|b| bin.join(b).exists())
+    {
+        let status = Command::new(dir.join("install.sh"))
+            .status()
+            .expect("npm is needed to install the real hosts (tests/hosts/install.sh)");
+        assert!(status.success(), "tests/hosts/install.sh failed");
+    }
+    bin
+}

@@ -714,18 +714,9 @@ fn hosts_lists_what_goes_through_the_broker_and_what_does_not() {
     );
 }
 
-/// A real host from `tests/hosts` (installed by `tests/hosts/install.sh`),
-/// or `None` when it is not installed: the test then says it was skipped.
-fn real_host(name: &str) -> Option<PathBuf> {
-    let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("hosts/node_modules/.bin")
-        .join(name);
-    if bin.exists() {
-        Some(bin)
-    } else {
-        eprintln!("skipped: {name} is not installed here; run tests/hosts/install.sh");
-        None
-    }
+/// A real host from `tests/hosts`, installed on first use.
+fn real_host(name: &str) -> PathBuf {
+    mcpauth_tests::real_hosts().join(name)
 }
 
 /// Waits until the MCP endpoint has seen a request carrying `token`.
@@ -750,9 +741,7 @@ async fn endpoint_saw(server: &AuthServer, token: &str, limit: std::time::Durati
 /// filtered environment and sends the broker's token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_codex_reads_the_entry_and_sends_the_brokers_token() {
-    let Some(codex) = real_host("codex") else {
-        return;
-    };
+    let codex = real_host("codex");
     let server = AuthServer::start(Switches::default()).await;
     let env = TestEnv::new();
     let _daemon = env.start_daemon();
@@ -820,9 +809,7 @@ async fn real_codex_reads_the_entry_and_sends_the_brokers_token() {
 /// sends the broker's token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_claude_code_reads_the_entry_and_sends_the_brokers_token() {
-    let Some(claude) = real_host("claude") else {
-        return;
-    };
+    let claude = real_host("claude");
     let server = AuthServer::start(Switches::default()).await;
     let env = TestEnv::new();
     let _daemon = env.start_daemon();

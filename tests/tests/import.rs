@@ -410,3 +410,178 @@ async fn adopt_hands_mcp_remote_and_codex_entries_over_and_keeps_everything_else
     // The tool's own token files are left in place.
     assert!(env.home().join(".codex/.credentials.json").exists());
 }
+
+/// The real Codex (npm, tests/hosts) logs in to a server by itself, with
+/// its file store and a `$BROWSER` that follows redirects, and writes
+/// `~/.codex/.credentials.json`; that login is adopted as it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_the_real_codex_made_is_adopted() {
+    let codex = mcpauth_tests::real_hosts().join("codex");
+    let env = Arc::new(TestEnv::new());
+    let server = AuthServer::start(Switches::default()).await;
+    write(
+        &env.home().join(".codex/config.toml"),
+        &format!(
+            "mcp_oauth_credentials_store = \"file\"\n\n[mcp_servers.s]\nurl = \"{}\"\n",
+            server.mcp_url
+        ),
+    );
+    let login = {
+        let env = env.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut cmd = std::process::Command::new(&codex);
+            cmd.args(["mcp", "login", "s"])
+                .env_clear()
+                .env("HOME", env.home())
+                .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+                .env("BROWSER", mcpauth_tests::bin("test-browser"))
+                .env("TEST_BROWSER_LOG", env.root.path().join("browser.log"))
+                .stdin(std::process::Stdio::null());
+            cmd.output().unwrap()
+        })
+        .await
+        .unwrap()
+    };
+    assert!(
+        login.status.success(),
+        "codex mcp login: {}{}",
+        String::from_utf8_lossy(&login.stdout),
+        String::from_utf8_lossy(&login.stderr)
+    );
+    let store: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(env.home().join(".codex/.credentials.json")).unwrap(),
+    )
+    .unwrap();
+    let (key, entry) = store.as_object().unwrap().iter().next().unwrap();
+    assert!(key.starts_with("s|"), "{key}");
+    let access = entry["access_token"].as_str().unwrap().to_string();
+    let refresh = entry["refresh_token"].as_str().unwrap().to_string();
+    let client = entry["client_id"].as_str().unwrap().to_string();
+    let authorizations = server.requests("/authorize").len();
+    assert_eq!(authorizations, 1, "Codex logged in once");
+
+    let _d = env.start_daemon();
+    let out = ctl(&env, &["import", "codex"]).await.ok();
+    assert!(out.contains("adopted") && out.contains(" s "), "{out}");
+    assert_eq!(ctl(&env, &["token", "s"]).await.ok().trim(), access);
+    ctl(&env, &["refresh", "s"]).await.ok();
+    let refreshes = server.token_requests("refresh_token");
+    assert_eq!(refreshes.len(), 1);
+    assert_eq!(refreshes[0].form["refresh_token"], refresh);
+    assert_eq!(refreshes[0].form["client_id"], client);
+    assert!(!server.reuse_detected());
+    assert_eq!(
+        server.requests("/authorize").len(),
+        authorizations,
+        "no login"
+    );
+    let secrets = [access, refresh];
+    assert_eq!(
+        leaked(&format!("{out}{}", env.all_daemon_logs()), &secrets),
+        None
+    );
+}
+
+/// The real mcp-remote (npm, tests/hosts) logs in to an MCP server with
+/// its own client (`mcp-remote-client URL` connects, lists the tools and
+/// exits; its browser is `$BROWSER` through xdg-open) and leaves its
+/// files in `~/.mcp-auth`; `adopt mcp-remote` keeps that login and turns
+/// the Cursor entry that ran mcp-remote into the broker's proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_the_real_mcp_remote_made_is_adopted() {
+    let bin = mcpauth_tests::real_hosts();
+    let env = Arc::new(TestEnv::new());
+    let auth = AuthServer::start(Switches::default()).await;
+    let mcp =
+        mcpauth_tests::mcpserver::McpServer::start(&auth.issuer, auth.validator(), false).await;
+    let login = {
+        let env = env.clone();
+        let url = mcp.url.clone();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(bin.join("mcp-remote-client"))
+                .arg(&url)
+                .env_clear()
+                .env("HOME", env.home())
+                .env(
+                    "PATH",
+                    format!(
+                        "{}:{}",
+                        bin.display(),
+                        std::env::var("PATH").unwrap_or_default()
+                    ),
+                )
+                .env("BROWSER", mcpauth_tests::bin("test-browser"))
+                .env("TEST_BROWSER_LOG", env.root.path().join("browser.log"))
+                .stdin(std::process::Stdio::null())
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap()
+    };
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&login.stdout),
+        String::from_utf8_lossy(&login.stderr)
+    );
+    assert!(login.status.success(), "mcp-remote-client: {said}");
+    let tokens: Vec<_> = walk(&env.home().join(".mcp-auth"))
+        .into_iter()
+        .filter(|p| p.to_string_lossy().ends_with("_tokens.json"))
+        .collect();
+    assert_eq!(tokens.len(), 1, "{said}");
+    let file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&tokens[0]).unwrap()).unwrap();
+    let access = file["access_token"].as_str().unwrap().to_string();
+    let refresh = file["refresh_token"].as_str().unwrap().to_string();
+    let authorizations = auth.requests("/authorize").len();
+
+    let cursor = env.home().join(".cursor/mcp.json");
+    write(
+        &cursor,
+        &json!({"mcpServers": {"remote": {"command": "npx", "args": ["-y", "mcp-remote@0.15.1", mcp.url]}}})
+            .to_string(),
+    );
+    let _d = env.start_daemon();
+    let out = ctl(&env, &["adopt", "mcp-remote"]).await.ok();
+    assert!(out.contains("adopted       remote"), "{out}");
+    assert_eq!(ctl(&env, &["token", "remote"]).await.ok().trim(), access);
+    ctl(&env, &["refresh", "remote"]).await.ok();
+    let refreshes = auth.token_requests("refresh_token");
+    assert_eq!(refreshes.len(), 1);
+    assert_eq!(refreshes[0].form["refresh_token"], refresh);
+    assert!(!auth.reuse_detected());
+    assert_eq!(
+        auth.requests("/authorize").len(),
+        authorizations,
+        "no login"
+    );
+    let entry: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cursor).unwrap()).unwrap();
+    assert_eq!(
+        entry["mcpServers"]["remote"]["args"]
+            .as_array()
+            .unwrap()
+            .last()
+            .unwrap(),
+        "remote"
+    );
+    let secrets = [access, refresh];
+    assert_eq!(
+        leaked(&format!("{out}{}", env.all_daemon_logs()), &secrets),
+        None
+    );
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(walk(&path));
+        } else {
+            found.push(path);
+        }
+    }
+    found
+}
