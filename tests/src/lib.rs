@@ -339,23 +339,6 @@ pub fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn leaked_finds_a_secret_anywhere_and_only_then() {
-        let secrets = vec!["at-12-abc".to_string(), "rt-7-xyz_-".to_string()];
-        assert_eq!(super::leaked("nothing here at-12-ab", &secrets), None);
-        assert_eq!(
-            super::leaked("x=\"at-12-abc\"", &secrets),
-            Some("at-12-abc")
-        );
-        assert_eq!(
-            super::leaked("prefixrt-7-xyz_-", &secrets),
-            Some("rt-7-xyz_-")
-        );
-    }
-}
-
 /// The real MCP hosts of `tests/hosts` (Codex and Claude Code from npm,
 /// pinned by its lockfile): installed by `tests/hosts/install.sh` the first
 /// time a test asks, once per machine. Returns the directory of their
@@ -379,4 +362,21 @@ pub fn real_hosts() -> PathBuf {
         assert!(status.success(), "tests/hosts/install.sh failed");
     }
     bin
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn leaked_finds_a_secret_anywhere_and_only_then() {
+        let secrets = vec!["at-12-abc".to_string(), "rt-7-xyz_-".to_string()];
+        assert_eq!(super::leaked("nothing here at-12-ab", &secrets), None);
+        assert_eq!(
+            super::leaked("x=\"at-12-abc\"", &secrets),
+            Some("at-12-abc")
+        );
+        assert_eq!(
+            super::leaked("prefixrt-7-xyz_-", &secrets),
+            Some("rt-7-xyz_-")
+        );
+    }
 }
