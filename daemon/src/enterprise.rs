@@ -101,6 +101,25 @@ fn expiry_ms(token: &Secret) -> Option<i64> {
         .map(|e| e.saturating_mul(1000))
 }
 
+/// The checks OpenID Connect Core (3.1.3.7) asks of an ID token that
+/// came straight from the token endpoint: issued by the identity provider
+/// logged in at, for the client that logged in, and not expired. (Its
+/// signature is the token endpoint's TLS; the MCP servers' authorization
+/// servers verify it again when it is exchanged.)
+fn check_id_token(id_token: &Secret, issuer: &str, client_id: &str) -> Result<(), String> {
+    let claims = jwt::decode_unverified(id_token).map_err(|_| "it is not a JWT".to_string())?;
+    if claims.iss.as_deref() != Some(issuer) {
+        return Err(format!("it was not issued by {issuer}"));
+    }
+    if !claims.aud.iter().any(|a| a == client_id) {
+        return Err(format!("it is not meant for the client {client_id}"));
+    }
+    if claims.exp.is_none() {
+        return Err("it has no expiry".into());
+    }
+    Ok(())
+}
+
 impl Broker {
     fn login_required_at(&self, server: &ServerName, idp: &ServerName, why: &str) -> BrokerError {
         BrokerError::LoginRequired {
@@ -415,6 +434,12 @@ impl Broker {
             .get(&name)
             .and_then(|s| s.identity_provider.clone());
         let kept = match (idp_name, tokens.id_token) {
+            (Some(_), Some(id_token))
+                if let Err(why) = check_id_token(&id_token, &flow.issuer, &flow.client_id) =>
+            {
+                warn!(server = %name, reason = %why, "the identity provider's ID token was refused");
+                Err(format!("the identity provider's ID token was refused: {why}"))
+            }
             (Some(idp_name), Some(id_token)) => {
                 let idp_guard = self.idp_locks.lock(&idp_name).await;
                 match self.store().identity(&idp_name)? {

@@ -63,6 +63,9 @@ pub struct GrantSwitches {
     /// The identity provider puts this audience in ID-JAGs instead of the
     /// one asked for.
     pub idp_wrong_audience: Option<String>,
+    /// The identity provider issues ID tokens for this audience instead of
+    /// the client that logged in (a token meant for another client).
+    pub idp_id_token_audience: Option<String>,
     /// As an MCP AS: list the ID-JAG grant profile (and jwt-bearer).
     pub id_jag: bool,
 }
@@ -81,6 +84,7 @@ impl Default for GrantSwitches {
             stateless_scope: None,
             idp_id_token_ttl: None,
             idp_wrong_audience: None,
+            idp_id_token_audience: None,
             id_jag: false,
         }
     }
@@ -538,7 +542,7 @@ pub fn on_code_exchange(
         &serde_json::json!({
             "iss": issuer,
             "sub": "user-1",
-            "aud": client_id,
+            "aud": s.switches.grants.idp_id_token_audience.as_deref().unwrap_or(client_id),
             "iat": now,
             "exp": now + ttl,
             "nonce_free": s.next,

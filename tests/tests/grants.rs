@@ -886,6 +886,43 @@ async fn an_id_jag_for_another_audience_is_never_sent() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_id_token_meant_for_another_client_is_refused() {
+    let Enterprise {
+        env,
+        idp,
+        wiki,
+        _daemon,
+        ..
+    } = enterprise(
+        GrantSwitches {
+            idp_id_token_audience: Some("someone-else".into()),
+            ..Default::default()
+        },
+        None,
+    )
+    .await;
+    let out = env.ctl(&["login", "--idp", "corp"]);
+    assert_ne!(out.code(), 0, "{}", out.stdout());
+    assert!(
+        out.stderr()
+            .contains("not meant for the client mcpauth-desktop"),
+        "{}",
+        out.stderr()
+    );
+    assert_eq!(env.ctl(&["token", "wiki"]).code(), 4);
+    assert!(
+        idp.token_requests("urn:ietf:params:oauth:grant-type:token-exchange")
+            .is_empty(),
+        "the refused ID token was never exchanged"
+    );
+    assert!(wiki.requests("/token").is_empty());
+    // The right audience again: the login works.
+    idp.set(|s| s.grants.idp_id_token_audience = None);
+    env.ctl(&["login", "--idp", "corp"]).ok();
+    env.ctl(&["token", "wiki"]).ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_id_token_means_a_login_at_the_identity_provider() {
     let Enterprise {
         env,
