@@ -199,6 +199,9 @@ pub async fn run(mut client: Client, args: LoginArgs) -> Result<String, Failure>
             "or open the URL on any machine and paste below the address your browser ends up on (it starts with {}, and may show an error page there).",
             started.redirect_uri
         ));
+        paragraph(&format!(
+            "(Where the server offers device codes, `mcpauthctl login {name} --device` needs neither: a code to enter on any device.)"
+        ));
         if std::io::stdin().is_terminal() {
             // A prompt on its own line; nothing else is written while the
             // person types.

@@ -597,7 +597,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Watch { name, json, follow } => {
             let mut reconnecting = false;
             loop {
-                let mut client = match mcpauth_client::connect(&opts).await {
+                // Waiting for the daemon to come back never starts one:
+                // the person (or the service manager) stopped it.
+                let options = mcpauth_client::ConnectOptions {
+                    socket: opts.socket.clone(),
+                    autostart: opts.autostart && !reconnecting,
+                };
+                let mut client = match mcpauth_client::connect(&options).await {
                     Ok(c) => c,
                     Err(e) if reconnecting && e.exit_code() == exit::UNREACHABLE => {
                         tokio::time::sleep(std::time::Duration::from_millis(500)).await;

@@ -335,6 +335,19 @@ impl Proxy {
                 return self.fail(&message, code, &text).await;
             }
         };
+        // The host's initialize never reached the server (no login then,
+        // answered with an error): start the session now, with the host's
+        // own initialize, so a login heals the host without a restart.
+        if !is_initialize
+            && self.initialize.lock().unwrap().is_some()
+            && self.protocol.lock().unwrap().is_none()
+            && !self.reinitialize(&token).await
+        {
+            problem(
+                &self.name,
+                "the server did not accept the session's initialize",
+            );
+        }
         let mut recovered = false;
         let mut reinitialized = false;
         loop {
@@ -605,7 +618,7 @@ impl Proxy {
             return false;
         };
         match self.post(&self.url, &init, token).await {
-            Ok(Answer::Json(_)) => {}
+            Ok(Answer::Json(bytes)) => self.note_initialize_result(&bytes),
             Ok(Answer::Sse(r)) => {
                 // Drain it for the answer, which the host already has.
                 let mut parser = SseParser::default();
@@ -613,6 +626,7 @@ impl Proxy {
                 'outer: while let Some(Ok(chunk)) = stream.next().await {
                     for event in parser.feed(&chunk).into_iter().flatten() {
                         if event.data.contains("\"result\"") {
+                            self.note_initialize_result(event.data.as_bytes());
                             break 'outer;
                         }
                     }

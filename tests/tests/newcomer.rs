@@ -243,6 +243,38 @@ async fn network_failures_say_what_kind_and_what_to_do() {
     }
 }
 
+#[test]
+fn watch_follow_waits_for_the_daemon_and_never_starts_one() {
+    let env = TestEnv::new();
+    env.ctl(&["status"]).ok(); // started on demand
+    let mut watch = env
+        .command("mcpauthctl")
+        .args(["watch", "--follow"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    env.ctl(&["stop"]).ok();
+    // It waits, and no daemon comes back by its doing.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(env.ctl(&["--no-autostart", "status"]).code(), 3);
+    assert!(watch.try_wait().unwrap().is_none(), "still waiting");
+    // A daemon started by someone else: it reconnects.
+    env.ctl(&["status"]).ok();
+    std::thread::sleep(Duration::from_secs(2));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(watch.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let out = watch.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("waiting for it to come back"), "{stderr}");
+    assert!(stderr.contains("reconnected to mcpauthd"), "{stderr}");
+    env.ctl(&["stop"]).ok();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_refuses_unknown_names_and_says_when_its_stream_ends() {
     let env = TestEnv::new();

@@ -46,7 +46,7 @@ pub enum OAuthError {
     },
     #[error("cannot reach {url}: {reason}")]
     Unreachable { url: String, reason: String },
-    #[error("{url} answered HTTP {status}")]
+    #[error("{url} answered HTTP {status}{}", status_hint(*status))]
     Status {
         url: String,
         status: u16,
@@ -192,6 +192,15 @@ pub fn canonical_resource(url: &url::Url) -> String {
         s.trim_end_matches('/').to_string()
     } else {
         s
+    }
+}
+
+/// The next step after an HTTP error status, for the message.
+fn status_hint(status: u16) -> &'static str {
+    match status {
+        500..=599 => " (the server is failing; it is retried later, or check the server's status)",
+        404 | 405 => " (check the server's URL in config.toml)",
+        _ => "",
     }
 }
 
