@@ -532,6 +532,69 @@ async fn the_helpers_connect_writes_reach_the_daemon_with_only_home_and_path() {
     );
 }
 
+/// The stdio entry `connect cursor` writes, run with only HOME and PATH,
+/// bridges a host's initialize to the server with the broker's token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_entry_connect_writes_works_with_only_home_and_path() {
+    let auth = AuthServer::start(Switches::default()).await;
+    let mcp =
+        mcpauth_tests::mcpserver::McpServer::start(&auth.issuer, auth.validator(), false).await;
+    let env = std::sync::Arc::new(TestEnv::new());
+    let _daemon = env.start_daemon();
+    env.ctl(&["add", "p", &mcp.url]).ok();
+    env.ctl(&["login", "p"]).ok();
+    env.ctl(&["connect", "cursor"]).ok();
+    let config: Value = serde_json::from_str(
+        &std::fs::read_to_string(env.home().join(".cursor/mcp.json")).unwrap(),
+    )
+    .unwrap();
+    let entry = &config["mcpServers"]["p"];
+    let mut argv = vec![entry["command"].as_str().unwrap().to_string()];
+    argv.extend(
+        entry["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().to_string()),
+    );
+    let out = {
+        let env = env.clone();
+        tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let mut child = Command::new(&argv[0])
+                .args(&argv[1..])
+                .env_clear()
+                .env("HOME", env.home())
+                .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut stdin = child.stdin.take().unwrap();
+            writeln!(
+                stdin,
+                r#"{{"jsonrpc":"2.0","id":1,"method":"initialize","params":{{"protocolVersion":"2025-06-18","capabilities":{{}},"clientInfo":{{"name":"h","version":"1"}}}}}}"#
+            )
+            .unwrap();
+            std::thread::sleep(std::time::Duration::from_secs(2));
+            drop(stdin);
+            child.wait_with_output().unwrap()
+        })
+        .await
+        .unwrap()
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let first: Value = serde_json::from_str(stdout.lines().next().unwrap_or("null")).unwrap();
+    assert_eq!(
+        first["result"]["protocolVersion"],
+        "2025-06-18",
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(mcp.seen().iter().any(|s| s.bearer.is_some()));
+}
+
 #[test]
 fn a_file_that_does_not_parse_is_left_alone_with_one_line() {
     let env = TestEnv::new();
