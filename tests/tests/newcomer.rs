@@ -193,6 +193,61 @@ async fn a_login_without_a_display_prompts_for_the_pasted_address() {
     );
 }
 
+/// A server that accepts and never answers, and one that answers 500:
+/// a timeout and an HTTP status, each said with its next step.
+#[test]
+fn a_silent_server_and_a_failing_one_say_timed_out_and_the_status() {
+    use std::io::{BufRead, BufReader};
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in silent.incoming() {
+            held.push(conn);
+        }
+    });
+    let failing = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let failing_port = failing.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in failing.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(&conn);
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    line.clear();
+                }
+                let _ = (&conn).write_all(
+                    b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                );
+            });
+        }
+    });
+    let env = TestEnv::new();
+    let mut cmd = env.command("mcpauthd");
+    cmd.args(["--http-timeout-secs", "2"]);
+    let _d = env.spawn_daemon(&mut cmd).unwrap();
+    let cases = [
+        (
+            "silent",
+            format!("http://127.0.0.1:{silent_port}/mcp"),
+            "timed out (no answer in time); the server may be down",
+        ),
+        (
+            "failing",
+            format!("http://127.0.0.1:{failing_port}/mcp"),
+            "answered HTTP 500 (the server is failing",
+        ),
+    ];
+    for (name, url, expected) in &cases {
+        env.ctl(&["add", name, url]).ok();
+        let out = env.ctl(&["login", name, "--no-browser"]);
+        assert_eq!(out.code(), 1, "{name}: {}", out.stderr());
+        let line = out.stderr();
+        assert_eq!(line.trim().lines().count(), 1, "{name}: one line: {line}");
+        assert!(line.contains(expected), "{name}: {expected:?} in {line}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn network_failures_say_what_kind_and_what_to_do() {
     let plain = AuthServer::start(Switches::default()).await;
