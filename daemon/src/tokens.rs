@@ -281,6 +281,14 @@ impl Broker {
         let now = self.now_ms();
         let last = self.report_refreshes.lock().unwrap().get(&name).copied();
         if let Some(last) = last.filter(|last| now - last < REPORT_COOLDOWN_MS) {
+            // The cooldown is for a server rejecting the token that a
+            // report just produced. A reporter that read the grant before
+            // that refresh was installed holds an older one: it gets the
+            // current token, like any stale reporter.
+            let current = self.held_grant(&name)?;
+            if current.generation != grant.generation {
+                return Ok(current);
+            }
             return Err(BrokerError::Unavailable {
                 reason: "the server keeps rejecting freshly refreshed tokens".into(),
                 retry_after_secs: ((REPORT_COOLDOWN_MS - (now - last)) / 1000).max(1) as u64,
