@@ -53,9 +53,24 @@ fn systemd_escape(s: &str) -> String {
 
 fn run(program: &str, args: &[&str]) -> Result<(), String> {
     let shown = format!("{program} {}", args.join(" "));
-    match Command::new(program).args(args).status() {
-        Ok(status) if status.success() => Ok(()),
-        Ok(status) => Err(format!("`{shown}` failed ({status})")),
+    // The manager's own reason goes into the one error line, instead of
+    // reaching the terminal as a second, unexplained one.
+    match Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+    {
+        Ok(out) if out.status.success() => Ok(()),
+        Ok(out) => {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let reason = stderr
+                .lines()
+                .map(str::trim)
+                .rfind(|line| !line.is_empty())
+                .map(|line| format!(": {}", line.chars().take(200).collect::<String>()))
+                .unwrap_or_default();
+            Err(format!("`{shown}` failed ({}){reason}", out.status))
+        }
         Err(e) => Err(format!("`{shown}` could not run: {e}")),
     }
 }

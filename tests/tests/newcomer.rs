@@ -74,6 +74,71 @@ async fn service_install_without_a_user_manager_changes_nothing() {
     assert_eq!(calls.trim(), "--user show-environment", "{calls}");
 }
 
+/// A `systemctl` whose user manager answers but whose `enable` fails,
+/// as it does when the unit is masked or the manager refuses a job.
+fn systemctl_failing_at_enable(env: &TestEnv) -> (String, PathBuf) {
+    let dir = env.root.path().join("fake-bin-enable");
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = env.root.path().join("systemctl-enable.log");
+    let script = dir.join("systemctl");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho \"$@\" >> {}\ncase \"$*\" in *enable*) echo 'Failed to enable unit: Unit file mcpauthd.socket is masked.' >&2; exit 1;; esac\nexit 0\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    (path, log)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_install_failing_midway_puts_everything_back() {
+    let server = AuthServer::start(Switches::default()).await;
+    let env = TestEnv::new();
+    env.ctl(&["add", "s", &server.mcp_url]).ok();
+    env.ctl(&["login", "s"]).ok();
+    let token = env.ctl(&["token", "s"]).ok();
+    let pid = env.ctl(&["status", "--json"]).json()["daemon"]["pid"].clone();
+
+    let (path, log) = systemctl_failing_at_enable(&env);
+    let out = env.ctl_env(&["service", "install"], &[("PATH", &path)]);
+    assert_eq!(out.code(), 1, "{}", out.stderr());
+    let line = out.stderr();
+    assert_eq!(line.trim().lines().count(), 1, "{line}");
+    assert!(line.contains("masked"), "the manager's reason: {line}");
+    assert!(line.contains("put back"), "{line}");
+    // The steps up to the failure ran, then the rollback reloaded.
+    let calls = std::fs::read_to_string(&log).unwrap();
+    let calls: Vec<&str> = calls.lines().collect();
+    assert_eq!(
+        calls,
+        [
+            "--user show-environment",
+            "--user daemon-reload",
+            "--user enable --now mcpauthd.socket",
+            "--user daemon-reload",
+        ],
+        "{calls:?}"
+    );
+    for file in unit_files(&env) {
+        assert!(!file.exists(), "{} was left behind", file.display());
+    }
+    // The autostarted daemon was stopped for the service; it runs again
+    // (a new process on the same state), and programs get the same token
+    // without a login.
+    let status = env.ctl(&["status", "--json"]).json();
+    assert_ne!(status["daemon"]["pid"], pid, "the old daemon was stopped");
+    assert_eq!(status["daemon"]["socket_activated"], false, "{status}");
+    assert_eq!(env.ctl(&["token", "s"]).ok(), token);
+}
+
 #[test]
 fn units_that_cannot_run_point_to_uninstall() {
     let env = TestEnv::new();
@@ -295,6 +360,95 @@ async fn network_failures_say_what_kind_and_what_to_do() {
             .filter(|l| l.contains("login failed") && l.contains(&format!("server={name}")))
             .count();
         assert_eq!(lines, 1, "{name} in:\n{log}");
+    }
+}
+
+/// A TLS listener on 127.0.0.1 presenting `cert`; it only shakes hands.
+async fn tls_listener(cert: &rcgen::Certificate, key: &rcgen::KeyPair) -> u16 {
+    use tokio_rustls::rustls;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                if let Ok(mut tls) = acceptor.accept(tcp).await {
+                    use tokio::io::AsyncWriteExt;
+                    let _ = tls
+                        .write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
+                        .await;
+                }
+            });
+        }
+    });
+    port
+}
+
+/// The TLS checks a person meets: a certificate issued for another name
+/// (by an authority this machine trusts), and one no trusted authority
+/// signed. Each says which check failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_failures_say_which_check_failed() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let env = TestEnv::new();
+    // An authority, trusted by the daemon through SSL_CERT_FILE.
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let bundle = env.root.path().join("trusted.pem");
+    std::fs::write(&bundle, ca_cert.pem()).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    // Issued by it, but for another host.
+    let other_key = KeyPair::generate().unwrap();
+    let other = CertificateParams::new(vec!["other.example".to_string()])
+        .unwrap()
+        .signed_by(&other_key, &issuer)
+        .unwrap();
+    let wrong_name = tls_listener(&other, &other_key).await;
+    // For the right address, but signed by nobody the daemon trusts.
+    let self_key = KeyPair::generate().unwrap();
+    let mut self_params = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    // A name of its own: rcgen's default one is the authority's too.
+    self_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "a self-signed server");
+    let self_signed = self_params.self_signed(&self_key).unwrap();
+    let unknown = tls_listener(&self_signed, &self_key).await;
+
+    let mut cmd = env.command("mcpauthd");
+    cmd.env("SSL_CERT_FILE", &bundle);
+    let _d = env.spawn_daemon(&mut cmd).unwrap();
+    let cases = [
+        (
+            "wrongname",
+            format!("https://127.0.0.1:{wrong_name}/mcp"),
+            "TLS failed: the certificate is not valid for 127.0.0.1",
+        ),
+        (
+            "selfsigned",
+            format!("https://127.0.0.1:{unknown}/mcp"),
+            "TLS failed: the certificate is signed by an unknown authority",
+        ),
+    ];
+    for (name, url, expected) in &cases {
+        env.ctl(&["add", name, url]).ok();
+        let out = env.ctl(&["login", name, "--no-browser"]);
+        assert_eq!(out.code(), 1, "{name}: {}", out.stderr());
+        let line = out.stderr();
+        assert_eq!(line.trim().lines().count(), 1, "{name}: one line: {line}");
+        assert!(line.contains(expected), "{name}: {expected:?} in {line}");
     }
 }
 

@@ -361,6 +361,8 @@ fn classify(
             format!("the certificate is not valid for {host}")
         } else if lower.contains("unknownissuer") || lower.contains("unknown issuer") {
             "the certificate is signed by an unknown authority (a self-signed certificate, or a proxy that intercepts TLS?)".to_string()
+        } else if lower.contains("badsignature") || lower.contains("bad signature") {
+            "the certificate's signature does not verify (it names an authority that did not sign it: forged, or a misconfigured server)".to_string()
         } else if lower.contains("expired") {
             "the certificate has expired".to_string()
         } else if lower.contains("notvalidyet") {
@@ -443,6 +445,10 @@ mod tests {
             c(false, None, "invalid peer certificate: UnknownIssuer").contains("unknown authority")
         );
         assert!(c(false, None, "invalid peer certificate: Expired").contains("expired"));
+        assert!(
+            c(false, None, "invalid peer certificate: BadSignature")
+                .contains("signature does not verify")
+        );
         assert!(
             c(
                 false,
