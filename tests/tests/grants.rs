@@ -676,13 +676,16 @@ struct Enterprise {
 }
 
 async fn enterprise(idp_grants: GrantSwitches, mcp_expires_in: Option<u64>) -> Enterprise {
-    enterprise_with(idp_grants, mcp_expires_in, |_| String::new()).await
+    enterprise_with(idp_grants, mcp_expires_in, None, |_| String::new()).await
 }
 
-/// `extra` adds lines to `[identity_providers.corp]` (given the test env).
+/// `extra` adds lines to `[identity_providers.corp]` (given the test env);
+/// with `wiki_secret`, wiki's client is confidential (client_secret_basic)
+/// and the config names its secret file.
 async fn enterprise_with(
     idp_grants: GrantSwitches,
     mcp_expires_in: Option<u64>,
+    wiki_secret: Option<&str>,
     extra: impl FnOnce(&TestEnv) -> String,
 ) -> Enterprise {
     let (_, idp_key) = es256_key();
@@ -718,11 +721,20 @@ async fn enterprise_with(
     let wiki = mcp().await;
     let tools = mcp().await;
     let env = TestEnv::new();
+    let wiki_secret_line = match wiki_secret {
+        Some(secret) => {
+            wiki.add_client("wiki-client", Some(secret), "client_secret_basic");
+            let file = private_file(&env, "wiki-secret", secret);
+            format!("client_secret_file = \"{file}\"\n")
+        }
+        None => String::new(),
+    };
     env.write_config(&format!(
-        "[servers.wiki]\nurl = \"{}\"\ngrant = \"enterprise\"\nidentity_provider = \"corp\"\nclient_id = \"wiki-client\"\n\n\
+        "[servers.wiki]\nurl = \"{}\"\ngrant = \"enterprise\"\nidentity_provider = \"corp\"\nclient_id = \"wiki-client\"\n{}\n\
          [servers.tools]\nurl = \"{}\"\ngrant = \"enterprise\"\nidentity_provider = \"corp\"\nclient_id = \"wiki-client\"\n\n\
          [identity_providers.corp]\nissuer = \"{}\"\nclient_id = \"mcpauth-desktop\"\n{}",
         wiki.mcp_url,
+        wiki_secret_line,
         tools.mcp_url,
         idp.issuer,
         extra(&env)
@@ -955,6 +967,112 @@ async fn an_expired_id_token_means_a_login_at_the_identity_provider() {
     assert!(wiki.is_valid_access_token(&t));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_confidential_client_presents_the_id_jag_with_its_secret() {
+    let secret = "wiki-client-secret-4c1d9e";
+    let Enterprise {
+        env,
+        idp,
+        wiki,
+        tools,
+        _daemon,
+    } = enterprise_with(GrantSwitches::default(), None, Some(secret), |_| {
+        String::new()
+    })
+    .await;
+    let out = env.ctl(&["login", "--idp", "corp"]);
+    out.ok();
+    let t = env.ctl(&["token", "wiki"]).ok().trim().to_string();
+    assert!(wiki.is_valid_access_token(&t));
+    // The ID-JAG went to wiki's AS with client_secret_basic, the secret
+    // never in the form; tools' public client sent none.
+    let grant = &wiki.token_requests("urn:ietf:params:oauth:grant-type:jwt-bearer")[0];
+    assert_eq!(
+        grant.basic_auth,
+        Some(("wiki-client".to_string(), secret.to_string()))
+    );
+    assert!(
+        !grant.form.contains_key("client_secret"),
+        "{:?}",
+        grant.form.keys()
+    );
+    env.ctl(&["token", "tools"]).ok();
+    let public = &tools.token_requests("urn:ietf:params:oauth:grant-type:jwt-bearer")[0];
+    assert_eq!(public.basic_auth, None);
+    assert_eq!(public.form["client_id"], "wiki-client");
+    // A wrong secret at the AS: refused, said, and never retried in a loop.
+    wiki.add_client(
+        "wiki-client",
+        Some("rotated-by-the-admin-77"),
+        "client_secret_basic",
+    );
+    let refused = env.ctl(&["refresh", "wiki"]);
+    assert_ne!(refused.code(), 0, "{}", refused.stdout());
+    assert!(
+        refused.stderr().contains("invalid_client"),
+        "{}",
+        refused.stderr()
+    );
+    let mut extra = vec![secret.to_string()];
+    extra.extend(wiki.secrets());
+    extra.extend(idp.state.lock().unwrap().grants.id_jags.clone());
+    assert_no_leak(&env, &idp, &extra, &[&out, &refused]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identity_provider_refusing_the_id_token_means_one_login_there_for_all() {
+    let Enterprise {
+        env,
+        idp,
+        wiki,
+        tools,
+        _daemon,
+    } = enterprise(GrantSwitches::default(), None).await;
+    env.ctl(&["login", "--idp", "corp"]).ok();
+    env.ctl(&["token", "wiki"]).ok();
+    env.ctl(&["token", "tools"]).ok();
+    // The IdP ends the session (the user signed out, an admin revoked it):
+    // it no longer takes the ID token, though it has not expired.
+    idp.state.lock().unwrap().grants.id_tokens.clear();
+    let exchanges = || {
+        idp.token_requests("urn:ietf:params:oauth:grant-type:token-exchange")
+            .len()
+    };
+    let before = exchanges();
+    let out = env.ctl(&["refresh", "wiki"]);
+    assert_eq!(out.code(), 4, "{}", out.stderr());
+    assert!(
+        out.stderr()
+            .contains("login required at the identity provider corp"),
+        "{}",
+        out.stderr()
+    );
+    assert_eq!(exchanges(), before + 1, "one refused exchange");
+    // The refused ID token was dropped: the other server needs the same
+    // login, and nothing more is sent to the IdP for it.
+    let other = env.ctl(&["refresh", "tools"]);
+    assert_eq!(other.code(), 4, "{}", other.stderr());
+    assert!(
+        other.stderr().contains("identity provider corp"),
+        "{}",
+        other.stderr()
+    );
+    assert_eq!(
+        exchanges(),
+        before + 1,
+        "a dropped ID token is not sent again"
+    );
+    // One login there heals both.
+    env.ctl(&["login", "--idp", "corp"]).ok();
+    env.ctl(&["refresh", "wiki"]).ok();
+    env.ctl(&["refresh", "tools"]).ok();
+    let t = env.ctl(&["token", "tools"]).ok().trim().to_string();
+    assert!(tools.is_valid_access_token(&t));
+    let t = env.ctl(&["token", "wiki"]).ok().trim().to_string();
+    assert!(wiki.is_valid_access_token(&t));
+    assert_eq!(env.browser_log().len(), 2);
+}
+
 /// An ID token the test's identity provider will take, as an SSO agent
 /// would have it, valid for `ttl` seconds.
 fn agent_id_token(idp: &AuthServer, ttl: i64) -> String {
@@ -978,7 +1096,7 @@ async fn an_sso_agents_id_token_file_stands_in_for_the_login() {
         wiki,
         _daemon,
         ..
-    } = enterprise_with(GrantSwitches::default(), None, |env| {
+    } = enterprise_with(GrantSwitches::default(), None, None, |env| {
         format!(
             "id_token_file = \"{}\"\n",
             env.home().join("sso/id_token").display()
