@@ -201,8 +201,21 @@ struct Proxy {
     initialize: std::sync::Mutex<Option<Value>>,
     /// The POST endpoint of an HTTP+SSE (2024-11-05) server, once found.
     legacy: std::sync::Mutex<Option<url::Url>>,
+    /// Bumped by every HTTP+SSE stream opened. Such a session lives as
+    /// long as its stream: when the newest one ends, the session is lost
+    /// and the next request starts another.
+    legacy_generation: std::sync::atomic::AtomicU64,
+    legacy_lost: std::sync::atomic::AtomicBool,
+    /// One new HTTP+SSE session at a time, whatever the requests waiting.
+    legacy_reopen: Mutex<()>,
+    /// Told when the answer to a replayed initialize (which the host must
+    /// not see: it has its own) arrives on the stream.
+    legacy_replayed: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
     get_stream_started: std::sync::atomic::AtomicBool,
 }
+
+/// The id of an initialize the proxy replays for a new HTTP+SSE session.
+const REPLAY_ID: &str = "mcpauthctl-reinitialize";
 
 fn problem(name: &str, line: &str) {
     eprintln!("mcpauthctl proxy {name}: {line}");
@@ -680,6 +693,9 @@ impl Proxy {
                 "the endpoint is on another origin; refusing to send the token there".into(),
             );
         }
+        use std::sync::atomic::Ordering::SeqCst;
+        let generation = self.legacy_generation.fetch_add(1, SeqCst) + 1;
+        self.legacy_lost.store(false, SeqCst);
         let proxy = self.clone();
         tokio::spawn(async move {
             while let Some(Ok(chunk)) = stream.next().await {
@@ -687,18 +703,91 @@ impl Proxy {
                     if matches!(event.event.as_deref(), None | Some("message"))
                         && let Ok(v) = serde_json::from_str::<Value>(&event.data)
                     {
+                        if v.get("id").and_then(Value::as_str) == Some(REPLAY_ID)
+                            && v.get("method").is_none()
+                        {
+                            if let Some(tx) = proxy.legacy_replayed.lock().unwrap().take() {
+                                let _ = tx.send(());
+                            }
+                            continue;
+                        }
                         proxy.emit(serde_json::to_vec(&v).expect("JSON")).await;
                     }
                 }
             }
-            problem(&proxy.name, "the server closed its event stream");
+            if proxy.legacy_generation.load(SeqCst) == generation {
+                proxy.legacy_lost.store(true, SeqCst);
+                problem(
+                    &proxy.name,
+                    "the server closed its event stream; the next request starts a new session",
+                );
+            }
         });
         Ok(endpoint)
     }
 
+    /// A new HTTP+SSE session after the last one was lost: a new stream,
+    /// and (unless the host is initializing anyway) the host's initialize
+    /// replayed on it, its answer kept from the host. `seen` is the stream
+    /// generation the caller found lost; if another request already
+    /// replaced it, that session is used.
+    async fn reopen_legacy(self: &Arc<Self>, seen: u64, replay: bool) -> Result<url::Url, String> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let _one = self.legacy_reopen.lock().await;
+        if self.legacy_generation.load(SeqCst) != seen
+            && !self.legacy_lost.load(SeqCst)
+            && let Some(endpoint) = self.legacy.lock().unwrap().clone()
+        {
+            return Ok(endpoint);
+        }
+        problem(
+            &self.name,
+            "the server's HTTP+SSE session is gone; starting a new one",
+        );
+        let token = self.tokens.current().await.map_err(|e| e.rpc_error().1)?;
+        let endpoint = self.open_legacy(&token).await?;
+        let init = self.initialize.lock().unwrap().clone();
+        if let Some(mut init) = init.filter(|_| replay) {
+            init["id"] = json!(REPLAY_ID);
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            *self.legacy_replayed.lock().unwrap() = Some(tx);
+            match self.post(&endpoint, &init, &token).await? {
+                Answer::Status(status, _) => {
+                    return Err(format!("its initialize answered HTTP {status}"));
+                }
+                Answer::Accepted | Answer::Json(_) | Answer::Sse(_) => {}
+            }
+            tokio::time::timeout(Duration::from_secs(10), rx)
+                .await
+                .map_err(|_| "no answer to initialize on its stream".to_string())?
+                .map_err(|_| "its stream closed before answering initialize".to_string())?;
+            let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+            self.post(&endpoint, &initialized, &token).await?;
+        }
+        *self.legacy.lock().unwrap() = Some(endpoint.clone());
+        Ok(endpoint)
+    }
+
     async fn forward_legacy(self: &Arc<Self>, endpoint: &url::Url, message: Value) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let is_initialize = message.get("method").and_then(Value::as_str) == Some("initialize");
+        let mut endpoint = endpoint.clone();
         let mut recovered = false;
+        let mut reopened = false;
         loop {
+            let generation = self.legacy_generation.load(SeqCst);
+            if self.legacy_lost.load(SeqCst) && !reopened {
+                reopened = true;
+                match self.reopen_legacy(generation, !is_initialize).await {
+                    Ok(e) => endpoint = e,
+                    Err(e) => {
+                        let text = format!(
+                            "the server closed its session and a new one could not be started ({e})"
+                        );
+                        return self.fail(&message, UPSTREAM_FAILED, &text).await;
+                    }
+                }
+            }
             let token = match self.tokens.current().await {
                 Ok(t) => t,
                 Err(e) => {
@@ -706,13 +795,27 @@ impl Proxy {
                     return self.fail(&message, code, &text).await;
                 }
             };
-            match self.post(endpoint, &message, &token).await {
+            match self.post(&endpoint, &message, &token).await {
                 Ok(Answer::Accepted | Answer::Json(_) | Answer::Sse(_)) => return,
                 Ok(Answer::Status(401, www)) if !recovered => {
                     recovered = true;
                     if let Err(e) = self.tokens.rejected(&token, 401, &www).await {
                         let (code, text) = e.rpc_error();
                         return self.fail(&message, code, &text).await;
+                    }
+                }
+                Ok(Answer::Status(404, _)) if !reopened => {
+                    // The session ended at the server, its stream maybe
+                    // not yet: a new session, then this again.
+                    reopened = true;
+                    match self.reopen_legacy(generation, !is_initialize).await {
+                        Ok(e) => endpoint = e,
+                        Err(e) => {
+                            let text = format!(
+                                "the server ended the session and a new one could not be started ({e})"
+                            );
+                            return self.fail(&message, UPSTREAM_FAILED, &text).await;
+                        }
                     }
                 }
                 Ok(Answer::Status(status, _)) => {
@@ -879,6 +982,10 @@ pub async fn run(opts: ConnectOptions, name: String) -> Result<(), Failure> {
         protocol: Default::default(),
         initialize: Default::default(),
         legacy: Default::default(),
+        legacy_generation: Default::default(),
+        legacy_lost: Default::default(),
+        legacy_reopen: Default::default(),
+        legacy_replayed: Default::default(),
         get_stream_started: Default::default(),
     });
 

@@ -114,6 +114,12 @@ impl McpServer {
         self.inner.lock().unwrap().deleted.clone()
     }
 
+    /// Ends every HTTP+SSE session and its stream, as a restarted server
+    /// would.
+    pub fn drop_legacy_streams(&self) {
+        self.inner.lock().unwrap().legacy.clear();
+    }
+
     /// Forgets every session, as a restarted server would.
     pub fn drop_sessions(&self) {
         self.inner.lock().unwrap().sessions.clear();

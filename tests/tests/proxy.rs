@@ -318,6 +318,67 @@ async fn an_http_sse_server_of_2024_11_05_is_bridged_too() {
     host.close();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_sse_session_lost_with_its_stream_is_started_again() {
+    let (_auth, mcp, env, _d) = logged_in_to(true).await;
+    let mut host = Host::start(&env, "s");
+    host.initialize();
+    host.request(2, "tools/list", json!({}));
+    // The server restarts: the stream ends, and the session with it.
+    mcp.drop_legacy_streams();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !host
+        .stderr
+        .lock()
+        .unwrap()
+        .contains("closed its event stream")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the proxy noticed the stream end"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The host's next request works: a new stream, its initialize
+    // replayed there, then the request.
+    let tools = host.request(3, "tools/list", json!({}));
+    assert!(tools["result"]["tools"].is_array(), "{tools}");
+    let seen = mcp.seen();
+    let streams = seen
+        .iter()
+        .filter(|s| s.method == "GET" && s.path == "/mcp")
+        .count();
+    assert_eq!(streams, 2, "one new stream");
+    let posts: Vec<&str> = seen
+        .iter()
+        .filter(|s| s.path == "/messages")
+        .filter_map(|s| s.rpc.as_deref())
+        .collect();
+    assert_eq!(
+        posts,
+        [
+            "initialize",
+            "notifications/initialized",
+            "tools/list",
+            "initialize",
+            "notifications/initialized",
+            "tools/list"
+        ]
+    );
+    let (stderr, stdout) = host.close();
+    // The replayed initialize's answer stayed with the proxy: the host
+    // saw one answer to its one initialize.
+    let answers_to_initialize = stdout
+        .iter()
+        .filter(|l| l.contains("protocolVersion"))
+        .count();
+    assert_eq!(answers_to_initialize, 1, "{stdout:?}");
+    assert!(
+        stderr.contains("starting a new one"),
+        "one line says so:\n{stderr}"
+    );
+}
+
 /// Installs the official SDK (tests/sdk) with npm, once per test run.
 fn sdk_installed() -> std::path::PathBuf {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("sdk");
