@@ -295,7 +295,7 @@ impl Host for Codex {
         stdio_command(entry).or_else(|| helper_command(entry.get("http_headers_helper")))
     }
     fn own_logins(&self, env: &HostEnv) -> Option<OwnLogins> {
-        // With `mcp_oauth_credentials_store = "file"`; the keyring is not read.
+        // Its file store only: the OS keyring is read by `import`, in the daemon.
         login_names(&env.codex_dir().join(".credentials.json"), |v| Some(v))
     }
 }

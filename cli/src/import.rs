@@ -80,6 +80,7 @@ fn item(
         store_path: path(store),
         key: key.unwrap_or_default().into(),
         client_info_path: path(client_info),
+        keyring: false,
     }
 }
 
@@ -211,12 +212,15 @@ fn codex(env: &HostEnv, found: &mut Found) -> Result<(), String> {
                 .and_then(|v| v.as_str())
                 .map(str::to_string)
         });
+    // Unless told to use the file, Codex keeps its logins in the OS
+    // keyring (falling back to the file where there is none): the daemon
+    // looks there for every server the file has no login for.
     if file_store.as_deref() != Some("file") {
-        found.notes.push(format!(
-            "codex: Codex keeps its logins in the OS keyring unless {} sets mcp_oauth_credentials_store = \"file\"; mcpauthctl reads only the file ({}). Either log in through the broker (`mcpauthctl login NAME`), or set that line, run `codex mcp login NAME` once, and import again",
-            config.display(),
-            store.display()
-        ));
+        for i in found.items.iter_mut() {
+            if i.tool == "codex" && i.store_path.is_empty() {
+                i.keyring = true;
+            }
+        }
     }
     Ok(())
 }

@@ -81,6 +81,8 @@ pub struct ImportItem {
     pub key: Option<String>,
     /// The client registration file (mcp-remote, Hermes).
     pub client_info: Option<PathBuf>,
+    /// The login, if any, is in the OS keyring (Codex's default store).
+    pub keyring: bool,
 }
 
 /// What happened to one item.
@@ -380,6 +382,57 @@ pub fn read_grant(item: &ImportItem) -> Result<Option<ToolGrant>, String> {
     Ok(Some(grant))
 }
 
+/// Codex's login for `item` among its keyring entries. Each value is the
+/// JSON Codex stores there (`StoredOAuthTokens`): `server_name`, `url`,
+/// `client_id`, `token_response` as the authorization server sent it, and
+/// `expires_at` in Unix ms. `Ok(None)` when none is for the item's URL.
+fn codex_keyring_grant(
+    entries: &[crate::keyring::Entry],
+    item: &ImportItem,
+    now_ms: i64,
+) -> Result<Option<ToolGrant>, String> {
+    let place = Path::new("the OS keyring entry (Codex MCP Credentials)");
+    let parsed: Vec<(&crate::keyring::Entry, Value)> = entries
+        .iter()
+        .filter_map(|e| e.json().map(|v| (e, v)))
+        .collect();
+    let url_of = |v: &Value| str_field(v, "url").or_else(|| str_field(v, "server_url"));
+    let for_url = || {
+        parsed
+            .iter()
+            .filter(|(_, v)| url_of(v).is_some_and(|u| same_url(&u, &item.url)))
+    };
+    let named = |(e, v): &&(&crate::keyring::Entry, Value)| {
+        str_field(v, "server_name").as_deref() == Some(item.name.as_str())
+            || e.username.split('|').next() == Some(item.name.as_str())
+    };
+    let Some((_, v)) = for_url().find(named).or_else(|| for_url().next()) else {
+        return Ok(None);
+    };
+    // The token response nested (keyring), or flat (as in the file store).
+    let tokens = v.get("token_response").unwrap_or(v);
+    let issued = ReadFile {
+        bytes: Vec::new(),
+        mtime_ms: now_ms,
+    };
+    let mut grant = token_response(tokens, &issued, place, 1.0)?;
+    if let Some(at) = number(v, "expires_at", place)? {
+        grant.expires_at_ms = Some(at as i64);
+    }
+    if grant.scopes.is_empty() {
+        grant.scopes = scope_list(v, "scopes");
+    }
+    grant.issuer = grant.issuer.or_else(|| str_field(v, "issuer"));
+    grant.server_url = url_of(v);
+    grant.client = Some(ToolClient {
+        client_id: required(v, "client_id", place)?,
+        client_secret: None,
+        auth_method: None,
+        redirect_uri: String::new(),
+    });
+    Ok(Some(grant))
+}
+
 /// `name` made a valid server name: other characters become `-`.
 fn sanitize(name: &str) -> String {
     let mut s: String = name
@@ -419,8 +472,16 @@ impl Broker {
         let mut outcomes = Vec::new();
         // Names a dry run would have added, so later items see them.
         let mut planned: Vec<(String, String)> = Vec::new();
+        // The keyring is searched once for every item that looks there.
+        let keyring = if items.iter().any(|i| i.keyring) {
+            Some(crate::keyring::entries(crate::keyring::CODEX_SERVICE).await)
+        } else {
+            None
+        };
         for item in items {
-            let outcome = self.import_one(&item, dry_run, &mut planned).await?;
+            let outcome = self
+                .import_one(&item, dry_run, &mut planned, keyring.as_ref())
+                .await?;
             match &outcome.verdict {
                 Verdict::Skipped(why) | Verdict::LoginNeeded(why) => {
                     info!(tool = item.tool.id(), server = %outcome.server, reason = %why, "import: not adopted");
@@ -437,6 +498,7 @@ impl Broker {
         item: &ImportItem,
         dry_run: bool,
         planned: &mut Vec<(String, String)>,
+        keyring: Option<&Result<Vec<crate::keyring::Entry>, crate::keyring::KeyringError>>,
     ) -> Result<ImportOutcome, BrokerError> {
         let mut out = ImportOutcome {
             tool: item.tool,
@@ -456,12 +518,23 @@ impl Broker {
             Err(e) => return skip(out, e.to_string()),
         };
         // 1. The tool's login, read before anything changes.
-        let grant = {
-            let item = item.clone();
-            match tokio::task::spawn_blocking(move || read_grant(&item)).await {
-                Ok(Ok(g)) => g,
-                Ok(Err(why)) => return skip(out, why),
-                Err(e) => return Err(BrokerError::Internal(e.to_string())),
+        let mut keyring_trouble = None;
+        let grant = match keyring.filter(|_| item.keyring) {
+            Some(Ok(entries)) => match codex_keyring_grant(entries, item, self.now_ms()) {
+                Ok(g) => g,
+                Err(why) => return skip(out, why),
+            },
+            Some(Err(e)) => {
+                keyring_trouble = Some(e.to_string());
+                None
+            }
+            None => {
+                let item = item.clone();
+                match tokio::task::spawn_blocking(move || read_grant(&item)).await {
+                    Ok(Ok(g)) => g,
+                    Ok(Err(why)) => return skip(out, why),
+                    Err(e) => return Err(BrokerError::Internal(e.to_string())),
+                }
             }
         };
         if let Some(recorded) = grant.as_ref().and_then(|g| g.server_url.as_deref())
@@ -533,8 +606,16 @@ impl Broker {
             }
             Some(g) => Some(g),
             None => {
-                out.verdict =
-                    Verdict::LoginNeeded(format!("{} holds no login for it", item.tool.id()));
+                out.verdict = Verdict::LoginNeeded(match &keyring_trouble {
+                    Some(why) => format!(
+                        "{} keeps its logins in the OS keyring, which cannot be read: {why}. Log in through the broker, or set mcp_oauth_credentials_store = \"file\" in {}'s config.toml, run `{} mcp login {}` once, and import again",
+                        item.tool.id(),
+                        item.tool.id(),
+                        item.tool.id(),
+                        item.name
+                    ),
+                    None => format!("{} holds no login for it", item.tool.id()),
+                });
                 None
             }
         };
@@ -718,7 +799,58 @@ mod tests {
             store,
             key: key.map(str::to_string),
             client_info: None,
+            keyring: false,
         }
+    }
+
+    #[test]
+    fn codex_keyring_entries_are_matched_by_url_and_read_nested() {
+        let entry = |username: &str, json: serde_json::Value| crate::keyring::Entry {
+            username: username.into(),
+            value: Secret::new(json.to_string()),
+        };
+        let entries = [
+            entry(
+                "other|0123456789abcdef",
+                serde_json::json!({"server_name": "other", "url": "https://elsewhere.example/mcp",
+                    "client_id": "c0", "token_response": {"access_token": "at-other", "token_type": "bearer"}}),
+            ),
+            entry(
+                "n|fedcba9876543210",
+                serde_json::json!({"server_name": "n", "url": "https://mcp.example/mcp",
+                    "client_id": "c1", "expires_at": 1_900_000_000_000u64,
+                    "token_response": {"access_token": "at-1", "token_type": "bearer",
+                        "expires_in": 3599, "refresh_token": "rt-1", "scope": "read write"}}),
+            ),
+            entry("broken|1", serde_json::json!("not an object")),
+        ];
+        let mut wanted = item(Tool::Codex, None, None);
+        wanted.keyring = true;
+        let g = codex_keyring_grant(&entries, &wanted, 1_000)
+            .unwrap()
+            .unwrap();
+        assert_eq!(g.access_token.expose(), "at-1");
+        assert_eq!(g.refresh_token.as_ref().unwrap().expose(), "rt-1");
+        assert_eq!(g.expires_at_ms, Some(1_900_000_000_000));
+        assert_eq!(g.scopes, ["read", "write"]);
+        assert_eq!(g.client.unwrap().client_id, "c1");
+        assert_eq!(g.server_url.as_deref(), Some("https://mcp.example/mcp"));
+        // No entry for the URL: no login, not an error.
+        wanted.url = "https://third.example/mcp".into();
+        assert!(
+            codex_keyring_grant(&entries, &wanted, 1_000)
+                .unwrap()
+                .is_none()
+        );
+        // An entry for the URL without a client: refused, never quoted.
+        let partial = [entry(
+            "n|1",
+            serde_json::json!({"url": "https://third.example/mcp",
+                "token_response": {"access_token": "at-secret-value"}}),
+        )];
+        let why = codex_keyring_grant(&partial, &wanted, 1_000).unwrap_err();
+        assert!(why.contains("client_id"), "{why}");
+        assert!(!why.contains("at-secret-value"), "{why}");
     }
 
     #[test]

@@ -18,7 +18,8 @@
 //! - [`tokens`]: `GetToken`, rejected-token reports, step-up.
 //! - [`scheduler`]: proactive refresh on an injectable [`clock`].
 //! - [`files`]: token-file export and import; [`import`]: adopting the
-//!   logins other tools hold (`mcpauthctl import`).
+//!   logins other tools hold (`mcpauthctl import`), with [`keyring`]
+//!   reading those kept in the OS keyring (the Secret Service).
 //! - [`desktop`]: the notification when a program needs a person's login.
 //! - [`oauth`]: the OAuth engine (discovery, registration, flows, token
 //!   endpoint); knows neither gRPC nor the store.
@@ -42,6 +43,7 @@ pub mod files;
 pub(crate) mod fsutil;
 pub(crate) mod import;
 pub(crate) mod install;
+pub(crate) mod keyring;
 pub mod listener;
 pub(crate) mod locks;
 pub mod logging;

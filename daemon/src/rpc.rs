@@ -399,6 +399,7 @@ impl broker_server::Broker for BrokerService {
                 store: path(i.store_path),
                 key: optional(i.key),
                 client_info: path(i.client_info_path),
+                keyring: i.keyring,
             });
         }
         let outcomes = self.broker.import(items, r.dry_run).await?;

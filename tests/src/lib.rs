@@ -364,6 +364,125 @@ pub fn real_hosts() -> PathBuf {
     bin
 }
 
+/// A Secret Service (GNOME Keyring, unlocked, with its keyring in the
+/// test's HOME) on a private D-Bus session bus: the OS keyring as a
+/// desktop has it, for the tools that keep their logins there. Both
+/// processes stop when it is dropped. GNOME Keyring and D-Bus come from
+/// Debian's packages (`tests/keyring/install.sh`, run on first use).
+pub struct SecretService {
+    /// The bus, as `DBUS_SESSION_BUS_ADDRESS`.
+    pub address: String,
+    children: Vec<std::process::Child>,
+}
+
+impl SecretService {
+    pub fn start(env: &TestEnv) -> Self {
+        let installed = |b: &str| {
+            Command::new("sh")
+                .args(["-c", &format!("command -v {b}")])
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        {
+            let lock =
+                std::fs::File::create(std::env::temp_dir().join("mcpauth-keyring-install.lock"))
+                    .expect("lock file");
+            let _guard = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+                .map_err(|(_, e)| e)
+                .expect("lock");
+            if !["gnome-keyring-daemon", "dbus-daemon", "dbus-send"]
+                .iter()
+                .all(|b| installed(b))
+            {
+                let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("keyring/install.sh");
+                let status = Command::new(script)
+                    .status()
+                    .expect("tests/keyring/install.sh");
+                assert!(status.success(), "tests/keyring/install.sh failed");
+            }
+        }
+        let dir = env.root.path().join("session");
+        std::fs::create_dir_all(dir.join("run")).unwrap();
+        std::fs::set_permissions(dir.join("run"), std::fs::Permissions::from_mode(0o700)).unwrap();
+        let socket = dir.join("bus");
+        let address = format!("unix:path={}", socket.display());
+        let bus = Command::new("dbus-daemon")
+            .args(["--session", "--nofork", "--nopidfile"])
+            .arg(format!("--address={address}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dbus-daemon");
+        let mut service = SecretService {
+            address,
+            children: vec![bus],
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !socket.exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the session bus did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut keyring = Command::new("gnome-keyring-daemon")
+            .args(["--foreground", "--unlock", "--components=secrets"])
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", env.home())
+            .env("XDG_RUNTIME_DIR", dir.join("run"))
+            .env("XDG_DATA_HOME", env.home().join(".local/share"))
+            .env("DBUS_SESSION_BUS_ADDRESS", &service.address)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("gnome-keyring-daemon");
+        // --unlock reads the login keyring's password from stdin (and
+        // creates that keyring, the default collection, with it).
+        {
+            use std::io::Write;
+            let mut stdin = keyring.stdin.take().unwrap();
+            stdin.write_all(b"test-keyring-password").unwrap();
+        }
+        service.children.push(keyring);
+        loop {
+            let answer = Command::new("dbus-send")
+                .env("DBUS_SESSION_BUS_ADDRESS", &service.address)
+                .args([
+                    "--session",
+                    "--print-reply",
+                    "--dest=org.freedesktop.DBus",
+                    "/org/freedesktop/DBus",
+                    "org.freedesktop.DBus.NameHasOwner",
+                    "string:org.freedesktop.secrets",
+                ])
+                .output()
+                .expect("dbus-send");
+            if String::from_utf8_lossy(&answer.stdout).contains("boolean true") {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the Secret Service did not start on the session bus"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        service
+    }
+}
+
+impl Drop for SecretService {
+    fn drop(&mut self) {
+        for child in self.children.iter_mut().rev() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

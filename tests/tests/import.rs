@@ -482,6 +482,92 @@ async fn a_login_the_real_codex_made_is_adopted() {
     );
 }
 
+/// The real Codex with its default store logs in and keeps the login in
+/// the OS keyring: GNOME Keyring's Secret Service on a private session
+/// bus. The daemon reads it there, on the same bus, and adopts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_the_real_codex_kept_in_the_os_keyring_is_adopted() {
+    let codex = mcpauth_tests::real_hosts().join("codex");
+    let env = Arc::new(TestEnv::new());
+    let keyring = mcpauth_tests::SecretService::start(&env);
+    let server = AuthServer::start(Switches::default()).await;
+    write(
+        &env.home().join(".codex/config.toml"),
+        &format!("[mcp_servers.s]\nurl = \"{}\"\n", server.mcp_url),
+    );
+    let login = {
+        let env = env.clone();
+        let bus = keyring.address.clone();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(&codex)
+                .args(["mcp", "login", "s"])
+                .env_clear()
+                .env("HOME", env.home())
+                .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+                .env("DBUS_SESSION_BUS_ADDRESS", bus)
+                .env("BROWSER", mcpauth_tests::bin("test-browser"))
+                .env("TEST_BROWSER_LOG", env.root.path().join("browser.log"))
+                .stdin(std::process::Stdio::null())
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap()
+    };
+    assert!(
+        login.status.success(),
+        "codex mcp login: {}{}",
+        String::from_utf8_lossy(&login.stdout),
+        String::from_utf8_lossy(&login.stderr)
+    );
+    assert!(
+        !env.home().join(".codex/.credentials.json").exists(),
+        "Codex kept the login in the keyring, not in its file"
+    );
+    let access = server.issued_access_tokens().last().cloned().unwrap();
+    let client = server.requests("/authorize")[0].query["client_id"].clone();
+
+    let mut daemon = env.command("mcpauthd");
+    daemon.env("DBUS_SESSION_BUS_ADDRESS", &keyring.address);
+    let _d = env.spawn_daemon(&mut daemon).unwrap();
+    let out = ctl(&env, &["import", "codex"]).await.ok();
+    assert!(out.contains("adopted") && out.contains(" s "), "{out}");
+    assert_eq!(ctl(&env, &["token", "s"]).await.ok().trim(), access);
+    ctl(&env, &["refresh", "s"]).await.ok();
+    let refreshes = server.token_requests("refresh_token");
+    assert_eq!(refreshes.len(), 1, "the keyring's refresh token, used once");
+    assert_eq!(refreshes[0].form["client_id"], client);
+    assert!(!server.reuse_detected());
+    assert_eq!(server.requests("/authorize").len(), 1, "no login of ours");
+    let secrets = server.secrets();
+    assert_eq!(
+        leaked(&format!("{out}{}", env.all_daemon_logs()), &secrets),
+        None
+    );
+}
+
+/// Where no Secret Service answers, Codex's keyring logins cannot be read:
+/// the line says so, and how to switch Codex to its file store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_secret_service_the_line_says_how_to_switch_codex_to_its_file() {
+    let env = Arc::new(TestEnv::new());
+    let server = AuthServer::start(Switches::default()).await;
+    write(
+        &env.home().join(".codex/config.toml"),
+        &format!("[mcp_servers.s]\nurl = \"{}\"\n", server.mcp_url),
+    );
+    let _d = env.start_daemon();
+    let out = ctl(&env, &["import", "codex"]).await;
+    let text = format!("{}{}", out.stdout(), out.stderr());
+    assert!(text.contains("needs login"), "{text}");
+    assert!(text.contains("OS keyring, which cannot be read"), "{text}");
+    assert!(
+        text.contains("mcp_oauth_credentials_store = \"file\""),
+        "{text}"
+    );
+    assert!(server.requests("/token").is_empty());
+}
+
 /// The real mcp-remote (npm, tests/hosts) logs in to an MCP server with
 /// its own client (`mcp-remote-client URL` connects, lists the tools and
 /// exits; its browser is `$BROWSER` through xdg-open) and leaves its
