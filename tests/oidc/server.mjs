@@ -3,7 +3,9 @@
 // (RFC 8707) and PKCE, in front of a protected MCP endpoint whose
 // protected resource metadata names it.
 //
-// Usage: node server.mjs TOKEN_TTL_SECS
+// Usage: node server.mjs TOKEN_TTL_SECS [JWK]
+// With JWK (a public key as JSON), the client svc-jwt authenticates with
+// private_key_jwt (RFC 7523) signed by its private half.
 // Prints one JSON line {"issuer": ..., "mcp_url": ...} once listening on
 // 127.0.0.1 (a port of its own choosing). Test-only routes:
 //   POST /test/approve?user_code=CODE  the person approves a device login
@@ -16,6 +18,7 @@ import http from 'node:http';
 import Provider, { errors } from 'oidc-provider';
 
 const ttl = Number(process.argv[2] || 3600);
+const clientJwk = process.argv[3] ? JSON.parse(process.argv[3]) : null;
 const seen = [];
 
 const server = http.createServer();
@@ -34,6 +37,15 @@ const provider = new Provider(issuer, {
       response_types: [],
       token_endpoint_auth_method: 'client_secret_basic',
     },
+    ...(clientJwk ? [{
+      client_id: 'svc-jwt',
+      grant_types: ['client_credentials'],
+      redirect_uris: [],
+      response_types: [],
+      token_endpoint_auth_method: 'private_key_jwt',
+      token_endpoint_auth_signing_alg: 'ES256',
+      jwks: { keys: [clientJwk] },
+    }] : []),
     {
       client_id: 'device-client',
       grant_types: ['urn:ietf:params:oauth:grant-type:device_code', 'refresh_token'],

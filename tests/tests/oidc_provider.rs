@@ -48,10 +48,17 @@ fn install() {
 }
 
 fn start(token_ttl_secs: u64) -> Provider {
+    start_with(token_ttl_secs, None)
+}
+
+/// With `client_jwk`, the client `svc-jwt` authenticates with
+/// private_key_jwt, verified with that public key.
+fn start_with(token_ttl_secs: u64, client_jwk: Option<&serde_json::Value>) -> Provider {
     install();
     let mut child = Command::new("node")
         .arg(dir().join("server.mjs"))
         .arg(token_ttl_secs.to_string())
+        .args(client_jwk.map(|j| j.to_string()))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -148,6 +155,67 @@ async fn client_credentials_against_oidc_provider() {
     let logs = env.all_daemon_logs();
     let secrets = vec![first, second, "oidc-cc-secret-value-1".to_string()];
     assert!(leaked(&logs, &secrets).is_none(), "a secret in the log");
+}
+
+/// private_key_jwt (RFC 7523): oidc-provider verifies each assertion's
+/// signature, issuer, subject, audience, expiry and single use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_credentials_with_private_key_jwt_against_oidc_provider() {
+    use base64::Engine;
+    let (pem, key) = mcpauth_tests::grants_as::es256_key();
+    let point = key.verifying_key().to_encoded_point(false);
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let jwk = serde_json::json!({
+        "kty": "EC", "crv": "P-256", "alg": "ES256", "use": "sig",
+        "x": b64(point.x().unwrap()), "y": b64(point.y().unwrap()),
+    });
+    let provider = start_with(3600, Some(&jwk));
+    let env = TestEnv::new();
+    let key_file = env.home().join("svc-jwt.pem");
+    std::fs::write(&key_file, &pem).unwrap();
+    std::fs::set_permissions(
+        &key_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    env.write_config(&format!(
+        "[servers.s]\nurl = \"{}\"\ngrant = \"client_credentials\"\nclient_id = \"svc-jwt\"\nclient_key_file = \"{}\"\nclient_key_alg = \"ES256\"\nscopes = [\"mcp:read\"]\n",
+        provider.mcp_url,
+        key_file.display()
+    ));
+    let _daemon = start_daemon(&env);
+    let first = env.ctl(&["token", "s"]).ok().trim().to_string();
+    assert!(provider.accepts(&first).await, "oidc-provider issued it");
+    // A forced renewal: a new assertion (oidc-provider takes a jti once).
+    env.ctl(&["refresh", "s"]).ok();
+    let second = env.ctl(&["token", "s"]).ok().trim().to_string();
+    assert_ne!(first, second);
+    assert!(provider.accepts(&second).await);
+    let token_requests: Vec<_> = provider
+        .requests()
+        .await
+        .into_iter()
+        .filter(|r| r["path"] == "/token")
+        .collect();
+    assert_eq!(token_requests.len(), 2);
+    for r in &token_requests {
+        assert_eq!(r["grant_type"], "client_credentials");
+        assert_eq!(r["basic"], false);
+        let fields: Vec<&str> = r["fields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|f| f.as_str())
+            .collect();
+        assert!(fields.contains(&"client_assertion"), "{fields:?}");
+        assert!(fields.contains(&"client_assertion_type"), "{fields:?}");
+        assert!(!fields.contains(&"client_secret"), "{fields:?}");
+    }
+    let logs = env.all_daemon_logs();
+    assert!(
+        leaked(&logs, &[first, second, pem]).is_none(),
+        "a secret in the log"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
