@@ -774,20 +774,25 @@ impl Proxy {
         let mut endpoint = endpoint.clone();
         let mut recovered = false;
         let mut reopened = false;
+        // The stream generation found lost, when a new session is due.
+        let mut reopen_from: Option<u64> = None;
         loop {
-            let generation = self.legacy_generation.load(SeqCst);
-            if self.legacy_lost.load(SeqCst) && !reopened {
+            if !reopened && reopen_from.is_none() && self.legacy_lost.load(SeqCst) {
+                reopen_from = Some(self.legacy_generation.load(SeqCst));
+            }
+            if let Some(seen) = reopen_from.take() {
                 reopened = true;
-                match self.reopen_legacy(generation, !is_initialize).await {
+                match self.reopen_legacy(seen, !is_initialize).await {
                     Ok(e) => endpoint = e,
                     Err(e) => {
                         let text = format!(
-                            "the server closed its session and a new one could not be started ({e})"
+                            "the server ended its session and a new one could not be started ({e})"
                         );
                         return self.fail(&message, UPSTREAM_FAILED, &text).await;
                     }
                 }
             }
+            let generation = self.legacy_generation.load(SeqCst);
             let token = match self.tokens.current().await {
                 Ok(t) => t,
                 Err(e) => {
@@ -804,20 +809,9 @@ impl Proxy {
                         return self.fail(&message, code, &text).await;
                     }
                 }
-                Ok(Answer::Status(404, _)) if !reopened => {
-                    // The session ended at the server, its stream maybe
-                    // not yet: a new session, then this again.
-                    reopened = true;
-                    match self.reopen_legacy(generation, !is_initialize).await {
-                        Ok(e) => endpoint = e,
-                        Err(e) => {
-                            let text = format!(
-                                "the server ended the session and a new one could not be started ({e})"
-                            );
-                            return self.fail(&message, UPSTREAM_FAILED, &text).await;
-                        }
-                    }
-                }
+                // The session ended at the server, its stream maybe not
+                // yet: a new session, then this again.
+                Ok(Answer::Status(404, _)) if !reopened => reopen_from = Some(generation),
                 Ok(Answer::Status(status, _)) => {
                     let text = format!("{endpoint} answered HTTP {status}");
                     return self.fail(&message, UPSTREAM_FAILED, &text).await;

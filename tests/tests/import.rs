@@ -411,12 +411,43 @@ async fn adopt_hands_mcp_remote_and_codex_entries_over_and_keeps_everything_else
     assert!(env.home().join(".codex/.credentials.json").exists());
 }
 
+/// `codex mcp login NAME` with the real Codex (npm, tests/hosts), its
+/// `$BROWSER` the test browser, which follows the redirects; `bus` is the
+/// session bus of its OS keyring, if any. Asserts that it succeeded.
+async fn codex_login(env: &Arc<TestEnv>, name: &str, bus: Option<&str>) {
+    let codex = mcpauth_tests::real_hosts().join("codex");
+    let env = env.clone();
+    let name = name.to_string();
+    let bus = bus.map(str::to_string);
+    let login = tokio::task::spawn_blocking(move || {
+        let mut cmd = std::process::Command::new(&codex);
+        cmd.args(["mcp", "login", &name])
+            .env_clear()
+            .env("HOME", env.home())
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("BROWSER", mcpauth_tests::bin("test-browser"))
+            .env("TEST_BROWSER_LOG", env.root.path().join("browser.log"))
+            .stdin(std::process::Stdio::null());
+        if let Some(bus) = bus {
+            cmd.env("DBUS_SESSION_BUS_ADDRESS", bus);
+        }
+        cmd.output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        login.status.success(),
+        "codex mcp login: {}{}",
+        String::from_utf8_lossy(&login.stdout),
+        String::from_utf8_lossy(&login.stderr)
+    );
+}
+
 /// The real Codex (npm, tests/hosts) logs in to a server by itself, with
 /// its file store and a `$BROWSER` that follows redirects, and writes
 /// `~/.codex/.credentials.json`; that login is adopted as it is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_login_the_real_codex_made_is_adopted() {
-    let codex = mcpauth_tests::real_hosts().join("codex");
     let env = Arc::new(TestEnv::new());
     let server = AuthServer::start(Switches::default()).await;
     write(
@@ -426,28 +457,7 @@ async fn a_login_the_real_codex_made_is_adopted() {
             server.mcp_url
         ),
     );
-    let login = {
-        let env = env.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut cmd = std::process::Command::new(&codex);
-            cmd.args(["mcp", "login", "s"])
-                .env_clear()
-                .env("HOME", env.home())
-                .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-                .env("BROWSER", mcpauth_tests::bin("test-browser"))
-                .env("TEST_BROWSER_LOG", env.root.path().join("browser.log"))
-                .stdin(std::process::Stdio::null());
-            cmd.output().unwrap()
-        })
-        .await
-        .unwrap()
-    };
-    assert!(
-        login.status.success(),
-        "codex mcp login: {}{}",
-        String::from_utf8_lossy(&login.stdout),
-        String::from_utf8_lossy(&login.stderr)
-    );
+    codex_login(&env, "s", None).await;
     let store: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(env.home().join(".codex/.credentials.json")).unwrap(),
     )
@@ -487,7 +497,6 @@ async fn a_login_the_real_codex_made_is_adopted() {
 /// bus. The daemon reads it there, on the same bus, and adopts it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_login_the_real_codex_kept_in_the_os_keyring_is_adopted() {
-    let codex = mcpauth_tests::real_hosts().join("codex");
     let env = Arc::new(TestEnv::new());
     let keyring = mcpauth_tests::SecretService::start(&env);
     let server = AuthServer::start(Switches::default()).await;
@@ -495,31 +504,7 @@ async fn a_login_the_real_codex_kept_in_the_os_keyring_is_adopted() {
         &env.home().join(".codex/config.toml"),
         &format!("[mcp_servers.s]\nurl = \"{}\"\n", server.mcp_url),
     );
-    let login = {
-        let env = env.clone();
-        let bus = keyring.address.clone();
-        tokio::task::spawn_blocking(move || {
-            std::process::Command::new(&codex)
-                .args(["mcp", "login", "s"])
-                .env_clear()
-                .env("HOME", env.home())
-                .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-                .env("DBUS_SESSION_BUS_ADDRESS", bus)
-                .env("BROWSER", mcpauth_tests::bin("test-browser"))
-                .env("TEST_BROWSER_LOG", env.root.path().join("browser.log"))
-                .stdin(std::process::Stdio::null())
-                .output()
-                .unwrap()
-        })
-        .await
-        .unwrap()
-    };
-    assert!(
-        login.status.success(),
-        "codex mcp login: {}{}",
-        String::from_utf8_lossy(&login.stdout),
-        String::from_utf8_lossy(&login.stderr)
-    );
+    codex_login(&env, "s", Some(&keyring.address)).await;
     assert!(
         !env.home().join(".codex/.credentials.json").exists(),
         "Codex kept the login in the keyring, not in its file"

@@ -11,19 +11,16 @@ use std::time::{Duration, Instant};
 use mcpauth_tests::TestEnv;
 use mcpauth_tests::authserver::{AuthServer, Switches};
 
-/// A directory with a `systemctl` that fails the way it does where no
-/// user manager runs, and logs its calls; returns the PATH to use.
-fn failing_systemctl(env: &TestEnv) -> (String, PathBuf) {
-    let dir = env.root.path().join("fake-bin");
+/// A directory holding a `systemctl` that logs its arguments and then
+/// runs `body` (shell); returns the PATH to use and the log.
+fn fake_systemctl(env: &TestEnv, dir: &str, body: &str) -> (String, PathBuf) {
+    let dir = env.root.path().join(dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let log = env.root.path().join("systemctl.log");
+    let log = dir.join("systemctl.log");
     let script = dir.join("systemctl");
     std::fs::write(
         &script,
-        format!(
-            "#!/bin/sh\necho \"$@\" >> {}\necho 'Failed to connect to bus: No such file or directory' >&2\nexit 1\n",
-            log.display()
-        ),
+        format!("#!/bin/sh\necho \"$@\" >> {}\n{body}\n", log.display()),
     )
     .unwrap();
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -33,6 +30,15 @@ fn failing_systemctl(env: &TestEnv) -> (String, PathBuf) {
         std::env::var("PATH").unwrap_or_default()
     );
     (path, log)
+}
+
+/// A `systemctl` that fails the way it does where no user manager runs.
+fn failing_systemctl(env: &TestEnv) -> (String, PathBuf) {
+    fake_systemctl(
+        env,
+        "fake-bin",
+        "echo 'Failed to connect to bus: No such file or directory' >&2\nexit 1",
+    )
 }
 
 fn unit_files(env: &TestEnv) -> Vec<PathBuf> {
@@ -77,25 +83,11 @@ async fn service_install_without_a_user_manager_changes_nothing() {
 /// A `systemctl` whose user manager answers but whose `enable` fails,
 /// as it does when the unit is masked or the manager refuses a job.
 fn systemctl_failing_at_enable(env: &TestEnv) -> (String, PathBuf) {
-    let dir = env.root.path().join("fake-bin-enable");
-    std::fs::create_dir_all(&dir).unwrap();
-    let log = env.root.path().join("systemctl-enable.log");
-    let script = dir.join("systemctl");
-    std::fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\necho \"$@\" >> {}\ncase \"$*\" in *enable*) echo 'Failed to enable unit: Unit file mcpauthd.socket is masked.' >&2; exit 1;; esac\nexit 0\n",
-            log.display()
-        ),
+    fake_systemctl(
+        env,
+        "fake-bin-enable",
+        "case \"$*\" in *enable*) echo 'Failed to enable unit: Unit file mcpauthd.socket is masked.' >&2; exit 1;; esac\nexit 0",
     )
-    .unwrap();
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let path = format!(
-        "{}:{}",
-        dir.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    (path, log)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
