@@ -250,6 +250,21 @@ async fn a_login_without_a_display_prompts_for_the_pasted_address() {
     );
 }
 
+/// For each (name, URL, text): the server added, a login fails with exit
+/// 1 and one stderr line that says `text`, never the vague "connection
+/// failed".
+fn logins_fail_saying(env: &TestEnv, cases: &[(&str, String, &str)]) {
+    for (name, url, expected) in cases {
+        env.ctl(&["add", name, url]).ok();
+        let out = env.ctl(&["login", name, "--no-browser"]);
+        assert_eq!(out.code(), 1, "{name}: {}", out.stderr());
+        let line = out.stderr();
+        assert_eq!(line.trim().lines().count(), 1, "{name}: one line: {line}");
+        assert!(line.contains(expected), "{name}: {expected:?} in {line}");
+        assert!(!line.contains("connection failed"), "{line}");
+    }
+}
+
 /// A server that accepts and never answers, and one that answers 500:
 /// a timeout and an HTTP status, each said with its next step.
 #[test]
@@ -295,14 +310,7 @@ fn a_silent_server_and_a_failing_one_say_timed_out_and_the_status() {
             "answered HTTP 500 (the server is failing",
         ),
     ];
-    for (name, url, expected) in &cases {
-        env.ctl(&["add", name, url]).ok();
-        let out = env.ctl(&["login", name, "--no-browser"]);
-        assert_eq!(out.code(), 1, "{name}: {}", out.stderr());
-        let line = out.stderr();
-        assert_eq!(line.trim().lines().count(), 1, "{name}: one line: {line}");
-        assert!(line.contains(expected), "{name}: {expected:?} in {line}");
-    }
+    logins_fail_saying(&env, &cases);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -335,15 +343,7 @@ async fn network_failures_say_what_kind_and_what_to_do() {
             "TLS failed: the server did not answer with TLS",
         ),
     ];
-    for (name, url, expected) in &cases {
-        env.ctl(&["add", name, url]).ok();
-        let out = env.ctl(&["login", name, "--no-browser"]);
-        assert_eq!(out.code(), 1, "{name}: {}", out.stderr());
-        let line = out.stderr();
-        assert_eq!(line.trim().lines().count(), 1, "{name}: one line: {line}");
-        assert!(line.contains(expected), "{name}: {expected:?} in {line}");
-        assert!(!line.contains("connection failed"), "{line}");
-    }
+    logins_fail_saying(&env, &cases);
     // Each failed login left one line in the daemon's log, naming it.
     let log = env.all_daemon_logs();
     for (name, _, _) in &cases {
@@ -434,14 +434,7 @@ async fn tls_failures_say_which_check_failed() {
             "TLS failed: the certificate is signed by an unknown authority",
         ),
     ];
-    for (name, url, expected) in &cases {
-        env.ctl(&["add", name, url]).ok();
-        let out = env.ctl(&["login", name, "--no-browser"]);
-        assert_eq!(out.code(), 1, "{name}: {}", out.stderr());
-        let line = out.stderr();
-        assert_eq!(line.trim().lines().count(), 1, "{name}: one line: {line}");
-        assert!(line.contains(expected), "{name}: {expected:?} in {line}");
-    }
+    logins_fail_saying(&env, &cases);
 }
 
 #[test]

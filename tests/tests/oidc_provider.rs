@@ -89,6 +89,13 @@ impl Provider {
             .unwrap()
     }
 
+    /// The requests to its token endpoint.
+    async fn token_requests(&self) -> Vec<serde_json::Value> {
+        let mut all = self.requests().await;
+        all.retain(|r| r["path"] == "/token");
+        all
+    }
+
     /// Whether the MCP endpoint takes `token`.
     async fn accepts(&self, token: &str) -> bool {
         reqwest::Client::new()
@@ -136,12 +143,7 @@ async fn client_credentials_against_oidc_provider() {
     let _daemon = start_daemon(&env);
     let first = env.ctl(&["token", "s"]).ok().trim().to_string();
     assert!(provider.accepts(&first).await, "oidc-provider issued it");
-    let token_requests: Vec<_> = provider
-        .requests()
-        .await
-        .into_iter()
-        .filter(|r| r["path"] == "/token")
-        .collect();
+    let token_requests = provider.token_requests().await;
     assert_eq!(token_requests.len(), 1);
     assert_eq!(token_requests[0]["grant_type"], "client_credentials");
     assert_eq!(token_requests[0]["basic"], true);
@@ -191,12 +193,7 @@ async fn client_credentials_with_private_key_jwt_against_oidc_provider() {
     let second = env.ctl(&["token", "s"]).ok().trim().to_string();
     assert_ne!(first, second);
     assert!(provider.accepts(&second).await);
-    let token_requests: Vec<_> = provider
-        .requests()
-        .await
-        .into_iter()
-        .filter(|r| r["path"] == "/token")
-        .collect();
+    let token_requests = provider.token_requests().await;
     assert_eq!(token_requests.len(), 2);
     for r in &token_requests {
         assert_eq!(r["grant_type"], "client_credentials");
