@@ -790,7 +790,12 @@ async fn handle(State(app): State<App>, request: Request<Body>) -> Response {
                     .collect()
             })
             .unwrap_or_default();
-        if redirect_uris.is_empty() {
+        let grant_types = request["grant_types"].clone();
+        // Only a device-flow client (RFC 8628) may go without one.
+        let device_only = grant_types
+            .as_array()
+            .is_some_and(|g| g.iter().any(|t| t == crate::grants_as::DEVICE_CODE));
+        if redirect_uris.is_empty() && !device_only {
             return oauth_error(
                 StatusCode::BAD_REQUEST,
                 "invalid_redirect_uri",
@@ -812,7 +817,7 @@ async fn handle(State(app): State<App>, request: Request<Body>) -> Response {
                 "client_id": id,
                 "redirect_uris": redirect_uris,
                 "token_endpoint_auth_method": "none",
-                "grant_types": ["authorization_code", "refresh_token"],
+                "grant_types": if device_only { grant_types } else { serde_json::json!(["authorization_code", "refresh_token"]) },
             }),
         );
     }

@@ -328,6 +328,51 @@ async fn device_login_shows_the_code_and_the_daemon_polls() {
     assert_no_leak(&env, &server, &[], &[&out]);
 }
 
+/// No client configured: the broker registers one for the device flow
+/// (RFC 7591 with the device_code grant and no redirect URI) and logs in
+/// with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_login_registers_a_device_client_when_none_is_configured() {
+    let Setup {
+        env,
+        server,
+        _daemon,
+    } = setup(
+        device_switches(GrantSwitches::default()),
+        "[servers.s]\nurl = \"{url}\"\n",
+    )
+    .await;
+    let out = env.ctl(&["login", "s", "--device"]);
+    assert!(out.ok().contains("logged in to s"), "{}", out.stderr());
+    let registrations = server.requests("/register");
+    assert_eq!(registrations.len(), 1);
+    let body = &registrations[0].json;
+    assert_eq!(
+        body["grant_types"],
+        serde_json::json!([
+            "urn:ietf:params:oauth:grant-type:device_code",
+            "refresh_token"
+        ])
+    );
+    assert!(body.get("redirect_uris").is_none(), "{body}");
+    assert_eq!(body["token_endpoint_auth_method"], "none");
+    let registered = server.state.lock().unwrap().clients.keys().next().cloned();
+    let authorization = server.requests("/device_authorization");
+    assert_eq!(
+        Some(&authorization[0].form["client_id"]),
+        registered.as_ref()
+    );
+    assert!(server.is_valid_access_token(&token(&env)));
+    assert!(env.browser_log().is_empty());
+    // show says the client in use was registered by the broker.
+    let shown = env.ctl(&["show", "s", "--json"]).json();
+    assert_eq!(
+        shown["client_id"].as_str(),
+        registered.as_deref(),
+        "{shown}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn device_login_honours_slow_down() {
     let Setup {
