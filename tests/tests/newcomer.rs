@@ -388,8 +388,8 @@ async fn tls_listener(cert: &rcgen::Certificate, key: &rcgen::KeyPair) -> u16 {
 }
 
 /// The TLS checks a person meets: a certificate issued for another name
-/// (by an authority this machine trusts), and one no trusted authority
-/// signed. Each says which check failed.
+/// (by an authority this machine trusts), one no trusted authority
+/// signed, and an expired one. Each says which check failed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_failures_say_which_check_failed() {
     use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
@@ -409,6 +409,13 @@ async fn tls_failures_say_which_check_failed() {
         .signed_by(&other_key, &issuer)
         .unwrap();
     let wrong_name = tls_listener(&other, &other_key).await;
+    // For the right address by that authority, but long expired.
+    let old_key = KeyPair::generate().unwrap();
+    let mut old_params = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    old_params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    old_params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    let old = old_params.signed_by(&old_key, &issuer).unwrap();
+    let expired = tls_listener(&old, &old_key).await;
     // For the right address, but signed by nobody the daemon trusts.
     let self_key = KeyPair::generate().unwrap();
     let mut self_params = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
@@ -432,6 +439,11 @@ async fn tls_failures_say_which_check_failed() {
             "selfsigned",
             format!("https://127.0.0.1:{unknown}/mcp"),
             "TLS failed: the certificate is signed by an unknown authority",
+        ),
+        (
+            "expired",
+            format!("https://127.0.0.1:{expired}/mcp"),
+            "TLS failed: the certificate has expired",
         ),
     ];
     logins_fail_saying(&env, &cases);
