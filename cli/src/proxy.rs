@@ -31,6 +31,7 @@
 //! so a login made meanwhile works without restarting the host.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering::SeqCst;
 use std::time::Duration;
 
 use mcpauth_client::{Client, ClientError, ConnectOptions, exit};
@@ -592,10 +593,7 @@ impl Proxy {
     /// The stream of server-initiated messages, kept open (and resumed)
     /// while the session lives.
     fn start_get_stream(self: &Arc<Self>) {
-        if self
-            .get_stream_started
-            .swap(true, std::sync::atomic::Ordering::SeqCst)
-        {
+        if self.get_stream_started.swap(true, SeqCst) {
             return;
         }
         let proxy = self.clone();
@@ -693,7 +691,6 @@ impl Proxy {
                 "the endpoint is on another origin; refusing to send the token there".into(),
             );
         }
-        use std::sync::atomic::Ordering::SeqCst;
         let generation = self.legacy_generation.fetch_add(1, SeqCst) + 1;
         self.legacy_lost.store(false, SeqCst);
         let proxy = self.clone();
@@ -732,7 +729,6 @@ impl Proxy {
     /// generation the caller found lost; if another request already
     /// replaced it, that session is used.
     async fn reopen_legacy(self: &Arc<Self>, seen: u64, replay: bool) -> Result<url::Url, String> {
-        use std::sync::atomic::Ordering::SeqCst;
         let _one = self.legacy_reopen.lock().await;
         if self.legacy_generation.load(SeqCst) != seen
             && !self.legacy_lost.load(SeqCst)
@@ -769,7 +765,6 @@ impl Proxy {
     }
 
     async fn forward_legacy(self: &Arc<Self>, endpoint: &url::Url, message: Value) {
-        use std::sync::atomic::Ordering::SeqCst;
         let is_initialize = message.get("method").and_then(Value::as_str) == Some("initialize");
         let mut endpoint = endpoint.clone();
         let mut recovered = false;

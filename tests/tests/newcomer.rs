@@ -48,14 +48,21 @@ fn unit_files(env: &TestEnv) -> Vec<PathBuf> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn service_install_without_a_user_manager_changes_nothing() {
+/// A server logged in to through a daemon started on demand: the server,
+/// the env, the token handed out, and the daemon's pid.
+async fn logged_in_on_demand() -> (AuthServer, TestEnv, String, serde_json::Value) {
     let server = AuthServer::start(Switches::default()).await;
     let env = TestEnv::new();
     env.ctl(&["add", "s", &server.mcp_url]).ok();
     env.ctl(&["login", "s"]).ok();
     let token = env.ctl(&["token", "s"]).ok();
     let pid = env.ctl(&["status", "--json"]).json()["daemon"]["pid"].clone();
+    (server, env, token, pid)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_install_without_a_user_manager_changes_nothing() {
+    let (_server, env, token, pid) = logged_in_on_demand().await;
 
     let (path, log) = failing_systemctl(&env);
     let out = env.ctl_env(&["service", "install"], &[("PATH", &path)]);
@@ -92,12 +99,7 @@ fn systemctl_failing_at_enable(env: &TestEnv) -> (String, PathBuf) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn service_install_failing_midway_puts_everything_back() {
-    let server = AuthServer::start(Switches::default()).await;
-    let env = TestEnv::new();
-    env.ctl(&["add", "s", &server.mcp_url]).ok();
-    env.ctl(&["login", "s"]).ok();
-    let token = env.ctl(&["token", "s"]).ok();
-    let pid = env.ctl(&["status", "--json"]).json()["daemon"]["pid"].clone();
+    let (_server, env, token, pid) = logged_in_on_demand().await;
 
     let (path, log) = systemctl_failing_at_enable(&env);
     let out = env.ctl_env(&["service", "install"], &[("PATH", &path)]);
