@@ -162,6 +162,53 @@ pub fn fingerprint(token: &str) -> String {
         .collect()
 }
 
+/// A server URL in the form two URLs are compared in: parsed (scheme and
+/// host lowercased, default port dropped), without fragment, and without
+/// one trailing `/` on the path. The query stays: it can name another
+/// server. `None` when it is not a URL.
+pub fn normalized_server_url(url: &str) -> Option<String> {
+    let mut url = url::Url::parse(url.trim()).ok()?;
+    url.set_fragment(None);
+    let path = url.path().to_string();
+    if let Some(trimmed) = path.strip_suffix('/') {
+        url.set_path(trimmed);
+    }
+    Some(
+        url.to_string()
+            .replacen("/?", "?", 1)
+            .trim_end_matches('/')
+            .to_string(),
+    )
+}
+
+/// Whether a token issued for `issued_for` may be sent to `target`: the
+/// same URL once normalized. An empty or unparsable URL matches nothing,
+/// so a token whose server is unknown goes nowhere.
+pub fn same_server_url(issued_for: &str, target: &str) -> bool {
+    match (
+        normalized_server_url(issued_for),
+        normalized_server_url(target),
+    ) {
+        (Some(a), Some(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// A URL as it may be shown in a line a host logs: scheme, host, port and
+/// path; never the query (it can carry keys) or the fragment.
+pub fn display_url(url: &str) -> String {
+    match url::Url::parse(url.trim()) {
+        Ok(mut u) => {
+            u.set_query(None);
+            u.set_fragment(None);
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.to_string()
+        }
+        Err(_) => "(not a URL)".into(),
+    }
+}
+
 /// Adds the protocol number to every request.
 #[derive(Clone, Copy)]
 pub struct ProtocolInterceptor;
@@ -544,5 +591,46 @@ mod tests {
         assert_eq!(exit(busy), 1);
         assert_eq!(exit(tonic::Status::unauthenticated("login required")), 4);
         assert_eq!(exit(tonic::Status::not_found("no server x")), 2);
+    }
+
+    #[test]
+    fn a_token_goes_only_to_the_url_it_was_issued_for() {
+        let issued = "https://mcp.linear.app/mcp";
+        for same in [
+            "https://mcp.linear.app/mcp",
+            "https://mcp.linear.app/mcp/",
+            "HTTPS://MCP.Linear.App:443/mcp",
+            "https://mcp.linear.app/mcp#x",
+            " https://mcp.linear.app/mcp ",
+        ] {
+            assert!(same_server_url(issued, same), "{same}");
+        }
+        for other in [
+            "https://evil.example/mcp",
+            "https://mcp.linear.app.evil.example/mcp",
+            "http://mcp.linear.app/mcp",
+            "https://mcp.linear.app:8443/mcp",
+            "https://mcp.linear.app/mcp2",
+            "https://mcp.linear.app/",
+            "https://mcp.linear.app/mcp?tenant=other",
+            "https://user@evil.example/mcp",
+            "not a url",
+            "",
+        ] {
+            assert!(!same_server_url(issued, other), "{other}");
+        }
+        assert!(same_server_url("https://h/", "https://h"));
+        assert!(same_server_url("https://h/?a=1", "https://h?a=1"));
+        // A token whose server is not known goes nowhere.
+        assert!(!same_server_url("", "https://h/"));
+    }
+
+    #[test]
+    fn urls_are_shown_without_query_or_credentials() {
+        assert_eq!(
+            display_url("https://u:p@h.example/mcp?key=s3cret#f"),
+            "https://h.example/mcp"
+        );
+        assert_eq!(display_url("nope"), "(not a URL)");
     }
 }

@@ -589,6 +589,21 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 None => headers_server_from_url(&mut client).await?,
             };
             let reply = client.get_token_for_helper(&name).await?;
+            // The host says where it will send the headers: the token goes
+            // there only if it was issued for that URL.
+            if let Some(target) = helper_target_url()
+                && !mcpauth_client::same_server_url(&reply.server_url, &target)
+            {
+                return Err(Failure {
+                    message: format!(
+                        "refusing to give {name}'s token for {}: it was issued for {}; \
+                         the host's entry for this server must use that URL (or name the server configured for it)",
+                        mcpauth_client::display_url(&target),
+                        mcpauth_client::display_url(&reply.server_url),
+                    ),
+                    code: exit::USAGE,
+                });
+            }
             let headers = serde_json::json!({
                 "Authorization": format!("{} {}", reply.token_type, reply.access_token),
             });
@@ -974,27 +989,26 @@ fn watch_line(event: &output::EventJson) -> String {
     line
 }
 
+/// The URL a host says it will send the helper's headers to: Claude
+/// Code's `CLAUDE_CODE_MCP_SERVER_URL` (the only host known to say).
+fn helper_target_url() -> Option<String> {
+    std::env::var("CLAUDE_CODE_MCP_SERVER_URL")
+        .ok()
+        .filter(|u| !u.trim().is_empty())
+}
+
 /// The configured server whose URL is `$CLAUDE_CODE_MCP_SERVER_URL`.
 async fn headers_server_from_url(client: &mut mcpauth_client::Client) -> Result<String, Failure> {
-    let Some(wanted) = std::env::var("CLAUDE_CODE_MCP_SERVER_URL")
-        .ok()
-        .filter(|u| !u.is_empty())
-    else {
+    let Some(wanted) = helper_target_url() else {
         return Err(Failure {
             message: "which server? pass NAME, or run as Claude Code's headersHelper (CLAUDE_CODE_MCP_SERVER_NAME or _URL)".into(),
             code: exit::USAGE,
         });
     };
-    let normalize = |u: &str| {
-        url::Url::parse(u.trim())
-            .map(|u| u.to_string().trim_end_matches('/').to_string())
-            .unwrap_or_else(|_| u.trim().trim_end_matches('/').to_string())
-    };
-    let wanted_n = normalize(&wanted);
     let servers = client.list_servers().await?;
     servers
         .into_iter()
-        .find(|s| normalize(&s.url) == wanted_n)
+        .find(|s| mcpauth_client::same_server_url(&s.url, &wanted))
         .map(|s| s.name)
         .ok_or_else(|| Failure {
             message: format!("no configured server has the URL {wanted}; add it with `mcpauthctl add NAME {wanted}`"),

@@ -61,13 +61,17 @@ enum TokenError {
     Person(String),
     /// The broker or the AS is in trouble.
     Other(String),
+    /// The broker's token is for another URL than this proxy's (the
+    /// server's URL changed in config.toml): it is never sent here, and
+    /// the session ends.
+    Moved(String),
 }
 
 impl TokenError {
     fn rpc_error(&self) -> (i64, String) {
         match self {
             TokenError::Person(m) => (LOGIN_REQUIRED, m.clone()),
-            TokenError::Other(m) => (UPSTREAM_FAILED, m.clone()),
+            TokenError::Other(m) | TokenError::Moved(m) => (UPSTREAM_FAILED, m.clone()),
         }
     }
 }
@@ -78,6 +82,13 @@ type Held = Option<(String, i64)>;
 /// The broker's token for one server, held in memory.
 struct Tokens {
     name: String,
+    /// The URL requests go to: a token is taken only if the broker says it
+    /// was issued for this URL.
+    target: url::Url,
+    /// Told when the proxy must end although the host has not closed
+    /// stdin: the server's URL changed.
+    ended: tokio::sync::Notify,
+    moved: std::sync::atomic::AtomicBool,
     opts: ConnectOptions,
     /// The daemon connection and the token held. One lock: a recovery is
     /// one critical section.
@@ -98,6 +109,28 @@ impl Tokens {
         } else {
             TokenError::Other(format!("mcpauth: no token for {name}: {e}"))
         }
+    }
+
+    /// A token from the broker, if it was issued for this proxy's URL.
+    fn for_target(
+        &self,
+        reply: mcpauth_client::pb::TokenReply,
+    ) -> Result<(String, i64), TokenError> {
+        if mcpauth_client::same_server_url(&reply.server_url, self.target.as_str()) {
+            return Ok((reply.access_token, reply.expires_at_unix_ms));
+        }
+        let text = format!(
+            "mcpauth: {} is now configured for {}, not {} where this session runs, so its token is not sent here; restart this MCP server in the host",
+            self.name,
+            mcpauth_client::display_url(&reply.server_url),
+            mcpauth_client::display_url(self.target.as_str()),
+        );
+        // Said once; the session ends.
+        if !self.moved.swap(true, SeqCst) {
+            problem(&self.name, &text);
+            self.ended.notify_one();
+        }
+        Err(TokenError::Moved(text))
     }
 
     async fn client<'a>(&self, slot: &'a mut Option<Client>) -> Result<&'a mut Client, TokenError> {
@@ -124,8 +157,9 @@ impl Tokens {
         let reply = tokio::time::timeout(TOKEN_TIMEOUT, client.get_token(&self.name, None)).await;
         match reply {
             Ok(Ok(reply)) => {
-                *held = Some((reply.access_token.clone(), reply.expires_at_unix_ms));
-                Ok(reply.access_token)
+                let (token, expires) = self.for_target(reply)?;
+                *held = Some((token.clone(), expires));
+                Ok(token)
             }
             Ok(Err(e)) => {
                 if e.exit_code() == exit::UNREACHABLE {
@@ -163,8 +197,9 @@ impl Tokens {
         *held = None;
         match reply {
             Ok(Ok(reply)) => {
-                *held = Some((reply.access_token.clone(), reply.expires_at_unix_ms));
-                Ok(reply.access_token)
+                let (token, expires) = self.for_target(reply)?;
+                *held = Some((token.clone(), expires));
+                Ok(token)
             }
             Ok(Err(e)) => {
                 if e.exit_code() == exit::UNREACHABLE {
@@ -243,6 +278,21 @@ impl Proxy {
             .filter(|_| message.get("method").is_some())
         {
             self.emit(error_response(id, code, text)).await;
+        }
+    }
+
+    /// Answers `message` with why no token could be had. A token for
+    /// another URL was said on stderr already (once), as the proxy ends.
+    async fn fail_token(&self, message: &Value, e: TokenError) {
+        let (code, text) = e.rpc_error();
+        if !matches!(e, TokenError::Moved(_)) {
+            return self.fail(message, code, &text).await;
+        }
+        if let Some(id) = message
+            .get("id")
+            .filter(|_| message.get("method").is_some())
+        {
+            self.emit(error_response(id, code, &text)).await;
         }
     }
 
@@ -344,10 +394,7 @@ impl Proxy {
         }
         let mut token = match self.tokens.current().await {
             Ok(t) => t,
-            Err(e) => {
-                let (code, text) = e.rpc_error();
-                return self.fail(&message, code, &text).await;
-            }
+            Err(e) => return self.fail_token(&message, e).await,
         };
         // The host's initialize never reached the server (no login then,
         // answered with an error): start the session now, with the host's
@@ -385,10 +432,7 @@ impl Proxy {
                     recovered = true;
                     token = match self.tokens.rejected(&token, 401, &www).await {
                         Ok(t) => t,
-                        Err(e) => {
-                            let (code, text) = e.rpc_error();
-                            return self.fail(&message, code, &text).await;
-                        }
+                        Err(e) => return self.fail_token(&message, e).await,
                     };
                 }
                 Answer::Status(401, _) => {
@@ -609,6 +653,8 @@ impl Proxy {
                             .relay_events(response, None, &mut last_event, false)
                             .await;
                     }
+                    // The session is over: the proxy is ending.
+                    Err(_) if proxy.tokens.moved.load(SeqCst) => return,
                     Err(e) => {
                         problem(
                             &proxy.name,
@@ -790,18 +836,14 @@ impl Proxy {
             let generation = self.legacy_generation.load(SeqCst);
             let token = match self.tokens.current().await {
                 Ok(t) => t,
-                Err(e) => {
-                    let (code, text) = e.rpc_error();
-                    return self.fail(&message, code, &text).await;
-                }
+                Err(e) => return self.fail_token(&message, e).await,
             };
             match self.post(&endpoint, &message, &token).await {
                 Ok(Answer::Accepted | Answer::Json(_) | Answer::Sse(_)) => return,
                 Ok(Answer::Status(401, www)) if !recovered => {
                     recovered = true;
                     if let Err(e) = self.tokens.rejected(&token, 401, &www).await {
-                        let (code, text) = e.rpc_error();
-                        return self.fail(&message, code, &text).await;
+                        return self.fail_token(&message, e).await;
                     }
                 }
                 // The session ended at the server, its stream maybe not
@@ -959,10 +1001,13 @@ pub async fn run(opts: ConnectOptions, name: String) -> Result<(), Failure> {
     });
     let proxy = Arc::new(Proxy {
         name: name.clone(),
-        url,
+        url: url.clone(),
         http,
         tokens: Tokens {
             name: name.clone(),
+            target: url.clone(),
+            ended: Default::default(),
+            moved: Default::default(),
             opts,
             state: Mutex::new((Some(client), None)),
         },
@@ -983,10 +1028,12 @@ pub async fn run(opts: ConnectOptions, name: String) -> Result<(), Failure> {
     let mut buf = Vec::new();
     loop {
         buf.clear();
-        let read = (&mut stdin)
-            .take(MAX_MESSAGE as u64 + 1)
-            .read_until(b'\n', &mut buf)
-            .await;
+        let mut limited = (&mut stdin).take(MAX_MESSAGE as u64 + 1);
+        let read = tokio::select! {
+            read = limited.read_until(b'\n', &mut buf) => read,
+            // The server moved: nothing more is sent for this session.
+            _ = proxy.tokens.ended.notified() => break,
+        };
         match read {
             Ok(0) | Err(_) => break,
             Ok(_) => {}

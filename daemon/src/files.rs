@@ -464,6 +464,7 @@ mod tests {
             scopes: vec!["a".into(), "b".into()],
             obtained_at_ms: 0,
             generation: 3,
+            server_url: String::new(),
         }
     }
 

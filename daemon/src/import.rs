@@ -991,6 +991,7 @@ mod tests {
             scopes: vec![],
             obtained_at_ms: 0,
             generation: 1,
+            server_url: String::new(),
         };
         let tool = |at: &str, exp: Option<i64>| ToolGrant {
             access_token: Secret::new(at),

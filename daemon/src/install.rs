@@ -111,6 +111,7 @@ impl Broker {
             scopes: new.scopes,
             obtained_at_ms: now,
             generation,
+            server_url: record.url.clone(),
         };
         record.last_generation = generation;
         record.last_error = None;

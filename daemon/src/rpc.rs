@@ -285,6 +285,8 @@ fn token_reply(grant: crate::state::Grant) -> pb::TokenReply {
         expires_at_unix_ms: grant.expires_at_ms.unwrap_or(0),
         scopes: grant.scopes,
         generation: grant.generation,
+        server_url: grant.server_url,
+        resource: grant.resource,
     }
 }
 

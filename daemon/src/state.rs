@@ -219,6 +219,12 @@ pub struct Grant {
     pub obtained_at_ms: i64,
     /// Grows with every new access token for this server.
     pub generation: u64,
+    /// The server URL these tokens were installed for (the record's URL
+    /// at install): clients check it before a token leaves for a URL.
+    /// Empty only in grants stored before it was kept; the store fills it
+    /// from the server's record when it reads one of those.
+    #[serde(default)]
+    pub server_url: String,
 }
 
 /// A login waiting for the browser (or a pasted redirect).

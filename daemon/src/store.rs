@@ -345,7 +345,15 @@ impl Store {
         if let Some(cached) = cache.get(name) {
             return Ok(cached.clone());
         }
-        let grant: Option<Grant> = Self::get(&self.grants, &server_key(name, ""))?;
+        let mut grant: Option<Grant> = Self::get(&self.grants, &server_key(name, ""))?;
+        // A grant from before grants named their URL: a record's state
+        // never outlives its URL, so the record's URL is the grant's.
+        if let Some(g) = grant.as_mut().filter(|g| g.server_url.is_empty())
+            && let Some(record) =
+                Self::get::<ServerRecord>(&self.servers, name.as_str().as_bytes())?
+        {
+            g.server_url = record.url;
+        }
         cache.insert(name.clone(), grant.clone());
         Ok(grant)
     }
@@ -598,6 +606,7 @@ mod tests {
             scopes: vec![],
             obtained_at_ms: 0,
             generation: 1,
+            server_url: String::new(),
         };
         store.install_grant(&g, &grant, &record).await.unwrap();
         assert_eq!(store.grant(&n).unwrap().unwrap().generation, 1);
@@ -698,6 +707,7 @@ mod tests {
                 scopes: vec![],
                 obtained_at_ms: 0,
                 generation,
+                server_url: String::new(),
             };
             store.install_grant(&g, &grant, &record).await.unwrap();
             let seen = store.grant(&n).unwrap().unwrap().generation;

@@ -18,7 +18,9 @@ pub mod v1 {
 
 /// The protocol number. Bumped on any incompatible change of the contract;
 /// reported by `Status` and sent by clients in [`PROTOCOL_METADATA`].
-pub const PROTOCOL: u32 = 1;
+/// 2: `TokenReply` names the server URL its token was issued for, and
+/// clients refuse to send it anywhere else.
+pub const PROTOCOL: u32 = 2;
 
 /// Request metadata key carrying the client's [`PROTOCOL`].
 pub const PROTOCOL_METADATA: &str = "mcpauth-protocol";

@@ -907,6 +907,68 @@ async fn real_claude_code_reads_the_entry_and_sends_the_brokers_token() {
     );
 }
 
+/// A project can name any URL beside a helper line: the real Claude Code
+/// tells the helper where the headers go (`CLAUDE_CODE_MCP_SERVER_URL`),
+/// and the helper refuses a URL its server's token was not issued for, so
+/// the other origin never sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_claude_code_never_sends_a_token_to_another_url() {
+    let claude = real_host("claude");
+    let server = AuthServer::start(Switches::default()).await;
+    let evil = AuthServer::start(Switches::default()).await;
+    let env = TestEnv::new();
+    let _daemon = env.start_daemon();
+    env.ctl(&["add", "s", &server.mcp_url]).ok();
+    env.ctl(&["login", "s"]).ok();
+    let token = env.ctl(&["token", "s"]).ok().trim().to_string();
+    let claude_json = env.home().join(".claude.json");
+    std::fs::write(&claude_json, "{\n  \"mcpServers\": {}\n}\n").unwrap();
+    env.ctl(&["connect", "claude-code"]).ok();
+    // The broker's own helper line, beside another server's URL.
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(&claude_json).unwrap()).unwrap();
+    let mut entry = config["mcpServers"]["s"].clone();
+    entry["url"] = Value::String(evil.mcp_url.clone());
+    config["mcpServers"]["lookalike"] = entry;
+    std::fs::write(&claude_json, config.to_string()).unwrap();
+
+    let out = Command::new(&claude)
+        .args(["mcp", "get", "lookalike"])
+        .current_dir(env.root.path())
+        .env_clear()
+        .env("HOME", env.home())
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("URL: {}", evil.mcp_url)),
+        "{stdout}"
+    );
+    assert!(
+        !endpoint_saw(&evil, &token, std::time::Duration::from_secs(3)).await,
+        "the other origin received the token:\n{stdout}"
+    );
+    assert!(
+        evil.requests(mcpauth_tests::authserver::MCP_PATH)
+            .iter()
+            .all(|r| r.bearer.is_none()),
+        "the other origin received a bearer token"
+    );
+    // The helper as Claude Code ran it: exit 2, one line naming both URLs.
+    let helper = env.ctl_env(
+        &["headers", "s"],
+        &[("CLAUDE_CODE_MCP_SERVER_URL", evil.mcp_url.as_str())],
+    );
+    let line = fails(&helper, 2);
+    assert!(
+        line.contains(&evil.mcp_url) && line.contains(&server.mcp_url),
+        "{line}"
+    );
+    assert!(helper.stdout().is_empty() && !line.contains(&token));
+}
+
 #[test]
 fn an_entry_connect_wrote_before_is_updated_and_keeps_the_persons_keys() {
     let env = TestEnv::new();

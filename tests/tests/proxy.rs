@@ -306,6 +306,52 @@ async fn without_a_login_requests_are_answered_at_once_and_a_login_heals_without
     );
 }
 
+/// The server's URL changes in config.toml while a host is connected,
+/// and the person logs in to the new server: the old server never sees
+/// the new server's token. The proxy says so once, tells the host to
+/// restart it, and ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_url_change_never_sends_the_new_servers_token_to_the_old_one() {
+    let (old_auth, old_mcp, env, _d) = logged_in_to(false).await;
+    let new_auth = AuthServer::start(Switches::default()).await;
+    let new_mcp = McpServer::start(&new_auth.issuer, new_auth.validator(), false).await;
+    let mut host = Host::start(&env, "s");
+    host.initialize();
+    let tools = host.request(2, "tools/list", json!({}));
+    assert!(tools["result"]["tools"].is_array(), "{tools}");
+
+    env.write_config(&format!("[servers.s]\nurl = \"{}\"\n", new_mcp.url));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while env.ctl(&["show", "s", "--json"]).json()["url"] != new_mcp.url.as_str() {
+        assert!(Instant::now() < deadline, "the URL change was not applied");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    env.ctl(&["login", "s"]).ok();
+    let new_token = env.ctl(&["token", "s"]).ok().trim().to_string();
+    assert!(new_auth.is_valid_access_token(&new_token));
+
+    // The old server stops taking the old token: the proxy reports it,
+    // and the broker's answer is a token for the new URL.
+    old_auth.reject_current_access_tokens();
+    let answer = host.request(3, "tools/list", json!({}));
+    let message = answer["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("restart") && message.contains(&new_mcp.url),
+        "{answer}"
+    );
+    let (stderr, _) = host.close();
+    assert!(
+        old_mcp
+            .seen()
+            .iter()
+            .all(|r| r.bearer.as_deref() != Some(new_token.as_str())),
+        "the old server received the new server's token"
+    );
+    assert!(new_mcp.seen().iter().all(|r| r.bearer.is_none()));
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains(&new_mcp.url), "{stderr}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http_sse_server_of_2024_11_05_is_bridged_too() {
     let (_auth, mcp, env, _d) = logged_in_to(true).await;

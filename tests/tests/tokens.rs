@@ -46,6 +46,41 @@ async fn token_and_headers_hand_out_the_current_token() {
         )],
     );
     assert_eq!(unknown.code(), 2);
+    // A host that sends the headers elsewhere than the server named gets
+    // no token: by name, and by Claude Code's name variable alike.
+    let elsewhere = "https://elsewhere.example/mcp";
+    for (args, vars) in [
+        (
+            &["headers", "s"][..],
+            vec![("CLAUDE_CODE_MCP_SERVER_URL", elsewhere)],
+        ),
+        (
+            &["headers"][..],
+            vec![
+                ("CLAUDE_CODE_MCP_SERVER_NAME", "s"),
+                ("CLAUDE_CODE_MCP_SERVER_URL", elsewhere),
+            ],
+        ),
+    ] {
+        let out = env.ctl_env(args, &vars);
+        assert_eq!(out.code(), 2, "{args:?}: {}", out.stderr());
+        assert!(out.stdout().is_empty(), "{}", out.stdout());
+        let line = out.stderr();
+        assert_eq!(line.trim().lines().count(), 1, "{line}");
+        assert!(
+            line.contains(elsewhere) && line.contains(&server.mcp_url) && !line.contains(&token),
+            "{line}"
+        );
+    }
+    // The same server's URL as the host spells it is fine.
+    let spelled = server.mcp_url.replace("/mcp", "/mcp/");
+    let by_name_and_url = env
+        .ctl_env(
+            &["headers", "s"],
+            &[("CLAUDE_CODE_MCP_SERVER_URL", spelled.as_str())],
+        )
+        .json();
+    assert_eq!(by_name_and_url, expected);
     assert_eq!(
         env.ctl(&["headers"]).code(),
         2,
