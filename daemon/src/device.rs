@@ -55,9 +55,12 @@ impl Broker {
             record.discovery = Some(discovery.clone());
             self.store().put_server(&guard, &record).await?;
         }
+        let scopes = self
+            .login_scopes(&guard, server, &discovery, asked, probed, stored)
+            .await?;
         // A device client has no redirect URI.
         let registration = match self
-            .registration_for(&guard, server, &discovery, "", now)
+            .registration_for(&guard, server, &discovery, "", &scopes, now)
             .await
         {
             Ok(r) => r,
@@ -67,9 +70,6 @@ impl Broker {
                 return Err(e);
             }
         };
-        let scopes = self
-            .login_scopes(&guard, server, &discovery, asked, probed, stored)
-            .await?;
         let authorization = match self
             .http
             .device_authorization(&discovery, &ClientAuth::of(&registration), &scopes)

@@ -89,6 +89,7 @@ fn idp_registration(
         redirect_uri: redirect_uri.to_string(),
         kind: RegistrationKind::Configured,
         registered_at_ms: now_ms,
+        scopes: None,
     })
 }
 

@@ -730,6 +730,8 @@ impl Broker {
                     redirect_uri: client.redirect_uri.clone(),
                     kind: RegistrationKind::Dynamic,
                     registered_at_ms: now,
+                    // What the tool registered with is not known.
+                    scopes: None,
                 };
                 self.store().put_registration(&guard, &registration).await?;
                 grant.refresh_token

@@ -335,18 +335,6 @@ impl Broker {
         record.discovery = Some(discovery.clone());
         self.store().put_server(&guard, &record).await?;
 
-        let registration = match self
-            .registration_for(&guard, &server, &discovery, &redirect_uri, now)
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => {
-                warn!(server = %name, error = %e, "login failed: client registration");
-                self.record_error(&guard, &e.to_string()).await;
-                return Err(e);
-            }
-        };
-
         let scopes = self
             .login_scopes(
                 &guard,
@@ -357,6 +345,18 @@ impl Broker {
                 stored_challenge,
             )
             .await?;
+        let registration = match self
+            .registration_for(&guard, &server, &discovery, &redirect_uri, &scopes, now)
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(server = %name, error = %e, "login failed: client registration");
+                self.record_error(&guard, &e.to_string()).await;
+                return Err(e);
+            }
+        };
+
         let pkce = pkce::Pkce::new();
         let state = pkce::new_state();
         let url = flow::authorization_url(
@@ -501,15 +501,23 @@ impl Broker {
         Ok(())
     }
 
-    /// The registration to use with `discovery`'s issuer: configured or
-    /// CIMD, else a stored dynamic one for the same redirect URI, else a
-    /// new dynamic registration. Stored per issuer.
+    /// The registration to use with `discovery`'s issuer for a login that
+    /// asks for `scopes`: configured or CIMD, else a stored dynamic one for
+    /// the same redirect URI, else a new dynamic registration. Stored per
+    /// issuer.
+    ///
+    /// A stored dynamic registration made for fewer scopes than the login
+    /// asks for (a step-up, a changed config) is made again, once, for the
+    /// union: the AS may refuse any scope the client was not registered
+    /// with. One registered before scopes were recorded is kept; if the AS
+    /// refuses a scope for it, the callback drops it (`complete_login`).
     pub(crate) async fn registration_for(
         &self,
         guard: &ServerGuard,
         server: &crate::config::ServerConfig,
         discovery: &Discovery,
         redirect_uri: &str,
+        scopes: &[String],
         now: i64,
     ) -> Result<Registration, BrokerError> {
         let name = guard.name();
@@ -518,15 +526,28 @@ impl Broker {
             self.store().put_registration(guard, &reg).await?;
             return Ok(reg);
         }
+        let mut register_for = scopes.to_vec();
         if let Some(reg) = self.store().registration(name, &discovery.issuer)?
             && reg.kind == RegistrationKind::Dynamic
             && reg.redirect_uri == redirect_uri
         {
-            return Ok(reg);
+            match &reg.scopes {
+                None => return Ok(reg),
+                Some(_) if reg.covers(scopes) => return Ok(reg),
+                Some(held) => {
+                    info!(server = %name, issuer = %discovery.issuer, "the login asks for scopes the client was not registered with; registering again");
+                    register_for = held.clone();
+                    for s in scopes {
+                        if !register_for.contains(s) {
+                            register_for.push(s.clone());
+                        }
+                    }
+                }
+            }
         }
         let reg = self
             .http
-            .register(discovery, redirect_uri, now)
+            .register(discovery, redirect_uri, &register_for, now)
             .await
             .map_err(BrokerError::OAuth)?;
         self.store().put_registration(guard, &reg).await?;
@@ -591,14 +612,27 @@ impl Broker {
                 } else {
                     FailureKind::Rejected
                 };
+                let mut message = e.to_string();
+                // The AS refuses a scope this client was not registered
+                // for: a registration of ours not known to cover it is
+                // dropped, so the next login registers one that does.
+                // One known to cover it is kept: no loop.
+                if matches!(&e, CallbackError::Denied { error, .. } if error == "invalid_scope")
+                    && registration.kind == RegistrationKind::Dynamic
+                    && !registration.covers(&flow.scopes)
+                {
+                    self.store()
+                        .delete_registration(&guard, &registration.issuer)
+                        .await?;
+                    message.push_str(
+                        "; the client was not registered for that scope, so its registration was dropped: the next login registers a client for it",
+                    );
+                }
                 warn!(server = %name, error = %e, "login failed at the callback");
                 self.end_flow(
                     &guard,
                     active.as_ref(),
-                    LoginOutcome::Failed {
-                        kind,
-                        message: e.to_string(),
-                    },
+                    LoginOutcome::Failed { kind, message },
                 )
                 .await;
                 return Err(BrokerError::Callback(e));

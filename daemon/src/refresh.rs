@@ -191,6 +191,7 @@ impl Broker {
                 redirect_uri: String::new(),
                 kind: RegistrationKind::Configured,
                 registered_at_ms: now,
+                scopes: None,
             },
             None => return Err(login_required("the client registration is gone")),
         };

@@ -197,6 +197,22 @@ pub struct Registration {
     pub redirect_uri: String,
     pub kind: RegistrationKind,
     pub registered_at_ms: i64,
+    /// The scopes a dynamic registration was made for (RFC 7591 `scope`,
+    /// as the AS answered or, if it did not say, as sent). Some ASes
+    /// refuse any later authorization for a scope the client was not
+    /// registered with. `None`: not known (a configured client, or a
+    /// registration made before the broker sent `scope`).
+    #[serde(default)]
+    pub scopes: Option<Vec<String>>,
+}
+
+impl Registration {
+    /// Whether this registration is known to cover `scopes`.
+    pub fn covers(&self, scopes: &[String]) -> bool {
+        self.scopes
+            .as_ref()
+            .is_some_and(|held| scopes.iter().all(|s| held.contains(s)))
+    }
 }
 
 /// Tokens held for a server.

@@ -504,6 +504,7 @@ mod tests {
                     redirect_uri: "http://127.0.0.1:1/callback".into(),
                     kind: crate::state::RegistrationKind::Dynamic,
                     registered_at_ms: 0,
+                    scopes: None,
                 },
             )
             .await

@@ -99,6 +99,11 @@ pub struct Switches {
     /// servers offer this as a "grace period" or "reuse interval" (Okta,
     /// Auth0, Cognito, Hydra). Off: any reuse revokes the grant.
     pub reuse_grace: bool,
+    /// The AS keeps the `scope` a client registered with (none if it sent
+    /// none) and refuses any authorization for another scope with
+    /// `invalid_scope`, as the MCP Python SDK's auth routes (FastMCP),
+    /// Fastmail and Clerk do.
+    pub registered_scope_only: bool,
     /// Device flow, client credentials, JWT bearer, stateless MCP.
     pub grants: crate::grants_as::GrantSwitches,
 }
@@ -148,6 +153,7 @@ impl Default for Switches {
             token_failure: None,
             token_fault: None,
             reuse_grace: false,
+            registered_scope_only: false,
             grants: Default::default(),
         }
     }
@@ -158,6 +164,8 @@ pub struct Client {
     pub secret: Option<String>,
     pub auth_method: String,
     pub redirect_uris: Vec<String>,
+    /// The `scope` it registered with (RFC 7591).
+    pub scope: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -346,6 +354,7 @@ impl AuthServer {
                 secret: secret.map(Into::into),
                 auth_method: auth_method.into(),
                 redirect_uris: Vec::new(),
+                scope: None,
             },
         );
     }
@@ -748,6 +757,32 @@ async fn handle(State(app): State<App>, request: Request<Body>) -> Response {
             return (StatusCode::BAD_REQUEST, "bad authorization request").into_response();
         }
         let state = query.get("state").cloned().unwrap_or_default();
+        let unregistered = known
+            .as_ref()
+            .filter(|_| sw.registered_scope_only)
+            .and_then(|c| {
+                let registered: Vec<&str> = c.scope.as_deref().unwrap_or("").split(' ').collect();
+                query
+                    .get("scope")?
+                    .split(' ')
+                    .find(|s| !registered.contains(s))
+                    .map(str::to_string)
+            });
+        if let Some(scope) = unregistered {
+            let mut location = url::Url::parse(&redirect_uri).unwrap();
+            location
+                .query_pairs_mut()
+                .append_pair("error", "invalid_scope")
+                .append_pair(
+                    "error_description",
+                    &format!("Client was not registered with scope {scope}"),
+                )
+                .append_pair("state", &state);
+            if sw.iss == IssMode::On {
+                location.query_pairs_mut().append_pair("iss", &issuer);
+            }
+            return redirect(location.as_str());
+        }
         let mut location = url::Url::parse(&redirect_uri).unwrap();
         {
             let mut q = location.query_pairs_mut();
@@ -809,6 +844,7 @@ async fn handle(State(app): State<App>, request: Request<Body>) -> Response {
                 secret: None,
                 auth_method: "none".into(),
                 redirect_uris: redirect_uris.clone(),
+                scope: request["scope"].as_str().map(str::to_string),
             },
         );
         return json(
@@ -878,6 +914,7 @@ async fn handle(State(app): State<App>, request: Request<Body>) -> Response {
                 secret: None,
                 auth_method: "none".into(),
                 redirect_uris: vec![],
+                scope: None,
             },
             None => {
                 return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "unknown client");

@@ -502,6 +502,89 @@ async fn the_proxy_talks_to_a_server_built_with_the_official_sdk() {
     host.close();
 }
 
+/// The official MCP Python SDK (PyPI `mcp`, pinned in tests/pysdk),
+/// installed into tests/pysdk/.venv on first use.
+fn pysdk_installed() -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pysdk");
+    let lock =
+        std::fs::File::create(std::env::temp_dir().join("mcpauth-pysdk-install.lock")).unwrap();
+    let _guard = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).unwrap();
+    let status = std::process::Command::new(dir.join("install.sh"))
+        .status()
+        .expect("python3 is needed for the Python SDK interoperability test");
+    assert!(status.success(), "tests/pysdk/install.sh failed");
+    dir
+}
+
+async fn pysdk_stats(base: &str) -> Value {
+    reqwest::get(format!("{base}/test/stats"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// An authorization server built with the MCP Python SDK's auth routes, as
+/// FastMCP's is, with `valid_scopes` and no default scopes: it refuses any
+/// authorization for a scope the client did not register with. The
+/// broker registers for the scope it asks, logs in, refreshes 3 s tokens,
+/// and a host calls a tool through the proxy before and after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_sdk_authorization_server_that_limits_scopes() {
+    let dir = pysdk_installed();
+    let mut server = KillOnDrop(
+        std::process::Command::new(dir.join(".venv/bin/python"))
+            .arg(dir.join("server.py"))
+            .env("MCP_TEST_TOKEN_TTL", "3")
+            .env("MCP_TEST_NO_DEFAULT_SCOPES", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut url = String::new();
+    BufReader::new(server.0.stdout.take().unwrap())
+        .read_line(&mut url)
+        .unwrap();
+    let url = url.trim().to_string();
+    let base = url.trim_end_matches("/mcp").to_string();
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    let env = TestEnv::new();
+    let _d = env.start_daemon();
+    env.ctl(&["add", "py", &url]).ok();
+    let login = env.ctl(&["login", "py"]);
+    assert_eq!(login.code(), 0, "{}", login.stderr());
+    let stats = pysdk_stats(&base).await;
+    assert_eq!(stats["register"], 1, "{stats}");
+    assert_eq!(stats["register_scopes"], json!(["mcp:tools"]), "{stats}");
+
+    let mut host = Host::start(&env, "py");
+    host.initialize();
+    let call = |id: u64| {
+        json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+                                "params": {"name": "echo", "arguments": {"text": "hi"}}})
+    };
+    host.send(call(2));
+    assert_eq!(host.answer(2)["result"]["content"][0]["text"], "echo: hi");
+
+    // The first token expires; the broker refreshes (without scope, the
+    // spec's form, which this AS takes) and the next call still works.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while pysdk_stats(&base).await["token"]["refresh_token"] == 0 {
+        assert!(Instant::now() < deadline, "no refresh");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await; // the first token's lifetime
+    host.send(call(3));
+    assert_eq!(host.answer(3)["result"]["content"][0]["text"], "echo: hi");
+    let stats = pysdk_stats(&base).await;
+    assert_eq!(stats["register"], 1, "{stats}");
+    assert_eq!(stats["authorize"], 1, "{stats}");
+    host.close();
+}
+
 struct KillOnDrop(Child);
 
 impl Drop for KillOnDrop {

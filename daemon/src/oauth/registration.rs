@@ -8,6 +8,11 @@
 //!
 //! A registration belongs to the issuer that made it; callers store it per
 //! issuer and never use it with another.
+//!
+//! A dynamic registration carries `scope`: the scopes the login will ask
+//! for. Authorization servers built on the MCP Python SDK's auth routes
+//! (FastMCP among them), Fastmail and Clerk refuse a later authorization
+//! for any scope the client was not registered with.
 
 use serde::Deserialize;
 
@@ -24,6 +29,8 @@ struct RegistrationResponse {
     client_secret: Option<String>,
     #[serde(default)]
     token_endpoint_auth_method: Option<String>,
+    #[serde(default)]
+    scope: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -82,6 +89,7 @@ pub fn static_registration(
             redirect_uri: redirect_uri.to_string(),
             kind: RegistrationKind::Configured,
             registered_at_ms: now_ms,
+            scopes: None,
         }));
     }
     if discovery.metadata.client_id_metadata_document_supported
@@ -95,6 +103,7 @@ pub fn static_registration(
             redirect_uri: redirect_uri.to_string(),
             kind: RegistrationKind::MetadataDocument,
             registered_at_ms: now_ms,
+            scopes: None,
         }));
     }
     Ok(None)
@@ -103,11 +112,13 @@ pub fn static_registration(
 impl HttpClient {
     /// Dynamic Client Registration (RFC 7591) as a native public client:
     /// for the browser flow with `redirect_uri`, or, when it is empty, for
-    /// the device flow (RFC 8628 §3.1, no redirect URI).
+    /// the device flow (RFC 8628 §3.1, no redirect URI); registered for
+    /// `scopes` (omitted when empty).
     pub async fn register(
         &self,
         discovery: &Discovery,
         redirect_uri: &str,
+        scopes: &[String],
         now_ms: i64,
     ) -> Result<Registration, OAuthError> {
         let Some(endpoint) = &discovery.metadata.registration_endpoint else {
@@ -116,7 +127,7 @@ impl HttpClient {
             });
         };
         let endpoint = checked("registration endpoint", endpoint)?;
-        let body = if redirect_uri.is_empty() {
+        let mut body = if redirect_uri.is_empty() {
             serde_json::json!({
                 "client_name": "mcpauth",
                 "grant_types": [super::grants::GRANT_DEVICE_CODE, "refresh_token"],
@@ -134,6 +145,9 @@ impl HttpClient {
                 "application_type": "native",
             })
         };
+        if !scopes.is_empty() {
+            body["scope"] = serde_json::Value::String(scopes.join(" "));
+        }
         let response = self.post_json(&endpoint, &body, &[]).await?;
         if !(200..300).contains(&response.status) {
             if let Ok(err) = serde_json::from_slice::<ErrorResponse>(&response.body) {
@@ -166,6 +180,11 @@ impl HttpClient {
             redirect_uri: redirect_uri.to_string(),
             kind: RegistrationKind::Dynamic,
             registered_at_ms: now_ms,
+            // What the AS says it registered, else what was asked.
+            scopes: Some(match reg.scope {
+                Some(s) => s.split_whitespace().map(str::to_string).collect(),
+                None => scopes.to_vec(),
+            }),
         })
     }
 }

@@ -1,0 +1,142 @@
+//! Servers built on the common auth libraries, end to end: what the MCP
+//! Python SDK's authorization server (FastMCP's among them), Context7,
+//! Home Assistant, Entra and Salesforce do that a spec-exact client trips
+//! over. Each behaviour is a switch of the in-repo test AS; the Python
+//! SDK's own AS (PyPI `mcp`, tests/pysdk) is tested at the end.
+
+use mcpauth_tests::TestEnv;
+use mcpauth_tests::authserver::{AuthServer, Switches};
+
+/// `add`, then `login`.
+async fn logged_in(switches: Switches) -> (TestEnv, AuthServer, mcpauth_tests::Daemon) {
+    let server = AuthServer::start(switches).await;
+    let env = TestEnv::new();
+    let daemon = env.start_daemon();
+    env.ctl(&["add", "s", &server.mcp_url]).ok();
+    let out = env.ctl(&["login", "s"]);
+    assert_eq!(out.code(), 0, "login: {}", out.stderr());
+    (env, server, daemon)
+}
+
+/// The token `token` serves, accepted by the MCP endpoint.
+async fn authorized_call(env: &TestEnv, url: &str) -> reqwest::StatusCode {
+    let token = env.ctl(&["token", "s"]).ok().trim().to_string();
+    reqwest::Client::new()
+        .post(url)
+        .bearer_auth(token)
+        .json(&serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+/// The `scope` of every registration request, in order.
+fn registered_scopes(server: &AuthServer) -> Vec<Option<String>> {
+    server
+        .requests("/register")
+        .iter()
+        .map(|r| r.json["scope"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_carries_the_scopes_the_login_asks_for() {
+    let (env, server, _d) = logged_in(Switches {
+        registered_scope_only: true,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(
+        registered_scopes(&server),
+        [Some("mcp:read mcp:write".to_string())]
+    );
+    assert!(authorized_call(&env, &server.mcp_url).await.is_success());
+    env.ctl(&["refresh", "s"]).ok();
+    assert!(authorized_call(&env, &server.mcp_url).await.is_success());
+
+    // A login for more (a step-up, a changed config) registers once more,
+    // for the union, and a later one for the same scopes does not.
+    for _ in 0..2 {
+        let out = env.ctl(&["login", "s", "--scope", "mcp:admin"]);
+        assert_eq!(out.code(), 0, "{}", out.stderr());
+    }
+    assert_eq!(
+        registered_scopes(&server),
+        [
+            Some("mcp:read mcp:write".to_string()),
+            Some("mcp:read mcp:write mcp:admin".to_string())
+        ]
+    );
+    assert_eq!(server.requests("/authorize").len(), 3);
+    assert!(authorized_call(&env, &server.mcp_url).await.is_success());
+}
+
+/// A registration kept from before scopes were recorded (here: the one a
+/// tool's login left, adopted by `import`) that the AS refuses a scope
+/// for is dropped, and the next login registers for it: once, no loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_refused_for_its_scope_is_made_again_once() {
+    let server = AuthServer::start(Switches {
+        registered_scope_only: true,
+        ..Default::default()
+    })
+    .await;
+    let env = TestEnv::new();
+    let _d = env.start_daemon();
+    // Hermes' login: its client registered without a scope.
+    server.add_client("hermes-client", None, "none");
+    let (access, refresh) = server.mint_grant("hermes-client", None);
+    let home = env.home();
+    std::fs::create_dir_all(home.join(".hermes/mcp-tokens")).unwrap();
+    std::fs::write(
+        home.join(".hermes/config.yaml"),
+        format!(
+            "mcp_servers:\n  s:\n    url: {}\n    auth: oauth\n",
+            server.mcp_url
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        home.join(".hermes/mcp-tokens/s.json"),
+        serde_json::json!({"access_token": access, "token_type": "Bearer", "expires_in": 3600,
+            "refresh_token": refresh, "hermes_issuer": server.issuer})
+        .to_string(),
+    )
+    .unwrap();
+    std::fs::write(
+        home.join(".hermes/mcp-tokens/s.client.json"),
+        serde_json::json!({"client_id": "hermes-client",
+            "redirect_uris": ["http://127.0.0.1:27890/callback"], "token_endpoint_auth_method": "none"})
+        .to_string(),
+    )
+    .unwrap();
+    // The callback Hermes registered, so the broker may use its client.
+    env.write_config(&format!(
+        "[servers.s]\nurl = \"{}\"\ncallback_port = 27890\n",
+        server.mcp_url
+    ));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while env.ctl(&["show", "s"]).code() != 0 {
+        assert!(std::time::Instant::now() < deadline, "config not applied");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let imported = env.ctl(&["import", "hermes"]).ok();
+    assert!(imported.contains("adopted"), "{imported}");
+
+    let refused = env.ctl(&["login", "s"]);
+    assert_eq!(refused.code(), 4, "{}", refused.stderr());
+    let line = refused.stderr();
+    assert!(
+        line.contains("invalid_scope") && line.contains("the next login registers a client"),
+        "{line}"
+    );
+    assert!(registered_scopes(&server).is_empty());
+    env.ctl(&["login", "s"]).ok();
+    assert_eq!(
+        registered_scopes(&server),
+        [Some("mcp:read mcp:write".to_string())]
+    );
+    assert!(authorized_call(&env, &server.mcp_url).await.is_success());
+    assert_eq!(server.requests("/authorize").len(), 2);
+}
