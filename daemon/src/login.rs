@@ -521,8 +521,19 @@ impl Broker {
         now: i64,
     ) -> Result<Registration, BrokerError> {
         let name = guard.name();
-        if let Some(reg) = registration::static_registration(server, discovery, redirect_uri, now)?
+        if let Some(mut reg) =
+            registration::static_registration(server, discovery, redirect_uri, now)?
         {
+            // How this client's secret is taken, as learned at the token
+            // endpoint, stays.
+            if reg.client_secret.is_some()
+                && let Some(stored) = self.store().registration(name, &discovery.issuer)?
+                && stored.kind == reg.kind
+                && stored.client_id == reg.client_id
+                && stored.client_secret.is_some()
+            {
+                reg.auth_method = stored.auth_method;
+            }
             self.store().put_registration(guard, &reg).await?;
             return Ok(reg);
         }
@@ -594,9 +605,12 @@ impl Broker {
 
         let code = match flow::validate_callback(
             &flow,
+            // An issuer the broker implied is not one the AS says: `iss`
+            // is not expected then (compared if it comes).
             discovery
                 .metadata
-                .authorization_response_iss_parameter_supported,
+                .authorization_response_iss_parameter_supported
+                && !discovery.metadata.issuer_implied,
             &params,
         ) {
             Ok(code) => code,
@@ -639,7 +653,7 @@ impl Broker {
             }
         };
 
-        let tokens = match self
+        let obtained = match self
             .http
             .exchange_code(
                 &discovery,
@@ -650,7 +664,7 @@ impl Broker {
             )
             .await
         {
-            Ok(t) => t,
+            Ok(o) => o,
             Err(e) => {
                 let mut message = e.to_string();
                 if e.token_error() == Some("invalid_client")
@@ -679,6 +693,9 @@ impl Broker {
                 return Err(BrokerError::OAuth(e));
             }
         };
+        self.remember_client_auth(&guard, &registration, obtained.auth_method)
+            .await?;
+        let tokens = obtained.tokens;
         if is_idp_login {
             return self
                 .finish_idp_login(guard, active.as_ref(), &flow, tokens)

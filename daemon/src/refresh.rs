@@ -196,12 +196,26 @@ impl Broker {
             None => return Err(login_required("the client registration is gone")),
         };
 
+        let form = record.as_ref().map(|r| r.refresh_scope).unwrap_or_default();
         match self
             .http
-            .refresh(&discovery, &registration, &refresh_token)
+            .refresh(
+                &discovery,
+                &registration,
+                &refresh_token,
+                &grant.scopes,
+                form,
+            )
             .await
         {
-            Ok(tokens) => {
+            Ok(obtained) => {
+                self.remember_client_auth(&guard, &registration, obtained.auth_method)
+                    .await?;
+                let refresh_scope = obtained.refresh_scope;
+                if refresh_scope != form {
+                    info!(server = %name, ?refresh_scope, "the authorization server takes refreshes in the other form; remembered");
+                }
+                let tokens = obtained.tokens;
                 let expires_at_ms = tokens.expires_at_ms(self.now_ms());
                 let new = NewGrant {
                     issuer: grant.issuer.clone(),
@@ -214,8 +228,10 @@ impl Broker {
                     scopes: tokens.scope.unwrap_or(grant.scopes),
                 };
                 // Stored (and exported) before anyone can see it.
-                self.install_grant(&guard, new, GrantSource::Refresh, |_| {})
-                    .await
+                self.install_grant(&guard, new, GrantSource::Refresh, |r| {
+                    r.refresh_scope = refresh_scope;
+                })
+                .await
             }
             Err(e) if e.is_transient() => {
                 let backoff = self.start_backoff(
@@ -271,6 +287,30 @@ impl Broker {
                 Err(BrokerError::OAuth(e))
             }
         }
+    }
+
+    /// Keeps the client authentication that worked for a stored
+    /// registration, when it is not the one registered (a token endpoint
+    /// that reads the secret elsewhere than it advertises).
+    pub(crate) async fn remember_client_auth(
+        &self,
+        guard: &crate::locks::ServerGuard,
+        registration: &crate::state::Registration,
+        worked: crate::state::ClientAuthMethod,
+    ) -> Result<(), BrokerError> {
+        if worked == registration.auth_method {
+            return Ok(());
+        }
+        info!(server = %guard.name(), method = ?worked, "the token endpoint takes the client secret another way; remembered");
+        if let Some(mut stored) = self
+            .store()
+            .registration(guard.name(), &registration.issuer)?
+            .filter(|r| r.client_id == registration.client_id)
+        {
+            stored.auth_method = worked;
+            self.store().put_registration(guard, &stored).await?;
+        }
+        Ok(())
     }
 
     /// Revokes the tokens at the AS when it offers RFC 7009, then deletes

@@ -45,6 +45,10 @@ pub struct ServerRecord {
     /// its scope is authoritative for the next login, which clears it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub challenge: Option<StoredChallenge>,
+    /// The refresh form this server's AS last accepted (with or without
+    /// `scope`); the spec's until one is refused.
+    #[serde(default)]
+    pub refresh_scope: RefreshScope,
 }
 
 /// What is kept of a challenge for the next login: its scopes, validated
@@ -98,6 +102,7 @@ impl ServerRecord {
             step_up: None,
             last_generation: 0,
             challenge: None,
+            refresh_scope: RefreshScope::Omitted,
         }
     }
 }
@@ -112,6 +117,10 @@ pub fn unix_ms_now() -> i64 {
 /// Authorization server metadata (RFC 8414), the fields mcpauth uses.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuthServerMetadata {
+    /// Empty only while a document that names none is checked: one served
+    /// by the MCP server's own origin takes the issuer its URL implies
+    /// (`issuer_implied`), any other is refused.
+    #[serde(default)]
     pub issuer: String,
     pub authorization_endpoint: String,
     pub token_endpoint: String,
@@ -138,6 +147,10 @@ pub struct AuthServerMetadata {
     /// `urn:ietf:params:oauth:grant-profile:id-jag`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authorization_grant_profiles_supported: Option<Vec<String>>,
+    /// The document named no issuer; the broker took the one its URL
+    /// implies (Home Assistant). `iss` is then not expected on callbacks.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub issuer_implied: bool,
 }
 
 /// How the authorization server was found.
@@ -255,6 +268,26 @@ pub struct PendingFlow {
     pub authorization_url: String,
     pub created_at_ms: i64,
     pub expires_at_ms: i64,
+}
+
+/// Whether a refresh request carries `scope` (the granted scopes).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefreshScope {
+    /// The spec's form: the refresh keeps the granted scope.
+    #[default]
+    Omitted,
+    /// `scope` = the granted scopes.
+    Sent,
+}
+
+impl RefreshScope {
+    pub fn other(self) -> Self {
+        match self {
+            RefreshScope::Omitted => RefreshScope::Sent,
+            RefreshScope::Sent => RefreshScope::Omitted,
+        }
+    }
 }
 
 /// A pending request for more scope (403 `insufficient_scope`).

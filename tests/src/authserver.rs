@@ -104,8 +104,30 @@ pub struct Switches {
     /// `invalid_scope`, as the MCP Python SDK's auth routes (FastMCP),
     /// Fastmail and Clerk do.
     pub registered_scope_only: bool,
+    /// What a refresh's `scope` must be (Entra, Salesforce).
+    pub refresh_scope_rule: Option<RefreshScopeRule>,
+    /// Context7, FastMCP's OAuth proxy: registration issues a secret for
+    /// `client_secret_basic`, but the token endpoint reads client
+    /// credentials only from the form body (`invalid_request: Missing
+    /// client_id` otherwise).
+    pub form_credentials_only: bool,
+    /// Home Assistant: endpoints in the metadata are relative paths.
+    pub relative_endpoints: bool,
+    /// Home Assistant: the metadata names no issuer.
+    pub omit_issuer: bool,
     /// Device flow, client credentials, JWT bearer, stateless MCP.
     pub grants: crate::grants_as::GrantSwitches,
+}
+
+/// What a refresh's `scope` must be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefreshScopeRule {
+    /// A refresh without `scope` is refused (`invalid_request`), as Entra
+    /// does when the client is also the resource (AADSTS90009).
+    Required,
+    /// A refresh with `scope` is refused (`invalid_request`: "scope
+    /// parameter not supported"), as Salesforce does.
+    Refused,
 }
 
 /// Ways a token endpoint can fail, beyond an error status.
@@ -154,6 +176,10 @@ impl Default for Switches {
             token_fault: None,
             reuse_grace: false,
             registered_scope_only: false,
+            refresh_scope_rule: None,
+            form_credentials_only: false,
+            relative_endpoints: false,
+            omit_issuer: false,
             grants: Default::default(),
         }
     }
@@ -734,6 +760,22 @@ async fn handle(State(app): State<App>, request: Request<Body>) -> Response {
                 doc["authorization_response_iss_parameter_supported"] = serde_json::json!(true);
             }
             crate::grants_as::metadata(&sw.grants, &issuer, &mut doc);
+            if sw.relative_endpoints {
+                for field in [
+                    "authorization_endpoint",
+                    "token_endpoint",
+                    "registration_endpoint",
+                    "revocation_endpoint",
+                ] {
+                    if let Some(url) = doc[field].as_str() {
+                        let path = url::Url::parse(url).unwrap().path().to_string();
+                        doc[field] = serde_json::json!(path);
+                    }
+                }
+            }
+            if sw.omit_issuer {
+                doc.as_object_mut().unwrap().remove("issuer");
+            }
             return json(StatusCode::OK, doc);
         }
     }
@@ -838,24 +880,31 @@ async fn handle(State(app): State<App>, request: Request<Body>) -> Response {
             );
         }
         let id = s.id("client");
+        // Context7 issues a secret whatever was asked.
+        let (secret, auth_method) = if sw.form_credentials_only {
+            (Some(s.id("secret")), "client_secret_basic")
+        } else {
+            (None, "none")
+        };
         s.clients.insert(
             id.clone(),
             Client {
-                secret: None,
-                auth_method: "none".into(),
+                secret: secret.clone(),
+                auth_method: auth_method.into(),
                 redirect_uris: redirect_uris.clone(),
                 scope: request["scope"].as_str().map(str::to_string),
             },
         );
-        return json(
-            StatusCode::CREATED,
-            serde_json::json!({
-                "client_id": id,
-                "redirect_uris": redirect_uris,
-                "token_endpoint_auth_method": "none",
-                "grant_types": if device_only { grant_types } else { serde_json::json!(["authorization_code", "refresh_token"]) },
-            }),
-        );
+        let mut answer = serde_json::json!({
+            "client_id": id,
+            "redirect_uris": redirect_uris,
+            "token_endpoint_auth_method": auth_method,
+            "grant_types": if device_only { grant_types } else { serde_json::json!(["authorization_code", "refresh_token"]) },
+        });
+        if let Some(secret) = secret {
+            answer["client_secret"] = serde_json::json!(secret);
+        }
+        return json(StatusCode::CREATED, answer);
     }
     if on_as && parts.method == Method::POST && endpoint("revoke") && sw.revocation {
         if let Some(token) = form.get("token") {
@@ -902,6 +951,13 @@ async fn handle(State(app): State<App>, request: Request<Body>) -> Response {
     }
     if on_as && parts.method == Method::POST && endpoint("token") {
         // Client authentication, as registered.
+        if sw.form_credentials_only && !form.contains_key("client_id") {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "Missing client_id",
+            );
+        }
         let client_id = basic
             .as_ref()
             .map(|(id, _)| id.clone())
@@ -921,6 +977,9 @@ async fn handle(State(app): State<App>, request: Request<Body>) -> Response {
             }
         };
         let authenticated = match client.auth_method.as_str() {
+            "client_secret_basic" if sw.form_credentials_only => {
+                basic.is_none() && form.get("client_secret").cloned() == client.secret
+            }
             "client_secret_basic" => {
                 basic.as_ref().map(|(_, s)| Some(s.clone())) == Some(client.secret.clone())
             }
@@ -968,6 +1027,23 @@ async fn handle(State(app): State<App>, request: Request<Body>) -> Response {
                 (s.next, c.scope)
             }
             "refresh_token" => {
+                match (sw.refresh_scope_rule, form.contains_key("scope")) {
+                    (Some(RefreshScopeRule::Required), false) => {
+                        return oauth_error(
+                            StatusCode::BAD_REQUEST,
+                            "invalid_request",
+                            "AADSTS90009: Application is requesting a token for itself; scope is required",
+                        );
+                    }
+                    (Some(RefreshScopeRule::Refused), true) => {
+                        return oauth_error(
+                            StatusCode::BAD_REQUEST,
+                            "invalid_request",
+                            "scope parameter not supported",
+                        );
+                    }
+                    _ => {}
+                }
                 let token = form.get("refresh_token").cloned().unwrap_or_default();
                 let Some(rt) = s.refresh_tokens.get(&token).cloned() else {
                     return oauth_error(

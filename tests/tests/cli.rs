@@ -582,7 +582,8 @@ async fn a_daemon_of_another_protocol_is_reported_clearly() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("protocol mismatch"), "{stderr}");
     assert!(
-        stderr.contains("protocol 1") && stderr.contains("9.0.0 speaks 999"),
+        stderr.contains(&format!("protocol {}", mcpauth_proto::PROTOCOL))
+            && stderr.contains("9.0.0 speaks 999"),
         "{stderr}"
     );
     assert!(
@@ -623,5 +624,8 @@ async fn the_daemon_refuses_a_client_of_another_protocol() {
     request
         .metadata_mut()
         .insert(mcpauth_proto::PROTOCOL_METADATA, "999".parse().unwrap());
-    assert_eq!(raw.status(request).await.unwrap().into_inner().protocol, 1);
+    assert_eq!(
+        raw.status(request).await.unwrap().into_inner().protocol,
+        mcpauth_proto::PROTOCOL
+    );
 }

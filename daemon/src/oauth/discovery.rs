@@ -306,10 +306,30 @@ impl HttpClient {
         pkce: bool,
     ) -> Result<Option<AuthServerMetadata>, OAuthError> {
         for url in metadata_candidates(issuer_url) {
-            let metadata = match self.get_json::<AuthServerMetadata>(&url, server).await? {
-                Fetched::Found(m) => m,
+            let (mut metadata, at) = match self
+                .get_json_from::<AuthServerMetadata>(&url, server)
+                .await?
+            {
+                Fetched::Found(found) => found,
                 Fetched::Missing(_) => continue,
             };
+            resolve_relative_endpoints(&mut metadata, &at)?;
+            if metadata.issuer.is_empty() {
+                // Home Assistant serves its metadata at the MCP server's
+                // own origin, without an issuer: that origin is the
+                // issuer. Anywhere else nothing vouches for one.
+                if at.origin() != server.origin() {
+                    return Err(OAuthError::BadDocument {
+                        url: display_url(&at),
+                        reason: "no \"issuer\" (taken as implied only for metadata the MCP server's own origin serves)".into(),
+                    });
+                }
+                metadata.issuer = match issuer {
+                    Some(issuer) => issuer.to_string(),
+                    None => origin_of(issuer_url),
+                };
+                metadata.issuer_implied = true;
+            }
             match issuer {
                 Some(issuer) if metadata.issuer != issuer => {
                     return Err(OAuthError::IssuerMismatch {
@@ -385,6 +405,45 @@ impl HttpClient {
     }
 }
 
+/// Endpoints given as relative URLs (`"/auth/token"`, Home Assistant)
+/// resolve against the URL the metadata was fetched from, and must stay on
+/// its origin: `//other.host/…` is refused, naming the field.
+fn resolve_relative_endpoints(m: &mut AuthServerMetadata, at: &Url) -> Result<(), OAuthError> {
+    let resolve = |field: &str, raw: &mut String| -> Result<(), OAuthError> {
+        if Url::parse(raw) != Err(url::ParseError::RelativeUrlWithoutBase) {
+            return Ok(());
+        }
+        let resolved = at
+            .join(raw)
+            .ok()
+            .filter(|u| u.origin() == at.origin())
+            .ok_or_else(|| OAuthError::BadDocument {
+                url: display_url(at),
+                reason: format!(
+                    "{field} {:?} is relative and does not resolve on this document's origin",
+                    raw.chars().take(200).collect::<String>()
+                ),
+            })?;
+        *raw = resolved.to_string();
+        Ok(())
+    };
+    resolve("authorization_endpoint", &mut m.authorization_endpoint)?;
+    resolve("token_endpoint", &mut m.token_endpoint)?;
+    for (field, value) in [
+        ("registration_endpoint", &mut m.registration_endpoint),
+        ("revocation_endpoint", &mut m.revocation_endpoint),
+        (
+            "device_authorization_endpoint",
+            &mut m.device_authorization_endpoint,
+        ),
+    ] {
+        if let Some(raw) = value {
+            resolve(field, raw)?;
+        }
+    }
+    Ok(())
+}
+
 /// Every endpoint the metadata names must pass the URL policy for URLs
 /// discovered on behalf of `server`.
 fn check_endpoints(m: &AuthServerMetadata, server: &Url) -> Result<(), OAuthError> {
@@ -439,6 +498,40 @@ mod tests {
                 "https://auth.example.com/.well-known/oauth-authorization-server",
                 "https://auth.example.com/.well-known/openid-configuration",
             ]
+        );
+    }
+
+    #[test]
+    fn relative_endpoints_resolve_on_the_documents_origin_only() {
+        let at = u("https://ha.example.com/.well-known/oauth-authorization-server");
+        let mut m = AuthServerMetadata {
+            authorization_endpoint: "/auth/authorize".into(),
+            token_endpoint: "https://ha.example.com/auth/token".into(),
+            revocation_endpoint: Some("auth/revoke".into()),
+            ..Default::default()
+        };
+        resolve_relative_endpoints(&mut m, &at).unwrap();
+        assert_eq!(
+            m.authorization_endpoint,
+            "https://ha.example.com/auth/authorize"
+        );
+        assert_eq!(m.token_endpoint, "https://ha.example.com/auth/token");
+        assert_eq!(
+            m.revocation_endpoint.as_deref(),
+            Some("https://ha.example.com/.well-known/auth/revoke")
+        );
+        // An absolute URL elsewhere is the URL policy's to judge, not this.
+        let mut m = AuthServerMetadata {
+            authorization_endpoint: "https://as.example.com/authorize".into(),
+            token_endpoint: "//evil.example.com/token".into(),
+            ..Default::default()
+        };
+        let e = resolve_relative_endpoints(&mut m, &at)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("token_endpoint") && e.contains("evil.example.com"),
+            "{e}"
         );
     }
 

@@ -179,6 +179,19 @@ impl HttpClient {
         url: &Url,
         server: &Url,
     ) -> Result<Fetched<T>, OAuthError> {
+        Ok(match self.get_json_from(url, server).await? {
+            Fetched::Found((doc, _)) => Fetched::Found(doc),
+            Fetched::Missing(status) => Fetched::Missing(status),
+        })
+    }
+
+    /// [`Self::get_json`], with the URL the document came from (after
+    /// redirects), against which its relative URLs resolve.
+    pub async fn get_json_from<T: DeserializeOwned>(
+        &self,
+        url: &Url,
+        server: &Url,
+    ) -> Result<Fetched<(T, Url)>, OAuthError> {
         let mut current = url.clone();
         for _ in 0..=MAX_REDIRECTS {
             check_discovered_url(&current, server).map_err(|source| OAuthError::InsecureUrl {
@@ -205,7 +218,8 @@ impl HttpClient {
                     if (400..500).contains(&response.status) {
                         return Ok(Fetched::Missing(response.status));
                     }
-                    return parse_json(&current, &response).map(Fetched::Found);
+                    return parse_json(&current, &response)
+                        .map(|doc| Fetched::Found((doc, current.clone())));
                 }
             }
         }

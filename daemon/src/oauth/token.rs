@@ -6,13 +6,26 @@
 //! `scope` keeps the old ones (the caller merges). Error answers become
 //! [`OAuthError::Token`] with the OAuth error code; server-provided text is
 //! sanitised and stripped of anything we sent.
+//!
+//! Two tolerances, each one extra request at most, whose outcome the
+//! caller remembers:
+//! - client authentication: a client with a secret refused as an unknown
+//!   or missing client (`invalid_client`, `invalid_request` about the
+//!   client, a bare 401) tries once more with the other of
+//!   `client_secret_basic` and `client_secret_post`, at the same endpoint
+//!   (Context7 and FastMCP's OAuth proxy advertise Basic but read the
+//!   form);
+//! - refresh form: the spec's refresh carries no `scope`; one refused with
+//!   `invalid_request` or `invalid_scope` (not `invalid_grant`) is sent
+//!   once more the other way, with the granted scopes (Entra, when the
+//!   client is also the resource, wants them; Salesforce refuses them).
 
 use serde::Deserialize;
 
 use super::http::{HttpClient, Response, checked, display_url};
 use super::{OAuthError, sanitize};
 use crate::secret::Secret;
-use crate::state::{ClientAuthMethod, Discovery, Registration};
+use crate::state::{ClientAuthMethod, Discovery, RefreshScope, Registration};
 
 /// What a successful token response carries.
 #[derive(Clone, Debug)]
@@ -119,6 +132,42 @@ pub fn parse_token_response(
     })
 }
 
+/// A token answer, and how the request that got it was made, for the
+/// caller to remember.
+#[derive(Debug)]
+pub struct Obtained {
+    pub tokens: TokenSet,
+    /// The client authentication that worked (for a client with a secret,
+    /// possibly not the registered one).
+    pub auth_method: ClientAuthMethod,
+    pub refresh_scope: RefreshScope,
+}
+
+/// Whether a token endpoint's refusal says it did not recognise the
+/// client as authenticated: worth one try with the other secret method.
+fn client_not_recognised(e: &OAuthError) -> bool {
+    match e {
+        OAuthError::Token {
+            error, description, ..
+        } => {
+            error == "invalid_client"
+                || (error == "invalid_request"
+                    && description
+                        .as_deref()
+                        .is_some_and(|d| d.to_ascii_lowercase().contains("client")))
+        }
+        OAuthError::Status { status, .. } => *status == 401,
+        _ => false,
+    }
+}
+
+/// Whether a refused refresh may be about its form (with or without
+/// `scope`), not about the grant.
+fn refresh_form_refused(e: &OAuthError) -> bool {
+    matches!(e.token_error(), Some("invalid_request" | "invalid_scope"))
+        && !client_not_recognised(e)
+}
+
 /// How a client proves who it is at the token endpoint, for one request.
 pub enum ClientAuth<'a> {
     /// No client at all (a JWT bearer grant without a client id).
@@ -203,15 +252,36 @@ impl<'a> ClientAuth<'a> {
 }
 
 impl HttpClient {
+    /// A token request as `registration`'s client; a client with a secret
+    /// that is not recognised tries once more with the other method.
     async fn token_request(
         &self,
         discovery: &Discovery,
         registration: &Registration,
         form: Vec<(&'static str, &str)>,
         sent: &[&str],
-    ) -> Result<TokenSet, OAuthError> {
-        self.token_request_as(discovery, &ClientAuth::of(registration), form, sent)
-            .await
+    ) -> Result<(TokenSet, ClientAuthMethod), OAuthError> {
+        let method = registration.auth_method;
+        let first = self
+            .token_request_as(discovery, &ClientAuth::of(registration), form.clone(), sent)
+            .await;
+        let other = match (method, &registration.client_secret) {
+            (ClientAuthMethod::ClientSecretBasic, Some(_)) => ClientAuthMethod::ClientSecretPost,
+            (ClientAuthMethod::ClientSecretPost, Some(_)) => ClientAuthMethod::ClientSecretBasic,
+            _ => return first.map(|t| (t, method)),
+        };
+        match first {
+            Err(e) if client_not_recognised(&e) => {
+                let retry = Registration {
+                    auth_method: other,
+                    ..registration.clone()
+                };
+                self.token_request_as(discovery, &ClientAuth::of(&retry), form, sent)
+                    .await
+                    .map(|t| (t, other))
+            }
+            first => first.map(|t| (t, method)),
+        }
     }
 
     /// A token request authenticated as `auth`. `sent`: the secrets in
@@ -241,7 +311,7 @@ impl HttpClient {
         code: &Secret,
         verifier: &Secret,
         redirect_uri: &str,
-    ) -> Result<TokenSet, OAuthError> {
+    ) -> Result<Obtained, OAuthError> {
         let mut form = vec![
             ("grant_type", "authorization_code"),
             ("code", code.expose()),
@@ -253,30 +323,63 @@ impl HttpClient {
         if !discovery.resource.is_empty() {
             form.push(("resource", discovery.resource.as_str()));
         }
-        self.token_request(
-            discovery,
-            registration,
-            form,
-            &[code.expose(), verifier.expose()],
-        )
-        .await
+        let (tokens, auth_method) = self
+            .token_request(
+                discovery,
+                registration,
+                form,
+                &[code.expose(), verifier.expose()],
+            )
+            .await?;
+        Ok(Obtained {
+            tokens,
+            auth_method,
+            refresh_scope: RefreshScope::default(),
+        })
     }
 
-    /// Uses a refresh token. The caller guarantees `discovery.issuer` is the
-    /// issuer that issued it.
+    /// Uses a refresh token, in the form `form` (the one that last worked
+    /// for this server; the spec's by default), and once the other way if
+    /// that form is refused. The caller guarantees `discovery.issuer` is
+    /// the issuer that issued it; `scopes` are the granted scopes.
     pub async fn refresh(
         &self,
         discovery: &Discovery,
         registration: &Registration,
         refresh_token: &Secret,
-    ) -> Result<TokenSet, OAuthError> {
-        let form = vec![
-            ("grant_type", "refresh_token"),
-            ("refresh_token", refresh_token.expose()),
-            ("resource", discovery.resource.as_str()),
-        ];
-        self.token_request(discovery, registration, form, &[refresh_token.expose()])
-            .await
+        scopes: &[String],
+        form: RefreshScope,
+    ) -> Result<Obtained, OAuthError> {
+        let scope = scopes.join(" ");
+        let attempt = |form: RefreshScope| {
+            let mut fields = vec![
+                ("grant_type", "refresh_token"),
+                ("refresh_token", refresh_token.expose()),
+                ("resource", discovery.resource.as_str()),
+            ];
+            if form == RefreshScope::Sent {
+                fields.push(("scope", scope.as_str()));
+            }
+            async move {
+                self.token_request(discovery, registration, fields, &[refresh_token.expose()])
+                    .await
+                    .map(|(tokens, auth_method)| Obtained {
+                        tokens,
+                        auth_method,
+                        refresh_scope: form,
+                    })
+            }
+        };
+        // Without granted scopes there is no other form to try.
+        let form = if scopes.is_empty() {
+            RefreshScope::Omitted
+        } else {
+            form
+        };
+        match attempt(form).await {
+            Err(e) if !scopes.is_empty() && refresh_form_refused(&e) => attempt(form.other()).await,
+            result => result,
+        }
     }
 
     /// Revokes a token (RFC 7009). Succeeds if the AS has no revocation
