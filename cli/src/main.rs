@@ -166,6 +166,9 @@ enum Command {
         /// Also forget the OAuth client registration.
         #[arg(long)]
         forget_client: bool,
+        /// Print what became of each token as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Refresh the server's token now.
     Refresh {
@@ -514,25 +517,23 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Logout {
             name,
             forget_client,
+            json,
         } => {
             let mut client = mcpauth_client::connect(&opts).await?;
             let reply = client.logout(&name, forget_client).await?;
-            let forgot = if forget_client {
-                "; the client registration is forgotten"
-            } else {
-                ""
-            };
-            if reply.held {
+            if json {
+                let shape = output::LogoutJson::new(&name, &reply, forget_client);
                 out!(
-                    "logged out of {name}{}{forgot}",
-                    if reply.revoked {
-                        "; the tokens were revoked at the server"
-                    } else {
-                        "; the tokens were deleted (the server offers no revocation)"
-                    }
+                    "{}",
+                    serde_json::to_string(&shape).expect("JSON serialises")
                 );
             } else {
-                out!("{name} was not logged in; no tokens to delete{forgot}");
+                let forgot = if forget_client {
+                    "; the client registration is forgotten"
+                } else {
+                    ""
+                };
+                out!("{}{forgot}", output::logout_line(&name, &reply, now_ms()));
             }
         }
         Command::Refresh { name } => {

@@ -84,6 +84,120 @@ pub struct EventJson {
     pub error: Option<String>,
 }
 
+/// What `logout` says: what became of each token at the server, in one
+/// line. The tokens are deleted here in every case.
+pub fn logout_line(name: &str, reply: &pb::LogoutReply, now_ms: i64) -> String {
+    if !reply.held {
+        return format!("{name} was not logged in; no tokens to delete");
+    }
+    let until = |kind: &str| match (kind, reply.access_token_expires_at_unix_ms) {
+        ("access", at) if at > now_ms => format!("until {}", clock(at, now_ms)),
+        ("access", at) if at > 0 => "no longer (it has expired)".to_string(),
+        _ => "until it expires there".to_string(),
+    };
+    fn outcome(r: &pb::TokenRevocation) -> (&str, &str) {
+        (r.outcome.as_str(), r.detail.as_str())
+    }
+    let access = reply.access_token.as_ref().map(outcome);
+    let refresh = reply.refresh_token.as_ref().map(outcome);
+    let one = |kind: &str, (what, detail): (&str, &str)| match what {
+        "revoked" => format!("the {kind} token is revoked at the server"),
+        "unsupported" => format!(
+            "the {kind} token stays valid there {} (the server cannot revoke it)",
+            until(kind)
+        ),
+        "refused" => format!(
+            "the server refused to revoke the {kind} token ({detail}); it stays valid there {}",
+            until(kind)
+        ),
+        "failed" => format!(
+            "revoking the {kind} token failed ({detail}); it stays valid there {}",
+            until(kind)
+        ),
+        _ => format!(
+            "the server offers no revocation, so the {kind} token stays valid there {}",
+            until(kind)
+        ),
+    };
+    let said = match (access, refresh) {
+        (Some(a), Some(r)) if a == r => match a.0 {
+            "revoked" => "the access and refresh tokens are revoked at the server".to_string(),
+            "refused" | "failed" => format!(
+                "{} ({}); the tokens are deleted here but stay valid at the server, the access token {}",
+                if a.0 == "refused" {
+                    "the server refused revocation"
+                } else {
+                    "revocation failed"
+                },
+                a.1,
+                until("access")
+            ),
+            "unsupported" => format!(
+                "the server cannot revoke these tokens; they are deleted here but stay valid there, the access token {}",
+                until("access")
+            ),
+            _ => format!(
+                "the server offers no revocation; the tokens are deleted here but stay valid there, the access token {}",
+                until("access")
+            ),
+        },
+        (a, r) => r
+            .map(|r| one("refresh", r))
+            .into_iter()
+            .chain(a.map(|a| one("access", a)))
+            .collect::<Vec<_>>()
+            .join("; "),
+    };
+    format!("logged out of {name}: {said}")
+}
+
+/// A time later today as `HH:MM`, else as the whole local time.
+fn clock(at_ms: i64, now_ms: i64) -> String {
+    let at = local_time(at_ms);
+    if at.get(..10) == local_time(now_ms).get(..10) {
+        at[11..16].to_string()
+    } else {
+        at[..16].to_string()
+    }
+}
+
+/// `logout --json`.
+#[derive(Serialize)]
+pub struct LogoutJson {
+    pub server: String,
+    pub held: bool,
+    pub revoked: bool,
+    pub access_token: Option<RevocationJson>,
+    pub refresh_token: Option<RevocationJson>,
+    pub access_token_expires_at: Option<i64>,
+    pub forgot_client: bool,
+}
+
+#[derive(Serialize)]
+pub struct RevocationJson {
+    pub outcome: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl LogoutJson {
+    pub fn new(server: &str, reply: &pb::LogoutReply, forgot_client: bool) -> Self {
+        let token = |r: &pb::TokenRevocation| RevocationJson {
+            outcome: r.outcome.clone(),
+            detail: some(r.detail.clone()),
+        };
+        LogoutJson {
+            server: server.into(),
+            held: reply.held,
+            revoked: reply.revoked,
+            access_token: reply.access_token.as_ref().map(token),
+            refresh_token: reply.refresh_token.as_ref().map(token),
+            access_token_expires_at: some(reply.access_token_expires_at_unix_ms),
+            forgot_client,
+        }
+    }
+}
+
 /// `unix_ms` as local time, `YYYY-MM-DD HH:MM:SS`.
 pub fn local_time(unix_ms: i64) -> String {
     let secs = (unix_ms / 1000) as nix::libc::time_t;
@@ -211,13 +325,13 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// "in 5m", "3h ago", "just now".
+/// "in 5m", "in 6s", "3h ago", "just now" (under a second).
 pub fn relative(at_ms: i64, now_ms: i64) -> String {
     let delta = (at_ms - now_ms) / 1000;
     let span = delta.unsigned_abs();
     let amount = match span {
-        0..=4 => return "just now".into(),
-        5..=59 => format!("{span}s"),
+        0 => return "just now".into(),
+        1..=59 => format!("{span}s"),
         60..=3599 => format!("{}m", span / 60),
         3600..=86_399 => format!("{}h", span / 3600),
         _ => format!("{}d", span / 86_400),
@@ -274,7 +388,9 @@ mod tests {
     fn relative_times_read_naturally() {
         assert_eq!(relative(1_000_000 + 300_000, 1_000_000), "in 5m");
         assert_eq!(relative(1_000_000 - 3 * 3_600_000, 1_000_000), "3h ago");
-        assert_eq!(relative(1_000_000, 1_001_000), "just now");
+        assert_eq!(relative(1_000_000, 1_000_400), "just now");
+        assert_eq!(relative(1_000_000 + 6_000, 1_000_000), "in 6s");
+        assert_eq!(relative(1_000_000, 1_001_000), "1s ago");
         assert_eq!(relative(1_000_000 + 2 * 86_400_000, 1_000_000), "in 2d");
     }
 

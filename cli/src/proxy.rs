@@ -46,6 +46,8 @@ use crate::Failure;
 const MAX_MESSAGE: usize = 16 * 1024 * 1024;
 /// A POST's whole exchange, answer streamed included.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long the DELETE that ends a session is waited for.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long the broker may take to hand out a token.
 const TOKEN_TIMEOUT: Duration = Duration::from_secs(15);
 /// Ask the broker again when the held token has less than this left.
@@ -103,9 +105,13 @@ impl Tokens {
     fn classify(&self, e: ClientError) -> TokenError {
         let name = &self.name;
         if e.exit_code() == exit::LOGIN_REQUIRED {
-            TokenError::Person(format!(
-                "mcpauth: {name} needs a person: {e}. Run `mcpauthctl login {name}`, then retry"
-            ))
+            // The next step is said once: the daemon's words carry it.
+            let text = e.to_string();
+            TokenError::Person(if text.contains("mcpauthctl login") {
+                format!("mcpauth: {text}, then retry")
+            } else {
+                format!("mcpauth: {text}; run `mcpauthctl login {name}`, then retry")
+            })
         } else {
             TokenError::Other(format!("mcpauth: no token for {name}: {e}"))
         }
@@ -248,6 +254,11 @@ struct Proxy {
     /// not see: it has its own) arrives on the stream.
     legacy_replayed: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
     get_stream_started: std::sync::atomic::AtomicBool,
+    /// Set once the host has closed stdin (or the proxy ends): from then
+    /// on nothing reconnects and nothing is printed.
+    closing: std::sync::atomic::AtomicBool,
+    /// The background stream tasks, ended at close.
+    background: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
 }
 
 /// The id of an initialize the proxy replays for a new HTTP+SSE session.
@@ -267,6 +278,11 @@ fn error_response(id: &Value, code: i64, message: &str) -> Vec<u8> {
 }
 
 impl Proxy {
+    /// The server's URL as a line on stderr may show it: no query.
+    fn shown(&self) -> String {
+        mcpauth_client::display_url(self.url.as_str())
+    }
+
     async fn emit(&self, bytes: Vec<u8>) {
         let _ = self.out.send(bytes).await;
     }
@@ -342,7 +358,7 @@ impl Proxy {
             .body(body)
             .send()
             .await
-            .map_err(|e| format!("cannot reach {}: {}", self.url, short(&e)))?;
+            .map_err(|e| format!("cannot reach {}: {}", self.shown(), short(&e)))?;
         let status = response.status().as_u16();
         if let Some(session) = response
             .headers()
@@ -438,7 +454,8 @@ impl Proxy {
                 Answer::Status(401, _) => {
                     let text = format!(
                         "{} rejects the broker's token even after a refresh; check the server's configuration, or run `mcpauthctl login {}`",
-                        self.url, self.name
+                        self.shown(),
+                        self.name
                     );
                     return self.fail(&message, LOGIN_REQUIRED, &text).await;
                 }
@@ -484,14 +501,14 @@ impl Proxy {
                         Err(e) => {
                             let text = format!(
                                 "{} refused initialize, and is not an HTTP+SSE server either ({e})",
-                                self.url
+                                self.shown()
                             );
                             return self.fail(&message, UPSTREAM_FAILED, &text).await;
                         }
                     }
                 }
                 Answer::Status(status, _) => {
-                    let text = format!("{} answered HTTP {status}", self.url);
+                    let text = format!("{} answered HTTP {status}", self.shown());
                     return self.fail(&message, UPSTREAM_FAILED, &text).await;
                 }
             }
@@ -602,6 +619,7 @@ impl Proxy {
         last_event: Option<&str>,
     ) -> Result<Option<reqwest::Response>, String> {
         let mut recovered = false;
+        let mut reinitialized = false;
         loop {
             let token = self.tokens.current().await.map_err(|e| e.rpc_error().1)?;
             let mut request = self
@@ -629,6 +647,20 @@ impl Proxy {
                         .await
                         .map_err(|e| e.rpc_error().1)?;
                 }
+                // The server ended the session (some do on every
+                // refresh): a new one, once, as for a POST.
+                404 if !reinitialized
+                    && !self.closing.load(SeqCst)
+                    && self.session.lock().unwrap().is_some() =>
+                {
+                    reinitialized = true;
+                    if !self.reinitialize(&token).await {
+                        return Err(
+                            "the server ended the session and a new one could not be started"
+                                .into(),
+                        );
+                    }
+                }
                 status => return Err(format!("HTTP {status}")),
             }
         }
@@ -641,7 +673,7 @@ impl Proxy {
             return;
         }
         let proxy = self.clone();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let mut last_event: Option<String> = None;
             let mut delay = Duration::from_millis(500);
             loop {
@@ -654,7 +686,9 @@ impl Proxy {
                             .await;
                     }
                     // The session is over: the proxy is ending.
-                    Err(_) if proxy.tokens.moved.load(SeqCst) => return,
+                    Err(_) if proxy.tokens.moved.load(SeqCst) || proxy.closing.load(SeqCst) => {
+                        return;
+                    }
                     Err(e) => {
                         problem(
                             &proxy.name,
@@ -663,9 +697,13 @@ impl Proxy {
                         delay = (delay * 2).min(Duration::from_secs(30));
                     }
                 }
+                if proxy.closing.load(SeqCst) {
+                    return;
+                }
                 tokio::time::sleep(delay).await;
             }
         });
+        self.background.lock().unwrap().push(task.abort_handle());
     }
 
     /// A new session, replaying the host's initialize and initialized.
@@ -740,7 +778,7 @@ impl Proxy {
         let generation = self.legacy_generation.fetch_add(1, SeqCst) + 1;
         self.legacy_lost.store(false, SeqCst);
         let proxy = self.clone();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             while let Some(Ok(chunk)) = stream.next().await {
                 for event in parser.feed(&chunk).into_iter().flatten() {
                     if matches!(event.event.as_deref(), None | Some("message"))
@@ -758,7 +796,7 @@ impl Proxy {
                     }
                 }
             }
-            if proxy.legacy_generation.load(SeqCst) == generation {
+            if proxy.legacy_generation.load(SeqCst) == generation && !proxy.closing.load(SeqCst) {
                 proxy.legacy_lost.store(true, SeqCst);
                 problem(
                     &proxy.name,
@@ -766,6 +804,7 @@ impl Proxy {
                 );
             }
         });
+        self.background.lock().unwrap().push(task.abort_handle());
         Ok(endpoint)
     }
 
@@ -850,7 +889,10 @@ impl Proxy {
                 // yet: a new session, then this again.
                 Ok(Answer::Status(404, _)) if !reopened => reopen_from = Some(generation),
                 Ok(Answer::Status(status, _)) => {
-                    let text = format!("{endpoint} answered HTTP {status}");
+                    let text = format!(
+                        "{} answered HTTP {status}",
+                        mcpauth_client::display_url(endpoint.as_str())
+                    );
                     return self.fail(&message, UPSTREAM_FAILED, &text).await;
                 }
                 Err(e) => return self.fail(&message, UPSTREAM_FAILED, &e).await,
@@ -858,8 +900,14 @@ impl Proxy {
         }
     }
 
-    /// Ends the session at the server.
+    /// Ends the session at the server: the streams stop first (nothing
+    /// reconnects with the deleted session), then one DELETE, waited for
+    /// a second at most.
     async fn close(&self) {
+        self.closing.store(true, SeqCst);
+        for task in self.background.lock().unwrap().drain(..) {
+            task.abort();
+        }
         if self.session.lock().unwrap().is_none() {
             return;
         }
@@ -870,7 +918,7 @@ impl Proxy {
             .http
             .delete(self.url.clone())
             .headers(self.headers(None, &token))
-            .timeout(Duration::from_secs(5))
+            .timeout(CLOSE_TIMEOUT)
             .send()
             .await;
     }
@@ -1021,6 +1069,8 @@ pub async fn run(opts: ConnectOptions, name: String) -> Result<(), Failure> {
         legacy_reopen: Default::default(),
         legacy_replayed: Default::default(),
         get_stream_started: Default::default(),
+        closing: Default::default(),
+        background: Default::default(),
     });
 
     let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
@@ -1079,8 +1129,9 @@ pub async fn run(opts: ConnectOptions, name: String) -> Result<(), Failure> {
         }
         while tasks.try_join_next().is_some() {}
     }
-    // The host is gone: let what is in flight finish briefly, then end
-    // the session.
+    // The host is gone: nothing reconnects from now on; what is in
+    // flight finishes briefly, then the session ends.
+    proxy.closing.store(true, SeqCst);
     let _ = tokio::time::timeout(Duration::from_secs(5), async {
         while tasks.join_next().await.is_some() {}
     })

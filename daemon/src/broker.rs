@@ -68,6 +68,14 @@ pub enum BrokerError {
         reason: String,
         retry_after_secs: u64,
     },
+    /// The report guard holds refreshes back: the MCP server rejects the
+    /// tokens a report just produced.
+    #[error("{reason}")]
+    ServerRejecting {
+        server: String,
+        reason: String,
+        retry_after_secs: u64,
+    },
     #[error("internal error: {0}")]
     Internal(String),
     #[error("step-up required for {server}: the server needs scope {}; run `mcpauthctl login {server}`", scopes.join(" "))]
@@ -130,6 +138,9 @@ pub struct ServerView {
     pub client_id: Option<(String, &'static str)>,
     /// The callback port in effect and where it comes from.
     pub callback_port: Option<(u16, &'static str)>,
+    /// While the report guard holds refreshes back: why (shown as the
+    /// last error; it is not stored).
+    pub guard_error: Option<String>,
 }
 
 /// Derives the state shown for a server from what is stored.
@@ -261,8 +272,9 @@ pub struct Broker {
     pub(crate) options: BrokerOptions,
     /// Per-server locks: every write of a server's state holds its guard.
     pub(crate) locks: ServerLocks,
-    /// When a report last caused a refresh, per server (Unix ms).
-    pub(crate) report_refreshes: Mutex<HashMap<ServerName, i64>>,
+    /// The report guard of each server: when a report last caused a
+    /// refresh, and how many fresh tokens in a row were rejected.
+    pub(crate) report_refreshes: Mutex<HashMap<ServerName, crate::tokens::ReportGuard>>,
     pub(crate) scheduler: Arc<Scheduler>,
     pub(crate) token_files: crate::files::TokenFiles,
     pub(crate) notices: crate::desktop::Notices,
@@ -425,8 +437,12 @@ impl Broker {
     /// Remembers the last error of a server for `status`.
     pub(crate) async fn record_error(&self, guard: &ServerGuard, message: &str) {
         let message = message.to_string();
+        let now = self.now_ms();
         if let Err(e) = self
-            .update_record(guard, |r| r.last_error = Some(message))
+            .update_record(guard, |r| {
+                r.last_error = Some(message);
+                r.last_error_at_ms = Some(now);
+            })
             .await
         {
             warn!(server = %guard.name(), error = %e, "cannot record the error");
@@ -443,6 +459,19 @@ impl Broker {
             refreshable: grant.refresh_token.is_some() || self.unattended(name).is_some(),
             backoff: self.backoff(name, grant.generation),
         })
+    }
+
+    /// Why `name` holds no tokens, for a "login required": the error
+    /// that cost the grant and how long ago, else that none are held.
+    pub(crate) fn why_no_tokens(&self, name: &ServerName) -> String {
+        let record = self.store.server(name).ok().flatten();
+        match record.and_then(|r| Some((r.last_error?, r.last_error_at_ms))) {
+            Some((error, Some(at))) => {
+                format!("{error}, {} ago", ago(self.now_ms() - at))
+            }
+            Some((error, None)) => error,
+            None => "no tokens are held".into(),
+        }
     }
 
     pub(crate) fn publish(&self, server: Option<ServerName>, kind: EventKind) {
@@ -554,6 +583,7 @@ impl Broker {
             record,
             state,
             token_expires_at_ms: grant.as_ref().and_then(|g| g.expires_at_ms),
+            guard_error: self.report_guard_error(name),
             granted_scopes: grant.map(|g| g.scopes).unwrap_or_default(),
             plan: self.scheduler.plan(name, self.timing(name)),
         })
@@ -829,5 +859,16 @@ impl Target for BrokerTarget {
                 },
             }
         })
+    }
+}
+
+/// A past duration in words: "6s", "3m", "2h", "4d".
+fn ago(ms: i64) -> String {
+    let s = ms.max(0) / 1000;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m", s / 60),
+        3600..=86_399 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
     }
 }

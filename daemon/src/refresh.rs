@@ -31,6 +31,7 @@ use tracing::{info, warn};
 use crate::broker::{Broker, BrokerError, EventKind};
 use crate::config::ServerName;
 use crate::install::{GrantSource, NewGrant};
+use crate::oauth::token::Revocation;
 use crate::state::{Grant, RegistrationKind};
 
 pub use crate::scheduler::Backoff;
@@ -141,7 +142,7 @@ impl Broker {
         let grant = self
             .store()
             .grant(&name)?
-            .ok_or_else(|| login_required("no tokens are held"))?;
+            .ok_or_else(|| login_required(&self.why_no_tokens(&name)))?;
         let now = self.now_ms();
         match freshness {
             Freshness::Force => {}
@@ -268,8 +269,8 @@ impl Broker {
                     self.end_backoff(&name);
                     let reason = format!("the authorization server rejected the refresh ({code})");
                     warn!(server = %name, %reason, "refresh refused; login required");
-                    self.record_error(&guard, &format!("{reason}; run `mcpauthctl login {name}`"))
-                        .await;
+                    // The state says a login is required; the error says why.
+                    self.record_error(&guard, &reason).await;
                     self.publish(
                         Some(name.clone()),
                         EventKind::LoginRequired {
@@ -313,41 +314,45 @@ impl Broker {
         Ok(())
     }
 
-    /// Revokes the tokens at the AS when it offers RFC 7009, then deletes
-    /// them; with `forget_client`, the client registrations too. Returns
-    /// whether tokens were held, and whether they were revoked.
+    /// Revokes each token at the AS when it offers RFC 7009, then deletes
+    /// them (always); with `forget_client`, the client registrations too.
+    /// Says what became of each token.
     pub async fn logout(
         self: &Arc<Self>,
         name: &str,
         forget_client: bool,
-    ) -> Result<(bool, bool), BrokerError> {
+    ) -> Result<LogoutOutcome, BrokerError> {
         let server = self.configured(name)?;
         self.cancel_login(name).await?;
         let guard = self.locks.lock(&server).await;
-        let mut revoked = false;
-        let held = self.store().grant(&server)?.is_some();
+        let mut outcome = LogoutOutcome::default();
         if let Some(grant) = self.store().grant(&server)? {
-            let discovery = self.store().server(&server)?.and_then(|r| r.discovery);
+            outcome.held = true;
+            outcome.access_expires_at_ms = grant.expires_at_ms;
+            let discovery = self
+                .store()
+                .server(&server)?
+                .and_then(|r| r.discovery)
+                .filter(|d| d.issuer == grant.issuer);
             let registration = self.store().registration(&server, &grant.issuer)?;
-            if let (Some(d), Some(reg)) =
-                (discovery.filter(|d| d.issuer == grant.issuer), registration)
-                && d.metadata.revocation_endpoint.is_some()
-            {
-                let mut ok = true;
-                if let Some(rt) = &grant.refresh_token {
-                    ok &= self.http.revoke(&d, &reg, rt, "refresh_token").await.map_err(|e| {
-                        warn!(server = %server, error = %e, "revoking the refresh token failed");
-                    }).is_ok();
+            let mut tokens = vec![("access_token", &grant.access_token)];
+            if let Some(rt) = &grant.refresh_token {
+                tokens.insert(0, ("refresh_token", rt));
+            }
+            for (hint, token) in tokens {
+                let result = match (&discovery, &registration) {
+                    (Some(d), Some(reg)) => self.http.revoke(d, reg, token, hint).await,
+                    // Nothing to revoke with: the server's AS or our client
+                    // is not known any more.
+                    _ => Revocation::NotOffered,
+                };
+                if !matches!(result, Revocation::Revoked | Revocation::NotOffered) {
+                    warn!(server = %server, token = hint, outcome = %result, "revocation did not revoke");
                 }
-                ok &= self
-                    .http
-                    .revoke(&d, &reg, &grant.access_token, "access_token")
-                    .await
-                    .map_err(|e| {
-                        warn!(server = %server, error = %e, "revoking the access token failed");
-                    })
-                    .is_ok();
-                revoked = ok;
+                match hint {
+                    "access_token" => outcome.access = Some(result),
+                    _ => outcome.refresh = Some(result),
+                }
             }
             self.store().delete_grant(&guard).await?;
         }
@@ -360,14 +365,36 @@ impl Broker {
             r.step_up = None;
         })
         .await?;
-        info!(server = %server, revoked, held, forget_client, "logged out");
+        info!(server = %server, held = outcome.held, revoked = outcome.all_revoked(), forget_client, "logged out");
         self.publish(
             Some(server),
             EventKind::LoginRequired {
                 reason: "logged out".into(),
             },
         );
-        Ok((held, revoked))
+        Ok(outcome)
+    }
+}
+
+/// What a logout did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LogoutOutcome {
+    /// Whether tokens were held (they are deleted here either way).
+    pub held: bool,
+    /// What became of the access token at the server.
+    pub access: Option<Revocation>,
+    /// What became of the refresh token, if one was held.
+    pub refresh: Option<Revocation>,
+    pub access_expires_at_ms: Option<i64>,
+}
+
+impl LogoutOutcome {
+    /// Every token held was revoked at the server.
+    pub fn all_revoked(&self) -> bool {
+        self.held
+            && [&self.access, &self.refresh]
+                .iter()
+                .all(|r| r.as_ref().is_none_or(|r| *r == Revocation::Revoked))
     }
 }
 

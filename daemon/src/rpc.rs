@@ -101,6 +101,9 @@ impl From<BrokerError> for Status {
             BrokerError::StepUpExhausted { .. } => Status::resource_exhausted(message),
             BrokerError::Unavailable {
                 retry_after_secs, ..
+            }
+            | BrokerError::ServerRejecting {
+                retry_after_secs, ..
             } => {
                 let mut status = Status::unavailable(message);
                 status
@@ -194,7 +197,7 @@ impl From<ServerView> for pb::Server {
             state: auth_state(v.state).into(),
             token_expires_at_unix_ms: v.token_expires_at_ms.unwrap_or(0),
             last_refresh_unix_ms: record.last_refresh_ms.unwrap_or(0),
-            last_error: record.last_error.unwrap_or_default(),
+            last_error: v.guard_error.or(record.last_error).unwrap_or_default(),
             added_at_unix_ms: record.added_at_ms,
             refresh_state: match &v.plan {
                 Plan::Idle => "idle",
@@ -287,6 +290,21 @@ fn token_reply(grant: crate::state::Grant) -> pb::TokenReply {
         generation: grant.generation,
         server_url: grant.server_url,
         resource: grant.resource,
+    }
+}
+
+fn revocation(r: &crate::oauth::token::Revocation) -> pb::TokenRevocation {
+    use crate::oauth::token::Revocation;
+    let (outcome, detail) = match r {
+        Revocation::Revoked => ("revoked", String::new()),
+        Revocation::NotOffered => ("not_offered", String::new()),
+        Revocation::Unsupported => ("unsupported", String::new()),
+        Revocation::Refused { .. } => ("refused", r.to_string()),
+        Revocation::Failed(reason) => ("failed", reason.clone()),
+    };
+    pb::TokenRevocation {
+        outcome: outcome.into(),
+        detail,
     }
 }
 
@@ -551,8 +569,14 @@ impl broker_server::Broker for BrokerService {
     ) -> Result<Response<pb::LogoutReply>, Status> {
         check_protocol(&request)?;
         let r = request.into_inner();
-        let (held, revoked) = self.broker.logout(&r.server, r.forget_client).await?;
-        Ok(Response::new(pb::LogoutReply { revoked, held }))
+        let outcome = self.broker.logout(&r.server, r.forget_client).await?;
+        Ok(Response::new(pb::LogoutReply {
+            revoked: outcome.all_revoked(),
+            held: outcome.held,
+            access_token: outcome.access.as_ref().map(revocation),
+            refresh_token: outcome.refresh.as_ref().map(revocation),
+            access_token_expires_at_unix_ms: outcome.access_expires_at_ms.unwrap_or(0),
+        }))
     }
 
     async fn refresh(

@@ -25,6 +25,9 @@ pub struct ServerRecord {
     /// secret: it is built from typed errors whose messages carry none.
     #[serde(default)]
     pub last_error: Option<String>,
+    /// When `last_error` happened (Unix ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error_at_ms: Option<i64>,
     /// The loopback callback port, chosen once and reused so a registered
     /// redirect URI stays valid.
     #[serde(default)]
@@ -97,6 +100,7 @@ impl ServerRecord {
             added_at_ms: now_ms,
             last_refresh_ms: None,
             last_error: None,
+            last_error_at_ms: None,
             callback_port: None,
             discovery: None,
             step_up: None,

@@ -22,7 +22,13 @@
 //!   [`CHECK_SHARED_MS`]), and a rejected one goes through
 //!   `report_unauthorized`, so however many hosts rerun at once, one
 //!   refresh happens; a server that rejects every token meets the report
-//!   cooldown, not a loop.
+//!   guard, not a loop.
+//! - The report guard ([`ReportGuard`]): after a refresh a report caused,
+//!   the next waits 1 s, doubling while the server keeps rejecting fresh
+//!   tokens, up to 60 s. While it waits, reporters are told that the MCP
+//!   server rejects the fresh token (logged once per wait, shown by
+//!   `status` as the last error); the first report after it refreshes, so
+//!   a grant revoked right after a refresh is found within seconds.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,11 +47,50 @@ pub const DEFAULT_MIN_TTL: Duration = Duration::from_secs(60);
 /// Step-up authorizations allowed per server within [`STEP_UP_WINDOW_MS`].
 pub const STEP_UP_MAX_ATTEMPTS: usize = 3;
 pub const STEP_UP_WINDOW_MS: i64 = 10 * 60 * 1000;
-/// At most one refresh caused by reports per server in this time: a server
-/// that keeps rejecting fresh tokens would otherwise turn a storm of
-/// reports into a storm of refreshes. (Concurrent reporters of the same
-/// token share one refresh regardless.)
-pub const REPORT_COOLDOWN_MS: i64 = 10_000;
+/// After a refresh caused by reports, the next one waits this long, doubled
+/// for each fresh token the server rejected in a row, up to
+/// [`REPORT_GUARD_MAX_MS`]: a server that rejects every token costs a
+/// handful of refreshes in its first minute and one a minute after, and a
+/// grant revoked right after a refresh is found within seconds.
+/// (Concurrent reporters of the same token share one refresh regardless.)
+pub const REPORT_GUARD_FIRST_MS: i64 = 1_000;
+pub const REPORT_GUARD_MAX_MS: i64 = 60_000;
+
+/// The report guard of one server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReportGuard {
+    /// When a report last caused a refresh (Unix ms).
+    pub refreshed_at_ms: i64,
+    /// How many of those refreshes came while the one before was still
+    /// recent: fresh tokens the server rejected in a row.
+    pub rejections: u32,
+    /// Whether this wait was logged already.
+    pub announced: bool,
+}
+
+impl ReportGuard {
+    /// How long after `refreshed_at_ms` reports refresh again.
+    pub fn wait_ms(&self) -> i64 {
+        REPORT_GUARD_FIRST_MS
+            .saturating_mul(1i64 << self.rejections.min(16))
+            .min(REPORT_GUARD_MAX_MS)
+    }
+
+    /// The guard after a report-caused refresh at `now_ms`: a rejection
+    /// in a row if the previous one is still recent (within twice its
+    /// wait), else a new episode.
+    pub fn after_refresh(previous: Option<ReportGuard>, now_ms: i64) -> ReportGuard {
+        let rejections = match previous {
+            Some(p) if now_ms - p.refreshed_at_ms < 2 * p.wait_ms() => p.rejections + 1,
+            _ => 0,
+        };
+        ReportGuard {
+            refreshed_at_ms: now_ms,
+            rejections,
+            announced: false,
+        }
+    }
+}
 /// A headers helper asking again for the token it was given this recently
 /// is checked against the server first.
 pub const RERUN_WINDOW_MS: i64 = 30_000;
@@ -106,7 +151,7 @@ impl Broker {
             .grant(name)?
             .ok_or_else(|| BrokerError::LoginRequired {
                 server: name.to_string(),
-                reason: "no tokens are held".into(),
+                reason: self.why_no_tokens(name),
             })
     }
 
@@ -279,27 +324,45 @@ impl Broker {
             });
         }
         let now = self.now_ms();
-        let last = self.report_refreshes.lock().unwrap().get(&name).copied();
-        if let Some(last) = last.filter(|last| now - last < REPORT_COOLDOWN_MS) {
-            // The cooldown is for a server rejecting the token that a
-            // report just produced. A reporter that read the grant before
-            // that refresh was installed holds an older one: it gets the
+        let guard = self.report_refreshes.lock().unwrap().get(&name).copied();
+        if let Some(guard) = guard.filter(|g| now - g.refreshed_at_ms < g.wait_ms()) {
+            // The guard is for a server rejecting the token that a report
+            // just produced. A reporter that read the grant before that
+            // refresh was installed holds an older one: it gets the
             // current token, like any stale reporter.
             let current = self.held_grant(&name)?;
             if current.generation != grant.generation {
                 return Ok(current);
             }
-            return Err(BrokerError::Unavailable {
-                reason: "the server keeps rejecting freshly refreshed tokens".into(),
-                retry_after_secs: ((REPORT_COOLDOWN_MS - (now - last)) / 1000).max(1) as u64,
+            let retry_ms = guard.refreshed_at_ms + guard.wait_ms() - now;
+            let reason = guard_reason(&name, now - guard.refreshed_at_ms, retry_ms);
+            if !guard.announced {
+                tracing::warn!(server = %name, rejections = guard.rejections + 1, retry_after_ms = retry_ms, "the server rejected a freshly refreshed token; holding refreshes back");
+                if let Some(g) = self.report_refreshes.lock().unwrap().get_mut(&name) {
+                    g.announced = true;
+                }
+            }
+            return Err(BrokerError::ServerRejecting {
+                server: name.to_string(),
+                reason,
+                retry_after_secs: (retry_ms as u64).div_ceil(1000).max(1),
             });
         }
         let fresh = self.shared_refresh(&name, grant.generation).await?;
-        self.report_refreshes
-            .lock()
-            .unwrap()
-            .insert(name, self.now_ms());
+        let mut guards = self.report_refreshes.lock().unwrap();
+        let next = ReportGuard::after_refresh(guards.get(&name).copied(), self.now_ms());
+        guards.insert(name, next);
         Ok(fresh)
+    }
+
+    /// Why reports are held back for `name` right now, if they are: what
+    /// `status` shows as its last error while it lasts.
+    pub(crate) fn report_guard_error(&self, name: &ServerName) -> Option<String> {
+        let now = self.now_ms();
+        let guard = self.report_refreshes.lock().unwrap().get(name).copied()?;
+        let retry_ms = guard.refreshed_at_ms + guard.wait_ms() - now;
+        (retry_ms > 0 && guard.announced)
+            .then(|| guard_reason(name, now - guard.refreshed_at_ms, retry_ms))
     }
 
     /// Joins the refresh in flight for this generation of the grant, or
@@ -436,8 +499,42 @@ impl Broker {
     }
 }
 
+/// The words of the report guard: the MCP server's rejection, not the
+/// authorization server's.
+fn guard_reason(name: &ServerName, ago_ms: i64, retry_ms: i64) -> String {
+    format!(
+        "{name} rejected the token refreshed {}s ago; the next report refreshes again in {}s (the wait doubles while fresh tokens are rejected, up to {}s)",
+        ago_ms.max(0) / 1000,
+        (retry_ms.max(0) as u64).div_ceil(1000).max(1),
+        REPORT_GUARD_MAX_MS / 1000
+    )
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_report_guard_allows_a_handful_of_refreshes_a_minute() {
+        // Reports every 100 ms for 3 minutes to a server that rejects
+        // every token: a refresh whenever the guard lets one through.
+        let mut guard: Option<ReportGuard> = None;
+        let mut refreshes = Vec::new();
+        for t in (0..180_000).step_by(100) {
+            if guard.is_none_or(|g| t - g.refreshed_at_ms >= g.wait_ms()) {
+                refreshes.push(t);
+                guard = Some(ReportGuard::after_refresh(guard, t));
+            }
+        }
+        let in_first_minute = refreshes.iter().filter(|t| **t < 60_000).count();
+        let in_third_minute = refreshes.iter().filter(|t| **t >= 120_000).count();
+        assert_eq!(&refreshes[..4], [0, 1_000, 3_000, 7_000]);
+        assert!(in_first_minute <= 7, "{refreshes:?}");
+        assert!(in_third_minute <= 2, "{refreshes:?}");
+        // A rejection long after the last refresh starts a new episode:
+        // the next report may refresh after a second again.
+        let later = ReportGuard::after_refresh(guard, 1_000_000);
+        assert_eq!((later.rejections, later.wait_ms()), (0, 1_000));
+    }
     use super::*;
     use crate::broker::{BrokerOptions, Paths};
     use crate::clock::TokioClock;

@@ -115,6 +115,14 @@ pub struct Switches {
     pub relative_endpoints: bool,
     /// Home Assistant: the metadata names no issuer.
     pub omit_issuer: bool,
+    /// better-auth: JWT access tokens cannot be revoked
+    /// (`unsupported_token_type`); refresh tokens can.
+    pub revocation_refuses_access_tokens: bool,
+    /// The MCP Python SDK (1.x to 2.3): revocation requires a
+    /// `client_secret` form field, even (empty) from a public client.
+    pub revocation_requires_client_secret: bool,
+    /// Revocation refused for every token (`invalid_request`).
+    pub revocation_refuses_all: bool,
     /// Device flow, client credentials, JWT bearer, stateless MCP.
     pub grants: crate::grants_as::GrantSwitches,
 }
@@ -180,6 +188,9 @@ impl Default for Switches {
             form_credentials_only: false,
             relative_endpoints: false,
             omit_issuer: false,
+            revocation_refuses_access_tokens: false,
+            revocation_requires_client_secret: false,
+            revocation_refuses_all: false,
             grants: Default::default(),
         }
     }
@@ -907,6 +918,31 @@ async fn handle(State(app): State<App>, request: Request<Body>) -> Response {
         return json(StatusCode::CREATED, answer);
     }
     if on_as && parts.method == Method::POST && endpoint("revoke") && sw.revocation {
+        if sw.revocation_refuses_all {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "revocation is not enabled for this client",
+            );
+        }
+        if sw.revocation_requires_client_secret && !form.contains_key("client_secret") {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "client_secret: Field required",
+            );
+        }
+        if sw.revocation_refuses_access_tokens
+            && form
+                .get("token")
+                .is_some_and(|t| s.access_tokens.contains_key(t))
+        {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "unsupported_token_type",
+                "JWT access tokens are self-contained",
+            );
+        }
         if let Some(token) = form.get("token") {
             if let Some(rt) = s.refresh_tokens.get(token).cloned() {
                 s.revoked_families.push(rt.family);

@@ -364,6 +364,26 @@ pub fn real_hosts() -> PathBuf {
     bin
 }
 
+/// The official MCP Python SDK (PyPI `mcp`, pinned in tests/pysdk),
+/// installed into tests/pysdk/.venv by its `install.sh` on first use (it
+/// does nothing when the venv is current). Returns tests/pysdk, whose
+/// `server.py` is an authorization and MCP server and `host.py` a stdio
+/// host, both built with the SDK.
+pub fn pysdk_installed() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("pysdk");
+    let lock = std::fs::File::create(std::env::temp_dir().join("mcpauth-pysdk-install.lock"))
+        .expect("lock file");
+    let _guard = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .expect("lock");
+    let status = Command::new(dir.join("install.sh"))
+        .stdout(Stdio::null())
+        .status()
+        .expect("python3 is needed for the Python SDK tests (tests/pysdk/install.sh)");
+    assert!(status.success(), "tests/pysdk/install.sh failed");
+    dir
+}
+
 /// A Secret Service (GNOME Keyring, unlocked, with its keyring in the
 /// test's HOME) on a private D-Bus session bus: the OS keyring as a
 /// desktop has it, for the tools that keep their logins there. Both

@@ -352,6 +352,28 @@ async fn a_url_change_never_sends_the_new_servers_token_to_the_old_one() {
     assert!(stderr.contains(&new_mcp.url), "{stderr}");
 }
 
+/// Some servers end the session whenever the token changes: the proxy's
+/// next request meets 404, starts one new session (replaying the host's
+/// initialize), and the request succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_the_server_ends_after_a_refresh_is_started_again_once() {
+    let (_auth, mcp, env, _d) = logged_in_to(false).await;
+    let mut host = Host::start(&env, "s");
+    host.initialize();
+    assert!(host.request(2, "tools/list", json!({}))["result"].is_object());
+    env.ctl(&["refresh", "s"]).ok();
+    mcp.drop_sessions();
+    let tools = host.request(3, "tools/list", json!({}));
+    assert!(tools["result"]["tools"].is_array(), "{tools}");
+    let initializes = mcp
+        .seen()
+        .iter()
+        .filter(|s| s.rpc.as_deref() == Some("initialize") && s.bearer.is_some())
+        .count();
+    assert_eq!(initializes, 2, "the host's, and one new session");
+    host.close();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http_sse_server_of_2024_11_05_is_bridged_too() {
     let (_auth, mcp, env, _d) = logged_in_to(true).await;
@@ -502,20 +524,6 @@ async fn the_proxy_talks_to_a_server_built_with_the_official_sdk() {
     host.close();
 }
 
-/// The official MCP Python SDK (PyPI `mcp`, pinned in tests/pysdk),
-/// installed into tests/pysdk/.venv on first use.
-fn pysdk_installed() -> std::path::PathBuf {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pysdk");
-    let lock =
-        std::fs::File::create(std::env::temp_dir().join("mcpauth-pysdk-install.lock")).unwrap();
-    let _guard = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).unwrap();
-    let status = std::process::Command::new(dir.join("install.sh"))
-        .status()
-        .expect("python3 is needed for the Python SDK interoperability test");
-    assert!(status.success(), "tests/pysdk/install.sh failed");
-    dir
-}
-
 async fn pysdk_stats(base: &str) -> Value {
     reqwest::get(format!("{base}/test/stats"))
         .await
@@ -532,7 +540,7 @@ async fn pysdk_stats(base: &str) -> Value {
 /// and a host calls a tool through the proxy before and after.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_sdk_authorization_server_that_limits_scopes() {
-    let dir = pysdk_installed();
+    let dir = mcpauth_tests::pysdk_installed();
     let mut server = KillOnDrop(
         std::process::Command::new(dir.join(".venv/bin/python"))
             .arg(dir.join("server.py"))

@@ -182,10 +182,16 @@ async fn reports_of_a_rejected_token_refresh_once_and_stale_reports_get_the_curr
         .to_string();
     assert_eq!(again, t2);
     assert_eq!(server.token_requests("refresh_token").len(), 1);
-    // The server rejects t2 too, at once: rate-limited, not another refresh.
+    // The server rejects t2 too, at once: held back, not another refresh,
+    // and the words name the MCP server's rejection.
     let storm = env.ctl(&["token", "s", "--rejected", &t2]);
     assert_eq!(storm.code(), 1, "{}", storm.stderr());
-    assert!(storm.stderr().contains("retry after"), "{}", storm.stderr());
+    assert!(
+        storm.stderr().contains("s rejected the token refreshed")
+            && storm.stderr().contains("refreshes again in"),
+        "{}",
+        storm.stderr()
+    );
     assert_eq!(server.token_requests("refresh_token").len(), 1);
     // A report never carries the token itself.
     assert!(

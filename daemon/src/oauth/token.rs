@@ -132,6 +132,41 @@ pub fn parse_token_response(
     })
 }
 
+/// What became of one token at the revocation endpoint (RFC 7009).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Revocation {
+    /// Revoked (or already invalid: RFC 7009 answers 200 for both).
+    Revoked,
+    /// The AS has no revocation endpoint.
+    NotOffered,
+    /// `unsupported_token_type`: the AS cannot revoke this kind of token
+    /// (RFC 7009 §2.2.1), e.g. a self-contained JWT access token.
+    Unsupported,
+    /// Another OAuth error answer, sanitised.
+    Refused {
+        error: String,
+        description: Option<String>,
+    },
+    /// No answer that says (network trouble, an error page).
+    Failed(String),
+}
+
+impl std::fmt::Display for Revocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Revocation::Revoked => f.write_str("revoked"),
+            Revocation::NotOffered => f.write_str("no revocation endpoint"),
+            Revocation::Unsupported => f.write_str("unsupported_token_type"),
+            Revocation::Refused {
+                error,
+                description: Some(d),
+            } => write!(f, "{error}: {d}"),
+            Revocation::Refused { error, .. } => f.write_str(error),
+            Revocation::Failed(reason) => f.write_str(reason),
+        }
+    }
+}
+
 /// A token answer, and how the request that got it was made, for the
 /// caller to remember.
 #[derive(Debug)]
@@ -382,31 +417,81 @@ impl HttpClient {
         }
     }
 
-    /// Revokes a token (RFC 7009). Succeeds if the AS has no revocation
-    /// endpoint: there is nothing to do there.
+    /// Revokes a token (RFC 7009) and says what became of it.
+    ///
+    /// One tolerance: the MCP Python SDK's revocation endpoint (1.x to
+    /// 2.3) requires a `client_secret` form field even from a public
+    /// client; refused for its absence, a public client tries once more
+    /// with an empty one (it has none).
     pub async fn revoke(
         &self,
         discovery: &Discovery,
         registration: &Registration,
         token: &Secret,
         hint: &'static str,
-    ) -> Result<(), OAuthError> {
+    ) -> Revocation {
         let Some(endpoint) = &discovery.metadata.revocation_endpoint else {
-            return Ok(());
+            return Revocation::NotOffered;
         };
-        let url = checked("revocation endpoint", endpoint)?;
+        let url = match checked("revocation endpoint", endpoint) {
+            Ok(url) => url,
+            Err(e) => return Revocation::Failed(e.to_string()),
+        };
+        let first = self
+            .revoke_once(&url, registration, token, hint, false)
+            .await;
+        let public = registration.client_secret.is_none();
+        match first {
+            Revocation::Refused {
+                ref error,
+                ref description,
+            } if public
+                && error == "invalid_request"
+                && description
+                    .as_deref()
+                    .is_some_and(|d| d.contains("client_secret")) =>
+            {
+                self.revoke_once(&url, registration, token, hint, true)
+                    .await
+            }
+            other => other,
+        }
+    }
+
+    async fn revoke_once(
+        &self,
+        url: &url::Url,
+        registration: &Registration,
+        token: &Secret,
+        hint: &'static str,
+        empty_secret: bool,
+    ) -> Revocation {
         let mut form = vec![("token", token.expose()), ("token_type_hint", hint)];
         let auth = ClientAuth::of(registration);
         let basic = auth.apply(&mut form);
-        let response = self.post_form(&url, &form, basic).await?;
+        if empty_secret {
+            form.push(("client_secret", ""));
+        }
+        let response = match self.post_form(url, &form, basic).await {
+            Ok(r) => r,
+            Err(e) => return Revocation::Failed(e.to_string()),
+        };
         if (200..300).contains(&response.status) {
-            Ok(())
-        } else {
-            Err(OAuthError::Status {
-                url: display_url(&url),
-                status: response.status,
-                retry_after_secs: response.retry_after_secs,
-            })
+            return Revocation::Revoked;
+        }
+        let mut sent = vec![token.expose()];
+        if let Some(s) = auth.secret() {
+            sent.push(s);
+        }
+        match parse_token_response(url, &response, &sent) {
+            Err(OAuthError::Token { error, .. }) if error == "unsupported_token_type" => {
+                Revocation::Unsupported
+            }
+            Err(OAuthError::Token {
+                error, description, ..
+            }) => Revocation::Refused { error, description },
+            Err(e) => Revocation::Failed(e.to_string()),
+            Ok(_) => Revocation::Failed(format!("HTTP {}", response.status)),
         }
     }
 }
