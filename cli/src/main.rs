@@ -1062,6 +1062,10 @@ fn print_status(status: pb::StatusReply) {
             relative(config.error_at_unix_ms, now),
         );
     }
+    out!(
+        "{}",
+        output::store_key_line(&status.store_key, &status.store_key_detail)
+    );
     if status.servers.is_empty() {
         out!("no servers configured; add one with: mcpauthctl add NAME URL");
         return;

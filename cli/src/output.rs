@@ -53,6 +53,16 @@ pub struct DaemonJson {
     pub state_dir: String,
     pub config_path: String,
     pub socket_activated: bool,
+    /// Where the key sealing the stored secrets is.
+    pub store_key: StoreKeyJson,
+}
+
+#[derive(Serialize)]
+pub struct StoreKeyJson {
+    /// `keyring`, `file` or `locked`.
+    pub source: String,
+    /// The key file, or why the key is not at hand.
+    pub detail: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -98,8 +108,8 @@ pub fn logout_line(name: &str, reply: &pb::LogoutReply, now_ms: i64) -> String {
     fn outcome(r: &pb::TokenRevocation) -> (&str, &str) {
         (r.outcome.as_str(), r.detail.as_str())
     }
-    let access = reply.access_token.as_ref().map(outcome);
-    let refresh = reply.refresh_token.as_ref().map(outcome);
+    let access = reply.access_token_revocation.as_ref().map(outcome);
+    let refresh = reply.refresh_token_revocation.as_ref().map(outcome);
     let one = |kind: &str, (what, detail): (&str, &str)| match what {
         "revoked" => format!("the {kind} token is revoked at the server"),
         "unsupported" => format!(
@@ -190,11 +200,23 @@ impl LogoutJson {
             server: server.into(),
             held: reply.held,
             revoked: reply.revoked,
-            access_token: reply.access_token.as_ref().map(token),
-            refresh_token: reply.refresh_token.as_ref().map(token),
+            access_token: reply.access_token_revocation.as_ref().map(token),
+            refresh_token: reply.refresh_token_revocation.as_ref().map(token),
             access_token_expires_at: some(reply.access_token_expires_at_unix_ms),
             forgot_client,
         }
+    }
+}
+
+/// The line `status` says of the stored secrets.
+pub fn store_key_line(source: &str, detail: &str) -> String {
+    match source {
+        "keyring" => "secrets: sealed, with a key in the OS keyring".into(),
+        "file" => format!(
+            "secrets: sealed, with a key in {detail} (no OS keyring here: whoever can read that file and the state can read the tokens)"
+        ),
+        "locked" => format!("secrets: LOCKED: {detail}"),
+        _ => "secrets: (this mcpauthd does not say)".into(),
     }
 }
 
@@ -230,6 +252,7 @@ pub fn state_name(state: i32) -> &'static str {
         Ok(pb::AuthState::RefreshFailing) => "refresh_failing",
         Ok(pb::AuthState::StepUpRequired) => "step_up_required",
         Ok(pb::AuthState::OnDemand) => "on_demand",
+        Ok(pb::AuthState::Locked) => "locked",
         _ => "unknown",
     }
 }
@@ -282,6 +305,10 @@ impl From<pb::StatusReply> for StatusJson {
                 state_dir: s.state_dir,
                 config_path: s.config_path,
                 socket_activated: s.socket_activated,
+                store_key: StoreKeyJson {
+                    source: s.store_key,
+                    detail: some(s.store_key_detail),
+                },
             },
             config: ConfigJson {
                 ok: config.error.is_empty(),

@@ -119,6 +119,8 @@ pub enum AuthState {
     /// No token yet, and none needs a person: one is obtained at the first
     /// request (client credentials, workload).
     OnDemand,
+    /// The store key is not at hand: no secret can be read.
+    Locked,
 }
 
 /// What a client sees of a server: declared config plus runtime state.
@@ -217,6 +219,16 @@ pub struct DaemonStatus {
     pub socket_activated: bool,
     pub config: ConfigHealth,
     pub servers: Vec<ServerView>,
+    /// Where the store key is, or why it is not at hand.
+    pub store_key: StoreKeyStatus,
+}
+
+/// The store key's whereabouts, for `status`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreKeyStatus {
+    Keyring,
+    File(PathBuf),
+    Locked(String),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -362,7 +374,12 @@ impl Broker {
             assertion_watch: Mutex::new(None),
             idp_locks: Default::default(),
         });
-        if let Some(text) = broker.store.last_good_config()? {
+        // Sealed like the secrets: a locked store starts from the file.
+        let last_good = match broker.store.last_good_config() {
+            Err(StoreError::KeyMissing(_)) => None,
+            other => other?,
+        };
+        if let Some(text) = last_good {
             match Config::parse(&text, &broker.paths.config) {
                 Ok(config) => *broker.config.write().unwrap() = Arc::new(config),
                 Err(e) => warn!(error = %e, "the stored last good config no longer parses"),
@@ -487,6 +504,20 @@ impl Broker {
         self.config.read().unwrap().clone()
     }
 
+    /// The store key came after the start: every server's state is
+    /// readable now, so the scheduler plans again and token files are
+    /// written (as after any change of a server).
+    pub(crate) fn store_unlocked(&self) {
+        for (name, server) in self.config().servers.iter() {
+            self.publish(
+                Some(name.clone()),
+                EventKind::ServerChanged {
+                    url: server.url.to_string(),
+                },
+            );
+        }
+    }
+
     pub fn status(&self) -> Result<DaemonStatus, BrokerError> {
         Ok(DaemonStatus {
             pid: std::process::id(),
@@ -495,6 +526,11 @@ impl Broker {
             socket_activated: self.socket_activated,
             config: self.health.lock().unwrap().clone(),
             servers: self.list()?,
+            store_key: match self.store.key_status() {
+                Ok(source) if source == "file" => StoreKeyStatus::File(crate::store_key_file()),
+                Ok(_) => StoreKeyStatus::Keyring,
+                Err(why) => StoreKeyStatus::Locked(why),
+            },
         })
     }
 
@@ -528,7 +564,11 @@ impl Broker {
 
     fn view(&self, name: &ServerName, server: &ServerConfig) -> Result<ServerView, BrokerError> {
         let record = self.store.server(name)?;
-        let grant = self.store.grant(name)?;
+        // A locked store still shows every server, as locked.
+        let (grant, locked) = match self.store.grant(name) {
+            Err(crate::store::StoreError::KeyMissing(_)) => (None, true),
+            other => (other?, false),
+        };
         let state = auth_state(
             record.as_ref(),
             grant.as_ref(),
@@ -549,8 +589,8 @@ impl Broker {
                 .as_ref()
                 .and_then(|r| r.discovery.as_ref().map(|d| d.issuer.clone()));
             let registration = match &issuer {
-                Some(issuer) => self.store.registration(name, issuer)?,
-                None => None,
+                Some(issuer) if !locked => self.store.registration(name, issuer)?,
+                _ => None,
             };
             match (registration, &grant) {
                 (Some(reg), _) => Some((
@@ -575,6 +615,7 @@ impl Broker {
             (None, Some(port)) => Some((port, "chosen")),
             _ => None,
         };
+        let state = if locked { AuthState::Locked } else { state };
         Ok(ServerView {
             client_id,
             callback_port,

@@ -1,11 +1,16 @@
-//! Logins another tool keeps in the OS keyring, read for `mcpauthctl
-//! import`: on Linux and the BSDs, the desktop's Secret Service (GNOME
-//! Keyring, KWallet, KeePassXC) on the session's D-Bus.
+//! The OS keyring: on Linux and the BSDs, the desktop's Secret Service
+//! (GNOME Keyring, KWallet, KeePassXC) on the session's D-Bus.
 //!
-//! Read only: the broker never writes there, and never unlocks a locked
-//! keyring (that would put a password prompt in front of a person who
-//! asked for an import). Secrets cross the bus encrypted (the service's
-//! Diffie-Hellman session) and are wrapped in [`Secret`] at once.
+//! Two uses:
+//! - logins another tool keeps there, read for `mcpauthctl import`. Read
+//!   only: the broker never writes another tool's entries;
+//! - the broker's own store key ([`store_key`], see `seal.rs`): one item,
+//!   created at the first start, read at every start.
+//!
+//! It never unlocks a locked keyring (that would put a password prompt in
+//! front of a person who asked for something else). Secrets cross the bus
+//! encrypted (the service's Diffie-Hellman session) and are wrapped at
+//! once ([`Secret`], [`StoreKey`]).
 //!
 //! The tools that keep logins there use keyring-rs, which labels each
 //! entry with the attributes `service` and `username`; Codex uses the
@@ -14,6 +19,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::seal::StoreKey;
 use crate::secret::Secret;
 
 /// Codex's service name for its MCP logins.
@@ -97,6 +103,87 @@ async fn search(service: &str) -> Result<Vec<Entry>, KeyringError> {
         });
     }
     Ok(entries)
+}
+
+/// The broker's store key for the state in `state_dir`, from the default
+/// collection; with `create`, a new one is made there when none exists.
+/// `Ok(None)`: none exists (and none was to be made).
+pub(crate) async fn store_key(
+    state_dir: &std::path::Path,
+    create: bool,
+) -> Result<Option<StoreKey>, KeyringError> {
+    if cfg!(target_os = "macos") {
+        return Err(KeyringError::Unavailable(
+            "the macOS Keychain is not used yet".into(),
+        ));
+    }
+    tokio::time::timeout(LIMIT, store_key_inner(state_dir, create))
+        .await
+        .map_err(|_| KeyringError::Failed("no answer in time".into()))?
+}
+
+async fn store_key_inner(
+    state_dir: &std::path::Path,
+    create: bool,
+) -> Result<Option<StoreKey>, KeyringError> {
+    use secret_service::{EncryptionType, Error, SecretService};
+    let state = state_dir.display().to_string();
+    let attributes = HashMap::from([
+        ("application", "mcpauth"),
+        ("purpose", "store-key"),
+        ("state", state.as_str()),
+    ]);
+    let ss = SecretService::connect(EncryptionType::Dh)
+        .await
+        .map_err(|e| KeyringError::Unavailable(short(&e)))?;
+    let found = ss
+        .search_items(attributes.clone())
+        .await
+        .map_err(|e| KeyringError::Failed(short(&e)))?;
+    if let Some(item) = found.unlocked.first() {
+        let value = match item.get_secret().await {
+            Ok(bytes) => zeroize::Zeroizing::new(bytes),
+            Err(Error::Locked) => return Err(KeyringError::Locked),
+            Err(e) => return Err(KeyringError::Failed(short(&e))),
+        };
+        let text = std::str::from_utf8(&value)
+            .map_err(|_| KeyringError::Failed("the store key item is not text".into()))?;
+        return StoreKey::from_hex(text)
+            .map(Some)
+            .ok_or_else(|| KeyringError::Failed("the store key item holds no key".into()));
+    }
+    if !found.locked.is_empty() {
+        return Err(KeyringError::Locked);
+    }
+    if !create {
+        return Ok(None);
+    }
+    let collection = ss
+        .get_default_collection()
+        .await
+        .map_err(|e| KeyringError::Unavailable(short(&e)))?;
+    if collection
+        .is_locked()
+        .await
+        .map_err(|e| KeyringError::Failed(short(&e)))?
+    {
+        return Err(KeyringError::Locked);
+    }
+    let key = StoreKey::generate();
+    collection
+        .create_item(
+            "mcpauth store key",
+            attributes,
+            key.to_hex().as_bytes(),
+            true,
+            "text/plain",
+        )
+        .await
+        .map_err(|e| match e {
+            Error::Locked => KeyringError::Locked,
+            e => KeyringError::Failed(short(&e)),
+        })?;
+    Ok(Some(key))
 }
 
 /// The error's text, bounded. (These errors carry D-Bus names and

@@ -25,6 +25,9 @@
 //!   endpoint); knows neither gRPC nor the store.
 //! - [`config`]: `config.toml`: parsing, validation, comment-keeping edits.
 //! - [`store`]: persistence in sled; the only module that knows sled.
+//! - [`seal`]: sealing the stored secrets, and where their key lives (the
+//!   OS keyring, through [`keyring`], or a private file); [`run`] finds
+//!   the key at start and keeps looking while the keyring is locked.
 //! - [`state`]: the runtime records the store persists.
 //! - [`watcher`]: `notify` on the config's directory, debounced reloads.
 //! - [`secret`], [`url_policy`], [`fsutil`], [`logging`], [`shutdown`]:
@@ -52,6 +55,7 @@ pub mod oauth;
 pub(crate) mod refresh;
 pub(crate) mod rpc;
 pub mod scheduler;
+pub mod seal;
 pub mod secret;
 pub mod shutdown;
 pub mod state;
@@ -63,6 +67,7 @@ pub(crate) mod watcher;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tracing::{info, warn};
@@ -197,6 +202,153 @@ fn log_hardening() {
     info!(core_limit = %core, dumpable = %dumpable, umask = %format!("{:03o}", umask.bits()), connection_limit = listener::connection_limit(), "process hardening");
 }
 
+/// The store key's file, used where there is no OS keyring:
+/// `$XDG_DATA_HOME/mcpauth/store-key`.
+pub fn store_key_file() -> PathBuf {
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    let data = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute());
+    seal::key_file(&home, data.as_deref())
+}
+
+/// Finds the store key where the store says it lives (`recorded`), or, for
+/// a new store, makes one: in the OS keyring where one answers, else in a
+/// private file. `Err` says why it is not at hand and what to do.
+async fn find_store_key(
+    state_dir: &Path,
+    recorded: Option<&str>,
+) -> Result<(seal::StoreKey, seal::KeySource), String> {
+    use keyring::KeyringError;
+    let file = store_key_file();
+    let from_file = |create: bool| match seal::load_key_file(&file, create) {
+        Ok(Some(key)) => Ok((key, seal::KeySource::File(file.clone()))),
+        Ok(None) => Err(format!(
+            "the key that seals the stored tokens was kept in {}, which is gone: the tokens cannot be read; remove {} and log in again",
+            file.display(),
+            state_dir.display()
+        )),
+        Err(e) => Err(e.to_string()),
+    };
+    match recorded {
+        Some("file") => from_file(false),
+        Some(_) => match keyring::store_key(state_dir, false).await {
+            Ok(Some(key)) => Ok((key, seal::KeySource::Keyring)),
+            Ok(None) => Err(
+                "the key that seals the stored tokens is gone from the OS keyring: the tokens cannot be read; log in again after removing the state directory".into(),
+            ),
+            Err(KeyringError::Locked) => Err(
+                "the stored tokens are sealed with a key in the OS keyring, which is locked: unlock it (a desktop login does); mcpauthd picks the key up without a restart".into(),
+            ),
+            Err(e) => Err(format!(
+                "the stored tokens are sealed with a key in the OS keyring, which does not answer ({e}); mcpauthd keeps trying"
+            )),
+        },
+        None => match keyring::store_key(state_dir, true).await {
+            Ok(Some(key)) => Ok((key, seal::KeySource::Keyring)),
+            Ok(None) => unreachable!("a key is made when none exists"),
+            Err(KeyringError::Unavailable(why)) => {
+                warn!(reason = %why, file = %file.display(), "no OS keyring answers; the key that seals the stored tokens is kept in a private file");
+                from_file(true)
+            }
+            Err(KeyringError::Locked) => Err(
+                "the OS keyring is locked, so the key that will seal the stored tokens cannot be made there yet: unlock it (a desktop login does); mcpauthd picks it up without a restart".into(),
+            ),
+            Err(e) => Err(format!(
+                "the OS keyring failed ({e}); mcpauthd keeps trying"
+            )),
+        },
+    }
+}
+
+/// The key of an existing store, where `recorded` says it lives (for
+/// `mcpauthd export`); never makes one.
+pub async fn existing_store_key(
+    state_dir: &Path,
+    recorded: Option<&str>,
+) -> Result<seal::StoreKey, String> {
+    match recorded {
+        Some(_) => find_store_key(state_dir, recorded)
+            .await
+            .map(|(key, _)| key),
+        None => Err("the store has no key yet".into()),
+    }
+}
+
+/// Opens the store with its key: a store from before sealing is rewritten
+/// sealed first. Without the key, the store opens locked.
+async fn open_sealed_store(dir: &Path) -> Result<Store, DaemonError> {
+    let store = Store::open_waiting(dir, Duration::from_secs(5))?;
+    let recorded = store.key_source()?;
+    match find_store_key(dir, recorded.as_deref()).await {
+        Ok((key, source)) => {
+            if recorded.is_none() {
+                store.set_key_source(source.tag())?;
+            }
+            if store.is_sealed()? {
+                store.set_key(key);
+                return Ok(store);
+            }
+            drop(store);
+            if Store::rewrite_sealed(dir, &key)? {
+                info!(
+                    "the stored secrets are sealed now; the plain store was rewritten and removed"
+                );
+            }
+            let store = Store::open_waiting(dir, Duration::from_secs(5))?;
+            store.set_key(key);
+            Ok(store)
+        }
+        Err(why) => {
+            warn!(reason = %why, "the store is locked: no secret is served until its key is at hand");
+            store.key_missing(why);
+            Ok(store)
+        }
+    }
+}
+
+/// While the store is locked, looks for its key every two seconds; once
+/// found, secrets are served (without a restart).
+fn spawn_key_watch(broker: Arc<Broker>, dir: PathBuf) {
+    let weak = Arc::downgrade(&broker);
+    let shutdown = broker.shutdown().wait();
+    tokio::spawn(async move {
+        let watch = async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                let Some(broker) = weak.upgrade() else { return };
+                let store = broker.store();
+                let recorded = store.key_source().ok().flatten();
+                match find_store_key(&dir, recorded.as_deref()).await {
+                    Ok((key, source)) => {
+                        if recorded.is_none()
+                            && let Err(e) = store.set_key_source(source.tag())
+                        {
+                            warn!(error = %e, "cannot record where the store key is");
+                            continue;
+                        }
+                        match store.unlock(key).await {
+                            Ok(sealed) => {
+                                info!(sealed, "the store key is at hand; secrets are served");
+                                broker.store_unlocked();
+                                return;
+                            }
+                            Err(e) => warn!(error = %e, "cannot seal the stored secrets"),
+                        }
+                    }
+                    Err(why) => store.key_missing(why),
+                }
+            }
+        };
+        tokio::select! {
+            _ = watch => {}
+            _ = shutdown => {}
+        }
+    });
+}
+
 /// Runs the daemon until SIGTERM/SIGINT or a `Shutdown` RPC.
 pub async fn run(paths: Paths, options: BrokerOptions) -> Result<(), DaemonError> {
     // The lock comes first: a second instance must not touch anything.
@@ -206,7 +358,7 @@ pub async fn run(paths: Paths, options: BrokerOptions) -> Result<(), DaemonError
     ensure_state_dir(&paths.state_dir)?;
     // The instance lock is ours, so the store is free or about to be: a
     // previous instance lets go of both when its process exits.
-    let store = Store::open_waiting(&paths.state_dir, Duration::from_secs(5))?;
+    let store = open_sealed_store(&paths.state_dir).await?;
     if let Some(dir) = paths.config.parent()
         && let Err(e) = create_private_dir(dir)
     {
@@ -216,6 +368,9 @@ pub async fn run(paths: Paths, options: BrokerOptions) -> Result<(), DaemonError
     let shutdown = Shutdown::new();
     shutdown::on_signals(shutdown.clone()).map_err(DaemonError::Signals)?;
     let broker = Broker::start(paths.clone(), store, activated, shutdown.clone(), options).await?;
+    if !broker.store().has_key() {
+        spawn_key_watch(broker.clone(), paths.state_dir.clone());
+    }
     broker.start_scheduler();
     broker.start_token_files();
     broker.start_assertion_watch();

@@ -48,6 +48,7 @@ enum Command {
 
 fn main() -> ExitCode {
     mcpauthd::harden_process();
+    find_session_bus();
     let args = Args::parse();
     logging::init(args.log_format);
     let paths = Paths {
@@ -91,6 +92,30 @@ fn main() -> ExitCode {
     }
 }
 
+/// A daemon started from a filtered environment (Codex passes HOME and
+/// PATH only) still finds the session's D-Bus, and through it the OS
+/// keyring that holds its store key: `$XDG_RUNTIME_DIR/bus`, or
+/// `/run/user/UID/bus`, where systemd puts it.
+fn find_session_bus() {
+    if std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_some() {
+        return;
+    }
+    let runtime = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| format!("/run/user/{}", nix::unistd::getuid()).into());
+    let bus = runtime.join("bus");
+    use std::os::unix::fs::FileTypeExt;
+    if std::fs::symlink_metadata(&bus).is_ok_and(|m| m.file_type().is_socket()) {
+        // SAFETY: called first thing in main, before any thread exists.
+        unsafe {
+            std::env::set_var(
+                "DBUS_SESSION_BUS_ADDRESS",
+                format!("unix:path={}", bus.display()),
+            )
+        };
+    }
+}
+
 fn export(paths: &Paths) -> Result<(), String> {
     let store = mcpauthd::store::Store::open(&paths.state_dir).map_err(|e| match e {
         mcpauthd::store::StoreError::Locked { .. } => {
@@ -98,6 +123,22 @@ fn export(paths: &Paths) -> Result<(), String> {
         }
         other => other.to_string(),
     })?;
+    // The sealed values are opened with the store key, where it is.
+    let recorded = store.key_source().map_err(|e| e.to_string())?;
+    if recorded.is_some() {
+        let key = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the runtime: {e}"))?
+            .block_on(mcpauthd::existing_store_key(
+                &paths.state_dir,
+                recorded.as_deref(),
+            ));
+        match key {
+            Ok(key) => store.set_key(key),
+            Err(why) => eprintln!("mcpauthd: the sealed values are shown as [sealed]: {why}"),
+        }
+    }
     let json = store.export().map_err(|e| e.to_string())?;
     println!(
         "{}",

@@ -18,7 +18,9 @@ use tonic::transport::server::Connected;
 use tonic::{Request, Response, Status};
 use tracing::warn;
 
-use crate::broker::{AuthState, Broker, BrokerError, DaemonStatus, Event, EventKind, ServerView};
+use crate::broker::{
+    AuthState, Broker, BrokerError, DaemonStatus, Event, EventKind, ServerView, StoreKeyStatus,
+};
 use crate::config::{NewServer, ServerName};
 use crate::import::{ImportItem, Tool, Verdict};
 use crate::listener::Connection;
@@ -115,6 +117,10 @@ impl From<BrokerError> for Status {
             BrokerError::AlreadyExists(_) => Status::already_exists(message),
             BrokerError::Invalid(_) => Status::invalid_argument(message),
             BrokerError::ConfigBroken(_) => Status::failed_precondition(message),
+            // A locked store: the one line says why and what to do.
+            BrokerError::Store(crate::store::StoreError::KeyMissing(_)) => {
+                Status::failed_precondition(message)
+            }
             BrokerError::Config(_) | BrokerError::Store(_) | BrokerError::Internal(_) => {
                 warn!(error = %message, "request failed");
                 Status::internal(message)
@@ -139,6 +145,7 @@ fn auth_state(state: AuthState) -> pb::AuthState {
         AuthState::RefreshFailing => pb::AuthState::RefreshFailing,
         AuthState::StepUpRequired => pb::AuthState::StepUpRequired,
         AuthState::OnDemand => pb::AuthState::OnDemand,
+        AuthState::Locked => pb::AuthState::Locked,
     }
 }
 
@@ -242,6 +249,17 @@ impl From<DaemonStatus> for pb::StatusReply {
             }),
             servers: s.servers.into_iter().map(Into::into).collect(),
             socket_activated: s.socket_activated,
+            store_key: match &s.store_key {
+                StoreKeyStatus::Keyring => "keyring",
+                StoreKeyStatus::File(_) => "file",
+                StoreKeyStatus::Locked(_) => "locked",
+            }
+            .into(),
+            store_key_detail: match s.store_key {
+                StoreKeyStatus::Keyring => String::new(),
+                StoreKeyStatus::File(path) => path.display().to_string(),
+                StoreKeyStatus::Locked(why) => why,
+            },
         }
     }
 }
@@ -573,8 +591,8 @@ impl broker_server::Broker for BrokerService {
         Ok(Response::new(pb::LogoutReply {
             revoked: outcome.all_revoked(),
             held: outcome.held,
-            access_token: outcome.access.as_ref().map(revocation),
-            refresh_token: outcome.refresh.as_ref().map(revocation),
+            access_token_revocation: outcome.access.as_ref().map(revocation),
+            refresh_token_revocation: outcome.refresh.as_ref().map(revocation),
             access_token_expires_at_unix_ms: outcome.access_expires_at_ms.unwrap_or(0),
         }))
     }

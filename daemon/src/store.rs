@@ -12,6 +12,17 @@
 //!   metadata and ID token, for `enterprise` servers); written under the
 //!   identity provider's [`IdpGuard`], and not a per-server tree.
 //!
+//! Secrets at rest: the values of `grants`, `registrations`, `flows` and
+//! `identities`, and `meta/last_good_config` (a config may carry a client
+//! secret), are sealed with the store key (`seal.rs`) before they reach
+//! sled, bound to their tree and key. While the key is not at hand (a
+//! locked keyring) those values can be neither read nor written:
+//! [`StoreError::KeyMissing`] says why. `meta/sealed` marks a store whose
+//! every such value is sealed and whose files hold no older plain value: a
+//! store from before sealing is rewritten once, into a fresh database
+//! ([`Store::rewrite_sealed`]), since sled keeps replaced values in its log
+//! until it compacts.
+//!
 //! Per-server trees key their entries as `<server name>\0<rest>`, so
 //! [`Store::delete_server`] can remove every trace of a server by prefix.
 //!
@@ -36,6 +47,7 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::config::ServerName;
 use crate::locks::{IdpGuard, ServerGuard};
+use crate::seal::StoreKey;
 use crate::state::{Grant, IdentityRecord, PendingFlow, Registration, ServerRecord};
 
 /// The layout version written in `meta/schema_version`.
@@ -59,6 +71,9 @@ pub enum StoreError {
     Io(String),
     #[error("stored record {key:?} is unreadable: {message}")]
     Corrupt { key: String, message: String },
+    /// The store key is not at hand: the reason, and what to do.
+    #[error("{0}")]
+    KeyMissing(String),
 }
 
 impl From<sled::Error> for StoreError {
@@ -86,6 +101,18 @@ pub struct Store {
     registrations: sled::Tree,
     flows: sled::Tree,
     identities: sled::Tree,
+    /// The store key; `Err(why)` while it is not at hand.
+    key: std::sync::RwLock<Result<StoreKey, String>>,
+}
+
+/// The trees whose values are sealed.
+const SEALED_TREES: [&str; 4] = ["grants", "registrations", "flows", "identities"];
+/// The `meta` entries whose values are sealed.
+const SEALED_META: [&str; 1] = ["last_good_config"];
+
+fn is_sealed_entry(tree: &[u8], key: &[u8]) -> bool {
+    SEALED_TREES.iter().any(|t| t.as_bytes() == tree)
+        || (tree == b"meta" && SEALED_META.iter().any(|k| k.as_bytes() == key))
 }
 
 fn server_key(name: &ServerName, rest: &str) -> Vec<u8> {
@@ -136,12 +163,17 @@ impl Store {
             registrations,
             flows,
             identities,
+            key: std::sync::RwLock::new(Err(
+                "the store key is not loaded yet; try again in a moment".into(),
+            )),
         };
         match store.meta.get("schema_version")? {
             None => {
                 store
                     .meta
                     .insert("schema_version", &SCHEMA_VERSION.to_be_bytes())?;
+                // A new store never held a plain secret.
+                store.meta.insert("sealed", "1")?;
                 store.db.flush()?;
             }
             Some(raw) => {
@@ -179,6 +211,198 @@ impl Store {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The store key is at hand: secrets are served from now on.
+    pub fn set_key(&self, key: StoreKey) {
+        *self.key.write().unwrap() = Ok(key);
+    }
+
+    /// The store key is not at hand, and why (said by every call that
+    /// needs a secret).
+    pub fn key_missing(&self, why: String) {
+        *self.key.write().unwrap() = Err(why);
+    }
+
+    pub fn has_key(&self) -> bool {
+        self.key.read().unwrap().is_ok()
+    }
+
+    /// `Ok(where the key lives)` while it is at hand, else `Err(why not)`.
+    pub fn key_status(&self) -> Result<String, String> {
+        match &*self.key.read().unwrap() {
+            Ok(_) => Ok(self.key_source().ok().flatten().unwrap_or_default()),
+            Err(why) => Err(why.clone()),
+        }
+    }
+
+    /// Where the key lives, as recorded at the first start (`keyring` or
+    /// `file`).
+    pub fn key_source(&self) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .meta
+            .get("key_source")?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    pub fn set_key_source(&self, tag: &str) -> Result<(), StoreError> {
+        self.meta.insert("key_source", tag.as_bytes())?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Whether every secret in the store is sealed and its files hold no
+    /// older plain value.
+    pub fn is_sealed(&self) -> Result<bool, StoreError> {
+        Ok(self.meta.get("sealed")?.is_some())
+    }
+
+    /// The value to write for `key` in `tree`: sealed where it holds a
+    /// secret.
+    fn seal_value(
+        &self,
+        tree: &sled::Tree,
+        key: &[u8],
+        plain: Vec<u8>,
+    ) -> Result<Vec<u8>, StoreError> {
+        if !is_sealed_entry(&tree.name(), key) {
+            return Ok(plain);
+        }
+        let plain = zeroize::Zeroizing::new(plain);
+        let guard = self.key.read().unwrap();
+        let store_key = guard
+            .as_ref()
+            .map_err(|why| StoreError::KeyMissing(why.clone()))?;
+        Ok(crate::seal::seal(
+            store_key,
+            &String::from_utf8_lossy(&tree.name()),
+            key,
+            &plain,
+        ))
+    }
+
+    /// The plain value of `key` in `tree`, opened where it is sealed. A
+    /// secret is never served without the key, even one stored plain
+    /// before sealing existed.
+    fn open_value(
+        &self,
+        tree: &sled::Tree,
+        key: &[u8],
+        raw: &[u8],
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, StoreError> {
+        if !is_sealed_entry(&tree.name(), key) {
+            return Ok(zeroize::Zeroizing::new(raw.to_vec()));
+        }
+        let guard = self.key.read().unwrap();
+        let store_key = guard
+            .as_ref()
+            .map_err(|why| StoreError::KeyMissing(why.clone()))?;
+        if !crate::seal::is_sealed(raw) {
+            return Ok(zeroize::Zeroizing::new(raw.to_vec()));
+        }
+        crate::seal::open(store_key, &String::from_utf8_lossy(&tree.name()), key, raw).map_err(
+            |e| StoreError::Corrupt {
+                key: String::from_utf8_lossy(key).replace('\0', "/"),
+                message: e.to_string(),
+            },
+        )
+    }
+
+    /// The store key has come (a keyring unlocked after the start): seals,
+    /// where they are, the plain secrets of a store from before sealing,
+    /// then serves secrets. Until the key is set nothing can write a
+    /// secret, and each value is swapped only if it is still the one read,
+    /// so no write is undone. The files may still hold the plain values
+    /// until [`Store::rewrite_sealed`] runs at the next start. Returns how
+    /// many values were sealed.
+    pub async fn unlock(&self, key: StoreKey) -> Result<usize, StoreError> {
+        let mut sealed = 0;
+        for tree in [
+            &self.grants,
+            &self.registrations,
+            &self.flows,
+            &self.identities,
+            &self.meta,
+        ] {
+            let name = String::from_utf8_lossy(&tree.name()).into_owned();
+            for entry in tree.iter() {
+                let (k, v) = entry?;
+                if !is_sealed_entry(name.as_bytes(), &k) || crate::seal::is_sealed(&v) {
+                    continue;
+                }
+                let value = crate::seal::seal(&key, &name, &k, &v);
+                if tree.compare_and_swap(&k, Some(&v), Some(value))?.is_ok() {
+                    sealed += 1;
+                }
+            }
+        }
+        self.flush().await?;
+        self.set_key(key);
+        Ok(sealed)
+    }
+
+    /// Rewrites the store in `dir` into a fresh database with every
+    /// secret sealed, so no plain value stays behind in sled's files; a
+    /// store already sealed is left alone. Run at start, with no `Store`
+    /// open. An interrupted rewrite is finished or undone at the next
+    /// call: the old database is replaced only once the new one is
+    /// flushed. Returns whether it rewrote anything.
+    pub fn rewrite_sealed(dir: &Path, key: &StoreKey) -> Result<bool, StoreError> {
+        let path = dir.join("store");
+        let fresh = dir.join("store.sealing");
+        let old = dir.join("store.plain");
+        let io = |e: std::io::Error| StoreError::Io(e.to_string());
+        // A rewrite that stopped half way: a complete new database is
+        // only ever renamed once the old one is out of the way.
+        if fresh.exists() && !path.exists() {
+            std::fs::rename(&fresh, &path).map_err(io)?;
+        }
+        if fresh.exists() {
+            std::fs::remove_dir_all(&fresh).map_err(io)?;
+        }
+        if old.exists() {
+            std::fs::remove_dir_all(&old).map_err(io)?;
+        }
+        let entries = {
+            let store = Self::open(dir)?;
+            if store.is_sealed()? {
+                return Ok(false);
+            }
+            store.set_key(key.clone());
+            let mut entries = Vec::new();
+            for name in store.db.tree_names() {
+                let tree = store.db.open_tree(&name)?;
+                for entry in tree.iter() {
+                    let (k, v) = entry?;
+                    let value = if crate::seal::is_sealed(&v) {
+                        v.to_vec()
+                    } else {
+                        store.seal_value(&tree, &k, v.to_vec())?
+                    };
+                    entries.push((name.to_vec(), k.to_vec(), value));
+                }
+            }
+            entries
+        };
+        {
+            let db = sled::Config::new()
+                .path(&fresh)
+                .cache_capacity(CACHE_BYTES)
+                .flush_every_ms(None)
+                .open()?;
+            for (tree, k, v) in &entries {
+                db.open_tree(tree)?.insert(k.as_slice(), v.as_slice())?;
+            }
+            db.open_tree("meta")?.insert("sealed", "1")?;
+            db.flush()?;
+        }
+        std::fs::rename(&path, &old).map_err(io)?;
+        std::fs::rename(&fresh, &path).map_err(io)?;
+        std::fs::remove_dir_all(&old).map_err(io)?;
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(true)
     }
 
     async fn flush(&self) -> Result<(), StoreError> {
@@ -286,10 +510,16 @@ impl Store {
         self.flush().await
     }
 
-    fn get<T: DeserializeOwned>(tree: &sled::Tree, key: &[u8]) -> Result<Option<T>, StoreError> {
-        tree.get(key)?
-            .map(|raw| Self::decode(&String::from_utf8_lossy(key).replace('\0', "/"), &raw))
-            .transpose()
+    fn get<T: DeserializeOwned>(
+        &self,
+        tree: &sled::Tree,
+        key: &[u8],
+    ) -> Result<Option<T>, StoreError> {
+        let Some(raw) = tree.get(key)? else {
+            return Ok(None);
+        };
+        let plain = self.open_value(tree, key, &raw)?;
+        Self::decode(&String::from_utf8_lossy(key).replace('\0', "/"), &plain).map(Some)
     }
 
     async fn put<T: Serialize>(
@@ -298,7 +528,8 @@ impl Store {
         key: Vec<u8>,
         value: &T,
     ) -> Result<(), StoreError> {
-        tree.insert(key, Self::encode(value))?;
+        let value = self.seal_value(tree, &key, Self::encode(value))?;
+        tree.insert(key, value)?;
         self.flush().await
     }
 
@@ -309,7 +540,7 @@ impl Store {
 
     /// What is held for an identity provider.
     pub fn identity(&self, name: &ServerName) -> Result<Option<IdentityRecord>, StoreError> {
-        Self::get(&self.identities, name.as_str().as_bytes())
+        self.get(&self.identities, name.as_str().as_bytes())
     }
 
     pub async fn put_identity(
@@ -345,12 +576,12 @@ impl Store {
         if let Some(cached) = cache.get(name) {
             return Ok(cached.clone());
         }
-        let mut grant: Option<Grant> = Self::get(&self.grants, &server_key(name, ""))?;
+        let mut grant: Option<Grant> = self.get(&self.grants, &server_key(name, ""))?;
         // A grant from before grants named their URL: a record's state
         // never outlives its URL, so the record's URL is the grant's.
         if let Some(g) = grant.as_mut().filter(|g| g.server_url.is_empty())
             && let Some(record) =
-                Self::get::<ServerRecord>(&self.servers, name.as_str().as_bytes())?
+                self.get::<ServerRecord>(&self.servers, name.as_str().as_bytes())?
         {
             g.server_url = record.url;
         }
@@ -374,7 +605,7 @@ impl Store {
         // no reader can fill the cache with the unflushed one.
         self.fill_grant(name)?;
         let key = server_key(name, "");
-        let grant_bytes = Self::encode(grant);
+        let grant_bytes = self.seal_value(&self.grants, &key, Self::encode(grant))?;
         let record_bytes = Self::encode(record);
         let written = (&self.grants, &self.servers).transaction(|(grants, servers)| {
             grants.insert(key.as_slice(), grant_bytes.as_slice())?;
@@ -416,7 +647,7 @@ impl Store {
         name: &ServerName,
         issuer: &str,
     ) -> Result<Option<Registration>, StoreError> {
-        Self::get(&self.registrations, &server_key(name, issuer))
+        self.get(&self.registrations, &server_key(name, issuer))
     }
 
     pub async fn put_registration(
@@ -454,7 +685,7 @@ impl Store {
     }
 
     pub fn flow(&self, name: &ServerName) -> Result<Option<PendingFlow>, StoreError> {
-        Self::get(&self.flows, &server_key(name, ""))
+        self.get(&self.flows, &server_key(name, ""))
     }
 
     pub async fn put_flow(
@@ -471,17 +702,25 @@ impl Store {
     }
 
     pub fn last_good_config(&self) -> Result<Option<String>, StoreError> {
-        Ok(self
-            .meta
-            .get("last_good_config")?
-            .map(|raw| String::from_utf8_lossy(&raw).into_owned()))
+        let Some(raw) = self.meta.get("last_good_config")? else {
+            return Ok(None);
+        };
+        let plain = self.open_value(&self.meta, b"last_good_config", &raw)?;
+        Ok(Some(String::from_utf8_lossy(&plain).into_owned()))
     }
 
+    /// Keeps the text of the config in force. While the store key is not
+    /// at hand it is not kept (it may hold a client secret): the previous
+    /// one stays.
     pub async fn set_last_good_config(&self, text: &str) -> Result<(), StoreError> {
+        if !self.has_key() {
+            return Ok(());
+        }
         if self.last_good_config()?.as_deref() == Some(text) {
             return Ok(());
         }
-        self.meta.insert("last_good_config", text.as_bytes())?;
+        let value = self.seal_value(&self.meta, b"last_good_config", text.as_bytes().to_vec())?;
+        self.meta.insert("last_good_config", value)?;
         self.flush().await
     }
 
@@ -511,11 +750,16 @@ impl Store {
             for entry in tree.iter() {
                 let (k, v) = entry?;
                 let key = String::from_utf8_lossy(&k).replace('\0', "/");
-                let value: serde_json::Value =
-                    serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
-                        key: key.clone(),
-                        message: e.to_string(),
-                    })?;
+                let value: serde_json::Value = match self.open_value(tree, &k, &v) {
+                    Ok(plain) => {
+                        serde_json::from_slice(&plain).map_err(|e| StoreError::Corrupt {
+                            key: key.clone(),
+                            message: e.to_string(),
+                        })?
+                    }
+                    Err(StoreError::KeyMissing(_)) => serde_json::json!("[sealed]"),
+                    Err(e) => return Err(e),
+                };
                 entries.insert(key, value);
             }
             trees.insert(name.to_string(), serde_json::Value::Object(entries));
@@ -533,6 +777,17 @@ impl Store {
 mod tests {
     use super::*;
 
+    /// A store with the tests' key.
+    fn keyed(dir: &Path) -> Store {
+        let store = Store::open(dir).unwrap();
+        store.set_key(test_key());
+        store
+    }
+
+    fn test_key() -> StoreKey {
+        StoreKey::from_bytes(&[7; 32]).unwrap()
+    }
+
     fn name(s: &str) -> ServerName {
         ServerName::parse(s).unwrap()
     }
@@ -546,14 +801,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let url = url::Url::parse("https://a.example/mcp").unwrap();
         {
-            let store = Store::open(dir.path()).unwrap();
+            let store = keyed(dir.path());
             store
                 .put_server(&guard("a").await, &ServerRecord::new(&url, 42))
                 .await
                 .unwrap();
             store.set_last_good_config("x = 1").await.unwrap();
         }
-        let store = Store::open(dir.path()).unwrap();
+        let store = keyed(dir.path());
         let record = store.server(&name("a")).unwrap().unwrap();
         assert_eq!(record.added_at_ms, 42);
         assert_eq!(record.url, "https://a.example/mcp");
@@ -565,9 +820,123 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn secrets_are_sealed_on_disk_and_unreadable_without_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = name("a");
+        {
+            let store = keyed(dir.path());
+            let g = guard("a").await;
+            let record = ServerRecord::new(&url::Url::parse("https://a.example/").unwrap(), 0);
+            let grant = crate::state::Grant {
+                issuer: "i".into(),
+                client_id: "c".into(),
+                resource: "r".into(),
+                access_token: crate::secret::Secret::new("at-in-the-clear-1"),
+                token_type: "Bearer".into(),
+                refresh_token: Some(crate::secret::Secret::new("rt-in-the-clear-1")),
+                expires_at_ms: None,
+                scopes: vec![],
+                obtained_at_ms: 0,
+                generation: 1,
+                server_url: String::new(),
+            };
+            store.install_grant(&g, &grant, &record).await.unwrap();
+            store
+                .set_last_good_config("client_secret = \"cs-in-the-clear-1\"")
+                .await
+                .unwrap();
+            store.flush_blocking().unwrap();
+        }
+        for secret in [
+            "at-in-the-clear-1",
+            "rt-in-the-clear-1",
+            "cs-in-the-clear-1",
+        ] {
+            for file in walk(dir.path()) {
+                let bytes = std::fs::read(&file).unwrap();
+                assert!(
+                    !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                    "{secret} in {}",
+                    file.display()
+                );
+            }
+        }
+        // Without the key: no secret, and why.
+        let store = Store::open(dir.path()).unwrap();
+        store.key_missing("the keyring is locked".into());
+        assert!(matches!(store.grant(&n), Err(StoreError::KeyMissing(w)) if w.contains("locked")));
+        assert!(
+            store.server(&n).unwrap().is_some(),
+            "metadata stays readable"
+        );
+        // With another key: refused, never garbage.
+        store.set_key(StoreKey::generate());
+        assert!(matches!(store.grant(&n), Err(StoreError::Corrupt { .. })));
+        store.set_key(test_key());
+        let grant = store.grant(&n).unwrap().unwrap();
+        assert_eq!(grant.access_token.expose(), "at-in-the-clear-1");
+    }
+
+    #[tokio::test]
+    async fn a_plain_store_is_rewritten_sealed_once_and_keeps_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = name("a");
+        {
+            // A store from before sealing: plain values, no `sealed` mark.
+            let store = keyed(dir.path());
+            store.meta.remove("sealed").unwrap();
+            store
+                .grants
+                .insert(
+                    server_key(&n, ""),
+                    Store::encode(&serde_json::json!({
+                        "issuer": "i", "client_id": "c", "resource": "r",
+                        "access_token": "at-plain-1", "token_type": "Bearer",
+                        "refresh_token": "rt-plain-1", "obtained_at_ms": 0, "generation": 4
+                    })),
+                )
+                .unwrap();
+            store.flush_blocking().unwrap();
+        }
+        assert!(Store::rewrite_sealed(dir.path(), &test_key()).unwrap());
+        assert!(
+            !Store::rewrite_sealed(dir.path(), &test_key()).unwrap(),
+            "once"
+        );
+        for file in walk(dir.path()) {
+            let bytes = std::fs::read(&file).unwrap();
+            assert!(
+                !bytes.windows(10).any(|w| w == b"at-plain-1"),
+                "{}",
+                file.display()
+            );
+        }
+        let store = keyed(dir.path());
+        let grant = store.grant(&n).unwrap().unwrap();
+        assert_eq!(
+            (grant.access_token.expose(), grant.generation),
+            ("at-plain-1", 4)
+        );
+        assert!(store.is_sealed().unwrap());
+    }
+
+    fn walk(dir: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                out.extend(walk(&path));
+            } else {
+                out.push(path);
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
     async fn delete_removes_every_trace_by_prefix() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = keyed(dir.path());
         let url = url::Url::parse("https://a.example/").unwrap();
         store
             .put_server(&guard("a").await, &ServerRecord::new(&url, 1))
@@ -590,7 +959,7 @@ mod tests {
     #[tokio::test]
     async fn grants_are_served_from_memory_and_follow_writes() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = keyed(dir.path());
         let n = name("a");
         let g = guard("a").await;
         let record = ServerRecord::new(&url::Url::parse("https://a.example/").unwrap(), 0);
@@ -639,7 +1008,7 @@ mod tests {
     async fn refuses_state_from_a_newer_schema() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let store = Store::open(dir.path()).unwrap();
+            let store = keyed(dir.path());
             store
                 .meta
                 .insert("schema_version", &(SCHEMA_VERSION + 1).to_be_bytes())
@@ -655,7 +1024,7 @@ mod tests {
     #[test]
     fn a_second_open_is_refused_while_the_first_holds_the_lock() {
         let dir = tempfile::tempdir().unwrap();
-        let first = Store::open(dir.path()).unwrap();
+        let first = keyed(dir.path());
         let err = Store::open(dir.path()).err().expect("second open fails");
         assert!(matches!(err, StoreError::Locked { .. }), "{err:?}");
         // A waiting open gets it once the holder lets go.
@@ -677,7 +1046,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_cache_fill_never_replaces_a_newer_grant() {
         let dir = tempfile::tempdir().unwrap();
-        let store = std::sync::Arc::new(Store::open(dir.path()).unwrap());
+        let store = std::sync::Arc::new(keyed(dir.path()));
         let n = name("a");
         let g = guard("a").await;
         let record = ServerRecord::new(&url::Url::parse("https://a.example/").unwrap(), 0);

@@ -558,6 +558,7 @@ mod tests {
         .unwrap();
         std::fs::create_dir_all(&paths.state_dir).unwrap();
         let store = crate::store::Store::open(&paths.state_dir).unwrap();
+        store.set_key(crate::seal::StoreKey::generate());
         let options = BrokerOptions {
             clock: TokioClock::starting_at(0),
             ..Default::default()

@@ -393,7 +393,12 @@ pub struct SecretService {
     /// The bus, as `DBUS_SESSION_BUS_ADDRESS`.
     pub address: String,
     children: Vec<std::process::Child>,
+    home: PathBuf,
+    run: PathBuf,
 }
+
+/// The password of the tests' login keyring.
+const KEYRING_PASSWORD: &[u8] = b"test-keyring-password";
 
 impl SecretService {
     pub fn start(env: &TestEnv) -> Self {
@@ -438,6 +443,8 @@ impl SecretService {
         let mut service = SecretService {
             address,
             children: vec![bus],
+            home: env.home(),
+            run: dir.join("run"),
         };
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while !socket.exists() {
@@ -447,27 +454,7 @@ impl SecretService {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        let mut keyring = Command::new("gnome-keyring-daemon")
-            .args(["--foreground", "--unlock", "--components=secrets"])
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", env.home())
-            .env("XDG_RUNTIME_DIR", dir.join("run"))
-            .env("XDG_DATA_HOME", env.home().join(".local/share"))
-            .env("DBUS_SESSION_BUS_ADDRESS", &service.address)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("gnome-keyring-daemon");
-        // --unlock reads the login keyring's password from stdin (and
-        // creates that keyring, the default collection, with it).
-        {
-            use std::io::Write;
-            let mut stdin = keyring.stdin.take().unwrap();
-            stdin.write_all(b"test-keyring-password").unwrap();
-        }
-        service.children.push(keyring);
+        service.start_keyring(&[]);
         loop {
             let answer = Command::new("dbus-send")
                 .env("DBUS_SESSION_BUS_ADDRESS", &service.address)
@@ -491,6 +478,87 @@ impl SecretService {
             std::thread::sleep(Duration::from_millis(50));
         }
         service
+    }
+}
+
+impl SecretService {
+    /// Starts GNOME Keyring with the login keyring unlocked: `--unlock`
+    /// reads its password from stdin (and creates it, the default
+    /// collection, the first time).
+    fn start_keyring(&mut self, extra: &[&str]) {
+        let mut keyring = Command::new("gnome-keyring-daemon")
+            .args(["--foreground", "--unlock", "--components=secrets"])
+            .args(extra)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", &self.home)
+            .env("XDG_RUNTIME_DIR", &self.run)
+            .env("XDG_DATA_HOME", self.home.join(".local/share"))
+            .env("DBUS_SESSION_BUS_ADDRESS", &self.address)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("gnome-keyring-daemon");
+        {
+            use std::io::Write;
+            let mut stdin = keyring.stdin.take().unwrap();
+            stdin.write_all(KEYRING_PASSWORD).unwrap();
+        }
+        self.children.push(keyring);
+    }
+
+    fn secret_call(&self, args: &[&str]) -> String {
+        let out = Command::new("dbus-send")
+            .env("DBUS_SESSION_BUS_ADDRESS", &self.address)
+            .args([
+                "--session",
+                "--print-reply",
+                "--dest=org.freedesktop.secrets",
+            ])
+            .args(args)
+            .output()
+            .expect("dbus-send");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Whether the login keyring is locked.
+    pub fn is_locked(&self) -> bool {
+        self.secret_call(&[
+            "/org/freedesktop/secrets/collection/login",
+            "org.freedesktop.DBus.Properties.Get",
+            "string:org.freedesktop.Secret.Collection",
+            "string:Locked",
+        ])
+        .contains("boolean true")
+    }
+
+    /// Locks the login keyring (as a screen lock or a timeout does).
+    pub fn lock(&self) {
+        self.secret_call(&[
+            "/org/freedesktop/secrets",
+            "org.freedesktop.Secret.Service.Lock",
+            "array:objpath:/org/freedesktop/secrets/collection/login",
+        ]);
+        assert!(self.is_locked(), "the keyring did not lock");
+    }
+
+    /// Unlocks it with its password, as a desktop login does (a new
+    /// GNOME Keyring replaces the running one, unlocked).
+    pub fn unlock(&mut self) {
+        self.start_keyring(&["--replace"]);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while self.is_locked()
+            || !self
+                .secret_call(&["/org/freedesktop/secrets", "org.freedesktop.DBus.Peer.Ping"])
+                .contains("method return")
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the keyring did not unlock"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 

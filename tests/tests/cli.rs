@@ -173,6 +173,7 @@ fn status_json_has_the_documented_shape() {
         "state_dir",
         "config_path",
         "socket_activated",
+        "store_key",
     ] {
         assert!(status["daemon"].get(key).is_some(), "daemon.{key}");
     }
