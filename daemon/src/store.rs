@@ -364,7 +364,7 @@ impl Store {
             std::fs::remove_dir_all(&old).map_err(io)?;
         }
         let entries = {
-            let store = Self::open(dir)?;
+            let store = Self::open_waiting(dir, std::time::Duration::from_secs(5))?;
             if store.is_sealed()? {
                 return Ok(false);
             }
@@ -779,7 +779,8 @@ mod tests {
 
     /// A store with the tests' key.
     fn keyed(dir: &Path) -> Store {
-        let store = Store::open(dir).unwrap();
+        // Waiting: sled lets go of a dropped store's lock a moment later.
+        let store = Store::open_waiting(dir, std::time::Duration::from_secs(5)).unwrap();
         store.set_key(test_key());
         store
     }
@@ -862,7 +863,7 @@ mod tests {
             }
         }
         // Without the key: no secret, and why.
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open_waiting(dir.path(), std::time::Duration::from_secs(5)).unwrap();
         store.key_missing("the keyring is locked".into());
         assert!(matches!(store.grant(&n), Err(StoreError::KeyMissing(w)) if w.contains("locked")));
         assert!(

@@ -81,6 +81,8 @@ impl World {
 async fn start_broker(world: &World) -> (Arc<Broker>, Shutdown) {
     let paths = world.paths();
     let store = Store::open_waiting(&paths.state_dir, Duration::from_secs(20)).expect("store");
+    // The same store key at every restart, as the daemon finds its own.
+    store.set_key(mcpauthd::seal::StoreKey::from_bytes(&[9; 32]).unwrap());
     let shutdown = Shutdown::new();
     let broker = Broker::start(
         paths,
