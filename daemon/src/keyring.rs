@@ -112,16 +112,48 @@ pub(crate) async fn store_key(
     state_dir: &std::path::Path,
     create: bool,
 ) -> Result<Option<StoreKey>, KeyringError> {
-    if cfg!(target_os = "macos") {
-        return Err(KeyringError::Unavailable(
-            "the macOS Keychain is not used yet".into(),
-        ));
+    #[cfg(target_os = "macos")]
+    {
+        let state = state_dir.display().to_string();
+        return tokio::task::spawn_blocking(move || macos_store_key(&state, create))
+            .await
+            .map_err(|e| KeyringError::Failed(e.to_string()))?;
     }
+    #[cfg(not(target_os = "macos"))]
     tokio::time::timeout(LIMIT, store_key_inner(state_dir, create))
         .await
         .map_err(|_| KeyringError::Failed("no answer in time".into()))?
 }
 
+/// The store key as a generic password in the login Keychain (service
+/// `mcpauth store key`, account: the state directory).
+#[cfg(target_os = "macos")]
+fn macos_store_key(state: &str, create: bool) -> Result<Option<StoreKey>, KeyringError> {
+    use security_framework::passwords::{get_generic_password, set_generic_password};
+    const SERVICE: &str = "mcpauth store key";
+    /// errSecItemNotFound
+    const NOT_FOUND: i32 = -25300;
+    match get_generic_password(SERVICE, state) {
+        Ok(bytes) => {
+            let bytes = zeroize::Zeroizing::new(bytes);
+            let text = std::str::from_utf8(&bytes)
+                .map_err(|_| KeyringError::Failed("the store key item is not text".into()))?;
+            StoreKey::from_hex(text)
+                .map(Some)
+                .ok_or_else(|| KeyringError::Failed("the store key item holds no key".into()))
+        }
+        Err(e) if e.code() == NOT_FOUND && create => {
+            let key = StoreKey::generate();
+            set_generic_password(SERVICE, state, key.to_hex().as_bytes())
+                .map_err(|e| KeyringError::Failed(e.to_string()))?;
+            Ok(Some(key))
+        }
+        Err(e) if e.code() == NOT_FOUND => Ok(None),
+        Err(e) => Err(KeyringError::Failed(e.to_string())),
+    }
+}
+
+#[cfg(not(target_os = "macos"))]
 async fn store_key_inner(
     state_dir: &std::path::Path,
     create: bool,
