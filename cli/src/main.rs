@@ -481,6 +481,25 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 })
                 .await?;
             out!("added {} ({})", server.name, server.url);
+            // Another entry for the same server: a second account.
+            let twins: Vec<String> = client
+                .list_servers()
+                .await?
+                .into_iter()
+                .filter(|s| {
+                    s.name != server.name && mcpauth_client::same_server_url(&s.url, &server.url)
+                })
+                .map(|s| s.name)
+                .collect();
+            if !twins.is_empty() {
+                out!(
+                    "{} {} the same URL: each entry keeps its own login, so {} can hold another account",
+                    twins.join(", "),
+                    if twins.len() == 1 { "has" } else { "have" },
+                    server.name
+                );
+            }
+            out!("next: mcpauthctl login {}", server.name);
         }
         Command::Remove { name } => {
             let mut client = mcpauth_client::connect(&opts).await?;

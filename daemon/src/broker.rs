@@ -37,8 +37,15 @@ use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
-    #[error("no server named {0:?} is configured")]
-    NotFound(String),
+    /// A name no server has; with the configured name it most likely
+    /// meant, if one is close.
+    #[error("no server named {0:?} is configured{hint}", hint = did_you_mean(.1))]
+    NotFound(String, Option<String>),
+    /// A name too like one already taken (they differ only in case).
+    #[error(
+        "a server named {existing:?} already exists, and {name:?} differs from it only in case; choose a name that tells them apart"
+    )]
+    NameTooAlike { name: String, existing: String },
     #[error(
         "a server named {0:?} already exists; see it with `mcpauthctl show {0}`, or remove it first with `mcpauthctl remove {0}`"
     )]
@@ -312,7 +319,7 @@ impl BrokerError {
     /// non-clonable sources keep their message.
     pub fn duplicate(&self) -> BrokerError {
         match self {
-            BrokerError::NotFound(n) => BrokerError::NotFound(n.clone()),
+            BrokerError::NotFound(n, s) => BrokerError::NotFound(n.clone(), s.clone()),
             BrokerError::OAuth(e) => BrokerError::OAuth(e.clone()),
             BrokerError::Callback(e) => BrokerError::Callback(e.clone()),
             BrokerError::LoginRequired { server, reason } => BrokerError::LoginRequired {
@@ -547,9 +554,16 @@ impl Broker {
     pub(crate) fn configured(&self, name: &str) -> Result<ServerName, BrokerError> {
         let name = ServerName::parse(name)?;
         if !self.config().servers.contains_key(&name) {
-            return Err(BrokerError::NotFound(name.to_string()));
+            return Err(self.not_found(&name));
         }
         Ok(name)
+    }
+
+    /// "No server named …", with the configured name it most likely meant.
+    pub(crate) fn not_found(&self, name: &ServerName) -> BrokerError {
+        let config = self.config();
+        let names: Vec<&str> = config.servers.keys().map(ServerName::as_str).collect();
+        BrokerError::NotFound(name.to_string(), closest(name.as_str(), &names))
     }
 
     pub fn get(&self, name: &str) -> Result<ServerView, BrokerError> {
@@ -558,7 +572,7 @@ impl Broker {
         let server = config
             .servers
             .get(&name)
-            .ok_or_else(|| BrokerError::NotFound(name.to_string()))?;
+            .ok_or_else(|| self.not_found(&name))?;
         self.view(&name, server)
     }
 
@@ -646,6 +660,17 @@ impl Broker {
         if doc.contains(&name) {
             return Err(BrokerError::AlreadyExists(name.to_string()));
         }
+        if let Some(existing) = self
+            .config()
+            .servers
+            .keys()
+            .find(|n| n.as_str().eq_ignore_ascii_case(name.as_str()))
+        {
+            return Err(BrokerError::NameTooAlike {
+                name: name.to_string(),
+                existing: existing.to_string(),
+            });
+        }
         doc.add(&name, &new);
         self.write_and_apply(&doc).await?;
         info!(server = %name, url = %new.url.trim(), "server added");
@@ -658,7 +683,7 @@ impl Broker {
         let _guard = self.edits.lock().await;
         let mut doc = self.read_document()?;
         if !doc.remove(&name) {
-            return Err(BrokerError::NotFound(name.to_string()));
+            return Err(self.not_found(&name));
         }
         self.write_and_apply(&doc).await?;
         info!(server = %name, "server removed");
@@ -901,6 +926,50 @@ impl Target for BrokerTarget {
             }
         })
     }
+}
+
+fn did_you_mean(suggestion: &Option<String>) -> String {
+    suggestion
+        .as_ref()
+        .map(|s| format!("; did you mean {s:?}?"))
+        .unwrap_or_default()
+}
+
+/// The configured name `name` most likely meant: the same but for case,
+/// else one at most two edits away (for names longer than two), else
+/// none.
+fn closest(name: &str, names: &[&str]) -> Option<String> {
+    if let Some(same) = names.iter().find(|n| n.eq_ignore_ascii_case(name)) {
+        return Some(same.to_string());
+    }
+    let distance = |a: &str, b: &str| {
+        let b: Vec<char> = b.chars().collect();
+        let mut row: Vec<usize> = (0..=b.len()).collect();
+        for (i, ca) in a.chars().enumerate() {
+            let mut previous = row[0];
+            row[0] = i + 1;
+            for (j, cb) in b.iter().enumerate() {
+                let here = row[j + 1];
+                row[j + 1] = (previous + usize::from(ca != *cb))
+                    .min(row[j] + 1)
+                    .min(here + 1);
+                previous = here;
+            }
+        }
+        row[b.len()]
+    };
+    names
+        .iter()
+        .filter(|_| name.len() > 2)
+        .map(|n| {
+            (
+                distance(&name.to_ascii_lowercase(), &n.to_ascii_lowercase()),
+                n,
+            )
+        })
+        .filter(|(d, _)| *d <= 2)
+        .min()
+        .map(|(_, n)| n.to_string())
 }
 
 /// A past duration in words: "6s", "3m", "2h", "4d".

@@ -230,7 +230,7 @@ impl Broker {
             .config()
             .servers
             .get(&name)
-            .ok_or_else(|| BrokerError::NotFound(name.to_string()))?
+            .ok_or_else(|| self.not_found(&name))?
             .clone();
         if let Some(active) = self.logins.get(&name)
             && active.outcome.borrow().is_none()

@@ -113,7 +113,8 @@ impl From<BrokerError> for Status {
                     .insert("retry-after", retry_after_secs.into());
                 status
             }
-            BrokerError::NotFound(_) => Status::not_found(message),
+            BrokerError::NotFound(..) => Status::not_found(message),
+            BrokerError::NameTooAlike { .. } => Status::already_exists(message),
             BrokerError::AlreadyExists(_) => Status::already_exists(message),
             BrokerError::Invalid(_) => Status::invalid_argument(message),
             BrokerError::ConfigBroken(_) => Status::failed_precondition(message),

@@ -705,3 +705,51 @@ async fn small_lies_are_gone() {
         "one log line per rejection:\n{log}"
     );
 }
+
+/// `add` says what comes next, and when another entry already has the
+/// URL; a name that differs from a taken one only in case is refused; a
+/// mistyped name gets the name it most likely meant.
+#[test]
+fn add_says_what_comes_next_and_names_are_told_apart() {
+    let env = TestEnv::new();
+    let _d = env.start_daemon();
+    let first = env.ctl(&["add", "demo", "https://demo.example/mcp"]).ok();
+    assert!(
+        first.contains("added demo (https://demo.example/mcp)")
+            && first.contains("next: mcpauthctl login demo")
+            && !first.contains("same URL"),
+        "{first}"
+    );
+    let second = env
+        .ctl(&["add", "demo-work", "https://demo.example/mcp/"])
+        .ok();
+    assert!(
+        second.contains("demo has the same URL")
+            && second.contains("next: mcpauthctl login demo-work"),
+        "{second}"
+    );
+    let alike = env.ctl(&["add", "Demo", "https://other.example/mcp"]);
+    assert_eq!(alike.code(), 2, "{}", alike.stderr());
+    assert!(
+        alike.stderr().contains("differs from it only in case"),
+        "{}",
+        alike.stderr()
+    );
+    for typo in ["demp", "DEMO"] {
+        let out = env.ctl(&["token", typo]);
+        assert_eq!(out.code(), 2, "{}", out.stderr());
+        assert!(
+            out.stderr().contains(&format!(
+                "no server named \"{typo}\" is configured; did you mean \"demo\"?"
+            )),
+            "{}",
+            out.stderr()
+        );
+    }
+    let nothing_close = env.ctl(&["token", "zzzzzz"]);
+    assert!(
+        !nothing_close.stderr().contains("did you mean"),
+        "{}",
+        nothing_close.stderr()
+    );
+}
