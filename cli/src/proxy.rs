@@ -1000,15 +1000,23 @@ impl SseParser {
             };
             match field {
                 "data" => {
-                    if self.data_lines > 0 {
-                        self.current.data.push('\n');
-                    }
-                    if self.current.data.len() + value.len() > MAX_MESSAGE {
+                    // The whole event counts: its data lines and the
+                    // newlines that join them. Once over, nothing more is
+                    // kept until the blank line drops it.
+                    let separator = usize::from(self.data_lines > 0);
+                    if self.oversized
+                        || self.current.data.len() + separator + value.len() > MAX_MESSAGE
+                    {
                         self.oversized = true;
+                        self.current.data.clear();
+                        self.current.data.shrink_to(0);
                     } else {
+                        if separator == 1 {
+                            self.current.data.push('\n');
+                        }
                         self.current.data.push_str(value);
                     }
-                    self.data_lines += 1;
+                    self.data_lines = self.data_lines.saturating_add(1);
                 }
                 "event" => self.current.event = Some(value.to_string()),
                 "id" if !value.contains('\0') => self.current.id = Some(value.to_string()),
@@ -1169,5 +1177,36 @@ mod tests {
         );
         let events = p.feed(b"data: a\ndata: b\n\n");
         assert_eq!(events[0].as_ref().unwrap().data, "a\nb");
+    }
+
+    #[test]
+    fn a_flood_of_empty_data_lines_stays_bounded_and_is_dropped() {
+        let mut p = SseParser::default();
+        // 20 million empty data lines and no blank line: their joining
+        // newlines alone are more than MAX_MESSAGE.
+        let chunk = b"data:\n".repeat(1 << 20);
+        for _ in 0..20 {
+            assert!(p.feed(&chunk).is_empty());
+            assert!(p.current.data.len() <= MAX_MESSAGE);
+        }
+        assert!(p.current.data.capacity() <= MAX_MESSAGE);
+        // The event ends: it was too large, so it is dropped.
+        assert_eq!(p.feed(b"\n"), vec![None]);
+        // And the next one is whole again.
+        let events = p.feed(b"data: {}\n\n");
+        assert_eq!(events[0].as_ref().unwrap().data, "{}");
+    }
+
+    #[test]
+    fn an_event_exactly_at_the_limit_is_kept_and_one_byte_more_is_not() {
+        let mut p = SseParser::default();
+        let half = "x".repeat(MAX_MESSAGE / 2);
+        // Two halves and their newline: one byte over.
+        let mut input = format!("data: {half}\ndata: {half}\n\n").into_bytes();
+        assert_eq!(p.feed(&input), vec![None]);
+        // One byte shorter: exactly the limit.
+        input = format!("data: {half}\ndata: {}\n\n", &half[1..]).into_bytes();
+        let events = p.feed(&input);
+        assert_eq!(events[0].as_ref().unwrap().data.len(), MAX_MESSAGE);
     }
 }
