@@ -957,7 +957,10 @@ impl Proxy {
     }
 }
 
+/// The innermost cause of a request's failure, in 200 characters at most,
+/// without the URL (whose query may carry a credential).
 fn short(e: reqwest::Error) -> String {
+    let e = e.without_url();
     let mut text = e.to_string();
     let mut source = std::error::Error::source(&e);
     while let Some(s) = source {
