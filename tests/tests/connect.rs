@@ -3,9 +3,9 @@
 //!
 //! For every host: the entry written is exactly the documented shape,
 //! everything else in the file survives (parsed values compared; comments
-//! still there; byte for byte once our entry is removed again), the
-//! original is backed up once with its mode, a second run changes
-//! nothing, `--dry-run` writes nothing, an entry of the same name that
+//! still there; byte for byte once our entry is removed again), the file
+//! as it was is backed up (one private backup, removed by `disconnect`),
+//! a second run changes nothing, `--dry-run` writes nothing, an entry of the same name that
 //! mcpauthctl did not write is refused without `--replace`, and
 //! `disconnect` removes only what `connect` wrote.
 
@@ -163,11 +163,17 @@ fn exercise(case: &Case) {
     for comment in case.comments {
         assert!(read().contains(comment), "{comment} is gone:\n{}", read());
     }
-    // The original is kept, once, with its mode; the file keeps its mode.
+    // The file as it was is kept, private; the file keeps its mode.
     assert_eq!(std::fs::read_to_string(&backup).unwrap(), case.fixture);
-    assert_eq!(mode(&backup), 0o640);
+    assert_eq!(mode(&backup), 0o600);
     assert_eq!(mode(&path), 0o640);
-    assert!(stdout.contains("the original is kept in"), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "the file as it was is kept in {}",
+            backup.display()
+        )),
+        "{stdout}"
+    );
 
     // A second run changes nothing.
     let written = read();
@@ -176,11 +182,16 @@ fn exercise(case: &Case) {
     assert!(!stdout.contains("kept in"), "{stdout}");
     assert_eq!(read(), written);
 
-    // disconnect linear gives back the original, byte for byte.
+    // disconnect linear gives back the original, byte for byte, and
+    // removes the backup with the broker's last entry.
     let stdout = env.ctl(&["disconnect", case.host, "linear"]).ok();
     assert!(stdout.contains("  removed    linear"), "{stdout}");
     assert_eq!(read(), case.fixture);
-    assert_eq!(std::fs::read_to_string(&backup).unwrap(), case.fixture);
+    assert!(!backup.exists());
+    assert!(
+        stdout.contains(&format!("removed the backup {}", backup.display())),
+        "{stdout}"
+    );
 
     // A foreign entry of the same name is refused...
     let out = env.ctl(&["connect", case.host, "github"]);
@@ -224,11 +235,74 @@ fn exercise(case: &Case) {
     for comment in case.comments {
         assert!(read().contains(comment), "{comment} is gone:\n{}", read());
     }
+    // The backup went with the broker's entries.
+    assert!(!backup.exists());
     // Nothing left to do.
     let stdout = env.ctl(&["disconnect", case.host]).ok();
     assert!(stdout.contains("nothing to disconnect"), "{stdout}");
-    // The backup is still the very first original.
-    assert_eq!(std::fs::read_to_string(&backup).unwrap(), case.fixture);
+}
+
+/// A host's file may hold the host's own secrets, so its backup is
+/// private, one per file (each write replaces it), named in connect's
+/// output, and removed by disconnect with the broker's last entry.
+#[test]
+fn connect_keeps_one_private_backup_that_disconnect_removes() {
+    let env = TestEnv::new();
+    let _daemon = start(&env);
+    let path = env.home().join(".cursor/mcp.json");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let fixture = r#"{"mcpServers": {"files": {"command": "fs-server", "env": {"API_KEY": "hosts-own-secret"}}}}"#;
+    std::fs::write(&path, fixture).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let backup = PathBuf::from(format!("{}.mcpauth-backup", path.display()));
+    // One left by an older mcpauthctl with the file's mode.
+    std::fs::write(&backup, fixture).unwrap();
+    std::fs::set_permissions(&backup, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let backups = || {
+        std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .filter(|e| {
+                let name = e.as_ref().unwrap().file_name();
+                name.to_string_lossy() != "mcp.json"
+            })
+            .count()
+    };
+
+    let stdout = env.ctl(&["connect", "cursor", "linear"]).ok();
+    assert!(
+        stdout.contains(&format!(
+            "the file as it was is kept in {} (mode 0600; `mcpauthctl disconnect cursor` removes it)",
+            backup.display()
+        )),
+        "{stdout}"
+    );
+    assert_eq!(mode(&backup), 0o600);
+    assert_eq!(mode(&path), 0o644, "the host's file keeps its mode");
+    assert_eq!(std::fs::read_to_string(&backup).unwrap(), fixture);
+    let with_linear = std::fs::read_to_string(&path).unwrap();
+
+    // A second write replaces it: still one, the file as it was just now.
+    env.ctl(&["connect", "cursor", "github"]).ok();
+    assert_eq!(std::fs::read_to_string(&backup).unwrap(), with_linear);
+    assert_eq!(mode(&backup), 0o600);
+    assert_eq!(backups(), 1, "one backup, nothing else beside the file");
+
+    // disconnect of one server: the broker still has an entry, the
+    // backup stays; of the last: it goes, and the output says so.
+    let stdout = env.ctl(&["disconnect", "cursor", "linear"]).ok();
+    assert!(!stdout.contains("removed the backup"), "{stdout}");
+    assert!(backup.exists());
+    let stdout = env.ctl(&["disconnect", "cursor"]).ok();
+    assert!(
+        stdout.contains(&format!("removed the backup {}", backup.display())),
+        "{stdout}"
+    );
+    assert!(!backup.exists());
+    assert_eq!(backups(), 0);
+    assert_eq!(
+        parse(Format::Json, &std::fs::read_to_string(&path).unwrap()),
+        parse(Format::Json, fixture)
+    );
 }
 
 #[test]
