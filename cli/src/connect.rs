@@ -59,7 +59,8 @@ impl Wiring {
         })
     }
 
-    /// `mcpauthctl [--socket PATH] headers|proxy NAME` as argv.
+    /// `mcpauthctl [--socket PATH] headers|proxy -- NAME` as argv: after
+    /// `--`, a name that starts with `-` is never read as an option.
     pub fn command(&self, via: Via, name: &str) -> Vec<String> {
         let mut argv = vec![self.exe.display().to_string()];
         if let Some(socket) = &self.socket {
@@ -70,6 +71,7 @@ impl Wiring {
             argv.push("--no-autostart".into());
         }
         argv.push(via.subcommand().into());
+        argv.push("--".into());
         argv.push(name.into());
         argv
     }
@@ -826,6 +828,7 @@ mod tests {
                 "--socket",
                 "/tmp/x/mcpauthd.sock",
                 "headers",
+                "--",
                 "lin"
             ]
         );

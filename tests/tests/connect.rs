@@ -79,6 +79,7 @@ fn broker_argv(env: &TestEnv, sub: &str, name: &str) -> Vec<String> {
         "--socket".into(),
         env.socket().display().to_string(),
         sub.into(),
+        "--".into(),
         name.into(),
     ]
 }
@@ -1043,6 +1044,96 @@ async fn real_claude_code_never_sends_a_token_to_another_url() {
     assert!(helper.stdout().is_empty() && !line.contains(&token));
 }
 
+/// The command lines connect writes put `--` before the name, so a name
+/// that starts with `-` (config.toml allows one; `add` no longer does) is
+/// never read as an option; entries written before, without `--`, are
+/// still recognised by `hosts` and removed by `disconnect`.
+#[test]
+fn a_name_that_starts_with_a_dash_is_never_read_as_an_option() {
+    let env = TestEnv::new();
+    env.write_config(&format!(
+        "[servers.\"-lin\"]\nurl = \"{LINEAR}\"\n\n[servers.github]\nurl = \"{GITHUB}\"\n"
+    ));
+    let _daemon = env.start_daemon();
+    let out = env.ctl(&["add", "--", "-new", GITHUB]);
+    let stderr = fails(&out, 2);
+    assert!(stderr.contains("starts with '-'"), "{stderr}");
+
+    // Claude Code's helper, run as the host runs it (through a shell).
+    env.ctl(&["connect", "claude-code", "--", "-lin"]).ok();
+    let value: Value =
+        serde_json::from_str(&std::fs::read_to_string(env.home().join(".claude.json")).unwrap())
+            .unwrap();
+    let helper = value["mcpServers"]["-lin"]["headersHelper"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(helper.ends_with(" headers -- -lin"), "{helper}");
+    let ran = Command::new("sh")
+        .args(["-c", &helper])
+        .env_clear()
+        .env("HOME", env.home())
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&ran.stderr);
+    assert_eq!(
+        ran.status.code(),
+        Some(4),
+        "login required for -lin: {stderr}"
+    );
+    assert!(stderr.contains("mcpauthctl login -lin"), "{stderr}");
+
+    // A proxy entry: the name after `--` too, and the proxy starts.
+    env.ctl(&["connect", "cursor", "--", "-lin"]).ok();
+    let cursor = env.home().join(".cursor/mcp.json");
+    let value: Value = serde_json::from_str(&std::fs::read_to_string(&cursor).unwrap()).unwrap();
+    let argv = broker_argv(&env, "proxy", "-lin");
+    assert_eq!(
+        value["mcpServers"]["-lin"],
+        json!({"command": argv[0], "args": argv[1..]})
+    );
+    let ran = env
+        .command("mcpauthctl")
+        .args(&argv[1..])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        ran.status.success(),
+        "the proxy ran for -lin: {}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+
+    // An entry written before `--` was: still the broker's.
+    let mut value = value;
+    value["mcpServers"]["github"] =
+        json!({"command": argv[0], "args": [&argv[1], &argv[2], "proxy", "github"]});
+    std::fs::write(&cursor, value.to_string()).unwrap();
+    let hosts = env.ctl(&["hosts", "--json"]).json();
+    let cursor_row = hosts
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["host"] == "cursor")
+        .unwrap();
+    assert_eq!(
+        cursor_row["wired"],
+        json!([
+            {"entry": "-lin", "server": "-lin", "configured": true},
+            {"entry": "github", "server": "github", "configured": true},
+        ]),
+        "{hosts}"
+    );
+    let stdout = env.ctl(&["disconnect", "cursor"]).ok();
+    assert!(
+        stdout.contains("  removed    -lin") && stdout.contains("  removed    github"),
+        "{stdout}"
+    );
+    let stdout = env.ctl(&["disconnect", "claude-code", "--", "-lin"]).ok();
+    assert!(stdout.contains("  removed    -lin"), "{stdout}");
+}
+
 #[test]
 fn an_entry_connect_wrote_before_is_updated_and_keeps_the_persons_keys() {
     let env = TestEnv::new();
@@ -1091,7 +1182,7 @@ fn entries_never_start_a_daemon_that_would_use_another_state_directory() {
         .unwrap();
     assert!(
         helper.ends_with(&format!(
-            "--socket {} --no-autostart headers linear",
+            "--socket {} --no-autostart headers -- linear",
             env.socket().display()
         )),
         "{helper}"

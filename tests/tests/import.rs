@@ -380,7 +380,7 @@ async fn adopt_hands_mcp_remote_and_codex_entries_over_and_keeps_everything_else
         .iter()
         .map(|a| a.as_str().unwrap())
         .collect();
-    assert_eq!(args[args.len() - 2..], ["proxy", "mr"], "{entry}");
+    assert_eq!(args[args.len() - 3..], ["proxy", "--", "mr"], "{entry}");
     assert_eq!(entry["env"]["NODE_OPTIONS"], "--no-warnings", "kept");
     assert_eq!(
         cursor_json["mcpServers"]["local"]["command"], "my-local-server",
@@ -403,7 +403,7 @@ async fn adopt_hands_mcp_remote_and_codex_entries_over_and_keeps_everything_else
     ctl(&env, &["adopt", "codex"]).await.ok();
     let codex = std::fs::read_to_string(env.home().join(".codex/config.toml")).unwrap();
     assert!(codex.contains("http_headers_helper"), "{codex}");
-    assert!(codex.contains("headers cx"), "{codex}");
+    assert!(codex.contains("headers -- cx"), "{codex}");
     assert!(codex.contains("startup_timeout_sec = 20"), "{codex}");
     assert!(codex.contains("mcp_oauth_credentials_store"), "{codex}");
     assert_eq!(ctl(&env, &["token", "cx"]).await.ok().trim(), mb.access);
