@@ -8,9 +8,11 @@
 //! start helpers with a filtered environment), the command carries
 //! `--socket PATH`.
 //!
-//! Rules for every file: nothing else in it changes; the first write keeps
-//! the original as `<file>.mcpauth-backup`; writes are atomic and keep the
-//! mode; a second run changes nothing; an entry of the same name that
+//! Rules for every file: nothing else in it changes; each write keeps the
+//! file as it was as `<file>.mcpauth-backup` (one per file, mode 0600,
+//! named in the output), which `disconnect` removes with the last of the
+//! broker's entries; writes are atomic and keep the mode; a second run
+//! changes nothing; an entry of the same name that
 //! mcpauthctl did not write is left alone unless `--replace`; `disconnect`
 //! removes only entries `connect` wrote; a file that does not parse is
 //! not touched. Every run says, per server, what it did (or, with
@@ -57,7 +59,8 @@ impl Wiring {
         })
     }
 
-    /// `mcpauthctl [--socket PATH] headers|proxy NAME` as argv.
+    /// `mcpauthctl [--socket PATH] headers|proxy -- NAME` as argv: after
+    /// `--`, a name that starts with `-` is never read as an option.
     pub fn command(&self, via: Via, name: &str) -> Vec<String> {
         let mut argv = vec![self.exe.display().to_string()];
         if let Some(socket) = &self.socket {
@@ -68,6 +71,7 @@ impl Wiring {
             argv.push("--no-autostart".into());
         }
         argv.push(via.subcommand().into());
+        argv.push("--".into());
         argv.push(name.into());
         argv
     }
@@ -237,6 +241,16 @@ struct Edited {
     entries: usize,
 }
 
+/// What a write does with the backup beside the host's file.
+#[derive(Clone, Copy, PartialEq)]
+enum Backup {
+    /// Keep the file as it was before this write (connect, adopt).
+    Keep,
+    /// Remove it once no entry of the broker's is left (disconnect): it
+    /// holds the host's own settings, secrets maybe, and has done its job.
+    RemoveWithTheLastEntry,
+}
+
 /// Applies `edit` to the host's file and writes the result: the edit
 /// returns one outcome per entry. A missing file is created only when
 /// `create`. A file rewritten by someone else between our read and our
@@ -246,6 +260,7 @@ fn edit_file(
     env: &HostEnv,
     dry_run: bool,
     create: bool,
+    backup: Backup,
     mut edit: impl FnMut(
         &mut Document,
         &[(String, Value)],
@@ -316,9 +331,12 @@ fn edit_file(
             return Ok(done);
         }
         let mode = mode_of(&path);
-        let backup = match &original {
-            Some(bytes) => hostfile::keep_backup(&path, bytes, mode).map_err(failure)?,
-            None => {
+        let kept = match (&original, backup) {
+            (Some(bytes), Backup::Keep) => {
+                Some(hostfile::keep_backup(&path, bytes).map_err(failure)?)
+            }
+            (Some(_), Backup::RemoveWithTheLastEntry) => None,
+            (None, _) => {
                 hostfile::create_parent(&path).map_err(failure)?;
                 None
             }
@@ -326,9 +344,24 @@ fn edit_file(
         if hostfile::write_atomically(&path, &doc.render(), mode, original.as_deref())
             .map_err(failure)?
         {
-            if let Some(backup) = backup {
+            if let Some(kept) = kept {
+                done.lines.push(format!(
+                    "  the file as it was is kept in {} (mode 0600; `mcpauthctl disconnect {}` removes it)",
+                    kept.display(),
+                    host.id()
+                ));
+            }
+            let ours_left = doc
+                .entries(host.servers_key())
+                .map_err(failure)?
+                .iter()
+                .any(|(name, entry)| hosts::is_ours(host, name, entry));
+            if backup == Backup::RemoveWithTheLastEntry
+                && !ours_left
+                && let Some(removed) = hostfile::remove_backup(&path).map_err(failure)?
+            {
                 done.lines
-                    .push(format!("  the original is kept in {}", backup.display()));
+                    .push(format!("  removed the backup {}", removed.display()));
             }
             return Ok(done);
         }
@@ -351,7 +384,7 @@ pub fn connect(
 ) -> Result<Report, Failure> {
     let key = host.servers_key();
     let mut mcp_remote_urls = Vec::new();
-    let edited = edit_file(host, env, dry_run, true, |doc, before| {
+    let edited = edit_file(host, env, dry_run, true, Backup::Keep, |doc, before| {
         mcp_remote_urls = before
             .iter()
             .filter_map(|(_, entry)| host.command_of(entry))
@@ -420,7 +453,7 @@ pub fn hand_over(
 ) -> Result<Report, Failure> {
     let key = host.servers_key();
     let server_for = |url: &str| servers.iter().find(|s| hosts::same_url(&s.url, url));
-    let edited = edit_file(host, env, dry_run, false, |doc, before| {
+    let edited = edit_file(host, env, dry_run, false, Backup::Keep, |doc, before| {
         let mut outcomes = Vec::new();
         for (entry_name, entry) in before {
             let argv = host.command_of(entry);
@@ -494,32 +527,39 @@ pub fn disconnect(
     dry_run: bool,
 ) -> Result<Report, Failure> {
     let key = host.servers_key();
-    let edited = edit_file(host, env, dry_run, false, |doc, before| {
-        let wanted: Vec<String> = if names.is_empty() {
-            before
-                .iter()
-                .filter(|(name, entry)| hosts::is_ours(host, name, entry))
-                .map(|(name, _)| name.clone())
-                .collect()
-        } else {
-            names.to_vec()
-        };
-        let mut outcomes = Vec::new();
-        for name in wanted {
-            let outcome = match doc.entry(key, &name)? {
-                None => Outcome::NotConnected,
-                Some(entry) if hosts::is_ours(host, &name, &entry) => {
-                    doc.remove(key, &name)?;
-                    Outcome::Removed
-                }
-                Some(_) => Outcome::Skipped(FOREIGN_KEPT),
+    let edited = edit_file(
+        host,
+        env,
+        dry_run,
+        false,
+        Backup::RemoveWithTheLastEntry,
+        |doc, before| {
+            let wanted: Vec<String> = if names.is_empty() {
+                before
+                    .iter()
+                    .filter(|(name, entry)| hosts::is_ours(host, name, entry))
+                    .map(|(name, _)| name.clone())
+                    .collect()
+            } else {
+                names.to_vec()
             };
-            if !outcomes.iter().any(|(n, _, _)| n == &name) {
-                outcomes.push((name, None, outcome));
+            let mut outcomes = Vec::new();
+            for name in wanted {
+                let outcome = match doc.entry(key, &name)? {
+                    None => Outcome::NotConnected,
+                    Some(entry) if hosts::is_ours(host, &name, &entry) => {
+                        doc.remove(key, &name)?;
+                        Outcome::Removed
+                    }
+                    Some(_) => Outcome::Skipped(FOREIGN_KEPT),
+                };
+                if !outcomes.iter().any(|(n, _, _)| n == &name) {
+                    outcomes.push((name, None, outcome));
+                }
             }
-        }
-        Ok(outcomes)
-    })?;
+            Ok(outcomes)
+        },
+    )?;
     let (mut lines, skipped) = (edited.lines, edited.skipped);
     if edited.entries == 0 && lines.len() == 1 && host.path(env).exists() {
         lines.push("  nothing to disconnect: no entry here goes through mcpauthctl".into());
@@ -788,6 +828,7 @@ mod tests {
                 "--socket",
                 "/tmp/x/mcpauthd.sock",
                 "headers",
+                "--",
                 "lin"
             ]
         );

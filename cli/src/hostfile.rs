@@ -10,11 +10,13 @@
 //! - Parse errors give a line and column, never the text of the file
 //!   (which may hold tokens).
 //! - Writes are atomic (a temporary file in the same directory, fsync,
-//!   rename, directory fsync) and keep the file's mode; the first write
-//!   keeps the original as `<file>.mcpauth-backup`.
+//!   rename, directory fsync) and keep the file's mode. Before each write
+//!   the file as it was is kept as `<file>.mcpauth-backup`: one per file,
+//!   replaced by the next, mode 0600 whatever the file's (a host's file
+//!   may hold its own secrets), removed by `disconnect`.
 
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use jsonc_parser::ParseOptions;
@@ -24,7 +26,7 @@ use toml_edit::{DocumentMut, Item, Table};
 
 use crate::hosts::Format;
 
-/// Suffix of the copy of a file as it was before mcpauthctl first wrote it.
+/// Suffix of the copy of a file as it was before mcpauthctl last wrote it.
 pub const BACKUP_SUFFIX: &str = ".mcpauth-backup";
 
 /// A parsed host file.
@@ -367,26 +369,40 @@ pub fn backup_path(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
-/// Keeps `original` (the file's bytes before the first write) beside it,
-/// with its mode; an existing backup is never replaced. Returns the backup
-/// if this call wrote it.
-pub fn keep_backup(path: &Path, original: &[u8], mode: u32) -> Result<Option<PathBuf>, String> {
+/// Keeps `original` (the file's bytes before this write) beside it, mode
+/// 0600, replacing the backup of an earlier write (atomically, so a
+/// backup is never half written and never a second file). Returns where.
+pub fn keep_backup(path: &Path, original: &[u8]) -> Result<PathBuf, String> {
     let backup = backup_path(path);
-    let mut file = match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode & 0o777)
-        .custom_flags(nix::libc::O_NOFOLLOW)
-        .open(&backup)
-    {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(None),
-        Err(e) => return Err(format!("cannot write the backup {}: {e}", backup.display())),
-    };
-    file.write_all(original)
-        .and_then(|()| file.sync_all())
-        .map_err(|e| format!("cannot write the backup {}: {e}", backup.display()))?;
-    Ok(Some(backup))
+    let fail = |e: std::io::Error| format!("cannot write the backup {}: {e}", backup.display());
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    // A new file of mode 0600 (tempfile's), renamed over the old backup.
+    let mut temp = tempfile::Builder::new()
+        .prefix(".mcpauth-")
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .map_err(fail)?;
+    temp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(fail)?;
+    temp.write_all(original).map_err(fail)?;
+    temp.as_file().sync_all().map_err(fail)?;
+    temp.persist(&backup).map_err(|e| fail(e.error))?;
+    Ok(backup)
+}
+
+/// Removes the backup of `path`, if there is one. Returns it if it was
+/// there.
+pub fn remove_backup(path: &Path) -> Result<Option<PathBuf>, String> {
+    let backup = backup_path(path);
+    match std::fs::remove_file(&backup) {
+        Ok(()) => Ok(Some(backup)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!(
+            "cannot remove the backup {}: {e}",
+            backup.display()
+        )),
+    }
 }
 
 /// Writes `text` to `path` atomically with `mode`. `expected` is what the
@@ -561,15 +577,22 @@ mod tests {
     }
 
     #[test]
-    fn a_backup_is_written_once() {
+    fn one_private_backup_per_file_replaced_by_the_next_and_removable() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f.json");
-        assert!(keep_backup(&path, b"first", 0o640).unwrap().is_some());
-        assert!(keep_backup(&path, b"second", 0o640).unwrap().is_none());
         let backup = backup_path(&path);
-        assert_eq!(std::fs::read(&backup).unwrap(), b"first");
+        // One left by an older mcpauthctl, with the host file's mode.
+        std::fs::write(&backup, "older").unwrap();
+        std::fs::set_permissions(&backup, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(keep_backup(&path, b"first").unwrap(), backup);
+        assert_eq!(keep_backup(&path, b"second").unwrap(), backup);
+        assert_eq!(std::fs::read(&backup).unwrap(), b"second");
         let mode = std::fs::metadata(&backup).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o640);
+        assert_eq!(mode, 0o600);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        assert_eq!(remove_backup(&path).unwrap(), Some(backup));
+        assert_eq!(remove_backup(&path).unwrap(), None);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
     #[test]

@@ -440,7 +440,8 @@ pub fn ids() -> String {
 
 /// Which server an argv reaches through the broker, and how:
 /// `…/mcpauthctl [--socket PATH | --socket=PATH | --no-autostart]…
-/// headers|proxy NAME`.
+/// headers|proxy [--] NAME` (`connect` writes the `--`; entries written
+/// before it did are recognised as well).
 pub fn broker_target(argv: &[String]) -> Option<(Via, String)> {
     let (program, mut rest) = argv.split_first()?;
     if Path::new(program).file_name()? != "mcpauthctl" {
@@ -455,9 +456,15 @@ pub fn broker_target(argv: &[String]) -> Option<(Via, String)> {
             _ => break,
         }
     }
-    match rest {
-        [sub, name] if sub == "headers" => Some((Via::HeadersHelper, name.clone())),
-        [sub, name] if sub == "proxy" => Some((Via::Proxy, name.clone())),
+    let (sub, name) = match rest {
+        [sub, dashes, name] if dashes == "--" => (sub, name),
+        // Without `--`, a name that looks like an option is not a name.
+        [sub, name] if !name.starts_with('-') => (sub, name),
+        _ => return None,
+    };
+    match sub.as_str() {
+        "headers" => Some((Via::HeadersHelper, name.clone())),
+        "proxy" => Some((Via::Proxy, name.clone())),
         _ => None,
     }
 }
@@ -542,11 +549,23 @@ mod tests {
                 &["/x/mcpauthctl", "--socket=/s", "headers", "c"],
                 Some((Via::HeadersHelper, "c")),
             ),
+            // As connect writes them now: `--` before the name.
+            (
+                &["/x/mcpauthctl", "--socket", "/s", "headers", "--", "c"],
+                Some((Via::HeadersHelper, "c")),
+            ),
+            (
+                &["/x/mcpauthctl", "proxy", "--", "-d"],
+                Some((Via::Proxy, "-d")),
+            ),
             // Not ours: another program, another subcommand, extra words.
             (&["/x/mcpauthctl-old", "headers", "a"], None),
             (&["/x/mcpauthctl", "token", "a"], None),
             (&["/x/mcpauthctl", "headers", "a", "b"], None),
             (&["/x/mcpauthctl", "headers"], None),
+            (&["/x/mcpauthctl", "headers", "--"], None),
+            (&["/x/mcpauthctl", "proxy", "--help"], None),
+            (&["/x/mcpauthctl", "proxy", "--", "a", "b"], None),
             (&["npx", "mcp-remote", "https://x"], None),
         ];
         for (words, want) in cases {

@@ -463,14 +463,31 @@ fn hermes(env: &HostEnv, found: &mut Found) -> Result<(), String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(e) => return Err(format!("cannot read {}: {e}", config.display())),
     };
-    for (name, url) in servers {
-        let safe = hermes_safe(&name);
+    // Hermes' file names are not one-to-one (`a b` and `a_b` share
+    // `a_b.json`): a file two servers would use belongs to neither.
+    let mut claimants: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+    for (name, _) in &servers {
+        claimants.entry(hermes_safe(name)).or_default().push(name);
+    }
+    for (safe, names) in claimants.iter().filter(|(_, n)| n.len() > 1) {
+        let names: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
+        found.notes.push(format!(
+            "hermes: {} would be the login of {} alike (Hermes gives them one file name), so it is imported for none of them; add them with `mcpauthctl add NAME URL` and log in",
+            tokens.join(format!("{safe}.json")).display(),
+            names.join(" and ")
+        ));
+    }
+    for (name, url) in &servers {
+        let safe = hermes_safe(name);
+        if claimants[&safe].len() > 1 {
+            continue;
+        }
         let file = tokens.join(format!("{safe}.json"));
         let client = tokens.join(format!("{safe}.client.json"));
         found.items.push(item(
             "hermes",
-            &name,
-            &url,
+            name,
+            url,
             file.exists().then_some(file.as_path()),
             None,
             client.exists().then_some(client.as_path()),
@@ -570,6 +587,8 @@ mod tests {
     fn hermes_names_its_files_as_hermes_does() {
         assert_eq!(hermes_safe("my server/x"), "my_server_x");
         assert_eq!(hermes_safe("__a-b__"), "a-b");
+        // Not one-to-one: why a shared file is nobody's.
+        assert_eq!(hermes_safe("a b"), hermes_safe("a_b"));
     }
 
     #[test]

@@ -234,7 +234,8 @@ enum Command {
     /// Claude Code and Codex get an http entry whose headers helper is
     /// `mcpauthctl headers NAME`; the other hosts a stdio entry running
     /// `mcpauthctl proxy NAME`. Nothing else in the file changes, and the
-    /// original is kept as FILE.mcpauth-backup.
+    /// file as it was is kept as FILE.mcpauth-backup (mode 0600, one per
+    /// file, removed by `disconnect`).
     Connect {
         /// claude-code, codex, cursor, vscode, claude-desktop, gemini or opencode.
         host: String,
@@ -275,7 +276,7 @@ enum Command {
     /// imported servers go through the broker's headers helper, so the
     /// host stops refreshing on its own. mcp-remote: import, then every
     /// host entry that runs `mcp-remote URL` runs `mcpauthctl proxy NAME`.
-    /// Everything else in the files stays; the first write keeps a backup.
+    /// Everything else in the files stays; each write keeps a backup.
     Adopt {
         /// codex, claude-code or mcp-remote.
         tool: String,

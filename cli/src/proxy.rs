@@ -46,6 +46,14 @@ use crate::Failure;
 const MAX_MESSAGE: usize = 16 * 1024 * 1024;
 /// A POST's whole exchange, answer streamed included.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long the response headers may take when the proxy opens something:
+/// a GET stream (Streamable HTTP or HTTP+SSE, whose `endpoint` event too),
+/// the session's initialize, and the notifications and answers a server
+/// only acknowledges. A stream that is open may then stay idle for ever.
+/// Requests a server may work on (a tool call answered with JSON) have
+/// `REQUEST_TIMEOUT`. Tests shorten it with
+/// `MCP_BROKER_TEST_PROXY_OPEN_MS`.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the DELETE that ends a session is waited for.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long the broker may take to hand out a token.
@@ -235,6 +243,8 @@ struct Proxy {
     name: String,
     url: url::Url,
     http: reqwest::Client,
+    /// `OPEN_TIMEOUT`, or what a test set.
+    open_timeout: Duration,
     tokens: Tokens,
     out: mpsc::Sender<Vec<u8>>,
     session: std::sync::Mutex<Option<String>>,
@@ -346,19 +356,44 @@ impl Proxy {
         h
     }
 
+    /// Sends `request` and waits at most `limit` for the response headers.
+    async fn open(
+        &self,
+        request: reqwest::RequestBuilder,
+        limit: Duration,
+    ) -> Result<reqwest::Response, String> {
+        match tokio::time::timeout(limit, request.send()).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(e)) => Err(format!("cannot reach {}: {}", self.shown(), short(e))),
+            Err(_) => Err(format!(
+                "{} sent no answer within {} s",
+                self.shown(),
+                limit.as_secs_f64()
+            )),
+        }
+    }
+
     async fn post(&self, url: &url::Url, message: &Value, token: &str) -> Result<Answer, String> {
         let body = serde_json::to_vec(message).expect("JSON serialises");
-        let response = self
+        // The session's initialize, a notification or an answer: a server
+        // acknowledges those at once. Other requests may take it a while.
+        let opens = message.get("method").and_then(Value::as_str) == Some("initialize")
+            || message.get("id").is_none()
+            || message.get("method").is_none();
+        let limit = if opens {
+            self.open_timeout
+        } else {
+            REQUEST_TIMEOUT
+        };
+        let request = self
             .http
             .post(url.clone())
             .headers(self.headers(Some(message), token))
             .header("accept", "application/json, text/event-stream")
             .header("content-type", "application/json")
             .timeout(REQUEST_TIMEOUT)
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| format!("cannot reach {}: {}", self.shown(), short(&e)))?;
+            .body(body);
+        let response = self.open(request, limit).await?;
         let status = response.status().as_u16();
         if let Some(session) = response
             .headers()
@@ -630,7 +665,7 @@ impl Proxy {
             if let Some(id) = last_event {
                 request = request.header("last-event-id", id);
             }
-            let response = request.send().await.map_err(|e| short(&e))?;
+            let response = self.open(request, self.open_timeout).await?;
             match response.status().as_u16() {
                 200 => return Ok(Some(response)),
                 405 => return Ok(None),
@@ -739,20 +774,18 @@ impl Proxy {
     /// Connects to an HTTP+SSE (2024-11-05) server: GET the stream, wait
     /// for its `endpoint` event, and relay the rest of it to the host.
     async fn open_legacy(self: &Arc<Self>, token: &str) -> Result<url::Url, String> {
-        let response = self
+        let request = self
             .http
             .get(self.url.clone())
             .headers(self.headers(None, token))
-            .header("accept", "text/event-stream")
-            .send()
-            .await
-            .map_err(|e| short(&e))?;
+            .header("accept", "text/event-stream");
+        let response = self.open(request, self.open_timeout).await?;
         if response.status().as_u16() != 200 {
             return Err(format!("GET answered HTTP {}", response.status().as_u16()));
         }
         let mut stream = response.bytes_stream();
         let mut parser = SseParser::default();
-        let endpoint = tokio::time::timeout(Duration::from_secs(30), async {
+        let endpoint = tokio::time::timeout(self.open_timeout, async {
             while let Some(Ok(chunk)) = stream.next().await {
                 for event in parser.feed(&chunk).into_iter().flatten() {
                     if event.event.as_deref() == Some("endpoint") {
@@ -924,9 +957,12 @@ impl Proxy {
     }
 }
 
-fn short(e: &reqwest::Error) -> String {
+/// The innermost cause of a request's failure, in 200 characters at most,
+/// without the URL (whose query may carry a credential).
+fn short(e: reqwest::Error) -> String {
+    let e = e.without_url();
     let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
+    let mut source = std::error::Error::source(&e);
     while let Some(s) = source {
         text = s.to_string();
         source = s.source();
@@ -938,7 +974,7 @@ async fn read_bounded(response: reqwest::Response) -> Result<Vec<u8>, String> {
     let mut body = Vec::new();
     let mut stream = response.bytes_stream();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| short(&e))?;
+        let chunk = chunk.map_err(short)?;
         if body.len() + chunk.len() > MAX_MESSAGE {
             return Err("the server's answer is larger than 16 MiB".into());
         }
@@ -1000,15 +1036,23 @@ impl SseParser {
             };
             match field {
                 "data" => {
-                    if self.data_lines > 0 {
-                        self.current.data.push('\n');
-                    }
-                    if self.current.data.len() + value.len() > MAX_MESSAGE {
+                    // The whole event counts: its data lines and the
+                    // newlines that join them. Once over, nothing more is
+                    // kept until the blank line drops it.
+                    let separator = usize::from(self.data_lines > 0);
+                    if self.oversized
+                        || self.current.data.len() + separator + value.len() > MAX_MESSAGE
+                    {
                         self.oversized = true;
+                        self.current.data.clear();
+                        self.current.data.shrink_to(0);
                     } else {
+                        if separator == 1 {
+                            self.current.data.push('\n');
+                        }
                         self.current.data.push_str(value);
                     }
-                    self.data_lines += 1;
+                    self.data_lines = self.data_lines.saturating_add(1);
                 }
                 "event" => self.current.event = Some(value.to_string()),
                 "id" if !value.contains('\0') => self.current.id = Some(value.to_string()),
@@ -1047,10 +1091,16 @@ pub async fn run(opts: ConnectOptions, name: String) -> Result<(), Failure> {
             }
         }
     });
+    // Only tests set it, to wait less than OPEN_TIMEOUT.
+    let open_timeout = std::env::var(mcpauth_proto::env::PROXY_OPEN_MS)
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+        .map_or(OPEN_TIMEOUT, Duration::from_millis);
     let proxy = Arc::new(Proxy {
         name: name.clone(),
         url: url.clone(),
         http,
+        open_timeout,
         tokens: Tokens {
             name: name.clone(),
             target: url.clone(),
@@ -1169,5 +1219,36 @@ mod tests {
         );
         let events = p.feed(b"data: a\ndata: b\n\n");
         assert_eq!(events[0].as_ref().unwrap().data, "a\nb");
+    }
+
+    #[test]
+    fn a_flood_of_empty_data_lines_stays_bounded_and_is_dropped() {
+        let mut p = SseParser::default();
+        // 20 million empty data lines and no blank line: their joining
+        // newlines alone are more than MAX_MESSAGE.
+        let chunk = b"data:\n".repeat(1 << 20);
+        for _ in 0..20 {
+            assert!(p.feed(&chunk).is_empty());
+            assert!(p.current.data.len() <= MAX_MESSAGE);
+        }
+        assert!(p.current.data.capacity() <= MAX_MESSAGE);
+        // The event ends: it was too large, so it is dropped.
+        assert_eq!(p.feed(b"\n"), vec![None]);
+        // And the next one is whole again.
+        let events = p.feed(b"data: {}\n\n");
+        assert_eq!(events[0].as_ref().unwrap().data, "{}");
+    }
+
+    #[test]
+    fn an_event_exactly_at_the_limit_is_kept_and_one_byte_more_is_not() {
+        let mut p = SseParser::default();
+        let half = "x".repeat(MAX_MESSAGE / 2);
+        // Two halves and their newline: one byte over.
+        let mut input = format!("data: {half}\ndata: {half}\n\n").into_bytes();
+        assert_eq!(p.feed(&input), vec![None]);
+        // One byte shorter: exactly the limit.
+        input = format!("data: {half}\ndata: {}\n\n", &half[1..]).into_bytes();
+        let events = p.feed(&input);
+        assert_eq!(events[0].as_ref().unwrap().data.len(), MAX_MESSAGE);
     }
 }

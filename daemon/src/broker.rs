@@ -646,7 +646,7 @@ impl Broker {
 
     /// Adds a server by editing `config.toml`, then applies the new file.
     pub async fn add(&self, new: NewServer) -> Result<ServerView, BrokerError> {
-        let name = ServerName::parse(&new.name)?;
+        let name = ServerName::parse_new(&new.name)?;
         // Validate the section on its own before touching the file.
         let mut probe = ConfigDocument::new_file();
         probe.add(&name, &new);

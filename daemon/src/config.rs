@@ -78,6 +78,20 @@ impl ServerName {
         Ok(Self(name.to_string()))
     }
 
+    /// A name for a server being added: also not starting with `-`, which
+    /// a command line would read as an option. (Such a name already in
+    /// config.toml still loads; the command lines `connect` writes put
+    /// `--` before it.)
+    pub fn parse_new(name: &str) -> Result<Self, InvalidInput> {
+        if name.starts_with('-') {
+            return Err(InvalidInput::Name {
+                name: truncate_for_message(name),
+                reason: "it starts with '-', which command lines read as an option".into(),
+            });
+        }
+        Self::parse(name)
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -905,6 +919,11 @@ mod tests {
         ] {
             assert!(ServerName::parse(bad).is_err(), "{bad:?} should be refused");
         }
+        // A name that reads as an option loads, but is not added anew.
+        assert!(ServerName::parse("-x").is_ok());
+        let refused = ServerName::parse_new("-x").unwrap_err().to_string();
+        assert!(refused.contains("starts with '-'"), "{refused}");
+        assert!(ServerName::parse_new("x-").is_ok());
     }
 
     #[test]

@@ -29,6 +29,7 @@ use tracing::{info, warn};
 
 use crate::broker::{Broker, BrokerError, EventKind};
 use crate::config::{IdentityProvider, ServerConfig, ServerName};
+use crate::fsutil::{CredentialError, CredentialFile};
 use crate::locks::ServerGuard;
 use crate::login::{ActiveLogin, FailureKind, LoginHandle, LoginOutcome};
 use crate::oauth::grants::PROFILE_ID_JAG;
@@ -175,7 +176,7 @@ impl Broker {
         };
         let now = self.now_ms();
         match &idp.id_token_file {
-            Some(path) => crate::unattended::read_small(path)
+            Some(path) => crate::fsutil::read_credential(path, CredentialFile::IdToken)
                 .ok()
                 .and_then(|t| expiry_ms(&t))
                 .is_some_and(|at| at > now),
@@ -225,19 +226,22 @@ impl Broker {
             .expect("validated: the identity provider is configured");
         let record = self.idp_record(&idp_name, &idp).await?;
         let now = self.now_ms();
-        let id_token = match &idp.id_token_file {
-            Some(path) => crate::unattended::read_small(path).map_err(|e| {
-                self.login_required_at(
-                    name,
-                    &idp_name,
-                    &format!("cannot read the ID token file {}: {e}", path.display()),
-                )
-            })?,
-            None => record
-                .id_token
-                .clone()
-                .ok_or_else(|| self.login_required_at(name, &idp_name, "no ID token is held"))?,
-        };
+        let id_token =
+            match &idp.id_token_file {
+                Some(path) => crate::fsutil::read_credential(path, CredentialFile::IdToken)
+                    .map_err(|e| {
+                        let why = match e {
+                            CredentialError::Refused(line) => line,
+                            CredentialError::Io(e) => {
+                                format!("cannot read the ID token file {}: {e}", path.display())
+                            }
+                        };
+                        self.login_required_at(name, &idp_name, &why)
+                    })?,
+                None => record.id_token.clone().ok_or_else(|| {
+                    self.login_required_at(name, &idp_name, "no ID token is held")
+                })?,
+            };
         if expiry_ms(&id_token)
             .or(record.id_token_expires_at_ms)
             .is_some_and(|at| at <= now)

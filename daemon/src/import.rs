@@ -450,6 +450,23 @@ fn sanitize(name: &str) -> String {
     if s.is_empty() { "server".into() } else { s }
 }
 
+/// For each item whose login is a file of its own (no entry key), another
+/// URL that an item names the same file for, if any: such a file belongs
+/// to no server.
+fn shared_files(items: &[ImportItem]) -> Vec<Option<String>> {
+    items
+        .iter()
+        .map(|item| {
+            let store = item.store.as_ref().filter(|_| item.key.is_none())?;
+            items
+                .iter()
+                .filter(|o| o.key.is_none() && o.store.as_ref() == Some(store))
+                .find(|o| !same_url(&o.url, &item.url))
+                .map(|o| o.url.clone())
+        })
+        .collect()
+}
+
 /// Two URLs are the same server: parsed, without a trailing slash.
 pub fn same_url(a: &str, b: &str) -> bool {
     let normalize = |u: &str| {
@@ -478,10 +495,28 @@ impl Broker {
         } else {
             None
         };
-        for item in items {
-            let outcome = self
-                .import_one(&item, dry_run, &mut planned, keyring.as_ref())
-                .await?;
+        let shared = shared_files(&items);
+        for (i, item) in items.into_iter().enumerate() {
+            let outcome = match &shared[i] {
+                // A file of its own that other items name for another URL:
+                // whose login it is cannot be told, so it is nobody's.
+                Some(other) => ImportOutcome {
+                    tool: item.tool,
+                    tool_name: item.name.clone(),
+                    server: String::new(),
+                    url: item.url.clone(),
+                    added: false,
+                    renamed: None,
+                    verdict: Verdict::Skipped(format!(
+                        "its login file {} is named for {other} too, so whose login it holds cannot be told; nothing was changed",
+                        item.store.as_deref().unwrap_or(Path::new("")).display()
+                    )),
+                },
+                None => {
+                    self.import_one(&item, dry_run, &mut planned, keyring.as_ref())
+                        .await?
+                }
+            };
             match &outcome.verdict {
                 Verdict::Skipped(why) | Verdict::LoginNeeded(why) => {
                     info!(tool = item.tool.id(), server = %outcome.server, reason = %why, "import: not adopted");
@@ -803,6 +838,44 @@ mod tests {
             client_info: None,
             keyring: false,
         }
+    }
+
+    #[test]
+    fn a_file_of_its_own_named_for_two_urls_is_nobodys() {
+        let file = Some(PathBuf::from("/h/.hermes/mcp-tokens/a_b.json"));
+        let at = |url: &str, store: Option<PathBuf>, key: Option<&str>| ImportItem {
+            url: url.into(),
+            ..item(Tool::Hermes, store, key)
+        };
+        let items = [
+            at("https://one.example/mcp", file.clone(), None),
+            at("https://two.example/mcp", file.clone(), None),
+            // The same URL again (two host entries): the same login.
+            at("https://three.example/mcp", Some("/m/x.json".into()), None),
+            at("https://three.example/mcp/", Some("/m/x.json".into()), None),
+            // Entries of one shared file are told apart by their key.
+            at(
+                "https://four.example/mcp",
+                Some("/c.json".into()),
+                Some("a|1"),
+            ),
+            at(
+                "https://five.example/mcp",
+                Some("/c.json".into()),
+                Some("b|2"),
+            ),
+        ];
+        assert_eq!(
+            shared_files(&items),
+            [
+                Some("https://two.example/mcp".into()),
+                Some("https://one.example/mcp".into()),
+                None,
+                None,
+                None,
+                None
+            ]
+        );
     }
 
     #[test]

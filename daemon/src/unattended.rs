@@ -27,7 +27,6 @@
 //! whose `Debug` shows nothing) and never logged.
 
 use std::collections::HashSet;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -37,6 +36,7 @@ use tracing::{debug, info, warn};
 
 use crate::broker::{Broker, BrokerError, EventKind};
 use crate::config::{ClientSecret, GrantKind, ServerConfig, ServerName};
+use crate::fsutil::{CredentialError, CredentialFile, read_credential};
 use crate::install::{GrantSource, NewGrant};
 use crate::locks::ServerGuard;
 use crate::oauth::OAuthError;
@@ -47,20 +47,17 @@ use crate::refresh::Freshness;
 use crate::secret::Secret;
 use crate::state::{Discovery, Grant};
 
-/// The largest key, secret or assertion file read.
-const MAX_FILE: u64 = 64 * 1024;
-
-/// Reads a small private file into a `Secret`, trailing newlines dropped.
-pub(crate) fn read_small(path: &Path) -> std::io::Result<Secret> {
-    let file = std::fs::File::open(path)?;
-    let mut text = String::new();
-    file.take(MAX_FILE + 1).read_to_string(&mut text)?;
-    if text.len() as u64 > MAX_FILE {
-        return Err(std::io::Error::other("larger than 64 KiB"));
-    }
-    let secret = Secret::new(text.trim_end_matches(['\n', '\r']));
-    zeroize::Zeroize::zeroize(&mut text);
-    Ok(secret)
+/// Reads a credential file (`fsutil::read_credential`, which refuses one
+/// that is not safe to use), the I/O failure worded by `io`.
+pub(crate) fn read_file(
+    path: &Path,
+    kind: CredentialFile,
+    io: impl FnOnce(String, String) -> OAuthError,
+) -> Result<Secret, OAuthError> {
+    read_credential(path, kind).map_err(|e| match e {
+        CredentialError::Refused(line) => OAuthError::UnsafeFile(line),
+        CredentialError::Io(e) => io(path.display().to_string(), e.to_string()),
+    })
 }
 
 /// The client's credentials as configured, read for one request.
@@ -74,10 +71,11 @@ pub(crate) struct Credentials {
 pub(crate) fn read_client_secret(secret: &ClientSecret) -> Result<Secret, OAuthError> {
     match secret {
         ClientSecret::Inline(s) => Ok(s.clone()),
-        ClientSecret::File(path) => read_small(path).map_err(|e| OAuthError::SecretFile {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        }),
+        ClientSecret::File(path) => {
+            read_file(path, CredentialFile::ClientSecret, |path, reason| {
+                OAuthError::SecretFile { path, reason }
+            })
+        }
     }
 }
 
@@ -92,9 +90,8 @@ impl Credentials {
             None => None,
             Some(key) => {
                 let what = key.path.display().to_string();
-                let pem = read_small(&key.path).map_err(|e| OAuthError::KeyFile {
-                    path: what.clone(),
-                    reason: e.to_string(),
+                let pem = read_file(&key.path, CredentialFile::ClientKey, |path, reason| {
+                    OAuthError::KeyFile { path, reason }
                 })?;
                 Some(SigningKey::from_pem(&pem, &what)?)
             }
@@ -211,9 +208,8 @@ impl Broker {
                     .as_deref()
                     .expect("validated: workload has an assertion_file");
                 let shown = path.display().to_string();
-                let assertion = read_small(path).map_err(|e| OAuthError::AssertionFile {
-                    path: shown.clone(),
-                    reason: e.to_string(),
+                let assertion = read_file(path, CredentialFile::Assertion, |path, reason| {
+                    OAuthError::AssertionFile { path, reason }
                 })?;
                 let claims =
                     jwt::decode_unverified(&assertion).map_err(|reason| OAuthError::Assertion {

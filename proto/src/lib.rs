@@ -45,12 +45,24 @@ pub mod env {
     /// Path of the `mcpauthd` binary the CLI starts on demand.
     pub const DAEMON_BIN: &str = "MCP_BROKER_DAEMON";
 
-    /// Every variable above, for the naming check.
     /// A program the daemon runs to notify the person (arguments: title,
     /// body) instead of the desktop's notification service.
     pub const NOTIFIER: &str = "MCP_BROKER_NOTIFIER";
+    /// For tests only: how long (ms) `mcpauthctl proxy` waits for the
+    /// response headers when it opens a stream or a session, instead of
+    /// its 30 s.
+    pub const PROXY_OPEN_MS: &str = "MCP_BROKER_TEST_PROXY_OPEN_MS";
+
+    /// Every variable above, for the naming check.
     pub const ALL: &[&str] = &[
-        SOCKET, STATE_DIR, CONFIG, LOG, LOG_FORMAT, DAEMON_BIN, NOTIFIER,
+        SOCKET,
+        STATE_DIR,
+        CONFIG,
+        LOG,
+        LOG_FORMAT,
+        DAEMON_BIN,
+        NOTIFIER,
+        PROXY_OPEN_MS,
     ];
 
     /// The words Claude Code filters out of helper environments.

@@ -61,12 +61,26 @@ struct App {
     base: String,
     legacy: bool,
     pushes: broadcast::Sender<String>,
+    hang: Arc<Mutex<Hang>>,
+}
+
+/// Which requests with a token the server accepts and then never answers
+/// (no response headers, ever).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum Hang {
+    #[default]
+    Nothing,
+    /// Every request.
+    Everything,
+    /// GET requests (the streams).
+    Gets,
 }
 
 pub struct McpServer {
     pub url: String,
     inner: Arc<Mutex<Inner>>,
     pushes: broadcast::Sender<String>,
+    hang: Arc<Mutex<Hang>>,
     _addr: SocketAddr,
 }
 
@@ -86,7 +100,9 @@ impl McpServer {
             base: base.clone(),
             legacy,
             pushes: pushes.clone(),
+            hang: Default::default(),
         };
+        let hang = app.hang.clone();
         let router = Router::new().fallback(handle).with_state(app);
         tokio::spawn(async move {
             axum::serve(listener, router).await.unwrap();
@@ -95,6 +111,7 @@ impl McpServer {
             url: format!("{base}/mcp"),
             inner,
             pushes,
+            hang,
             _addr: addr,
         }
     }
@@ -118,6 +135,11 @@ impl McpServer {
     /// would.
     pub fn drop_legacy_streams(&self) {
         self.inner.lock().unwrap().legacy.clear();
+    }
+
+    /// From now on, accepts the requests `what` names and never answers.
+    pub fn hang(&self, what: Hang) {
+        *self.hang.lock().unwrap() = what;
     }
 
     /// Forgets every session, as a restarted server would.
@@ -187,6 +209,13 @@ async fn handle(State(app): State<App>, request: Request<Body>) -> Response {
         last_event_id: header(h, "last-event-id"),
         status: 0,
     };
+    let hang = *app.hang.lock().unwrap();
+    if bearer.is_some()
+        && (hang == Hang::Everything || (hang == Hang::Gets && parts.method == Method::GET))
+    {
+        app.inner.lock().unwrap().seen.push(seen);
+        return std::future::pending().await;
+    }
     let response = respond(&app, &parts.method, &path, h, message, bearer).await;
     seen.status = response.status().as_u16();
     app.inner.lock().unwrap().seen.push(seen);

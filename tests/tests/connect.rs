@@ -3,9 +3,9 @@
 //!
 //! For every host: the entry written is exactly the documented shape,
 //! everything else in the file survives (parsed values compared; comments
-//! still there; byte for byte once our entry is removed again), the
-//! original is backed up once with its mode, a second run changes
-//! nothing, `--dry-run` writes nothing, an entry of the same name that
+//! still there; byte for byte once our entry is removed again), the file
+//! as it was is backed up (one private backup, removed by `disconnect`),
+//! a second run changes nothing, `--dry-run` writes nothing, an entry of the same name that
 //! mcpauthctl did not write is refused without `--replace`, and
 //! `disconnect` removes only what `connect` wrote.
 
@@ -79,6 +79,7 @@ fn broker_argv(env: &TestEnv, sub: &str, name: &str) -> Vec<String> {
         "--socket".into(),
         env.socket().display().to_string(),
         sub.into(),
+        "--".into(),
         name.into(),
     ]
 }
@@ -163,11 +164,17 @@ fn exercise(case: &Case) {
     for comment in case.comments {
         assert!(read().contains(comment), "{comment} is gone:\n{}", read());
     }
-    // The original is kept, once, with its mode; the file keeps its mode.
+    // The file as it was is kept, private; the file keeps its mode.
     assert_eq!(std::fs::read_to_string(&backup).unwrap(), case.fixture);
-    assert_eq!(mode(&backup), 0o640);
+    assert_eq!(mode(&backup), 0o600);
     assert_eq!(mode(&path), 0o640);
-    assert!(stdout.contains("the original is kept in"), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "the file as it was is kept in {}",
+            backup.display()
+        )),
+        "{stdout}"
+    );
 
     // A second run changes nothing.
     let written = read();
@@ -176,11 +183,16 @@ fn exercise(case: &Case) {
     assert!(!stdout.contains("kept in"), "{stdout}");
     assert_eq!(read(), written);
 
-    // disconnect linear gives back the original, byte for byte.
+    // disconnect linear gives back the original, byte for byte, and
+    // removes the backup with the broker's last entry.
     let stdout = env.ctl(&["disconnect", case.host, "linear"]).ok();
     assert!(stdout.contains("  removed    linear"), "{stdout}");
     assert_eq!(read(), case.fixture);
-    assert_eq!(std::fs::read_to_string(&backup).unwrap(), case.fixture);
+    assert!(!backup.exists());
+    assert!(
+        stdout.contains(&format!("removed the backup {}", backup.display())),
+        "{stdout}"
+    );
 
     // A foreign entry of the same name is refused...
     let out = env.ctl(&["connect", case.host, "github"]);
@@ -224,11 +236,74 @@ fn exercise(case: &Case) {
     for comment in case.comments {
         assert!(read().contains(comment), "{comment} is gone:\n{}", read());
     }
+    // The backup went with the broker's entries.
+    assert!(!backup.exists());
     // Nothing left to do.
     let stdout = env.ctl(&["disconnect", case.host]).ok();
     assert!(stdout.contains("nothing to disconnect"), "{stdout}");
-    // The backup is still the very first original.
-    assert_eq!(std::fs::read_to_string(&backup).unwrap(), case.fixture);
+}
+
+/// A host's file may hold the host's own secrets, so its backup is
+/// private, one per file (each write replaces it), named in connect's
+/// output, and removed by disconnect with the broker's last entry.
+#[test]
+fn connect_keeps_one_private_backup_that_disconnect_removes() {
+    let env = TestEnv::new();
+    let _daemon = start(&env);
+    let path = env.home().join(".cursor/mcp.json");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let fixture = r#"{"mcpServers": {"files": {"command": "fs-server", "env": {"API_KEY": "hosts-own-secret"}}}}"#;
+    std::fs::write(&path, fixture).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let backup = PathBuf::from(format!("{}.mcpauth-backup", path.display()));
+    // One left by an older mcpauthctl with the file's mode.
+    std::fs::write(&backup, fixture).unwrap();
+    std::fs::set_permissions(&backup, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let backups = || {
+        std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .filter(|e| {
+                let name = e.as_ref().unwrap().file_name();
+                name.to_string_lossy() != "mcp.json"
+            })
+            .count()
+    };
+
+    let stdout = env.ctl(&["connect", "cursor", "linear"]).ok();
+    assert!(
+        stdout.contains(&format!(
+            "the file as it was is kept in {} (mode 0600; `mcpauthctl disconnect cursor` removes it)",
+            backup.display()
+        )),
+        "{stdout}"
+    );
+    assert_eq!(mode(&backup), 0o600);
+    assert_eq!(mode(&path), 0o644, "the host's file keeps its mode");
+    assert_eq!(std::fs::read_to_string(&backup).unwrap(), fixture);
+    let with_linear = std::fs::read_to_string(&path).unwrap();
+
+    // A second write replaces it: still one, the file as it was just now.
+    env.ctl(&["connect", "cursor", "github"]).ok();
+    assert_eq!(std::fs::read_to_string(&backup).unwrap(), with_linear);
+    assert_eq!(mode(&backup), 0o600);
+    assert_eq!(backups(), 1, "one backup, nothing else beside the file");
+
+    // disconnect of one server: the broker still has an entry, the
+    // backup stays; of the last: it goes, and the output says so.
+    let stdout = env.ctl(&["disconnect", "cursor", "linear"]).ok();
+    assert!(!stdout.contains("removed the backup"), "{stdout}");
+    assert!(backup.exists());
+    let stdout = env.ctl(&["disconnect", "cursor"]).ok();
+    assert!(
+        stdout.contains(&format!("removed the backup {}", backup.display())),
+        "{stdout}"
+    );
+    assert!(!backup.exists());
+    assert_eq!(backups(), 0);
+    assert_eq!(
+        parse(Format::Json, &std::fs::read_to_string(&path).unwrap()),
+        parse(Format::Json, fixture)
+    );
 }
 
 #[test]
@@ -969,6 +1044,96 @@ async fn real_claude_code_never_sends_a_token_to_another_url() {
     assert!(helper.stdout().is_empty() && !line.contains(&token));
 }
 
+/// The command lines connect writes put `--` before the name, so a name
+/// that starts with `-` (config.toml allows one; `add` no longer does) is
+/// never read as an option; entries written before, without `--`, are
+/// still recognised by `hosts` and removed by `disconnect`.
+#[test]
+fn a_name_that_starts_with_a_dash_is_never_read_as_an_option() {
+    let env = TestEnv::new();
+    env.write_config(&format!(
+        "[servers.\"-lin\"]\nurl = \"{LINEAR}\"\n\n[servers.github]\nurl = \"{GITHUB}\"\n"
+    ));
+    let _daemon = env.start_daemon();
+    let out = env.ctl(&["add", "--", "-new", GITHUB]);
+    let stderr = fails(&out, 2);
+    assert!(stderr.contains("starts with '-'"), "{stderr}");
+
+    // Claude Code's helper, run as the host runs it (through a shell).
+    env.ctl(&["connect", "claude-code", "--", "-lin"]).ok();
+    let value: Value =
+        serde_json::from_str(&std::fs::read_to_string(env.home().join(".claude.json")).unwrap())
+            .unwrap();
+    let helper = value["mcpServers"]["-lin"]["headersHelper"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(helper.ends_with(" headers -- -lin"), "{helper}");
+    let ran = Command::new("sh")
+        .args(["-c", &helper])
+        .env_clear()
+        .env("HOME", env.home())
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&ran.stderr);
+    assert_eq!(
+        ran.status.code(),
+        Some(4),
+        "login required for -lin: {stderr}"
+    );
+    assert!(stderr.contains("mcpauthctl login -lin"), "{stderr}");
+
+    // A proxy entry: the name after `--` too, and the proxy starts.
+    env.ctl(&["connect", "cursor", "--", "-lin"]).ok();
+    let cursor = env.home().join(".cursor/mcp.json");
+    let value: Value = serde_json::from_str(&std::fs::read_to_string(&cursor).unwrap()).unwrap();
+    let argv = broker_argv(&env, "proxy", "-lin");
+    assert_eq!(
+        value["mcpServers"]["-lin"],
+        json!({"command": argv[0], "args": argv[1..]})
+    );
+    let ran = env
+        .command("mcpauthctl")
+        .args(&argv[1..])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        ran.status.success(),
+        "the proxy ran for -lin: {}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+
+    // An entry written before `--` was: still the broker's.
+    let mut value = value;
+    value["mcpServers"]["github"] =
+        json!({"command": argv[0], "args": [&argv[1], &argv[2], "proxy", "github"]});
+    std::fs::write(&cursor, value.to_string()).unwrap();
+    let hosts = env.ctl(&["hosts", "--json"]).json();
+    let cursor_row = hosts
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["host"] == "cursor")
+        .unwrap();
+    assert_eq!(
+        cursor_row["wired"],
+        json!([
+            {"entry": "-lin", "server": "-lin", "configured": true},
+            {"entry": "github", "server": "github", "configured": true},
+        ]),
+        "{hosts}"
+    );
+    let stdout = env.ctl(&["disconnect", "cursor"]).ok();
+    assert!(
+        stdout.contains("  removed    -lin") && stdout.contains("  removed    github"),
+        "{stdout}"
+    );
+    let stdout = env.ctl(&["disconnect", "claude-code", "--", "-lin"]).ok();
+    assert!(stdout.contains("  removed    -lin"), "{stdout}");
+}
+
 #[test]
 fn an_entry_connect_wrote_before_is_updated_and_keeps_the_persons_keys() {
     let env = TestEnv::new();
@@ -1017,7 +1182,7 @@ fn entries_never_start_a_daemon_that_would_use_another_state_directory() {
         .unwrap();
     assert!(
         helper.ends_with(&format!(
-            "--socket {} --no-autostart headers linear",
+            "--socket {} --no-autostart headers -- linear",
             env.socket().display()
         )),
         "{helper}"

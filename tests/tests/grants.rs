@@ -1198,3 +1198,118 @@ async fn an_as_without_the_id_jag_profile_is_sent_nothing() {
     );
     assert!(wiki.requests("/token").is_empty());
 }
+
+/// `mode` on `path`.
+fn chmod(path: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// Credential files are refused as ssh refuses an unprotected key: an
+/// assertion others can change, a key others can read. One line names the
+/// file, its mode and the fix; nothing is sent. Fixed, the next ask works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credential_files_others_can_change_or_read_are_refused_with_one_line() {
+    // A group-writable assertion file.
+    let server = AuthServer::start(workload_switches()).await;
+    let (_, key) = es256_key();
+    server
+        .state
+        .lock()
+        .unwrap()
+        .grants
+        .trust_assertion_key(*key.verifying_key());
+    let env = TestEnv::new();
+    let file = env.home().join("mcp.jwt");
+    let jwt = workload_jwt(&key, &server.issuer, 600);
+    std::fs::write(&file, &jwt).unwrap();
+    chmod(&file, 0o664);
+    env.write_config(&format!(
+        "[servers.s]\nurl = \"{}\"\ngrant = \"workload\"\nassertion_file = \"{}\"\n",
+        server.mcp_url,
+        file.display()
+    ));
+    let mut cmd = env.command("mcpauthd");
+    cmd.env(mcpauth_proto::env::LOG, "trace");
+    let _daemon = env.spawn_daemon(&mut cmd).unwrap();
+    let out = env.ctl(&["token", "s"]);
+    assert_ne!(out.code(), 0);
+    let line = format!(
+        "assertion_file {} is mode 0664: writable by others; chmod go-w it",
+        file.display()
+    );
+    assert!(out.stderr().contains(&line), "{}", out.stderr());
+    assert!(server.requests("/token").is_empty(), "nothing was sent");
+    // A world-readable one is fine: platforms hand them over 0644.
+    chmod(&file, 0o644);
+    env.ctl(&["refresh", "s"]).ok();
+    assert!(server.is_valid_access_token(&token(&env)));
+    assert_no_leak(&env, &server, &[jwt], &[&out]);
+
+    // A world-readable private key.
+    let server = AuthServer::start(cc_switches()).await;
+    let (pem, key) = es256_key();
+    server
+        .state
+        .lock()
+        .unwrap()
+        .grants
+        .add_client_key("svc-jwt", *key.verifying_key());
+    let env = TestEnv::new();
+    let key_file = private_file(&env, "svc.pem", &pem);
+    chmod(std::path::Path::new(&key_file), 0o644);
+    env.write_config(&format!(
+        "[servers.s]\nurl = \"{}\"\ngrant = \"client_credentials\"\nclient_id = \"svc-jwt\"\nclient_key_file = \"{key_file}\"\nclient_key_alg = \"ES256\"\n",
+        server.mcp_url
+    ));
+    let mut cmd = env.command("mcpauthd");
+    cmd.env(mcpauth_proto::env::LOG, "trace");
+    let _daemon = env.spawn_daemon(&mut cmd).unwrap();
+    let out = env.ctl(&["token", "s"]);
+    assert_ne!(out.code(), 0);
+    let line = format!("client_key_file {key_file} is mode 0644: readable by others; chmod 600 it");
+    assert!(out.stderr().contains(&line), "{}", out.stderr());
+    assert!(server.requests("/token").is_empty(), "nothing was sent");
+    let shown = env.ctl(&["show", "s", "--json"]).json();
+    assert!(
+        shown["last_error"].as_str().unwrap().contains(&line),
+        "{shown}"
+    );
+    assert!(env.all_daemon_logs().contains(&line), "the daemon says it");
+    chmod(std::path::Path::new(&key_file), 0o600);
+    env.ctl(&["refresh", "s"]).ok();
+    assert!(server.is_valid_access_token(&token(&env)));
+    assert_no_leak(&env, &server, &[pem], &[&out]);
+}
+
+/// A FIFO as the assertion file must not block the refresh path (which
+/// holds the server's lock): it is refused at once, and the daemon goes on
+/// answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifo_as_a_credential_file_is_refused_at_once() {
+    let server = AuthServer::start(workload_switches()).await;
+    let env = TestEnv::new();
+    let fifo = env.home().join("mcp.jwt");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    env.write_config(&format!(
+        "[servers.s]\nurl = \"{}\"\ngrant = \"workload\"\nassertion_file = \"{}\"\n",
+        server.mcp_url,
+        fifo.display()
+    ));
+    let _daemon = env.start_daemon();
+    let started = std::time::Instant::now();
+    let out = env.ctl(&["token", "s"]);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_ne!(out.code(), 0);
+    let line = format!(
+        "assertion_file {} is a FIFO, not a regular file; point it at a file",
+        fifo.display()
+    );
+    assert!(out.stderr().contains(&line), "{}", out.stderr());
+    // Asked again: refused again at once, not stuck behind a held lock.
+    let started = std::time::Instant::now();
+    let again = env.ctl(&["refresh", "s"]);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_ne!(again.code(), 0);
+    env.ctl(&["status"]).ok();
+}

@@ -380,7 +380,7 @@ async fn adopt_hands_mcp_remote_and_codex_entries_over_and_keeps_everything_else
         .iter()
         .map(|a| a.as_str().unwrap())
         .collect();
-    assert_eq!(args[args.len() - 2..], ["proxy", "mr"], "{entry}");
+    assert_eq!(args[args.len() - 3..], ["proxy", "--", "mr"], "{entry}");
     assert_eq!(entry["env"]["NODE_OPTIONS"], "--no-warnings", "kept");
     assert_eq!(
         cursor_json["mcpServers"]["local"]["command"], "my-local-server",
@@ -403,7 +403,7 @@ async fn adopt_hands_mcp_remote_and_codex_entries_over_and_keeps_everything_else
     ctl(&env, &["adopt", "codex"]).await.ok();
     let codex = std::fs::read_to_string(env.home().join(".codex/config.toml")).unwrap();
     assert!(codex.contains("http_headers_helper"), "{codex}");
-    assert!(codex.contains("headers cx"), "{codex}");
+    assert!(codex.contains("headers -- cx"), "{codex}");
     assert!(codex.contains("startup_timeout_sec = 20"), "{codex}");
     assert!(codex.contains("mcp_oauth_credentials_store"), "{codex}");
     assert_eq!(ctl(&env, &["token", "cx"]).await.ok().trim(), mb.access);
@@ -655,4 +655,83 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
         }
     }
     found
+}
+
+/// Hermes names a server's login file after the server, but not one to
+/// one: `a b` and `a_b` both use `a_b.json`. Such a file is imported for
+/// neither (it would otherwise be bound to whichever server's
+/// authorization server was asked, and its token sent to a server it was
+/// not issued for); a name whose file is its own still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hermes_file_two_server_names_share_is_imported_for_neither() {
+    let env = Arc::new(TestEnv::new());
+    let spaced = AuthServer::start(Switches::default()).await;
+    let underscored = AuthServer::start(Switches::default()).await;
+    let solo = AuthServer::start(Switches::default()).await;
+    let home = env.home();
+    write(
+        &home.join(".hermes/config.yaml"),
+        &format!(
+            "mcp_servers:\n  \"a b\":\n    url: {}\n  a_b:\n    url: {}\n  \"my server\":\n    url: {}\n",
+            spaced.mcp_url, underscored.mcp_url, solo.mcp_url
+        ),
+    );
+    // The shared file holds a_b's login, and names no issuer.
+    let shared = mint(&underscored, "hermes-client");
+    let mine = mint(&solo, "hermes-solo");
+    for (file, m) in [("a_b", &shared), ("my_server", &mine)] {
+        write(
+            &home.join(format!(".hermes/mcp-tokens/{file}.json")),
+            &json!({"access_token": m.access, "token_type": "Bearer", "refresh_token": m.refresh, "expires_at": (now_ms() as f64) / 1000.0 + 3600.0}).to_string(),
+        );
+        write(
+            &home.join(format!(".hermes/mcp-tokens/{file}.client.json")),
+            &json!({"client_id": m.client, "redirect_uris": ["http://127.0.0.1:27890/callback"], "token_endpoint_auth_method": "none"}).to_string(),
+        );
+    }
+    let _d = env.start_daemon();
+
+    let out = ctl(&env, &["import", "hermes"]).await;
+    let text = format!("{}{}", out.stdout(), out.stderr());
+    let shared_file = home.join(".hermes/mcp-tokens/a_b.json");
+    assert!(
+        text.contains(&format!(
+            "{} would be the login of `a b` and `a_b` alike",
+            shared_file.display()
+        )),
+        "{text}"
+    );
+    // Neither server got the shared login; nothing went to their ASes.
+    let config = std::fs::read_to_string(env.config_path()).unwrap_or_default();
+    assert!(!config.contains(&spaced.mcp_url), "{config}");
+    assert!(!config.contains(&underscored.mcp_url), "{config}");
+    for server in [&spaced, &underscored] {
+        assert!(server.requests("/token").is_empty());
+    }
+    // `my server` (my_server.json, its own) is adopted, bound to its own
+    // authorization server.
+    assert!(
+        text.lines()
+            .any(|l| l.contains("adopted") && l.contains("my-server")),
+        "{text}"
+    );
+    assert_eq!(
+        ctl(&env, &["token", "my-server"]).await.ok().trim(),
+        mine.access
+    );
+    ctl(&env, &["refresh", "my-server"]).await.ok();
+    assert_eq!(
+        solo.token_requests("refresh_token")[0].form["refresh_token"],
+        mine.refresh
+    );
+    let secrets = [
+        shared.access.clone(),
+        shared.refresh.clone(),
+        mine.access.clone(),
+        mine.refresh.clone(),
+    ];
+    assert_eq!(
+        leaked(&format!("{text}{}", env.all_daemon_logs()), &secrets),
+        None
+    );
 }

@@ -327,6 +327,11 @@ async fn preregistered_clients_use_each_token_endpoint_auth_method() {
         let secret_file = env.root.path().join("secret");
         if let Some(secret) = secret {
             std::fs::write(&secret_file, format!("{secret}\n")).unwrap();
+            std::fs::set_permissions(
+                &secret_file,
+                std::os::unix::fs::PermissionsExt::from_mode(0o600),
+            )
+            .unwrap();
             args.extend(["--client-secret-file", secret_file.to_str().unwrap()]);
         }
         env.ctl(&args).ok();

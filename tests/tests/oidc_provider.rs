@@ -135,6 +135,7 @@ async fn client_credentials_against_oidc_provider() {
     let env = TestEnv::new();
     let secret = env.home().join("svc-ci.secret");
     std::fs::write(&secret, "oidc-cc-secret-value-1\n").unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     env.write_config(&format!(
         "[servers.s]\nurl = \"{}\"\ngrant = \"client_credentials\"\nclient_id = \"svc-ci\"\nclient_secret_file = \"{}\"\nscopes = [\"mcp:read\"]\n",
         provider.mcp_url,

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use mcpauth_tests::TestEnv;
 use mcpauth_tests::authserver::{AuthServer, Switches};
-use mcpauth_tests::mcpserver::McpServer;
+use mcpauth_tests::mcpserver::{Hang, McpServer};
 use serde_json::{Value, json};
 
 /// The proxy as a host runs it.
@@ -26,9 +26,14 @@ struct Host {
 
 impl Host {
     fn start(env: &TestEnv, name: &str) -> Self {
+        Self::start_with(env, name, &[])
+    }
+
+    fn start_with(env: &TestEnv, name: &str, vars: &[(&str, &str)]) -> Self {
         let mut child = env
             .command("mcpauthctl")
             .args(["proxy", name])
+            .envs(vars.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -152,6 +157,105 @@ async fn logged_in_to(mcp_legacy: bool) -> (AuthServer, McpServer, TestEnv, mcpa
     env.ctl(&["add", "s", &mcp.url]).ok();
     env.ctl(&["login", "s"]).ok();
     (auth, mcp, env, daemon)
+}
+
+/// A server whose URL carries a credential in its query, logged in.
+async fn logged_in_with_a_query(
+    mcp_legacy: bool,
+) -> (AuthServer, McpServer, TestEnv, mcpauth_tests::Daemon) {
+    let auth = AuthServer::start(Switches::default()).await;
+    let mcp = McpServer::start(&auth.issuer, auth.validator(), mcp_legacy).await;
+    let env = TestEnv::new();
+    let daemon = env.start_daemon();
+    env.ctl(&["add", "s", &format!("{}?key=querysecret", mcp.url)])
+        .ok();
+    env.ctl(&["login", "s"]).ok();
+    (auth, mcp, env, daemon)
+}
+
+/// What the proxy waits for response headers in these tests: 1 s, not 30.
+const SHORT_OPEN: (&str, &str) = ("MCP_BROKER_TEST_PROXY_OPEN_MS", "1000");
+
+/// Nothing the host sees or the proxy logs shows the URL's query.
+fn assert_no_query(stderr: &str, stdout: &[String]) {
+    for line in stderr.lines().chain(stdout.iter().map(String::as_str)) {
+        assert!(
+            !line.contains("querysecret") && !line.contains("key="),
+            "a line shows the URL's query: {line}"
+        );
+    }
+}
+
+/// A server that accepts the initialize and never sends response headers:
+/// the host's initialize gets a JSON-RPC error within the time limit, and
+/// the line that says so shows the server's URL without its query.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_initialize_the_server_never_answers_gets_an_error_not_a_hang() {
+    let (_auth, mcp, env, _d) = logged_in_with_a_query(false).await;
+    mcp.hang(Hang::Everything);
+    let mut host = Host::start_with(&env, "s", &[SHORT_OPEN]);
+    let started = Instant::now();
+    let init = host.request(1, "initialize", json!({"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "h", "version": "1"}}));
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(init["error"]["code"], -32002, "{init}");
+    let message = init["error"]["message"].as_str().unwrap();
+    assert!(message.contains("sent no answer within 1 s"), "{init}");
+    assert!(message.contains(&mcp.url), "the URL is named: {init}");
+    assert!(
+        mcp.seen()
+            .iter()
+            .any(|s| s.rpc.as_deref() == Some("initialize")),
+        "the server got it"
+    );
+    let (stderr, stdout) = host.close();
+    assert!(stderr.contains("sent no answer"), "{stderr}");
+    assert_no_query(&stderr, &stdout);
+}
+
+/// An HTTP+SSE (2024-11-05) server whose stream never opens: the GET for
+/// the `endpoint` event is limited too, and the host hears of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_sse_stream_that_never_opens_gets_the_host_an_error_not_a_hang() {
+    let (_auth, mcp, env, _d) = logged_in_with_a_query(true).await;
+    mcp.hang(Hang::Gets);
+    let mut host = Host::start_with(&env, "s", &[SHORT_OPEN]);
+    let started = Instant::now();
+    let init = host.request(1, "initialize", json!({"protocolVersion": "2024-11-05", "capabilities": {}, "clientInfo": {"name": "h", "version": "1"}}));
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(init["error"]["code"], -32002, "{init}");
+    let message = init["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("not an HTTP+SSE server either") && message.contains("sent no answer"),
+        "{init}"
+    );
+    assert!(
+        mcp.seen().iter().any(|s| s.method == "GET"),
+        "the stream was asked for"
+    );
+    let (stderr, stdout) = host.close();
+    assert_no_query(&stderr, &stdout);
+}
+
+/// The Streamable HTTP GET stream is limited while it opens, not once
+/// open: a server that never answers it costs a line and a retry, and
+/// requests go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_stream_that_never_opens_is_retried_and_requests_go_on() {
+    let (_auth, mcp, env, _d) = logged_in_with_a_query(false).await;
+    mcp.hang(Hang::Gets);
+    let mut host = Host::start_with(&env, "s", &[SHORT_OPEN]);
+    let init = host.initialize();
+    assert!(init["result"].is_object(), "{init}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !host.stderr.lock().unwrap().contains("sent no answer") {
+        assert!(Instant::now() < deadline, "the GET was given up on");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let tools = host.request(2, "tools/list", json!({}));
+    assert!(tools["result"]["tools"].is_array(), "{tools}");
+    let (stderr, stdout) = host.close();
+    assert!(stderr.contains("event stream failed"), "{stderr}");
+    assert_no_query(&stderr, &stdout);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -90,6 +90,10 @@ pub enum OAuthError {
     },
     #[error("cannot read the client secret file {path}: {reason}")]
     SecretFile { path: String, reason: String },
+    /// A credential file that is not safe to use: one line naming it, its
+    /// mode or kind, and the fix (`fsutil::read_credential`).
+    #[error("{0}")]
+    UnsafeFile(String),
     #[error("the token endpoint refused: {error}{}", description.as_deref().map(|d| format!(" ({d})")).unwrap_or_default())]
     Token {
         error: String,

@@ -41,15 +41,7 @@ struct ErrorResponse {
 }
 
 fn read_secret(secret: &ClientSecret) -> Result<Secret, OAuthError> {
-    match secret {
-        ClientSecret::Inline(s) => Ok(s.clone()),
-        ClientSecret::File(path) => std::fs::read_to_string(path)
-            .map(|s| Secret::new(s.trim_end_matches(['\n', '\r'])))
-            .map_err(|e| OAuthError::SecretFile {
-                path: path.display().to_string(),
-                reason: e.to_string(),
-            }),
-    }
+    crate::unattended::read_client_secret(secret)
 }
 
 /// The auth method for a configured confidential client: Basic unless the
