@@ -35,17 +35,326 @@ fn sources(dir: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// The code of a file: comments dropped, and everything from the first
-/// `#[cfg(test)]` on (unit tests may build state directly).
+/// The code of a file: comments dropped, and every item marked
+/// `#[cfg(test)]` blanked out (unit tests may build state directly),
+/// wherever it stands: code after a test item is still checked.
 fn code(text: &str) -> String {
-    let text = text.split("#[cfg(test)]").next().unwrap();
+    let tests = ast::test_lines(text);
     text.lines()
-        .map(|l| match l.find("//") {
-            Some(i) if !l[..i].contains('"') => &l[..i],
-            _ => l,
+        .enumerate()
+        .map(|(i, l)| {
+            if tests.iter().any(|r| r.contains(&(i + 1))) {
+                return "";
+            }
+            match l.find("//") {
+                Some(i) if !l[..i].contains('"') => &l[..i],
+                _ => l,
+            }
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// The checks that read the syntax tree, so that neither a local binding
+/// nor rustfmt's line breaks nor a test item placed first can hide a
+/// call. Each takes source text and returns what it found wrong, and is
+/// tested on small bad inputs below.
+mod ast {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::ops::RangeInclusive;
+
+    use syn::visit::Visit;
+
+    fn is_cfg_test(attrs: &[syn::Attribute]) -> bool {
+        attrs.iter().any(|a| {
+            a.path().is_ident("cfg")
+                && a.meta.require_list().is_ok_and(|l| {
+                    l.tokens
+                        .to_string()
+                        .split(|c: char| !c.is_alphanumeric() && c != '_')
+                        .any(|t| t == "test")
+                })
+        })
+    }
+
+    fn item_attrs(item: &syn::Item) -> &[syn::Attribute] {
+        match item {
+            syn::Item::Fn(i) => &i.attrs,
+            syn::Item::Mod(i) => &i.attrs,
+            syn::Item::Impl(i) => &i.attrs,
+            syn::Item::Struct(i) => &i.attrs,
+            syn::Item::Enum(i) => &i.attrs,
+            syn::Item::Use(i) => &i.attrs,
+            syn::Item::Const(i) => &i.attrs,
+            syn::Item::Static(i) => &i.attrs,
+            syn::Item::Trait(i) => &i.attrs,
+            syn::Item::Type(i) => &i.attrs,
+            syn::Item::Macro(i) => &i.attrs,
+            _ => &[],
+        }
+    }
+
+    /// The file without its test items (in modules and impls too).
+    pub fn parse(text: &str) -> syn::File {
+        fn strip(items: &mut Vec<syn::Item>) {
+            items.retain(|i| !is_cfg_test(item_attrs(i)));
+            for item in items {
+                match item {
+                    syn::Item::Mod(m) => {
+                        if let Some((_, inner)) = &mut m.content {
+                            strip(inner);
+                        }
+                    }
+                    syn::Item::Impl(i) => i.items.retain(|ii| match ii {
+                        syn::ImplItem::Fn(f) => !is_cfg_test(&f.attrs),
+                        _ => true,
+                    }),
+                    _ => {}
+                }
+            }
+        }
+        let mut file = syn::parse_file(text).expect("the source parses");
+        strip(&mut file.items);
+        file
+    }
+
+    /// The lines of every test item.
+    pub fn test_lines(text: &str) -> Vec<RangeInclusive<usize>> {
+        use syn::spanned::Spanned;
+        fn walk(items: &[syn::Item], out: &mut Vec<RangeInclusive<usize>>) {
+            for item in items {
+                if is_cfg_test(item_attrs(item)) {
+                    out.push(item.span().start().line..=item.span().end().line);
+                    continue;
+                }
+                match item {
+                    syn::Item::Mod(m) => {
+                        if let Some((_, inner)) = &m.content {
+                            walk(inner, out);
+                        }
+                    }
+                    syn::Item::Impl(i) => {
+                        for ii in &i.items {
+                            if let syn::ImplItem::Fn(f) = ii
+                                && is_cfg_test(&f.attrs)
+                            {
+                                out.push(f.span().start().line..=f.span().end().line);
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let mut out = Vec::new();
+        if let Ok(file) = syn::parse_file(text) {
+            walk(&file.items, &mut out);
+        }
+        out
+    }
+
+    /// A call: the method or function name, its argument count (a
+    /// method's receiver not counted), and the function it is in.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Call {
+        pub name: String,
+        pub args: usize,
+        pub in_fn: String,
+        /// `Type::name(..)` (a path call) rather than `x.name(..)`.
+        pub path_call: bool,
+        /// On `self`, `Self::` or `Store::`: a call of the type's own.
+        pub own: bool,
+        /// The receiver, as tokens (empty for a path call).
+        pub receiver: String,
+    }
+
+    #[derive(Default)]
+    struct Calls {
+        current: Vec<String>,
+        found: Vec<Call>,
+    }
+
+    impl<'ast> Visit<'ast> for Calls {
+        fn visit_item_fn(&mut self, f: &'ast syn::ItemFn) {
+            self.current.push(f.sig.ident.to_string());
+            syn::visit::visit_item_fn(self, f);
+            self.current.pop();
+        }
+        fn visit_impl_item_fn(&mut self, f: &'ast syn::ImplItemFn) {
+            self.current.push(f.sig.ident.to_string());
+            syn::visit::visit_impl_item_fn(self, f);
+            self.current.pop();
+        }
+        fn visit_expr_method_call(&mut self, c: &'ast syn::ExprMethodCall) {
+            use quote::ToTokens;
+            let receiver = c.receiver.to_token_stream().to_string();
+            self.found.push(Call {
+                name: c.method.to_string(),
+                args: c.args.len(),
+                in_fn: self.current.first().cloned().unwrap_or_default(),
+                path_call: false,
+                own: receiver == "self",
+                receiver,
+            });
+            syn::visit::visit_expr_method_call(self, c);
+        }
+        fn visit_expr_call(&mut self, c: &'ast syn::ExprCall) {
+            if let syn::Expr::Path(p) = &*c.func
+                && let Some(last) = p.path.segments.last()
+            {
+                let first = p.path.segments.first().map(|s| s.ident.to_string());
+                self.found.push(Call {
+                    name: last.ident.to_string(),
+                    args: c.args.len(),
+                    in_fn: self.current.first().cloned().unwrap_or_default(),
+                    path_call: true,
+                    own: p.path.segments.len() == 2
+                        && matches!(first.as_deref(), Some("Self" | "Store")),
+                    receiver: String::new(),
+                });
+            }
+            syn::visit::visit_expr_call(self, c);
+        }
+    }
+
+    /// Every call in the non-test code of `text`.
+    pub fn calls(text: &str) -> Vec<Call> {
+        let mut v = Calls::default();
+        v.visit_file(&parse(text));
+        v.found
+    }
+
+    /// `Store::install_grant(guard, grant, record)` (three arguments; the
+    /// broker's installer takes four) called anywhere but inside
+    /// `install.rs`'s `install_grant`: one line per offending call.
+    pub fn store_installs_outside_the_installer(files: &[(String, String)]) -> Vec<String> {
+        let mut out = Vec::new();
+        for (path, text) in files {
+            for call in calls(text) {
+                let store_install = call.name == "install_grant"
+                    && (call.args == 3 || (call.path_call && call.args == 4));
+                let home = path.ends_with("daemon/src/install.rs") && call.in_fn == "install_grant";
+                if store_install && !home {
+                    out.push(format!("{path}: in {}", call.in_fn));
+                }
+            }
+        }
+        out
+    }
+
+    /// The methods that write to sled, directly or through another
+    /// method of `Store`.
+    fn writers(methods: &BTreeMap<String, (Vec<Call>, bool)>) -> BTreeSet<String> {
+        const SLED_WRITES: [&str; 6] = [
+            "insert",
+            "compare_and_swap",
+            "transaction",
+            "apply_batch",
+            "clear",
+            "drop_tree",
+        ];
+        // A sled write: a write method on one of the store's trees
+        // (`self.<tree>`, a `tree` binding, `….open_tree(..)?`), or one of
+        // the names only sled has. Not the in-memory cache, not a JSON map.
+        let sled_write = |c: &Call| {
+            let on_tree = (c.receiver.starts_with("self .") && !c.receiver.contains("cache"))
+                || c.receiver == "tree"
+                || c.receiver.contains("open_tree");
+            !c.path_call
+                && (matches!(
+                    c.name.as_str(),
+                    "compare_and_swap" | "transaction" | "apply_batch" | "drop_tree"
+                ) || (on_tree
+                    && (SLED_WRITES.contains(&c.name.as_str()) || c.name == "remove")))
+        };
+        let mut writes: BTreeSet<String> = methods
+            .iter()
+            .filter(|(_, (calls, _))| calls.iter().any(sled_write))
+            .map(|(n, _)| n.clone())
+            .collect();
+        loop {
+            let more: Vec<String> = methods
+                .iter()
+                .filter(|(n, (calls, _))| {
+                    !writes.contains(*n) && calls.iter().any(|c| c.own && writes.contains(&c.name))
+                })
+                .map(|(n, _)| n.clone())
+                .collect();
+            if more.is_empty() {
+                return writes;
+            }
+            writes.extend(more);
+        }
+    }
+
+    /// Every public method of `Store` that writes, directly or through
+    /// another method, must take a `&ServerGuard` (or, for an identity
+    /// provider's record, an `&IdpGuard`), unless `exempt` names it.
+    pub fn store_writes_without_a_guard(store: &str, exempt: &[&str]) -> Vec<String> {
+        let (methods, guarded) = store_methods(store);
+        writers(&methods)
+            .into_iter()
+            .filter(|m| methods[m].1 && !guarded.contains(m) && !exempt.contains(&m.as_str()))
+            .map(|m| format!("Store::{m}"))
+            .collect()
+    }
+
+    /// The public methods of `Store` found to write.
+    pub fn store_writers(store: &str) -> BTreeSet<String> {
+        let (methods, _) = store_methods(store);
+        writers(&methods)
+            .into_iter()
+            .filter(|m| methods[m].1)
+            .collect()
+    }
+
+    /// Each method of `impl Store`: its calls and whether it is public
+    /// (and on a live store); and those that take a guard.
+    #[allow(clippy::type_complexity)]
+    fn store_methods(store: &str) -> (BTreeMap<String, (Vec<Call>, bool)>, BTreeSet<String>) {
+        let file = parse(store);
+        let mut methods: BTreeMap<String, (Vec<Call>, bool)> = BTreeMap::new();
+        let mut guarded = BTreeSet::new();
+        for item in &file.items {
+            let syn::Item::Impl(imp) = item else { continue };
+            let syn::Type::Path(t) = &*imp.self_ty else {
+                continue;
+            };
+            if !t.path.is_ident("Store") || imp.trait_.is_some() {
+                continue;
+            }
+            for ii in &imp.items {
+                let syn::ImplItem::Fn(f) = ii else { continue };
+                let name = f.sig.ident.to_string();
+                let mut v = Calls::default();
+                v.visit_block(&f.block);
+                // Methods on a live store; constructors and the rewrite
+                // at start (no `self`) run before it serves anyone.
+                let public =
+                    matches!(f.vis, syn::Visibility::Public(_)) && f.sig.receiver().is_some();
+                methods.insert(name.clone(), (v.found, public));
+                let takes_guard = f.sig.inputs.iter().any(|input| {
+                    let syn::FnArg::Typed(t) = input else {
+                        return false;
+                    };
+                    let syn::Type::Reference(r) = &*t.ty else {
+                        return false;
+                    };
+                    let syn::Type::Path(p) = &*r.elem else {
+                        return false;
+                    };
+                    p.path
+                        .segments
+                        .last()
+                        .is_some_and(|s| s.ident == "ServerGuard" || s.ident == "IdpGuard")
+                });
+                if takes_guard {
+                    guarded.insert(name);
+                }
+            }
+        }
+        (methods, guarded)
+    }
 }
 
 /// Files under `dir` whose code contains any of `needles`, except `allowed`.
@@ -139,12 +448,9 @@ fn one_place_refreshes_and_one_place_installs_a_grant() {
         "one refresh request, in refresh_locked"
     );
     // A grant is written only by the store's install, called only by
-    // Broker::install_grant.
-    let found = offenders(
-        "daemon/src",
-        &["store().install_grant(", "store.install_grant("],
-        &["daemon/src/install.rs"],
-    );
+    // Broker::install_grant: read as syntax, so no binding or line break
+    // hides a call.
+    let found = ast::store_installs_outside_the_installer(&sources("daemon/src"));
     assert!(
         found.is_empty(),
         "a grant write outside install.rs: {found:?}"
@@ -187,28 +493,92 @@ fn tokens_leave_the_daemon_in_one_place() {
 
 #[test]
 fn every_state_write_takes_the_servers_guard() {
-    let store = code(&std::fs::read_to_string(root().join("daemon/src/store.rs")).unwrap());
+    let store = std::fs::read_to_string(root().join("daemon/src/store.rs")).unwrap();
+    // The check sees the writers it must see.
+    let writers = ast::store_writers(&store);
     for method in [
         "put_server",
         "delete_server",
         "install_grant",
         "delete_grant",
         "put_registration",
-        "delete_registration",
         "delete_registrations",
         "put_flow",
         "delete_flow",
+        "put_identity",
+        "unlock",
     ] {
-        let signature = store
-            .split(&format!("pub async fn {method}("))
-            .nth(1)
-            .unwrap_or_else(|| panic!("Store::{method} exists"));
-        let params = signature.split(')').next().unwrap();
         assert!(
-            params.contains("guard: &ServerGuard"),
-            "Store::{method} must take the server's guard: ({params})"
+            writers.contains(method),
+            "{method} not seen writing: {writers:?}"
         );
     }
+    let found = ast::store_writes_without_a_guard(&store, STORE_WRITES_WITHOUT_A_SERVER);
+    assert!(
+        found.is_empty(),
+        "a Store method writes without a guard: {found:?}"
+    );
+}
+
+/// The `Store` methods that write what belongs to no server, and why.
+const STORE_WRITES_WITHOUT_A_SERVER: &[&str] = &[
+    // The config text in force, written under the config edit lock.
+    "set_last_good_config",
+    // Where the store key lives, once, at start or when the key comes.
+    "set_key_source",
+    // Re-encodes (seals) what is there, each value only if unchanged.
+    "unlock",
+    // State under a name that cannot be a server's (so has no lock).
+    "purge_invalid",
+];
+
+#[test]
+fn the_checks_that_read_syntax_catch_what_text_would_miss() {
+    let file = |path: &str, text: &str| vec![(path.to_string(), text.to_string())];
+    // A local binding, and rustfmt's line breaks.
+    let bound = "impl Broker { async fn sneaky(&self, g: &ServerGuard) {\n\
+        let s = self.store();\n s.install_grant(g, &grant, &record).await; } }";
+    let split = "impl Broker { async fn sneaky(&self, g: &ServerGuard) {\n\
+        self.store()\n    .install_grant(\n        g,\n        &grant,\n        &record,\n    )\n    .await; } }";
+    let path_call = "fn sneaky() { Store::install_grant(&store, g, &grant, &record); }";
+    for text in [bound, split, path_call] {
+        assert_eq!(
+            ast::store_installs_outside_the_installer(&file("daemon/src/login.rs", text)).len(),
+            1,
+            "{text}"
+        );
+    }
+    // The broker's installer (four arguments) is what others call.
+    let fine = "fn ok(&self) { self.install_grant(&guard, new, GrantSource::Login, |_| {}); }";
+    assert!(
+        ast::store_installs_outside_the_installer(&file("daemon/src/login.rs", fine)).is_empty()
+    );
+    // Code after a test item is still read.
+    let after_test =
+        "#[cfg(test)]\nfn helper() {}\nfn sneaky() { s.install_grant(g, &grant, &record); }";
+    assert_eq!(
+        ast::store_installs_outside_the_installer(&file("daemon/src/files.rs", after_test)).len(),
+        1
+    );
+    assert!(!code(after_test).contains("fn helper"));
+    assert!(code(after_test).contains("fn sneaky"));
+    // A new store method that writes without a guard, directly or
+    // through a helper, is found by its signature, not by a list.
+    let store = "impl Store {\n\
+        fn put(&self, tree: &sled::Tree) { tree.insert(1, 2); }\n\
+        pub async fn put_record(&self, guard: &ServerGuard) { self.put(&self.servers); }\n\
+        pub async fn sneaky_write(&self) { self.put(&self.grants); }\n\
+        pub async fn sneaky_remove(&self, name: &str) { self.flows.remove(name); }\n\
+        pub fn read(&self) { self.servers.get(1); }\n\
+        #[cfg(test)]\n pub fn test_only(&self) { self.grants.insert(1, 2); }\n\
+    }";
+    assert_eq!(
+        ast::store_writes_without_a_guard(store, &[]),
+        ["Store::sneaky_remove", "Store::sneaky_write"]
+    );
+    assert!(
+        ast::store_writes_without_a_guard(store, &["sneaky_write", "sneaky_remove"]).is_empty()
+    );
 }
 
 #[test]
