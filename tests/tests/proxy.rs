@@ -389,6 +389,9 @@ async fn without_a_login_requests_are_answered_at_once_and_a_login_heals_without
         "{init}"
     );
     assert!(mcp.seen().is_empty(), "nothing was sent without a token");
+    // The next step is said once.
+    let said = init["error"]["message"].as_str().unwrap();
+    assert_eq!(said.matches("mcpauthctl login s").count(), 1, "{said}");
 
     env.ctl(&["login", "s"]).ok();
     // The host goes on without initializing again (its initialize got an

@@ -224,6 +224,21 @@ async fn a_clean_proxy_session_under_the_python_sdk_ends_quietly() {
         .env("MCP_TEST_STDERR_FILE", &stderr_file)
         .output()
         .unwrap();
+    // Logout at the SDK's revocation endpoint, which wants a client_secret
+    // field even from a public client: one retry each, both revoked.
+    let base = url.trim().trim_end_matches("/mcp").to_string();
+    let logout = env.ctl(&["logout", "py"]).ok();
+    assert_eq!(
+        logout.trim(),
+        "logged out of py: the access and refresh tokens are revoked at the server"
+    );
+    let stats: serde_json::Value = reqwest::get(format!("{base}/test/stats"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["revoke"], 4, "{stats}");
     let _ = server.kill();
     let _ = server.wait();
     assert!(
