@@ -1169,6 +1169,38 @@ async fn an_sso_agents_id_token_file_stands_in_for_the_login() {
     assert_no_leak(&env, &idp, &[expired, fresh], &[&out]);
 }
 
+/// `authorization_grant_profiles_supported` is optional: an AS that
+/// takes ID-JAGs and leaves the field out is used, like one that omits
+/// `grant_types_supported`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_as_that_omits_the_grant_profiles_is_sent_the_id_jag() {
+    let Enterprise {
+        env,
+        idp,
+        wiki,
+        _daemon,
+        ..
+    } = enterprise(GrantSwitches::default(), None).await;
+    wiki.set(|s| s.grants.omit_grant_profiles = true);
+    let out = env.ctl(&["login", "wiki"]);
+    assert_eq!(out.code(), 0, "{}", out.stderr());
+    let token = env.ctl(&["token", "wiki"]).ok();
+    assert!(wiki.is_valid_access_token(token.trim()));
+    assert_eq!(
+        idp.token_requests("urn:ietf:params:oauth:grant-type:token-exchange")
+            .len(),
+        1
+    );
+    assert_eq!(
+        wiki.token_requests("urn:ietf:params:oauth:grant-type:jwt-bearer")
+            .len(),
+        1
+    );
+    env.ctl(&["refresh", "wiki"]).ok();
+    let renewed = env.ctl(&["token", "wiki"]).ok();
+    assert!(wiki.is_valid_access_token(renewed.trim()));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_as_without_the_id_jag_profile_is_sent_nothing() {
     let Enterprise {
@@ -1178,10 +1210,12 @@ async fn an_as_without_the_id_jag_profile_is_sent_nothing() {
         _daemon,
         ..
     } = enterprise(GrantSwitches::default(), None).await;
-    // It takes JWT bearer grants, but does not say it takes ID-JAGs.
+    // It takes JWT bearer grants and lists its grant profiles, but not
+    // the ID-JAG one.
     wiki.set(|s| {
         s.grants.id_jag = false;
         s.grants.jwt_bearer = true;
+        s.grants.grant_profiles = Some(vec!["urn:example:grant-profile:other".into()]);
     });
     let out = env.ctl(&["login", "wiki"]);
     assert_ne!(out.code(), 0);
