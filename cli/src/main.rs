@@ -1117,6 +1117,12 @@ fn print_status(status: pb::StatusReply) {
 
 /// "in 40m", "retry in 20s (attempt 2)", "stopped", "-".
 fn next_refresh(s: &pb::Server, now: i64) -> String {
+    if s.no_refresh_token {
+        return format!(
+            "none, {}",
+            output::renew_none(s.token_expires_at_unix_ms, now)
+        );
+    }
     match s.refresh_state.as_str() {
         "scheduled" => relative(s.next_refresh_unix_ms, now),
         "retrying" => format!(
@@ -1205,7 +1211,14 @@ fn print_server(s: pb::Server) {
                 relative(s.last_refresh_unix_ms, now)
             },
         ),
-        ("next refresh", next_refresh(&s, now)),
+        (
+            if s.no_refresh_token {
+                "renew"
+            } else {
+                "next refresh"
+            },
+            next_refresh(&s, now),
+        ),
         (
             "granted scopes",
             if s.granted_scopes.is_empty() {

@@ -132,6 +132,8 @@ pub struct ServerView {
     pub token_expires_at_ms: Option<i64>,
     /// Scopes of the grant held.
     pub granted_scopes: Vec<String>,
+    /// A person's login is held without a refresh token.
+    pub no_refresh_token: bool,
     /// What the refresh scheduler plans for this server.
     pub plan: Plan,
     /// The client id in effect and where it comes from.
@@ -584,6 +586,8 @@ impl Broker {
             state,
             token_expires_at_ms: grant.as_ref().and_then(|g| g.expires_at_ms),
             guard_error: self.report_guard_error(name),
+            no_refresh_token: !server.grant.unattended()
+                && grant.as_ref().is_some_and(|g| g.refresh_token.is_none()),
             granted_scopes: grant.map(|g| g.scopes).unwrap_or_default(),
             plan: self.scheduler.plan(name, self.timing(name)),
         })

@@ -54,6 +54,7 @@ fn idp_discovery(idp: &IdentityProvider, record: &IdentityRecord) -> Discovery {
         metadata: record.metadata.clone(),
         resource_scopes: Vec::new(),
         source: DiscoverySource::ProtectedResource,
+        settings: Default::default(),
         discovered_at_ms: record.logged_in_at_ms,
     }
 }
@@ -481,9 +482,11 @@ impl Broker {
         }
         drop(guard);
         let outcome = match self.refresh_grant(name.clone(), Freshness::Force).await {
+            // Renewed by asking again while the ID token is valid.
             Ok(grant) => LoginOutcome::Success {
                 scopes: grant.scopes,
                 expires_at_ms: grant.expires_at_ms,
+                refresh_token: true,
             },
             Err(e) => LoginOutcome::Failed {
                 kind: FailureKind::Error,

@@ -147,17 +147,20 @@ fn login_result(outcome: &LoginOutcome) -> pb::LoginResult {
         LoginOutcome::Success {
             scopes,
             expires_at_ms,
+            refresh_token,
         } => pb::LoginResult {
             ok: true,
             scopes: scopes.clone(),
             token_expires_at_unix_ms: expires_at_ms.unwrap_or(0),
             error: String::new(),
             failure: pb::LoginFailure::Unspecified.into(),
+            no_refresh_token: !refresh_token,
         },
         LoginOutcome::Failed { kind, message } => pb::LoginResult {
             ok: false,
             scopes: Vec::new(),
             token_expires_at_unix_ms: 0,
+            no_refresh_token: false,
             error: message.clone(),
             failure: match kind {
                 FailureKind::Denied => pb::LoginFailure::Denied,
@@ -215,6 +218,7 @@ impl From<ServerView> for pb::Server {
                 _ => 0,
             },
             granted_scopes: v.granted_scopes,
+            no_refresh_token: v.no_refresh_token,
             grant: v.config.grant.as_str().into(),
             identity_provider: v
                 .config

@@ -585,6 +585,7 @@ mod tests {
             },
             resource_scopes: vec![],
             source: DiscoverySource::ProtectedResource,
+            settings: Default::default(),
             discovered_at_ms: 0,
         });
         let guard = broker.locks.lock(&name).await;

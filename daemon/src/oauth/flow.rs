@@ -56,7 +56,8 @@ pub fn select_scopes(
     scopes
 }
 
-/// Builds the authorization URL (PKCE S256, state, resource, scope).
+/// Builds the authorization URL (PKCE S256, state, resource, scope), and
+/// the extra parameters of `authorization_params`.
 pub fn authorization_url(
     discovery: &Discovery,
     client_id: &str,
@@ -78,11 +79,18 @@ pub fn authorization_url(
             .append_pair("code_challenge_method", "S256")
             .append_pair("state", state);
         // Empty only for an identity provider's own login (OIDC).
-        if !discovery.resource.is_empty() {
-            q.append_pair("resource", &discovery.resource);
+        if let Some(resource) = discovery.resource_to_send() {
+            q.append_pair("resource", resource);
         }
         if !scopes.is_empty() {
             q.append_pair("scope", &scopes.join(" "));
+        }
+        // `authorization_params`: never one of the broker's own (the
+        // config refuses them; this holds whatever the record says).
+        for (name, value) in &discovery.settings.authorization_params {
+            if !crate::config::RESERVED_AUTHORIZATION_PARAMS.contains(&name.as_str()) {
+                q.append_pair(name, value);
+            }
         }
     }
     Ok(url)
@@ -139,7 +147,7 @@ pub enum CallbackError {
     )]
     IssuerMismatch { expected: String, found: String },
     #[error(
-        "the authorization server promised an iss parameter but the callback has none; refusing it"
+        "the authorization server promised an iss parameter but the callback has none; refusing it (only if you trust this server, set allow_missing_iss = true for it in config.toml)"
     )]
     IssuerMissing,
     #[error("the authorization server refused: {error}{}", description.as_deref().map(|d| format!(" ({d})")).unwrap_or_default())]
@@ -202,6 +210,7 @@ mod tests {
             },
             resource_scopes: resource_scopes.iter().map(|s| s.to_string()).collect(),
             source: DiscoverySource::ProtectedResource,
+            settings: Default::default(),
             discovered_at_ms: 0,
         }
     }

@@ -71,13 +71,25 @@ pub enum OAuthError {
     #[error("no authorization server metadata found for {issuer}")]
     NoMetadata { issuer: String },
     #[error(
-        "the authorization server metadata says issuer {found:?}, but it was fetched for {expected:?}; refusing it"
+        "the authorization server metadata says issuer {found:?}, but it was fetched for {expected:?}; refusing it (only if you trust this server, set auth_server_metadata_url = \"{metadata_url}\" for it in config.toml)"
     )]
-    IssuerMismatch { expected: String, found: String },
+    IssuerMismatch {
+        expected: String,
+        found: String,
+        /// The document that named `found`.
+        metadata_url: String,
+    },
     #[error(
-        "the authorization server {issuer} does not support PKCE with S256; refusing to use it"
+        "the authorization server {issuer} {}; refusing to use it{}",
+        if *unlisted { "lists no PKCE methods (no code_challenge_methods_supported)" } else { "does not support PKCE with S256" },
+        if *unlisted { " (only if you trust this server, set assume_pkce_s256 = true for it in config.toml: S256 is still used)" } else { "" }
     )]
-    PkceUnsupported { issuer: String },
+    PkceUnsupported {
+        issuer: String,
+        /// The metadata lists no methods at all (Entra, Cognito), rather
+        /// than methods without S256.
+        unlisted: bool,
+    },
     #[error(
         "{issuer} offers no way for mcpauthd to register: set client_id (mcpauthctl add NAME URL --client-id ID) or client_metadata_url in config.toml"
     )]
@@ -95,6 +107,16 @@ pub enum OAuthError {
         error: String,
         description: Option<String>,
         retry_after_secs: Option<u64>,
+        /// The HTTP status it came with (Slack answers errors with 200).
+        status: u16,
+    },
+    /// A 4xx without an OAuth error: a refusal, not an outage. `message`
+    /// is what the body said (`message`, `error_code`, ...), sanitised.
+    #[error("{url} refused with HTTP {status}{}", message.as_deref().map(|m| format!(" ({m})")).unwrap_or_default())]
+    Refused {
+        url: String,
+        status: u16,
+        message: Option<String>,
     },
     #[error("unsupported token type {0:?} (only Bearer is supported)")]
     UnsupportedTokenType(String),
@@ -140,16 +162,65 @@ impl OAuthError {
     /// that are not an OAuth answer at all (an error page, a redirect, a
     /// body cut off, not JSON, too large): the server, or something in
     /// front of it, is in trouble, and says nothing about the grant.
+    ///
+    /// A 4xx (but 429) is never an outage: the server understood and
+    /// refused ([`OAuthError::Refused`], or an OAuth error).
     pub fn is_transient(&self) -> bool {
+        let outage = |status: u16| status >= 500 || status == 429;
         match self {
             OAuthError::Unreachable { .. }
-            | OAuthError::Status { .. }
             | OAuthError::Redirect { .. }
             | OAuthError::TooLarge { .. }
             | OAuthError::NotJson { .. }
             | OAuthError::BadDocument { .. } => true,
-            OAuthError::Token { error, .. } => error == "temporarily_unavailable",
+            OAuthError::Status { status, .. } => !(400..500).contains(status) || outage(*status),
+            OAuthError::Token { error, status, .. } => {
+                error == "temporarily_unavailable" || outage(*status)
+            }
             _ => false,
+        }
+    }
+
+    /// What a token endpoint's failure says about the grant and the
+    /// client: an outage, the grant gone, the client unknown, or none of
+    /// these. Only outages are retried.
+    pub fn token_failure(&self) -> TokenFailure {
+        if self.is_transient() {
+            return TokenFailure::Outage;
+        }
+        match self {
+            OAuthError::Token { error, .. } => match error.as_str() {
+                "invalid_grant" => TokenFailure::GrantGone,
+                "invalid_client" | "unauthorized_client" => TokenFailure::ClientUnknown,
+                _ => TokenFailure::Other,
+            },
+            OAuthError::Refused {
+                message: Some(m), ..
+            } => {
+                let m = m.to_ascii_lowercase();
+                let about_client = m.contains("client");
+                let gone = [
+                    "unrecognized",
+                    "unrecognised",
+                    "unknown",
+                    "not found",
+                    "not_found",
+                    "invalid",
+                    "no such",
+                    "does not exist",
+                    "revoked",
+                    "expired",
+                ]
+                .iter()
+                .any(|w| m.contains(w));
+                let about_grant = ["refresh", "grant"].iter().any(|w| m.contains(w));
+                match (about_client, about_grant, gone) {
+                    (_, true, true) => TokenFailure::GrantGone,
+                    (true, false, true) => TokenFailure::ClientUnknown,
+                    _ => TokenFailure::Other,
+                }
+            }
+            _ => TokenFailure::Other,
         }
     }
 
@@ -165,6 +236,23 @@ impl OAuthError {
             _ => None,
         }
     }
+}
+
+/// What a failed token request means (see [`OAuthError::token_failure`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenFailure {
+    /// Network trouble, 5xx, 429, or an answer that is no answer: retried
+    /// with backoff, nothing changes.
+    Outage,
+    /// `invalid_grant`, or a refusal naming the refresh token or grant
+    /// (Supabase's `refresh_token_not_found`): login required.
+    GrantGone,
+    /// `invalid_client`, `unauthorized_client`, or a refusal naming the
+    /// client (Supabase's `422 Unrecognized client_id`): login required,
+    /// and a registration the broker made is dropped.
+    ClientUnknown,
+    /// Another refusal.
+    Other,
 }
 
 /// Makes a server-provided string safe to show: bounded, single-line, and
