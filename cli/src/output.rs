@@ -155,6 +155,49 @@ pub fn logout_line(name: &str, reply: &pb::LogoutReply, now_ms: i64) -> String {
 }
 
 /// A time later today as `HH:MM`, else as the whole local time.
+/// `doctor NAME`: one line per step, `ok` or `!!`, and the fix under a
+/// problem.
+pub fn doctor_text(name: &str, reply: &pb::DoctorReply) -> String {
+    let mut lines = vec![format!(
+        "doctor {name}: discovery and registration, step by step (nothing is changed)"
+    )];
+    for s in &reply.steps {
+        lines.push(format!(
+            "{} {}: {}",
+            if s.ok { "ok" } else { "!!" },
+            s.step,
+            s.found
+        ));
+        if !s.ok && !s.fix.is_empty() {
+            lines.push(format!("   fix: {}", s.fix));
+        }
+    }
+    lines.join("\n")
+}
+
+/// `doctor NAME --json`: `{"server", "ok", "steps": [{"step", "found",
+/// "ok", "fix"}]}` (`fix` null when there is none).
+pub fn doctor_json(name: &str, reply: &pb::DoctorReply) -> String {
+    let steps: Vec<serde_json::Value> = reply
+        .steps
+        .iter()
+        .map(|s| {
+            serde_json::json!({
+                "step": s.step,
+                "found": s.found,
+                "ok": s.ok,
+                "fix": if s.fix.is_empty() { None } else { Some(&s.fix) },
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "server": name,
+        "ok": reply.steps.iter().all(|s| s.ok),
+        "steps": steps,
+    })
+    .to_string()
+}
+
 /// What renews a login held without a refresh token: nothing.
 pub fn renew_none(expires_at_ms: i64, now_ms: i64) -> String {
     match expires_at_ms {

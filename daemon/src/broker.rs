@@ -593,6 +593,22 @@ impl Broker {
         })
     }
 
+    /// `mcpauthctl doctor`: discovery and registration for `name` walked
+    /// step by step, changing nothing.
+    pub async fn doctor(
+        &self,
+        name: &str,
+    ) -> Result<Vec<crate::oauth::doctor::DoctorStep>, BrokerError> {
+        let name = self.configured(name)?;
+        let server = self
+            .config()
+            .servers
+            .get(&name)
+            .cloned()
+            .ok_or_else(|| BrokerError::NotFound(name.to_string()))?;
+        Ok(self.http.diagnose(name.as_str(), &server).await)
+    }
+
     /// Adds a server by editing `config.toml`, then applies the new file.
     pub async fn add(&self, new: NewServer) -> Result<ServerView, BrokerError> {
         let name = ServerName::parse(&new.name)?;

@@ -583,6 +583,25 @@ impl broker_server::Broker for BrokerService {
         }))
     }
 
+    async fn doctor(
+        &self,
+        request: Request<pb::DoctorRequest>,
+    ) -> Result<Response<pb::DoctorReply>, Status> {
+        check_protocol(&request)?;
+        let steps = self.broker.doctor(&request.into_inner().server).await?;
+        Ok(Response::new(pb::DoctorReply {
+            steps: steps
+                .into_iter()
+                .map(|s| pb::DoctorStep {
+                    step: s.step.into(),
+                    found: s.found,
+                    ok: s.ok,
+                    fix: s.fix.unwrap_or_default(),
+                })
+                .collect(),
+        }))
+    }
+
     async fn refresh(
         &self,
         request: Request<pb::RefreshRequest>,

@@ -476,3 +476,86 @@ async fn allow_missing_iss_still_checks_an_iss_that_is_sent() {
     assert!(out.stderr().contains("mix-up"), "{}", out.stderr());
     assert_eq!(server.token_requests("authorization_code").len(), 1);
 }
+
+/// `doctor NAME`: discovery and registration step by step, nothing
+/// changed (no registration, no authorization, no token request), each
+/// problem with the one setting that fixes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_walks_discovery_and_names_the_fix() {
+    let healthy = AuthServer::start(Switches::default()).await;
+    let env = TestEnv::new();
+    let _d = env.start_daemon();
+    env.ctl(&["add", "s", &healthy.mcp_url]).ok();
+    let out = env.ctl(&["doctor", "s"]);
+    assert_eq!(out.code(), 0, "{}{}", out.stdout(), out.stderr());
+    let text = out.stdout();
+    for step in [
+        "ok challenge: HTTP 401, Bearer resource_metadata=",
+        "ok resource metadata: GET ",
+        "ok resource: ",
+        "ok authorization server: ",
+        "ok metadata: GET ",
+        "ok issuer: ",
+        "ok endpoints: authorization ",
+        "ok registration: dynamic",
+        "ok pkce: S256 listed",
+        "ok iss: promised",
+        "ok grant types: authorization_code refresh_token",
+        "ok settings: assume_pkce_s256 = false (the spec); send_resource = true (the spec)",
+    ] {
+        assert!(text.contains(step), "{step:?} in {text}");
+    }
+
+    let entra = AuthServer::start(Switches {
+        pkce_advertised: false,
+        wrong_issuer: true,
+        dcr: false,
+        ..Default::default()
+    })
+    .await;
+    configure(&env, "e", &entra.mcp_url, "");
+    let out = env.ctl(&["doctor", "e", "--json"]);
+    assert_eq!(out.code(), 1, "{}", out.stderr());
+    let report: serde_json::Value = serde_json::from_str(&out.stdout()).unwrap();
+    assert_eq!(report["ok"], false);
+    let steps = report["steps"].as_array().unwrap();
+    let issuer = steps.iter().find(|s| s["step"] == "issuer").unwrap();
+    assert_eq!(issuer["ok"], false);
+    let metadata_url = format!("{}/.well-known/oauth-authorization-server", entra.issuer);
+    assert!(
+        issuer["fix"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("auth_server_metadata_url = \"{metadata_url}\"")),
+        "{issuer}"
+    );
+    // With that set, the walk goes on to the next problems.
+    configure(
+        &env,
+        "f",
+        &entra.mcp_url,
+        &format!("auth_server_metadata_url = \"{metadata_url}\""),
+    );
+    let out = env.ctl(&["doctor", "f"]);
+    assert_eq!(out.code(), 1);
+    let text = out.stdout();
+    assert!(
+        text.contains("!! pkce: no code_challenge_methods_supported")
+            && text.contains("fix: only if you trust this server, set assume_pkce_s256 = true"),
+        "{text}"
+    );
+    assert!(
+        text.contains("!! registration:") && text.contains("--client-id"),
+        "{text}"
+    );
+    assert!(
+        out.stderr().contains("2 problems found"),
+        "{}",
+        out.stderr()
+    );
+    for server in [&healthy, &entra] {
+        assert!(server.requests("/register").is_empty());
+        assert!(server.requests("/authorize").is_empty());
+        assert!(server.requests("/token").is_empty());
+    }
+}

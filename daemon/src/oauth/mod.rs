@@ -10,6 +10,8 @@
 //! - `challenge`: `WWW-Authenticate` parsing.
 //! - `http`: the HTTP client (timeouts, 1 MiB cap, redirect rules).
 //! - `discovery`: PRM (RFC 9728) and AS metadata (RFC 8414 / OIDC).
+//! - `doctor`: discovery and registration walked step by step, for
+//!   `mcpauthctl doctor`, with the fix for each problem.
 //! - `registration`: configured client, CIMD, or DCR (RFC 7591).
 //! - `flow`: PKCE authorization requests and callback validation (RFC 9207).
 //! - `token`: code exchange, refresh, revocation (RFC 6749, 7009, 8707),
@@ -22,6 +24,7 @@
 
 pub mod challenge;
 pub mod discovery;
+pub mod doctor;
 pub mod flow;
 pub mod grants;
 pub mod http;
