@@ -802,6 +802,18 @@ impl Broker {
             }
         }
         self.store.set_last_good_config(text).await?;
+        // `proxy` and `ca_file`: the HTTP client is rebuilt when they
+        // change; one that cannot be (an unreadable CA file) keeps the
+        // client in use, and the log says why.
+        match self.http.use_network(&config.network) {
+            Ok(true) => info!(
+                proxy = config.network.proxy.is_some(),
+                ca_file = ?config.network.ca_file,
+                "network settings in use"
+            ),
+            Ok(false) => {}
+            Err(e) => warn!(error = %e, "network settings not used; the previous ones stay"),
+        }
         *self.config.write().unwrap() = Arc::new(config);
         drop(guards);
         let healed = {

@@ -377,9 +377,22 @@ impl ServerSettings {
     }
 }
 
+/// How the daemon reaches servers: top-level `proxy` and `ca_file`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Network {
+    /// An HTTP(S) proxy for every outbound request (hosts in `NO_PROXY`
+    /// excepted). A `Secret`: its URL may hold a password.
+    pub proxy: Option<Secret>,
+    /// PEM certificates of authorities to trust besides the system's
+    /// (an intercepting corporate proxy's).
+    pub ca_file: Option<PathBuf>,
+}
+
 /// The whole file, validated.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
+    /// `proxy` and `ca_file`.
+    pub network: Network,
     pub servers: BTreeMap<ServerName, ServerConfig>,
     /// `[identity_providers.NAME]`, for `grant = "enterprise"`. Names
     /// follow the server name rules.
@@ -395,6 +408,7 @@ impl Default for Config {
             servers: BTreeMap::new(),
             identity_providers: BTreeMap::new(),
             notifications: true,
+            network: Network::default(),
         }
     }
 }
@@ -468,6 +482,8 @@ struct RawConfig {
     #[serde(default)]
     identity_providers: BTreeMap<String, RawIdentityProvider>,
     notifications: Option<bool>,
+    proxy: Option<String>,
+    ca_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -571,10 +587,12 @@ impl Config {
             }
             servers.insert(name, server);
         }
+        let network = validate_network(raw.proxy, raw.ca_file).map_err(invalid)?;
         Ok(Self {
             servers,
             identity_providers,
             notifications: raw.notifications.unwrap_or(true),
+            network,
         })
     }
 
@@ -625,6 +643,44 @@ pub fn read_checked(path: &Path) -> Result<Option<String>, ConfigError> {
 }
 
 impl Config {}
+
+/// `proxy`: an http or https URL (a user and password are allowed: the
+/// value is kept as a secret and never shown); `ca_file`: an absolute
+/// path (or `~/`).
+fn validate_network(
+    proxy: Option<String>,
+    ca_file: Option<PathBuf>,
+) -> Result<Network, InvalidInput> {
+    let field = |field: &'static str, reason: &str| InvalidInput::Field {
+        server: "the top level".into(),
+        field,
+        reason: reason.to_string(),
+    };
+    let proxy = match proxy {
+        None => None,
+        Some(p) => {
+            let url =
+                Url::parse(&p).map_err(|_| field("proxy", "it is not a URL (http://host:port)"))?;
+            if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+                return Err(field(
+                    "proxy",
+                    "it must be an http:// or https:// URL with a host",
+                ));
+            }
+            Some(Secret::new(p))
+        }
+    };
+    let ca_file = match ca_file.map(expand_home) {
+        Some(p) if !p.is_absolute() => {
+            return Err(field(
+                "ca_file",
+                "it must be an absolute path (or start with ~/)",
+            ));
+        }
+        other => other,
+    };
+    Ok(Network { proxy, ca_file })
+}
 
 fn validate_identity_provider(
     name: &ServerName,
@@ -1178,6 +1234,36 @@ mod tests {
             assert!(e.contains("authorization_params"), "{e}");
         }
         assert!(parse("[servers.x]\nurl = \"https://x.example\"\nauth_server_metadata_url = \"http://evil.example/m\"").is_err());
+    }
+
+    #[test]
+    fn proxy_and_ca_file_at_the_top_level() {
+        let cfg = parse(
+            "proxy = \"http://me:hunter22@proxy.corp:3128\"\nca_file = \"/etc/corp/ca.pem\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.network.proxy.as_ref().map(Secret::expose),
+            Some("http://me:hunter22@proxy.corp:3128")
+        );
+        assert_eq!(
+            cfg.network.ca_file.as_deref(),
+            Some(Path::new("/etc/corp/ca.pem"))
+        );
+        assert!(!format!("{cfg:?}").contains("hunter22"));
+        for bad in [
+            "proxy = \"proxy.corp:3128\"",
+            "proxy = \"ftp://proxy.corp\"",
+            "ca_file = \"relative.pem\"",
+        ] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(!e.contains("hunter22"), "{e}");
+            assert!(e.contains("proxy") || e.contains("ca_file"), "{e}");
+        }
+        let e = parse("proxy = \"http://me:hunter22@\"")
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("hunter22"), "{e}");
     }
 
     #[test]

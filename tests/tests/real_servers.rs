@@ -559,3 +559,234 @@ async fn doctor_walks_discovery_and_names_the_fix() {
         assert!(server.requests("/token").is_empty());
     }
 }
+
+/// A forward HTTP proxy (absolute-form requests), recording each URL it
+/// forwards.
+async fn forward_proxy() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use axum::body::{Body, to_bytes};
+    use axum::http::Request;
+    use axum::response::IntoResponse;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let upstream = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let app = axum::Router::new().fallback(move |request: Request<Body>| {
+        let log = log.clone();
+        let upstream = upstream.clone();
+        async move {
+            let (parts, body) = request.into_parts();
+            let url = parts.uri.to_string();
+            log.lock().unwrap().push(format!("{} {url}", parts.method));
+            let body = to_bytes(body, 1 << 20).await.unwrap_or_default();
+            let mut forwarded = upstream.request(parts.method.clone(), &url).body(body);
+            for (name, value) in &parts.headers {
+                if !matches!(
+                    name.as_str(),
+                    "host" | "proxy-authorization" | "proxy-connection"
+                ) {
+                    forwarded = forwarded.header(name, value);
+                }
+            }
+            let Ok(answer) = forwarded.send().await else {
+                return axum::http::StatusCode::BAD_GATEWAY.into_response();
+            };
+            let mut response = axum::http::Response::builder().status(answer.status());
+            for (name, value) in answer.headers() {
+                if !matches!(
+                    name.as_str(),
+                    "transfer-encoding" | "connection" | "content-length"
+                ) {
+                    response = response.header(name, value);
+                }
+            }
+            let bytes = answer.bytes().await.unwrap_or_default();
+            response.body(Body::from(bytes)).unwrap().into_response()
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("127.0.0.1:{port}"), seen)
+}
+
+/// Top-level `proxy = "http://…"`: every request of the daemon goes
+/// through it (its password never reaches a log), and so do those of
+/// `mcpauthctl proxy`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_proxy_carries_the_daemons_and_the_proxys_requests() {
+    let server = AuthServer::start(Switches::default()).await;
+    let (proxy, seen) = forward_proxy().await;
+    let env = TestEnv::new();
+    let daemon = env.start_daemon();
+    env.write_config(&format!(
+        "proxy = \"http://me:pr0xy-s3cret@{proxy}\"\n\n[servers.s]\nurl = \"{}\"\n",
+        server.mcp_url
+    ));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while env.ctl(&["show", "s"]).code() != 0 {
+        assert!(std::time::Instant::now() < deadline, "config not applied");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = env.ctl(&["login", "s"]);
+    assert_eq!(out.code(), 0, "{}", out.stderr());
+    assert!(
+        authorized_call(&env, "s", &server.mcp_url)
+            .await
+            .is_success()
+    );
+    env.ctl(&["refresh", "s"]).ok();
+    assert!(
+        authorized_call(&env, "s", &server.mcp_url)
+            .await
+            .is_success()
+    );
+    let through = seen.lock().unwrap().clone();
+    for expected in [
+        "POST http://127.0.0.1",
+        "/.well-known/oauth-authorization-server",
+        "/register",
+        "/token",
+    ] {
+        assert!(
+            through.iter().any(|s| s.contains(expected)),
+            "{expected} in {through:?}"
+        );
+    }
+    assert_eq!(server.token_requests("refresh_token").len(), 1);
+    let before = through.len();
+
+    // mcpauthctl proxy reads the same setting.
+    let mut child = env
+        .command("mcpauthctl")
+        .args(["proxy", "s"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    use std::io::Write;
+    writeln!(
+        stdin,
+        "{}",
+        serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                       "clientInfo": {"name": "test-host", "version": "1"}}})
+    )
+    .unwrap();
+    stdin.flush().unwrap();
+    let answer = rx
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("an answer through the proxy");
+    assert!(answer.contains("\"id\":1"), "{answer}");
+    drop(stdin);
+    let _ = child.kill();
+    let _ = child.wait();
+    let through = seen.lock().unwrap().clone();
+    assert!(
+        through[before..]
+            .iter()
+            .any(|s| s.starts_with("POST") && s.ends_with("/mcp")),
+        "{through:?}"
+    );
+    let log = daemon.log();
+    assert!(
+        !log.contains("pr0xy-s3cret"),
+        "the proxy's password is in the log"
+    );
+}
+
+/// A TLS listener on 127.0.0.1 presenting `cert`: it shakes hands and
+/// answers 404.
+async fn tls_listener(cert: &rcgen::Certificate, key: &rcgen::KeyPair) -> u16 {
+    use std::sync::Arc;
+    use tokio_rustls::rustls;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                if let Ok(mut tls) = acceptor.accept(tcp).await {
+                    use tokio::io::AsyncWriteExt;
+                    let _ = tls
+                        .write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
+                        .await;
+                }
+            });
+        }
+    });
+    port
+}
+
+/// Top-level `ca_file`: an authority the system does not trust (an
+/// intercepting proxy's) is trusted for the daemon's requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_ca_file_is_trusted() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let env = TestEnv::new();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "a corporate authority");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let bundle = env.home().join("corp-ca.pem");
+    std::fs::write(&bundle, ca_cert.pem()).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let port = tls_listener(&cert, &key).await;
+    let url = format!("https://127.0.0.1:{port}/mcp");
+    let _d = env.start_daemon();
+    configure(&env, "t", &url, "");
+    let out = env.ctl(&["login", "t"]);
+    assert!(
+        failure_line(&out).contains("unknown authority"),
+        "{}",
+        out.stderr()
+    );
+    env.write_config(&format!(
+        "ca_file = \"{}\"\n\n[servers.u]\nurl = \"{url}\"\n",
+        bundle.display()
+    ));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while env.ctl(&["show", "u"]).code() != 0 {
+        assert!(std::time::Instant::now() < deadline, "config not applied");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = env.ctl(&["login", "u"]);
+    let line = failure_line(&out);
+    assert!(!line.contains("TLS"), "TLS passes now: {line}");
+}
