@@ -1232,3 +1232,35 @@ async fn an_as_without_the_id_jag_profile_is_sent_nothing() {
     );
     assert!(wiki.requests("/token").is_empty());
 }
+
+/// An identity provider's issuer is the one config.toml names, exactly:
+/// not even the '/' of an empty path is overlooked (ID tokens and `iss`
+/// are compared with it), and the refusal says what to write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identity_providers_issuer_is_compared_exactly() {
+    let idp = AuthServer::start(Switches {
+        grants: GrantSwitches {
+            idp_id_token_ttl: Some(600),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let wiki = AuthServer::start(Switches::default()).await;
+    let env = TestEnv::new();
+    env.write_config(&format!(
+        "[servers.wiki]\nurl = \"{}\"\ngrant = \"enterprise\"\nidentity_provider = \"corp\"\nclient_id = \"wiki-client\"\n\n\
+         [identity_providers.corp]\nissuer = \"{}/\"\nclient_id = \"mcpauth-desktop\"\n",
+        wiki.mcp_url, idp.issuer
+    ));
+    let _d = env.start_daemon();
+    let out = env.ctl(&["login", "--idp", "corp"]);
+    assert_ne!(out.code(), 0);
+    assert!(
+        out.stderr()
+            .contains(&format!("set issuer = \"{}\"", idp.issuer)),
+        "{}",
+        out.stderr()
+    );
+    assert!(idp.requests("/authorize").is_empty());
+}

@@ -354,17 +354,34 @@ impl HttpClient {
         issuer: &str,
     ) -> Result<AuthServerMetadata, OAuthError> {
         let issuer_url = checked("identity provider", issuer)?;
-        self.fetch_metadata(
-            Some(issuer),
-            &issuer_url,
-            &issuer_url,
-            true,
-            &ServerSettings::default(),
-        )
-        .await?
-        .ok_or_else(|| OAuthError::NoMetadata {
-            issuer: issuer.to_string(),
-        })
+        let metadata = self
+            .fetch_metadata(
+                Some(issuer),
+                &issuer_url,
+                &issuer_url,
+                true,
+                &ServerSettings::default(),
+            )
+            .await
+            .map_err(|e| match e {
+                OAuthError::IssuerMismatch { found, .. } => OAuthError::IdpIssuerMismatch {
+                    configured: issuer.to_string(),
+                    found,
+                },
+                e => e,
+            })?
+            .ok_or_else(|| OAuthError::NoMetadata {
+                issuer: issuer.to_string(),
+            })?;
+        // Not even the '/' of an empty path: the issuer in config.toml is
+        // the one ID tokens and `iss` are compared with.
+        if metadata.issuer != issuer {
+            return Err(OAuthError::IdpIssuerMismatch {
+                configured: issuer.to_string(),
+                found: metadata.issuer.chars().take(200).collect(),
+            });
+        }
+        Ok(metadata)
     }
 
     /// Fetches and checks AS metadata; `Ok(None)` when no candidate exists.

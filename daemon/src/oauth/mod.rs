@@ -83,6 +83,10 @@ pub enum OAuthError {
         metadata_url: String,
     },
     #[error(
+        "the identity provider's metadata says issuer {found:?}, not {configured:?}; if that is your identity provider, set issuer = {found:?} in its [identity_providers] section of config.toml, exactly as the metadata names it"
+    )]
+    IdpIssuerMismatch { configured: String, found: String },
+    #[error(
         "the authorization server {issuer} {}; refusing to use it{}",
         if *unlisted { "lists no PKCE methods (no code_challenge_methods_supported)" } else { "does not support PKCE with S256" },
         if *unlisted { " (only if you trust this server, set assume_pkce_s256 = true for it in config.toml: S256 is still used)" } else { "" }
