@@ -309,6 +309,11 @@ impl Broker {
                         );
                     } else if failure == TokenFailure::ClientUnknown
                         && registration.kind == RegistrationKind::Configured
+                        && self
+                            .config()
+                            .servers
+                            .get(&name)
+                            .is_some_and(|s| s.client_id.is_some())
                     {
                         reason.push_str("; check client_id and its secret in config.toml");
                     }

@@ -197,8 +197,11 @@ impl OAuthError {
         }
         match self {
             OAuthError::Token { error, .. } => match error.as_str() {
-                "invalid_grant" => TokenFailure::GrantGone,
-                "invalid_client" | "unauthorized_client" => TokenFailure::ClientUnknown,
+                // `unauthorized_client`: the client may not use this grant
+                // (any more); the grant is as good as gone, the client is
+                // not unknown.
+                "invalid_grant" | "unauthorized_client" => TokenFailure::GrantGone,
+                "invalid_client" => TokenFailure::ClientUnknown,
                 _ => TokenFailure::Other,
             },
             OAuthError::Refused {
@@ -251,12 +254,13 @@ pub enum TokenFailure {
     /// Network trouble, 5xx, 429, or an answer that is no answer: retried
     /// with backoff, nothing changes.
     Outage,
-    /// `invalid_grant`, or a refusal naming the refresh token or grant
-    /// (Supabase's `refresh_token_not_found`): login required.
+    /// `invalid_grant`, `unauthorized_client`, or a refusal naming the
+    /// refresh token or grant (Supabase's `refresh_token_not_found`):
+    /// login required.
     GrantGone,
-    /// `invalid_client`, `unauthorized_client`, or a refusal naming the
-    /// client (Supabase's `422 Unrecognized client_id`): login required,
-    /// and a registration the broker made is dropped.
+    /// `invalid_client`, or a refusal naming the client (Supabase's
+    /// `422 Unrecognized client_id`): login required, and a registration
+    /// the broker made is dropped.
     ClientUnknown,
     /// Another refusal.
     Other,
