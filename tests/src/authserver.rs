@@ -128,8 +128,9 @@ pub struct Switches {
     pub prm_issuer_trailing_slash: bool,
     /// Stripe: the challenge's `resource_metadata` URL is not quoted.
     pub unquoted_resource_metadata: bool,
-    /// The challenge's `resource_metadata` is not a URL at all.
-    pub garbled_challenge: bool,
+    /// The challenge's `resource_metadata` is this (quoted), whatever
+    /// `prm` says: not a URL, or one the URL policy refuses.
+    pub challenge_resource_metadata: Option<String>,
     /// Slack: token-endpoint errors are HTTP 200 `{"ok": false, "error": …}`.
     pub errors_as_200: bool,
     /// Supabase: a client the token endpoint does not know gets
@@ -214,7 +215,7 @@ impl Default for Switches {
             revocation_refuses_all: false,
             prm_issuer_trailing_slash: false,
             unquoted_resource_metadata: false,
-            garbled_challenge: false,
+            challenge_resource_metadata: None,
             errors_as_200: false,
             unknown_client_422: false,
             unknown_client_authorize_500: false,
@@ -740,8 +741,8 @@ async fn handle_inner(State(app): State<App>, request: Request<Body>) -> Respons
             );
         }
         let mut challenge = "Bearer realm=\"mcp\"".to_string();
-        if sw.garbled_challenge {
-            challenge.push_str(", resource_metadata=\"::not a url::\"");
+        if let Some(raw) = &sw.challenge_resource_metadata {
+            challenge.push_str(&format!(", resource_metadata=\"{raw}\""));
         } else if sw.prm == PrmMode::Header && sw.unquoted_resource_metadata {
             challenge.push_str(&format!(
                 ", resource_metadata={}{prm_header_path}",

@@ -126,18 +126,22 @@ async fn an_unquoted_resource_metadata_url_is_read_whole() {
     assert!(!server.requests("/meta/resource-metadata.json").is_empty());
     assert_eq!(server.token_requests("refresh_token").len(), 1);
 
-    let garbled = AuthServer::start(Switches {
-        garbled_challenge: true,
-        prm: PrmMode::WellKnownPath,
-        ..Default::default()
-    })
-    .await;
-    let (_env, _d) = works_end_to_end(&garbled).await;
-    assert!(
-        !garbled
-            .requests("/.well-known/oauth-protected-resource/mcp")
-            .is_empty()
-    );
+    // Not a URL; a URL the policy refuses (plain http elsewhere): not
+    // requested, and the well-known location is found.
+    for raw in ["::not a url::", "http://mcp.example.com/prm"] {
+        let garbled = AuthServer::start(Switches {
+            challenge_resource_metadata: Some(raw.into()),
+            prm: PrmMode::WellKnownPath,
+            ..Default::default()
+        })
+        .await;
+        let (_env, _d) = works_end_to_end(&garbled).await;
+        assert!(
+            !garbled
+                .requests("/.well-known/oauth-protected-resource/mcp")
+                .is_empty()
+        );
+    }
 }
 
 /// Slack: token-endpoint errors come as HTTP 200 `{"ok": false, "error":

@@ -27,7 +27,8 @@
 //!    accepted (it still passes the URL policy and the no-pivot check).
 //!
 //! A challenge that cannot be used (its `resource_metadata` is not a
-//! URL) is passed over for the well-known locations, never a failure.
+//! URL, or one the URL policy refuses) is passed over for the well-known
+//! locations, never a failure.
 //!
 //! PKCE S256 is required of an AS used for a browser login (listed, or
 //! `assume_pkce_s256` when the AS lists no methods at all); the grants
@@ -257,12 +258,13 @@ impl HttpClient {
             .as_ref()
             .and_then(|c| c.resource_metadata.as_deref())
         {
-            match Url::parse(url) {
-                Ok(_) => candidates.push(checked_for("resource metadata URL", url, server)?),
-                // A challenge that cannot be used is no reason to fail:
-                // the well-known locations are on the server's origin.
+            // A challenge that cannot be used is no reason to fail: the
+            // well-known locations are on the server's own origin. One
+            // the URL policy refuses is not requested either.
+            match checked_for("resource metadata URL", url, server) {
+                Ok(url) => candidates.push(url),
                 Err(e) => {
-                    tracing::info!(server = %display_url(server), error = %e, "the challenge's resource_metadata is not a URL; trying the well-known locations")
+                    tracing::warn!(server = %display_url(server), error = %e, "the challenge's resource_metadata cannot be used; trying the well-known locations")
                 }
             }
         }

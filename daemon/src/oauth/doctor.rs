@@ -131,18 +131,12 @@ impl HttpClient {
             .as_ref()
             .and_then(|c| c.resource_metadata.as_deref())
         {
-            match Url::parse(raw) {
-                Err(_) => r.ok(
+            match checked_for("resource metadata URL", raw, server) {
+                Ok(url) => candidates.push(url),
+                Err(e) => r.ok(
                     "resource metadata URL",
-                    format!("{raw:?} from the challenge is not a URL; the well-known locations are tried"),
+                    format!("{e}; passed over for the well-known locations"),
                 ),
-                Ok(_) => match checked_for("resource metadata URL", raw, server) {
-                    Ok(url) => candidates.push(url),
-                    Err(e) => {
-                        r.problem("resource metadata URL", e.to_string(), "the server names a URL mcpauth will not fetch; ask its operator");
-                        return;
-                    }
-                },
             }
         }
         for url in resource_metadata_candidates(server) {
