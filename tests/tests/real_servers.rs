@@ -794,3 +794,28 @@ async fn a_configured_ca_file_is_trusted() {
     let line = failure_line(&out);
     assert!(!line.contains("TLS"), "TLS passes now: {line}");
 }
+
+/// A 4xx that is no OAuth answer and names neither the grant nor the
+/// client is a refusal, shown as it is: not an outage ("retry after"),
+/// and not a reason to drop the grant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_4xx_is_a_refusal_not_an_outage() {
+    let server = AuthServer::start(Switches::default()).await;
+    let (env, _d) = works_end_to_end(&server).await;
+    let held = env.ctl(&["token", "s"]).ok();
+    server.set(|s| s.token_failure = Some(400));
+    let out = env.ctl(&["refresh", "s"]);
+    assert_ne!(out.code(), 0);
+    let line = failure_line(&out);
+    assert!(line.contains("refused with HTTP 400"), "{line}");
+    assert!(!line.contains("retry after"), "{line}");
+    // The grant is kept, and served while valid.
+    assert_eq!(env.ctl(&["token", "s"]).ok(), held);
+    server.set(|s| s.token_failure = None);
+    env.ctl(&["refresh", "s"]).ok();
+    assert!(
+        authorized_call(&env, "s", &server.mcp_url)
+            .await
+            .is_success()
+    );
+}
