@@ -257,6 +257,40 @@ mod tests {
     }
 
     #[test]
+    fn authorization_params_add_and_never_override() {
+        let mut d = discovery(None, &[]);
+        d.settings.authorization_params = vec![
+            ("access_type".into(), "offline".into()),
+            ("state".into(), "forged".into()),
+            ("resource".into(), "https://elsewhere.example".into()),
+        ];
+        d.settings.send_resource = false;
+        let url = authorization_url(
+            &d,
+            "cid",
+            "chal",
+            "st",
+            &s(&["a"]),
+            "http://127.0.0.1:5/callback",
+        )
+        .unwrap();
+        let pairs: Vec<(String, String)> = url.query_pairs().into_owned().collect();
+        let all = |k: &str| {
+            pairs
+                .iter()
+                .filter(|(n, _)| n == k)
+                .map(|(_, v)| v.as_str())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(all("access_type"), ["offline"]);
+        assert_eq!(all("state"), ["st"]);
+        assert!(
+            all("resource").is_empty(),
+            "send_resource = false, and never from the params"
+        );
+    }
+
+    #[test]
     fn authorization_url_carries_every_parameter() {
         let url = authorization_url(
             &discovery(None, &[]),
