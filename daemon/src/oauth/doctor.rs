@@ -251,8 +251,16 @@ impl HttpClient {
         // AS metadata.
         let candidates = match &settings.auth_server_metadata_url {
             Some(url) => {
-                r.ok("metadata", format!("auth_server_metadata_url = \"{url}\" (config.toml): that document alone, bound to the issuer it names"));
-                vec![url.clone()]
+                match checked_for("auth_server_metadata_url", url.as_str(), server) {
+                    Ok(url) => {
+                        r.ok("metadata", format!("auth_server_metadata_url = \"{url}\" (config.toml): that document alone, bound to the issuer it names"));
+                        vec![url]
+                    }
+                    Err(e) => {
+                        r.problem("metadata", e.to_string(), "set auth_server_metadata_url to an https URL that is not on this machine");
+                        return;
+                    }
+                }
             }
             None => metadata_candidates(&issuer_url),
         };
