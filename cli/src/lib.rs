@@ -479,6 +479,18 @@ impl Client {
         }
     }
 
+    /// Discovery and registration walked step by step (nothing changes).
+    pub async fn doctor(&mut self, server: &str) -> Result<pb::DoctorReply, ClientError> {
+        let request = pb::DoctorRequest {
+            server: server.into(),
+        };
+        self.inner
+            .doctor(request)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|e| self.err(e))
+    }
+
     pub async fn refresh(&mut self, server: &str) -> Result<pb::RefreshReply, ClientError> {
         let request = pb::RefreshRequest {
             server: server.into(),

@@ -15,7 +15,7 @@ use tokio_stream::StreamExt;
 
 use crate::Failure;
 use crate::browser;
-use crate::output::{now_ms, relative};
+use crate::output::{self, now_ms, relative};
 
 pub struct LoginArgs {
     pub name: String,
@@ -94,7 +94,14 @@ fn success(name: &str, result: &pb::LoginResult) -> String {
         0 => "expiry unknown".to_string(),
         at => format!("token expires {}", relative(at, now_ms())),
     };
-    format!("logged in to {name}: scopes {scopes}; {expiry}")
+    let mut line = format!("logged in to {name}: scopes {scopes}; {expiry}");
+    if result.no_refresh_token {
+        line.push_str(&format!(
+            "; no refresh token, so {}; some servers give one only when asked: set authorization_params (e.g. {{ access_type = \"offline\", prompt = \"consent\" }}) or add offline_access to scopes in config.toml, then log in again",
+            output::renew_none(result.token_expires_at_unix_ms, now_ms())
+        ));
+    }
+    line
 }
 
 /// Reads pasted lines from stdin on a thread of its own.

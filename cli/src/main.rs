@@ -170,6 +170,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Walk discovery and registration step by step, without logging in.
+    ///
+    /// Shows the challenge, the resource metadata and its `resource`, each
+    /// metadata URL tried and what answered, the issuer and endpoints, the
+    /// registration, PKCE and `iss` support, the grant types, and the
+    /// settings and built-in defaults in effect; for each problem, the one
+    /// setting or command that fixes it. Exit 1 when there is a problem.
+    Doctor {
+        #[arg(help = NAME_HELP)]
+        name: String,
+        /// Print the steps as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Refresh the server's token now.
     Refresh {
         #[arg(help = NAME_HELP)]
@@ -554,6 +568,25 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     ""
                 };
                 out!("{}{forgot}", output::logout_line(&name, &reply, now_ms()));
+            }
+        }
+        Command::Doctor { name, json } => {
+            let mut client = mcpauth_client::connect(&opts).await?;
+            let reply = client.doctor(&name).await?;
+            let problems = reply.steps.iter().filter(|s| !s.ok).count();
+            if json {
+                out!("{}", output::doctor_json(&name, &reply));
+            } else {
+                out!("{}", output::doctor_text(&name, &reply));
+            }
+            if problems > 0 {
+                return Err(Failure {
+                    message: format!(
+                        "{name}: {problems} problem{} found; the fix is shown with each",
+                        if problems == 1 { "" } else { "s" }
+                    ),
+                    code: exit::FAILURE,
+                });
             }
         }
         Command::Refresh { name } => {
@@ -1141,6 +1174,12 @@ fn print_status(status: pb::StatusReply) {
 
 /// "in 40m", "retry in 20s (attempt 2)", "stopped", "-".
 fn next_refresh(s: &pb::Server, now: i64) -> String {
+    if s.no_refresh_token {
+        return format!(
+            "none, {}",
+            output::renew_none(s.token_expires_at_unix_ms, now)
+        );
+    }
     match s.refresh_state.as_str() {
         "scheduled" => relative(s.next_refresh_unix_ms, now),
         "retrying" => format!(
@@ -1229,7 +1268,14 @@ fn print_server(s: pb::Server) {
                 relative(s.last_refresh_unix_ms, now)
             },
         ),
-        ("next refresh", next_refresh(&s, now)),
+        (
+            if s.no_refresh_token {
+                "renew"
+            } else {
+                "next refresh"
+            },
+            next_refresh(&s, now),
+        ),
         (
             "granted scopes",
             if s.granted_scopes.is_empty() {

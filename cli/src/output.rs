@@ -37,6 +37,9 @@ pub struct ServerJson {
     pub added_at_unix_ms: Option<i64>,
     /// Scopes of the grant held (empty without tokens).
     pub granted_scopes: Vec<String>,
+    /// A person's login is held without a refresh token: a login is
+    /// needed again once it expires.
+    pub no_refresh_token: bool,
     /// The proactive refresh: `idle`, `scheduled`, `retrying`, `stopped`.
     pub refresh_state: String,
     pub next_refresh_unix_ms: Option<i64>,
@@ -162,7 +165,59 @@ pub fn logout_line(name: &str, reply: &pb::LogoutReply, now_ms: i64) -> String {
 }
 
 /// A time later today as `HH:MM`, else as the whole local time.
-fn clock(at_ms: i64, now_ms: i64) -> String {
+/// `doctor NAME`: one line per step, `ok` or `!!`, and the fix under a
+/// problem.
+pub fn doctor_text(name: &str, reply: &pb::DoctorReply) -> String {
+    let mut lines = vec![format!(
+        "doctor {name}: discovery and registration, step by step (nothing is changed)"
+    )];
+    for s in &reply.steps {
+        lines.push(format!(
+            "{} {}: {}",
+            if s.ok { "ok" } else { "!!" },
+            s.step,
+            s.found
+        ));
+        if !s.ok && !s.fix.is_empty() {
+            lines.push(format!("   fix: {}", s.fix));
+        }
+    }
+    lines.join("\n")
+}
+
+/// `doctor NAME --json`: `{"server", "ok", "steps": [{"step", "found",
+/// "ok", "fix"}]}` (`fix` null when there is none).
+pub fn doctor_json(name: &str, reply: &pb::DoctorReply) -> String {
+    let steps: Vec<serde_json::Value> = reply
+        .steps
+        .iter()
+        .map(|s| {
+            serde_json::json!({
+                "step": s.step,
+                "found": s.found,
+                "ok": s.ok,
+                "fix": if s.fix.is_empty() { None } else { Some(&s.fix) },
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "server": name,
+        "ok": reply.steps.iter().all(|s| s.ok),
+        "steps": steps,
+    })
+    .to_string()
+}
+
+/// What renews a login held without a refresh token: nothing.
+pub fn renew_none(expires_at_ms: i64, now_ms: i64) -> String {
+    match expires_at_ms {
+        0 => "log in again when it expires".into(),
+        at => format!("log in again before {}", clock(at, now_ms)),
+    }
+}
+
+/// A time of day (`HH:MM`), with the date unless it is today.
+pub fn clock(at_ms: i64, now_ms: i64) -> String {
     let at = local_time(at_ms);
     if at.get(..10) == local_time(now_ms).get(..10) {
         at[11..16].to_string()
@@ -281,6 +336,7 @@ impl From<pb::Server> for ServerJson {
             last_error: some(s.last_error),
             added_at_unix_ms: some(s.added_at_unix_ms),
             granted_scopes: s.granted_scopes,
+            no_refresh_token: s.no_refresh_token,
             refresh_state: if s.refresh_state.is_empty() {
                 "idle".into()
             } else {

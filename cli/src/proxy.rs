@@ -1063,6 +1063,43 @@ impl SseParser {
     }
 }
 
+/// config.toml's top-level `proxy` and `ca_file`, as the daemon uses them
+/// (hosts in `NO_PROXY` excepted). The daemon validates the file; what
+/// cannot be used here is left out, never fatal, and a proxy's URL (which
+/// may hold a password) is never shown.
+fn with_network(
+    mut builder: reqwest::ClientBuilder,
+    config: &std::path::Path,
+) -> reqwest::ClientBuilder {
+    let Ok(text) = std::fs::read_to_string(config) else {
+        return builder;
+    };
+    let Ok(doc) = text.parse::<toml_edit::DocumentMut>() else {
+        return builder;
+    };
+    if let Some(proxy) = doc.get("proxy").and_then(|v| v.as_str())
+        && let Ok(proxy) = reqwest::Proxy::all(proxy)
+    {
+        builder = builder.proxy(proxy.no_proxy(reqwest::NoProxy::from_env()));
+    }
+    if let Some(path) = doc.get("ca_file").and_then(|v| v.as_str()) {
+        let path = match path.strip_prefix("~/") {
+            Some(rest) => mcpauth_proto::paths::home_dir()
+                .unwrap_or_default()
+                .join(rest),
+            None => std::path::PathBuf::from(path),
+        };
+        let certificates = std::fs::read(&path)
+            .ok()
+            .and_then(|pem| reqwest::Certificate::from_pem_bundle(&pem).ok())
+            .unwrap_or_default();
+        for certificate in certificates {
+            builder = builder.add_root_certificate(certificate);
+        }
+    }
+    builder
+}
+
 /// Runs the proxy until the host closes stdin.
 pub async fn run(opts: ConnectOptions, name: String) -> Result<(), Failure> {
     // The server's URL, from the broker (which also checks the name).
@@ -1075,7 +1112,8 @@ pub async fn run(opts: ConnectOptions, name: String) -> Result<(), Failure> {
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         // Never follow a redirect with the token to somewhere else.
-        .redirect(reqwest::redirect::Policy::none())
+        .redirect(reqwest::redirect::Policy::none());
+    let http = with_network(http, &mcpauth_proto::paths::config_path())
         .build()
         .map_err(|e| Failure {
             message: format!("cannot start an HTTP client: {e}"),

@@ -141,6 +141,8 @@ pub struct ServerView {
     pub token_expires_at_ms: Option<i64>,
     /// Scopes of the grant held.
     pub granted_scopes: Vec<String>,
+    /// A person's login is held without a refresh token.
+    pub no_refresh_token: bool,
     /// What the refresh scheduler plans for this server.
     pub plan: Plan,
     /// The client id in effect and where it comes from.
@@ -639,9 +641,27 @@ impl Broker {
             state,
             token_expires_at_ms: grant.as_ref().and_then(|g| g.expires_at_ms),
             guard_error: self.report_guard_error(name),
+            no_refresh_token: !server.grant.unattended()
+                && grant.as_ref().is_some_and(|g| g.refresh_token.is_none()),
             granted_scopes: grant.map(|g| g.scopes).unwrap_or_default(),
             plan: self.scheduler.plan(name, self.timing(name)),
         })
+    }
+
+    /// `mcpauthctl doctor`: discovery and registration for `name` walked
+    /// step by step, changing nothing.
+    pub async fn doctor(
+        &self,
+        name: &str,
+    ) -> Result<Vec<crate::oauth::doctor::DoctorStep>, BrokerError> {
+        let name = self.configured(name)?;
+        let server = self
+            .config()
+            .servers
+            .get(&name)
+            .cloned()
+            .ok_or_else(|| BrokerError::NotFound(name.to_string()))?;
+        Ok(self.http.diagnose(name.as_str(), &server).await)
     }
 
     /// Adds a server by editing `config.toml`, then applies the new file.
@@ -848,6 +868,18 @@ impl Broker {
             }
         }
         self.store.set_last_good_config(text).await?;
+        // `proxy` and `ca_file`: the HTTP client is rebuilt when they
+        // change; one that cannot be (an unreadable CA file) keeps the
+        // client in use, and the log says why.
+        match self.http.use_network(&config.network) {
+            Ok(true) => info!(
+                proxy = config.network.proxy.is_some(),
+                ca_file = ?config.network.ca_file,
+                "network settings in use"
+            ),
+            Ok(false) => {}
+            Err(e) => warn!(error = %e, "network settings not used; the previous ones stay"),
+        }
         *self.config.write().unwrap() = Arc::new(config);
         drop(guards);
         let healed = {

@@ -28,6 +28,19 @@
 //! assertion_file = "/var/run/secrets/tokens/mcp"
 //! ```
 //!
+//! Servers that bend the spec get one setting each, only for a server
+//! the person trusts (see [`ServerSettings`]):
+//!
+//! ```toml
+//! [servers.entra-app]
+//! url = "https://tools.example.com/mcp"
+//! assume_pkce_s256 = true           # no code_challenge_methods_supported
+//! send_resource = false             # RFC 8707 `resource` refused
+//! auth_server_metadata_url = "https://as.example.com/.well-known/oauth-authorization-server"
+//! authorization_params = { access_type = "offline", prompt = "consent" }
+//! allow_missing_iss = true          # `iss` promised, not sent
+//! ```
+//!
 //! `grant` is `authorization_code` (the default: a person logs in, in a
 //! browser or with a device code), `client_credentials`, `workload`, or
 //! `enterprise` (with `identity_provider = "corp"` naming an
@@ -259,11 +272,141 @@ pub struct ServerConfig {
     pub client_metadata_url: Option<Url>,
     pub import: Option<TokenImport>,
     pub export: Option<TokenExport>,
+    /// The settings for an authorization server that bends the spec.
+    pub settings: ServerSettings,
+}
+
+/// The parameters of an authorization request that
+/// `authorization_params` may not set: the broker's own.
+pub const RESERVED_AUTHORIZATION_PARAMS: &[&str] = &[
+    "response_type",
+    "client_id",
+    "redirect_uri",
+    "state",
+    "code_challenge",
+    "code_challenge_method",
+    "resource",
+    "scope",
+];
+
+/// One setting per behaviour of an authorization server that bends the
+/// spec in a way that is not safe to tolerate for everyone: set only for
+/// a server the person trusts. `None`: not in config.toml, so the
+/// built-in default for the issuer (if any, see [`builtin_defaults`])
+/// or the spec's behaviour applies. A setting in config.toml always wins.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServerSettings {
+    /// The AS publishes no `code_challenge_methods_supported` (Entra,
+    /// Cognito): S256 is used anyway.
+    pub assume_pkce_s256: Option<bool>,
+    /// `false`: RFC 8707 `resource` is left out of authorization and
+    /// token requests (Entra, AADSTS9010010).
+    pub send_resource: Option<bool>,
+    /// This AS metadata document is used, bound to the issuer it names
+    /// (Slack, Atlassian: metadata at one host naming another issuer).
+    pub auth_server_metadata_url: Option<Url>,
+    /// Extra authorization-request parameters (Google's
+    /// `access_type=offline`, Auth0's `audience`); never one of
+    /// [`RESERVED_AUTHORIZATION_PARAMS`].
+    pub authorization_params: Option<BTreeMap<String, String>>,
+    /// The AS promises `iss` on redirects but sends none (Cloudflare's
+    /// workers-oauth-provider): accepted without; compared when present.
+    pub allow_missing_iss: Option<bool>,
+}
+
+/// The built-in defaults for an issuer, by exact issuer (Google) or
+/// issuer prefix (Microsoft Entra), as the README documents them.
+pub fn builtin_defaults(issuer: &str) -> ServerSettings {
+    if issuer == "https://accounts.google.com" {
+        let params = [("access_type", "offline"), ("prompt", "consent")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        return ServerSettings {
+            authorization_params: Some(params),
+            ..Default::default()
+        };
+    }
+    if issuer.starts_with("https://login.microsoftonline.com/") {
+        return ServerSettings {
+            assume_pkce_s256: Some(true),
+            send_resource: Some(false),
+            ..Default::default()
+        };
+    }
+    ServerSettings::default()
+}
+
+impl ServerSettings {
+    /// What is in force with the AS `issuer`: each setting from
+    /// config.toml, else the built-in default, else the spec.
+    pub fn in_force(&self, issuer: &str) -> crate::state::SettingsInForce {
+        let builtin = builtin_defaults(issuer);
+        let mut from_builtin = Vec::new();
+        let mut pick = |name: &'static str,
+                        ours: Option<bool>,
+                        theirs: Option<bool>,
+                        spec: bool| match (ours, theirs) {
+            (Some(v), _) => v,
+            (None, Some(v)) => {
+                from_builtin.push(name.to_string());
+                v
+            }
+            (None, None) => spec,
+        };
+        let assume_pkce_s256 = pick(
+            "assume_pkce_s256",
+            self.assume_pkce_s256,
+            builtin.assume_pkce_s256,
+            false,
+        );
+        let send_resource = pick(
+            "send_resource",
+            self.send_resource,
+            builtin.send_resource,
+            true,
+        );
+        let allow_missing_iss = pick(
+            "allow_missing_iss",
+            self.allow_missing_iss,
+            builtin.allow_missing_iss,
+            false,
+        );
+        let authorization_params = match (&self.authorization_params, builtin.authorization_params)
+        {
+            (Some(p), _) => p.clone(),
+            (None, Some(p)) => {
+                from_builtin.push("authorization_params".to_string());
+                p
+            }
+            (None, None) => BTreeMap::new(),
+        };
+        crate::state::SettingsInForce {
+            assume_pkce_s256,
+            send_resource,
+            allow_missing_iss,
+            authorization_params: authorization_params.into_iter().collect(),
+            from_builtin,
+        }
+    }
+}
+
+/// How the daemon reaches servers: top-level `proxy` and `ca_file`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Network {
+    /// An HTTP(S) proxy for every outbound request (hosts in `NO_PROXY`
+    /// excepted). A `Secret`: its URL may hold a password.
+    pub proxy: Option<Secret>,
+    /// PEM certificates of authorities to trust besides the system's
+    /// (an intercepting corporate proxy's).
+    pub ca_file: Option<PathBuf>,
 }
 
 /// The whole file, validated.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
+    /// `proxy` and `ca_file`.
+    pub network: Network,
     pub servers: BTreeMap<ServerName, ServerConfig>,
     /// `[identity_providers.NAME]`, for `grant = "enterprise"`. Names
     /// follow the server name rules.
@@ -279,6 +422,7 @@ impl Default for Config {
             servers: BTreeMap::new(),
             identity_providers: BTreeMap::new(),
             notifications: true,
+            network: Network::default(),
         }
     }
 }
@@ -352,6 +496,8 @@ struct RawConfig {
     #[serde(default)]
     identity_providers: BTreeMap<String, RawIdentityProvider>,
     notifications: Option<bool>,
+    proxy: Option<String>,
+    ca_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -373,6 +519,11 @@ struct RawServer {
     client_metadata_url: Option<String>,
     import: Option<RawImport>,
     export: Option<RawExport>,
+    assume_pkce_s256: Option<bool>,
+    send_resource: Option<bool>,
+    auth_server_metadata_url: Option<String>,
+    authorization_params: Option<BTreeMap<String, String>>,
+    allow_missing_iss: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -450,10 +601,12 @@ impl Config {
             }
             servers.insert(name, server);
         }
+        let network = validate_network(raw.proxy, raw.ca_file).map_err(invalid)?;
         Ok(Self {
             servers,
             identity_providers,
             notifications: raw.notifications.unwrap_or(true),
+            network,
         })
     }
 
@@ -504,6 +657,44 @@ pub fn read_checked(path: &Path) -> Result<Option<String>, ConfigError> {
 }
 
 impl Config {}
+
+/// `proxy`: an http or https URL (a user and password are allowed: the
+/// value is kept as a secret and never shown); `ca_file`: an absolute
+/// path (or `~/`).
+fn validate_network(
+    proxy: Option<String>,
+    ca_file: Option<PathBuf>,
+) -> Result<Network, InvalidInput> {
+    let field = |field: &'static str, reason: &str| InvalidInput::Field {
+        server: "the top level".into(),
+        field,
+        reason: reason.to_string(),
+    };
+    let proxy = match proxy {
+        None => None,
+        Some(p) => {
+            let url =
+                Url::parse(&p).map_err(|_| field("proxy", "it is not a URL (http://host:port)"))?;
+            if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+                return Err(field(
+                    "proxy",
+                    "it must be an http:// or https:// URL with a host",
+                ));
+            }
+            Some(Secret::new(p))
+        }
+    };
+    let ca_file = match ca_file.map(expand_home) {
+        Some(p) if !p.is_absolute() => {
+            return Err(field(
+                "ca_file",
+                "it must be an absolute path (or start with ~/)",
+            ));
+        }
+        other => other,
+    };
+    Ok(Network { proxy, ca_file })
+}
 
 fn validate_identity_provider(
     name: &ServerName,
@@ -718,7 +909,38 @@ fn validate_server(name: &ServerName, raw: RawServer) -> Result<ServerConfig, In
             "assertion_file is used by grant = \"workload\"",
         ));
     }
+    let auth_server_metadata_url = match raw.auth_server_metadata_url {
+        None => None,
+        Some(u) => Some(
+            parse_secure_url(&u).map_err(|e| field("auth_server_metadata_url", &e.to_string()))?,
+        ),
+    };
+    if let Some(params) = &raw.authorization_params {
+        if let Some(reserved) = params
+            .keys()
+            .find(|k| RESERVED_AUTHORIZATION_PARAMS.contains(&k.as_str()))
+        {
+            return Err(field(
+                "authorization_params",
+                &format!(
+                    "{:?} is set by mcpauthd itself (use scopes = [...] for scope)",
+                    truncate_for_message(reserved)
+                ),
+            ));
+        }
+        if params.keys().any(|k| k.is_empty()) {
+            return Err(field("authorization_params", "a parameter name is empty"));
+        }
+    }
+    let settings = ServerSettings {
+        assume_pkce_s256: raw.assume_pkce_s256,
+        send_resource: raw.send_resource,
+        auth_server_metadata_url,
+        authorization_params: raw.authorization_params,
+        allow_missing_iss: raw.allow_missing_iss,
+    };
     Ok(ServerConfig {
+        settings,
         grant: raw.grant,
         client_key,
         assertion_file,
@@ -968,6 +1190,99 @@ mod tests {
         assert_eq!(linear.callback_port, Some(33418));
         assert_eq!(cfg.servers.len(), 2);
         assert!(parse("").unwrap().servers.is_empty());
+    }
+
+    #[test]
+    fn settings_for_servers_that_bend_the_spec() {
+        let cfg = parse(
+            r#"
+            [servers.g]
+            url = "https://g.example/mcp"
+            assume_pkce_s256 = true
+            send_resource = false
+            auth_server_metadata_url = "https://slack.example/.well-known/oauth-authorization-server"
+            authorization_params = { audience = "https://api.example", access_type = "online" }
+            allow_missing_iss = true
+
+            [servers.plain]
+            url = "https://p.example/mcp"
+            "#,
+        )
+        .unwrap();
+        let g = &cfg.servers[&ServerName::parse("g").unwrap()].settings;
+        let f = g.in_force("https://accounts.google.com");
+        assert!(f.assume_pkce_s256 && !f.send_resource && f.allow_missing_iss);
+        // config.toml wins over the built-in default, as a whole.
+        assert_eq!(
+            f.authorization_params,
+            [
+                ("access_type".to_string(), "online".to_string()),
+                ("audience".to_string(), "https://api.example".to_string())
+            ]
+        );
+        assert!(f.from_builtin.is_empty());
+        let plain = &cfg.servers[&ServerName::parse("plain").unwrap()].settings;
+        let spec = plain.in_force("https://as.example");
+        assert!(!spec.assume_pkce_s256 && spec.send_resource && !spec.allow_missing_iss);
+        assert!(spec.authorization_params.is_empty() && spec.from_builtin.is_empty());
+        let google = plain.in_force("https://accounts.google.com");
+        assert_eq!(google.authorization_params.len(), 2);
+        assert_eq!(google.from_builtin, ["authorization_params"]);
+        // Exact issuer only.
+        assert!(
+            plain
+                .in_force("https://accounts.google.com/")
+                .authorization_params
+                .is_empty()
+        );
+        let entra = plain.in_force("https://login.microsoftonline.com/tenant-1/v2.0");
+        assert!(entra.assume_pkce_s256 && !entra.send_resource);
+        assert_eq!(entra.from_builtin, ["assume_pkce_s256", "send_resource"]);
+        for reserved in [
+            "state",
+            "redirect_uri",
+            "scope",
+            "resource",
+            "code_challenge",
+        ] {
+            let e = parse(&format!(
+                "[servers.x]\nurl = \"https://x.example\"\nauthorization_params = {{ {reserved} = \"v\" }}"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("authorization_params"), "{e}");
+        }
+        assert!(parse("[servers.x]\nurl = \"https://x.example\"\nauth_server_metadata_url = \"http://evil.example/m\"").is_err());
+    }
+
+    #[test]
+    fn proxy_and_ca_file_at_the_top_level() {
+        let cfg = parse(
+            "proxy = \"http://me:hunter22@proxy.corp:3128\"\nca_file = \"/etc/corp/ca.pem\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.network.proxy.as_ref().map(Secret::expose),
+            Some("http://me:hunter22@proxy.corp:3128")
+        );
+        assert_eq!(
+            cfg.network.ca_file.as_deref(),
+            Some(Path::new("/etc/corp/ca.pem"))
+        );
+        assert!(!format!("{cfg:?}").contains("hunter22"));
+        for bad in [
+            "proxy = \"proxy.corp:3128\"",
+            "proxy = \"ftp://proxy.corp\"",
+            "ca_file = \"relative.pem\"",
+        ] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(!e.contains("hunter22"), "{e}");
+            assert!(e.contains("proxy") || e.contains("ca_file"), "{e}");
+        }
+        let e = parse("proxy = \"http://me:hunter22@\"")
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("hunter22"), "{e}");
     }
 
     #[test]

@@ -238,6 +238,7 @@ impl Broker {
             Ok(grant) => {
                 info!(server = %name, generation = grant.generation, "device login complete");
                 LoginOutcome::Success {
+                    refresh_token: grant.refresh_token.is_some(),
                     scopes: grant.scopes,
                     expires_at_ms: grant.expires_at_ms,
                 }

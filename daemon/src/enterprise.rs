@@ -15,8 +15,9 @@
 //!    at the identity provider for an ID-JAG (RFC 8693) whose audience is
 //!    the server's AS and whose resource is the server, refuses an ID-JAG
 //!    for any other audience before sending it, and presents it to the AS
-//!    as a JWT bearer grant, authenticated as the configured client. The
-//!    AS must list the ID-JAG grant profile.
+//!    as a JWT bearer grant, authenticated as the configured client. An
+//!    AS that lists its grant profiles must list the ID-JAG one; one that
+//!    leaves the optional field out is not refused for it.
 //! 3. Without a valid ID token the answer is "login required at the
 //!    identity provider"; an ID token the identity provider refuses
 //!    (`invalid_grant`) is dropped, with the same answer.
@@ -54,6 +55,7 @@ fn idp_discovery(idp: &IdentityProvider, record: &IdentityRecord) -> Discovery {
         metadata: record.metadata.clone(),
         resource_scopes: Vec::new(),
         source: DiscoverySource::ProtectedResource,
+        settings: Default::default(),
         discovered_at_ms: record.logged_in_at_ms,
     }
 }
@@ -203,12 +205,14 @@ impl Broker {
         discovery: &Discovery,
         credentials: &crate::unattended::Credentials,
     ) -> Result<TokenSet, BrokerError> {
-        let profiles = discovery
+        // Refused only when the AS lists its profiles and leaves the
+        // ID-JAG one out (the rule for grant_types_supported): a field
+        // that is optional says nothing when absent.
+        let listed = discovery
             .metadata
             .authorization_grant_profiles_supported
-            .as_deref()
-            .unwrap_or_default();
-        if !profiles.iter().any(|p| p == PROFILE_ID_JAG) {
+            .as_deref();
+        if listed.is_some_and(|profiles| !profiles.iter().any(|p| p == PROFILE_ID_JAG)) {
             return Err(OAuthError::IdJagUnsupported {
                 issuer: discovery.issuer.clone(),
             }
@@ -482,9 +486,11 @@ impl Broker {
         }
         drop(guard);
         let outcome = match self.refresh_grant(name.clone(), Freshness::Force).await {
+            // Renewed by asking again while the ID token is valid.
             Ok(grant) => LoginOutcome::Success {
                 scopes: grant.scopes,
                 expires_at_ms: grant.expires_at_ms,
+                refresh_token: true,
             },
             Err(e) => LoginOutcome::Failed {
                 kind: FailureKind::Error,

@@ -377,10 +377,15 @@ impl Broker {
         // A token is bound to the server's own authorization server: the
         // one discovered for its URL, discovered now if never before.
         if record.discovery.is_none() {
-            let Some(url) = self.config().servers.get(name).map(|s| s.url.clone()) else {
+            let Some((url, settings)) = self
+                .config()
+                .servers
+                .get(name)
+                .map(|s| (s.url.clone(), s.settings.clone()))
+            else {
                 return ignore("the server is no longer configured");
             };
-            match self.http.discover(&url, now, true).await {
+            match self.http.discover(&url, now, true, &settings).await {
                 Ok(found) => {
                     record.discovery = Some(found.discovery);
                     self.store().put_server(&guard, &record).await?;

@@ -666,7 +666,20 @@ impl Broker {
                 .and_then(|r| r.discovery);
             let found = match held {
                 Some(d) => d,
-                None => match self.http.discover(&url, now, true).await {
+                None => match self
+                    .http
+                    .discover(
+                        &url,
+                        now,
+                        true,
+                        &config
+                            .servers
+                            .get(&server_name)
+                            .map(|c| c.settings.clone())
+                            .unwrap_or_default(),
+                    )
+                    .await
+                {
                     Ok(found) => found.discovery,
                     Err(e) => {
                         return skip(

@@ -26,6 +26,10 @@ use crate::oauth::{pkce, registration};
 use crate::shutdown::Shutdown;
 use crate::state::{Discovery, PendingFlow, Registration, RegistrationKind};
 
+/// What a login refused for its `resource` (RFC 8707) says to do: Entra
+/// refuses it with v2 scopes (AADSTS9010010).
+const SEND_RESOURCE_HINT: &str = "; the authorization server refuses the resource parameter: only if you trust this server, set send_resource = false for it in config.toml";
+
 /// How long a stored flow stays valid.
 pub const FLOW_LIFETIME: Duration = Duration::from_secs(10 * 60);
 /// How long the loopback callback waits for the browser.
@@ -49,6 +53,9 @@ pub enum LoginOutcome {
     Success {
         scopes: Vec<String>,
         expires_at_ms: Option<i64>,
+        /// Whether a refresh token is held (else a login is needed again
+        /// once the token expires).
+        refresh_token: bool,
     },
     Failed {
         kind: FailureKind,
@@ -253,7 +260,11 @@ impl Broker {
         let now = self.now_ms();
         // PKCE is asked of the AS below, once it is known that the browser
         // flow is the one used (the device flow has none).
-        let discovered = match self.http.discover(&server.url, now, false).await {
+        let discovered = match self
+            .http
+            .discover(&server.url, now, false, &server.settings)
+            .await
+        {
             Ok(d) => d,
             Err(e) => {
                 warn!(server = %name, error = %e, "login failed: discovery");
@@ -275,15 +286,10 @@ impl Broker {
                 return Err(BrokerError::OAuth(e));
             }
         };
-        let s256 = discovery
-            .metadata
-            .code_challenge_methods_supported
-            .as_ref()
-            .is_some_and(|m| m.iter().any(|m| m == "S256"));
-        if !device && !s256 {
-            let e = crate::oauth::OAuthError::PkceUnsupported {
-                issuer: discovery.issuer.clone(),
-            };
+        if !device
+            && !crate::oauth::discovery::pkce_s256_ok(&discovery.metadata, &discovery.settings)
+        {
+            let e = crate::oauth::discovery::pkce_refusal(&discovery.metadata);
             warn!(server = %name, error = %e, "login failed: discovery");
             self.record_error(&guard, &e.to_string()).await;
             return Err(BrokerError::OAuth(e));
@@ -482,16 +488,22 @@ impl Broker {
             };
             if timed_out && let Some(broker) = broker.upgrade() {
                 let guard = broker.locks.lock(&name).await;
+                let mut message =
+                    format!("no answer from the browser within {}s", timeout.as_secs());
+                if active.outcome.borrow().is_none() {
+                    message.push_str(
+                        &broker
+                            .drop_unanswered_registration(&guard, &active.flow)
+                            .await,
+                    );
+                }
                 broker
                     .finish_login(
                         &guard,
                         &active,
                         LoginOutcome::Failed {
                             kind: FailureKind::TimedOut,
-                            message: format!(
-                                "no answer from the browser within {}s; run the login again",
-                                timeout.as_secs()
-                            ),
+                            message,
                         },
                         true,
                     )
@@ -499,6 +511,43 @@ impl Broker {
             }
         });
         Ok(())
+    }
+
+    /// A login whose browser never came back may have met an AS that no
+    /// longer knows the client (Atlassian answers an HTML 500 at
+    /// `/authorize` for a stale one), and nothing comes back to say so.
+    /// A registration the broker made itself for that login is dropped,
+    /// so the next login registers anew, once; one the person configured
+    /// is kept. Returns the rest of the login's line.
+    async fn drop_unanswered_registration(
+        &self,
+        guard: &ServerGuard,
+        flow: &PendingFlow,
+    ) -> String {
+        let name = guard.name();
+        let dynamic = self
+            .store()
+            .registration(name, &flow.issuer)
+            .ok()
+            .flatten()
+            .filter(|r| r.client_id == flow.client_id && r.kind == RegistrationKind::Dynamic);
+        let Some(registration) = dynamic else {
+            return "; run the login again".into();
+        };
+        match self
+            .store()
+            .delete_registration(guard, &registration.issuer)
+            .await
+        {
+            Ok(()) => {
+                info!(server = %name, "login timed out; the client registration was dropped");
+                "; if the authorization page showed an error, the server may no longer know the client mcpauthd registered: the next login registers a new one".into()
+            }
+            Err(e) => {
+                warn!(server = %name, error = %e, "cannot drop the client registration");
+                "; run the login again".into()
+            }
+        }
     }
 
     /// The registration to use with `discovery`'s issuer for a login that
@@ -595,6 +644,7 @@ impl Broker {
             .as_ref()
             .and_then(|r| r.discovery.clone())
             .filter(|d| d.issuer == flow.issuer)
+            .map(|d| self.settings_now(&name, d))
             .or(idp_login)
             .ok_or_else(|| BrokerError::NoLoginPending(name.to_string()))?;
         let registration = self
@@ -607,10 +657,14 @@ impl Broker {
             &flow,
             // An issuer the broker implied is not one the AS says: `iss`
             // is not expected then (compared if it comes).
+            // `allow_missing_iss`: promised but not sent (Cloudflare's
+            // workers-oauth-provider) is accepted; a present `iss` is
+            // still compared.
             discovery
                 .metadata
                 .authorization_response_iss_parameter_supported
-                && !discovery.metadata.issuer_implied,
+                && !discovery.metadata.issuer_implied
+                && !discovery.settings.allow_missing_iss,
             &params,
         ) {
             Ok(code) => code,
@@ -627,6 +681,11 @@ impl Broker {
                     FailureKind::Rejected
                 };
                 let mut message = e.to_string();
+                if matches!(&e, CallbackError::Denied { error, .. } if error == "invalid_target")
+                    && discovery.resource_to_send().is_some()
+                {
+                    message.push_str(SEND_RESOURCE_HINT);
+                }
                 // The AS refuses a scope this client was not registered
                 // for: a registration of ours not known to cover it is
                 // dropped, so the next login registers one that does.
@@ -667,7 +726,12 @@ impl Broker {
             Ok(o) => o,
             Err(e) => {
                 let mut message = e.to_string();
-                if e.token_error() == Some("invalid_client")
+                if e.token_error() == Some("invalid_target")
+                    && discovery.resource_to_send().is_some()
+                {
+                    message.push_str(SEND_RESOURCE_HINT);
+                }
+                if e.token_failure() == crate::oauth::TokenFailure::ClientUnknown
                     && registration.kind == RegistrationKind::Dynamic
                 {
                     // The AS forgot our registration: drop it so the next
@@ -735,6 +799,7 @@ impl Broker {
         let outcome = LoginOutcome::Success {
             scopes: grant.scopes.clone(),
             expires_at_ms: grant.expires_at_ms,
+            refresh_token: grant.refresh_token.is_some(),
         };
         info!(server = %name, generation = grant.generation, "login complete");
         self.end_flow(&guard, active.as_ref(), outcome.clone())

@@ -11,12 +11,18 @@
 //!   discovery now names another issuer, a new login is required;
 //! - an answer without `refresh_token` keeps the old one, without `scope`
 //!   keeps the old scopes;
-//! - `invalid_grant` (or no refresh token at all) means "login required";
-//! - `invalid_client` for a dynamically registered client drops that
-//!   registration too, so the next login registers afresh;
+//! - failures are judged by what they say (`OAuthError::token_failure`),
+//!   whatever the HTTP status: an `error` member in a 200 is an error;
+//! - the grant gone (`invalid_grant`, or a refusal naming the refresh
+//!   token, or no refresh token at all) means "login required", once;
+//! - the client unknown (`invalid_client`, or a refusal naming the
+//!   client, as Supabase's `422 Unrecognized client_id`) means "login
+//!   required" too, and drops a registration the broker made itself, so
+//!   the next login registers afresh, once;
 //! - network trouble, 5xx and 429, and answers that are not OAuth answers
 //!   at all (cut off, not JSON, too large, redirected) mean "unavailable,
-//!   retry later", and change nothing that is stored;
+//!   retry later", and change nothing that is stored; any other 4xx is a
+//!   refusal, shown, with the same backoff so nothing loops on it;
 //! - after such a failure the server is in backoff: 5 s, doubling per
 //!   consecutive failure up to 5 min, or longer when the AS's
 //!   `Retry-After` asks (also capped at 5 min). Until then every caller
@@ -32,7 +38,8 @@ use crate::broker::{Broker, BrokerError, EventKind};
 use crate::config::ServerName;
 use crate::install::{GrantSource, NewGrant};
 use crate::oauth::token::Revocation;
-use crate::state::{Grant, RegistrationKind};
+use crate::oauth::{OAuthError, TokenFailure};
+use crate::state::{Discovery, Grant, RegistrationKind};
 
 pub use crate::scheduler::Backoff;
 
@@ -97,6 +104,15 @@ impl Broker {
         };
         all.insert(name.clone(), backoff.clone());
         backoff
+    }
+
+    /// `discovery` with the settings in force now: config.toml (as it is
+    /// now) and the built-in defaults for its issuer.
+    pub(crate) fn settings_now(&self, name: &ServerName, mut discovery: Discovery) -> Discovery {
+        if let Some(server) = self.config().servers.get(name) {
+            discovery.settings = server.settings.in_force(&discovery.issuer);
+        }
+        discovery
     }
 
     /// Refreshes `name`'s grant now.
@@ -172,6 +188,7 @@ impl Broker {
         let discovery = record
             .as_ref()
             .and_then(|r| r.discovery.clone())
+            .map(|d| self.settings_now(&name, d))
             .ok_or_else(|| login_required("the authorization server is not known"))?;
         if discovery.issuer != grant.issuer {
             return Err(login_required("the server's authorization server changed"));
@@ -234,7 +251,7 @@ impl Broker {
                 })
                 .await
             }
-            Err(e) if e.is_transient() => {
+            Err(e) if e.token_failure() == TokenFailure::Outage => {
                 let backoff = self.start_backoff(
                     &name,
                     grant.generation,
@@ -254,20 +271,52 @@ impl Broker {
                 })
             }
             Err(e) => {
-                let code = e.token_error().unwrap_or("");
-                if code == "invalid_client" && registration.kind == RegistrationKind::Dynamic {
+                let failure = e.token_failure();
+                let mut dropped = false;
+                if failure == TokenFailure::ClientUnknown
+                    && registration.kind == RegistrationKind::Dynamic
+                {
                     self.store()
                         .delete_registration(&guard, &registration.issuer)
                         .await?;
+                    dropped = true;
                     warn!(server = %name, "the AS no longer knows our client; registration dropped");
                 }
                 if matches!(
-                    code,
-                    "invalid_grant" | "invalid_client" | "unauthorized_client"
+                    failure,
+                    TokenFailure::GrantGone | TokenFailure::ClientUnknown
                 ) {
                     self.store().delete_grant(&guard).await?;
                     self.end_backoff(&name);
-                    let reason = format!("the authorization server rejected the refresh ({code})");
+                    let said = match &e {
+                        OAuthError::Token { error, .. } => error.clone(),
+                        OAuthError::Refused {
+                            status, message, ..
+                        } => format!(
+                            "HTTP {status}{}",
+                            message
+                                .as_deref()
+                                .map(|m| format!(": {m}"))
+                                .unwrap_or_default()
+                        ),
+                        other => other.to_string(),
+                    };
+                    let mut reason =
+                        format!("the authorization server rejected the refresh ({said})");
+                    if dropped {
+                        reason.push_str(
+                            "; it no longer knows the client mcpauthd registered, so the next login registers a new one",
+                        );
+                    } else if failure == TokenFailure::ClientUnknown
+                        && registration.kind == RegistrationKind::Configured
+                        && self
+                            .config()
+                            .servers
+                            .get(&name)
+                            .is_some_and(|s| s.client_id.is_some())
+                    {
+                        reason.push_str("; check client_id and its secret in config.toml");
+                    }
                     warn!(server = %name, %reason, "refresh refused; login required");
                     // The state says a login is required; the error says why.
                     self.record_error(&guard, &reason).await;

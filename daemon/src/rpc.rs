@@ -155,17 +155,20 @@ fn login_result(outcome: &LoginOutcome) -> pb::LoginResult {
         LoginOutcome::Success {
             scopes,
             expires_at_ms,
+            refresh_token,
         } => pb::LoginResult {
             ok: true,
             scopes: scopes.clone(),
             token_expires_at_unix_ms: expires_at_ms.unwrap_or(0),
             error: String::new(),
             failure: pb::LoginFailure::Unspecified.into(),
+            no_refresh_token: !refresh_token,
         },
         LoginOutcome::Failed { kind, message } => pb::LoginResult {
             ok: false,
             scopes: Vec::new(),
             token_expires_at_unix_ms: 0,
+            no_refresh_token: false,
             error: message.clone(),
             failure: match kind {
                 FailureKind::Denied => pb::LoginFailure::Denied,
@@ -223,6 +226,7 @@ impl From<ServerView> for pb::Server {
                 _ => 0,
             },
             granted_scopes: v.granted_scopes,
+            no_refresh_token: v.no_refresh_token,
             grant: v.config.grant.as_str().into(),
             identity_provider: v
                 .config
@@ -595,6 +599,25 @@ impl broker_server::Broker for BrokerService {
             access_token_revocation: outcome.access.as_ref().map(revocation),
             refresh_token_revocation: outcome.refresh.as_ref().map(revocation),
             access_token_expires_at_unix_ms: outcome.access_expires_at_ms.unwrap_or(0),
+        }))
+    }
+
+    async fn doctor(
+        &self,
+        request: Request<pb::DoctorRequest>,
+    ) -> Result<Response<pb::DoctorReply>, Status> {
+        check_protocol(&request)?;
+        let steps = self.broker.doctor(&request.into_inner().server).await?;
+        Ok(Response::new(pb::DoctorReply {
+            steps: steps
+                .into_iter()
+                .map(|s| pb::DoctorStep {
+                    step: s.step.into(),
+                    found: s.found,
+                    ok: s.ok,
+                    fix: s.fix.unwrap_or_default(),
+                })
+                .collect(),
         }))
     }
 

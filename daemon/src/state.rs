@@ -181,6 +181,44 @@ pub struct Discovery {
     pub resource_scopes: Vec<String>,
     pub source: DiscoverySource,
     pub discovered_at_ms: i64,
+    /// The per-server settings in force with this issuer (config.toml,
+    /// else the built-in defaults); refreshed from the config in force
+    /// before each use.
+    #[serde(default)]
+    pub settings: SettingsInForce,
+}
+
+impl Discovery {
+    /// The `resource` (RFC 8707) to send, if any: none for an identity
+    /// provider's own login (empty), nor with `send_resource = false`.
+    pub fn resource_to_send(&self) -> Option<&str> {
+        (!self.resource.is_empty() && self.settings.send_resource).then_some(self.resource.as_str())
+    }
+}
+
+/// `ServerSettings` resolved for one issuer: what the engine does.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettingsInForce {
+    pub assume_pkce_s256: bool,
+    pub send_resource: bool,
+    pub allow_missing_iss: bool,
+    /// Extra authorization-request parameters, none reserved.
+    pub authorization_params: Vec<(String, String)>,
+    /// The settings that are a built-in default for the issuer.
+    pub from_builtin: Vec<String>,
+}
+
+impl Default for SettingsInForce {
+    /// The spec's behaviour.
+    fn default() -> Self {
+        Self {
+            assume_pkce_s256: false,
+            send_resource: true,
+            allow_missing_iss: false,
+            authorization_params: Vec::new(),
+            from_builtin: Vec::new(),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

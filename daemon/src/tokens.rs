@@ -586,6 +586,7 @@ mod tests {
             },
             resource_scopes: vec![],
             source: DiscoverySource::ProtectedResource,
+            settings: Default::default(),
             discovered_at_ms: 0,
         });
         let guard = broker.locks.lock(&name).await;

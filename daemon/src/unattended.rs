@@ -168,7 +168,10 @@ impl Broker {
             return Ok(d);
         }
         let now = self.now_ms();
-        let discovered = self.http.discover(&server.url, now, false).await?;
+        let discovered = self
+            .http
+            .discover(&server.url, now, false, &server.settings)
+            .await?;
         let discovery = discovered.discovery;
         let mut record =
             record.unwrap_or_else(|| crate::state::ServerRecord::new(&server.url, now));

@@ -123,6 +123,28 @@ pub struct Switches {
     pub revocation_requires_client_secret: bool,
     /// Revocation refused for every token (`invalid_request`).
     pub revocation_refuses_all: bool,
+    /// Google: the PRM names the issuer with a trailing `/`
+    /// (`https://accounts.google.com/`); the metadata names it without.
+    pub prm_issuer_trailing_slash: bool,
+    /// Stripe: the challenge's `resource_metadata` URL is not quoted.
+    pub unquoted_resource_metadata: bool,
+    /// The challenge's `resource_metadata` is this (quoted), whatever
+    /// `prm` says: not a URL, or one the URL policy refuses.
+    pub challenge_resource_metadata: Option<String>,
+    /// Slack: token-endpoint errors are HTTP 200 `{"ok": false, "error": …}`.
+    pub errors_as_200: bool,
+    /// Supabase: a client the token endpoint does not know gets
+    /// `422 {"message": "Unrecognized client_id"}`.
+    pub unknown_client_422: bool,
+    /// Atlassian: `/authorize` answers an HTML 500 for a client it does
+    /// not know (a stale registration).
+    pub unknown_client_authorize_500: bool,
+    /// Entra (AADSTS9010010): a `resource` on the authorization or token
+    /// request is refused.
+    pub resource_refused: bool,
+    /// Google, Vercel: a refresh token only when the authorization
+    /// request carried this parameter (`access_type=offline`).
+    pub refresh_token_only_with: Option<(String, String)>,
     /// Device flow, client credentials, JWT bearer, stateless MCP.
     pub grants: crate::grants_as::GrantSwitches,
 }
@@ -191,6 +213,14 @@ impl Default for Switches {
             revocation_refuses_access_tokens: false,
             revocation_requires_client_secret: false,
             revocation_refuses_all: false,
+            prm_issuer_trailing_slash: false,
+            unquoted_resource_metadata: false,
+            challenge_resource_metadata: None,
+            errors_as_200: false,
+            unknown_client_422: false,
+            unknown_client_authorize_500: false,
+            resource_refused: false,
+            refresh_token_only_with: None,
             grants: Default::default(),
         }
     }
@@ -211,6 +241,8 @@ struct Code {
     challenge: String,
     redirect_uri: String,
     scope: Option<String>,
+    /// The request carried what `refresh_token_only_with` asks for.
+    offline: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -615,7 +647,23 @@ impl Drop for InFlight {
     }
 }
 
-async fn handle(State(app): State<App>, request: Request<Body>) -> Response {
+/// Slack's way with token-endpoint errors: HTTP 200 and `"ok": false`.
+async fn handle(state: State<App>, request: Request<Body>) -> Response {
+    let slack = state.state.lock().unwrap().switches.errors_as_200
+        && request.uri().path().ends_with("/token");
+    let response = handle_inner(state, request).await;
+    if !slack || !response.status().is_client_error() {
+        return response;
+    }
+    let body = to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap_or_default();
+    let mut value: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    value["ok"] = serde_json::json!(false);
+    json(StatusCode::OK, value)
+}
+
+async fn handle_inner(State(app): State<App>, request: Request<Body>) -> Response {
     let _in_flight = request.uri().path().ends_with("/token").then(|| {
         app.state.lock().unwrap().token_requests_in_flight += 1;
         InFlight(app.state.clone())
@@ -693,7 +741,14 @@ async fn handle(State(app): State<App>, request: Request<Body>) -> Response {
             );
         }
         let mut challenge = "Bearer realm=\"mcp\"".to_string();
-        if sw.prm == PrmMode::Header {
+        if let Some(raw) = &sw.challenge_resource_metadata {
+            challenge.push_str(&format!(", resource_metadata=\"{raw}\""));
+        } else if sw.prm == PrmMode::Header && sw.unquoted_resource_metadata {
+            challenge.push_str(&format!(
+                ", resource_metadata={}{prm_header_path}",
+                app.rs_base
+            ));
+        } else if sw.prm == PrmMode::Header {
             challenge.push_str(&format!(
                 ", resource_metadata=\"{}{prm_header_path}\"",
                 app.rs_base
@@ -711,7 +766,11 @@ async fn handle(State(app): State<App>, request: Request<Body>) -> Response {
     let prm_doc = || {
         let mut doc = serde_json::json!({
             "resource": sw.prm_resource.clone().unwrap_or_else(|| mcp_url.clone()),
-            "authorization_servers": [issuer.clone()],
+            "authorization_servers": [if sw.prm_issuer_trailing_slash {
+                format!("{issuer}/")
+            } else {
+                issuer.clone()
+            }],
         });
         if !sw.prm_scopes.is_empty() {
             doc["scopes_supported"] = serde_json::json!(sw.prm_scopes);
@@ -802,6 +861,14 @@ async fn handle(State(app): State<App>, request: Request<Body>) -> Response {
         let redirect_uri = query.get("redirect_uri").cloned().unwrap_or_default();
         let known = s.clients.get(&client_id).cloned();
         let cimd_ok = sw.cimd && client_id.starts_with("https://");
+        if sw.unknown_client_authorize_500 && known.is_none() && !cimd_ok {
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                [("content-type", "text/html")],
+                "<html><body>Something went wrong</body></html>",
+            )
+                .into_response();
+        }
         let redirect_ok = match &known {
             Some(c) => c.redirect_uris.is_empty() || c.redirect_uris.contains(&redirect_uri),
             None => cimd_ok,
@@ -810,6 +877,26 @@ async fn handle(State(app): State<App>, request: Request<Body>) -> Response {
             return (StatusCode::BAD_REQUEST, "bad authorization request").into_response();
         }
         let state = query.get("state").cloned().unwrap_or_default();
+        let advertised = if sw.wrong_issuer {
+            format!("{issuer}/other")
+        } else {
+            issuer.clone()
+        };
+        if sw.resource_refused && query.contains_key("resource") {
+            let mut location = url::Url::parse(&redirect_uri).unwrap();
+            location
+                .query_pairs_mut()
+                .append_pair("error", "invalid_target")
+                .append_pair(
+                    "error_description",
+                    "AADSTS9010010: The resource parameter provided in the request doesn't match with the requested scopes.",
+                )
+                .append_pair("state", &state);
+            if sw.iss == IssMode::On {
+                location.query_pairs_mut().append_pair("iss", &advertised);
+            }
+            return redirect(location.as_str());
+        }
         let unregistered = known
             .as_ref()
             .filter(|_| sw.registered_scope_only)
@@ -832,7 +919,7 @@ async fn handle(State(app): State<App>, request: Request<Body>) -> Response {
                 )
                 .append_pair("state", &state);
             if sw.iss == IssMode::On {
-                location.query_pairs_mut().append_pair("iss", &issuer);
+                location.query_pairs_mut().append_pair("iss", &advertised);
             }
             return redirect(location.as_str());
         }
@@ -851,6 +938,10 @@ async fn handle(State(app): State<App>, request: Request<Body>) -> Response {
                         challenge: query.get("code_challenge").cloned().unwrap_or_default(),
                         redirect_uri: redirect_uri.clone(),
                         scope: query.get("scope").cloned(),
+                        offline: sw
+                            .refresh_token_only_with
+                            .as_ref()
+                            .is_none_or(|(k, v)| query.get(k) == Some(v)),
                     },
                 );
                 q.append_pair("code", &code);
@@ -858,7 +949,7 @@ async fn handle(State(app): State<App>, request: Request<Body>) -> Response {
             q.append_pair("state", &state);
             match sw.iss {
                 IssMode::On => {
-                    q.append_pair("iss", &issuer);
+                    q.append_pair("iss", &advertised);
                 }
                 IssMode::Wrong => {
                     q.append_pair("iss", "http://127.0.0.1:1/evil");
@@ -1008,6 +1099,12 @@ async fn handle(State(app): State<App>, request: Request<Body>) -> Response {
                 redirect_uris: vec![],
                 scope: None,
             },
+            None if sw.unknown_client_422 => {
+                return json(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    serde_json::json!({"message": "Unrecognized client_id"}),
+                );
+            }
             None => {
                 return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "unknown client");
             }
@@ -1033,7 +1130,17 @@ async fn handle(State(app): State<App>, request: Request<Body>) -> Response {
         }
         // An identity provider's OIDC login is about the person: no
         // resource there.
-        if !form.contains_key("resource") && sw.grants.idp_id_token_ttl.is_none() {
+        if sw.resource_refused && form.contains_key("resource") {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_target",
+                "AADSTS9010010: The resource parameter provided in the request doesn't match with the requested scopes.",
+            );
+        }
+        if !form.contains_key("resource")
+            && sw.grants.idp_id_token_ttl.is_none()
+            && !sw.resource_refused
+        {
             return oauth_error(
                 StatusCode::BAD_REQUEST,
                 "invalid_target",
@@ -1041,6 +1148,7 @@ async fn handle(State(app): State<App>, request: Request<Body>) -> Response {
             );
         }
         let grant_type = form.get("grant_type").cloned().unwrap_or_default();
+        let mut offline = true;
         let (family, scope) = match grant_type.as_str() {
             "authorization_code" => {
                 let code = form.get("code").cloned().unwrap_or_default();
@@ -1060,6 +1168,7 @@ async fn handle(State(app): State<App>, request: Request<Body>) -> Response {
                     );
                 }
                 s.next += 1;
+                offline = c.offline;
                 (s.next, c.scope)
             }
             "refresh_token" => {
@@ -1129,7 +1238,7 @@ async fn handle(State(app): State<App>, request: Request<Body>) -> Response {
             response["expires_in"] = serde_json::json!(e);
         }
         let new_refresh =
-            sw.issue_refresh_token && (grant_type == "authorization_code" || sw.rotate);
+            sw.issue_refresh_token && offline && (grant_type == "authorization_code" || sw.rotate);
         if new_refresh {
             let rt = s.id("rt");
             s.refresh_tokens.insert(

@@ -68,6 +68,11 @@ pub struct GrantSwitches {
     pub idp_id_token_audience: Option<String>,
     /// As an MCP AS: list the ID-JAG grant profile (and jwt-bearer).
     pub id_jag: bool,
+    /// As an MCP AS: list exactly these grant profiles instead.
+    pub grant_profiles: Option<Vec<String>>,
+    /// As an MCP AS: take ID-JAGs, but leave the optional
+    /// `authorization_grant_profiles_supported` out of the metadata.
+    pub omit_grant_profiles: bool,
 }
 
 impl Default for GrantSwitches {
@@ -86,6 +91,8 @@ impl Default for GrantSwitches {
             idp_wrong_audience: None,
             idp_id_token_audience: None,
             id_jag: false,
+            grant_profiles: None,
+            omit_grant_profiles: false,
         }
     }
 }
@@ -152,6 +159,14 @@ pub fn metadata(sw: &GrantSwitches, issuer: &str, doc: &mut serde_json::Value) {
     if sw.id_jag {
         doc["authorization_grant_profiles_supported"] =
             serde_json::json!(["urn:ietf:params:oauth:grant-profile:id-jag"]);
+    }
+    if let Some(profiles) = &sw.grant_profiles {
+        doc["authorization_grant_profiles_supported"] = serde_json::json!(profiles);
+    }
+    if sw.omit_grant_profiles {
+        doc.as_object_mut()
+            .unwrap()
+            .remove("authorization_grant_profiles_supported");
     }
     let types = doc["grant_types_supported"].as_array_mut();
     if let Some(types) = types {

@@ -562,6 +562,12 @@ impl broker_server::Broker for FutureDaemon {
     ) -> Result<Response<pb::ImportReply>, Status> {
         Err(Status::unimplemented("future"))
     }
+    async fn doctor(
+        &self,
+        _: Request<pb::DoctorRequest>,
+    ) -> Result<Response<pb::DoctorReply>, Status> {
+        Err(Status::unimplemented("future"))
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1169,6 +1169,38 @@ async fn an_sso_agents_id_token_file_stands_in_for_the_login() {
     assert_no_leak(&env, &idp, &[expired, fresh], &[&out]);
 }
 
+/// `authorization_grant_profiles_supported` is optional: an AS that
+/// takes ID-JAGs and leaves the field out is used, like one that omits
+/// `grant_types_supported`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_as_that_omits_the_grant_profiles_is_sent_the_id_jag() {
+    let Enterprise {
+        env,
+        idp,
+        wiki,
+        _daemon,
+        ..
+    } = enterprise(GrantSwitches::default(), None).await;
+    wiki.set(|s| s.grants.omit_grant_profiles = true);
+    let out = env.ctl(&["login", "wiki"]);
+    assert_eq!(out.code(), 0, "{}", out.stderr());
+    let token = env.ctl(&["token", "wiki"]).ok();
+    assert!(wiki.is_valid_access_token(token.trim()));
+    assert_eq!(
+        idp.token_requests("urn:ietf:params:oauth:grant-type:token-exchange")
+            .len(),
+        1
+    );
+    assert_eq!(
+        wiki.token_requests("urn:ietf:params:oauth:grant-type:jwt-bearer")
+            .len(),
+        1
+    );
+    env.ctl(&["refresh", "wiki"]).ok();
+    let renewed = env.ctl(&["token", "wiki"]).ok();
+    assert!(wiki.is_valid_access_token(renewed.trim()));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_as_without_the_id_jag_profile_is_sent_nothing() {
     let Enterprise {
@@ -1178,10 +1210,12 @@ async fn an_as_without_the_id_jag_profile_is_sent_nothing() {
         _daemon,
         ..
     } = enterprise(GrantSwitches::default(), None).await;
-    // It takes JWT bearer grants, but does not say it takes ID-JAGs.
+    // It takes JWT bearer grants and lists its grant profiles, but not
+    // the ID-JAG one.
     wiki.set(|s| {
         s.grants.id_jag = false;
         s.grants.jwt_bearer = true;
+        s.grants.grant_profiles = Some(vec!["urn:example:grant-profile:other".into()]);
     });
     let out = env.ctl(&["login", "wiki"]);
     assert_ne!(out.code(), 0);
@@ -1312,4 +1346,35 @@ async fn a_fifo_as_a_credential_file_is_refused_at_once() {
     assert!(started.elapsed() < Duration::from_secs(5));
     assert_ne!(again.code(), 0);
     env.ctl(&["status"]).ok();
+
+/// An identity provider's issuer is the one config.toml names, exactly:
+/// not even the '/' of an empty path is overlooked (ID tokens and `iss`
+/// are compared with it), and the refusal says what to write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identity_providers_issuer_is_compared_exactly() {
+    let idp = AuthServer::start(Switches {
+        grants: GrantSwitches {
+            idp_id_token_ttl: Some(600),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let wiki = AuthServer::start(Switches::default()).await;
+    let env = TestEnv::new();
+    env.write_config(&format!(
+        "[servers.wiki]\nurl = \"{}\"\ngrant = \"enterprise\"\nidentity_provider = \"corp\"\nclient_id = \"wiki-client\"\n\n\
+         [identity_providers.corp]\nissuer = \"{}/\"\nclient_id = \"mcpauth-desktop\"\n",
+        wiki.mcp_url, idp.issuer
+    ));
+    let _d = env.start_daemon();
+    let out = env.ctl(&["login", "--idp", "corp"]);
+    assert_ne!(out.code(), 0);
+    assert!(
+        out.stderr()
+            .contains(&format!("set issuer = \"{}\"", idp.issuer)),
+        "{}",
+        out.stderr()
+    );
+    assert!(idp.requests("/authorize").is_empty());
 }

@@ -281,7 +281,7 @@ async fn an_authorization_server_without_pkce_is_refused() {
             pkce_advertised: false,
             ..Default::default()
         },
-        "does not support PKCE",
+        "lists no PKCE methods (no code_challenge_methods_supported); refusing",
     )
     .await;
 }

@@ -11,6 +11,11 @@
 //! the next challenge. Parameter names are case-insensitive; unknown ones
 //! are kept; malformed input yields what could be parsed up to that point,
 //! never a panic. Input is bounded (servers are not trusted).
+//!
+//! One tolerance: an unquoted value is read up to the next comma or
+//! whitespace, not only its token characters, so a URL sent without
+//! quotes (Stripe: `resource_metadata=https://mcp.stripe.com/...`) is
+//! read whole rather than cut at its `:`.
 
 /// Longest header value considered; the rest is ignored.
 const MAX_LEN: usize = 16 * 1024;
@@ -107,6 +112,17 @@ impl Cursor<'_> {
                 }
             }
         }
+    }
+    /// An unquoted parameter value: up to the next comma or whitespace.
+    fn bare_value(&mut self) -> String {
+        let start = self.i;
+        while self
+            .peek()
+            .is_some_and(|c| !matches!(c, b',' | b' ' | b'\t' | b'"'))
+        {
+            self.i += 1;
+        }
+        String::from_utf8_lossy(&self.s[start..self.i]).into_owned()
     }
     /// Skips to just past the next comma (error recovery).
     fn skip_past_comma(&mut self) {
@@ -221,7 +237,7 @@ fn parse_one(value: &str, out: &mut Vec<Challenge>) {
                     }
                 }
             } else {
-                c.token().to_string()
+                c.bare_value()
             };
             challenge.params.push((name, value));
             c.skip_ws();
@@ -334,6 +350,28 @@ mod tests {
         }
         assert_eq!(one("Bearer ,,, a=\"b\",,")[0].param("a"), Some("b"));
         assert!(bearer(["Basic realm=x"]).is_none());
+    }
+
+    #[test]
+    fn an_unquoted_url_is_read_whole() {
+        // Stripe.
+        let b = bearer([
+            "Bearer resource_metadata=https://mcp.stripe.com/.well-known/oauth-protected-resource, error=invalid_token",
+        ])
+        .unwrap();
+        assert_eq!(
+            b.resource_metadata.as_deref(),
+            Some("https://mcp.stripe.com/.well-known/oauth-protected-resource")
+        );
+        assert_eq!(b.error.as_deref(), Some("invalid_token"));
+        let b = bearer(["Bearer realm=mcp resource_metadata=https://a.example/x"]).unwrap();
+        assert_eq!(b.resource_metadata, None, "no comma: not this parameter");
+        let c = one("Bearer resource_metadata=https://a.example/prm, Basic realm=\"r\"");
+        assert_eq!(c.len(), 2, "{c:?}");
+        assert_eq!(
+            c[0].param("resource_metadata"),
+            Some("https://a.example/prm")
+        );
     }
 
     #[test]

@@ -15,12 +15,23 @@
 //!    with a path, RFC 8414 path-inserted, OIDC path-inserted, OIDC
 //!    path-appended; without a path, RFC 8414 then OIDC. The document's
 //!    `issuer` must equal the issuer exactly, and PKCE S256 must be listed.
+//!    One tolerance, safe because no other issuer can be meant: a PRM
+//!    entry and an issuer that differ only by a trailing `/` on an empty
+//!    path (`https://accounts.google.com/` and `https://accounts.google.com`)
+//!    name the same issuer, and the metadata's own spelling is kept.
+//!    With `auth_server_metadata_url` set (a server the person trusts),
+//!    that one document is used and its issuer is the one bound to.
 //! 4. No PRM at all (2025-03-26): AS metadata at the server's origin, else
 //!    the default `/authorize`, `/token`, `/register` there. No issuer was
 //!    learned beforehand in that mode, so the metadata's own `issuer` is
 //!    accepted (it still passes the URL policy and the no-pivot check).
 //!
-//! PKCE S256 is required of an AS used for a browser login; the grants
+//! A challenge that cannot be used (its `resource_metadata` is not a
+//! URL, or one the URL policy refuses) is passed over for the well-known
+//! locations, never a failure.
+//!
+//! PKCE S256 is required of an AS used for a browser login (listed, or
+//! `assume_pkce_s256` when the AS lists no methods at all); the grants
 //! without a person (client credentials, JWT bearer) do not use PKCE, and
 //! their discovery does not ask for it.
 //!
@@ -34,7 +45,8 @@ use url::Url;
 use super::challenge::{self, BearerChallenge};
 use super::http::{Fetched, HttpClient, checked, checked_for, display_url};
 use super::{OAuthError, canonical_resource};
-use crate::state::{AuthServerMetadata, Discovery, DiscoverySource};
+use crate::config::ServerSettings;
+use crate::state::{AuthServerMetadata, Discovery, DiscoverySource, SettingsInForce};
 
 /// The MCP revision announced by the `initialize` probe.
 pub const MCP_PROTOCOL_VERSION: &str = "2025-11-25";
@@ -129,6 +141,43 @@ fn origin_of(url: &Url) -> String {
     url.origin().ascii_serialization()
 }
 
+/// Whether the issuer a metadata document names is the issuer it was
+/// fetched for: identical, or differing only by the trailing `/` of an
+/// empty path (`https://accounts.google.com/` names
+/// `https://accounts.google.com`). Nothing else is normalised.
+pub fn same_issuer(expected: &str, found: &str) -> bool {
+    if expected == found {
+        return true;
+    }
+    let (longer, shorter) = if expected.len() > found.len() {
+        (expected, found)
+    } else {
+        (found, expected)
+    };
+    longer.strip_suffix('/') == Some(shorter)
+        && Url::parse(longer).is_ok_and(|u| u.path() == "/" && u.query().is_none())
+        && !shorter.ends_with('/')
+        && Url::parse(shorter)
+            .is_ok_and(|u| u.path() == "/" && !shorter[u.scheme().len() + 3..].contains('/'))
+}
+
+/// Whether a browser login may use PKCE S256 with this AS: it lists S256,
+/// or lists no methods at all and the person said to assume it.
+pub fn pkce_s256_ok(metadata: &AuthServerMetadata, settings: &SettingsInForce) -> bool {
+    match &metadata.code_challenge_methods_supported {
+        Some(methods) => methods.iter().any(|m| m == "S256"),
+        None => settings.assume_pkce_s256,
+    }
+}
+
+/// The refusal of an AS a browser login cannot use PKCE S256 with.
+pub fn pkce_refusal(metadata: &AuthServerMetadata) -> OAuthError {
+    OAuthError::PkceUnsupported {
+        issuer: metadata.issuer.clone(),
+        unlisted: metadata.code_challenge_methods_supported.is_none(),
+    }
+}
+
 impl HttpClient {
     /// Probes the server without a token and returns the status and the
     /// Bearer challenge, if any: first a stateless `tools/list`, then, when
@@ -195,11 +244,13 @@ impl HttpClient {
 
     /// Runs discovery for the MCP server at `server`.
     /// `pkce`: whether the AS must offer PKCE S256 (a browser login).
+    /// `settings`: the server's, from config.toml.
     pub async fn discover(
         &self,
         server: &Url,
         now_ms: i64,
         pkce: bool,
+        settings: &ServerSettings,
     ) -> Result<Discovered, OAuthError> {
         let (status, challenge) = self.probe(server).await?;
         let mut candidates = Vec::new();
@@ -207,7 +258,15 @@ impl HttpClient {
             .as_ref()
             .and_then(|c| c.resource_metadata.as_deref())
         {
-            candidates.push(checked_for("resource metadata URL", url, server)?);
+            // A challenge that cannot be used is no reason to fail: the
+            // well-known locations are on the server's own origin. One
+            // the URL policy refuses is not requested either.
+            match checked_for("resource metadata URL", url, server) {
+                Ok(url) => candidates.push(url),
+                Err(e) => {
+                    tracing::warn!(server = %display_url(server), error = %e, "the challenge's resource_metadata cannot be used; trying the well-known locations")
+                }
+            }
         }
         for url in resource_metadata_candidates(server) {
             if !candidates.contains(&url) {
@@ -230,7 +289,7 @@ impl HttpClient {
 
         let Some((prm_url, prm)) = prm else {
             return self
-                .discover_legacy(server, status, challenge, now_ms, pkce)
+                .discover_legacy(server, status, challenge, now_ms, pkce, settings)
                 .await;
         };
 
@@ -259,16 +318,27 @@ impl HttpClient {
             .ok_or(OAuthError::NoAuthorizationServer)?
             .clone();
         let issuer_url = checked_for("authorization server", &issuer_raw, server)?;
+        let override_url = settings.auth_server_metadata_url.as_ref();
         let metadata = self
-            .fetch_metadata(Some(&issuer_raw), &issuer_url, server, pkce)
+            .fetch_metadata(
+                override_url.is_none().then_some(issuer_raw.as_str()),
+                &issuer_url,
+                server,
+                pkce,
+                settings,
+            )
             .await?;
         let metadata = metadata.ok_or_else(|| OAuthError::NoMetadata {
             issuer: issuer_raw.clone(),
         })?;
+        // The metadata's own spelling of the issuer: `iss` on callbacks and
+        // the grants are bound to it.
+        let issuer = metadata.issuer.clone();
         Ok(Discovered {
             discovery: Discovery {
                 resource: canonical_resource(&resource_url),
-                issuer: issuer_raw,
+                settings: settings.in_force(&issuer),
+                issuer,
                 metadata,
                 resource_scopes: prm.scopes_supported.unwrap_or_default(),
                 source: DiscoverySource::ProtectedResource,
@@ -286,26 +356,59 @@ impl HttpClient {
         issuer: &str,
     ) -> Result<AuthServerMetadata, OAuthError> {
         let issuer_url = checked("identity provider", issuer)?;
-        self.fetch_metadata(Some(issuer), &issuer_url, &issuer_url, true)
-            .await?
+        let metadata = self
+            .fetch_metadata(
+                Some(issuer),
+                &issuer_url,
+                &issuer_url,
+                true,
+                &ServerSettings::default(),
+            )
+            .await
+            .map_err(|e| match e {
+                OAuthError::IssuerMismatch { found, .. } => OAuthError::IdpIssuerMismatch {
+                    configured: issuer.to_string(),
+                    found,
+                },
+                e => e,
+            })?
             .ok_or_else(|| OAuthError::NoMetadata {
                 issuer: issuer.to_string(),
-            })
+            })?;
+        // Not even the '/' of an empty path: the issuer in config.toml is
+        // the one ID tokens and `iss` are compared with.
+        if metadata.issuer != issuer {
+            return Err(OAuthError::IdpIssuerMismatch {
+                configured: issuer.to_string(),
+                found: metadata.issuer.chars().take(200).collect(),
+            });
+        }
+        Ok(metadata)
     }
 
     /// Fetches and checks AS metadata; `Ok(None)` when no candidate exists.
     /// `issuer`: the issuer the metadata must name exactly, when one was
     /// learned beforehand (from PRM); `None` in the 2025-03-26 fallback,
     /// where the document's own issuer is taken once it passes the URL
-    /// policy.
+    /// policy. With `auth_server_metadata_url` set, that document alone
+    /// is fetched, and its own issuer is taken the same way.
     async fn fetch_metadata(
         &self,
         issuer: Option<&str>,
         issuer_url: &Url,
         server: &Url,
         pkce: bool,
+        settings: &ServerSettings,
     ) -> Result<Option<AuthServerMetadata>, OAuthError> {
-        for url in metadata_candidates(issuer_url) {
+        let candidates = match &settings.auth_server_metadata_url {
+            Some(url) => vec![checked_for(
+                "auth_server_metadata_url",
+                url.as_str(),
+                server,
+            )?],
+            None => metadata_candidates(issuer_url),
+        };
+        for url in candidates {
             let (mut metadata, at) = match self
                 .get_json_from::<AuthServerMetadata>(&url, server)
                 .await?
@@ -331,10 +434,11 @@ impl HttpClient {
                 metadata.issuer_implied = true;
             }
             match issuer {
-                Some(issuer) if metadata.issuer != issuer => {
+                Some(issuer) if !same_issuer(issuer, &metadata.issuer) => {
                     return Err(OAuthError::IssuerMismatch {
                         expected: issuer.to_string(),
                         found: metadata.issuer.chars().take(200).collect(),
+                        metadata_url: display_url(&url),
                     });
                 }
                 Some(_) => {}
@@ -342,14 +446,8 @@ impl HttpClient {
                     checked_for("authorization server issuer", &metadata.issuer, server)?;
                 }
             }
-            let s256 = metadata
-                .code_challenge_methods_supported
-                .as_ref()
-                .is_some_and(|m| m.iter().any(|m| m == "S256"));
-            if pkce && !s256 {
-                return Err(OAuthError::PkceUnsupported {
-                    issuer: metadata.issuer.clone(),
-                });
+            if pkce && !pkce_s256_ok(&metadata, &settings.in_force(&metadata.issuer)) {
+                return Err(pkce_refusal(&metadata));
             }
             check_endpoints(&metadata, server)?;
             return Ok(Some(metadata));
@@ -368,10 +466,14 @@ impl HttpClient {
         challenge: Option<BearerChallenge>,
         now_ms: i64,
         pkce: bool,
+        settings: &ServerSettings,
     ) -> Result<Discovered, OAuthError> {
         let origin = origin_of(server);
         let origin_url = checked("authorization server", &origin)?;
-        let (metadata, source) = match self.fetch_metadata(None, &origin_url, server, pkce).await? {
+        let (metadata, source) = match self
+            .fetch_metadata(None, &origin_url, server, pkce, settings)
+            .await?
+        {
             Some(m) => (m, DiscoverySource::LegacyMetadata),
             None => {
                 if !matches!(status, 401 | 403) {
@@ -394,6 +496,7 @@ impl HttpClient {
         Ok(Discovered {
             discovery: Discovery {
                 resource: canonical_resource(server),
+                settings: settings.in_force(&metadata.issuer),
                 issuer: metadata.issuer.clone(),
                 metadata,
                 resource_scopes: Vec::new(),
@@ -532,6 +635,61 @@ mod tests {
         assert!(
             e.contains("token_endpoint") && e.contains("evil.example.com"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn an_issuer_differing_only_by_the_slash_of_an_empty_path_is_the_same() {
+        assert!(same_issuer(
+            "https://accounts.google.com/",
+            "https://accounts.google.com"
+        ));
+        assert!(same_issuer(
+            "https://accounts.google.com",
+            "https://accounts.google.com/"
+        ));
+        assert!(same_issuer(
+            "https://a.example:8443/",
+            "https://a.example:8443"
+        ));
+        for (a, b) in [
+            ("https://as.example/t1/", "https://as.example/t1"),
+            ("https://as.example//", "https://as.example/"),
+            ("https://as.example//", "https://as.example"),
+            ("https://as.example/", "https://other.example"),
+            ("https://as.example/?", "https://as.example"),
+            ("https://AS.example/", "https://as.example"),
+            ("https://as.example/", "https://as.example/x"),
+        ] {
+            assert!(!same_issuer(a, b), "{a} {b}");
+            assert!(!same_issuer(b, a), "{b} {a}");
+        }
+    }
+
+    #[test]
+    fn pkce_is_assumed_only_when_no_method_is_listed_and_the_setting_says_so() {
+        let assume = SettingsInForce {
+            assume_pkce_s256: true,
+            ..Default::default()
+        };
+        let spec = SettingsInForce::default();
+        let unlisted = AuthServerMetadata::default();
+        assert!(!pkce_s256_ok(&unlisted, &spec));
+        assert!(pkce_s256_ok(&unlisted, &assume));
+        let plain_only = AuthServerMetadata {
+            code_challenge_methods_supported: Some(vec!["plain".into()]),
+            ..Default::default()
+        };
+        assert!(!pkce_s256_ok(&plain_only, &assume));
+        assert!(
+            pkce_refusal(&unlisted)
+                .to_string()
+                .contains("assume_pkce_s256")
+        );
+        assert!(
+            !pkce_refusal(&plain_only)
+                .to_string()
+                .contains("assume_pkce_s256")
         );
     }
 

@@ -56,7 +56,8 @@ pub fn select_scopes(
     scopes
 }
 
-/// Builds the authorization URL (PKCE S256, state, resource, scope).
+/// Builds the authorization URL (PKCE S256, state, resource, scope), and
+/// the extra parameters of `authorization_params`.
 pub fn authorization_url(
     discovery: &Discovery,
     client_id: &str,
@@ -78,11 +79,18 @@ pub fn authorization_url(
             .append_pair("code_challenge_method", "S256")
             .append_pair("state", state);
         // Empty only for an identity provider's own login (OIDC).
-        if !discovery.resource.is_empty() {
-            q.append_pair("resource", &discovery.resource);
+        if let Some(resource) = discovery.resource_to_send() {
+            q.append_pair("resource", resource);
         }
         if !scopes.is_empty() {
             q.append_pair("scope", &scopes.join(" "));
+        }
+        // `authorization_params`: never one of the broker's own (the
+        // config refuses them; this holds whatever the record says).
+        for (name, value) in &discovery.settings.authorization_params {
+            if !crate::config::RESERVED_AUTHORIZATION_PARAMS.contains(&name.as_str()) {
+                q.append_pair(name, value);
+            }
         }
     }
     Ok(url)
@@ -139,7 +147,7 @@ pub enum CallbackError {
     )]
     IssuerMismatch { expected: String, found: String },
     #[error(
-        "the authorization server promised an iss parameter but the callback has none; refusing it"
+        "the authorization server promised an iss parameter but the callback has none; refusing it (only if you trust this server, set allow_missing_iss = true for it in config.toml)"
     )]
     IssuerMissing,
     #[error("the authorization server refused: {error}{}", description.as_deref().map(|d| format!(" ({d})")).unwrap_or_default())]
@@ -202,6 +210,7 @@ mod tests {
             },
             resource_scopes: resource_scopes.iter().map(|s| s.to_string()).collect(),
             source: DiscoverySource::ProtectedResource,
+            settings: Default::default(),
             discovered_at_ms: 0,
         }
     }
@@ -245,6 +254,40 @@ mod tests {
         assert_eq!(select_scopes(&[], None, &unlisted), ["a"]);
         // Never the only scope: that would change what the AS grants.
         assert!(select_scopes(&[], None, &discovery(Some(&["offline_access"]), &[])).is_empty());
+    }
+
+    #[test]
+    fn authorization_params_add_and_never_override() {
+        let mut d = discovery(None, &[]);
+        d.settings.authorization_params = vec![
+            ("access_type".into(), "offline".into()),
+            ("state".into(), "forged".into()),
+            ("resource".into(), "https://elsewhere.example".into()),
+        ];
+        d.settings.send_resource = false;
+        let url = authorization_url(
+            &d,
+            "cid",
+            "chal",
+            "st",
+            &s(&["a"]),
+            "http://127.0.0.1:5/callback",
+        )
+        .unwrap();
+        let pairs: Vec<(String, String)> = url.query_pairs().into_owned().collect();
+        let all = |k: &str| {
+            pairs
+                .iter()
+                .filter(|(n, _)| n == k)
+                .map(|(_, v)| v.as_str())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(all("access_type"), ["offline"]);
+        assert_eq!(all("state"), ["st"]);
+        assert!(
+            all("resource").is_empty(),
+            "send_resource = false, and never from the params"
+        );
     }
 
     #[test]

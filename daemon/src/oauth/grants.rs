@@ -8,7 +8,8 @@
 //! - token exchange (RFC 8693) at an identity provider: an ID token for
 //!   an ID-JAG (enterprise-managed authorization).
 //!
-//! Every request carries `resource` (RFC 8707), as the code exchange and
+//! Every request carries `resource` (RFC 8707) unless `send_resource =
+//! false`, as the code exchange and
 //! the refresh do. Server text in errors is sanitised and stripped of
 //! everything sent.
 
@@ -95,10 +96,10 @@ impl HttpClient {
         scopes: &[String],
     ) -> Result<TokenSet, OAuthError> {
         let scope = scope_param(scopes);
-        let mut form = vec![
-            ("grant_type", GRANT_CLIENT_CREDENTIALS),
-            ("resource", discovery.resource.as_str()),
-        ];
+        let mut form = vec![("grant_type", GRANT_CLIENT_CREDENTIALS)];
+        if let Some(resource) = discovery.resource_to_send() {
+            form.push(("resource", resource));
+        }
         if let Some(scope) = &scope {
             form.push(("scope", scope));
         }
@@ -117,8 +118,10 @@ impl HttpClient {
         let mut form = vec![
             ("grant_type", GRANT_JWT_BEARER),
             ("assertion", assertion.expose()),
-            ("resource", discovery.resource.as_str()),
         ];
+        if let Some(resource) = discovery.resource_to_send() {
+            form.push(("resource", resource));
+        }
         if let Some(scope) = &scope {
             form.push(("scope", scope));
         }
@@ -194,7 +197,10 @@ impl HttpClient {
             })?;
         let url = checked("device authorization endpoint", endpoint)?;
         let scope = scope_param(scopes);
-        let mut form = vec![("resource", discovery.resource.as_str())];
+        let mut form = Vec::new();
+        if let Some(resource) = discovery.resource_to_send() {
+            form.push(("resource", resource));
+        }
         if let Some(scope) = &scope {
             form.push(("scope", scope));
         }
@@ -254,11 +260,13 @@ impl HttpClient {
         auth: &ClientAuth<'_>,
         device_code: &Secret,
     ) -> Result<DevicePoll, OAuthError> {
-        let form = vec![
+        let mut form = vec![
             ("grant_type", GRANT_DEVICE_CODE),
             ("device_code", device_code.expose()),
-            ("resource", discovery.resource.as_str()),
         ];
+        if let Some(resource) = discovery.resource_to_send() {
+            form.push(("resource", resource));
+        }
         match self
             .token_request_as(discovery, auth, form, &[device_code.expose()])
             .await

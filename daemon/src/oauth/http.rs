@@ -40,9 +40,13 @@ pub enum Fetched<T> {
     Missing(u16),
 }
 
+/// The HTTP client, shared by every clone; rebuilt when the network
+/// settings of config.toml (`proxy`, `ca_file`) change.
 #[derive(Clone)]
 pub struct HttpClient {
-    client: reqwest::Client,
+    client: std::sync::Arc<std::sync::RwLock<reqwest::Client>>,
+    timeout: Duration,
+    network: std::sync::Arc<std::sync::Mutex<crate::config::Network>>,
 }
 
 /// The URL without query or fragment, for messages.
@@ -80,6 +84,41 @@ pub fn checked_for(what: &'static str, raw: &str, server: &Url) -> Result<Url, O
     Ok(url)
 }
 
+/// Builds the reqwest client: no redirects followed, the timeouts, and
+/// the configured proxy (hosts in `NO_PROXY` excepted) and extra trusted
+/// authorities.
+fn build(timeout: Duration, network: &crate::config::Network) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(CONNECT_TIMEOUT.min(timeout))
+        .timeout(timeout)
+        .user_agent(concat!("mcpauth/", env!("CARGO_PKG_VERSION")));
+    if let Some(proxy) = &network.proxy {
+        let proxy = reqwest::Proxy::all(proxy.expose())
+            .map_err(|_| "proxy is not a URL reqwest can use".to_string())?
+            .no_proxy(reqwest::NoProxy::from_env());
+        builder = builder.proxy(proxy);
+    }
+    if let Some(path) = &network.ca_file {
+        let pem = std::fs::read(path)
+            .map_err(|e| format!("cannot read ca_file {}: {e}", path.display()))?;
+        let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| format!("ca_file {} holds no PEM certificate: {e}", path.display()))?;
+        if certificates.is_empty() {
+            return Err(format!(
+                "ca_file {} holds no PEM certificate",
+                path.display()
+            ));
+        }
+        for certificate in certificates {
+            builder = builder.add_root_certificate(certificate);
+        }
+    }
+    builder
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))
+}
+
 impl Default for HttpClient {
     fn default() -> Self {
         Self::new()
@@ -93,14 +132,33 @@ impl HttpClient {
 
     /// A client whose requests time out after `timeout` in all.
     pub fn with_timeout(timeout: Duration) -> Self {
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(CONNECT_TIMEOUT.min(timeout))
-            .timeout(timeout)
-            .user_agent(concat!("mcpauth/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .expect("the HTTP client builds");
-        Self { client }
+        let client =
+            build(timeout, &crate::config::Network::default()).expect("the HTTP client builds");
+        Self {
+            client: std::sync::Arc::new(std::sync::RwLock::new(client)),
+            timeout,
+            network: Default::default(),
+        }
+    }
+
+    /// The client for one request (a cheap handle).
+    fn client(&self) -> reqwest::Client {
+        self.client.read().unwrap().clone()
+    }
+
+    /// Uses `network` (config.toml's `proxy` and `ca_file`) from now on,
+    /// if it is not what is in use. On an error (an unreadable CA file)
+    /// the client in use stays, and the error says why, without the
+    /// proxy's URL (it may hold a password).
+    pub fn use_network(&self, network: &crate::config::Network) -> Result<bool, String> {
+        let mut current = self.network.lock().unwrap();
+        if *current == *network {
+            return Ok(false);
+        }
+        let client = build(self.timeout, network)?;
+        *self.client.write().unwrap() = client;
+        *current = network.clone();
+        Ok(true)
     }
 
     async fn read(url: &Url, mut response: reqwest::Response) -> Result<Response, OAuthError> {
@@ -200,7 +258,7 @@ impl HttpClient {
                 source,
             })?;
             let request = self
-                .client
+                .client()
                 .get(current.clone())
                 .header("Accept", "application/json");
             match self.send(&current, request).await {
@@ -238,7 +296,7 @@ impl HttpClient {
         basic: Option<(&str, &str)>,
     ) -> Result<Response, OAuthError> {
         let mut request = self
-            .client
+            .client()
             .post(url.clone())
             .header("Accept", "application/json")
             .form(form);
@@ -267,7 +325,7 @@ impl HttpClient {
             source,
         })?;
         let response = self
-            .client
+            .client()
             .post(server.clone())
             .header("Accept", "application/json, text/event-stream")
             .header("Content-Type", "application/json")
@@ -293,7 +351,7 @@ impl HttpClient {
         extra_headers: &[(&str, &str)],
     ) -> Result<Response, OAuthError> {
         let mut request = self
-            .client
+            .client()
             .post(url.clone())
             .header("Accept", "application/json, text/event-stream")
             .json(body);

@@ -10,6 +10,8 @@
 //! - `challenge`: `WWW-Authenticate` parsing.
 //! - `http`: the HTTP client (timeouts, 1 MiB cap, redirect rules).
 //! - `discovery`: PRM (RFC 9728) and AS metadata (RFC 8414 / OIDC).
+//! - `doctor`: discovery and registration walked step by step, for
+//!   `mcpauthctl doctor`, with the fix for each problem.
 //! - `registration`: configured client, CIMD, or DCR (RFC 7591).
 //! - `flow`: PKCE authorization requests and callback validation (RFC 9207).
 //! - `token`: code exchange, refresh, revocation (RFC 6749, 7009, 8707),
@@ -22,6 +24,7 @@
 
 pub mod challenge;
 pub mod discovery;
+pub mod doctor;
 pub mod flow;
 pub mod grants;
 pub mod http;
@@ -71,13 +74,29 @@ pub enum OAuthError {
     #[error("no authorization server metadata found for {issuer}")]
     NoMetadata { issuer: String },
     #[error(
-        "the authorization server metadata says issuer {found:?}, but it was fetched for {expected:?}; refusing it"
+        "the authorization server metadata says issuer {found:?}, but it was fetched for {expected:?}; refusing it (only if you trust this server, set auth_server_metadata_url = \"{metadata_url}\" for it in config.toml)"
     )]
-    IssuerMismatch { expected: String, found: String },
+    IssuerMismatch {
+        expected: String,
+        found: String,
+        /// The document that named `found`.
+        metadata_url: String,
+    },
     #[error(
-        "the authorization server {issuer} does not support PKCE with S256; refusing to use it"
+        "the identity provider's metadata says issuer {found:?}, not {configured:?}; if that is your identity provider, set issuer = {found:?} in its [identity_providers] section of config.toml, exactly as the metadata names it"
     )]
-    PkceUnsupported { issuer: String },
+    IdpIssuerMismatch { configured: String, found: String },
+    #[error(
+        "the authorization server {issuer} {}; refusing to use it{}",
+        if *unlisted { "lists no PKCE methods (no code_challenge_methods_supported)" } else { "does not support PKCE with S256" },
+        if *unlisted { " (only if you trust this server, set assume_pkce_s256 = true for it in config.toml: S256 is still used)" } else { "" }
+    )]
+    PkceUnsupported {
+        issuer: String,
+        /// The metadata lists no methods at all (Entra, Cognito), rather
+        /// than methods without S256.
+        unlisted: bool,
+    },
     #[error(
         "{issuer} offers no way for mcpauthd to register: set client_id (mcpauthctl add NAME URL --client-id ID) or client_metadata_url in config.toml"
     )]
@@ -99,6 +118,16 @@ pub enum OAuthError {
         error: String,
         description: Option<String>,
         retry_after_secs: Option<u64>,
+        /// The HTTP status it came with (Slack answers errors with 200).
+        status: u16,
+    },
+    /// A 4xx without an OAuth error: a refusal, not an outage. `message`
+    /// is what the body said (`message`, `error_code`, ...), sanitised.
+    #[error("{url} refused with HTTP {status}{}", message.as_deref().map(|m| format!(" ({m})")).unwrap_or_default())]
+    Refused {
+        url: String,
+        status: u16,
+        message: Option<String>,
     },
     #[error("unsupported token type {0:?} (only Bearer is supported)")]
     UnsupportedTokenType(String),
@@ -144,16 +173,68 @@ impl OAuthError {
     /// that are not an OAuth answer at all (an error page, a redirect, a
     /// body cut off, not JSON, too large): the server, or something in
     /// front of it, is in trouble, and says nothing about the grant.
+    ///
+    /// A 4xx (but 429) is never an outage: the server understood and
+    /// refused ([`OAuthError::Refused`], or an OAuth error).
     pub fn is_transient(&self) -> bool {
+        let outage = |status: u16| status >= 500 || status == 429;
         match self {
             OAuthError::Unreachable { .. }
-            | OAuthError::Status { .. }
             | OAuthError::Redirect { .. }
             | OAuthError::TooLarge { .. }
             | OAuthError::NotJson { .. }
             | OAuthError::BadDocument { .. } => true,
-            OAuthError::Token { error, .. } => error == "temporarily_unavailable",
+            OAuthError::Status { status, .. } => !(400..500).contains(status) || outage(*status),
+            OAuthError::Token { error, status, .. } => {
+                error == "temporarily_unavailable" || outage(*status)
+            }
             _ => false,
+        }
+    }
+
+    /// What a token endpoint's failure says about the grant and the
+    /// client: an outage, the grant gone, the client unknown, or none of
+    /// these. Only outages are retried.
+    pub fn token_failure(&self) -> TokenFailure {
+        if self.is_transient() {
+            return TokenFailure::Outage;
+        }
+        match self {
+            OAuthError::Token { error, .. } => match error.as_str() {
+                // `unauthorized_client`: the client may not use this grant
+                // (any more); the grant is as good as gone, the client is
+                // not unknown.
+                "invalid_grant" | "unauthorized_client" => TokenFailure::GrantGone,
+                "invalid_client" => TokenFailure::ClientUnknown,
+                _ => TokenFailure::Other,
+            },
+            OAuthError::Refused {
+                message: Some(m), ..
+            } => {
+                let m = m.to_ascii_lowercase();
+                let about_client = m.contains("client");
+                let gone = [
+                    "unrecognized",
+                    "unrecognised",
+                    "unknown",
+                    "not found",
+                    "not_found",
+                    "invalid",
+                    "no such",
+                    "does not exist",
+                    "revoked",
+                    "expired",
+                ]
+                .iter()
+                .any(|w| m.contains(w));
+                let about_grant = ["refresh", "grant"].iter().any(|w| m.contains(w));
+                match (about_client, about_grant, gone) {
+                    (_, true, true) => TokenFailure::GrantGone,
+                    (true, false, true) => TokenFailure::ClientUnknown,
+                    _ => TokenFailure::Other,
+                }
+            }
+            _ => TokenFailure::Other,
         }
     }
 
@@ -169,6 +250,24 @@ impl OAuthError {
             _ => None,
         }
     }
+}
+
+/// What a failed token request means (see [`OAuthError::token_failure`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenFailure {
+    /// Network trouble, 5xx, 429, or an answer that is no answer: retried
+    /// with backoff, nothing changes.
+    Outage,
+    /// `invalid_grant`, `unauthorized_client`, or a refusal naming the
+    /// refresh token or grant (Supabase's `refresh_token_not_found`):
+    /// login required.
+    GrantGone,
+    /// `invalid_client`, or a refusal naming the client (Supabase's
+    /// `422 Unrecognized client_id`): login required, and a registration
+    /// the broker made is dropped.
+    ClientUnknown,
+    /// Another refusal.
+    Other,
 }
 
 /// Makes a server-provided string safe to show: bounded, single-line, and

@@ -81,15 +81,25 @@ pub fn parse_token_response(
     response: &Response,
     sent: &[&str],
 ) -> Result<TokenSet, OAuthError> {
+    // Judged by the body: an `error` member is an OAuth error whatever the
+    // status (Slack answers HTTP 200 `{"ok": false, "error": ...}`).
+    if let Ok(err) = serde_json::from_slice::<RawError>(&response.body) {
+        return Err(OAuthError::Token {
+            error: sanitize(&err.error, sent),
+            description: err
+                .error_description
+                .map(|d| sanitize(&d, sent))
+                .filter(|d| !d.is_empty()),
+            retry_after_secs: response.retry_after_secs,
+            status: response.status,
+        });
+    }
     if !(200..300).contains(&response.status) {
-        if let Ok(err) = serde_json::from_slice::<RawError>(&response.body) {
-            return Err(OAuthError::Token {
-                error: sanitize(&err.error, sent),
-                description: err
-                    .error_description
-                    .map(|d| sanitize(&d, sent))
-                    .filter(|d| !d.is_empty()),
-                retry_after_secs: response.retry_after_secs,
+        if (400..500).contains(&response.status) && response.status != 429 {
+            return Err(OAuthError::Refused {
+                url: display_url(url),
+                status: response.status,
+                message: refusal_message(&response.body, sent),
             });
         }
         return Err(OAuthError::Status {
@@ -130,6 +140,25 @@ pub fn parse_token_response(
             .map(|s| s.split_whitespace().map(str::to_string).collect()),
         id_token: raw.id_token.filter(|t| !t.is_empty()).map(Secret::new),
     })
+}
+
+/// What a non-OAuth JSON refusal says, from the members servers use
+/// (`message`, `error_code`, `msg`, `detail`, `error_description`); none
+/// for a body that is not JSON (an error page).
+fn refusal_message(body: &[u8], sent: &[&str]) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let said: Vec<&str> = [
+        "error_code",
+        "message",
+        "msg",
+        "detail",
+        "error_description",
+    ]
+    .iter()
+    .filter_map(|k| value.get(k).and_then(|v| v.as_str()))
+    .collect();
+    let text = sanitize(&said.join(": "), sent);
+    (!text.is_empty()).then_some(text)
 }
 
 /// What became of one token at the revocation endpoint (RFC 7009).
@@ -191,7 +220,7 @@ fn client_not_recognised(e: &OAuthError) -> bool {
                         .as_deref()
                         .is_some_and(|d| d.to_ascii_lowercase().contains("client")))
         }
-        OAuthError::Status { status, .. } => *status == 401,
+        OAuthError::Status { status, .. } | OAuthError::Refused { status, .. } => *status == 401,
         _ => false,
     }
 }
@@ -353,10 +382,11 @@ impl HttpClient {
             ("redirect_uri", redirect_uri),
             ("code_verifier", verifier.expose()),
         ];
-        // Empty only for an identity provider's own login (OIDC), which
-        // is about the person, not about a resource.
-        if !discovery.resource.is_empty() {
-            form.push(("resource", discovery.resource.as_str()));
+        // None for an identity provider's own login (OIDC), which is
+        // about the person, not about a resource, or with
+        // `send_resource = false`.
+        if let Some(resource) = discovery.resource_to_send() {
+            form.push(("resource", resource));
         }
         let (tokens, auth_method) = self
             .token_request(
@@ -390,8 +420,10 @@ impl HttpClient {
             let mut fields = vec![
                 ("grant_type", "refresh_token"),
                 ("refresh_token", refresh_token.expose()),
-                ("resource", discovery.resource.as_str()),
             ];
+            if let Some(resource) = discovery.resource_to_send() {
+                fields.push(("resource", resource));
+            }
             if form == RefreshScope::Sent {
                 fields.push(("scope", scope.as_str()));
             }
@@ -547,6 +579,7 @@ mod tests {
         assert!(shown.contains("[redacted]"), "{shown}");
         let err = parse_token_response(&url(), &response(503, "oops"), &[]).unwrap_err();
         assert!(err.is_transient());
+        assert_eq!(err.token_failure(), crate::oauth::TokenFailure::Outage);
         assert!(
             parse_token_response(
                 &url(),
@@ -554,6 +587,59 @@ mod tests {
                 &[]
             )
             .is_err()
+        );
+    }
+
+    #[test]
+    fn failures_are_judged_by_the_body_and_classified() {
+        use crate::oauth::TokenFailure::*;
+        let kind = |status: u16, body: &str| match parse_token_response(
+            &url(),
+            &response(status, body),
+            &["rt-secret"],
+        ) {
+            Ok(_) => None,
+            Err(e) => Some(e.token_failure()),
+        };
+        // Slack: errors with HTTP 200.
+        assert_eq!(
+            kind(200, r#"{"ok":false,"error":"invalid_grant"}"#),
+            Some(GrantGone)
+        );
+        assert_eq!(
+            kind(200, r#"{"ok":false,"error":"invalid_client"}"#),
+            Some(ClientUnknown)
+        );
+        // Supabase: 201 is success, and its refusals are not RFC 6749.
+        assert_eq!(kind(201, r#"{"access_token":"a"}"#), None);
+        assert_eq!(
+            kind(422, r#"{"message":"Unrecognized client_id"}"#),
+            Some(ClientUnknown)
+        );
+        assert_eq!(
+            kind(
+                400,
+                r#"{"error_code":"refresh_token_not_found","msg":"Invalid Refresh Token: rt-secret"}"#
+            ),
+            Some(GrantGone)
+        );
+        // Outages only: network, 5xx, 429.
+        assert_eq!(kind(500, "<html>"), Some(Outage));
+        assert_eq!(kind(429, "slow down"), Some(Outage));
+        assert_eq!(kind(503, r#"{"error":"server_error"}"#), Some(Outage));
+        assert_eq!(kind(400, "<html>bad</html>"), Some(Other));
+        assert_eq!(kind(403, r#"{"message":"forbidden"}"#), Some(Other));
+        assert_eq!(kind(400, r#"{"error":"invalid_request"}"#), Some(Other));
+        let shown = parse_token_response(
+            &url(),
+            &response(400, r#"{"error_code":"refresh_token_not_found","msg":"Invalid Refresh Token: rt-secret"}"#),
+            &["rt-secret"],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            shown.contains("refresh_token_not_found") && !shown.contains("rt-secret"),
+            "{shown}"
         );
     }
 
