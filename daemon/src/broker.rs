@@ -660,7 +660,7 @@ impl Broker {
             .servers
             .get(&name)
             .cloned()
-            .ok_or_else(|| BrokerError::NotFound(name.to_string()))?;
+            .ok_or_else(|| self.not_found(&name))?;
         Ok(self.http.diagnose(name.as_str(), &server).await)
     }
 

@@ -1346,6 +1346,7 @@ async fn a_fifo_as_a_credential_file_is_refused_at_once() {
     assert!(started.elapsed() < Duration::from_secs(5));
     assert_ne!(again.code(), 0);
     env.ctl(&["status"]).ok();
+}
 
 /// An identity provider's issuer is the one config.toml names, exactly:
 /// not even the '/' of an empty path is overlooked (ID tokens and `iss`
