@@ -819,3 +819,132 @@ async fn another_4xx_is_a_refusal_not_an_outage() {
             .is_success()
     );
 }
+
+/// A real forward proxy, Debian's tinyproxy, installed by
+/// tests/proxy/install.sh (apt) on first use, on loopback.
+struct Tinyproxy {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+    port: u16,
+}
+
+impl Tinyproxy {
+    fn start(env: &TestEnv) -> Self {
+        {
+            let lock =
+                std::fs::File::create(std::env::temp_dir().join("mcpauth-proxy-install.lock"))
+                    .unwrap();
+            let _guard = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+                .map_err(|(_, e)| e)
+                .unwrap();
+            let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("proxy/install.sh");
+            let status = std::process::Command::new(script)
+                .stdout(std::process::Stdio::null())
+                .status()
+                .expect("tests/proxy/install.sh");
+            assert!(status.success(), "tests/proxy/install.sh failed");
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = env.root.path().join("tinyproxy");
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("log");
+        let conf = dir.join("conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "Port {port}\nListen 127.0.0.1\nTimeout 30\nAllow 127.0.0.1\nLogLevel Info\n\
+                 LogFile \"{}\"\nMaxClients 20\nDisableViaHeader Yes\n",
+                log.display()
+            ),
+        )
+        .unwrap();
+        let child = std::process::Command::new("tinyproxy")
+            .args(["-d", "-c"])
+            .arg(&conf)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("tinyproxy");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "tinyproxy did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Self { child, log, port }
+    }
+
+    /// The connections it opened, as `host:port`.
+    fn connections(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split("opensock: opening connection to ").nth(1))
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for Tinyproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// config.toml's `proxy` with a real forward proxy (tinyproxy), and a
+/// daemon started the way a host with a filtered environment starts it
+/// (HOME and PATH only, no proxy variables): the login, the refresh and
+/// the token check all go through the proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_forward_proxy_carries_a_daemon_started_with_home_and_path_only() {
+    let server = AuthServer::start(Switches::default()).await;
+    let env = TestEnv::new();
+    let proxy = Tinyproxy::start(&env);
+    env.write_config(&format!(
+        "proxy = \"http://127.0.0.1:{}\"\n\n[servers.s]\nurl = \"{}\"\n",
+        proxy.port, server.mcp_url
+    ));
+    let mut cmd = std::process::Command::new(mcpauth_tests::bin("mcpauthd"));
+    cmd.env_clear()
+        .env("HOME", env.home())
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .arg("--socket")
+        .arg(env.socket());
+    let _daemon = env.spawn_daemon(&mut cmd).unwrap();
+    let out = env.ctl(&["login", "s"]);
+    assert_eq!(
+        out.code(),
+        0,
+        "{}\n{}",
+        out.stderr(),
+        std::fs::read_to_string(&proxy.log).unwrap_or_default()
+    );
+    env.ctl(&["refresh", "s"]).ok();
+    assert!(
+        authorized_call(&env, "s", &server.mcp_url)
+            .await
+            .is_success()
+    );
+    assert_eq!(server.token_requests("authorization_code").len(), 1);
+    assert_eq!(server.token_requests("refresh_token").len(), 1);
+    let as_host = server
+        .mcp_url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let through = proxy.connections();
+    assert!(
+        through.iter().filter(|c| **c == as_host).count() >= 4,
+        "discovery, registration, code exchange and refresh through the proxy: {through:?}"
+    );
+}

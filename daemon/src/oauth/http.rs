@@ -97,7 +97,10 @@ fn build(timeout: Duration, network: &crate::config::Network) -> Result<reqwest:
         let proxy = reqwest::Proxy::all(proxy.expose())
             .map_err(|_| "proxy is not a URL reqwest can use".to_string())?
             .no_proxy(reqwest::NoProxy::from_env());
-        builder = builder.proxy(proxy);
+        // Proxies close a plain-HTTP connection after its request when
+        // they like (tinyproxy does, without saying so): a pooled one
+        // would fail the next request. The daemon's requests are few.
+        builder = builder.proxy(proxy).pool_max_idle_per_host(0);
     }
     if let Some(path) = &network.ca_file {
         let pem = std::fs::read(path)
