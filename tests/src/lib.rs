@@ -88,6 +88,20 @@ impl TestEnv {
         std::fs::set_permissions(self.socket_dir(), std::fs::Permissions::from_mode(mode)).unwrap();
     }
 
+    /// An MCP request to `url` with the token `token NAME` serves: what
+    /// the endpoint answered.
+    pub async fn authorized_call(&self, name: &str, url: &str) -> reqwest::StatusCode {
+        let token = self.ctl(&["token", name]).ok().trim().to_string();
+        reqwest::Client::new()
+            .post(url)
+            .bearer_auth(token)
+            .json(&serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    }
+
     /// A command with a cleared environment pointing at this home.
     pub fn command(&self, binary: &str) -> Command {
         let mut cmd = Command::new(bin(binary));
@@ -362,6 +376,40 @@ pub fn real_hosts() -> PathBuf {
         assert!(status.success(), "tests/hosts/install.sh failed");
     }
     bin
+}
+
+/// A TLS listener on 127.0.0.1 presenting `cert`: it shakes hands and
+/// answers 404.
+pub async fn tls_listener(cert: &rcgen::Certificate, key: &rcgen::KeyPair) -> u16 {
+    use std::sync::Arc;
+    use tokio_rustls::rustls;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                if let Ok(mut tls) = acceptor.accept(tcp).await {
+                    use tokio::io::AsyncWriteExt;
+                    let _ = tls
+                        .write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
+                        .await;
+                }
+            });
+        }
+    });
+    port
 }
 
 /// The official MCP Python SDK (PyPI `mcp`, pinned in tests/pysdk),

@@ -18,19 +18,6 @@ async fn logged_in(switches: Switches) -> (TestEnv, AuthServer, mcpauth_tests::D
     (env, server, daemon)
 }
 
-/// The token `token` serves, accepted by the MCP endpoint.
-async fn authorized_call(env: &TestEnv, url: &str) -> reqwest::StatusCode {
-    let token = env.ctl(&["token", "s"]).ok().trim().to_string();
-    reqwest::Client::new()
-        .post(url)
-        .bearer_auth(token)
-        .json(&serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}))
-        .send()
-        .await
-        .unwrap()
-        .status()
-}
-
 /// The `scope` of every registration request, in order.
 fn registered_scopes(server: &AuthServer) -> Vec<Option<String>> {
     server
@@ -51,9 +38,9 @@ async fn a_registration_carries_the_scopes_the_login_asks_for() {
         registered_scopes(&server),
         [Some("mcp:read mcp:write".to_string())]
     );
-    assert!(authorized_call(&env, &server.mcp_url).await.is_success());
+    assert!(env.authorized_call("s", &server.mcp_url).await.is_success());
     env.ctl(&["refresh", "s"]).ok();
-    assert!(authorized_call(&env, &server.mcp_url).await.is_success());
+    assert!(env.authorized_call("s", &server.mcp_url).await.is_success());
 
     // A login for more (a step-up, a changed config) registers once more,
     // for the union, and a later one for the same scopes does not.
@@ -69,7 +56,7 @@ async fn a_registration_carries_the_scopes_the_login_asks_for() {
         ]
     );
     assert_eq!(server.requests("/authorize").len(), 3);
-    assert!(authorized_call(&env, &server.mcp_url).await.is_success());
+    assert!(env.authorized_call("s", &server.mcp_url).await.is_success());
 }
 
 /// A registration kept from before scopes were recorded (here: the one a
@@ -137,7 +124,7 @@ async fn a_registration_refused_for_its_scope_is_made_again_once() {
         registered_scopes(&server),
         [Some("mcp:read mcp:write".to_string())]
     );
-    assert!(authorized_call(&env, &server.mcp_url).await.is_success());
+    assert!(env.authorized_call("s", &server.mcp_url).await.is_success());
     assert_eq!(server.requests("/authorize").len(), 2);
 }
 
@@ -163,7 +150,7 @@ async fn refreshes_take_the_form_the_server_accepts_and_remember_it() {
     let granted = Some("mcp:read mcp:write".to_string());
     env.ctl(&["refresh", "s"]).ok();
     assert_eq!(refresh_scopes(&server), [None, granted.clone()]);
-    assert!(authorized_call(&env, &server.mcp_url).await.is_success());
+    assert!(env.authorized_call("s", &server.mcp_url).await.is_success());
     env.ctl(&["refresh", "s"]).ok();
     assert_eq!(refresh_scopes(&server).len(), 3, "remembered: one request");
     assert_eq!(refresh_scopes(&server)[2], granted);
@@ -179,7 +166,7 @@ async fn refreshes_take_the_form_the_server_accepts_and_remember_it() {
         "{:?}",
         refresh_scopes(&server)
     );
-    assert!(authorized_call(&env, &server.mcp_url).await.is_success());
+    assert!(env.authorized_call("s", &server.mcp_url).await.is_success());
 
     // A revoked grant: one request, login required, no retry of the form.
     server.revoke_all_refresh_tokens();
@@ -203,12 +190,12 @@ async fn a_token_endpoint_that_reads_the_secret_from_the_form_gets_it_there() {
     assert_eq!(exchanges.len(), 2);
     assert!(exchanges[0].basic_auth.is_some() && !exchanges[0].form.contains_key("client_secret"));
     assert!(exchanges[1].basic_auth.is_none() && exchanges[1].form.contains_key("client_secret"));
-    assert!(authorized_call(&env, &server.mcp_url).await.is_success());
+    assert!(env.authorized_call("s", &server.mcp_url).await.is_success());
     env.ctl(&["refresh", "s"]).ok();
     let refreshes = server.token_requests("refresh_token");
     assert_eq!(refreshes.len(), 1, "the method that worked is remembered");
     assert!(refreshes[0].basic_auth.is_none());
-    assert!(authorized_call(&env, &server.mcp_url).await.is_success());
+    assert!(env.authorized_call("s", &server.mcp_url).await.is_success());
     // The secret went to the token endpoint only.
     let secret = exchanges[1].form["client_secret"].clone();
     for seen in server.seen() {
@@ -230,9 +217,9 @@ async fn metadata_with_relative_endpoints_and_no_issuer_at_the_servers_origin() 
         ..Default::default()
     })
     .await;
-    assert!(authorized_call(&env, &server.mcp_url).await.is_success());
+    assert!(env.authorized_call("s", &server.mcp_url).await.is_success());
     env.ctl(&["refresh", "s"]).ok();
-    assert!(authorized_call(&env, &server.mcp_url).await.is_success());
+    assert!(env.authorized_call("s", &server.mcp_url).await.is_success());
     assert_eq!(server.token_requests("refresh_token").len(), 1);
 }
 

@@ -357,38 +357,6 @@ async fn network_failures_say_what_kind_and_what_to_do() {
     }
 }
 
-/// A TLS listener on 127.0.0.1 presenting `cert`; it only shakes hands.
-async fn tls_listener(cert: &rcgen::Certificate, key: &rcgen::KeyPair) -> u16 {
-    use tokio_rustls::rustls;
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![cert.der().clone()],
-            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-        )
-        .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                if let Ok(mut tls) = acceptor.accept(tcp).await {
-                    use tokio::io::AsyncWriteExt;
-                    let _ = tls
-                        .write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
-                        .await;
-                }
-            });
-        }
-    });
-    port
-}
-
 /// The TLS checks a person meets: a certificate issued for another name
 /// (by an authority this machine trusts), one no trusted authority
 /// signed, and an expired one. Each says which check failed.
@@ -410,14 +378,14 @@ async fn tls_failures_say_which_check_failed() {
         .unwrap()
         .signed_by(&other_key, &issuer)
         .unwrap();
-    let wrong_name = tls_listener(&other, &other_key).await;
+    let wrong_name = mcpauth_tests::tls_listener(&other, &other_key).await;
     // For the right address by that authority, but long expired.
     let old_key = KeyPair::generate().unwrap();
     let mut old_params = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
     old_params.not_before = rcgen::date_time_ymd(2020, 1, 1);
     old_params.not_after = rcgen::date_time_ymd(2021, 1, 1);
     let old = old_params.signed_by(&old_key, &issuer).unwrap();
-    let expired = tls_listener(&old, &old_key).await;
+    let expired = mcpauth_tests::tls_listener(&old, &old_key).await;
     // For the right address, but signed by nobody the daemon trusts.
     let self_key = KeyPair::generate().unwrap();
     let mut self_params = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
@@ -426,7 +394,7 @@ async fn tls_failures_say_which_check_failed() {
         .distinguished_name
         .push(rcgen::DnType::CommonName, "a self-signed server");
     let self_signed = self_params.self_signed(&self_key).unwrap();
-    let unknown = tls_listener(&self_signed, &self_key).await;
+    let unknown = mcpauth_tests::tls_listener(&self_signed, &self_key).await;
 
     let mut cmd = env.command("mcpauthd");
     cmd.env("SSL_CERT_FILE", &bundle);

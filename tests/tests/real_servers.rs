@@ -13,19 +13,6 @@
 use mcpauth_tests::authserver::{AuthServer, IssMode, PrmMode, Switches};
 use mcpauth_tests::{CtlOutput, Daemon, TestEnv};
 
-/// The token `token NAME` serves, accepted by the MCP endpoint.
-async fn authorized_call(env: &TestEnv, name: &str, url: &str) -> reqwest::StatusCode {
-    let token = env.ctl(&["token", name]).ok().trim().to_string();
-    reqwest::Client::new()
-        .post(url)
-        .bearer_auth(token)
-        .json(&serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}))
-        .send()
-        .await
-        .unwrap()
-        .status()
-}
-
 /// `add`, `login`, `token`, a forced `refresh` and an authorized call,
 /// each succeeding; returns the daemon.
 async fn works_end_to_end(server: &AuthServer) -> (TestEnv, Daemon) {
@@ -34,17 +21,9 @@ async fn works_end_to_end(server: &AuthServer) -> (TestEnv, Daemon) {
     env.ctl(&["add", "s", &server.mcp_url]).ok();
     let out = env.ctl(&["login", "s"]);
     assert_eq!(out.code(), 0, "login: {}", out.stderr());
-    assert!(
-        authorized_call(&env, "s", &server.mcp_url)
-            .await
-            .is_success()
-    );
+    assert!(env.authorized_call("s", &server.mcp_url).await.is_success());
     env.ctl(&["refresh", "s"]).ok();
-    assert!(
-        authorized_call(&env, "s", &server.mcp_url)
-            .await
-            .is_success()
-    );
+    assert!(env.authorized_call("s", &server.mcp_url).await.is_success());
     (env, daemon)
 }
 
@@ -166,11 +145,7 @@ async fn an_error_in_a_200_is_an_oauth_error() {
     assert_eq!(again.code(), 4, "{}", again.stderr());
     assert_eq!(server.token_requests("refresh_token").len(), 2);
     env.ctl(&["login", "s"]).ok();
-    assert!(
-        authorized_call(&env, "s", &server.mcp_url)
-            .await
-            .is_success()
-    );
+    assert!(env.authorized_call("s", &server.mcp_url).await.is_success());
     assert_eq!(server.requests("/register").len(), 1, "same client");
 }
 
@@ -202,17 +177,9 @@ async fn a_client_the_server_no_longer_knows_is_registered_again_once() {
     let out = env.ctl(&["login", "s"]);
     assert_eq!(out.code(), 0, "{}", out.stderr());
     assert_eq!(server.requests("/register").len(), 2, "registered once");
-    assert!(
-        authorized_call(&env, "s", &server.mcp_url)
-            .await
-            .is_success()
-    );
+    assert!(env.authorized_call("s", &server.mcp_url).await.is_success());
     env.ctl(&["refresh", "s"]).ok();
-    assert!(
-        authorized_call(&env, "s", &server.mcp_url)
-            .await
-            .is_success()
-    );
+    assert!(env.authorized_call("s", &server.mcp_url).await.is_success());
     assert_eq!(server.requests("/register").len(), 2);
     assert_eq!(server.requests("/authorize").len(), 2);
 }
@@ -236,11 +203,7 @@ async fn a_login_that_never_comes_back_does_not_leave_a_dead_registration() {
         .unwrap();
     env.ctl(&["add", "s", &server.mcp_url]).ok();
     env.ctl(&["login", "s"]).ok();
-    assert!(
-        authorized_call(&env, "s", &server.mcp_url)
-            .await
-            .is_success()
-    );
+    assert!(env.authorized_call("s", &server.mcp_url).await.is_success());
     server.forget_clients();
     let out = env.ctl(&["login", "s"]);
     assert_eq!(out.code(), 1, "{}", out.stderr());
@@ -254,17 +217,9 @@ async fn a_login_that_never_comes_back_does_not_leave_a_dead_registration() {
     let out = env.ctl(&["login", "s"]);
     assert_eq!(out.code(), 0, "{}", out.stderr());
     assert_eq!(server.requests("/register").len(), 2, "registered once");
-    assert!(
-        authorized_call(&env, "s", &server.mcp_url)
-            .await
-            .is_success()
-    );
+    assert!(env.authorized_call("s", &server.mcp_url).await.is_success());
     env.ctl(&["refresh", "s"]).ok();
-    assert!(
-        authorized_call(&env, "s", &server.mcp_url)
-            .await
-            .is_success()
-    );
+    assert!(env.authorized_call("s", &server.mcp_url).await.is_success());
     assert_eq!(server.requests("/authorize").len(), 3);
 }
 
@@ -291,11 +246,7 @@ async fn a_login_without_a_refresh_token_says_so_and_authorization_params_ask() 
             && said.contains("offline_access"),
         "{said}"
     );
-    assert!(
-        authorized_call(&env, "s", &server.mcp_url)
-            .await
-            .is_success()
-    );
+    assert!(env.authorized_call("s", &server.mcp_url).await.is_success());
     let show = env.ctl(&["show", "s"]).ok();
     assert!(
         show.contains("renew") && show.contains("none, log in again before"),
@@ -328,17 +279,9 @@ async fn a_login_without_a_refresh_token_says_so_and_authorization_params_ask() 
     assert_eq!(asked["access_type"], "offline");
     assert_eq!(asked["prompt"], "consent");
     assert_eq!(asked["response_type"], "code");
-    assert!(
-        authorized_call(&env, "g", &server.mcp_url)
-            .await
-            .is_success()
-    );
+    assert!(env.authorized_call("g", &server.mcp_url).await.is_success());
     env.ctl(&["refresh", "g"]).ok();
-    assert!(
-        authorized_call(&env, "g", &server.mcp_url)
-            .await
-            .is_success()
-    );
+    assert!(env.authorized_call("g", &server.mcp_url).await.is_success());
     assert_eq!(server.token_requests("refresh_token").len(), 1);
     assert_eq!(
         env.ctl(&["show", "g", "--json"]).json()["no_refresh_token"],
@@ -380,17 +323,9 @@ async fn assume_pkce_s256_and_send_resource_false() {
     let authorize = &server.requests("/authorize")[1].query;
     assert_eq!(authorize["code_challenge_method"], "S256");
     assert!(!authorize.contains_key("resource"));
-    assert!(
-        authorized_call(&env, "f", &server.mcp_url)
-            .await
-            .is_success()
-    );
+    assert!(env.authorized_call("f", &server.mcp_url).await.is_success());
     env.ctl(&["refresh", "f"]).ok();
-    assert!(
-        authorized_call(&env, "f", &server.mcp_url)
-            .await
-            .is_success()
-    );
+    assert!(env.authorized_call("f", &server.mcp_url).await.is_success());
     let tokens = server.requests("/token");
     assert_eq!(tokens.len(), 2);
     assert!(tokens.iter().all(|t| !t.form.contains_key("resource")));
@@ -426,17 +361,9 @@ async fn auth_server_metadata_url_binds_to_the_issuer_it_names() {
     );
     let out = env.ctl(&["login", "m"]);
     assert_eq!(out.code(), 0, "{}", out.stderr());
-    assert!(
-        authorized_call(&env, "m", &server.mcp_url)
-            .await
-            .is_success()
-    );
+    assert!(env.authorized_call("m", &server.mcp_url).await.is_success());
     env.ctl(&["refresh", "m"]).ok();
-    assert!(
-        authorized_call(&env, "m", &server.mcp_url)
-            .await
-            .is_success()
-    );
+    assert!(env.authorized_call("m", &server.mcp_url).await.is_success());
     assert_eq!(server.token_requests("refresh_token").len(), 1);
     // The callback's `iss` is the issuer the document names.
     assert_eq!(server.requests("/authorize").len(), 1);
@@ -461,17 +388,9 @@ async fn allow_missing_iss_still_checks_an_iss_that_is_sent() {
     configure(&env, "c", &server.mcp_url, "allow_missing_iss = true");
     let out = env.ctl(&["login", "c"]);
     assert_eq!(out.code(), 0, "{}", out.stderr());
-    assert!(
-        authorized_call(&env, "c", &server.mcp_url)
-            .await
-            .is_success()
-    );
+    assert!(env.authorized_call("c", &server.mcp_url).await.is_success());
     env.ctl(&["refresh", "c"]).ok();
-    assert!(
-        authorized_call(&env, "c", &server.mcp_url)
-            .await
-            .is_success()
-    );
+    assert!(env.authorized_call("c", &server.mcp_url).await.is_success());
     assert_eq!(server.token_requests("refresh_token").len(), 1);
 
     server.set(|s| s.iss = IssMode::Wrong);
@@ -636,17 +555,9 @@ async fn a_configured_proxy_carries_the_daemons_and_the_proxys_requests() {
     }
     let out = env.ctl(&["login", "s"]);
     assert_eq!(out.code(), 0, "{}", out.stderr());
-    assert!(
-        authorized_call(&env, "s", &server.mcp_url)
-            .await
-            .is_success()
-    );
+    assert!(env.authorized_call("s", &server.mcp_url).await.is_success());
     env.ctl(&["refresh", "s"]).ok();
-    assert!(
-        authorized_call(&env, "s", &server.mcp_url)
-            .await
-            .is_success()
-    );
+    assert!(env.authorized_call("s", &server.mcp_url).await.is_success());
     let through = seen.lock().unwrap().clone();
     for expected in [
         "POST http://127.0.0.1",
@@ -716,40 +627,6 @@ async fn a_configured_proxy_carries_the_daemons_and_the_proxys_requests() {
     );
 }
 
-/// A TLS listener on 127.0.0.1 presenting `cert`: it shakes hands and
-/// answers 404.
-async fn tls_listener(cert: &rcgen::Certificate, key: &rcgen::KeyPair) -> u16 {
-    use std::sync::Arc;
-    use tokio_rustls::rustls;
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![cert.der().clone()],
-            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-        )
-        .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                if let Ok(mut tls) = acceptor.accept(tcp).await {
-                    use tokio::io::AsyncWriteExt;
-                    let _ = tls
-                        .write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
-                        .await;
-                }
-            });
-        }
-    });
-    port
-}
-
 /// Top-level `ca_file`: an authority the system does not trust (an
 /// intercepting proxy's) is trusted for the daemon's requests.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -771,7 +648,7 @@ async fn a_configured_ca_file_is_trusted() {
         .unwrap()
         .signed_by(&key, &issuer)
         .unwrap();
-    let port = tls_listener(&cert, &key).await;
+    let port = mcpauth_tests::tls_listener(&cert, &key).await;
     let url = format!("https://127.0.0.1:{port}/mcp");
     let _d = env.start_daemon();
     configure(&env, "t", &url, "");
@@ -813,11 +690,7 @@ async fn another_4xx_is_a_refusal_not_an_outage() {
     assert_eq!(env.ctl(&["token", "s"]).ok(), held);
     server.set(|s| s.token_failure = None);
     env.ctl(&["refresh", "s"]).ok();
-    assert!(
-        authorized_call(&env, "s", &server.mcp_url)
-            .await
-            .is_success()
-    );
+    assert!(env.authorized_call("s", &server.mcp_url).await.is_success());
 }
 
 /// A real forward proxy, Debian's tinyproxy, installed by
@@ -928,11 +801,7 @@ async fn a_real_forward_proxy_carries_a_daemon_started_with_home_and_path_only()
         std::fs::read_to_string(&proxy.log).unwrap_or_default()
     );
     env.ctl(&["refresh", "s"]).ok();
-    assert!(
-        authorized_call(&env, "s", &server.mcp_url)
-            .await
-            .is_success()
-    );
+    assert!(env.authorized_call("s", &server.mcp_url).await.is_success());
     assert_eq!(server.token_requests("authorization_code").len(), 1);
     assert_eq!(server.token_requests("refresh_token").len(), 1);
     let as_host = server
