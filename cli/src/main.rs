@@ -1027,14 +1027,28 @@ async fn headers_server_from_url(client: &mut mcpauth_client::Client) -> Result<
         });
     };
     let servers = client.list_servers().await?;
-    servers
+    let names: Vec<String> = servers
         .into_iter()
-        .find(|s| mcpauth_client::same_server_url(&s.url, &wanted))
+        .filter(|s| mcpauth_client::same_server_url(&s.url, &wanted))
         .map(|s| s.name)
-        .ok_or_else(|| Failure {
-            message: format!("no configured server has the URL {wanted}; add it with `mcpauthctl add NAME {wanted}`"),
+        .collect();
+    match names.as_slice() {
+        [] => Err(Failure {
+            message: format!(
+                "no configured server has the URL {wanted}; add it with `mcpauthctl add NAME {wanted}`"
+            ),
             code: exit::USAGE,
-        })
+        }),
+        [name] => Ok(name.clone()),
+        // Two accounts on one server: which one is not ours to pick.
+        several => Err(Failure {
+            message: format!(
+                "{} have the same URL {wanted}, each with its own login: pass NAME (`mcpauthctl headers -- NAME`) to say which",
+                several.join(" and ")
+            ),
+            code: exit::USAGE,
+        }),
+    }
 }
 
 /// An enterprise server that logs in at `idp`, for `login --idp`.
@@ -1095,15 +1109,21 @@ fn print_status(status: pb::StatusReply) {
         .into_iter()
         .map(|s| {
             let next = next_refresh(&s, now);
+            let state = match s.grant.as_str() {
+                "" | "authorization_code" => output::state_name(s.state).replace('_', " "),
+                grant => format!(
+                    "{} ({grant})",
+                    output::state_name(s.state).replace('_', " ")
+                ),
+            };
             vec![
                 s.name,
                 s.url,
-                match s.grant.as_str() {
-                    "" | "authorization_code" => output::state_name(s.state).replace('_', " "),
-                    grant => format!(
-                        "{} ({grant})",
-                        output::state_name(s.state).replace('_', " ")
-                    ),
+                // Whose tokens, when the authorization server said.
+                if s.account.is_empty() {
+                    state
+                } else {
+                    format!("{state} as {}", s.account)
                 },
                 match s.token_expires_at_unix_ms {
                     0 => "-".into(),
@@ -1230,6 +1250,16 @@ fn print_server(s: pb::Server) {
             },
         ),
         ("next refresh", next_refresh(&s, now)),
+        (
+            "account",
+            if !s.account.is_empty() {
+                s.account.clone()
+            } else if s.token_expires_at_unix_ms == 0 && s.granted_scopes.is_empty() {
+                none()
+            } else {
+                "(the authorization server does not say)".into()
+            },
+        ),
         (
             "granted scopes",
             if s.granted_scopes.is_empty() {

@@ -37,6 +37,8 @@ pub struct ServerJson {
     pub added_at_unix_ms: Option<i64>,
     /// Scopes of the grant held (empty without tokens).
     pub granted_scopes: Vec<String>,
+    /// Whose tokens the grant holds, when the authorization server said.
+    pub account: Option<String>,
     /// The proactive refresh: `idle`, `scheduled`, `retrying`, `stopped`.
     pub refresh_state: String,
     pub next_refresh_unix_ms: Option<i64>,
@@ -281,6 +283,7 @@ impl From<pb::Server> for ServerJson {
             last_error: some(s.last_error),
             added_at_unix_ms: some(s.added_at_unix_ms),
             granted_scopes: s.granted_scopes,
+            account: some(s.account),
             refresh_state: if s.refresh_state.is_empty() {
                 "idle".into()
             } else {

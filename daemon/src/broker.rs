@@ -141,6 +141,8 @@ pub struct ServerView {
     pub token_expires_at_ms: Option<i64>,
     /// Scopes of the grant held.
     pub granted_scopes: Vec<String>,
+    /// Whose tokens the grant holds, when known.
+    pub account: Option<String>,
     /// What the refresh scheduler plans for this server.
     pub plan: Plan,
     /// The client id in effect and where it comes from.
@@ -639,6 +641,7 @@ impl Broker {
             state,
             token_expires_at_ms: grant.as_ref().and_then(|g| g.expires_at_ms),
             guard_error: self.report_guard_error(name),
+            account: grant.as_ref().and_then(|g| g.account.clone()),
             granted_scopes: grant.map(|g| g.scopes).unwrap_or_default(),
             plan: self.scheduler.plan(name, self.timing(name)),
         })

@@ -13,6 +13,7 @@
 //! client_id = "abc"                 # optional: pre-registered client
 //! client_secret_file = "~/.secrets/linear"  # or client_secret = "..."
 //! callback_port = 33418             # optional: fixed loopback port
+//! login_hint = "me@example.com"     # optional: the account to sign in
 //! client_metadata_url = "https://example.com/client.json"  # optional (CIMD)
 //!
 //! [servers.ci-tools]
@@ -256,6 +257,10 @@ pub struct ServerConfig {
     pub client_secret: Option<ClientSecret>,
     pub scopes: Vec<String>,
     pub callback_port: Option<u16>,
+    /// `login_hint` sent with a browser login (OpenID Connect), so the
+    /// authorization server signs in that account: for a server another
+    /// entry shares the URL of, it picks this entry's account.
+    pub login_hint: Option<String>,
     pub client_metadata_url: Option<Url>,
     pub import: Option<TokenImport>,
     pub export: Option<TokenExport>,
@@ -370,6 +375,7 @@ struct RawServer {
     #[serde(default)]
     scopes: Vec<String>,
     callback_port: Option<u16>,
+    login_hint: Option<String>,
     client_metadata_url: Option<String>,
     import: Option<RawImport>,
     export: Option<RawExport>,
@@ -590,6 +596,17 @@ fn validate_server(name: &ServerName, raw: RawServer) -> Result<ServerConfig, In
             ));
         }
     }
+    let login_hint = match raw.login_hint {
+        None => None,
+        Some(h) if h.trim().is_empty() => return Err(field("login_hint", "it is empty")),
+        Some(h) if h.len() > 256 || h.chars().any(char::is_control) => {
+            return Err(field(
+                "login_hint",
+                "it must be one line of at most 256 bytes (an email or user name)",
+            ));
+        }
+        Some(h) => Some(h.trim().to_string()),
+    };
     if raw.callback_port == Some(0) {
         return Err(field(
             "callback_port",
@@ -728,6 +745,7 @@ fn validate_server(name: &ServerName, raw: RawServer) -> Result<ServerConfig, In
         client_secret,
         scopes: raw.scopes,
         callback_port: raw.callback_port,
+        login_hint,
         client_metadata_url,
         import,
         export,

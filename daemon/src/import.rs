@@ -586,11 +586,29 @@ impl Broker {
 
         // 2. The server: the one with this URL, or a new name for it.
         let config = self.config();
-        let existing = config
+        // Two entries with this URL hold two accounts: the tool's login
+        // goes to the one of its own name, or to neither.
+        let same: Vec<String> = config
             .servers
             .iter()
-            .find(|(_, s)| same_url(s.url.as_str(), &item.url))
+            .filter(|(_, s)| same_url(s.url.as_str(), &item.url))
             .map(|(n, _)| n.to_string())
+            .collect();
+        if same.len() > 1 && !same.contains(&item.name) {
+            return skip(
+                out,
+                format!(
+                    "{} have this URL, each with its own login, and none is named {:?}: log in to the one it belongs to (`mcpauthctl login NAME`)",
+                    same.join(" and "),
+                    item.name
+                ),
+            );
+        }
+        let existing = same
+            .iter()
+            .find(|n| **n == item.name)
+            .or(same.first())
+            .cloned()
             .or_else(|| {
                 planned
                     .iter()
@@ -774,6 +792,7 @@ impl Broker {
             None => None,
         };
         let new = NewGrant {
+            account: None,
             issuer: discovery.issuer.clone(),
             client_id: grant
                 .client
@@ -1056,6 +1075,7 @@ mod tests {
     #[test]
     fn a_held_grant_wins_unless_the_tool_s_expires_later() {
         let held = crate::state::Grant {
+            account: None,
             issuer: "https://as".into(),
             client_id: "c".into(),
             resource: "r".into(),

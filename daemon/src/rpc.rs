@@ -223,6 +223,7 @@ impl From<ServerView> for pb::Server {
                 _ => 0,
             },
             granted_scopes: v.granted_scopes,
+            account: v.account.unwrap_or_default(),
             grant: v.config.grant.as_str().into(),
             identity_provider: v
                 .config
