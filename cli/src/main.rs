@@ -132,6 +132,10 @@ enum Command {
     Remove {
         #[arg(help = NAME_HELP)]
         name: String,
+        /// Keep the MCP host entries `connect` wrote for it (by default
+        /// they are removed too: they could only fail).
+        #[arg(long)]
+        keep_host_entries: bool,
     },
     /// Log in to a server in the browser (the daemon keeps the tokens).
     Login {
@@ -502,10 +506,17 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
             out!("next: mcpauthctl login {}", server.name);
         }
-        Command::Remove { name } => {
+        Command::Remove {
+            name,
+            keep_host_entries,
+        } => {
             let mut client = mcpauth_client::connect(&opts).await?;
             client.remove_server(&name).await?;
             out!("removed {name}; its tokens and registration are deleted");
+            let env = hosts::HostEnv::from_env();
+            for line in connect::after_remove(&env, &name, keep_host_entries)? {
+                out!("{line}");
+            }
         }
         Command::Login {
             name,

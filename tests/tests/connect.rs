@@ -1196,3 +1196,101 @@ fn entries_never_start_a_daemon_that_would_use_another_state_directory() {
             .contains("--no-autostart")
     );
 }
+
+/// A host file `connect` created (it did not exist) is removed by
+/// `disconnect`, with its backup, once nothing else is in it; no line
+/// ever says an original is kept when there was none. One the host has
+/// put its own things in since stays.
+#[test]
+fn disconnect_removes_a_file_connect_created_when_nothing_else_is_in_it() {
+    let env = TestEnv::new();
+    let _daemon = start(&env);
+    let path = env.home().join(".cursor/mcp.json");
+    let dir = path.parent().unwrap().to_path_buf();
+    let beside = || {
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .map(|d| {
+                d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    };
+    let stdout = env.ctl(&["connect", "cursor", "linear"]).ok();
+    assert!(stdout.contains("(new file)"), "{stdout}");
+    assert!(!stdout.contains("as it was"), "{stdout}");
+    // A second write keeps a backup, and says the file is mcpauthctl's.
+    let stdout = env.ctl(&["connect", "cursor", "github"]).ok();
+    assert!(!stdout.contains("the file as it was"), "{stdout}");
+    assert!(stdout.contains("mcpauthctl created this file"), "{stdout}");
+    let stdout = env.ctl(&["disconnect", "cursor"]).ok();
+    assert!(
+        stdout.contains(&format!(
+            "removed {}: mcpauthctl created it, and nothing else is in it",
+            path.display()
+        )),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("as it was"), "{stdout}");
+    assert!(beside().is_empty(), "{:?}", beside());
+
+    // Created again, then the host adds a server of its own: kept.
+    env.ctl(&["connect", "cursor", "linear"]).ok();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut doc: Value = serde_json::from_str(&text).unwrap();
+    doc["mcpServers"]["files"] = json!({"command": "fs-server"});
+    std::fs::write(&path, doc.to_string()).unwrap();
+    let stdout = env.ctl(&["disconnect", "cursor"]).ok();
+    assert!(!stdout.contains("nothing else is in it"), "{stdout}");
+    let left: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(
+        left,
+        json!({"mcpServers": {"files": {"command": "fs-server"}}})
+    );
+}
+
+/// `remove NAME` removes the host entries `connect` wrote for it (they
+/// could only fail now) and says so; `--keep-host-entries` keeps them and
+/// says where they are.
+#[test]
+fn remove_takes_the_host_entries_connect_wrote_along_unless_told_to_keep_them() {
+    let env = TestEnv::new();
+    let _daemon = start(&env);
+    let cursor = env.home().join(".cursor/mcp.json");
+    std::fs::create_dir_all(cursor.parent().unwrap()).unwrap();
+    std::fs::write(
+        &cursor,
+        r#"{"mcpServers": {"files": {"command": "fs-server"}}}"#,
+    )
+    .unwrap();
+    let claude = env.home().join(".claude.json");
+    std::fs::write(&claude, "{\"mcpServers\": {}}\n").unwrap();
+    env.ctl(&["connect", "cursor"]).ok();
+    env.ctl(&["connect", "claude-code"]).ok();
+
+    let stdout = env.ctl(&["remove", "linear"]).ok();
+    for (file, title) in [(&claude, "Claude Code"), (&cursor, "Cursor")] {
+        assert!(
+            stdout.contains(&format!(
+                "removed linear's entry from {} ({title}), which `connect` wrote",
+                file.display()
+            )),
+            "{stdout}"
+        );
+        let doc: Value = serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+        assert!(doc["mcpServers"].get("linear").is_none(), "{doc}");
+        assert!(doc["mcpServers"].get("github").is_some(), "{doc}");
+    }
+
+    let stdout = env.ctl(&["remove", "github", "--keep-host-entries"]).ok();
+    assert!(
+        stdout.contains(&format!(
+            "kept github's entry in {} (Cursor): it fails until you add github again, or run `mcpauthctl disconnect cursor github`",
+            cursor.display()
+        )),
+        "{stdout}"
+    );
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(&cursor).unwrap()).unwrap();
+    assert!(doc["mcpServers"].get("github").is_some(), "{doc}");
+}
