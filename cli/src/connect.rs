@@ -448,9 +448,20 @@ pub fn connect(
         Ok(outcomes)
     })?;
     let (mut lines, skipped) = (edited.lines, edited.skipped);
+    // How mcpauthd will be running when a host needs it.
+    let manager = mcpauth_client::autostart::user_manager_runs;
     if wiring.no_autostart {
+        lines.push(format!(
+            "note: mcpauthd's state or config is not where a host's filtered environment would find it (XDG_STATE_HOME, XDG_CONFIG_HOME or MCP_BROKER_*), so these entries never start mcpauthd: keep it running ({})",
+            if manager() {
+                "`mcpauthctl service install` does"
+            } else {
+                "`mcpauthctl start` after each boot; no user service manager runs here"
+            }
+        ));
+    } else if !dry_run && !manager() {
         lines.push(
-            "note: mcpauthd's state or config is not where a host's filtered environment would find it (XDG_STATE_HOME, XDG_CONFIG_HOME or MCP_BROKER_*), so these entries never start mcpauthd: keep it running (`mcpauthctl service install`)".into(),
+            "note: these entries start mcpauthd on demand when the host needs a token (no user service manager runs here, so there is no service to install)".into(),
         );
     }
     lines.extend(login_notes(host, env, servers, &mcp_remote_urls));

@@ -97,9 +97,14 @@ impl ClientError {
     /// The next step for a person, if there is an obvious one.
     pub fn hint(&self) -> Option<String> {
         match self {
-            ClientError::NotRunning { .. } => {
-                Some("run the command without --no-autostart to start it in the background, or install the service once with `mcpauthctl service install`".into())
-            }
+            ClientError::NotRunning { .. } => Some(format!(
+                "start it with `mcpauthctl start`{}",
+                if autostart::user_manager_runs() {
+                    ", or keep it running with `mcpauthctl service install`"
+                } else {
+                    ""
+                }
+            )),
             ClientError::Unreachable { .. } => Some(
                 "check that mcpauthd runs as your user (`mcpauthctl status`); its log is in the state directory".into(),
             ),

@@ -305,6 +305,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Start the daemon in the background, if it is not running.
+    Start,
     /// Stop the daemon.
     Stop,
     /// Install or remove the systemd user service / launchd agent.
@@ -829,6 +831,20 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     out!("{line}");
                 }
             }
+        }
+        Command::Start => {
+            // Even with --no-autostart: starting it is the point.
+            let opts = mcpauth_client::ConnectOptions {
+                autostart: true,
+                ..opts.clone()
+            };
+            let mut client = mcpauth_client::connect(&opts).await?;
+            let status = client.status().await?;
+            out!(
+                "mcpauthd is running (pid {}, socket {})",
+                status.pid,
+                opts.socket.display()
+            );
         }
         Command::Stop => {
             let mut client = match mcpauth_client::Client::connect(&opts.socket).await {

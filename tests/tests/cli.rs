@@ -74,19 +74,42 @@ fn concurrent_commands_start_one_daemon() {
 #[test]
 fn no_autostart_reports_an_unreachable_daemon_with_exit_3() {
     let env = TestEnv::new();
-    let out = env.ctl(&["--no-autostart", "status"]);
+    let no_manager = env.path_with_systemctl(false);
+    let out = env.ctl_env(&["--no-autostart", "status"], &[("PATH", &no_manager)]);
     assert_eq!(out.code(), 3);
     let stderr = out.stderr();
     assert!(stderr.contains("not running"), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
     // The next step: never `mcpauthd` in the foreground, which would hold
-    // the terminal.
+    // the terminal, nor a flag the person may never have typed (a host
+    // entry carries it), nor a service no manager runs here to start.
     assert!(
-        stderr.contains("without --no-autostart") && stderr.contains("mcpauthctl service install"),
+        stderr.contains("start it with `mcpauthctl start`"),
         "{stderr}"
     );
+    assert!(!stderr.contains("--no-autostart"), "{stderr}");
+    assert!(!stderr.contains("service install"), "{stderr}");
     assert!(!stderr.contains("`mcpauthd`"), "{stderr}");
     assert!(!env.socket().exists(), "nothing was started");
+    // Where a user service manager runs, the service is the other way.
+    let manager = env.path_with_systemctl(true);
+    let stderr = env
+        .ctl_env(&["--no-autostart", "status"], &[("PATH", &manager)])
+        .stderr();
+    assert!(
+        stderr.contains(
+            "start it with `mcpauthctl start`, or keep it running with `mcpauthctl service install`"
+        ),
+        "{stderr}"
+    );
+    // `start` starts it, even with --no-autostart, and says so.
+    let out = env.ctl_env(&["--no-autostart", "start"], &[("PATH", &no_manager)]);
+    assert!(
+        out.ok().starts_with("mcpauthd is running (pid "),
+        "{}",
+        out.stdout()
+    );
+    env.ctl(&["stop"]).ok();
 }
 
 #[test]

@@ -776,7 +776,7 @@ fn connect_points_to_import_when_the_host_holds_its_own_login() {
     );
     assert!(!stdout.contains("never-shown"), "{stdout}");
     let stdout = env.ctl(&["connect", "codex", "github"]).ok();
-    assert!(!stdout.contains("note:"), "{stdout}");
+    assert!(!stdout.contains("holds its own login"), "{stdout}");
     let stdout = env.ctl(&["connect", "cursor", "linear"]).ok();
     assert!(
         stdout.contains(&format!(
@@ -1166,13 +1166,32 @@ fn entries_never_start_a_daemon_that_would_use_another_state_directory() {
     // This shell's state is not under HOME: a helper started by Codex
     // (HOME and PATH only) would start a daemon with other state.
     let elsewhere = env.root.path().join("state-elsewhere");
+    let no_manager = env.path_with_systemctl(false);
     let out = env.ctl_env(
         &["connect", "codex", "linear"],
-        &[("XDG_STATE_HOME", elsewhere.to_str().unwrap())],
+        &[
+            ("XDG_STATE_HOME", elsewhere.to_str().unwrap()),
+            ("PATH", &no_manager),
+        ],
     );
     let stdout = out.ok();
+    // No user service manager here: no service to advise.
     assert!(
-        stdout.contains("these entries never start mcpauthd"),
+        stdout.contains("these entries never start mcpauthd: keep it running (`mcpauthctl start` after each boot; no user service manager runs here)"),
+        "{stdout}"
+    );
+    let manager = env.path_with_systemctl(true);
+    let stdout = env
+        .ctl_env(
+            &["connect", "codex", "linear", "--dry-run"],
+            &[
+                ("XDG_STATE_HOME", elsewhere.to_str().unwrap()),
+                ("PATH", &manager),
+            ],
+        )
+        .ok();
+    assert!(
+        stdout.contains("keep it running (`mcpauthctl service install` does)"),
         "{stdout}"
     );
     let config = std::fs::read_to_string(env.home().join(".codex/config.toml")).unwrap();
@@ -1187,9 +1206,20 @@ fn entries_never_start_a_daemon_that_would_use_another_state_directory() {
         )),
         "{helper}"
     );
-    // With the default state directory the flag goes away again.
-    let stdout = env.ctl(&["connect", "codex", "linear"]).ok();
+    // With the default state directory the flag goes away again; where no
+    // user service manager runs, the entries start mcpauthd on demand.
+    let stdout = env
+        .ctl_env(&["connect", "codex", "linear"], &[("PATH", &no_manager)])
+        .ok();
     assert!(stdout.contains("  updated    linear"), "{stdout}");
+    assert!(
+        stdout.contains("note: these entries start mcpauthd on demand when the host needs a token (no user service manager runs here, so there is no service to install)"),
+        "{stdout}"
+    );
+    let stdout = env
+        .ctl_env(&["connect", "codex", "linear"], &[("PATH", &manager)])
+        .ok();
+    assert!(!stdout.contains("on demand"), "{stdout}");
     assert!(
         !std::fs::read_to_string(env.home().join(".codex/config.toml"))
             .unwrap()
@@ -1293,4 +1323,44 @@ fn remove_takes_the_host_entries_connect_wrote_along_unless_told_to_keep_them() 
     );
     let doc: Value = serde_json::from_str(&std::fs::read_to_string(&cursor).unwrap()).unwrap();
     assert!(doc["mcpServers"].get("github").is_some(), "{doc}");
+}
+
+/// An entry written with `--no-autostart` (state not under HOME) whose
+/// daemon is stopped: the helper says mcpauthd is not running and how to
+/// start it, never "without --no-autostart", a flag the person never
+/// typed.
+#[test]
+fn a_no_autostart_helper_whose_daemon_is_stopped_says_how_to_start_it() {
+    let env = TestEnv::new();
+    let daemon = start(&env);
+    let elsewhere = env.root.path().join("state-elsewhere");
+    env.ctl_env(
+        &["connect", "codex", "linear"],
+        &[("XDG_STATE_HOME", elsewhere.to_str().unwrap())],
+    )
+    .ok();
+    let config = std::fs::read_to_string(env.home().join(".codex/config.toml")).unwrap();
+    let config: Value = toml::from_str(&config).unwrap();
+    let helper = config["mcp_servers"]["linear"]["http_headers_helper"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(helper.contains("--no-autostart"), "{helper}");
+    drop(daemon);
+    env.ctl(&["stop"]);
+    let out = Command::new("sh")
+        .args(["-c", &helper])
+        .env_clear()
+        .env("HOME", env.home())
+        .env("PATH", env.path_with_systemctl(false))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("mcpauthd is not running"), "{stderr}");
+    assert!(
+        stderr.contains("start it with `mcpauthctl start`"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("without --no-autostart"), "{stderr}");
 }
