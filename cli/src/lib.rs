@@ -142,6 +142,21 @@ impl ClientError {
             tonic::Code::Unavailable if !status.metadata().contains_key("retry-after") => {
                 Self::closed(socket)
             }
+            // An unknown server: which daemon said so, too (the config it
+            // named may not be the one the person meant).
+            tonic::Code::NotFound if status.message().starts_with("no server named ") => {
+                let message = status.message();
+                let at = message.find("; did you mean").unwrap_or(message.len());
+                ClientError::Rpc {
+                    code: tonic::Code::NotFound,
+                    message: format!(
+                        "{} (daemon at {}){}",
+                        &message[..at],
+                        socket.display(),
+                        &message[at..]
+                    ),
+                }
+            }
             code => ClientError::Rpc {
                 code,
                 message: status.message().to_string(),

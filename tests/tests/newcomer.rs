@@ -740,7 +740,9 @@ fn add_says_what_comes_next_and_names_are_told_apart() {
         assert_eq!(out.code(), 2, "{}", out.stderr());
         assert!(
             out.stderr().contains(&format!(
-                "no server named \"{typo}\" is configured; did you mean \"demo\"?"
+                "no server named \"{typo}\" in {} (daemon at {}); did you mean \"demo\"?",
+                env.config_path().display(),
+                env.socket().display()
             )),
             "{}",
             out.stderr()
@@ -752,4 +754,28 @@ fn add_says_what_comes_next_and_names_are_told_apart() {
         "{}",
         nothing_close.stderr()
     );
+}
+
+/// A helper or proxy that names a server the daemon it reached does not
+/// know says which config and which daemon: the usual cause is another
+/// daemon than the one meant (another socket, another config).
+#[test]
+fn an_unknown_server_names_the_config_and_the_daemon_asked() {
+    let env = TestEnv::new();
+    let _daemon = env.start_daemon();
+    env.ctl(&["add", "demo", "https://demo.example/mcp"]).ok();
+    let said = format!(
+        "no server named \"nope\" in {} (daemon at {})",
+        env.config_path().display(),
+        env.socket().display()
+    );
+    for args in [
+        &["headers", "--", "nope"][..],
+        &["token", "nope"][..],
+        &["proxy", "--", "nope"][..],
+    ] {
+        let out = env.ctl(args);
+        assert_ne!(out.code(), 0, "{args:?}");
+        assert!(out.stderr().contains(&said), "{args:?}: {}", out.stderr());
+    }
 }
