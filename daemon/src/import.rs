@@ -649,9 +649,27 @@ impl Broker {
             );
         }
         let now = self.now_ms();
+        // A login the broker already holds (usable: refreshable, or not
+        // expired) needs none: the tool having none is no reason to ask.
+        let broker_holds = !new_server
+            && self
+                .store()
+                .grant(&server_name)
+                .ok()
+                .flatten()
+                .is_some_and(|g| {
+                    g.refresh_token.is_some() || g.expires_at_ms.is_none_or(|at| at > now)
+                });
+        let no_login = |why: String| {
+            if broker_holds {
+                Verdict::Current(format!("the broker already holds a login for it ({why})"))
+            } else {
+                Verdict::LoginNeeded(why)
+            }
+        };
         let grant = match grant {
             Some(g) if g.expires_at_ms.is_some_and(|at| at <= now) && g.refresh_token.is_none() => {
-                out.verdict = Verdict::LoginNeeded(format!(
+                out.verdict = no_login(format!(
                     "the {} token has expired and there is no refresh token",
                     item.tool.id()
                 ));
@@ -659,7 +677,7 @@ impl Broker {
             }
             Some(g) => Some(g),
             None => {
-                out.verdict = Verdict::LoginNeeded(match &keyring_trouble {
+                out.verdict = no_login(match &keyring_trouble {
                     Some(why) => format!(
                         "{} keeps its logins in the OS keyring, which cannot be read: {why}. Log in through the broker, or set mcp_oauth_credentials_store = \"file\" in {}'s config.toml, run `{} mcp login {}` once, and import again",
                         item.tool.id(),

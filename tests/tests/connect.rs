@@ -1364,3 +1364,39 @@ fn a_no_autostart_helper_whose_daemon_is_stopped_says_how_to_start_it() {
     );
     assert!(!stderr.contains("without --no-autostart"), "{stderr}");
 }
+
+/// An entry of Claude Code's credentials file with an empty or expired
+/// token (and no refresh token) is no login: `connect` does not point to
+/// it as one. A live one still is.
+#[test]
+fn an_empty_or_expired_claude_code_entry_is_not_called_a_login() {
+    let env = TestEnv::new();
+    let _daemon = start(&env);
+    std::fs::write(env.home().join(".claude.json"), "{\"mcpServers\": {}}\n").unwrap();
+    let dir = env.home().join(".claude");
+    std::fs::create_dir_all(&dir).unwrap();
+    let now = mcpauth_tests::now_ms();
+    let write = |entries: Value| {
+        std::fs::write(
+            dir.join(".credentials.json"),
+            json!({"mcpOAuth": entries}).to_string(),
+        )
+        .unwrap();
+    };
+    write(json!({
+        "linear|1a2b": {"serverName": "linear", "serverUrl": LINEAR, "accessToken": "", "expiresAt": 0},
+        "github|3c4d": {"serverName": "github", "serverUrl": GITHUB, "accessToken": "at-old", "expiresAt": now - 60_000},
+    }));
+    let stdout = env.ctl(&["connect", "claude-code"]).ok();
+    assert!(!stdout.contains("holds its own login"), "{stdout}");
+    write(json!({
+        "linear|1a2b": {"serverName": "linear", "serverUrl": LINEAR, "accessToken": "at-live", "expiresAt": now + 3_600_000},
+        "github|3c4d": {"serverName": "github", "serverUrl": GITHUB, "accessToken": "at-old", "expiresAt": now - 60_000, "refreshToken": "rt"},
+    }));
+    let stdout = env.ctl(&["connect", "claude-code"]).ok();
+    assert!(
+        stdout.contains("Claude Code holds its own login for linear")
+            && stdout.contains("Claude Code holds its own login for github"),
+        "{stdout}"
+    );
+}

@@ -771,3 +771,34 @@ async fn a_login_for_a_url_two_entries_share_goes_to_its_namesake_or_to_neither(
     assert_eq!(ctl(&env, &["token", "home"]).await.ok().trim(), m.access);
     assert_eq!(ctl(&env, &["token", "work"]).await.code(), 4);
 }
+
+/// `import --dry-run` does not ask for a login to a server the broker
+/// already holds one for, whatever the tool holds (nothing, here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_asks_no_login_for_a_server_the_broker_holds() {
+    let env = Arc::new(TestEnv::new());
+    let server = AuthServer::start(Switches::default()).await;
+    let _d = env.start_daemon();
+    ctl(&env, &["add", "hm", &server.mcp_url]).await.ok();
+    ctl(&env, &["login", "hm"]).await.ok();
+    write(
+        &env.home().join(".hermes/config.yaml"),
+        &format!(
+            "model: x\nmcp_servers:\n  hm:\n    url: {}\n    auth: oauth\n",
+            server.mcp_url
+        ),
+    );
+    for args in [
+        &["import", "--dry-run"][..],
+        &["import", "hermes", "--dry-run"][..],
+    ] {
+        let out = ctl(&env, args).await;
+        let stdout = out.stdout();
+        assert!(!stdout.contains("needs login"), "{stdout}");
+        assert!(!stdout.contains("mcpauthctl login hm"), "{stdout}");
+        assert!(
+            stdout.contains("the broker already holds a login for it"),
+            "{stdout}"
+        );
+    }
+}
