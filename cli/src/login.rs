@@ -199,9 +199,13 @@ pub async fn run(mut client: Client, args: LoginArgs) -> Result<String, Failure>
             "or open the URL on any machine and paste below the address your browser ends up on (it starts with {}, and may show an error page there).",
             started.redirect_uri
         ));
-        paragraph(&format!(
-            "(Where the server offers device codes, `mcpauthctl login {name} --device` needs neither: a code to enter on any device.)"
-        ));
+        // Proposed only where the authorization server has a device
+        // endpoint: elsewhere `--device` would only fail.
+        if started.device_offered {
+            paragraph(&format!(
+                "(Or `mcpauthctl login {name} --device` needs neither: this server offers a code to enter on any device.)"
+            ));
+        }
         if std::io::stdin().is_terminal() {
             // A prompt on its own line; nothing else is written while the
             // person types.

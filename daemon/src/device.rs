@@ -206,6 +206,7 @@ impl Broker {
             callback_port: 0,
             device: Some(view),
             joined: false,
+            device_offered: true,
             outcome: rx,
         })
     }

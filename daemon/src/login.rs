@@ -109,6 +109,9 @@ pub struct LoginHandle {
     pub callback_port: u16,
     pub device: Option<DeviceView>,
     pub joined: bool,
+    /// The authorization server offers the device flow (false when not
+    /// known).
+    pub device_offered: bool,
     pub outcome: watch::Receiver<Option<LoginOutcome>>,
 }
 
@@ -172,6 +175,7 @@ impl ActiveLogin {
             callback_port: self.callback_port,
             device: self.device.clone(),
             joined: true,
+            device_offered: false,
             outcome: self.outcome.subscribe(),
         }
     }
@@ -395,6 +399,7 @@ impl Broker {
             callback_port: port,
             device: None,
             joined: false,
+            device_offered: offers_device,
             outcome: rx,
         })
     }

@@ -523,6 +523,7 @@ impl broker_server::Broker for BrokerService {
                     callback_port: u32::from(handle.callback_port),
                     joined: handle.joined,
                     expires_at_unix_ms: handle.flow.expires_at_ms,
+                    device_offered: handle.device_offered,
                 })),
             },
         };

@@ -779,3 +779,53 @@ fn an_unknown_server_names_the_config_and_the_daemon_asked() {
         assert!(out.stderr().contains(&said), "{args:?}: {}", out.stderr());
     }
 }
+
+/// The headless login proposes `--device` only where the authorization
+/// server has a device endpoint: elsewhere the flag would only fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_proposes_device_codes_only_where_the_server_offers_them() {
+    for offered in [false, true] {
+        let mut switches = Switches::default();
+        switches.grants.device = offered;
+        let server = AuthServer::start(switches).await;
+        let env = TestEnv::new();
+        env.ctl(&["add", "s", &server.mcp_url]).ok();
+        let mut child = env
+            .command("mcpauthctl")
+            .args(["login", "s", "--no-browser"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut seen = String::new();
+        while !seen.contains("paste below the address") {
+            let line = rx
+                .recv_timeout(Duration::from_secs(20))
+                .unwrap_or_else(|e| panic!("{e}: {seen}"));
+            seen.push_str(&line);
+            seen.push('\n');
+        }
+        // What follows the paste paragraph comes at once, if at all.
+        while let Ok(line) = rx.recv_timeout(Duration::from_millis(500)) {
+            seen.push_str(&line);
+            seen.push('\n');
+        }
+        assert_eq!(seen.contains("--device"), offered, "{seen}");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
