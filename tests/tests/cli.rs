@@ -653,3 +653,24 @@ async fn the_daemon_refuses_a_client_of_another_protocol() {
         mcpauth_proto::PROTOCOL
     );
 }
+
+/// `service uninstall` with nothing installed says so in one line, and
+/// asks no service manager (in a container, systemctl would only say
+/// "Failed to connect to bus").
+#[test]
+fn service_uninstall_with_nothing_installed_says_so_in_one_line() {
+    let env = TestEnv::new();
+    let no_manager = env.path_with_systemctl(false);
+    let out = env.ctl_env(&["service", "uninstall"], &[("PATH", &no_manager)]);
+    let stdout = out.ok();
+    assert_eq!(stdout.trim().lines().count(), 1, "{stdout}");
+    assert!(
+        stdout.starts_with(&format!(
+            "no mcpauthd service is installed (nothing in {}); nothing to uninstall",
+            env.config_home().join("systemd/user").display()
+        )),
+        "{stdout}"
+    );
+    assert!(out.stderr().is_empty(), "{}", out.stderr());
+    assert!(!stdout.contains("Failed to connect"), "{stdout}");
+}
