@@ -14,7 +14,7 @@ mod service;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use mcpauth_client::{ClientError, ConnectOptions, exit, pb};
 use mcpauth_proto::env;
 use tokio_stream::StreamExt;
@@ -386,8 +386,24 @@ impl From<ClientError> for Failure {
     }
 }
 
+/// The command line, its `--help` naming the config file in use (which
+/// `XDG_CONFIG_HOME` or `MCP_BROKER_CONFIG` may move) rather than the
+/// default the man page shows.
+fn cli_command() -> clap::Command {
+    let command = Cli::command();
+    let long = command
+        .get_long_about()
+        .map(ToString::to_string)
+        .unwrap_or_default()
+        .replace(
+            "~/.config/mcpauth/config.toml",
+            &mcpauth_proto::paths::config_path().display().to_string(),
+        );
+    command.long_about(long)
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::from_arg_matches(&cli_command().get_matches()).unwrap_or_else(|e| e.exit());
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -1018,13 +1034,14 @@ fn print_report(report: connect::Report) -> Result<(), Failure> {
 /// One human line for an event: local time, what, which server (or
 /// "config" for the daemon's config events), and details.
 fn watch_line(event: &output::EventJson) -> String {
+    // "config rejected: why", not "config rejected config: why".
     let subject = match (event.server.as_deref(), event.event) {
-        (Some(server), _) => server,
-        (None, "config_rejected" | "config_accepted") => "config",
-        (None, _) => "daemon",
+        (Some(server), _) => format!(" {server}"),
+        (None, "config_rejected" | "config_accepted") => String::new(),
+        (None, _) => " daemon".into(),
     };
     let mut line = format!(
-        "{} {} {subject}",
+        "{} {}{subject}",
         output::local_time(event.at_unix_ms),
         event.event.replace('_', " "),
     );

@@ -397,6 +397,47 @@ struct RawExport {
     refresh_token: bool,
 }
 
+/// A parser's message, made to say what it means where it is terse: a
+/// duplicate key names the key, and a table given twice (two
+/// `[servers.demo]`) the server. Only names are quoted, never a value.
+fn syntax_message(message: &str, span: Option<std::ops::Range<usize>>, text: &str) -> String {
+    let message = message.trim();
+    let Some(span) = span.filter(|_| message.starts_with("duplicate key")) else {
+        return message.to_string();
+    };
+    let start = span.start.min(text.len());
+    if !text.is_char_boundary(start) {
+        return message.to_string();
+    }
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or("").trim();
+    let name = |s: &str| truncate_for_message(s.trim().trim_matches('"'));
+    if let Some(header) = line.strip_prefix('[') {
+        let table = header
+            .trim_start_matches('[')
+            .split(']')
+            .next()
+            .unwrap_or("");
+        let table = table.trim();
+        if let Some(server) = table.strip_prefix("servers.") {
+            return format!(
+                "the server {:?} is defined twice (a second [servers.{}] table); keep one",
+                name(server),
+                name(server)
+            );
+        }
+        return format!("the table [{}] is defined twice; keep one", name(table));
+    }
+    let key: String = text[start..]
+        .chars()
+        .take_while(|c| c.is_alphanumeric() || "_-.\"".contains(*c))
+        .collect();
+    if key.is_empty() {
+        return message.to_string();
+    }
+    format!("{message}: {} is set twice", name(&key))
+}
+
 /// Line and column (1-based) of a byte offset.
 fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
@@ -428,7 +469,7 @@ impl Config {
                 column,
                 // `message()` is the error alone; `Display` would quote the
                 // offending line, which may hold a client secret.
-                message: e.message().trim().to_string(),
+                message: syntax_message(e.message(), e.span(), text),
             }
         })?;
         let invalid = |source| ConfigError::Invalid {
@@ -788,7 +829,7 @@ impl ConfigDocument {
                 path: path.to_path_buf(),
                 line,
                 column,
-                message: e.message().trim().to_string(),
+                message: syntax_message(e.message(), e.span(), text),
             }
         })?;
         Ok(Self { doc, header: false })
@@ -914,6 +955,24 @@ pub fn write_atomically(path: &Path, text: &str) -> Result<(), ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_server_defined_twice_is_named_and_a_repeated_key_too() {
+        let text = "[servers.demo]\nurl = \"https://a.example/mcp\"\n\n[servers.demo]\nurl = \"https://b.example/mcp\"\n";
+        let e = Config::parse(text, Path::new("/c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "/c.toml: line 4, column 10: the server \"demo\" is defined twice (a second [servers.demo] table); keep one"
+        );
+        let text = "[servers.demo]\nurl = \"https://a.example/mcp\"\nclient_id = \"c\"\nclient_secret = \"s3cr3t-one\"\nclient_secret = \"s3cr3t-two\"\n";
+        let e = Config::parse(text, Path::new("/c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("client_secret is set twice"), "{e}");
+        assert!(!e.contains("s3cr3t"), "{e}");
+    }
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, Path::new("config.toml"))

@@ -674,3 +674,20 @@ fn service_uninstall_with_nothing_installed_says_so_in_one_line() {
     assert!(out.stderr().is_empty(), "{}", out.stderr());
     assert!(!stdout.contains("Failed to connect"), "{stdout}");
 }
+
+/// `--help` names the config file in use: under `XDG_CONFIG_HOME` when
+/// that is set, not the default.
+#[test]
+fn help_names_the_config_file_in_use() {
+    let env = TestEnv::new();
+    let stdout = env.ctl(&["--help"]).ok();
+    let flat = stdout.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        flat.contains(&format!(
+            "The servers are declared in {},",
+            env.config_path().display()
+        )),
+        "{stdout}"
+    );
+    assert!(!flat.contains("~/.config/mcpauth"), "{stdout}");
+}

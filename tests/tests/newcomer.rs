@@ -503,7 +503,9 @@ async fn watch_refuses_unknown_names_and_says_when_its_stream_ends() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(500));
-    env.write_config("[servers.s]\nurl = \"not a url\"\n");
+    env.write_config(
+        "[servers.s]\nurl = \"https://mcp.example.com/mcp\"\n[servers.s]\nurl = \"https://two.example.com/mcp\"\n",
+    );
     std::thread::sleep(Duration::from_millis(500));
     env.write_config("[servers.s]\nurl = \"https://mcp.example.com/mcp\"\n");
     std::thread::sleep(Duration::from_millis(500));
@@ -519,13 +521,19 @@ async fn watch_refuses_unknown_names_and_says_when_its_stream_ends() {
         .lines()
         .find(|l| l.contains("config rejected"))
         .unwrap_or_else(|| panic!("{stdout}"));
-    assert!(rejected.contains("config rejected config"), "{rejected}");
+    assert!(rejected.contains("config rejected: "), "{rejected}");
+    assert!(!rejected.contains("config rejected config"), "{rejected}");
+    // A server given two tables is named.
+    assert!(
+        rejected.contains("the server \"s\" is defined twice (a second [servers.s] table)"),
+        "{rejected}"
+    );
     assert!(!rejected.contains(" - "), "{rejected}");
     let date = rejected.split(' ').next().unwrap();
     assert_eq!(date.len(), 10, "a date first: {rejected}");
     assert_eq!(date.matches('-').count(), 2, "{rejected}");
     assert!(
-        stdout.lines().any(|l| l.contains("config accepted config")),
+        stdout.lines().any(|l| l.ends_with("config accepted")),
         "{stdout}"
     );
 }
