@@ -493,10 +493,22 @@ pub fn hand_over(
     mcp_remote: bool,
 ) -> Result<Report, Failure> {
     let key = host.servers_key();
-    let server_for = |url: &str| servers.iter().find(|s| hosts::same_url(&s.url, url));
     let edited = edit_file(host, env, dry_run, false, Backup::Keep, |doc, before| {
         let mut outcomes = Vec::new();
         for (entry_name, entry) in before {
+            // The server of that URL; of two entries with one URL (two
+            // accounts), only the one of the entry's own name: which
+            // account the host's entry is for is not ours to guess.
+            let server_for = |url: &str| {
+                let same: Vec<&Server> = servers
+                    .iter()
+                    .filter(|s| hosts::same_url(&s.url, url))
+                    .collect();
+                match same.as_slice() {
+                    [one] => Some(*one),
+                    several => several.iter().copied().find(|s| s.name == *entry_name),
+                }
+            };
             let argv = host.command_of(entry);
             let fields = match &argv {
                 None if remote_entries => {
