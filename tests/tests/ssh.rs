@@ -271,6 +271,20 @@ async fn the_brokers_socket_forwarded_over_ssh_serves_the_remote() {
             Err(e) => panic!("no login URL ({e}): {printed:?}"),
         }
     };
+    // It knows the daemon (and its callback) are on the other side: no
+    // `ssh -L` tunnel to a port on this machine.
+    while !printed.iter().any(|l| l.contains("paste below")) {
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(line) => printed.push(line),
+            Err(e) => panic!("no paste prompt ({e}): {printed:?}"),
+        }
+    }
+    let said = printed.join("\n");
+    assert!(
+        said.contains("mcpauthd runs on another machine (its socket is forwarded here): open the URL in a browser on that machine"),
+        "{said}"
+    );
+    assert!(!said.contains("ssh -N -L"), "{said}");
     run(Command::new(mcpauth_tests::bin("test-browser"))
         .arg(&url)
         .env("TEST_BROWSER_LOG", laptop.root.path().join("browser.log")));
