@@ -419,23 +419,57 @@ fn syntax_message(message: &str, span: Option<std::ops::Range<usize>>, text: &st
             .next()
             .unwrap_or("");
         let table = table.trim();
-        if let Some(server) = table.strip_prefix("servers.") {
+        if let Some(server) = table
+            .strip_prefix("servers.")
+            .filter(|s| ServerName::parse(s.trim().trim_matches('"')).is_ok())
+        {
             return format!(
                 "the server {:?} is defined twice (a second [servers.{}] table); keep one",
                 name(server),
                 name(server)
             );
         }
-        return format!("the table [{}] is defined twice; keep one", name(table));
+        if table
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-\"".contains(&b))
+        {
+            return format!("the table [{}] is defined twice; keep one", name(table));
+        }
+        return message.to_string();
     }
     let key: String = text[start..]
         .chars()
         .take_while(|c| c.is_alphanumeric() || "_-.\"".contains(*c))
         .collect();
-    if key.is_empty() {
+    // Only a key this file knows is named: any other text there might be
+    // a secret pasted in the wrong place.
+    const KNOWN: &[&str] = &[
+        "url",
+        "grant",
+        "client_key_file",
+        "client_key_alg",
+        "assertion_file",
+        "identity_provider",
+        "client_id",
+        "client_secret",
+        "client_secret_file",
+        "scopes",
+        "callback_port",
+        "login_hint",
+        "client_metadata_url",
+        "import",
+        "export",
+        "path",
+        "format",
+        "refresh_token",
+        "notifications",
+        "issuer",
+        "id_token_file",
+    ];
+    if !KNOWN.contains(&key.as_str()) {
         return message.to_string();
     }
-    format!("{message}: {} is set twice", name(&key))
+    format!("{message}: {key} is set twice")
 }
 
 /// Line and column (1-based) of a byte offset.
