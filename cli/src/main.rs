@@ -127,6 +127,10 @@ enum Command {
         /// The https URL of this client's Client ID Metadata Document.
         #[arg(long, value_name = "URL")]
         client_metadata_url: Option<String>,
+        /// The account the browser login asks the server for (`login_hint`):
+        /// for a second account on a server another entry has.
+        #[arg(long, value_name = "ACCOUNT")]
+        login_hint: Option<String>,
     },
     /// Remove a server from config.toml and delete all of its state.
     Remove {
@@ -481,6 +485,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             scopes,
             callback_port,
             client_metadata_url,
+            login_hint,
         } => {
             let client_secret_file = match client_secret_file {
                 Some(path) => Some(std::path::absolute(&path).map_err(|e| Failure {
@@ -501,6 +506,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     scopes,
                     callback_port: callback_port.map_or(0, u32::from),
                     client_metadata_url: client_metadata_url.unwrap_or_default(),
+                    login_hint: login_hint.unwrap_or_default(),
                 })
                 .await?;
             out!("added {} ({})", server.name, server.url);
@@ -516,7 +522,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 .collect();
             if !twins.is_empty() {
                 out!(
-                    "{} {} the same URL: each entry keeps its own login, so {} can hold another account",
+                    "{} {} the same URL: each entry keeps its own login, so {} can hold another account (its login asks the server to let you choose the account; `login_hint` in its section names one)",
                     twins.join(", "),
                     if twins.len() == 1 { "has" } else { "have" },
                     server.name

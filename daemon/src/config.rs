@@ -837,6 +837,7 @@ pub struct NewServer {
     pub scopes: Vec<String>,
     pub callback_port: Option<u16>,
     pub client_metadata_url: Option<String>,
+    pub login_hint: Option<String>,
 }
 
 const NEW_FILE_HEADER: &str = "\
@@ -913,6 +914,9 @@ impl ConfigDocument {
         }
         if let Some(url) = &server.client_metadata_url {
             table.insert("client_metadata_url", value(url.as_str()));
+        }
+        if let Some(hint) = &server.login_hint {
+            table.insert("login_hint", value(hint.as_str()));
         }
         servers.insert(name.as_str(), Item::Table(table));
     }

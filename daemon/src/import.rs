@@ -746,6 +746,7 @@ impl Broker {
                     scopes: Vec::new(),
                     callback_port: None,
                     client_metadata_url: None,
+                    login_hint: None,
                 })
                 .await?;
             }

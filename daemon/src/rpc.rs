@@ -410,6 +410,7 @@ impl broker_server::Broker for BrokerService {
             scopes: r.scopes,
             callback_port,
             client_metadata_url: optional(r.client_metadata_url),
+            login_hint: optional(r.login_hint),
         };
         Ok(Response::new(self.broker.add(new).await?.into()))
     }

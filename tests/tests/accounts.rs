@@ -98,12 +98,23 @@ async fn two_entries_on_one_url_hold_two_accounts_kept_apart() {
 async fn login_hint_picks_the_account_and_a_lone_server_is_not_asked() {
     let server = two_accounts().await;
     let env = TestEnv::new();
-    env.write_config(&entry(
+    let _daemon = env.start_daemon();
+    // `add --login-hint` writes the setting.
+    env.ctl(&[
+        "add",
         "solo",
         &server.mcp_url,
-        &format!("login_hint = \"{BOB}\""),
-    ));
-    let _daemon = env.start_daemon();
+        "--scope",
+        "openid",
+        "--login-hint",
+        BOB,
+    ])
+    .ok();
+    let config = std::fs::read_to_string(env.config_path()).unwrap();
+    assert!(
+        config.contains(&format!("login_hint = \"{BOB}\"")),
+        "{config}"
+    );
     env.ctl(&["login", "solo"]).ok();
     let opened = env.browser_log();
     assert!(
