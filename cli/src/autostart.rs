@@ -141,6 +141,18 @@ pub async fn wait_for_exit(socket: &Path, timeout: Duration) -> bool {
     }
 }
 
+/// Whether a user service manager runs here (a systemd user manager on
+/// its bus, or launchd's GUI domain on macOS): where one does not,
+/// `mcpauthctl service install` cannot help.
+pub fn user_manager_runs() -> bool {
+    manager_reachable(if cfg!(target_os = "macos") {
+        "launchd"
+    } else {
+        "systemd"
+    })
+    .is_ok()
+}
+
 /// Whether `manager` ("systemd" or "launchd") can be reached from here:
 /// `Err` says why not.
 pub fn manager_reachable(manager: &str) -> Result<(), String> {

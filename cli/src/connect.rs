@@ -330,6 +330,24 @@ fn edit_file(
             done.lines.push("dry run: nothing was written".into());
             return Ok(done);
         }
+        // A file `connect` created, with nothing left in it: removed, with
+        // its backup, rather than left behind empty.
+        let created = hostfile::created_mark(&path).exists();
+        if backup == Backup::RemoveWithTheLastEntry
+            && created
+            && doc.is_empty_but(host.servers_key())
+            && let Some(bytes) = &original
+        {
+            if hostfile::remove_created(&path, bytes).map_err(failure)? {
+                done.lines.push(format!(
+                    "  removed {}: mcpauthctl created it, and nothing else is in it",
+                    shown.display()
+                ));
+                return Ok(done);
+            }
+            // Rewritten meanwhile: read it again.
+            continue;
+        }
         let mode = mode_of(&path);
         let kept = match (&original, backup) {
             (Some(bytes), Backup::Keep) => {
@@ -344,12 +362,24 @@ fn edit_file(
         if hostfile::write_atomically(&path, &doc.render(), mode, original.as_deref())
             .map_err(failure)?
         {
+            if original.is_none() {
+                hostfile::mark_created(&path).map_err(failure)?;
+            }
             if let Some(kept) = kept {
-                done.lines.push(format!(
-                    "  the file as it was is kept in {} (mode 0600; `mcpauthctl disconnect {}` removes it)",
-                    kept.display(),
-                    host.id()
-                ));
+                done.lines.push(if created {
+                    // There was no original: the file is mcpauthctl's own.
+                    format!(
+                        "  mcpauthctl created this file; before this write it is kept in {} (mode 0600; `mcpauthctl disconnect {}` removes both when nothing else is in it)",
+                        kept.display(),
+                        host.id()
+                    )
+                } else {
+                    format!(
+                        "  the file as it was is kept in {} (mode 0600; `mcpauthctl disconnect {}` removes it)",
+                        kept.display(),
+                        host.id()
+                    )
+                });
             }
             let ours_left = doc
                 .entries(host.servers_key())
@@ -418,9 +448,20 @@ pub fn connect(
         Ok(outcomes)
     })?;
     let (mut lines, skipped) = (edited.lines, edited.skipped);
+    // How mcpauthd will be running when a host needs it.
+    let manager = mcpauth_client::autostart::user_manager_runs;
     if wiring.no_autostart {
+        lines.push(format!(
+            "note: mcpauthd's state or config is not where a host's filtered environment would find it (XDG_STATE_HOME, XDG_CONFIG_HOME or MCP_BROKER_*), so these entries never start mcpauthd: keep it running ({})",
+            if manager() {
+                "`mcpauthctl service install` does"
+            } else {
+                "`mcpauthctl start` after each boot; no user service manager runs here"
+            }
+        ));
+    } else if !dry_run && !manager() {
         lines.push(
-            "note: mcpauthd's state or config is not where a host's filtered environment would find it (XDG_STATE_HOME, XDG_CONFIG_HOME or MCP_BROKER_*), so these entries never start mcpauthd: keep it running (`mcpauthctl service install`)".into(),
+            "note: these entries start mcpauthd on demand when the host needs a token (no user service manager runs here, so there is no service to install)".into(),
         );
     }
     lines.extend(login_notes(host, env, servers, &mcp_remote_urls));
@@ -452,10 +493,22 @@ pub fn hand_over(
     mcp_remote: bool,
 ) -> Result<Report, Failure> {
     let key = host.servers_key();
-    let server_for = |url: &str| servers.iter().find(|s| hosts::same_url(&s.url, url));
     let edited = edit_file(host, env, dry_run, false, Backup::Keep, |doc, before| {
         let mut outcomes = Vec::new();
         for (entry_name, entry) in before {
+            // The server of that URL; of two entries with one URL (two
+            // accounts), only the one of the entry's own name: which
+            // account the host's entry is for is not ours to guess.
+            let server_for = |url: &str| {
+                let same: Vec<&Server> = servers
+                    .iter()
+                    .filter(|s| hosts::same_url(&s.url, url))
+                    .collect();
+                match same.as_slice() {
+                    [one] => Some(*one),
+                    several => several.iter().copied().find(|s| s.name == *entry_name),
+                }
+            };
             let argv = host.command_of(entry);
             let fields = match &argv {
                 None if remote_entries => {
@@ -657,6 +710,53 @@ pub struct Bypass {
     pub url: String,
     /// The configured server with that URL, if any.
     pub server: Option<String>,
+}
+
+/// The hosts whose file has an entry `connect` wrote for the server
+/// `name` (under that name).
+pub fn hosts_with(env: &HostEnv, name: &str) -> Vec<&'static dyn Host> {
+    hosts::HOSTS
+        .iter()
+        .copied()
+        .filter(|host| host.path(env).exists())
+        .filter(|host| {
+            survey_one(*host, env, &[])
+                .wired
+                .iter()
+                .any(|w| w.entry == name && w.server == name)
+        })
+        .collect()
+}
+
+/// `mcpauthctl remove NAME`: the host entries `connect` wrote for it are
+/// disconnected too (they could only fail now), or, with `keep`, named.
+pub fn after_remove(env: &HostEnv, name: &str, keep: bool) -> Result<Vec<String>, Failure> {
+    let mut lines = Vec::new();
+    for host in hosts_with(env, name) {
+        if keep {
+            lines.push(format!(
+                "kept {name}'s entry in {} ({}): it fails until you add {name} again, or run `mcpauthctl disconnect {} {name}`",
+                host.path(env).display(),
+                host.title(),
+                host.id()
+            ));
+        } else {
+            let report = disconnect(host, env, &[name.to_string()], false)?;
+            lines.push(format!(
+                "removed {name}'s entry from {} ({}), which `connect` wrote (--keep-host-entries keeps such entries)",
+                host.path(env).display(),
+                host.title()
+            ));
+            // What else the disconnect did (the backup, the file).
+            lines.extend(
+                report
+                    .lines
+                    .into_iter()
+                    .filter(|l| l.starts_with("  removed ")),
+            );
+        }
+    }
+    Ok(lines)
 }
 
 /// The hosts found on this machine: the file exists, or the host's

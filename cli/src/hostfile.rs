@@ -16,7 +16,7 @@
 //!   may hold its own secrets), removed by `disconnect`.
 
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use jsonc_parser::ParseOptions;
@@ -28,6 +28,8 @@ use crate::hosts::Format;
 
 /// Suffix of the copy of a file as it was before mcpauthctl last wrote it.
 pub const BACKUP_SUFFIX: &str = ".mcpauth-backup";
+/// Beside a host file that `connect` created: see [`created_mark`].
+pub const CREATED_SUFFIX: &str = ".mcpauth-created";
 
 /// A parsed host file.
 pub enum Document {
@@ -232,6 +234,31 @@ impl Document {
         }
     }
 
+    /// Whether nothing is in the document but (maybe) an empty `key`: a
+    /// file mcpauthctl created holds nothing of anyone else's then.
+    pub fn is_empty_but(&self, key: &str) -> bool {
+        let empty = |v: &Value| v.as_object().is_some_and(|o| o.is_empty());
+        match self {
+            Document::Json(root) => {
+                let text = root.to_string();
+                if text.contains("//") || text.contains("/*") {
+                    return false;
+                }
+                match root.value().and_then(|v| v.to_serde_value()) {
+                    None => true,
+                    Some(Value::Object(o)) => o.iter().all(|(k, v)| k == key && empty(v)),
+                    Some(_) => false,
+                }
+            }
+            Document::Toml(doc) => {
+                !doc.to_string().contains('#')
+                    && doc.iter().all(|(k, item)| {
+                        k == key && item.as_table_like().is_some_and(|t| t.is_empty())
+                    })
+            }
+        }
+    }
+
     pub fn render(&self) -> String {
         match self {
             Document::Json(root) => root.to_string(),
@@ -367,6 +394,48 @@ pub fn backup_path(path: &Path) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(BACKUP_SUFFIX);
     path.with_file_name(name)
+}
+
+/// The mark beside a host file that mcpauthctl created (it did not exist
+/// before `connect`), so `disconnect` can remove the file when nothing
+/// else is left in it.
+pub fn created_mark(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(CREATED_SUFFIX);
+    path.with_file_name(name)
+}
+
+/// Marks `path` as created by mcpauthctl (an empty file, mode 0600).
+pub fn mark_created(path: &Path) -> Result<(), String> {
+    let mark = created_mark(path);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&mark)
+        .map(drop)
+        .map_err(|e| format!("cannot write {}: {e}", mark.display()))
+}
+
+/// Removes `path` (a file mcpauthctl created, now empty but for an empty
+/// servers key), its backup and its mark, if it still holds `expected`.
+/// Whether it was removed.
+pub fn remove_created(path: &Path, expected: &[u8]) -> Result<bool, String> {
+    let fail = |p: &Path, e: std::io::Error| format!("cannot remove {}: {e}", p.display());
+    match std::fs::read(path) {
+        Ok(now) if now == expected => {}
+        _ => return Ok(false),
+    }
+    std::fs::remove_file(path).map_err(|e| fail(path, e))?;
+    remove_backup(path)?;
+    let mark = created_mark(path);
+    match std::fs::remove_file(&mark) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(fail(&mark, e)),
+    }
+    Ok(true)
 }
 
 /// Keeps `original` (the file's bytes before this write) beside it, mode

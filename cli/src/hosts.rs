@@ -213,10 +213,14 @@ fn helper_command(helper: Option<&Value>) -> Option<Vec<String>> {
 fn login_names(file: &Path, object: impl Fn(&Value) -> Option<&Value>) -> Option<OwnLogins> {
     let text = std::fs::read_to_string(file).ok()?;
     let value: Value = serde_json::from_str(&text).ok()?;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
     let mut names: Vec<String> = object(&value)?
         .as_object()?
-        .keys()
-        .filter_map(|k| k.split('|').next())
+        .iter()
+        .filter(|(_, entry)| is_a_login(entry, now_ms))
+        .filter_map(|(k, _)| k.split('|').next())
         .map(str::to_string)
         .collect();
     names.sort();
@@ -225,6 +229,25 @@ fn login_names(file: &Path, object: impl Fn(&Value) -> Option<&Value>) -> Option
         file: file.to_path_buf(),
         names,
     })
+}
+
+/// Whether a host's token entry is a login anyone could use: a refresh
+/// token, or an access token that has not expired (Claude Code's
+/// `accessToken`/`refreshToken`/`expiresAt`, Codex's snake_case ones;
+/// expiries in ms). An entry left empty or expired is no login.
+fn is_a_login(entry: &Value, now_ms: i64) -> bool {
+    let text = |keys: [&str; 2]| {
+        keys.iter()
+            .filter_map(|k| entry.get(*k).and_then(Value::as_str))
+            .any(|v| !v.trim().is_empty())
+    };
+    if text(["refreshToken", "refresh_token"]) {
+        return true;
+    }
+    let expires = ["expiresAt", "expires_at"]
+        .iter()
+        .find_map(|k| entry.get(*k).and_then(Value::as_i64));
+    text(["accessToken", "access_token"]) && expires.is_none_or(|at| at > now_ms)
 }
 
 /// Claude Code: user-scope servers in `~/.claude.json`, with a headers

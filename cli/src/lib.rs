@@ -97,9 +97,14 @@ impl ClientError {
     /// The next step for a person, if there is an obvious one.
     pub fn hint(&self) -> Option<String> {
         match self {
-            ClientError::NotRunning { .. } => {
-                Some("run the command without --no-autostart to start it in the background, or install the service once with `mcpauthctl service install`".into())
-            }
+            ClientError::NotRunning { .. } => Some(format!(
+                "start it with `mcpauthctl start`{}",
+                if autostart::user_manager_runs() {
+                    ", or keep it running with `mcpauthctl service install`"
+                } else {
+                    ""
+                }
+            )),
             ClientError::Unreachable { .. } => Some(
                 "check that mcpauthd runs as your user (`mcpauthctl status`); its log is in the state directory".into(),
             ),
@@ -136,6 +141,21 @@ impl ClientError {
             tonic::Code::Unknown | tonic::Code::Cancelled => Self::closed(socket),
             tonic::Code::Unavailable if !status.metadata().contains_key("retry-after") => {
                 Self::closed(socket)
+            }
+            // An unknown server: which daemon said so, too (the config it
+            // named may not be the one the person meant).
+            tonic::Code::NotFound if status.message().starts_with("no server named ") => {
+                let message = status.message();
+                let at = message.find("; did you mean").unwrap_or(message.len());
+                ClientError::Rpc {
+                    code: tonic::Code::NotFound,
+                    message: format!(
+                        "{} (daemon at {}){}",
+                        &message[..at],
+                        socket.display(),
+                        &message[at..]
+                    ),
+                }
             }
             code => ClientError::Rpc {
                 code,

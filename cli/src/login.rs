@@ -126,6 +126,24 @@ fn paste_lines() -> tokio::sync::mpsc::Receiver<String> {
     rx
 }
 
+/// Whether the daemon that answers runs on another machine, its socket
+/// forwarded here (`ssh -R`, README "Over SSH"): it names another socket
+/// than the one we dialled, or its pid is no mcpauthd here. Its callback
+/// then listens on that machine's loopback, not this one's.
+fn daemon_elsewhere(status: &pb::StatusReply, dialled: &std::path::Path) -> bool {
+    let canonical = |p: &std::path::Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.into());
+    if canonical(std::path::Path::new(&status.socket_path)) != canonical(dialled) {
+        return true;
+    }
+    match std::fs::read_to_string(format!("/proc/{}/comm", status.pid)) {
+        Ok(comm) => comm.trim() != "mcpauthd",
+        // No such process here (or no /proc: say nothing).
+        Err(e) => {
+            e.kind() == std::io::ErrorKind::NotFound && std::path::Path::new("/proc/self").exists()
+        }
+    }
+}
+
 pub async fn run(mut client: Client, args: LoginArgs) -> Result<String, Failure> {
     // Logging in again is allowed (another account, more scope), but not
     // silently: the person hears what they already have.
@@ -187,7 +205,27 @@ pub async fn run(mut client: Client, args: LoginArgs) -> Result<String, Failure>
         stderr("(joining the login already in progress)");
     }
     let mut pasted = None;
-    if headless {
+    let elsewhere = headless
+        && client
+            .status()
+            .await
+            .is_ok_and(|s| daemon_elsewhere(&s, client.socket()));
+    if headless && elsewhere {
+        // Over a forwarded socket: the daemon, and its callback, are on
+        // the machine the socket comes from.
+        paragraph(
+            "mcpauthd runs on another machine (its socket is forwarded here): open the URL in a browser on that machine, where its callback listens; no tunnel is needed.",
+        );
+        paragraph(&format!(
+            "Or open it anywhere and paste below the address your browser ends up on (it starts with {}).",
+            started.redirect_uri
+        ));
+        if std::io::stdin().is_terminal() {
+            let _ = write!(std::io::stderr(), "\nPaste the address and press Enter: ");
+            let _ = std::io::stderr().flush();
+        }
+        pasted = Some(paste_lines());
+    } else if headless {
         let port = started.callback_port;
         let host = nix::unistd::gethostname()
             .ok()
@@ -206,9 +244,13 @@ pub async fn run(mut client: Client, args: LoginArgs) -> Result<String, Failure>
             "or open the URL on any machine and paste below the address your browser ends up on (it starts with {}, and may show an error page there).",
             started.redirect_uri
         ));
-        paragraph(&format!(
-            "(Where the server offers device codes, `mcpauthctl login {name} --device` needs neither: a code to enter on any device.)"
-        ));
+        // Proposed only where the authorization server has a device
+        // endpoint: elsewhere `--device` would only fail.
+        if started.device_offered {
+            paragraph(&format!(
+                "(Or `mcpauthctl login {name} --device` needs neither: this server offers a code to enter on any device.)"
+            ));
+        }
         if std::io::stdin().is_terminal() {
             // A prompt on its own line; nothing else is written while the
             // person types.

@@ -14,7 +14,7 @@ mod service;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use mcpauth_client::{ClientError, ConnectOptions, exit, pb};
 use mcpauth_proto::env;
 use tokio_stream::StreamExt;
@@ -127,11 +127,19 @@ enum Command {
         /// The https URL of this client's Client ID Metadata Document.
         #[arg(long, value_name = "URL")]
         client_metadata_url: Option<String>,
+        /// The account the browser login asks the server for (`login_hint`):
+        /// for a second account on a server another entry has.
+        #[arg(long, value_name = "ACCOUNT")]
+        login_hint: Option<String>,
     },
     /// Remove a server from config.toml and delete all of its state.
     Remove {
         #[arg(help = NAME_HELP)]
         name: String,
+        /// Keep the MCP host entries `connect` wrote for it (by default
+        /// they are removed too: they could only fail).
+        #[arg(long)]
+        keep_host_entries: bool,
     },
     /// Log in to a server in the browser (the daemon keeps the tokens).
     Login {
@@ -315,6 +323,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Start the daemon in the background, if it is not running.
+    Start,
     /// Stop the daemon.
     Stop,
     /// Install or remove the systemd user service / launchd agent.
@@ -394,8 +404,24 @@ impl From<ClientError> for Failure {
     }
 }
 
+/// The command line, its `--help` naming the config file in use (which
+/// `XDG_CONFIG_HOME` or `MCP_BROKER_CONFIG` may move) rather than the
+/// default the man page shows.
+fn cli_command() -> clap::Command {
+    let command = Cli::command();
+    let long = command
+        .get_long_about()
+        .map(ToString::to_string)
+        .unwrap_or_default()
+        .replace(
+            "~/.config/mcpauth/config.toml",
+            &mcpauth_proto::paths::config_path().display().to_string(),
+        );
+    command.long_about(long)
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::from_arg_matches(&cli_command().get_matches()).unwrap_or_else(|e| e.exit());
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -473,6 +499,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             scopes,
             callback_port,
             client_metadata_url,
+            login_hint,
         } => {
             let client_secret_file = match client_secret_file {
                 Some(path) => Some(std::path::absolute(&path).map_err(|e| Failure {
@@ -493,6 +520,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     scopes,
                     callback_port: callback_port.map_or(0, u32::from),
                     client_metadata_url: client_metadata_url.unwrap_or_default(),
+                    login_hint: login_hint.unwrap_or_default(),
                 })
                 .await?;
             out!("added {} ({})", server.name, server.url);
@@ -508,7 +536,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 .collect();
             if !twins.is_empty() {
                 out!(
-                    "{} {} the same URL: each entry keeps its own login, so {} can hold another account",
+                    "{} {} the same URL: each entry keeps its own login, so {} can hold another account (its login asks the server to let you choose the account; `login_hint` in its section names one)",
                     twins.join(", "),
                     if twins.len() == 1 { "has" } else { "have" },
                     server.name
@@ -516,10 +544,17 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
             out!("next: mcpauthctl login {}", server.name);
         }
-        Command::Remove { name } => {
+        Command::Remove {
+            name,
+            keep_host_entries,
+        } => {
             let mut client = mcpauth_client::connect(&opts).await?;
             client.remove_server(&name).await?;
             out!("removed {name}; its tokens and registration are deleted");
+            let env = hosts::HostEnv::from_env();
+            for line in connect::after_remove(&env, &name, keep_host_entries)? {
+                out!("{line}");
+            }
         }
         Command::Login {
             name,
@@ -852,6 +887,20 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 }
             }
         }
+        Command::Start => {
+            // Even with --no-autostart: starting it is the point.
+            let opts = mcpauth_client::ConnectOptions {
+                autostart: true,
+                ..opts.clone()
+            };
+            let mut client = mcpauth_client::connect(&opts).await?;
+            let status = client.status().await?;
+            out!(
+                "mcpauthd is running (pid {}, socket {})",
+                status.pid,
+                opts.socket.display()
+            );
+        }
         Command::Stop => {
             let mut client = match mcpauth_client::Client::connect(&opts.socket).await {
                 Ok(client) => client,
@@ -1024,13 +1073,14 @@ fn print_report(report: connect::Report) -> Result<(), Failure> {
 /// One human line for an event: local time, what, which server (or
 /// "config" for the daemon's config events), and details.
 fn watch_line(event: &output::EventJson) -> String {
+    // "config rejected: why", not "config rejected config: why".
     let subject = match (event.server.as_deref(), event.event) {
-        (Some(server), _) => server,
-        (None, "config_rejected" | "config_accepted") => "config",
-        (None, _) => "daemon",
+        (Some(server), _) => format!(" {server}"),
+        (None, "config_rejected" | "config_accepted") => String::new(),
+        (None, _) => " daemon".into(),
     };
     let mut line = format!(
-        "{} {} {subject}",
+        "{} {}{subject}",
         output::local_time(event.at_unix_ms),
         event.event.replace('_', " "),
     );
@@ -1060,14 +1110,28 @@ async fn headers_server_from_url(client: &mut mcpauth_client::Client) -> Result<
         });
     };
     let servers = client.list_servers().await?;
-    servers
+    let names: Vec<String> = servers
         .into_iter()
-        .find(|s| mcpauth_client::same_server_url(&s.url, &wanted))
+        .filter(|s| mcpauth_client::same_server_url(&s.url, &wanted))
         .map(|s| s.name)
-        .ok_or_else(|| Failure {
-            message: format!("no configured server has the URL {wanted}; add it with `mcpauthctl add NAME {wanted}`"),
+        .collect();
+    match names.as_slice() {
+        [] => Err(Failure {
+            message: format!(
+                "no configured server has the URL {wanted}; add it with `mcpauthctl add NAME {wanted}`"
+            ),
             code: exit::USAGE,
-        })
+        }),
+        [name] => Ok(name.clone()),
+        // Two accounts on one server: which one is not ours to pick.
+        several => Err(Failure {
+            message: format!(
+                "{} have the same URL {wanted}, each with its own login: pass NAME (`mcpauthctl headers -- NAME`) to say which",
+                several.join(" and ")
+            ),
+            code: exit::USAGE,
+        }),
+    }
 }
 
 /// An enterprise server that logs in at `idp`, for `login --idp`.
@@ -1128,15 +1192,21 @@ fn print_status(status: pb::StatusReply) {
         .into_iter()
         .map(|s| {
             let next = next_refresh(&s, now);
+            let state = match s.grant.as_str() {
+                "" | "authorization_code" => output::state_name(s.state).replace('_', " "),
+                grant => format!(
+                    "{} ({grant})",
+                    output::state_name(s.state).replace('_', " ")
+                ),
+            };
             vec![
                 s.name,
                 s.url,
-                match s.grant.as_str() {
-                    "" | "authorization_code" => output::state_name(s.state).replace('_', " "),
-                    grant => format!(
-                        "{} ({grant})",
-                        output::state_name(s.state).replace('_', " ")
-                    ),
+                // Whose tokens, when the authorization server said.
+                if s.account.is_empty() {
+                    state
+                } else {
+                    format!("{state} as {}", s.account)
                 },
                 match s.token_expires_at_unix_ms {
                     0 => "-".into(),
@@ -1275,6 +1345,16 @@ fn print_server(s: pb::Server) {
                 "next refresh"
             },
             next_refresh(&s, now),
+        ),
+        (
+            "account",
+            if !s.account.is_empty() {
+                s.account.clone()
+            } else if s.token_expires_at_unix_ms == 0 && s.granted_scopes.is_empty() {
+                none()
+            } else {
+                "(the authorization server does not say)".into()
+            },
         ),
         (
             "granted scopes",

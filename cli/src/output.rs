@@ -40,6 +40,8 @@ pub struct ServerJson {
     /// A person's login is held without a refresh token: a login is
     /// needed again once it expires.
     pub no_refresh_token: bool,
+    /// Whose tokens the grant holds, when the authorization server said.
+    pub account: Option<String>,
     /// The proactive refresh: `idle`, `scheduled`, `retrying`, `stopped`.
     pub refresh_state: String,
     pub next_refresh_unix_ms: Option<i64>,
@@ -337,6 +339,7 @@ impl From<pb::Server> for ServerJson {
             added_at_unix_ms: some(s.added_at_unix_ms),
             granted_scopes: s.granted_scopes,
             no_refresh_token: s.no_refresh_token,
+            account: some(s.account),
             refresh_state: if s.refresh_state.is_empty() {
                 "idle".into()
             } else {

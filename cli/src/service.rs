@@ -186,6 +186,26 @@ fn next_step_install() -> String {
 /// Stops and removes the unit files.
 pub fn uninstall(deactivate: bool) -> Result<Vec<String>, String> {
     let mut notes = Vec::new();
+    // Nothing installed: nothing to stop, and no service manager to ask
+    // (which, in a container, would only answer "Failed to connect to
+    // bus").
+    if !service_files().iter().any(|(_, path)| path.exists()) {
+        let ours = if cfg!(target_os = "macos") {
+            "launchd"
+        } else {
+            "systemd"
+        };
+        let dir = service_files()
+            .into_iter()
+            .find(|(manager, _)| *manager == ours)
+            .and_then(|(_, p)| p.parent().map(Path::to_path_buf))
+            .unwrap_or_default();
+        notes.push(format!(
+            "no mcpauthd service is installed (nothing in {}); nothing to uninstall: mcpauthctl starts mcpauthd on demand",
+            dir.display()
+        ));
+        return Ok(notes);
+    }
     if deactivate {
         let result = if cfg!(target_os = "macos") {
             run(

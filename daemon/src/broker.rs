@@ -39,8 +39,10 @@ use crate::store::{Store, StoreError};
 pub enum BrokerError {
     /// A name no server has; with the configured name it most likely
     /// meant, if one is close.
-    #[error("no server named {0:?} is configured{hint}", hint = did_you_mean(.1))]
-    NotFound(String, Option<String>),
+    /// The config file is named, so a client that reached another daemon
+    /// than it meant can tell.
+    #[error("no server named {0:?} in {config}{hint}", config = .2.display(), hint = did_you_mean(.1))]
+    NotFound(String, Option<String>, std::path::PathBuf),
     /// A name too like one already taken (they differ only in case).
     #[error(
         "a server named {existing:?} already exists, and {name:?} differs from it only in case; choose a name that tells them apart"
@@ -143,6 +145,8 @@ pub struct ServerView {
     pub granted_scopes: Vec<String>,
     /// A person's login is held without a refresh token.
     pub no_refresh_token: bool,
+    /// Whose tokens the grant holds, when known.
+    pub account: Option<String>,
     /// What the refresh scheduler plans for this server.
     pub plan: Plan,
     /// The client id in effect and where it comes from.
@@ -321,7 +325,9 @@ impl BrokerError {
     /// non-clonable sources keep their message.
     pub fn duplicate(&self) -> BrokerError {
         match self {
-            BrokerError::NotFound(n, s) => BrokerError::NotFound(n.clone(), s.clone()),
+            BrokerError::NotFound(n, s, c) => {
+                BrokerError::NotFound(n.clone(), s.clone(), c.clone())
+            }
             BrokerError::OAuth(e) => BrokerError::OAuth(e.clone()),
             BrokerError::Callback(e) => BrokerError::Callback(e.clone()),
             BrokerError::LoginRequired { server, reason } => BrokerError::LoginRequired {
@@ -565,7 +571,11 @@ impl Broker {
     pub(crate) fn not_found(&self, name: &ServerName) -> BrokerError {
         let config = self.config();
         let names: Vec<&str> = config.servers.keys().map(ServerName::as_str).collect();
-        BrokerError::NotFound(name.to_string(), closest(name.as_str(), &names))
+        BrokerError::NotFound(
+            name.to_string(),
+            closest(name.as_str(), &names),
+            self.paths.config.clone(),
+        )
     }
 
     pub fn get(&self, name: &str) -> Result<ServerView, BrokerError> {
@@ -643,6 +653,7 @@ impl Broker {
             guard_error: self.report_guard_error(name),
             no_refresh_token: !server.grant.unattended()
                 && grant.as_ref().is_some_and(|g| g.refresh_token.is_none()),
+            account: grant.as_ref().and_then(|g| g.account.clone()),
             granted_scopes: grant.map(|g| g.scopes).unwrap_or_default(),
             plan: self.scheduler.plan(name, self.timing(name)),
         })

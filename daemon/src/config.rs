@@ -13,6 +13,7 @@
 //! client_id = "abc"                 # optional: pre-registered client
 //! client_secret_file = "~/.secrets/linear"  # or client_secret = "..."
 //! callback_port = 33418             # optional: fixed loopback port
+//! login_hint = "me@example.com"     # optional: the account to sign in
 //! client_metadata_url = "https://example.com/client.json"  # optional (CIMD)
 //!
 //! [servers.ci-tools]
@@ -269,6 +270,10 @@ pub struct ServerConfig {
     pub client_secret: Option<ClientSecret>,
     pub scopes: Vec<String>,
     pub callback_port: Option<u16>,
+    /// `login_hint` sent with a browser login (OpenID Connect), so the
+    /// authorization server signs in that account: for a server another
+    /// entry shares the URL of, it picks this entry's account.
+    pub login_hint: Option<String>,
     pub client_metadata_url: Option<Url>,
     pub import: Option<TokenImport>,
     pub export: Option<TokenExport>,
@@ -516,6 +521,7 @@ struct RawServer {
     #[serde(default)]
     scopes: Vec<String>,
     callback_port: Option<u16>,
+    login_hint: Option<String>,
     client_metadata_url: Option<String>,
     import: Option<RawImport>,
     export: Option<RawExport>,
@@ -540,6 +546,81 @@ struct RawExport {
     format: TokenFileFormat,
     #[serde(default)]
     refresh_token: bool,
+}
+
+/// A parser's message, made to say what it means where it is terse: a
+/// duplicate key names the key, and a table given twice (two
+/// `[servers.demo]`) the server. Only names are quoted, never a value.
+fn syntax_message(message: &str, span: Option<std::ops::Range<usize>>, text: &str) -> String {
+    let message = message.trim();
+    let Some(span) = span.filter(|_| message.starts_with("duplicate key")) else {
+        return message.to_string();
+    };
+    let start = span.start.min(text.len());
+    if !text.is_char_boundary(start) {
+        return message.to_string();
+    }
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or("").trim();
+    let name = |s: &str| truncate_for_message(s.trim().trim_matches('"'));
+    if let Some(header) = line.strip_prefix('[') {
+        let table = header
+            .trim_start_matches('[')
+            .split(']')
+            .next()
+            .unwrap_or("");
+        let table = table.trim();
+        if let Some(server) = table
+            .strip_prefix("servers.")
+            .filter(|s| ServerName::parse(s.trim().trim_matches('"')).is_ok())
+        {
+            return format!(
+                "the server {:?} is defined twice (a second [servers.{}] table); keep one",
+                name(server),
+                name(server)
+            );
+        }
+        if table
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-\"".contains(&b))
+        {
+            return format!("the table [{}] is defined twice; keep one", name(table));
+        }
+        return message.to_string();
+    }
+    let key: String = text[start..]
+        .chars()
+        .take_while(|c| c.is_alphanumeric() || "_-.\"".contains(*c))
+        .collect();
+    // Only a key this file knows is named: any other text there might be
+    // a secret pasted in the wrong place.
+    const KNOWN: &[&str] = &[
+        "url",
+        "grant",
+        "client_key_file",
+        "client_key_alg",
+        "assertion_file",
+        "identity_provider",
+        "client_id",
+        "client_secret",
+        "client_secret_file",
+        "scopes",
+        "callback_port",
+        "login_hint",
+        "client_metadata_url",
+        "import",
+        "export",
+        "path",
+        "format",
+        "refresh_token",
+        "notifications",
+        "issuer",
+        "id_token_file",
+    ];
+    if !KNOWN.contains(&key.as_str()) {
+        return message.to_string();
+    }
+    format!("{message}: {key} is set twice")
 }
 
 /// Line and column (1-based) of a byte offset.
@@ -573,7 +654,7 @@ impl Config {
                 column,
                 // `message()` is the error alone; `Display` would quote the
                 // offending line, which may hold a client secret.
-                message: e.message().trim().to_string(),
+                message: syntax_message(e.message(), e.span(), text),
             }
         })?;
         let invalid = |source| ConfigError::Invalid {
@@ -781,6 +862,17 @@ fn validate_server(name: &ServerName, raw: RawServer) -> Result<ServerConfig, In
             ));
         }
     }
+    let login_hint = match raw.login_hint {
+        None => None,
+        Some(h) if h.trim().is_empty() => return Err(field("login_hint", "it is empty")),
+        Some(h) if h.len() > 256 || h.chars().any(char::is_control) => {
+            return Err(field(
+                "login_hint",
+                "it must be one line of at most 256 bytes (an email or user name)",
+            ));
+        }
+        Some(h) => Some(h.trim().to_string()),
+    };
     if raw.callback_port == Some(0) {
         return Err(field(
             "callback_port",
@@ -950,6 +1042,7 @@ fn validate_server(name: &ServerName, raw: RawServer) -> Result<ServerConfig, In
         client_secret,
         scopes: raw.scopes,
         callback_port: raw.callback_port,
+        login_hint,
         client_metadata_url,
         import,
         export,
@@ -966,6 +1059,7 @@ pub struct NewServer {
     pub scopes: Vec<String>,
     pub callback_port: Option<u16>,
     pub client_metadata_url: Option<String>,
+    pub login_hint: Option<String>,
 }
 
 const NEW_FILE_HEADER: &str = "\
@@ -992,7 +1086,7 @@ impl ConfigDocument {
                 path: path.to_path_buf(),
                 line,
                 column,
-                message: e.message().trim().to_string(),
+                message: syntax_message(e.message(), e.span(), text),
             }
         })?;
         Ok(Self { doc, header: false })
@@ -1042,6 +1136,9 @@ impl ConfigDocument {
         }
         if let Some(url) = &server.client_metadata_url {
             table.insert("client_metadata_url", value(url.as_str()));
+        }
+        if let Some(hint) = &server.login_hint {
+            table.insert("login_hint", value(hint.as_str()));
         }
         servers.insert(name.as_str(), Item::Table(table));
     }
@@ -1118,6 +1215,24 @@ pub fn write_atomically(path: &Path, text: &str) -> Result<(), ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_server_defined_twice_is_named_and_a_repeated_key_too() {
+        let text = "[servers.demo]\nurl = \"https://a.example/mcp\"\n\n[servers.demo]\nurl = \"https://b.example/mcp\"\n";
+        let e = Config::parse(text, Path::new("/c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "/c.toml: line 4, column 10: the server \"demo\" is defined twice (a second [servers.demo] table); keep one"
+        );
+        let text = "[servers.demo]\nurl = \"https://a.example/mcp\"\nclient_id = \"c\"\nclient_secret = \"s3cr3t-one\"\nclient_secret = \"s3cr3t-two\"\n";
+        let e = Config::parse(text, Path::new("/c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("client_secret is set twice"), "{e}");
+        assert!(!e.contains("s3cr3t"), "{e}");
+    }
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, Path::new("config.toml"))

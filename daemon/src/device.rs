@@ -206,6 +206,7 @@ impl Broker {
             callback_port: 0,
             device: Some(view),
             joined: false,
+            device_offered: true,
             outcome: rx,
         })
     }
@@ -220,7 +221,9 @@ impl Broker {
         tokens: crate::oauth::token::TokenSet,
     ) {
         let guard = self.locks.lock(name).await;
+        let account = crate::oauth::jwt::account_of(&tokens);
         let new = NewGrant {
+            account,
             issuer: discovery.issuer.clone(),
             client_id: registration.client_id.clone(),
             resource: discovery.resource.clone(),

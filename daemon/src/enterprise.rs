@@ -422,6 +422,7 @@ impl Broker {
             callback_port: port,
             device: None,
             joined: false,
+            device_offered: false,
             outcome: rx,
         })
     }

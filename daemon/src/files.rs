@@ -428,6 +428,7 @@ impl Broker {
             .and_then(|r| r.discovery.as_ref().map(|d| d.resource.clone()))
             .unwrap_or_default();
         let new = NewGrant {
+            account: None,
             issuer: token.issuer.or(known_issuer).unwrap_or_default(),
             client_id: token
                 .client_id
@@ -459,6 +460,7 @@ mod tests {
 
     fn grant() -> Grant {
         Grant {
+            account: None,
             issuer: "https://as".into(),
             client_id: "c".into(),
             resource: "https://rs".into(),

@@ -586,11 +586,29 @@ impl Broker {
 
         // 2. The server: the one with this URL, or a new name for it.
         let config = self.config();
-        let existing = config
+        // Two entries with this URL hold two accounts: the tool's login
+        // goes to the one of its own name, or to neither.
+        let same: Vec<String> = config
             .servers
             .iter()
-            .find(|(_, s)| same_url(s.url.as_str(), &item.url))
+            .filter(|(_, s)| same_url(s.url.as_str(), &item.url))
             .map(|(n, _)| n.to_string())
+            .collect();
+        if same.len() > 1 && !same.contains(&item.name) {
+            return skip(
+                out,
+                format!(
+                    "{} have this URL, each with its own login, and none is named {:?}: log in to the one it belongs to (`mcpauthctl login NAME`)",
+                    same.join(" and "),
+                    item.name
+                ),
+            );
+        }
+        let existing = same
+            .iter()
+            .find(|n| **n == item.name)
+            .or(same.first())
+            .cloned()
             .or_else(|| {
                 planned
                     .iter()
@@ -631,9 +649,27 @@ impl Broker {
             );
         }
         let now = self.now_ms();
+        // A login the broker already holds (usable: refreshable, or not
+        // expired) needs none: the tool having none is no reason to ask.
+        let broker_holds = !new_server
+            && self
+                .store()
+                .grant(&server_name)
+                .ok()
+                .flatten()
+                .is_some_and(|g| {
+                    g.refresh_token.is_some() || g.expires_at_ms.is_none_or(|at| at > now)
+                });
+        let no_login = |why: String| {
+            if broker_holds {
+                Verdict::Current(format!("the broker already holds a login for it ({why})"))
+            } else {
+                Verdict::LoginNeeded(why)
+            }
+        };
         let grant = match grant {
             Some(g) if g.expires_at_ms.is_some_and(|at| at <= now) && g.refresh_token.is_none() => {
-                out.verdict = Verdict::LoginNeeded(format!(
+                out.verdict = no_login(format!(
                     "the {} token has expired and there is no refresh token",
                     item.tool.id()
                 ));
@@ -641,7 +677,7 @@ impl Broker {
             }
             Some(g) => Some(g),
             None => {
-                out.verdict = Verdict::LoginNeeded(match &keyring_trouble {
+                out.verdict = no_login(match &keyring_trouble {
                     Some(why) => format!(
                         "{} keeps its logins in the OS keyring, which cannot be read: {why}. Log in through the broker, or set mcp_oauth_credentials_store = \"file\" in {}'s config.toml, run `{} mcp login {}` once, and import again",
                         item.tool.id(),
@@ -723,6 +759,7 @@ impl Broker {
                     scopes: Vec::new(),
                     callback_port: None,
                     client_metadata_url: None,
+                    login_hint: None,
                 })
                 .await?;
             }
@@ -787,6 +824,7 @@ impl Broker {
             None => None,
         };
         let new = NewGrant {
+            account: None,
             issuer: discovery.issuer.clone(),
             client_id: grant
                 .client
@@ -1069,6 +1107,7 @@ mod tests {
     #[test]
     fn a_held_grant_wins_unless_the_tool_s_expires_later() {
         let held = crate::state::Grant {
+            account: None,
             issuer: "https://as".into(),
             client_id: "c".into(),
             resource: "r".into(),

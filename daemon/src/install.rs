@@ -57,6 +57,10 @@ pub struct NewGrant {
     pub refresh_token: Option<Secret>,
     pub expires_at_ms: Option<i64>,
     pub scopes: Vec<String>,
+    /// Whose tokens these are, from the ID token (see
+    /// [`crate::oauth::jwt::account_of`]); the access token's `sub` is
+    /// tried at install when this is `None`.
+    pub account: Option<String>,
 }
 
 impl Broker {
@@ -100,7 +104,23 @@ impl Broker {
             .map_or(0, |g| g.generation)
             .max(record.last_generation)
             + 1;
+        // Whose tokens: what this answer says, else the same grant's
+        // (a refresh of it), else nothing.
+        let account = new
+            .account
+            .or_else(|| crate::oauth::jwt::access_token_subject(&new.access_token))
+            .or_else(|| {
+                current
+                    .as_ref()
+                    .filter(|g| {
+                        source == GrantSource::Refresh
+                            && g.issuer == new.issuer
+                            && g.client_id == new.client_id
+                    })
+                    .and_then(|g| g.account.clone())
+            });
         let grant = Grant {
+            account,
             issuer: new.issuer,
             client_id: new.client_id,
             resource: new.resource,

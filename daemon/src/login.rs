@@ -116,6 +116,9 @@ pub struct LoginHandle {
     pub callback_port: u16,
     pub device: Option<DeviceView>,
     pub joined: bool,
+    /// The authorization server offers the device flow (false when not
+    /// known).
+    pub device_offered: bool,
     pub outcome: watch::Receiver<Option<LoginOutcome>>,
 }
 
@@ -179,6 +182,7 @@ impl ActiveLogin {
             callback_port: self.callback_port,
             device: self.device.clone(),
             joined: true,
+            device_offered: false,
             outcome: self.outcome.subscribe(),
         }
     }
@@ -365,7 +369,7 @@ impl Broker {
 
         let pkce = pkce::Pkce::new();
         let state = pkce::new_state();
-        let url = flow::authorization_url(
+        let mut url = flow::authorization_url(
             &discovery,
             &registration.client_id,
             &pkce.challenge,
@@ -373,6 +377,10 @@ impl Broker {
             &scopes,
             &redirect_uri,
         )?;
+        let shares_url = self.config().servers.iter().any(|(n, s)| {
+            *n != name && crate::import::same_url(s.url.as_str(), server.url.as_str())
+        });
+        choose_account(&mut url, server.login_hint.as_deref(), shares_url);
         let pending = PendingFlow {
             state: crate::secret::Secret::new(state),
             verifier: pkce.verifier,
@@ -397,6 +405,7 @@ impl Broker {
             callback_port: port,
             device: None,
             joined: false,
+            device_offered: offers_device,
             outcome: rx,
         })
     }
@@ -766,7 +775,9 @@ impl Broker {
                 .await;
         }
         let expires_at_ms = tokens.expires_at_ms(self.now_ms());
+        let account = crate::oauth::jwt::account_of(&tokens);
         let new = NewGrant {
+            account,
             issuer: flow.issuer.clone(),
             client_id: registration.client_id.clone(),
             resource: discovery.resource.clone(),
@@ -885,4 +896,51 @@ pub(crate) fn login_done(record: &mut crate::state::ServerRecord, granted: &[Str
         step_up.scopes.clear();
     }
     record.challenge = None;
+}
+
+/// Lets the person pick the account a login is for, when it matters: with
+/// `login_hint` configured, that account is asked for; else, for a server
+/// whose URL another configured entry also has (two accounts on one
+/// server), `prompt=select_account`, so the authorization server does not
+/// silently sign in the account its browser session already has. A
+/// request that already carries a `prompt` (or `login_hint`) keeps it.
+pub(crate) fn choose_account(url: &mut url::Url, login_hint: Option<&str>, shares_url: bool) {
+    let has = |name: &str| url.query_pairs().any(|(k, _)| k == name);
+    if let Some(hint) = login_hint {
+        if !has("login_hint") {
+            url.query_pairs_mut().append_pair("login_hint", hint);
+        }
+    } else if shares_url && !has("prompt") {
+        url.query_pairs_mut()
+            .append_pair("prompt", "select_account");
+    }
+}
+
+#[cfg(test)]
+mod account_tests {
+    use super::choose_account;
+
+    #[test]
+    fn the_account_is_chosen_only_when_it_matters_and_an_existing_prompt_stays() {
+        let base = "https://as.example/authorize?response_type=code&client_id=c";
+        let run = |base: &str, hint: Option<&str>, shared: bool| {
+            let mut url = url::Url::parse(base).unwrap();
+            choose_account(&mut url, hint, shared);
+            url.query().unwrap().to_string()
+        };
+        assert_eq!(run(base, None, false), "response_type=code&client_id=c");
+        assert!(run(base, None, true).ends_with("&prompt=select_account"));
+        let hinted = run(base, Some("ann@example.com"), true);
+        assert!(
+            hinted.ends_with("&login_hint=ann%40example.com"),
+            "{hinted}"
+        );
+        assert!(!hinted.contains("prompt"));
+        // An authorization request that already has a prompt keeps it.
+        let with_prompt = format!("{base}&prompt=consent");
+        assert_eq!(
+            run(&with_prompt, None, true),
+            "response_type=code&client_id=c&prompt=consent"
+        );
+    }
 }

@@ -235,7 +235,9 @@ impl Broker {
                 }
                 let tokens = obtained.tokens;
                 let expires_at_ms = tokens.expires_at_ms(self.now_ms());
+                let account = crate::oauth::jwt::account_of(&tokens);
                 let new = NewGrant {
+                    account,
                     issuer: grant.issuer.clone(),
                     client_id: grant.client_id.clone(),
                     resource: grant.resource.clone(),

@@ -227,6 +227,7 @@ impl From<ServerView> for pb::Server {
             },
             granted_scopes: v.granted_scopes,
             no_refresh_token: v.no_refresh_token,
+            account: v.account.unwrap_or_default(),
             grant: v.config.grant.as_str().into(),
             identity_provider: v
                 .config
@@ -413,6 +414,7 @@ impl broker_server::Broker for BrokerService {
             scopes: r.scopes,
             callback_port,
             client_metadata_url: optional(r.client_metadata_url),
+            login_hint: optional(r.login_hint),
         };
         Ok(Response::new(self.broker.add(new).await?.into()))
     }
@@ -526,6 +528,7 @@ impl broker_server::Broker for BrokerService {
                     callback_port: u32::from(handle.callback_port),
                     joined: handle.joined,
                     expires_at_unix_ms: handle.flow.expires_at_ms,
+                    device_offered: handle.device_offered,
                 })),
             },
         };

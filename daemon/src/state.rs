@@ -296,6 +296,11 @@ pub struct Grant {
     /// from the server's record when it reads one of those.
     #[serde(default)]
     pub server_url: String,
+    /// Whose tokens these are, when the authorization server says: the ID
+    /// token's `email` or `preferred_username`, or the access token's
+    /// `sub` when it is a JWT. Not a secret; never guessed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
 }
 
 /// A login waiting for the browser (or a pasted redirect).

@@ -829,6 +829,7 @@ mod tests {
             let g = guard("a").await;
             let record = ServerRecord::new(&url::Url::parse("https://a.example/").unwrap(), 0);
             let grant = crate::state::Grant {
+                account: None,
                 issuer: "i".into(),
                 client_id: "c".into(),
                 resource: "r".into(),
@@ -966,6 +967,7 @@ mod tests {
         let record = ServerRecord::new(&url::Url::parse("https://a.example/").unwrap(), 0);
         assert!(store.grant(&n).unwrap().is_none());
         let mut grant = crate::state::Grant {
+            account: None,
             issuer: "i".into(),
             client_id: "c".into(),
             resource: "r".into(),
@@ -1067,6 +1069,7 @@ mod tests {
         }
         for generation in 1..=300u64 {
             let grant = crate::state::Grant {
+                account: None,
                 issuer: "i".into(),
                 client_id: "c".into(),
                 resource: "r".into(),

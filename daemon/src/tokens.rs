@@ -612,6 +612,7 @@ mod tests {
             .install_grant(
                 &guard,
                 crate::install::NewGrant {
+                    account: None,
                     issuer,
                     client_id: "c".into(),
                     resource: "http://127.0.0.1:9/mcp".into(),

@@ -288,7 +288,9 @@ impl Broker {
         match obtained {
             Ok((discovery, tokens)) => {
                 let expires_at_ms = tokens.expires_at_ms(self.now_ms());
+                let account = crate::oauth::jwt::account_of(&tokens);
                 let new = NewGrant {
+                    account,
                     issuer: discovery.issuer.clone(),
                     client_id: server.client_id.clone().unwrap_or_default(),
                     resource: discovery.resource.clone(),

@@ -497,6 +497,7 @@ proptest! {
                 scopes: scopes.clone(),
                 callback_port: None,
                 client_metadata_url: None,
+                login_hint: None,
             });
         }
         let text = doc.to_text();

@@ -147,6 +147,15 @@ pub struct Switches {
     pub refresh_token_only_with: Option<(String, String)>,
     /// Device flow, client credentials, JWT bearer, stateless MCP.
     pub grants: crate::grants_as::GrantSwitches,
+    /// The people who can sign in here (emails). Empty: nobody is told
+    /// apart. Otherwise the browser holds a session for one of them (the
+    /// first, at the start) and the authorization request decides whose
+    /// tokens are issued: `login_hint` names the account, `prompt=
+    /// select_account` has the person choose (the next account in turn),
+    /// and anything else gets the session's account. An ID token naming
+    /// the account (`email`, `preferred_username`) comes with the code
+    /// exchange when the scope has `openid`.
+    pub accounts: Vec<String>,
 }
 
 /// What a refresh's `scope` must be.
@@ -222,6 +231,7 @@ impl Default for Switches {
             resource_refused: false,
             refresh_token_only_with: None,
             grants: Default::default(),
+            accounts: Vec::new(),
         }
     }
 }
@@ -243,6 +253,8 @@ struct Code {
     scope: Option<String>,
     /// The request carried what `refresh_token_only_with` asks for.
     offline: bool,
+    /// Whose code it is (with `Switches::accounts`).
+    account: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -286,6 +298,13 @@ pub struct AsState {
     /// Token requests being handled right now.
     pub token_requests_in_flight: u64,
     pub grants: crate::grants_as::GrantState,
+    /// The account the browser is signed in as (an index into
+    /// `Switches::accounts`).
+    session_account: usize,
+    /// How many times the person was asked to choose an account.
+    selections: usize,
+    /// Whose each grant (family) is.
+    family_accounts: HashMap<u64, String>,
 }
 
 impl AsState {
@@ -481,6 +500,14 @@ impl AuthServer {
             .into_iter()
             .filter(|s| s.form.get("grant_type").map(String::as_str) == Some(grant_type))
             .collect()
+    }
+
+    /// Whose `token` (an access token this server issued) is, with
+    /// `Switches::accounts`.
+    pub fn account_of(&self, token: &str) -> Option<String> {
+        let s = self.state.lock().unwrap();
+        let family = s.access_tokens.get(token)?;
+        s.family_accounts.get(family).cloned()
     }
 
     /// Every access token issued so far.
@@ -930,6 +957,23 @@ async fn handle_inner(State(app): State<App>, request: Request<Body>) -> Respons
                 q.append_pair("error", "access_denied");
                 q.append_pair("error_description", "the user said no");
             } else {
+                let account = (!sw.accounts.is_empty()).then(|| {
+                    let hinted = query
+                        .get("login_hint")
+                        .and_then(|h| sw.accounts.iter().position(|a| a == h));
+                    let picked = match hinted {
+                        Some(i) => i,
+                        None if query.get("prompt").map(String::as_str)
+                            == Some("select_account") =>
+                        {
+                            s.selections += 1;
+                            (s.selections - 1) % sw.accounts.len()
+                        }
+                        None => s.session_account,
+                    };
+                    s.session_account = picked;
+                    sw.accounts[picked].clone()
+                });
                 let code = s.id("code");
                 s.codes.insert(
                     code.clone(),
@@ -942,6 +986,7 @@ async fn handle_inner(State(app): State<App>, request: Request<Body>) -> Respons
                             .refresh_token_only_with
                             .as_ref()
                             .is_none_or(|(k, v)| query.get(k) == Some(v)),
+                        account,
                     },
                 );
                 q.append_pair("code", &code);
@@ -1149,6 +1194,7 @@ async fn handle_inner(State(app): State<App>, request: Request<Body>) -> Respons
         }
         let grant_type = form.get("grant_type").cloned().unwrap_or_default();
         let mut offline = true;
+        let mut code_account = None;
         let (family, scope) = match grant_type.as_str() {
             "authorization_code" => {
                 let code = form.get("code").cloned().unwrap_or_default();
@@ -1169,6 +1215,7 @@ async fn handle_inner(State(app): State<App>, request: Request<Body>) -> Respons
                 }
                 s.next += 1;
                 offline = c.offline;
+                code_account = c.account;
                 (s.next, c.scope)
             }
             "refresh_token" => {
@@ -1264,6 +1311,27 @@ async fn handle_inner(State(app): State<App>, request: Request<Body>) -> Respons
             && let Some(scope) = &scope
         {
             response["scope"] = serde_json::json!(scope);
+        }
+        if let Some(account) = code_account {
+            s.family_accounts.insert(family, account.clone());
+            let openid = scope
+                .as_deref()
+                .is_some_and(|sc| sc.split(' ').any(|x| x == "openid"));
+            if openid {
+                // Unsigned: the broker only shows whose tokens they are.
+                let claims = serde_json::json!({
+                    "iss": issuer,
+                    "sub": format!("sub-{account}"),
+                    "aud": client_id,
+                    "email": account,
+                    "preferred_username": account.split('@').next(),
+                });
+                response["id_token"] = serde_json::json!(format!(
+                    "{}.{}.",
+                    URL_SAFE_NO_PAD.encode(br#"{"alg":"none"}"#),
+                    URL_SAFE_NO_PAD.encode(claims.to_string())
+                ));
+            }
         }
         if grant_type == "authorization_code" {
             crate::grants_as::on_code_exchange(&mut s, &issuer, &client_id, &mut response);

@@ -149,6 +149,39 @@ impl TestEnv {
         CtlOutput(output)
     }
 
+    /// A `PATH` whose `systemctl` is a stand-in: a systemd user manager
+    /// that answers (`reachable`), or none, as in a container ("Failed to
+    /// connect to bus"), whatever runs on this machine.
+    pub fn path_with_systemctl(&self, reachable: bool) -> String {
+        let dir = self.root.path().join(if reachable {
+            "systemd-user"
+        } else {
+            "no-systemd"
+        });
+        std::fs::create_dir_all(&dir).unwrap();
+        let script = dir.join("systemctl");
+        std::fs::write(
+            &script,
+            if reachable {
+                "#!/bin/sh
+exit 0
+"
+            } else {
+                "#!/bin/sh
+echo 'Failed to connect to bus: No medium found' >&2
+exit 1
+"
+            },
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        format!(
+            "{}:{}",
+            dir.display(),
+            std::env::var("PATH").unwrap_or_default()
+        )
+    }
+
     /// Writes `config.toml` the way editors do: a new file renamed over it.
     pub fn write_config(&self, text: &str) {
         let path = self.config_path();

@@ -74,19 +74,42 @@ fn concurrent_commands_start_one_daemon() {
 #[test]
 fn no_autostart_reports_an_unreachable_daemon_with_exit_3() {
     let env = TestEnv::new();
-    let out = env.ctl(&["--no-autostart", "status"]);
+    let no_manager = env.path_with_systemctl(false);
+    let out = env.ctl_env(&["--no-autostart", "status"], &[("PATH", &no_manager)]);
     assert_eq!(out.code(), 3);
     let stderr = out.stderr();
     assert!(stderr.contains("not running"), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
     // The next step: never `mcpauthd` in the foreground, which would hold
-    // the terminal.
+    // the terminal, nor a flag the person may never have typed (a host
+    // entry carries it), nor a service no manager runs here to start.
     assert!(
-        stderr.contains("without --no-autostart") && stderr.contains("mcpauthctl service install"),
+        stderr.contains("start it with `mcpauthctl start`"),
         "{stderr}"
     );
+    assert!(!stderr.contains("--no-autostart"), "{stderr}");
+    assert!(!stderr.contains("service install"), "{stderr}");
     assert!(!stderr.contains("`mcpauthd`"), "{stderr}");
     assert!(!env.socket().exists(), "nothing was started");
+    // Where a user service manager runs, the service is the other way.
+    let manager = env.path_with_systemctl(true);
+    let stderr = env
+        .ctl_env(&["--no-autostart", "status"], &[("PATH", &manager)])
+        .stderr();
+    assert!(
+        stderr.contains(
+            "start it with `mcpauthctl start`, or keep it running with `mcpauthctl service install`"
+        ),
+        "{stderr}"
+    );
+    // `start` starts it, even with --no-autostart, and says so.
+    let out = env.ctl_env(&["--no-autostart", "start"], &[("PATH", &no_manager)]);
+    assert!(
+        out.ok().starts_with("mcpauthd is running (pid "),
+        "{}",
+        out.stdout()
+    );
+    env.ctl(&["stop"]).ok();
 }
 
 #[test]
@@ -635,4 +658,42 @@ async fn the_daemon_refuses_a_client_of_another_protocol() {
         raw.status(request).await.unwrap().into_inner().protocol,
         mcpauth_proto::PROTOCOL
     );
+}
+
+/// `service uninstall` with nothing installed says so in one line, and
+/// asks no service manager (in a container, systemctl would only say
+/// "Failed to connect to bus").
+#[test]
+fn service_uninstall_with_nothing_installed_says_so_in_one_line() {
+    let env = TestEnv::new();
+    let no_manager = env.path_with_systemctl(false);
+    let out = env.ctl_env(&["service", "uninstall"], &[("PATH", &no_manager)]);
+    let stdout = out.ok();
+    assert_eq!(stdout.trim().lines().count(), 1, "{stdout}");
+    assert!(
+        stdout.starts_with(&format!(
+            "no mcpauthd service is installed (nothing in {}); nothing to uninstall",
+            env.config_home().join("systemd/user").display()
+        )),
+        "{stdout}"
+    );
+    assert!(out.stderr().is_empty(), "{}", out.stderr());
+    assert!(!stdout.contains("Failed to connect"), "{stdout}");
+}
+
+/// `--help` names the config file in use: under `XDG_CONFIG_HOME` when
+/// that is set, not the default.
+#[test]
+fn help_names_the_config_file_in_use() {
+    let env = TestEnv::new();
+    let stdout = env.ctl(&["--help"]).ok();
+    let flat = stdout.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        flat.contains(&format!(
+            "The servers are declared in {},",
+            env.config_path().display()
+        )),
+        "{stdout}"
+    );
+    assert!(!flat.contains("~/.config/mcpauth"), "{stdout}");
 }

@@ -776,7 +776,7 @@ fn connect_points_to_import_when_the_host_holds_its_own_login() {
     );
     assert!(!stdout.contains("never-shown"), "{stdout}");
     let stdout = env.ctl(&["connect", "codex", "github"]).ok();
-    assert!(!stdout.contains("note:"), "{stdout}");
+    assert!(!stdout.contains("holds its own login"), "{stdout}");
     let stdout = env.ctl(&["connect", "cursor", "linear"]).ok();
     assert!(
         stdout.contains(&format!(
@@ -1166,13 +1166,32 @@ fn entries_never_start_a_daemon_that_would_use_another_state_directory() {
     // This shell's state is not under HOME: a helper started by Codex
     // (HOME and PATH only) would start a daemon with other state.
     let elsewhere = env.root.path().join("state-elsewhere");
+    let no_manager = env.path_with_systemctl(false);
     let out = env.ctl_env(
         &["connect", "codex", "linear"],
-        &[("XDG_STATE_HOME", elsewhere.to_str().unwrap())],
+        &[
+            ("XDG_STATE_HOME", elsewhere.to_str().unwrap()),
+            ("PATH", &no_manager),
+        ],
     );
     let stdout = out.ok();
+    // No user service manager here: no service to advise.
     assert!(
-        stdout.contains("these entries never start mcpauthd"),
+        stdout.contains("these entries never start mcpauthd: keep it running (`mcpauthctl start` after each boot; no user service manager runs here)"),
+        "{stdout}"
+    );
+    let manager = env.path_with_systemctl(true);
+    let stdout = env
+        .ctl_env(
+            &["connect", "codex", "linear", "--dry-run"],
+            &[
+                ("XDG_STATE_HOME", elsewhere.to_str().unwrap()),
+                ("PATH", &manager),
+            ],
+        )
+        .ok();
+    assert!(
+        stdout.contains("keep it running (`mcpauthctl service install` does)"),
         "{stdout}"
     );
     let config = std::fs::read_to_string(env.home().join(".codex/config.toml")).unwrap();
@@ -1187,12 +1206,197 @@ fn entries_never_start_a_daemon_that_would_use_another_state_directory() {
         )),
         "{helper}"
     );
-    // With the default state directory the flag goes away again.
-    let stdout = env.ctl(&["connect", "codex", "linear"]).ok();
+    // With the default state directory the flag goes away again; where no
+    // user service manager runs, the entries start mcpauthd on demand.
+    let stdout = env
+        .ctl_env(&["connect", "codex", "linear"], &[("PATH", &no_manager)])
+        .ok();
     assert!(stdout.contains("  updated    linear"), "{stdout}");
+    assert!(
+        stdout.contains("note: these entries start mcpauthd on demand when the host needs a token (no user service manager runs here, so there is no service to install)"),
+        "{stdout}"
+    );
+    let stdout = env
+        .ctl_env(&["connect", "codex", "linear"], &[("PATH", &manager)])
+        .ok();
+    assert!(!stdout.contains("on demand"), "{stdout}");
     assert!(
         !std::fs::read_to_string(env.home().join(".codex/config.toml"))
             .unwrap()
             .contains("--no-autostart")
+    );
+}
+
+/// A host file `connect` created (it did not exist) is removed by
+/// `disconnect`, with its backup, once nothing else is in it; no line
+/// ever says an original is kept when there was none. One the host has
+/// put its own things in since stays.
+#[test]
+fn disconnect_removes_a_file_connect_created_when_nothing_else_is_in_it() {
+    let env = TestEnv::new();
+    let _daemon = start(&env);
+    let path = env.home().join(".cursor/mcp.json");
+    let dir = path.parent().unwrap().to_path_buf();
+    let beside = || {
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .map(|d| {
+                d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    };
+    let stdout = env.ctl(&["connect", "cursor", "linear"]).ok();
+    assert!(stdout.contains("(new file)"), "{stdout}");
+    assert!(!stdout.contains("as it was"), "{stdout}");
+    // A second write keeps a backup, and says the file is mcpauthctl's.
+    let stdout = env.ctl(&["connect", "cursor", "github"]).ok();
+    assert!(!stdout.contains("the file as it was"), "{stdout}");
+    assert!(stdout.contains("mcpauthctl created this file"), "{stdout}");
+    let stdout = env.ctl(&["disconnect", "cursor"]).ok();
+    assert!(
+        stdout.contains(&format!(
+            "removed {}: mcpauthctl created it, and nothing else is in it",
+            path.display()
+        )),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("as it was"), "{stdout}");
+    assert!(beside().is_empty(), "{:?}", beside());
+
+    // Created again, then the host adds a server of its own: kept.
+    env.ctl(&["connect", "cursor", "linear"]).ok();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut doc: Value = serde_json::from_str(&text).unwrap();
+    doc["mcpServers"]["files"] = json!({"command": "fs-server"});
+    std::fs::write(&path, doc.to_string()).unwrap();
+    let stdout = env.ctl(&["disconnect", "cursor"]).ok();
+    assert!(!stdout.contains("nothing else is in it"), "{stdout}");
+    let left: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(
+        left,
+        json!({"mcpServers": {"files": {"command": "fs-server"}}})
+    );
+}
+
+/// `remove NAME` removes the host entries `connect` wrote for it (they
+/// could only fail now) and says so; `--keep-host-entries` keeps them and
+/// says where they are.
+#[test]
+fn remove_takes_the_host_entries_connect_wrote_along_unless_told_to_keep_them() {
+    let env = TestEnv::new();
+    let _daemon = start(&env);
+    let cursor = env.home().join(".cursor/mcp.json");
+    std::fs::create_dir_all(cursor.parent().unwrap()).unwrap();
+    std::fs::write(
+        &cursor,
+        r#"{"mcpServers": {"files": {"command": "fs-server"}}}"#,
+    )
+    .unwrap();
+    let claude = env.home().join(".claude.json");
+    std::fs::write(&claude, "{\"mcpServers\": {}}\n").unwrap();
+    env.ctl(&["connect", "cursor"]).ok();
+    env.ctl(&["connect", "claude-code"]).ok();
+
+    let stdout = env.ctl(&["remove", "linear"]).ok();
+    for (file, title) in [(&claude, "Claude Code"), (&cursor, "Cursor")] {
+        assert!(
+            stdout.contains(&format!(
+                "removed linear's entry from {} ({title}), which `connect` wrote",
+                file.display()
+            )),
+            "{stdout}"
+        );
+        let doc: Value = serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+        assert!(doc["mcpServers"].get("linear").is_none(), "{doc}");
+        assert!(doc["mcpServers"].get("github").is_some(), "{doc}");
+    }
+
+    let stdout = env.ctl(&["remove", "github", "--keep-host-entries"]).ok();
+    assert!(
+        stdout.contains(&format!(
+            "kept github's entry in {} (Cursor): it fails until you add github again, or run `mcpauthctl disconnect cursor github`",
+            cursor.display()
+        )),
+        "{stdout}"
+    );
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(&cursor).unwrap()).unwrap();
+    assert!(doc["mcpServers"].get("github").is_some(), "{doc}");
+}
+
+/// An entry written with `--no-autostart` (state not under HOME) whose
+/// daemon is stopped: the helper says mcpauthd is not running and how to
+/// start it, never "without --no-autostart", a flag the person never
+/// typed.
+#[test]
+fn a_no_autostart_helper_whose_daemon_is_stopped_says_how_to_start_it() {
+    let env = TestEnv::new();
+    let daemon = start(&env);
+    let elsewhere = env.root.path().join("state-elsewhere");
+    env.ctl_env(
+        &["connect", "codex", "linear"],
+        &[("XDG_STATE_HOME", elsewhere.to_str().unwrap())],
+    )
+    .ok();
+    let config = std::fs::read_to_string(env.home().join(".codex/config.toml")).unwrap();
+    let config: Value = toml::from_str(&config).unwrap();
+    let helper = config["mcp_servers"]["linear"]["http_headers_helper"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(helper.contains("--no-autostart"), "{helper}");
+    drop(daemon);
+    env.ctl(&["stop"]);
+    let out = Command::new("sh")
+        .args(["-c", &helper])
+        .env_clear()
+        .env("HOME", env.home())
+        .env("PATH", env.path_with_systemctl(false))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("mcpauthd is not running"), "{stderr}");
+    assert!(
+        stderr.contains("start it with `mcpauthctl start`"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("without --no-autostart"), "{stderr}");
+}
+
+/// An entry of Claude Code's credentials file with an empty or expired
+/// token (and no refresh token) is no login: `connect` does not point to
+/// it as one. A live one still is.
+#[test]
+fn an_empty_or_expired_claude_code_entry_is_not_called_a_login() {
+    let env = TestEnv::new();
+    let _daemon = start(&env);
+    std::fs::write(env.home().join(".claude.json"), "{\"mcpServers\": {}}\n").unwrap();
+    let dir = env.home().join(".claude");
+    std::fs::create_dir_all(&dir).unwrap();
+    let now = mcpauth_tests::now_ms();
+    let write = |entries: Value| {
+        std::fs::write(
+            dir.join(".credentials.json"),
+            json!({"mcpOAuth": entries}).to_string(),
+        )
+        .unwrap();
+    };
+    write(json!({
+        "linear|1a2b": {"serverName": "linear", "serverUrl": LINEAR, "accessToken": "", "expiresAt": 0},
+        "github|3c4d": {"serverName": "github", "serverUrl": GITHUB, "accessToken": "at-old", "expiresAt": now - 60_000},
+    }));
+    let stdout = env.ctl(&["connect", "claude-code"]).ok();
+    assert!(!stdout.contains("holds its own login"), "{stdout}");
+    write(json!({
+        "linear|1a2b": {"serverName": "linear", "serverUrl": LINEAR, "accessToken": "at-live", "expiresAt": now + 3_600_000},
+        "github|3c4d": {"serverName": "github", "serverUrl": GITHUB, "accessToken": "at-old", "expiresAt": now - 60_000, "refreshToken": "rt"},
+    }));
+    let stdout = env.ctl(&["connect", "claude-code"]).ok();
+    assert!(
+        stdout.contains("Claude Code holds its own login for linear")
+            && stdout.contains("Claude Code holds its own login for github"),
+        "{stdout}"
     );
 }

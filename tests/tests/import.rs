@@ -735,3 +735,70 @@ async fn a_hermes_file_two_server_names_share_is_imported_for_neither() {
         None
     );
 }
+
+/// Two entries with one URL hold two accounts: a tool's login for that URL
+/// goes to the entry of the tool's own name for it, and, when none has
+/// that name, to neither (which account it is for is not the broker's to
+/// guess).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_for_a_url_two_entries_share_goes_to_its_namesake_or_to_neither() {
+    let env = Arc::new(TestEnv::new());
+    let server = AuthServer::start(Switches::default()).await;
+    env.write_config(&format!(
+        "[servers.work]\nurl = \"{0}\"\n[servers.home]\nurl = \"{0}\"\n",
+        server.mcp_url
+    ));
+    let m = mint(&server, "hermes-client");
+    hermes_files(&env, "other", &server.mcp_url, &server.issuer, &m);
+    let _d = env.start_daemon();
+    let out = ctl(&env, &["import", "hermes"]).await;
+    assert_eq!(out.code(), 1, "{}", out.stdout());
+    assert!(
+        out.stdout().contains(
+            "home and work have this URL, each with its own login, and none is named \"other\""
+        ),
+        "{}",
+        out.stdout()
+    );
+    for name in ["work", "home"] {
+        assert_eq!(ctl(&env, &["token", name]).await.code(), 4);
+    }
+
+    // Named like one of them: that one, and only that one.
+    std::fs::remove_dir_all(env.home().join(".hermes")).unwrap();
+    hermes_files(&env, "home", &server.mcp_url, &server.issuer, &m);
+    ctl(&env, &["import", "hermes"]).await.ok();
+    assert_eq!(ctl(&env, &["token", "home"]).await.ok().trim(), m.access);
+    assert_eq!(ctl(&env, &["token", "work"]).await.code(), 4);
+}
+
+/// `import --dry-run` does not ask for a login to a server the broker
+/// already holds one for, whatever the tool holds (nothing, here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_asks_no_login_for_a_server_the_broker_holds() {
+    let env = Arc::new(TestEnv::new());
+    let server = AuthServer::start(Switches::default()).await;
+    let _d = env.start_daemon();
+    ctl(&env, &["add", "hm", &server.mcp_url]).await.ok();
+    ctl(&env, &["login", "hm"]).await.ok();
+    write(
+        &env.home().join(".hermes/config.yaml"),
+        &format!(
+            "model: x\nmcp_servers:\n  hm:\n    url: {}\n    auth: oauth\n",
+            server.mcp_url
+        ),
+    );
+    for args in [
+        &["import", "--dry-run"][..],
+        &["import", "hermes", "--dry-run"][..],
+    ] {
+        let out = ctl(&env, args).await;
+        let stdout = out.stdout();
+        assert!(!stdout.contains("needs login"), "{stdout}");
+        assert!(!stdout.contains("mcpauthctl login hm"), "{stdout}");
+        assert!(
+            stdout.contains("the broker already holds a login for it"),
+            "{stdout}"
+        );
+    }
+}

@@ -471,7 +471,9 @@ async fn watch_refuses_unknown_names_and_says_when_its_stream_ends() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(500));
-    env.write_config("[servers.s]\nurl = \"not a url\"\n");
+    env.write_config(
+        "[servers.s]\nurl = \"https://mcp.example.com/mcp\"\n[servers.s]\nurl = \"https://two.example.com/mcp\"\n",
+    );
     std::thread::sleep(Duration::from_millis(500));
     env.write_config("[servers.s]\nurl = \"https://mcp.example.com/mcp\"\n");
     std::thread::sleep(Duration::from_millis(500));
@@ -487,13 +489,19 @@ async fn watch_refuses_unknown_names_and_says_when_its_stream_ends() {
         .lines()
         .find(|l| l.contains("config rejected"))
         .unwrap_or_else(|| panic!("{stdout}"));
-    assert!(rejected.contains("config rejected config"), "{rejected}");
+    assert!(rejected.contains("config rejected: "), "{rejected}");
+    assert!(!rejected.contains("config rejected config"), "{rejected}");
+    // A server given two tables is named.
+    assert!(
+        rejected.contains("the server \"s\" is defined twice (a second [servers.s] table)"),
+        "{rejected}"
+    );
     assert!(!rejected.contains(" - "), "{rejected}");
     let date = rejected.split(' ').next().unwrap();
     assert_eq!(date.len(), 10, "a date first: {rejected}");
     assert_eq!(date.matches('-').count(), 2, "{rejected}");
     assert!(
-        stdout.lines().any(|l| l.contains("config accepted config")),
+        stdout.lines().any(|l| l.ends_with("config accepted")),
         "{stdout}"
     );
 }
@@ -708,7 +716,9 @@ fn add_says_what_comes_next_and_names_are_told_apart() {
         assert_eq!(out.code(), 2, "{}", out.stderr());
         assert!(
             out.stderr().contains(&format!(
-                "no server named \"{typo}\" is configured; did you mean \"demo\"?"
+                "no server named \"{typo}\" in {} (daemon at {}); did you mean \"demo\"?",
+                env.config_path().display(),
+                env.socket().display()
             )),
             "{}",
             out.stderr()
@@ -720,4 +730,78 @@ fn add_says_what_comes_next_and_names_are_told_apart() {
         "{}",
         nothing_close.stderr()
     );
+}
+
+/// A helper or proxy that names a server the daemon it reached does not
+/// know says which config and which daemon: the usual cause is another
+/// daemon than the one meant (another socket, another config).
+#[test]
+fn an_unknown_server_names_the_config_and_the_daemon_asked() {
+    let env = TestEnv::new();
+    let _daemon = env.start_daemon();
+    env.ctl(&["add", "demo", "https://demo.example/mcp"]).ok();
+    let said = format!(
+        "no server named \"nope\" in {} (daemon at {})",
+        env.config_path().display(),
+        env.socket().display()
+    );
+    for args in [
+        &["headers", "--", "nope"][..],
+        &["token", "nope"][..],
+        &["proxy", "--", "nope"][..],
+    ] {
+        let out = env.ctl(args);
+        assert_ne!(out.code(), 0, "{args:?}");
+        assert!(out.stderr().contains(&said), "{args:?}: {}", out.stderr());
+    }
+}
+
+/// The headless login proposes `--device` only where the authorization
+/// server has a device endpoint: elsewhere the flag would only fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_proposes_device_codes_only_where_the_server_offers_them() {
+    for offered in [false, true] {
+        let mut switches = Switches::default();
+        switches.grants.device = offered;
+        let server = AuthServer::start(switches).await;
+        let env = TestEnv::new();
+        env.ctl(&["add", "s", &server.mcp_url]).ok();
+        let mut child = env
+            .command("mcpauthctl")
+            .args(["login", "s", "--no-browser"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut seen = String::new();
+        while !seen.contains("paste below the address") {
+            let line = rx
+                .recv_timeout(Duration::from_secs(20))
+                .unwrap_or_else(|e| panic!("{e}: {seen}"));
+            seen.push_str(&line);
+            seen.push('\n');
+        }
+        // What follows the paste paragraph comes at once, if at all.
+        while let Ok(line) = rx.recv_timeout(Duration::from_millis(500)) {
+            seen.push_str(&line);
+            seen.push('\n');
+        }
+        assert_eq!(seen.contains("--device"), offered, "{seen}");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 }

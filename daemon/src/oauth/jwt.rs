@@ -136,6 +136,59 @@ pub fn decode_unverified(jwt: &Secret) -> Result<Claims, AssertionError> {
     serde_json::from_slice(&bytes).map_err(|_| AssertionError::Malformed)
 }
 
+/// The account an ID token names (OpenID Connect): its `email`, else its
+/// `preferred_username`. Decoded without verifying: it is only shown.
+pub fn id_token_account(id_token: &Secret) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Person {
+        #[serde(default)]
+        email: Option<String>,
+        #[serde(default)]
+        preferred_username: Option<String>,
+    }
+    let payload = payload_of(id_token)?;
+    let person: Person = serde_json::from_slice(&payload).ok()?;
+    person
+        .email
+        .or(person.preferred_username)
+        .and_then(shown_account)
+}
+
+/// The `sub` of an access token that is a JWT, decoded without verifying;
+/// `None` for an opaque token.
+pub fn access_token_subject(access_token: &Secret) -> Option<String> {
+    decode_unverified(access_token)
+        .ok()?
+        .sub
+        .and_then(shown_account)
+}
+
+/// The account of a token response: the ID token's, else the access
+/// token's `sub` (see [`access_token_subject`]).
+pub fn account_of(tokens: &super::token::TokenSet) -> Option<String> {
+    tokens
+        .id_token
+        .as_ref()
+        .and_then(id_token_account)
+        .or_else(|| access_token_subject(&tokens.access_token))
+}
+
+/// An account name fit to show: one line, at most 256 bytes.
+fn shown_account(a: String) -> Option<String> {
+    let a = a.trim();
+    (!a.is_empty() && a.len() <= 256 && !a.chars().any(char::is_control)).then(|| a.to_string())
+}
+
+fn payload_of(jwt: &Secret) -> Option<Vec<u8>> {
+    let mut parts = jwt.expose().trim().split('.');
+    let (Some(_), Some(payload), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return None;
+    };
+    URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()
+}
+
 /// Checks that `claims` are still valid at `now_secs` and that their
 /// audience names one of `audiences` (the AS issuer, its token endpoint).
 pub fn check_forwarded(
@@ -253,5 +306,34 @@ mod tests {
             decode_unverified(&Secret::new("not-a-jwt")),
             Err(AssertionError::Malformed)
         );
+    }
+
+    #[test]
+    fn the_account_comes_from_the_id_token_or_a_jwt_access_tokens_sub() {
+        let jwt = |claims: serde_json::Value| {
+            Secret::new(format!(
+                "e30.{}.c2ln",
+                URL_SAFE_NO_PAD.encode(claims.to_string())
+            ))
+        };
+        let id = jwt(
+            serde_json::json!({"sub": "1", "email": "ann@example.com", "preferred_username": "ann"}),
+        );
+        assert_eq!(id_token_account(&id).as_deref(), Some("ann@example.com"));
+        let id = jwt(serde_json::json!({"sub": "1", "preferred_username": "ann"}));
+        assert_eq!(id_token_account(&id).as_deref(), Some("ann"));
+        assert_eq!(
+            id_token_account(&jwt(serde_json::json!({"sub": "1"}))),
+            None
+        );
+        let at = jwt(serde_json::json!({"sub": "user-7", "exp": 1}));
+        assert_eq!(access_token_subject(&at).as_deref(), Some("user-7"));
+        // An opaque token says nothing: nothing is guessed.
+        assert_eq!(
+            access_token_subject(&Secret::new("at-1-abc".to_string())),
+            None
+        );
+        let bad = jwt(serde_json::json!({"sub": "a\nb"}));
+        assert_eq!(access_token_subject(&bad), None);
     }
 }
