@@ -1301,6 +1301,14 @@ fn print_server(s: pb::Server) {
         ),
         ("next refresh", next_refresh(&s, now)),
         (
+            "login hint",
+            if s.login_hint.is_empty() {
+                none()
+            } else {
+                s.login_hint.clone()
+            },
+        ),
+        (
             "account",
             if !s.account.is_empty() {
                 s.account.clone()

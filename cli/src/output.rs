@@ -39,6 +39,8 @@ pub struct ServerJson {
     pub granted_scopes: Vec<String>,
     /// Whose tokens the grant holds, when the authorization server said.
     pub account: Option<String>,
+    /// The configured `login_hint`, or null.
+    pub login_hint: Option<String>,
     /// The proactive refresh: `idle`, `scheduled`, `retrying`, `stopped`.
     pub refresh_state: String,
     pub next_refresh_unix_ms: Option<i64>,
@@ -284,6 +286,7 @@ impl From<pb::Server> for ServerJson {
             added_at_unix_ms: some(s.added_at_unix_ms),
             granted_scopes: s.granted_scopes,
             account: some(s.account),
+            login_hint: some(s.login_hint),
             refresh_state: if s.refresh_state.is_empty() {
                 "idle".into()
             } else {
