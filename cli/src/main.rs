@@ -1347,6 +1347,14 @@ fn print_server(s: pb::Server) {
             next_refresh(&s, now),
         ),
         (
+            "login hint",
+            if s.login_hint.is_empty() {
+                none()
+            } else {
+                s.login_hint.clone()
+            },
+        ),
+        (
             "account",
             if !s.account.is_empty() {
                 s.account.clone()

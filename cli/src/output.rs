@@ -42,6 +42,8 @@ pub struct ServerJson {
     pub no_refresh_token: bool,
     /// Whose tokens the grant holds, when the authorization server said.
     pub account: Option<String>,
+    /// The configured `login_hint`, or null.
+    pub login_hint: Option<String>,
     /// The proactive refresh: `idle`, `scheduled`, `retrying`, `stopped`.
     pub refresh_state: String,
     pub next_refresh_unix_ms: Option<i64>,
@@ -340,6 +342,7 @@ impl From<pb::Server> for ServerJson {
             granted_scopes: s.granted_scopes,
             no_refresh_token: s.no_refresh_token,
             account: some(s.account),
+            login_hint: some(s.login_hint),
             refresh_state: if s.refresh_state.is_empty() {
                 "idle".into()
             } else {

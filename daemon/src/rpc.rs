@@ -198,6 +198,7 @@ impl From<ServerView> for pb::Server {
             client_id_source: v.client_id.map(|c| c.1.to_string()).unwrap_or_default(),
             has_client_secret: v.config.client_secret.is_some(),
             scopes: v.config.scopes,
+            login_hint: v.config.login_hint.unwrap_or_default(),
             callback_port: v.callback_port.map_or(0, |p| u32::from(p.0)),
             callback_port_source: v.callback_port.map(|p| p.1.to_string()).unwrap_or_default(),
             client_metadata_url: v

@@ -124,6 +124,9 @@ async fn login_hint_picks_the_account_and_a_lone_server_is_not_asked() {
     assert!(!opened[0].contains("prompt="), "{opened:?}");
     let token = env.ctl(&["token", "solo"]).ok().trim().to_string();
     assert_eq!(server.account_of(&token).as_deref(), Some(BOB));
+    let show = env.ctl(&["show", "solo"]).ok();
+    assert!(show.contains(&format!("login hint      {BOB}")), "{show}");
+    assert!(show.contains(&format!("account         {BOB}")), "{show}");
 
     // Without a hint and alone on its URL: the session's account, no
     // prompt.
