@@ -1,4 +1,5 @@
-//! Telling the person when a program is stuck on them (`impl Broker`).
+//! Telling the person when a program is stuck on them: the `Notices`
+//! part.
 //!
 //! When a program asks for a token and the answer is "login required" or
 //! "step-up required", and nobody is running `mcpauthctl login` for that
@@ -12,30 +13,41 @@
 //! body), which the tests use as their sink; `notifications = false` in
 //! `config.toml` turns it off. The text names the server and the command
 //! to run, never a token. Nothing is run through a shell.
+//!
+//! Lock: `sent` (`std::sync::Mutex`), the servers notified about in the
+//! current episode; held only to change the set.
 
 use std::collections::HashSet;
 use std::process::{Command, Stdio};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use tracing::{debug, info};
 
-use crate::broker::Broker;
 use crate::config::ServerName;
+use crate::context::Context;
 
-/// The servers notified about in the current episode.
-#[derive(Default)]
 pub struct Notices {
+    ctx: Arc<Context>,
+    /// The servers notified about in the current episode.
     sent: Mutex<HashSet<ServerName>>,
 }
 
-impl Broker {
+impl Notices {
+    pub fn new(ctx: Arc<Context>) -> Self {
+        Self {
+            ctx,
+            sent: Mutex::default(),
+        }
+    }
+
     /// A program needs `name`'s login (or more scope): tell the person,
-    /// once per episode, unless a login is already under way.
+    /// once per episode. (The caller knows whether a login is under way:
+    /// then nobody is told.)
     pub(crate) fn person_needed(&self, name: &ServerName, step_up: bool) {
-        if !self.config().notifications || self.logins.is_active(name) {
+        if !self.ctx.config().notifications {
             return;
         }
-        if !self.notices.sent.lock().unwrap().insert(name.clone()) {
+        if !self.sent.lock().unwrap().insert(name.clone()) {
             return;
         }
         let title = if step_up {
@@ -44,7 +56,8 @@ impl Broker {
             format!("mcpauth: log in to {name}")
         };
         let body = format!(
-            "A program asked for a token for {name}, and a person must approve it. Run: mcpauthctl login {name}"
+            "A program asked for a token for {name}, and a person must approve it. Run: {cli} login {name}",
+            cli = mcpauth_proto::CLI
         );
         info!(server = %name, step_up, "notifying the person: a login is needed");
         tokio::task::spawn_blocking(move || {
@@ -56,7 +69,7 @@ impl Broker {
 
     /// A new grant (or the server's removal) ends the episode.
     pub(crate) fn person_no_longer_needed(&self, name: &ServerName) {
-        self.notices.sent.lock().unwrap().remove(name);
+        self.sent.lock().unwrap().remove(name);
     }
 }
 

@@ -1,5 +1,5 @@
 //! Enterprise-managed authorization (ID-JAG, SEP-990) from the broker's
-//! side (`impl Broker`): `grant = "enterprise"` with an
+//! side: the `Enterprise` part, for `grant = "enterprise"` with an
 //! `[identity_providers.NAME]`.
 //!
 //! 1. One OpenID Connect login (authorization code with PKCE, browser or
@@ -22,32 +22,34 @@
 //!    identity provider"; an ID token the identity provider refuses
 //!    (`invalid_grant`) is dropped, with the same answer.
 //!
-//! ID tokens and ID-JAGs are `Secret`s and never logged.
+//! ID tokens and ID-JAGs are `Secret`s and never logged. The login at the
+//! identity provider itself is the `Logins` part's (`idp_login.rs`).
+//!
+//! Lock: the identity provider's (`Context::idp_locks`), held across the
+//! metadata fetch's store write and the ID token's, never before a
+//! server's.
 
 use std::sync::Arc;
 
-use tracing::{info, warn};
+use tracing::warn;
 
-use crate::broker::{Broker, BrokerError, EventKind};
 use crate::config::{IdentityProvider, ServerConfig, ServerName};
+use crate::context::Context;
+use crate::error::BrokerError;
 use crate::fsutil::{CredentialError, CredentialFile};
-use crate::locks::ServerGuard;
-use crate::login::{ActiveLogin, FailureKind, LoginHandle, LoginOutcome};
+use crate::oauth::OAuthError;
 use crate::oauth::grants::PROFILE_ID_JAG;
 use crate::oauth::jwt;
 use crate::oauth::token::{ClientAuth, TokenSet};
-use crate::oauth::{OAuthError, flow, pkce};
-use crate::refresh::Freshness;
 use crate::secret::Secret;
 use crate::state::{
-    ClientAuthMethod, Discovery, DiscoverySource, IdentityRecord, PendingFlow, Registration,
-    RegistrationKind,
+    ClientAuthMethod, Discovery, DiscoverySource, IdentityRecord, Registration, RegistrationKind,
 };
 
 /// The scope of the login at the identity provider.
-const OIDC_SCOPE: &str = "openid";
+pub(crate) const OIDC_SCOPE: &str = "openid";
 
-fn idp_discovery(idp: &IdentityProvider, record: &IdentityRecord) -> Discovery {
+pub(crate) fn idp_discovery(idp: &IdentityProvider, record: &IdentityRecord) -> Discovery {
     Discovery {
         // Empty: the login is about the person, not a resource.
         resource: String::new(),
@@ -61,7 +63,7 @@ fn idp_discovery(idp: &IdentityProvider, record: &IdentityRecord) -> Discovery {
 }
 
 /// The broker's client at the identity provider.
-fn idp_registration(
+pub(crate) fn idp_registration(
     idp: &IdentityProvider,
     metadata: &crate::state::AuthServerMetadata,
     redirect_uri: &str,
@@ -70,7 +72,7 @@ fn idp_registration(
     let client_secret = idp
         .client_secret
         .as_ref()
-        .map(crate::unattended::read_client_secret)
+        .map(crate::oauth::credentials::read_client_secret)
         .transpose()?;
     let auth_method = match &client_secret {
         None => ClientAuthMethod::None,
@@ -98,7 +100,7 @@ fn idp_registration(
 
 /// The `exp` of a JWT we hold (Unix ms), read without verifying: it came
 /// straight from the identity provider (or an SSO agent's file).
-fn expiry_ms(token: &Secret) -> Option<i64> {
+pub(crate) fn expiry_ms(token: &Secret) -> Option<i64> {
     jwt::decode_unverified(token)
         .ok()?
         .exp
@@ -110,7 +112,11 @@ fn expiry_ms(token: &Secret) -> Option<i64> {
 /// logged in at, for the client that logged in, and not expired. (Its
 /// signature is the token endpoint's TLS; the MCP servers' authorization
 /// servers verify it again when it is exchanged.)
-fn check_id_token(id_token: &Secret, issuer: &str, client_id: &str) -> Result<(), String> {
+pub(crate) fn check_id_token(
+    id_token: &Secret,
+    issuer: &str,
+    client_id: &str,
+) -> Result<(), String> {
     let claims = jwt::decode_unverified(id_token).map_err(|_| "it is not a JWT".to_string())?;
     if claims.iss.as_deref() != Some(issuer) {
         return Err(format!("it was not issued by {issuer}"));
@@ -124,35 +130,48 @@ fn check_id_token(id_token: &Secret, issuer: &str, client_id: &str) -> Result<()
     Ok(())
 }
 
-impl Broker {
+pub struct Enterprise {
+    ctx: Arc<Context>,
+}
+
+impl Enterprise {
+    pub fn new(ctx: Arc<Context>) -> Self {
+        Self { ctx }
+    }
+
     fn login_required_at(&self, server: &ServerName, idp: &ServerName, why: &str) -> BrokerError {
         BrokerError::LoginRequired {
             server: server.to_string(),
-            reason: format!(
-                "login required at the identity provider {idp}: {why} (one `mcpauthctl login --idp {idp}` serves every server that uses it)"
-            ),
+            reason: format!("login required at the identity provider {idp}: {why}"),
+            idp: Some(idp.to_string()),
         }
     }
 
     /// The identity provider's metadata, as stored or fetched now (then
     /// stored).
-    async fn idp_record(
+    pub(crate) async fn idp_record(
         &self,
         name: &ServerName,
         idp: &IdentityProvider,
     ) -> Result<IdentityRecord, BrokerError> {
         if let Some(record) = self
+            .ctx
             .store()
             .identity(name)?
             .filter(|r| r.issuer == idp.issuer)
         {
             return Ok(record);
         }
-        let metadata = self.http.identity_provider_metadata(&idp.issuer).await?;
-        let guard = self.idp_locks.lock(name).await;
+        let metadata = self
+            .ctx
+            .http
+            .identity_provider_metadata(&idp.issuer)
+            .await?;
+        let guard = self.ctx.idp_locks.lock(name).await;
         // A login that completed meanwhile wrote a record with its ID
         // token: that one stays.
         if let Some(record) = self
+            .ctx
             .store()
             .identity(name)?
             .filter(|r| r.issuer == idp.issuer)
@@ -166,23 +185,24 @@ impl Broker {
             id_token_expires_at_ms: None,
             logged_in_at_ms: 0,
         };
-        self.store().put_identity(&guard, &record).await?;
+        self.ctx.store().put_identity(&guard, &record).await?;
         Ok(record)
     }
 
     /// Whether a valid ID token is at hand for the identity provider.
     pub(crate) fn id_token_valid(&self, idp_name: &ServerName) -> bool {
-        let config = self.config();
+        let config = self.ctx.config();
         let Some(idp) = config.identity_providers.get(idp_name) else {
             return false;
         };
-        let now = self.now_ms();
+        let now = self.ctx.now_ms();
         match &idp.id_token_file {
             Some(path) => crate::fsutil::read_credential(path, CredentialFile::IdToken)
                 .ok()
                 .and_then(|t| expiry_ms(&t))
                 .is_some_and(|at| at > now),
             None => self
+                .ctx
                 .store()
                 .identity(idp_name)
                 .ok()
@@ -203,7 +223,7 @@ impl Broker {
         name: &ServerName,
         server: &ServerConfig,
         discovery: &Discovery,
-        credentials: &crate::unattended::Credentials,
+        credentials: &crate::oauth::credentials::Credentials,
     ) -> Result<TokenSet, BrokerError> {
         // Refused only when the AS lists its profiles and leaves the
         // ID-JAG one out (the rule for grant_types_supported): a field
@@ -223,13 +243,14 @@ impl Broker {
             .clone()
             .expect("validated: enterprise names an identity provider");
         let idp = self
+            .ctx
             .config()
             .identity_providers
             .get(&idp_name)
             .cloned()
             .expect("validated: the identity provider is configured");
         let record = self.idp_record(&idp_name, &idp).await?;
-        let now = self.now_ms();
+        let now = self.ctx.now_ms();
         let id_token =
             match &idp.id_token_file {
                 Some(path) => crate::fsutil::read_credential(path, CredentialFile::IdToken)
@@ -255,6 +276,7 @@ impl Broker {
         let idp_discovery = idp_discovery(&idp, &record);
         let idp_client = idp_registration(&idp, &record.metadata, "", now)?;
         let exchanged = self
+            .ctx
             .http
             .exchange_for_id_jag(
                 &idp_discovery,
@@ -269,11 +291,11 @@ impl Broker {
             Ok(t) => t,
             Err(e) if e.token_error() == Some("invalid_grant") => {
                 if idp.id_token_file.is_none() {
-                    let guard = self.idp_locks.lock(&idp_name).await;
-                    if let Some(mut r) = self.store().identity(&idp_name)? {
+                    let guard = self.ctx.idp_locks.lock(&idp_name).await;
+                    if let Some(mut r) = self.ctx.store().identity(&idp_name)? {
                         r.id_token = None;
                         r.id_token_expires_at_ms = None;
-                        self.store().put_identity(&guard, &r).await?;
+                        self.ctx.store().put_identity(&guard, &r).await?;
                     }
                 }
                 warn!(server = %name, idp = %idp_name, error = %e, "the identity provider refused the ID token");
@@ -300,6 +322,7 @@ impl Broker {
         )?;
         let auth = credentials.auth(discovery, now);
         Ok(self
+            .ctx
             .http
             .jwt_bearer(discovery, &auth, &id_jag, &server.scopes)
             .await?)
@@ -312,7 +335,7 @@ impl Broker {
         name: &ServerName,
         issuer: &str,
     ) -> Result<Option<Discovery>, BrokerError> {
-        let config = self.config();
+        let config = self.ctx.config();
         let Some(idp_name) = config
             .servers
             .get(name)
@@ -328,181 +351,10 @@ impl Broker {
             return Ok(None);
         };
         Ok(self
+            .ctx
             .store()
             .identity(idp_name)?
             .filter(|r| r.issuer == idp.issuer)
             .map(|r| idp_discovery(idp, &r)))
-    }
-
-    /// Starts the login at `server`'s identity provider; called by
-    /// `login_with` under the server's guard. The flow is the server's
-    /// (stored, joined, completed by the callback or a paste as usual).
-    pub(crate) async fn start_idp_login(
-        self: &Arc<Self>,
-        guard: ServerGuard,
-        server: &ServerConfig,
-    ) -> Result<LoginHandle, BrokerError> {
-        let name = guard.name().clone();
-        let idp_name = server
-            .identity_provider
-            .clone()
-            .expect("validated: enterprise names an identity provider");
-        let idp = self
-            .config()
-            .identity_providers
-            .get(&idp_name)
-            .cloned()
-            .expect("validated: the identity provider is configured");
-        let now = self.now_ms();
-        let record = match self.idp_record(&idp_name, &idp).await {
-            Ok(r) => r,
-            Err(e) => {
-                warn!(server = %name, idp = %idp_name, error = %e, "login failed: identity provider discovery");
-                self.record_error(&guard, &e.to_string()).await;
-                return Err(e);
-            }
-        };
-        let mut server_record = self
-            .store()
-            .server(&name)?
-            .unwrap_or_else(|| crate::state::ServerRecord::new(&server.url, now));
-        let port = server
-            .callback_port
-            .or(server_record.callback_port)
-            .unwrap_or(0);
-        let listener = crate::callback::bind(port).map_err(|e| BrokerError::CallbackPort {
-            port,
-            reason: e.to_string(),
-        })?;
-        let port = listener
-            .local_addr()
-            .map_err(|e| BrokerError::CallbackPort {
-                port,
-                reason: e.to_string(),
-            })?
-            .port();
-        let redirect_uri = format!("http://127.0.0.1:{port}/callback");
-        if server.callback_port.is_none() {
-            server_record.callback_port = Some(port);
-        }
-        self.store().put_server(&guard, &server_record).await?;
-        let registration = idp_registration(&idp, &record.metadata, &redirect_uri, now)?;
-        self.store().put_registration(&guard, &registration).await?;
-        let discovery = idp_discovery(&idp, &record);
-        let pkce = pkce::Pkce::new();
-        let state = pkce::new_state();
-        let scopes = vec![OIDC_SCOPE.to_string()];
-        let url = flow::authorization_url(
-            &discovery,
-            &registration.client_id,
-            &pkce.challenge,
-            &state,
-            &scopes,
-            &redirect_uri,
-        )?;
-        let pending = PendingFlow {
-            state: Secret::new(state),
-            verifier: pkce.verifier,
-            issuer: idp.issuer.clone(),
-            client_id: registration.client_id.clone(),
-            redirect_uri,
-            scopes,
-            authorization_url: url.to_string(),
-            created_at_ms: now,
-            expires_at_ms: now + crate::login::FLOW_LIFETIME.as_millis() as i64,
-        };
-        self.store().put_flow(&guard, &pending).await?;
-        let (active, rx) = ActiveLogin::new(pending.clone(), port, None);
-        self.logins.insert(&name, active.clone());
-        self.spawn_callback(name.clone(), active, listener)?;
-        info!(server = %name, idp = %idp_name, port, "login at the identity provider started");
-        self.publish(Some(name), EventKind::LoginStarted);
-        Ok(LoginHandle {
-            flow: pending,
-            callback_port: port,
-            device: None,
-            joined: false,
-            device_offered: false,
-            outcome: rx,
-        })
-    }
-
-    /// Ends a login at the identity provider: keeps the ID token, then
-    /// gets the server's tokens through the refresh path (the guard is let
-    /// go for that, and taken again to settle the login).
-    pub(crate) async fn finish_idp_login(
-        self: &Arc<Self>,
-        guard: ServerGuard,
-        active: Option<&Arc<ActiveLogin>>,
-        flow: &PendingFlow,
-        tokens: TokenSet,
-    ) -> Result<LoginOutcome, BrokerError> {
-        let name = guard.name().clone();
-        let idp_name = self
-            .config()
-            .servers
-            .get(&name)
-            .and_then(|s| s.identity_provider.clone());
-        let kept = match (idp_name, tokens.id_token) {
-            (Some(_), Some(id_token))
-                if let Err(why) = check_id_token(&id_token, &flow.issuer, &flow.client_id) =>
-            {
-                warn!(server = %name, reason = %why, "the identity provider's ID token was refused");
-                Err(format!("the identity provider's ID token was refused: {why}"))
-            }
-            (Some(idp_name), Some(id_token)) => {
-                let idp_guard = self.idp_locks.lock(&idp_name).await;
-                match self.store().identity(&idp_name)? {
-                    Some(mut record) if record.issuer == flow.issuer => {
-                        record.id_token_expires_at_ms = expiry_ms(&id_token);
-                        record.id_token = Some(id_token);
-                        record.logged_in_at_ms = self.now_ms();
-                        self.store().put_identity(&idp_guard, &record).await?;
-                        info!(server = %name, idp = %idp_name, "logged in at the identity provider");
-                        Ok(())
-                    }
-                    _ => Err("the identity provider changed during the login".to_string()),
-                }
-            }
-            (_, None) => Err(
-                "the identity provider sent no ID token (is the openid scope allowed for this client?)"
-                    .to_string(),
-            ),
-            (None, _) => Err("the server is no longer an enterprise server".to_string()),
-        };
-        if let Err(message) = kept {
-            self.end_flow(
-                &guard,
-                active,
-                LoginOutcome::Failed {
-                    kind: FailureKind::Error,
-                    message: message.clone(),
-                },
-            )
-            .await;
-            return Err(BrokerError::Internal(message));
-        }
-        if let Err(e) = self.store().delete_flow(&guard).await {
-            warn!(server = %name, error = %e, "cannot delete the finished flow");
-        }
-        drop(guard);
-        let outcome = match self.refresh_grant(name.clone(), Freshness::Force).await {
-            // Renewed by asking again while the ID token is valid.
-            Ok(grant) => LoginOutcome::Success {
-                scopes: grant.scopes,
-                expires_at_ms: grant.expires_at_ms,
-                refresh_token: true,
-            },
-            Err(e) => LoginOutcome::Failed {
-                kind: FailureKind::Error,
-                message: e.to_string(),
-            },
-        };
-        if let Some(active) = active {
-            let guard = self.locks.lock(&name).await;
-            self.finish_login(&guard, active, outcome.clone(), false)
-                .await;
-        }
-        Ok(outcome)
     }
 }

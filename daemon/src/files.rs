@@ -14,28 +14,20 @@
 //!   adopts a token written there when it is newer than the one held and
 //!   from the same issuer. A malformed or partial file is logged and changes
 //!   nothing. The broker's own writes are recognised by content hash and
-//!   never imported back.
+//!   never imported back. The watching and adopting is `file_watch.rs`'s.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use notify::{RecursiveMode, Watcher};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use tokio::sync::{broadcast, mpsc};
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
-use crate::broker::{Broker, EventKind};
 use crate::config::{ServerName, TokenFileFormat};
-use crate::install::{GrantSource, NewGrant};
+use crate::context::Context;
 use crate::secret::Secret;
 use crate::state::Grant;
-
-/// Bigger files are not token files.
-const MAX_FILE: u64 = 64 * 1024;
-const DEBOUNCE: Duration = Duration::from_millis(20);
 
 /// A token read from a file.
 #[derive(Clone, Debug)]
@@ -154,135 +146,33 @@ fn digest(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
 
-/// What the broker keeps for token files.
-#[derive(Default)]
+/// The export side of token files: writes each new grant to its
+/// server's export file, and remembers what it wrote so the import side
+/// never reads it back.
+///
+/// Lock: `own_writes` (`std::sync::Mutex`), the hash of the last content
+/// written per path; held only to read or record one, never across I/O.
 pub struct TokenFiles {
-    /// Hash of the last content the broker wrote, per path.
+    ctx: Arc<Context>,
     own_writes: Mutex<HashMap<PathBuf, [u8; 32]>>,
-    /// The watch on the import files' directories.
-    watcher: Mutex<Option<notify::RecommendedWatcher>>,
 }
 
-impl Broker {
-    /// Starts exporting on new tokens and importing on file changes.
-    pub fn start_token_files(self: &Arc<Self>) {
-        let (tx, rx) = mpsc::channel::<PathBuf>(256);
-        self.rewatch_imports(&tx);
-        self.spawn_import_loop(rx);
-        let broker = Arc::downgrade(self);
-        let mut events = self.subscribe();
-        let stop = self.shutdown().wait();
-        tokio::spawn(async move {
-            tokio::pin!(stop);
-            // Import what is there at start.
-            if let Some(b) = broker.upgrade() {
-                for (name, server) in b.config().servers.iter() {
-                    if let Some(import) = &server.import {
-                        b.import_file(name, &import.path, import.format).await;
-                    }
-                }
-            }
-            loop {
-                let event = tokio::select! {
-                    _ = &mut stop => return,
-                    e = events.recv() => e,
-                };
-                let Some(b) = broker.upgrade() else { return };
-                match event {
-                    Ok(e) => match e.kind {
-                        EventKind::ServerAdded { .. } | EventKind::ServerChanged { .. } => {
-                            b.rewatch_imports(&tx);
-                            if let Some(name) = e.server {
-                                b.export_current(&name).await;
-                            }
-                        }
-                        EventKind::ServerRemoved => b.rewatch_imports(&tx),
-                        _ => {}
-                    },
-                    Err(broadcast::error::RecvError::Lagged(missed)) => {
-                        // Whatever was missed, the files end up current.
-                        debug!(
-                            missed,
-                            "token files: events missed; exporting every current token"
-                        );
-                        b.rewatch_imports(&tx);
-                        for name in b.config().servers.keys() {
-                            b.export_current(name).await;
-                        }
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return,
-                }
-            }
-        });
+impl TokenFiles {
+    pub fn new(ctx: Arc<Context>) -> Self {
+        Self {
+            ctx,
+            own_writes: Mutex::default(),
+        }
     }
 
-    /// (Re)creates the watch on the directories of every import file.
-    fn rewatch_imports(&self, tx: &mpsc::Sender<PathBuf>) {
-        let config = self.config();
-        let files: HashSet<PathBuf> = config
-            .servers
-            .values()
-            .filter_map(|s| s.import.as_ref().map(|i| i.path.clone()))
-            .collect();
-        let mut slot = self.token_files.watcher.lock().unwrap();
-        *slot = None;
-        if files.is_empty() {
-            return;
-        }
-        let tx = tx.clone();
-        let wanted = files.clone();
-        let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if let Ok(event) = res {
-                for path in event.paths {
-                    if wanted.contains(&path) {
-                        let _ = tx.try_send(path);
-                    }
-                }
-            }
-        });
-        let mut watcher = match watcher {
-            Ok(w) => w,
-            Err(e) => {
-                warn!(error = %e, "cannot watch token files");
-                return;
-            }
-        };
-        let dirs: HashSet<&Path> = files.iter().filter_map(|f| f.parent()).collect();
-        for dir in dirs {
-            if let Err(e) = crate::fsutil::create_private_dir(dir)
-                .map_err(notify::Error::io)
-                .and_then(|()| watcher.watch(dir, RecursiveMode::NonRecursive))
-            {
-                warn!(dir = %dir.display(), error = %e, "cannot watch the token file directory");
-            }
-        }
-        *slot = Some(watcher);
-    }
-
-    fn spawn_import_loop(self: &Arc<Self>, mut rx: mpsc::Receiver<PathBuf>) {
-        let broker = Arc::downgrade(self);
-        tokio::spawn(async move {
-            while let Some(first) = rx.recv().await {
-                tokio::time::sleep(DEBOUNCE).await;
-                let mut paths = HashSet::from([first]);
-                while let Ok(p) = rx.try_recv() {
-                    paths.insert(p);
-                }
-                let Some(b) = broker.upgrade() else { return };
-                let config = b.config();
-                for (name, server) in config.servers.iter() {
-                    if let Some(import) = server.import.as_ref().filter(|i| paths.contains(&i.path))
-                    {
-                        b.import_file(name, &import.path, import.format).await;
-                    }
-                }
-            }
-        });
+    /// Whether `bytes` at `path` are what the broker wrote there last.
+    pub(crate) fn wrote(&self, path: &Path, bytes: &[u8]) -> bool {
+        self.own_writes.lock().unwrap().get(path) == Some(&digest(bytes))
     }
 
     /// Writes the server's export file with the grant held, if any.
-    async fn export_current(&self, name: &ServerName) {
-        if let Ok(Some(grant)) = self.store().grant(name) {
+    pub(crate) async fn export_current(&self, name: &ServerName) {
+        if let Ok(Some(grant)) = self.ctx.store().grant(name) {
             self.export_token_file(name, &grant).await;
         }
     }
@@ -290,6 +180,7 @@ impl Broker {
     /// Writes the server's export file, if it has one, with `grant`.
     pub(crate) async fn export_token_file(&self, name: &ServerName, grant: &Grant) {
         let Some(export) = self
+            .ctx
             .config()
             .servers
             .get(name)
@@ -297,10 +188,14 @@ impl Broker {
         else {
             return;
         };
-        let bytes = render(export.format, grant, export.refresh_token, self.now_ms());
+        let bytes = render(
+            export.format,
+            grant,
+            export.refresh_token,
+            self.ctx.now_ms(),
+        );
         // Recorded first: the watcher may fire before the write returns.
-        self.token_files
-            .own_writes
+        self.own_writes
             .lock()
             .unwrap()
             .insert(export.path.clone(), digest(&bytes));
@@ -314,143 +209,6 @@ impl Broker {
             }
             Err(e) => warn!(server = %name, error = %e, "token file export failed"),
         }
-    }
-
-    /// Reads an import file and adopts its token if it is newer.
-    async fn import_file(&self, name: &ServerName, path: &Path, format: TokenFileFormat) {
-        let read = {
-            let path = path.to_path_buf();
-            tokio::task::spawn_blocking(move || -> std::io::Result<(Vec<u8>, i64)> {
-                let meta = std::fs::metadata(&path)?;
-                if meta.len() > MAX_FILE {
-                    return Err(std::io::Error::other("larger than 64 KiB"));
-                }
-                let mtime = meta
-                    .modified()
-                    .ok()
-                    .and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
-                    .map_or(0, |d| d.as_millis() as i64);
-                Ok((std::fs::read(&path)?, mtime))
-            })
-            .await
-        };
-        let (bytes, mtime) = match read {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => return,
-            Ok(Err(e)) => {
-                warn!(server = %name, path = %path.display(), error = %e, "token file ignored");
-                return;
-            }
-            Err(_) => return,
-        };
-        if self.token_files.own_writes.lock().unwrap().get(path) == Some(&digest(&bytes)) {
-            return;
-        }
-        let token = match parse_file(format, &bytes, mtime) {
-            Ok(t) => t,
-            Err(reason) => {
-                warn!(server = %name, path = %path.display(), %reason, "token file ignored (malformed or partial)");
-                return;
-            }
-        };
-        if let Err(e) = self.adopt(name, token, path).await {
-            warn!(server = %name, error = %e, "importing the token file failed");
-        }
-    }
-
-    async fn adopt(
-        &self,
-        name: &ServerName,
-        token: FileToken,
-        path: &Path,
-    ) -> Result<(), crate::broker::BrokerError> {
-        let guard = self.locks.lock(name).await;
-        let now = self.now_ms();
-        let current = self.store().grant(name)?;
-        let ignore = |why: &str| {
-            info!(server = %name, path = %path.display(), "token file not adopted: {why}");
-            Ok(())
-        };
-        let Some(mut record) = self.store().server(name)? else {
-            return ignore("the server is no longer configured");
-        };
-        // A token is bound to the server's own authorization server: the
-        // one discovered for its URL, discovered now if never before.
-        if record.discovery.is_none() {
-            let Some((url, settings)) = self
-                .config()
-                .servers
-                .get(name)
-                .map(|s| (s.url.clone(), s.settings.clone()))
-            else {
-                return ignore("the server is no longer configured");
-            };
-            match self.http.discover(&url, now, true, &settings).await {
-                Ok(found) => {
-                    record.discovery = Some(found.discovery);
-                    self.store().put_server(&guard, &record).await?;
-                }
-                Err(e) => {
-                    warn!(server = %name, path = %path.display(), error = %e, "token file not adopted: the server's authorization server cannot be discovered");
-                    return Ok(());
-                }
-            }
-        }
-        let record = Some(record);
-        let known_issuer = record
-            .as_ref()
-            .and_then(|r| r.discovery.as_ref().map(|d| d.issuer.clone()));
-        if token
-            .issuer
-            .as_ref()
-            .is_some_and(|file| Some(file) != known_issuer.as_ref())
-        {
-            return ignore("it is from another issuer");
-        }
-        if token.expires_at_ms.is_some_and(|at| at <= now) {
-            return ignore("it has expired");
-        }
-        if let Some(current) = &current {
-            if current.access_token.expose() == token.access_token.expose() {
-                return Ok(());
-            }
-            let newer = match (token.expires_at_ms, current.expires_at_ms) {
-                (Some(file), Some(held)) => file > held,
-                (Some(_), None) => true,
-                (None, _) => false,
-            };
-            if !newer {
-                return ignore("it is not newer than the token held");
-            }
-        }
-        let resource = record
-            .as_ref()
-            .and_then(|r| r.discovery.as_ref().map(|d| d.resource.clone()))
-            .unwrap_or_default();
-        let new = NewGrant {
-            account: None,
-            issuer: token.issuer.or(known_issuer).unwrap_or_default(),
-            client_id: token
-                .client_id
-                .or_else(|| current.as_ref().map(|g| g.client_id.clone()))
-                .unwrap_or_default(),
-            resource: current.as_ref().map_or(resource, |g| g.resource.clone()),
-            access_token: token.access_token,
-            token_type: token.token_type,
-            refresh_token: token
-                .refresh_token
-                .or_else(|| current.as_ref().and_then(|g| g.refresh_token.clone())),
-            expires_at_ms: token.expires_at_ms,
-            scopes: token
-                .scopes
-                .or_else(|| current.as_ref().map(|g| g.scopes.clone()))
-                .unwrap_or_default(),
-        };
-        let grant = self
-            .install_grant(&guard, new, GrantSource::Import, |_| {})
-            .await?;
-        info!(server = %name, path = %path.display(), generation = grant.generation, "token adopted from file");
-        Ok(())
     }
 }
 

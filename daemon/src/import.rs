@@ -23,13 +23,16 @@
 //! real run would do. The tool's own files are never changed.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde_json::Value;
 use tracing::{info, warn};
 
-use crate::broker::{Broker, BrokerError};
 use crate::config::{GrantKind, NewServer, ServerName};
-use crate::install::{GrantSource, NewGrant};
+use crate::config_edit::ConfigEditor;
+use crate::context::Context;
+use crate::error::BrokerError;
+use crate::install::{GrantSource, Installer, NewGrant};
 use crate::secret::Secret;
 use crate::state::{ClientAuthMethod, Registration, RegistrationKind};
 
@@ -479,7 +482,23 @@ pub fn same_url(a: &str, b: &str) -> bool {
     normalize(a) == normalize(b)
 }
 
-impl Broker {
+/// The importer holds no lock of its own: it edits `config.toml` through
+/// the config editor and installs under the server's `ServerGuard`.
+pub struct Importer {
+    ctx: Arc<Context>,
+    editor: Arc<ConfigEditor>,
+    installer: Arc<Installer>,
+}
+
+impl Importer {
+    pub fn new(ctx: Arc<Context>, editor: Arc<ConfigEditor>, installer: Arc<Installer>) -> Self {
+        Self {
+            ctx,
+            editor,
+            installer,
+        }
+    }
+
     /// Imports every item in order; see the module doc.
     pub async fn import(
         &self,
@@ -555,7 +574,7 @@ impl Broker {
         // 1. The tool's login, read before anything changes.
         let mut keyring_trouble = None;
         let grant = match keyring.filter(|_| item.keyring) {
-            Some(Ok(entries)) => match codex_keyring_grant(entries, item, self.now_ms()) {
+            Some(Ok(entries)) => match codex_keyring_grant(entries, item, self.ctx.now_ms()) {
                 Ok(g) => g,
                 Err(why) => return skip(out, why),
             },
@@ -585,7 +604,7 @@ impl Broker {
         }
 
         // 2. The server: the one with this URL, or a new name for it.
-        let config = self.config();
+        let config = self.ctx.config();
         // Two entries with this URL hold two accounts: the tool's login
         // goes to the one of its own name, or to neither.
         let same: Vec<String> = config
@@ -598,7 +617,7 @@ impl Broker {
             return skip(
                 out,
                 format!(
-                    "{} have this URL, each with its own login, and none is named {:?}: log in to the one it belongs to (`mcpauthctl login NAME`)",
+                    "{} have this URL, each with its own login, and none is named {:?}: log in to the one it belongs to",
                     same.join(" and "),
                     item.name
                 ),
@@ -648,11 +667,12 @@ impl Broker {
                 "it gets its tokens without a login (grant in config.toml)".into(),
             );
         }
-        let now = self.now_ms();
+        let now = self.ctx.now_ms();
         // A login the broker already holds (usable: refreshable, or not
         // expired) needs none: the tool having none is no reason to ask.
         let broker_holds = !new_server
             && self
+                .ctx
                 .store()
                 .grant(&server_name)
                 .ok()
@@ -696,6 +716,7 @@ impl Broker {
         let mut discovery = None;
         if let Some(grant) = &grant {
             let held = self
+                .ctx
                 .store()
                 .server(&server_name)?
                 .filter(|r| !new_server && same_url(&r.url, url.as_str()))
@@ -703,6 +724,7 @@ impl Broker {
             let found = match held {
                 Some(d) => d,
                 None => match self
+                    .ctx
                     .http
                     .discover(
                         &url,
@@ -751,17 +773,18 @@ impl Broker {
         }
         if new_server {
             if !dry_run {
-                self.add(NewServer {
-                    name: name.clone(),
-                    url: item.url.trim().to_string(),
-                    client_id: None,
-                    client_secret_file: None,
-                    scopes: Vec::new(),
-                    callback_port: None,
-                    client_metadata_url: None,
-                    login_hint: None,
-                })
-                .await?;
+                self.editor
+                    .add(NewServer {
+                        name: name.clone(),
+                        url: item.url.trim().to_string(),
+                        client_id: None,
+                        client_secret_file: None,
+                        scopes: Vec::new(),
+                        callback_port: None,
+                        client_metadata_url: None,
+                        login_hint: None,
+                    })
+                    .await?;
             }
             planned.push((name.clone(), item.url.clone()));
             out.added = true;
@@ -773,21 +796,21 @@ impl Broker {
         // 4. Newer wins, under the server's lock.
         if dry_run {
             if !new_server
-                && let Some(held) = self.store().grant(&server_name)?
+                && let Some(held) = self.ctx.store().grant(&server_name)?
                 && let Some(v) = held_verdict(&held, &grant)
             {
                 out.verdict = v;
             }
             return Ok(out);
         }
-        let guard = self.locks.lock(&server_name).await;
-        let Some(mut record) = self.store().server(&server_name)? else {
+        let guard = self.ctx.locks.lock(&server_name).await;
+        let Some(mut record) = self.ctx.store().server(&server_name)? else {
             return skip(out, "the server was removed meanwhile".into());
         };
         if !same_url(&record.url, url.as_str()) {
             return skip(out, "the server's URL changed meanwhile".into());
         }
-        if let Some(held) = self.store().grant(&server_name)?
+        if let Some(held) = self.ctx.store().grant(&server_name)?
             && let Some(v) = held_verdict(&held, &grant)
         {
             out.verdict = v;
@@ -795,7 +818,7 @@ impl Broker {
         }
         if record.discovery.as_ref().map(|d| &d.issuer) != Some(&discovery.issuer) {
             record.discovery = Some(discovery.clone());
-            self.store().put_server(&guard, &record).await?;
+            self.ctx.store().put_server(&guard, &record).await?;
         }
         // The refresh token belongs to the tool's client: keep it only
         // when that client is known, and store the client for the issuer.
@@ -818,7 +841,10 @@ impl Broker {
                     // What the tool registered with is not known.
                     scopes: None,
                 };
-                self.store().put_registration(&guard, &registration).await?;
+                self.ctx
+                    .store()
+                    .put_registration(&guard, &registration)
+                    .await?;
                 grant.refresh_token
             }
             None => None,
@@ -839,6 +865,7 @@ impl Broker {
             scopes: grant.scopes,
         };
         match self
+            .installer
             .install_grant(&guard, new, GrantSource::Import, |_| {})
             .await
         {

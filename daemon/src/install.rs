@@ -1,4 +1,4 @@
-//! The one place that installs a grant (`impl Broker`).
+//! The one place that installs a grant: the `Installer` part.
 //!
 //! A login, a refresh and an import all end here, under the server's
 //! [`ServerGuard`]. Installing means, in this order:
@@ -18,9 +18,15 @@
 //!
 //! Only then does the caller get the grant.
 
+use std::sync::Arc;
+
 use tracing::{info, warn};
 
-use crate::broker::{Broker, BrokerError, EventKind};
+use crate::backoff::Backoffs;
+use crate::context::{Context, EventKind};
+use crate::desktop::Notices;
+use crate::error::BrokerError;
+use crate::files::TokenFiles;
 use crate::locks::ServerGuard;
 use crate::secret::Secret;
 use crate::state::{Grant, ServerRecord};
@@ -63,7 +69,31 @@ pub struct NewGrant {
     pub account: Option<String>,
 }
 
-impl Broker {
+/// The installer holds no lock of its own: it runs under the caller's
+/// `ServerGuard`, and what it changes besides the store (the backoff, the
+/// notices, the token file) has its own.
+pub struct Installer {
+    ctx: Arc<Context>,
+    backoffs: Arc<Backoffs>,
+    files: Arc<TokenFiles>,
+    notices: Arc<Notices>,
+}
+
+impl Installer {
+    pub fn new(
+        ctx: Arc<Context>,
+        backoffs: Arc<Backoffs>,
+        files: Arc<TokenFiles>,
+        notices: Arc<Notices>,
+    ) -> Self {
+        Self {
+            ctx,
+            backoffs,
+            files,
+            notices,
+        }
+    }
+
     /// Installs `new` as `guard`'s server's grant; see the module doc.
     /// `change` updates the server's record in the same transaction.
     pub(crate) async fn install_grant(
@@ -81,8 +111,13 @@ impl Broker {
                 reason: reason.to_string(),
             }
         };
-        let configured_url = self.config().servers.get(name).map(|s| s.url.to_string());
-        let Some(mut record) = self.store().server(name)? else {
+        let configured_url = self
+            .ctx
+            .config()
+            .servers
+            .get(name)
+            .map(|s| s.url.to_string());
+        let Some(mut record) = self.ctx.store().server(name)? else {
             return Err(discard("the server is no longer configured"));
         };
         if configured_url.as_deref() != Some(record.url.as_str()) {
@@ -97,8 +132,8 @@ impl Broker {
             }
             None => return Err(discard("the server's authorization server is not known")),
         }
-        let now = self.now_ms();
-        let current = self.store().grant(name)?;
+        let now = self.ctx.now_ms();
+        let current = self.ctx.store().grant(name)?;
         let generation = current
             .as_ref()
             .map_or(0, |g| g.generation)
@@ -138,12 +173,15 @@ impl Broker {
         // LAST REFRESH is that of the grant in force.
         record.last_refresh_ms = (source == GrantSource::Refresh).then_some(now);
         change(&mut record);
-        self.store().install_grant(guard, &grant, &record).await?;
-        self.end_backoff(name);
-        self.person_no_longer_needed(name);
-        self.export_token_file(name, &grant).await;
+        self.ctx
+            .store()
+            .install_grant(guard, &grant, &record)
+            .await?;
+        self.backoffs.end(name);
+        self.notices.person_no_longer_needed(name);
+        self.files.export_token_file(name, &grant).await;
         info!(server = %name, generation, source = source.as_str(), "grant installed");
-        self.publish(
+        self.ctx.publish(
             Some(name.clone()),
             EventKind::TokenIssued {
                 generation,

@@ -35,13 +35,17 @@
 //!
 //! The binary (`src/main.rs`) only parses flags and calls [`run`].
 
+pub(crate) mod backoff;
 pub mod broker;
 pub(crate) mod callback;
 pub mod clock;
 pub mod config;
+pub(crate) mod config_edit;
+pub mod context;
 pub(crate) mod desktop;
-pub(crate) mod device;
 pub(crate) mod enterprise;
+pub mod error;
+pub(crate) mod file_watch;
 pub mod files;
 pub(crate) mod fsutil;
 pub(crate) mod import;
@@ -59,6 +63,7 @@ pub mod seal;
 pub mod secret;
 pub mod shutdown;
 pub mod state;
+pub(crate) mod step_up;
 pub mod store;
 pub(crate) mod tokens;
 pub(crate) mod unattended;
@@ -72,7 +77,9 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use crate::broker::{Broker, BrokerError, BrokerOptions, Paths};
+use crate::broker::Broker;
+use crate::context::{BrokerOptions, Paths};
+use crate::error::BrokerError;
 use crate::fsutil::create_private_dir;
 use crate::listener::{ListenError, Listener};
 use crate::shutdown::Shutdown;
@@ -374,7 +381,7 @@ pub async fn run(paths: Paths, options: BrokerOptions) -> Result<(), DaemonError
     broker.start_scheduler();
     broker.start_token_files();
     broker.start_assertion_watch();
-    let _watcher = match watcher::watch_config(broker.clone(), paths.config.clone()) {
+    let _watcher = match watcher::watch_config(broker.config_editor(), paths.config.clone()) {
         Ok(w) => Some(w),
         Err(e) => {
             warn!(error = %e, "cannot watch the config; edits apply on restart only");

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use mcpauth_proto::{env, paths};
-use mcpauthd::broker::Paths;
+use mcpauthd::context::Paths;
 use mcpauthd::logging::{self, LogFormat};
 
 /// The mcpauth broker: one OAuth client per user for every remote MCP server.
@@ -63,7 +63,7 @@ fn main() -> ExitCode {
             .build()
             .map_err(|e| format!("cannot start the runtime: {e}"))
             .and_then(|rt| {
-                let mut options = mcpauthd::broker::BrokerOptions::default();
+                let mut options = mcpauthd::context::BrokerOptions::default();
                 if let Some(secs) = args.callback_timeout_secs {
                     options.callback_timeout = std::time::Duration::from_secs(secs);
                 }

@@ -1,6 +1,6 @@
-//! The one place that refreshes a grant.
+//! The one place that refreshes a grant: the `Refresher` part.
 //!
-//! `Broker::refresh` takes the server's lock, so concurrent callers never
+//! `Refresher::refresh_grant` takes the server's lock, so concurrent callers never
 //! send the same refresh token twice. The token request runs in its own
 //! task: a caller that goes away mid-refresh cannot abort it and lose a
 //! rotated refresh token. The new grant is stored (flushed) before it is
@@ -34,90 +34,45 @@ use std::sync::Arc;
 
 use tracing::{info, warn};
 
-use crate::broker::{Broker, BrokerError, EventKind};
+use crate::backoff::{Backoffs, Freshness};
 use crate::config::ServerName;
-use crate::install::{GrantSource, NewGrant};
+use crate::context::{Context, EventKind};
+use crate::error::BrokerError;
+use crate::install::{GrantSource, Installer, NewGrant};
 use crate::oauth::token::Revocation;
 use crate::oauth::{OAuthError, TokenFailure};
-use crate::state::{Discovery, Grant, RegistrationKind};
+use crate::scheduler::{GrantTiming, RefreshResult, Target};
+use crate::state::{Grant, RegistrationKind};
+use crate::unattended::Unattended;
 
-pub use crate::scheduler::Backoff;
-
-/// The delay after `failures` consecutive failures when the AS asked for
-/// `asked_secs`: the larger of our backoff and its request, capped.
-pub fn backoff_ms(failures: u32, asked_secs: Option<u64>) -> i64 {
-    let ours = crate::scheduler::backoff(failures, 0.0);
-    let asked = asked_secs.map_or(0, |s| (s.min(86_400) as i64) * 1000);
-    ours.max(asked).min(crate::scheduler::MAX_BACKOFF_MS)
+/// The refresher holds no lock of its own but the server's, which it
+/// takes for the whole refresh (token request included), and the
+/// backoffs' (`backoff.rs`).
+pub struct Refresher {
+    ctx: Arc<Context>,
+    installer: Arc<Installer>,
+    backoffs: Arc<Backoffs>,
+    unattended: Arc<Unattended>,
 }
 
-/// When a refresh may be skipped because the grant is already fresh.
-#[derive(Clone, Copy, Debug)]
-pub enum Freshness {
-    /// Always refresh (`mcpauthctl refresh`).
-    Force,
-    /// Skip if the grant is no longer this generation: someone else
-    /// refreshed while we waited for the lock (401 reports).
-    UnlessNewerThan(u64),
-    /// Skip if the grant is valid for at least this many ms (GetToken).
-    UnlessValidForMs(i64),
-}
-
-impl Broker {
-    /// The backoff in force for `name`'s current grant, if any: the one
-    /// failure state, read by the scheduler and by `status`.
-    pub(crate) fn backoff(&self, name: &ServerName, generation: u64) -> Option<Backoff> {
-        self.refresh_backoff
-            .lock()
-            .unwrap()
-            .get(name)
-            .filter(|b| b.generation == generation)
-            .cloned()
-    }
-
-    /// Ends the backoff of `name` (a new grant, a logout, a removal).
-    pub(crate) fn end_backoff(&self, name: &ServerName) {
-        self.refresh_backoff.lock().unwrap().remove(name);
-    }
-
-    /// Records a failed refresh of `generation`: one more consecutive
-    /// failure, and no request before the backoff is over.
-    pub(crate) fn start_backoff(
-        &self,
-        name: &ServerName,
-        generation: u64,
-        asked_secs: Option<u64>,
-        reason: String,
-    ) -> Backoff {
-        let now = self.now_ms();
-        let mut all = self.refresh_backoff.lock().unwrap();
-        let failures = all
-            .get(name)
-            .filter(|b| b.generation == generation)
-            .map_or(0, |b| b.failures)
-            + 1;
-        let backoff = Backoff {
-            generation,
-            failures,
-            retry_at_ms: now + backoff_ms(failures, asked_secs),
-            reason,
-        };
-        all.insert(name.clone(), backoff.clone());
-        backoff
-    }
-
-    /// `discovery` with the settings in force now: config.toml (as it is
-    /// now) and the built-in defaults for its issuer.
-    pub(crate) fn settings_now(&self, name: &ServerName, mut discovery: Discovery) -> Discovery {
-        if let Some(server) = self.config().servers.get(name) {
-            discovery.settings = server.settings.in_force(&discovery.issuer);
+impl Refresher {
+    pub fn new(
+        ctx: Arc<Context>,
+        installer: Arc<Installer>,
+        backoffs: Arc<Backoffs>,
+        unattended: Arc<Unattended>,
+    ) -> Self {
+        Self {
+            ctx,
+            installer,
+            backoffs,
+            unattended,
         }
-        discovery
     }
 
     /// Refreshes `name`'s grant now.
     pub async fn refresh(self: &Arc<Self>, name: &str) -> Result<Grant, BrokerError> {
-        let name = self.configured(name)?;
+        let name = self.ctx.configured(name)?;
         self.refresh_grant(name, Freshness::Force).await
     }
 
@@ -128,8 +83,8 @@ impl Broker {
         name: ServerName,
         freshness: Freshness,
     ) -> Result<Grant, BrokerError> {
-        let broker = self.clone();
-        tokio::spawn(async move { broker.refresh_locked(name, freshness).await })
+        let refresher = self.clone();
+        tokio::spawn(async move { refresher.refresh_locked(name, freshness).await })
             .await
             .map_err(|e| BrokerError::Internal(format!("refresh task failed: {e}")))?
     }
@@ -139,27 +94,26 @@ impl Broker {
         name: ServerName,
         freshness: Freshness,
     ) -> Result<Grant, BrokerError> {
-        let guard = self.locks.lock(&name).await;
+        let guard = self.ctx.locks.lock(&name).await;
         // The config as it is under the lock: a grant without a person is
         // obtained again instead of refreshed.
         let unattended = self
+            .ctx
             .config()
             .servers
             .get(&name)
             .filter(|s| s.grant.unattended())
             .cloned();
         if let Some(server) = unattended {
-            return self.renew_unattended(&guard, &server, freshness).await;
+            return self.unattended.renew(&guard, &server, freshness).await;
         }
-        let login_required = |reason: &str| BrokerError::LoginRequired {
-            server: name.to_string(),
-            reason: reason.to_string(),
-        };
+        let login_required = |reason: &str| BrokerError::login_required(&name, reason);
         let grant = self
+            .ctx
             .store()
             .grant(&name)?
-            .ok_or_else(|| login_required(&self.why_no_tokens(&name)))?;
-        let now = self.now_ms();
+            .ok_or_else(|| login_required(&self.ctx.why_no_tokens(&name)))?;
+        let now = self.ctx.now_ms();
         match freshness {
             Freshness::Force => {}
             Freshness::UnlessNewerThan(generation) if grant.generation != generation => {
@@ -176,7 +130,7 @@ impl Broker {
             return Err(login_required("the server issued no refresh token"));
         };
         if !matches!(freshness, Freshness::Force)
-            && let Some(backoff) = self.backoff(&name, grant.generation)
+            && let Some(backoff) = self.backoffs.get(&name, grant.generation)
             && now < backoff.retry_at_ms
         {
             return Err(BrokerError::Unavailable {
@@ -184,11 +138,11 @@ impl Broker {
                 retry_after_secs: backoff.retry_after_secs(now),
             });
         }
-        let record = self.store().server(&name)?;
+        let record = self.ctx.store().server(&name)?;
         let discovery = record
             .as_ref()
             .and_then(|r| r.discovery.clone())
-            .map(|d| self.settings_now(&name, d))
+            .map(|d| self.ctx.settings_now(&name, d))
             .ok_or_else(|| login_required("the authorization server is not known"))?;
         if discovery.issuer != grant.issuer {
             return Err(login_required("the server's authorization server changed"));
@@ -196,6 +150,7 @@ impl Broker {
         // A grant imported from a token file may belong to another tool's
         // (public) client: refresh it as that client.
         let registration = match self
+            .ctx
             .store()
             .registration(&name, &grant.issuer)?
             .filter(|r| r.client_id == grant.client_id)
@@ -216,6 +171,7 @@ impl Broker {
 
         let form = record.as_ref().map(|r| r.refresh_scope).unwrap_or_default();
         match self
+            .ctx
             .http
             .refresh(
                 &discovery,
@@ -227,14 +183,14 @@ impl Broker {
             .await
         {
             Ok(obtained) => {
-                self.remember_client_auth(&guard, &registration, obtained.auth_method)
+                remember_client_auth(&self.ctx, &guard, &registration, obtained.auth_method)
                     .await?;
                 let refresh_scope = obtained.refresh_scope;
                 if refresh_scope != form {
                     info!(server = %name, ?refresh_scope, "the authorization server takes refreshes in the other form; remembered");
                 }
                 let tokens = obtained.tokens;
-                let expires_at_ms = tokens.expires_at_ms(self.now_ms());
+                let expires_at_ms = tokens.expires_at_ms(self.ctx.now_ms());
                 let account = crate::oauth::jwt::account_of(&tokens);
                 let new = NewGrant {
                     account,
@@ -248,24 +204,27 @@ impl Broker {
                     scopes: tokens.scope.unwrap_or(grant.scopes),
                 };
                 // Stored (and exported) before anyone can see it.
-                self.install_grant(&guard, new, GrantSource::Refresh, |r| {
-                    r.refresh_scope = refresh_scope;
-                })
-                .await
+                self.installer
+                    .install_grant(&guard, new, GrantSource::Refresh, |r| {
+                        r.refresh_scope = refresh_scope;
+                    })
+                    .await
             }
             Err(e) if e.token_failure() == TokenFailure::Outage => {
-                let backoff = self.start_backoff(
+                let backoff = self.backoffs.start(
                     &name,
                     grant.generation,
                     e.retry_after_secs(),
                     e.to_string(),
+                    self.ctx.now_ms(),
                 );
-                let now = self.now_ms();
+                let now = self.ctx.now_ms();
                 let retry_after_secs = backoff.retry_after_secs(now);
                 warn!(server = %name, error = %e, failures = backoff.failures, retry_after_secs, "refresh failed; nothing changed, will retry");
                 // When the next attempt is made is the scheduler's plan,
                 // shown beside this; the error itself does not promise one.
-                self.record_error(&guard, &format!("refresh failed: {e}"))
+                self.ctx
+                    .record_error(&guard, &format!("refresh failed: {e}"))
                     .await;
                 Err(BrokerError::Unavailable {
                     reason: e.to_string(),
@@ -278,7 +237,8 @@ impl Broker {
                 if failure == TokenFailure::ClientUnknown
                     && registration.kind == RegistrationKind::Dynamic
                 {
-                    self.store()
+                    self.ctx
+                        .store()
                         .delete_registration(&guard, &registration.issuer)
                         .await?;
                     dropped = true;
@@ -288,8 +248,8 @@ impl Broker {
                     failure,
                     TokenFailure::GrantGone | TokenFailure::ClientUnknown
                 ) {
-                    self.store().delete_grant(&guard).await?;
-                    self.end_backoff(&name);
+                    self.ctx.store().delete_grant(&guard).await?;
+                    self.backoffs.end(&name);
                     let said = match &e {
                         OAuthError::Token { error, .. } => error.clone(),
                         OAuthError::Refused {
@@ -312,6 +272,7 @@ impl Broker {
                     } else if failure == TokenFailure::ClientUnknown
                         && registration.kind == RegistrationKind::Configured
                         && self
+                            .ctx
                             .config()
                             .servers
                             .get(&name)
@@ -321,8 +282,8 @@ impl Broker {
                     }
                     warn!(server = %name, %reason, "refresh refused; login required");
                     // The state says a login is required; the error says why.
-                    self.record_error(&guard, &reason).await;
-                    self.publish(
+                    self.ctx.record_error(&guard, &reason).await;
+                    self.ctx.publish(
                         Some(name.clone()),
                         EventKind::LoginRequired {
                             reason: reason.clone(),
@@ -332,37 +293,38 @@ impl Broker {
                 }
                 // Another OAuth error: it may be fixed at the AS; back off
                 // like any failure so nothing loops on it.
-                self.start_backoff(&name, grant.generation, None, e.to_string());
+                self.backoffs.start(
+                    &name,
+                    grant.generation,
+                    None,
+                    e.to_string(),
+                    self.ctx.now_ms(),
+                );
                 warn!(server = %name, error = %e, "refresh failed");
-                self.record_error(&guard, &format!("refresh failed: {e}"))
+                self.ctx
+                    .record_error(&guard, &format!("refresh failed: {e}"))
                     .await;
                 Err(BrokerError::OAuth(e))
             }
         }
     }
 
-    /// Keeps the client authentication that worked for a stored
-    /// registration, when it is not the one registered (a token endpoint
-    /// that reads the secret elsewhere than it advertises).
-    pub(crate) async fn remember_client_auth(
-        &self,
-        guard: &crate::locks::ServerGuard,
-        registration: &crate::state::Registration,
-        worked: crate::state::ClientAuthMethod,
-    ) -> Result<(), BrokerError> {
-        if worked == registration.auth_method {
-            return Ok(());
-        }
-        info!(server = %guard.name(), method = ?worked, "the token endpoint takes the client secret another way; remembered");
-        if let Some(mut stored) = self
-            .store()
-            .registration(guard.name(), &registration.issuer)?
-            .filter(|r| r.client_id == registration.client_id)
-        {
-            stored.auth_method = worked;
-            self.store().put_registration(guard, &stored).await?;
-        }
-        Ok(())
+    /// What the scheduler needs to know of `name`'s grant, if one is held.
+    pub fn timing(&self, name: &ServerName) -> Option<GrantTiming> {
+        let grant = self.ctx.store().grant(name).ok()??;
+        Some(GrantTiming {
+            generation: grant.generation,
+            obtained_ms: grant.obtained_at_ms,
+            expires_ms: grant.expires_at_ms,
+            refreshable: grant.refresh_token.is_some() || self.ctx.unattended(name).is_some(),
+            backoff: self.backoffs.get(name, grant.generation),
+        })
+    }
+
+    /// The refresher as the scheduler sees it. Weak: the scheduler must
+    /// not keep the refresher alive.
+    pub fn target(self: &Arc<Self>) -> Arc<dyn Target> {
+        Arc::new(RefreshTarget(Arc::downgrade(self)))
     }
 
     /// Revokes each token at the AS when it offers RFC 7009, then deletes
@@ -373,26 +335,26 @@ impl Broker {
         name: &str,
         forget_client: bool,
     ) -> Result<LogoutOutcome, BrokerError> {
-        let server = self.configured(name)?;
-        self.cancel_login(name).await?;
-        let guard = self.locks.lock(&server).await;
+        let server = self.ctx.configured(name)?;
+        let guard = self.ctx.locks.lock(&server).await;
         let mut outcome = LogoutOutcome::default();
-        if let Some(grant) = self.store().grant(&server)? {
+        if let Some(grant) = self.ctx.store().grant(&server)? {
             outcome.held = true;
             outcome.access_expires_at_ms = grant.expires_at_ms;
             let discovery = self
+                .ctx
                 .store()
                 .server(&server)?
                 .and_then(|r| r.discovery)
                 .filter(|d| d.issuer == grant.issuer);
-            let registration = self.store().registration(&server, &grant.issuer)?;
+            let registration = self.ctx.store().registration(&server, &grant.issuer)?;
             let mut tokens = vec![("access_token", &grant.access_token)];
             if let Some(rt) = &grant.refresh_token {
                 tokens.insert(0, ("refresh_token", rt));
             }
             for (hint, token) in tokens {
                 let result = match (&discovery, &registration) {
-                    (Some(d), Some(reg)) => self.http.revoke(d, reg, token, hint).await,
+                    (Some(d), Some(reg)) => self.ctx.http.revoke(d, reg, token, hint).await,
                     // Nothing to revoke with: the server's AS or our client
                     // is not known any more.
                     _ => Revocation::NotOffered,
@@ -405,19 +367,20 @@ impl Broker {
                     _ => outcome.refresh = Some(result),
                 }
             }
-            self.store().delete_grant(&guard).await?;
+            self.ctx.store().delete_grant(&guard).await?;
         }
         if forget_client {
-            self.store().delete_registrations(&guard).await?;
+            self.ctx.store().delete_registrations(&guard).await?;
         }
-        self.end_backoff(&server);
-        self.update_record(&guard, |r| {
-            r.last_error = None;
-            r.step_up = None;
-        })
-        .await?;
+        self.backoffs.end(&server);
+        self.ctx
+            .update_record(&guard, |r| {
+                r.last_error = None;
+                r.step_up = None;
+            })
+            .await?;
         info!(server = %server, held = outcome.held, revoked = outcome.all_revoked(), forget_client, "logged out");
-        self.publish(
+        self.ctx.publish(
             Some(server),
             EventKind::LoginRequired {
                 reason: "logged out".into(),
@@ -449,22 +412,68 @@ impl LogoutOutcome {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::backoff_ms;
-    use crate::scheduler::MAX_BACKOFF_MS;
+/// Keeps the client authentication that worked for a stored
+/// registration, when it is not the one registered (a token endpoint
+/// that reads the secret elsewhere than it advertises).
+pub(crate) async fn remember_client_auth(
+    ctx: &Context,
+    guard: &crate::locks::ServerGuard,
+    registration: &crate::state::Registration,
+    worked: crate::state::ClientAuthMethod,
+) -> Result<(), BrokerError> {
+    if worked == registration.auth_method {
+        return Ok(());
+    }
+    info!(server = %guard.name(), method = ?worked, "the token endpoint takes the client secret another way; remembered");
+    if let Some(mut stored) = ctx
+        .store()
+        .registration(guard.name(), &registration.issuer)?
+        .filter(|r| r.client_id == registration.client_id)
+    {
+        stored.auth_method = worked;
+        ctx.store().put_registration(guard, &stored).await?;
+    }
+    Ok(())
+}
 
-    #[test]
-    fn backoff_doubles_honours_retry_after_and_is_bounded() {
-        assert_eq!(backoff_ms(1, None), 5_000);
-        assert_eq!(backoff_ms(2, None), 10_000);
-        assert_eq!(backoff_ms(3, None), 20_000);
-        assert_eq!(backoff_ms(30, None), MAX_BACKOFF_MS);
-        // The AS asks for longer: granted, up to the cap.
-        assert_eq!(backoff_ms(1, Some(120)), 120_000);
-        assert_eq!(backoff_ms(1, Some(86_400)), MAX_BACKOFF_MS);
-        assert_eq!(backoff_ms(1, Some(u64::MAX)), MAX_BACKOFF_MS);
-        // Or for less: our own backoff still applies.
-        assert_eq!(backoff_ms(3, Some(1)), 20_000);
+struct RefreshTarget(std::sync::Weak<Refresher>);
+
+impl Target for RefreshTarget {
+    fn grants(&self) -> Vec<(ServerName, GrantTiming)> {
+        let Some(refresher) = self.0.upgrade() else {
+            return Vec::new();
+        };
+        let config = refresher.ctx.config();
+        config
+            .servers
+            .keys()
+            .filter_map(|name| Some((name.clone(), refresher.timing(name)?)))
+            .collect()
+    }
+
+    fn refresh(&self, name: ServerName, generation: u64) -> crate::scheduler::RefreshFuture {
+        let refresher = self.0.clone();
+        Box::pin(async move {
+            let Some(refresher) = refresher.upgrade() else {
+                return RefreshResult::Failed {
+                    error: "shutting down".into(),
+                };
+            };
+            match refresher
+                .refresh_grant(name, Freshness::UnlessNewerThan(generation))
+                .await
+            {
+                Ok(_) => RefreshResult::Refreshed,
+                Err(BrokerError::LoginRequired { reason, .. }) => {
+                    RefreshResult::LoginRequired(reason)
+                }
+                Err(BrokerError::Unavailable { reason, .. }) => {
+                    RefreshResult::Failed { error: reason }
+                }
+                Err(e) => RefreshResult::Failed {
+                    error: e.to_string(),
+                },
+            }
+        })
     }
 }

@@ -18,10 +18,10 @@ use tonic::transport::server::Connected;
 use tonic::{Request, Response, Status};
 use tracing::warn;
 
-use crate::broker::{
-    AuthState, Broker, BrokerError, DaemonStatus, Event, EventKind, ServerView, StoreKeyStatus,
-};
+use crate::broker::{AuthState, Broker, DaemonStatus, ServerView, StoreKeyStatus};
 use crate::config::{NewServer, ServerName};
+use crate::context::{Event, EventKind};
+use crate::error::BrokerError;
 use crate::import::{ImportItem, Tool, Verdict};
 use crate::listener::Connection;
 use crate::login::{FailureKind, LoginMethod, LoginOptions, LoginOutcome};
@@ -119,9 +119,7 @@ impl From<BrokerError> for Status {
             BrokerError::Invalid(_) => Status::invalid_argument(message),
             BrokerError::ConfigBroken(_) => Status::failed_precondition(message),
             // A locked store: the one line says why and what to do.
-            BrokerError::Store(crate::store::StoreError::KeyMissing(_)) => {
-                Status::failed_precondition(message)
-            }
+            BrokerError::Store(_) if e.is_locked() => Status::failed_precondition(message),
             BrokerError::Config(_) | BrokerError::Store(_) | BrokerError::Internal(_) => {
                 warn!(error = %message, "request failed");
                 Status::internal(message)

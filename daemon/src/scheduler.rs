@@ -420,7 +420,7 @@ mod tests {
                     s.2 = Some(Backoff {
                         generation,
                         failures,
-                        retry_at_ms: now + crate::refresh::backoff_ms(failures, asked),
+                        retry_at_ms: now + crate::backoff::backoff_ms(failures, asked),
                         reason: "AS down".into(),
                     });
                     RefreshResult::Failed {

@@ -30,23 +30,25 @@
 //!   `status` as the last error); the first report after it refreshes, so
 //!   a grant revoked right after a refresh is found within seconds.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tracing::info;
 
-use crate::broker::{Broker, BrokerError, EventKind};
+use crate::backoff::Freshness;
 use crate::config::ServerName;
-use crate::locks::ServerGuard;
+use crate::context::Context;
+use crate::desktop::Notices;
+use crate::error::BrokerError;
+use crate::login::Logins;
 use crate::oauth::{challenge, pkce};
-use crate::refresh::Freshness;
-use crate::state::{Grant, StepUp, StoredChallenge};
+use crate::refresh::Refresher;
+use crate::state::Grant;
+use crate::step_up::{record_step_up, store_challenge};
 
 /// Default minimum validity of a token handed out.
 pub const DEFAULT_MIN_TTL: Duration = Duration::from_secs(60);
-/// Step-up authorizations allowed per server within [`STEP_UP_WINDOW_MS`].
-pub const STEP_UP_MAX_ATTEMPTS: usize = 3;
-pub const STEP_UP_WINDOW_MS: i64 = 10 * 60 * 1000;
 /// After a refresh caused by reports, the next one waits this long, doubled
 /// for each fresh token the server rejected in a row, up to
 /// [`REPORT_GUARD_MAX_MS`]: a server that rejects every token costs a
@@ -144,15 +146,57 @@ pub fn capped_margin(asked: Duration, obtained_ms: i64, expires_ms: i64) -> i64 
     asked.min((expires_ms - obtained_ms).max(0) / 2)
 }
 
-impl Broker {
+/// Refreshes caused by reports, in flight: the generation they replace and
+/// where their one result is published.
+type InflightResult = tokio::sync::watch::Receiver<Option<Result<Grant, BrokerError>>>;
+
+/// The token service. Its locks, none held across an await but the
+/// helper checks':
+/// - `report_guards` (`std::sync::Mutex`): each server's report guard;
+/// - `inflight` (`std::sync::Mutex`): the refresh each server's reporters
+///   share, by generation; the reporters wait on its channel, not on a
+///   lock;
+/// - `helper_checks`: one `tokio::sync::Mutex` per server, held across
+///   the one outbound check of a helper's token so every rerun shares it.
+pub struct TokenService {
+    ctx: Arc<Context>,
+    refresher: Arc<Refresher>,
+    notices: Arc<Notices>,
+    logins: Arc<Logins>,
+    helper_checks: HelperChecks,
+    report_guards: Mutex<HashMap<ServerName, ReportGuard>>,
+    inflight: Mutex<HashMap<ServerName, (u64, InflightResult)>>,
+}
+
+impl TokenService {
+    pub fn new(
+        ctx: Arc<Context>,
+        refresher: Arc<Refresher>,
+        notices: Arc<Notices>,
+        logins: Arc<Logins>,
+    ) -> Self {
+        Self {
+            ctx,
+            refresher,
+            notices,
+            logins,
+            helper_checks: HelperChecks::default(),
+            report_guards: Mutex::default(),
+            inflight: Mutex::default(),
+        }
+    }
+
+    /// Drops the report guard of a server whose state was deleted.
+    pub(crate) fn forget(&self, name: &ServerName) {
+        self.report_guards.lock().unwrap().remove(name);
+    }
+
     /// The grant held for `name`, or "login required".
     fn held_grant(&self, name: &ServerName) -> Result<Grant, BrokerError> {
-        self.store()
+        self.ctx
+            .store()
             .grant(name)?
-            .ok_or_else(|| BrokerError::LoginRequired {
-                server: name.to_string(),
-                reason: self.why_no_tokens(name),
-            })
+            .ok_or_else(|| self.ctx.login_required(name))
     }
 
     /// The current token, valid for at least `min_ttl` if it can be made
@@ -162,7 +206,7 @@ impl Broker {
         name: &str,
         min_ttl: Duration,
     ) -> Result<Grant, BrokerError> {
-        let name = self.configured(name)?;
+        let name = self.ctx.configured(name)?;
         let result = self.get_token_for(&name, min_ttl).await;
         self.tell_person_if_needed(&name, &result);
         result
@@ -170,8 +214,9 @@ impl Broker {
 
     fn tell_person_if_needed(&self, name: &ServerName, result: &Result<Grant, BrokerError>) {
         match result {
-            Err(BrokerError::LoginRequired { .. }) => self.person_needed(name, false),
-            Err(BrokerError::StepUpRequired { .. }) => self.person_needed(name, true),
+            _ if self.logins.is_active(name) => {}
+            Err(BrokerError::LoginRequired { .. }) => self.notices.person_needed(name, false),
+            Err(BrokerError::StepUpRequired { .. }) => self.notices.person_needed(name, true),
             _ => {}
         }
     }
@@ -182,15 +227,16 @@ impl Broker {
         min_ttl: Duration,
     ) -> Result<Grant, BrokerError> {
         let name = name.clone();
-        if self.unattended(&name).is_some() && self.store().grant(&name)?.is_none() {
+        if self.ctx.unattended(&name).is_some() && self.ctx.store().grant(&name)?.is_none() {
             // No person needed: the first token is obtained now, through
             // the one refresh path.
             return self
+                .refresher
                 .refresh_grant(name, Freshness::UnlessValidForMs(0))
                 .await;
         }
         let grant = self.held_grant(&name)?;
-        let now = self.now_ms();
+        let now = self.ctx.now_ms();
         let Some(expires_at) = grant.expires_at_ms else {
             // Unknown expiry: used until rejected.
             return Ok(grant);
@@ -200,12 +246,13 @@ impl Broker {
             return Ok(grant);
         }
         match self
+            .refresher
             .refresh_grant(name.clone(), Freshness::UnlessValidForMs(min_ttl_ms))
             .await
         {
             Ok(fresh) => Ok(fresh),
             // The AS is down but the token held still works: better than nothing.
-            Err(BrokerError::Unavailable { .. }) if expires_at > self.now_ms() => Ok(grant),
+            Err(BrokerError::Unavailable { .. }) if expires_at > self.ctx.now_ms() => Ok(grant),
             Err(e) => Err(e),
         }
     }
@@ -217,11 +264,11 @@ impl Broker {
         min_ttl: Duration,
     ) -> Result<Grant, BrokerError> {
         let grant = self.get_token(name, min_ttl).await?;
-        let name = self.configured(name)?;
+        let name = self.ctx.configured(name)?;
         let slot = self.helper_checks.slot(&name);
         let verdict = {
             let mut state = slot.lock().await;
-            let now = self.now_ms();
+            let now = self.ctx.now_ms();
             let repeat = state.handed_out.is_some_and(|(generation, at)| {
                 generation == grant.generation && now - at < RERUN_WINDOW_MS
             });
@@ -237,7 +284,7 @@ impl Broker {
                 }
                 _ => {
                     let verdict = self.check_with_server(&name, &grant).await;
-                    state.checked = Some((grant.generation, self.now_ms(), verdict.clone()));
+                    state.checked = Some((grant.generation, self.ctx.now_ms(), verdict.clone()));
                     verdict
                 }
             }
@@ -255,10 +302,10 @@ impl Broker {
 
     /// One `ping` with the token to its own server.
     async fn check_with_server(&self, name: &ServerName, grant: &Grant) -> Verdict {
-        let Some(url) = self.config().servers.get(name).map(|s| s.url.clone()) else {
+        let Some(url) = self.ctx.config().servers.get(name).map(|s| s.url.clone()) else {
             return Verdict::Fine;
         };
-        match self.http.check_token(&url, &grant.access_token).await {
+        match self.ctx.http.check_token(&url, &grant.access_token).await {
             Ok((status @ (401 | 403), challenges)) => {
                 let challenge = challenges.join(", ");
                 // A 403 is a rejection only when it is about the token.
@@ -284,7 +331,7 @@ impl Broker {
         http_status: u32,
         www_authenticate: &str,
     ) -> Result<Grant, BrokerError> {
-        let name = self.configured(name)?;
+        let name = self.ctx.configured(name)?;
         let result = self
             .report_for(&name, fingerprint, http_status, www_authenticate)
             .await;
@@ -300,15 +347,16 @@ impl Broker {
         www_authenticate: &str,
     ) -> Result<Grant, BrokerError> {
         let name = name.clone();
-        if self.store().grant(&name)?.is_none() {
-            if self.unattended(&name).is_some() {
+        if self.ctx.store().grant(&name)?.is_none() {
+            if self.ctx.unattended(&name).is_some() {
                 return self
+                    .refresher
                     .refresh_grant(name, Freshness::UnlessValidForMs(0))
                     .await;
             }
             // A client met a challenge before any login: what it asks for
             // is authoritative for the next login.
-            self.store_challenge(&name, www_authenticate).await?;
+            store_challenge(&self.ctx, &name, www_authenticate).await?;
         }
         let grant = self.held_grant(&name)?;
         if !fingerprint.eq_ignore_ascii_case(&pkce::fingerprint(grant.access_token.expose())) {
@@ -317,14 +365,14 @@ impl Broker {
         }
         let bearer = challenge::bearer([www_authenticate]).unwrap_or_default();
         if http_status == 403 && bearer.error.as_deref() == Some("insufficient_scope") {
-            let scopes = self.record_step_up(&name, &grant, &bearer.scopes()).await?;
+            let scopes = record_step_up(&self.ctx, &name, &grant, &bearer.scopes()).await?;
             return Err(BrokerError::StepUpRequired {
                 server: name.to_string(),
                 scopes,
             });
         }
-        let now = self.now_ms();
-        let guard = self.report_refreshes.lock().unwrap().get(&name).copied();
+        let now = self.ctx.now_ms();
+        let guard = self.report_guards.lock().unwrap().get(&name).copied();
         if let Some(guard) = guard.filter(|g| now - g.refreshed_at_ms < g.wait_ms()) {
             // The guard is for a server rejecting the token that a report
             // just produced. A reporter that read the grant before that
@@ -338,7 +386,7 @@ impl Broker {
             let reason = guard_reason(&name, now - guard.refreshed_at_ms, retry_ms);
             if !guard.announced {
                 tracing::warn!(server = %name, rejections = guard.rejections + 1, retry_after_ms = retry_ms, "the server rejected a freshly refreshed token; holding refreshes back");
-                if let Some(g) = self.report_refreshes.lock().unwrap().get_mut(&name) {
+                if let Some(g) = self.report_guards.lock().unwrap().get_mut(&name) {
                     g.announced = true;
                 }
             }
@@ -349,8 +397,8 @@ impl Broker {
             });
         }
         let fresh = self.shared_refresh(&name, grant.generation).await?;
-        let mut guards = self.report_refreshes.lock().unwrap();
-        let next = ReportGuard::after_refresh(guards.get(&name).copied(), self.now_ms());
+        let mut guards = self.report_guards.lock().unwrap();
+        let next = ReportGuard::after_refresh(guards.get(&name).copied(), self.ctx.now_ms());
         guards.insert(name, next);
         Ok(fresh)
     }
@@ -358,8 +406,8 @@ impl Broker {
     /// Why reports are held back for `name` right now, if they are: what
     /// `status` shows as its last error while it lasts.
     pub(crate) fn report_guard_error(&self, name: &ServerName) -> Option<String> {
-        let now = self.now_ms();
-        let guard = self.report_refreshes.lock().unwrap().get(name).copied()?;
+        let now = self.ctx.now_ms();
+        let guard = self.report_guards.lock().unwrap().get(name).copied()?;
         let retry_ms = guard.refreshed_at_ms + guard.wait_ms() - now;
         (retry_ms > 0 && guard.announced)
             .then(|| guard_reason(name, now - guard.refreshed_at_ms, retry_ms))
@@ -383,15 +431,15 @@ impl Broker {
                 _ => {
                     let (tx, rx) = tokio::sync::watch::channel(None);
                     inflight.insert(name.clone(), (generation, rx.clone()));
-                    let broker = self.clone();
+                    let service = self.clone();
                     let name = name.clone();
                     tokio::spawn(async move {
-                        let result = broker
+                        let result = service
+                            .refresher
                             .refresh_grant(name.clone(), Freshness::UnlessNewerThan(generation))
-                            .await
-                            .map_err(Arc::new);
+                            .await;
                         tx.send_replace(Some(result));
-                        let mut inflight = broker.inflight.lock().unwrap();
+                        let mut inflight = service.inflight.lock().unwrap();
                         if inflight.get(&name).is_some_and(|(g, _)| *g == generation) {
                             inflight.remove(&name);
                         }
@@ -406,96 +454,7 @@ impl Broker {
             .map_err(|_| BrokerError::Internal("the refresh task ended without a result".into()))?
             .clone()
             .expect("waited for Some");
-        result.map_err(|e| e.duplicate())
-    }
-
-    /// Keeps the scopes of `www_authenticate` (a challenge met while no
-    /// token is held) for the next login. Only validated scope tokens are
-    /// kept, at most 32; a challenge without any leaves the stored one.
-    pub(crate) async fn store_challenge(
-        &self,
-        name: &ServerName,
-        www_authenticate: &str,
-    ) -> Result<(), BrokerError> {
-        let Some(bearer) = challenge::bearer([www_authenticate]) else {
-            return Ok(());
-        };
-        let Some(stored) = StoredChallenge::from_scopes(&bearer.scopes(), self.now_ms()) else {
-            return Ok(());
-        };
-        let guard = self.locks.lock(name).await;
-        let held = self.store().server(name)?.and_then(|r| r.challenge);
-        if held.is_some_and(|h| h.scopes == stored.scopes) {
-            // A storm of the same report is one write.
-            return Ok(());
-        }
-        let scopes = stored.scopes.join(" ");
-        self.update_record(&guard, |r| r.challenge = Some(stored))
-            .await?;
-        info!(server = %name, %scopes, "challenge kept for the next login");
-        Ok(())
-    }
-
-    /// Records the union of held and challenged scopes as a pending
-    /// step-up; returns it.
-    async fn record_step_up(
-        &self,
-        name: &ServerName,
-        grant: &Grant,
-        challenged: &[String],
-    ) -> Result<Vec<String>, BrokerError> {
-        let guard = self.locks.lock(name).await;
-        let mut union = grant.scopes.clone();
-        let record = self.store().server(name)?;
-        if let Some(previous) = record.as_ref().and_then(|r| r.step_up.as_ref()) {
-            union.extend(previous.scopes.iter().cloned());
-        }
-        union.extend(challenged.iter().cloned());
-        let mut seen = std::collections::HashSet::new();
-        union.retain(|s| seen.insert(s.clone()));
-        let scopes = union.clone();
-        self.update_record(&guard, |r| {
-            let attempts = r.step_up.take().map(|s| s.attempts).unwrap_or_default();
-            r.step_up = Some(StepUp {
-                scopes: union,
-                attempts,
-            });
-        })
-        .await?;
-        info!(server = %name, scopes = %scopes.join(" "), "step-up required");
-        self.publish(
-            Some(name.clone()),
-            EventKind::StepUpRequired {
-                scopes: scopes.clone(),
-            },
-        );
-        Ok(scopes)
-    }
-
-    /// Called when a login starts with step-up scopes: enforces the bound
-    /// and counts the attempt.
-    pub(crate) async fn count_step_up_attempt(
-        &self,
-        guard: &ServerGuard,
-    ) -> Result<(), BrokerError> {
-        let name = guard.name();
-        let now = self.now_ms();
-        let Some(mut record) = self.store().server(name)? else {
-            return Ok(());
-        };
-        let Some(step_up) = record.step_up.as_mut() else {
-            return Ok(());
-        };
-        step_up.attempts.retain(|at| now - at < STEP_UP_WINDOW_MS);
-        if step_up.attempts.len() >= STEP_UP_MAX_ATTEMPTS {
-            return Err(BrokerError::StepUpExhausted {
-                server: name.to_string(),
-                attempts: step_up.attempts.len(),
-            });
-        }
-        step_up.attempts.push(now);
-        self.store().put_server(guard, &record).await?;
-        Ok(())
+        result
     }
 }
 
@@ -536,8 +495,10 @@ mod tests {
         assert_eq!((later.rejections, later.wait_ms()), (0, 1_000));
     }
     use super::*;
-    use crate::broker::{BrokerOptions, Paths};
+    use crate::broker::Broker;
     use crate::clock::TokioClock;
+    use crate::context::{BrokerOptions, Paths};
+    use crate::error::BrokerError;
     use crate::secret::Secret;
     use crate::state::{AuthServerMetadata, Discovery, DiscoverySource, ServerRecord};
 
@@ -589,10 +550,10 @@ mod tests {
             settings: Default::default(),
             discovered_at_ms: 0,
         });
-        let guard = broker.locks.lock(&name).await;
-        broker.store().put_server(&guard, &record).await.unwrap();
-        broker
-            .store()
+        let store = broker.store();
+        let guard = broker.context().locks.lock(&name).await;
+        store.put_server(&guard, &record).await.unwrap();
+        store
             .put_registration(
                 &guard,
                 &crate::state::Registration {
@@ -608,25 +569,22 @@ mod tests {
             )
             .await
             .unwrap();
-        broker
-            .install_grant(
-                &guard,
-                crate::install::NewGrant {
-                    account: None,
-                    issuer,
-                    client_id: "c".into(),
-                    resource: "http://127.0.0.1:9/mcp".into(),
-                    access_token: Secret::new("held-token"),
-                    token_type: "Bearer".into(),
-                    refresh_token: Some(Secret::new("rt")),
-                    expires_at_ms: Some(expires_ms),
-                    scopes: vec![],
-                },
-                crate::install::GrantSource::Import,
-                |_| {},
-            )
-            .await
-            .unwrap();
+        let grant = Grant {
+            account: None,
+            issuer,
+            client_id: "c".into(),
+            resource: "http://127.0.0.1:9/mcp".into(),
+            access_token: Secret::new("held-token"),
+            token_type: "Bearer".into(),
+            refresh_token: Some(Secret::new("rt")),
+            expires_at_ms: Some(expires_ms),
+            scopes: vec![],
+            obtained_at_ms: 0,
+            generation: 1,
+            server_url: record.url.clone(),
+        };
+        record.last_generation = 1;
+        store.install_grant(&guard, &grant, &record).await.unwrap();
         drop(guard);
         broker
     }

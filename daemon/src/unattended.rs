@@ -28,112 +28,28 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::{broadcast, mpsc};
 use tracing::{debug, info, warn};
 
-use crate::broker::{Broker, BrokerError, EventKind};
-use crate::config::{ClientSecret, GrantKind, ServerConfig, ServerName};
-use crate::fsutil::{CredentialError, CredentialFile, read_credential};
-use crate::install::{GrantSource, NewGrant};
+use crate::backoff::Backoffs;
+use crate::backoff::Freshness;
+use crate::config::{GrantKind, ServerConfig, ServerName};
+use crate::context::{Context, EventKind};
+use crate::enterprise::Enterprise;
+use crate::error::BrokerError;
+use crate::fsutil::CredentialFile;
+use crate::install::{GrantSource, Installer, NewGrant};
 use crate::locks::ServerGuard;
 use crate::oauth::OAuthError;
+use crate::oauth::credentials::{Credentials, read_file};
 use crate::oauth::grants::{GRANT_CLIENT_CREDENTIALS, GRANT_JWT_BEARER};
-use crate::oauth::jwt::{self, SigningKey};
-use crate::oauth::token::{ClientAuth, TokenSet};
-use crate::refresh::Freshness;
-use crate::secret::Secret;
+use crate::oauth::jwt;
+use crate::oauth::token::TokenSet;
+use crate::scheduler::Scheduler;
 use crate::state::{Discovery, Grant};
-
-/// Reads a credential file (`fsutil::read_credential`, which refuses one
-/// that is not safe to use), the I/O failure worded by `io`.
-pub(crate) fn read_file(
-    path: &Path,
-    kind: CredentialFile,
-    io: impl FnOnce(String, String) -> OAuthError,
-) -> Result<Secret, OAuthError> {
-    read_credential(path, kind).map_err(|e| match e {
-        CredentialError::Refused(line) => OAuthError::UnsafeFile(line),
-        CredentialError::Io(e) => io(path.display().to_string(), e.to_string()),
-    })
-}
-
-/// The client's credentials as configured, read for one request.
-pub(crate) struct Credentials {
-    client_id: Option<String>,
-    secret: Option<Secret>,
-    key: Option<SigningKey>,
-}
-
-/// A configured client secret, read (from its file) for one request.
-pub(crate) fn read_client_secret(secret: &ClientSecret) -> Result<Secret, OAuthError> {
-    match secret {
-        ClientSecret::Inline(s) => Ok(s.clone()),
-        ClientSecret::File(path) => {
-            read_file(path, CredentialFile::ClientSecret, |path, reason| {
-                OAuthError::SecretFile { path, reason }
-            })
-        }
-    }
-}
-
-impl Credentials {
-    pub(crate) fn read(server: &ServerConfig) -> Result<Self, OAuthError> {
-        let secret = server
-            .client_secret
-            .as_ref()
-            .map(read_client_secret)
-            .transpose()?;
-        let key = match &server.client_key {
-            None => None,
-            Some(key) => {
-                let what = key.path.display().to_string();
-                let pem = read_file(&key.path, CredentialFile::ClientKey, |path, reason| {
-                    OAuthError::KeyFile { path, reason }
-                })?;
-                Some(SigningKey::from_pem(&pem, &what)?)
-            }
-        };
-        Ok(Self {
-            client_id: server.client_id.clone(),
-            secret,
-            key,
-        })
-    }
-
-    /// The authentication for a request to `discovery`'s AS at `now_ms`.
-    pub(crate) fn auth(&self, discovery: &Discovery, now_ms: i64) -> ClientAuth<'_> {
-        let Some(client_id) = self.client_id.as_deref() else {
-            return ClientAuth::Anonymous;
-        };
-        if let Some(key) = &self.key {
-            return ClientAuth::Assertion {
-                client_id,
-                assertion: jwt::client_assertion(key, client_id, &discovery.issuer, now_ms / 1000),
-            };
-        }
-        match &self.secret {
-            None => ClientAuth::Public { client_id },
-            Some(secret) => {
-                let post_only = discovery
-                    .metadata
-                    .token_endpoint_auth_methods_supported
-                    .as_ref()
-                    .is_some_and(|m| {
-                        !m.iter().any(|m| m == "client_secret_basic")
-                            && m.iter().any(|m| m == "client_secret_post")
-                    });
-                if post_only {
-                    ClientAuth::Post { client_id, secret }
-                } else {
-                    ClientAuth::Basic { client_id, secret }
-                }
-            }
-        }
-    }
-}
 
 /// Refuses an AS that lists its grant types without this one.
 fn check_grant_listed(discovery: &Discovery, grant: &'static str) -> Result<(), OAuthError> {
@@ -146,14 +62,32 @@ fn check_grant_listed(discovery: &Discovery, grant: &'static str) -> Result<(), 
     }
 }
 
-impl Broker {
-    /// Whether `name` is configured with a grant that needs no person.
-    pub(crate) fn unattended(&self, name: &ServerName) -> Option<GrantKind> {
-        self.config()
-            .servers
-            .get(name)
-            .map(|s| s.grant)
-            .filter(|g| g.unattended())
+pub struct Unattended {
+    ctx: Arc<Context>,
+    installer: Arc<Installer>,
+    backoffs: Arc<Backoffs>,
+    enterprise: Arc<Enterprise>,
+    scheduler: Arc<Scheduler>,
+    /// The watch on the directories of workload assertion files.
+    assertion_watch: Mutex<Option<notify::RecommendedWatcher>>,
+}
+
+impl Unattended {
+    pub fn new(
+        ctx: Arc<Context>,
+        installer: Arc<Installer>,
+        backoffs: Arc<Backoffs>,
+        enterprise: Arc<Enterprise>,
+        scheduler: Arc<Scheduler>,
+    ) -> Self {
+        Self {
+            ctx,
+            installer,
+            backoffs,
+            enterprise,
+            scheduler,
+            assertion_watch: Mutex::default(),
+        }
     }
 
     /// The discovery held for the server, or a new one (persisted).
@@ -163,12 +97,13 @@ impl Broker {
         server: &ServerConfig,
     ) -> Result<Discovery, BrokerError> {
         let name = guard.name();
-        let record = self.store().server(name)?;
+        let record = self.ctx.store().server(name)?;
         if let Some(d) = record.as_ref().and_then(|r| r.discovery.clone()) {
             return Ok(d);
         }
-        let now = self.now_ms();
+        let now = self.ctx.now_ms();
         let discovered = self
+            .ctx
             .http
             .discover(&server.url, now, false, &server.settings)
             .await?;
@@ -176,7 +111,7 @@ impl Broker {
         let mut record =
             record.unwrap_or_else(|| crate::state::ServerRecord::new(&server.url, now));
         record.discovery = Some(discovery.clone());
-        self.store().put_server(guard, &record).await?;
+        self.ctx.store().put_server(guard, &record).await?;
         info!(server = %name, issuer = %discovery.issuer, "authorization server discovered");
         Ok(discovery)
     }
@@ -189,19 +124,21 @@ impl Broker {
         discovery: &Discovery,
     ) -> Result<TokenSet, BrokerError> {
         let credentials = Credentials::read(server)?;
-        let now = self.now_ms();
+        let now = self.ctx.now_ms();
         match server.grant {
             GrantKind::ClientCredentials => {
                 check_grant_listed(discovery, GRANT_CLIENT_CREDENTIALS)?;
                 let auth = credentials.auth(discovery, now);
                 Ok(self
+                    .ctx
                     .http
                     .client_credentials(discovery, &auth, &server.scopes)
                     .await?)
             }
             GrantKind::Enterprise => {
                 check_grant_listed(discovery, GRANT_JWT_BEARER)?;
-                self.enterprise_tokens(name, server, discovery, &credentials)
+                self.enterprise
+                    .enterprise_tokens(name, server, discovery, &credentials)
                     .await
             }
             GrantKind::Workload => {
@@ -233,6 +170,7 @@ impl Broker {
                 })?;
                 let auth = credentials.auth(discovery, now);
                 Ok(self
+                    .ctx
                     .http
                     .jwt_bearer(discovery, &auth, &assertion, &server.scopes)
                     .await?)
@@ -245,15 +183,15 @@ impl Broker {
 
     /// Obtains or renews an unattended grant; called by `refresh_locked`
     /// under the server's guard (so this is the same single flight).
-    pub(crate) async fn renew_unattended(
+    pub(crate) async fn renew(
         &self,
         guard: &ServerGuard,
         server: &ServerConfig,
         freshness: Freshness,
     ) -> Result<Grant, BrokerError> {
         let name = guard.name().clone();
-        let current = self.store().grant(&name)?;
-        let now = self.now_ms();
+        let current = self.ctx.store().grant(&name)?;
+        let now = self.ctx.now_ms();
         if let Some(grant) = &current {
             match freshness {
                 Freshness::Force => {}
@@ -270,7 +208,7 @@ impl Broker {
         }
         let generation = current.as_ref().map_or(0, |g| g.generation);
         if !matches!(freshness, Freshness::Force)
-            && let Some(backoff) = self.backoff(&name, generation)
+            && let Some(backoff) = self.backoffs.get(&name, generation)
             && now < backoff.retry_at_ms
         {
             return Err(BrokerError::Unavailable {
@@ -287,7 +225,7 @@ impl Broker {
         };
         match obtained {
             Ok((discovery, tokens)) => {
-                let expires_at_ms = tokens.expires_at_ms(self.now_ms());
+                let expires_at_ms = tokens.expires_at_ms(self.ctx.now_ms());
                 let account = crate::oauth::jwt::account_of(&tokens);
                 let new = NewGrant {
                     account,
@@ -306,7 +244,8 @@ impl Broker {
                 } else {
                     GrantSource::Login
                 };
-                self.install_grant(guard, new, source, |r| r.challenge = None)
+                self.installer
+                    .install_grant(guard, new, source, |r| r.challenge = None)
                     .await
             }
             Err(e @ BrokerError::LoginRequired { .. }) => {
@@ -316,14 +255,15 @@ impl Broker {
                 // it so.
                 if let BrokerError::LoginRequired { reason, .. } = &e {
                     let known = self
+                        .ctx
                         .store()
                         .server(&name)?
                         .and_then(|r| r.last_error)
                         .is_some_and(|last| &last == reason);
                     if !known {
                         info!(server = %name, error = %e, "login required");
-                        self.record_error(guard, reason).await;
-                        self.publish(
+                        self.ctx.record_error(guard, reason).await;
+                        self.ctx.publish(
                             Some(name.clone()),
                             EventKind::LoginRequired {
                                 reason: reason.clone(),
@@ -338,10 +278,13 @@ impl Broker {
                     BrokerError::OAuth(o) => (o.retry_after_secs(), o.is_transient()),
                     _ => (None, false),
                 };
-                let backoff = self.start_backoff(&name, generation, asked, e.to_string());
-                let now = self.now_ms();
+                let backoff =
+                    self.backoffs
+                        .start(&name, generation, asked, e.to_string(), self.ctx.now_ms());
+                let now = self.ctx.now_ms();
                 warn!(server = %name, grant = server.grant.as_str(), error = %e, failures = backoff.failures, "obtaining a token failed");
-                self.record_error(guard, &format!("obtaining a token failed: {e}"))
+                self.ctx
+                    .record_error(guard, &format!("obtaining a token failed: {e}"))
                     .await;
                 if transient {
                     Err(BrokerError::Unavailable {
@@ -369,7 +312,7 @@ impl Broker {
                     paths.insert(p);
                 }
                 let Some(b) = broker.upgrade() else { return };
-                let config = b.config();
+                let config = b.ctx.config();
                 for (name, server) in config.servers.iter() {
                     let id_token_file = server
                         .identity_provider
@@ -383,15 +326,15 @@ impl Broker {
                         .is_some_and(|f| paths.contains(f))
                     {
                         debug!(server = %name, "the workload assertion file changed");
-                        b.end_backoff(name);
-                        b.scheduler().wake();
+                        b.backoffs.end(name);
+                        b.scheduler.wake();
                     }
                 }
             }
         });
         let broker = Arc::downgrade(self);
-        let mut events = self.subscribe();
-        let stop = self.shutdown().wait();
+        let mut events = self.ctx.subscribe();
+        let stop = self.ctx.shutdown().wait();
         tokio::spawn(async move {
             tokio::pin!(stop);
             loop {
@@ -418,7 +361,7 @@ impl Broker {
     }
 
     fn rewatch_assertions(&self, tx: &mpsc::Sender<PathBuf>) {
-        let config = self.config();
+        let config = self.ctx.config();
         let files: HashSet<PathBuf> = config
             .servers
             .values()

@@ -1,4 +1,4 @@
-//! Watches files with `notify` and tells the broker when they change.
+//! Watches `config.toml` with `notify` and has the config editor reload it.
 //!
 //! It watches parent directories, not the files: editors and atomic writers
 //! replace a file by renaming a new one over it, which a watch on the old
@@ -13,7 +13,7 @@ use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use crate::broker::Broker;
+use crate::config_edit::ConfigEditor;
 
 /// How long a burst of events is collected before one reload.
 const DEBOUNCE: Duration = Duration::from_millis(20);
@@ -29,7 +29,7 @@ fn is_target(event_path: &Path, target: &Path) -> bool {
 
 /// Starts watching `config` (through its parent directory) and reloads the
 /// broker's config on every change.
-pub fn watch_config(broker: Arc<Broker>, config: PathBuf) -> notify::Result<ConfigWatcher> {
+pub fn watch_config(editor: Arc<ConfigEditor>, config: PathBuf) -> notify::Result<ConfigWatcher> {
     let dir = config
         .parent()
         .map(Path::to_path_buf)
@@ -52,7 +52,7 @@ pub fn watch_config(broker: Arc<Broker>, config: PathBuf) -> notify::Result<Conf
             tokio::time::sleep(DEBOUNCE).await;
             while rx.try_recv().is_ok() {}
             debug!(path = %config.display(), "config changed on disk");
-            if let Err(e) = broker.reload().await {
+            if let Err(e) = editor.reload().await {
                 warn!(error = %e, "applying the config failed");
             }
         }

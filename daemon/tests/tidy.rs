@@ -355,6 +355,211 @@ mod ast {
         }
         (methods, guarded)
     }
+
+    /// The top-level module a file of `daemon/src` belongs to: `login`
+    /// for `login/device.rs`, `oauth` for every file under `oauth/`.
+    pub fn module_of(path: &str) -> String {
+        let rel = path.strip_prefix("daemon/src/").unwrap_or(path);
+        let first = rel.split('/').next().unwrap_or(rel);
+        first.trim_end_matches(".rs").to_string()
+    }
+
+    #[derive(Default)]
+    struct Uses {
+        modules: BTreeSet<String>,
+        names: BTreeSet<String>,
+    }
+
+    impl Uses {
+        fn tree(&mut self, tree: &syn::UseTree, after_crate: bool) {
+            match tree {
+                syn::UseTree::Path(p) if after_crate => {
+                    self.modules.insert(p.ident.to_string());
+                    self.tree(&p.tree, false);
+                }
+                syn::UseTree::Path(p) => self.tree(&p.tree, p.ident == "crate"),
+                syn::UseTree::Name(n) => {
+                    if after_crate {
+                        self.modules.insert(n.ident.to_string());
+                    }
+                    self.names.insert(n.ident.to_string());
+                }
+                syn::UseTree::Rename(r) => {
+                    if after_crate {
+                        self.modules.insert(r.ident.to_string());
+                    }
+                    self.names.insert(r.ident.to_string());
+                }
+                syn::UseTree::Group(g) => {
+                    for t in &g.items {
+                        self.tree(t, after_crate);
+                    }
+                }
+                syn::UseTree::Glob(_) => {}
+            }
+        }
+    }
+
+    impl<'ast> Visit<'ast> for Uses {
+        fn visit_item_use(&mut self, u: &'ast syn::ItemUse) {
+            self.tree(&u.tree, false);
+        }
+        fn visit_path(&mut self, p: &'ast syn::Path) {
+            let segments: Vec<String> = p.segments.iter().map(|s| s.ident.to_string()).collect();
+            if segments.len() > 1 && segments[0] == "crate" {
+                self.modules.insert(segments[1].clone());
+            }
+            self.names.extend(segments);
+            syn::visit::visit_path(self, p);
+        }
+    }
+
+    /// The modules of the crate that the non-test code of `text` names
+    /// (`use crate::x` or a `crate::x::..` path anywhere), and every name
+    /// its paths and imports mention.
+    fn uses(text: &str) -> Uses {
+        let mut v = Uses::default();
+        v.visit_file(&parse(text));
+        v
+    }
+
+    /// Which top-level modules each module of `files` (paths under
+    /// `daemon/src`) depends on, itself left out.
+    pub fn module_graph(files: &[(String, String)]) -> BTreeMap<String, BTreeSet<String>> {
+        let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for (path, text) in files {
+            let module = module_of(path);
+            let mut deps = uses(text).modules;
+            deps.remove(&module);
+            graph.entry(module).or_default().extend(deps);
+        }
+        graph
+    }
+
+    /// The import cycles of `graph`: each strongly connected set of more
+    /// than one module, as its sorted names.
+    pub fn cycles(graph: &BTreeMap<String, BTreeSet<String>>) -> Vec<Vec<String>> {
+        let reaches = |from: &str| {
+            let mut seen = BTreeSet::new();
+            let mut todo = vec![from.to_string()];
+            while let Some(m) = todo.pop() {
+                for d in graph.get(&m).into_iter().flatten() {
+                    if seen.insert(d.clone()) {
+                        todo.push(d.clone());
+                    }
+                }
+            }
+            seen
+        };
+        let mut found: BTreeSet<Vec<String>> = BTreeSet::new();
+        for m in graph.keys() {
+            let from_m = reaches(m);
+            let cycle: Vec<String> = graph
+                .keys()
+                .filter(|o| *o == m || (from_m.contains(*o) && reaches(o).contains(m)))
+                .cloned()
+                .collect();
+            if cycle.len() > 1 {
+                found.insert(cycle);
+            }
+        }
+        found.into_iter().collect()
+    }
+
+    /// The files whose non-test code names `ident` (imported or in a
+    /// path), but for those in `allowed`.
+    pub fn naming(files: &[(String, String)], ident: &str, allowed: &[&str]) -> Vec<String> {
+        files
+            .iter()
+            .filter(|(path, _)| !allowed.contains(&path.as_str()))
+            .filter(|(_, text)| uses(text).names.contains(ident))
+            .map(|(path, _)| path.clone())
+            .collect()
+    }
+
+    /// Every function (free, in an impl or a trait, nested or a test)
+    /// longer than `max` lines, from `fn` to its closing brace, as
+    /// `path:line name (N lines)`.
+    pub fn long_functions(files: &[(String, String)], max: usize) -> Vec<String> {
+        use syn::spanned::Spanned;
+        struct Long<'a> {
+            path: &'a str,
+            max: usize,
+            found: Vec<String>,
+        }
+        impl Long<'_> {
+            fn check(&mut self, name: &syn::Ident, span: proc_macro2::Span) {
+                let (start, end) = (span.start().line, span.end().line);
+                if end + 1 - start > self.max {
+                    self.found.push(format!(
+                        "{}:{start} {name} ({} lines)",
+                        self.path,
+                        end + 1 - start
+                    ));
+                }
+            }
+        }
+        impl<'ast> Visit<'ast> for Long<'_> {
+            fn visit_item_fn(&mut self, f: &'ast syn::ItemFn) {
+                self.check(&f.sig.ident, f.span());
+                syn::visit::visit_item_fn(self, f);
+            }
+            fn visit_impl_item_fn(&mut self, f: &'ast syn::ImplItemFn) {
+                self.check(&f.sig.ident, f.span());
+                syn::visit::visit_impl_item_fn(self, f);
+            }
+            fn visit_trait_item_fn(&mut self, f: &'ast syn::TraitItemFn) {
+                if f.default.is_some() {
+                    self.check(&f.sig.ident, f.span());
+                }
+                syn::visit::visit_trait_item_fn(self, f);
+            }
+        }
+        let mut found = Vec::new();
+        for (path, text) in files {
+            let file = syn::parse_file(text).expect("the source parses");
+            let mut v = Long {
+                path,
+                max,
+                found: Vec::new(),
+            };
+            v.visit_file(&file);
+            found.extend(v.found);
+        }
+        found
+    }
+
+    /// The string literals of the non-test code of `text` that contain
+    /// `needle`, wherever they stand (in `format!` and `#[error(..)]`
+    /// too, which the syntax tree keeps as tokens), doc comments aside.
+    pub fn literals_containing(text: &str, needle: &str) -> Vec<String> {
+        use quote::ToTokens;
+        fn walk(tokens: proc_macro2::TokenStream, needle: &str, out: &mut Vec<String>) {
+            for tree in tokens {
+                match tree {
+                    proc_macro2::TokenTree::Group(g) => {
+                        let doc = g.delimiter() == proc_macro2::Delimiter::Bracket
+                            && g.stream().into_iter().next().is_some_and(
+                                |t| matches!(&t, proc_macro2::TokenTree::Ident(i) if i == "doc"),
+                            );
+                        if !doc {
+                            walk(g.stream(), needle, out);
+                        }
+                    }
+                    proc_macro2::TokenTree::Literal(l) => {
+                        let l = l.to_string();
+                        if l.contains(needle) {
+                            out.push(l);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(parse(text).into_token_stream(), needle, &mut out);
+        out
+    }
 }
 
 /// Files under `dir` whose code contains any of `needles`, except `allowed`.
@@ -579,6 +784,131 @@ fn the_checks_that_read_syntax_catch_what_text_would_miss() {
     assert!(
         ast::store_writes_without_a_guard(store, &["sneaky_write", "sneaky_remove"]).is_empty()
     );
+
+    // An import cycle, through a `use` group or a path in an expression,
+    // across files of one module (`login/`).
+    let graph = ast::module_graph(&[
+        ("daemon/src/a.rs".into(), "use crate::{b::B, c};".into()),
+        (
+            "daemon/src/b.rs".into(),
+            "fn f() { crate::login::go(); }".into(),
+        ),
+        (
+            "daemon/src/login/device.rs".into(),
+            "use crate::a::A; use super::x;".into(),
+        ),
+        (
+            "daemon/src/c.rs".into(),
+            "#[cfg(test)] use crate::a::A;".into(),
+        ),
+    ]);
+    assert_eq!(ast::cycles(&graph), [["a", "b", "login"]]);
+    assert!(graph["c"].is_empty(), "test code is no dependency");
+    // A part that names the broker, however it reaches it.
+    let parts = [
+        (
+            "daemon/src/p.rs".to_string(),
+            "use crate::broker::{Broker as B};".to_string(),
+        ),
+        (
+            "daemon/src/q.rs".to_string(),
+            "fn f(b: &crate::broker::Broker) {}".to_string(),
+        ),
+        (
+            "daemon/src/r.rs".to_string(),
+            "use crate::broker::AuthState;".to_string(),
+        ),
+    ];
+    assert_eq!(
+        ast::naming(&parts, "Broker", &[]),
+        ["daemon/src/p.rs", "daemon/src/q.rs"]
+    );
+    // A long function, in an impl, nested, or a test.
+    let body = "    let x = 1;\n".repeat(119);
+    for text in [
+        format!("fn long() {{\n{body}}}"),
+        format!("impl A {{ fn long(&self) {{\n{body}}} }}"),
+        format!("fn outer() {{ fn long() {{\n{body}}} }}"),
+        format!("#[cfg(test)] mod t {{ #[test] fn long() {{\n{body}}} }}"),
+    ] {
+        let found = ast::long_functions(&file("cli/src/x.rs", &text), MAX_FUNCTION_LINES);
+        assert!(
+            found.iter().any(|f| f.contains(" long (121 lines)")),
+            "{found:?}"
+        );
+    }
+    let short = format!("fn short() {{\n{}}}", "    let x = 1;\n".repeat(118));
+    assert!(ast::long_functions(&file("cli/src/x.rs", &short), MAX_FUNCTION_LINES).is_empty());
+    // A CLI command in a daemon string: in a format!, an error attribute,
+    // a plain literal; doc comments and tests are not messages.
+    let text = r##"
+        /// Run `mcpauthctl login`: documentation.
+        #[derive(thiserror::Error)]
+        enum E { #[error("run `mcpauthctl login {0}`")] A(String) }
+        fn f(n: &str) -> String { format!("run mcpauthctl login {n}") }
+        fn g() -> &'static str { r#"mcpauthctl status"# }
+        #[cfg(test)] fn t() -> &'static str { "mcpauthctl" }
+    "##;
+    assert_eq!(ast::literals_containing(text, "mcpauthctl").len(), 3);
+}
+
+#[test]
+fn the_daemon_s_modules_form_no_cycle_and_only_the_wiring_names_the_broker() {
+    let files = sources("daemon/src");
+    let graph = ast::module_graph(&files);
+    // The check sees the edges it must see.
+    assert!(graph["broker"].contains("tokens") && graph["tokens"].contains("refresh"));
+    let cycles = ast::cycles(&graph);
+    assert!(
+        cycles.is_empty(),
+        "import cycles among daemon/src's modules: {cycles:?}"
+    );
+    // The parts depend on the context and on each other, never on the
+    // broker: it is named by its wiring (broker.rs, lib.rs) and by the
+    // RPC layer that serves it.
+    let found = ast::naming(
+        &files,
+        "Broker",
+        &[
+            "daemon/src/broker.rs",
+            "daemon/src/lib.rs",
+            "daemon/src/rpc.rs",
+        ],
+    );
+    assert!(found.is_empty(), "a module that names Broker: {found:?}");
+}
+
+/// A function longer than this is several functions.
+const MAX_FUNCTION_LINES: usize = 120;
+
+#[test]
+fn no_function_is_longer_than_120_lines() {
+    let mut files = sources("daemon/src");
+    files.extend(sources("cli/src"));
+    let found = ast::long_functions(&files, MAX_FUNCTION_LINES);
+    assert!(found.is_empty(), "functions to split: {found:#?}");
+    let main = std::fs::read_to_string(root().join("cli/src/main.rs")).unwrap();
+    assert!(
+        main.lines().count() < 150,
+        "cli/src/main.rs is a thin main: {} lines",
+        main.lines().count()
+    );
+}
+
+#[test]
+fn no_daemon_message_names_a_cli_command() {
+    // What to do next travels as data (`error::NextStep`); clients word
+    // it. The one place the daemon words it itself (a desktop
+    // notification) takes the command's name from the protocol crate.
+    let found: Vec<(String, Vec<String>)> = sources("daemon/src")
+        .into_iter()
+        .map(|(path, text)| (path, ast::literals_containing(&text, "mcpauthctl")))
+        .filter(|(_, found)| !found.is_empty())
+        .collect();
+    assert!(
+        found.is_empty(),
+        "daemon strings naming the CLI: {found:#?}"
+    );
 }
 
 #[test]
@@ -599,8 +929,8 @@ fn every_daemon_module_is_on_the_map() {
             continue;
         };
         let module = rest.trim_end_matches(';');
-        let file = if module == "oauth" {
-            "`oauth/`".to_string()
+        let file = if root().join(format!("daemon/src/{module}/mod.rs")).exists() {
+            format!("`{module}/`")
         } else {
             format!("`{module}.rs`")
         };
@@ -621,7 +951,7 @@ fn grants_without_a_person_share_the_one_refresh_path() {
     // (which calls renew_unattended under the server's guard).
     let found = offenders(
         "daemon/src",
-        &["renew_unattended("],
+        &["unattended.renew("],
         &["daemon/src/refresh.rs", "daemon/src/unattended.rs"],
     );
     assert!(
@@ -629,7 +959,7 @@ fn grants_without_a_person_share_the_one_refresh_path() {
         "an unattended grant obtained elsewhere: {found:?}"
     );
     let refresh = code(&std::fs::read_to_string(root().join("daemon/src/refresh.rs")).unwrap());
-    assert_eq!(refresh.matches(".renew_unattended(").count(), 1);
+    assert_eq!(refresh.matches(".renew(").count(), 1);
     // Their token requests, and the device polls, have one caller each.
     // (enterprise.rs's requests run inside renew_unattended.)
     for (call, homes) in [
@@ -639,8 +969,11 @@ fn grants_without_a_person_share_the_one_refresh_path() {
             &["daemon/src/unattended.rs", "daemon/src/enterprise.rs"][..],
         ),
         (".exchange_for_id_jag(", &["daemon/src/enterprise.rs"][..]),
-        (".poll_device(", &["daemon/src/device.rs"][..]),
-        (".device_authorization(", &["daemon/src/device.rs"][..]),
+        (".poll_device(", &["daemon/src/login/device.rs"][..]),
+        (
+            ".device_authorization(",
+            &["daemon/src/login/device.rs"][..],
+        ),
     ] {
         let mut allowed = homes.to_vec();
         allowed.push("daemon/src/oauth/grants.rs");

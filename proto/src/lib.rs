@@ -22,6 +22,11 @@ pub mod v1 {
 /// clients refuse to send it anywhere else.
 pub const PROTOCOL: u32 = 2;
 
+/// The command people run: what a daemon-side rendering of a next step
+/// (a desktop notification) names. Everything the daemon says otherwise
+/// carries the next step as data (`ErrorDetail`), for clients to word.
+pub const CLI: &str = "mcpauthctl";
+
 /// Request metadata key carrying the client's [`PROTOCOL`].
 pub const PROTOCOL_METADATA: &str = "mcpauth-protocol";
 

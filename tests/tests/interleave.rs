@@ -26,8 +26,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mcpauth_tests::authserver::{AuthServer, Switches};
-use mcpauthd::broker::{Broker, BrokerOptions, Paths};
+use mcpauthd::broker::Broker;
 use mcpauthd::config::ServerName;
+use mcpauthd::context::{BrokerOptions, Paths};
 use mcpauthd::shutdown::Shutdown;
 use mcpauthd::store::Store;
 use rand::rngs::StdRng;
@@ -266,7 +267,11 @@ async fn random_interleavings_keep_every_invariant() {
                     described.push_str(&format!("->{:?}", world.model[i]));
                     std::fs::write(world.paths().config, world.config_text()).unwrap();
                     tasks.push(tokio::spawn(async move {
-                        b.reload().await.map_err(|e| e.to_string()).map(|_| None)
+                        b.config_editor()
+                            .reload()
+                            .await
+                            .map_err(|e| e.to_string())
+                            .map(|_| None)
                     }));
                 }
                 Op::Edit => {}

@@ -23,6 +23,7 @@
 //! - `pkce`: verifier, challenge, state, token fingerprints.
 
 pub mod challenge;
+pub mod credentials;
 pub mod discovery;
 pub mod doctor;
 pub mod flow;
@@ -98,7 +99,7 @@ pub enum OAuthError {
         unlisted: bool,
     },
     #[error(
-        "{issuer} offers no way for mcpauthd to register: set client_id (mcpauthctl add NAME URL --client-id ID) or client_metadata_url in config.toml"
+        "{issuer} offers no way for mcpauthd to register: set client_id or client_metadata_url in config.toml"
     )]
     RegistrationUnavailable { issuer: String },
     #[error("client registration at {issuer} failed: {error}{}", description.as_deref().map(|d| format!(" ({d})")).unwrap_or_default())]

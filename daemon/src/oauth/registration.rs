@@ -41,7 +41,7 @@ struct ErrorResponse {
 }
 
 fn read_secret(secret: &ClientSecret) -> Result<Secret, OAuthError> {
-    crate::unattended::read_client_secret(secret)
+    super::credentials::read_client_secret(secret)
 }
 
 /// The auth method for a configured confidential client: Basic unless the

@@ -9,6 +9,9 @@
 //! accepted until the stored flow expires (10 minutes), even after a
 //! daemon restart.
 
+mod device;
+mod idp;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,15 +19,19 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::broker::{Broker, BrokerError, EventKind};
 use crate::callback::{self, Page};
 use crate::config::ServerName;
-use crate::install::{GrantSource, NewGrant};
+use crate::context::{Context, EventKind};
+use crate::enterprise::Enterprise;
+use crate::error::BrokerError;
+use crate::install::{GrantSource, Installer, NewGrant};
 use crate::locks::ServerGuard;
 use crate::oauth::flow::{self, CallbackError, CallbackParams};
 use crate::oauth::{pkce, registration};
+use crate::refresh::{Refresher, remember_client_auth};
 use crate::shutdown::Shutdown;
 use crate::state::{Discovery, PendingFlow, Registration, RegistrationKind};
+use crate::step_up::{count_step_up_attempt, store_challenge};
 
 /// What a login refused for its `resource` (RFC 8707) says to do: Entra
 /// refuses it with v2 scopes (AADSTS9010010).
@@ -32,8 +39,6 @@ const SEND_RESOURCE_HINT: &str = "; the authorization server refuses the resourc
 
 /// How long a stored flow stays valid.
 pub const FLOW_LIFETIME: Duration = Duration::from_secs(10 * 60);
-/// How long the loopback callback waits for the browser.
-pub const CALLBACK_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 
 /// Why a login ended without tokens.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -122,12 +127,39 @@ pub struct LoginHandle {
     pub outcome: watch::Receiver<Option<LoginOutcome>>,
 }
 
-#[derive(Default)]
+/// The logins part: every login a person runs (browser, pasted redirect,
+/// device code, identity provider), and the logins in progress.
+///
+/// Lock: `active` (`std::sync::Mutex`), the login in progress per server;
+/// held only to look one up or change the map. Starting, completing and
+/// settling a login happen under the server's `ServerGuard` (the code
+/// exchange and the install included); one completion at a time per
+/// login (`ActiveLogin::completing`, a `tokio::sync::Mutex`, held across
+/// the exchange, taken before the server's lock).
 pub struct Logins {
+    ctx: Arc<Context>,
+    installer: Arc<Installer>,
+    refresher: Arc<Refresher>,
+    enterprise: Arc<Enterprise>,
     active: Mutex<HashMap<ServerName, Arc<ActiveLogin>>>,
 }
 
 impl Logins {
+    pub fn new(
+        ctx: Arc<Context>,
+        installer: Arc<Installer>,
+        refresher: Arc<Refresher>,
+        enterprise: Arc<Enterprise>,
+    ) -> Self {
+        Self {
+            ctx,
+            installer,
+            refresher,
+            enterprise,
+            active: Mutex::default(),
+        }
+    }
+
     pub fn is_active(&self, name: &ServerName) -> bool {
         self.active
             .lock()
@@ -145,9 +177,13 @@ impl Logins {
         self.active.lock().unwrap().insert(name.clone(), login);
     }
 
-    /// Removes the login of a server whose state is being deleted.
-    pub(crate) fn take(&self, name: &ServerName) -> Option<Arc<ActiveLogin>> {
-        self.active.lock().unwrap().remove(name)
+    /// Ends the login of a server whose state is being deleted: its
+    /// waiters are told `reason`.
+    pub(crate) fn abandon(&self, name: &ServerName, reason: &str) {
+        let active = self.active.lock().unwrap().remove(name);
+        if let Some(active) = active {
+            active.abandon(reason);
+        }
     }
 }
 
@@ -200,7 +236,7 @@ impl ActiveLogin {
     }
 }
 
-impl Broker {
+impl Logins {
     /// Starts a browser login, or joins the one in progress.
     pub async fn login(
         self: &Arc<Self>,
@@ -223,27 +259,28 @@ impl Broker {
         name: &str,
         options: LoginOptions,
     ) -> Result<LoginHandle, BrokerError> {
-        let name = self.configured(name)?;
-        if let Some(grant) = self.unattended(&name).filter(|g| !g.has_login()) {
+        let name = self.ctx.configured(name)?;
+        if let Some(grant) = self.ctx.unattended(&name).filter(|g| !g.has_login()) {
             return Err(BrokerError::NoLoginNeeded {
                 server: name.to_string(),
                 grant: grant.as_str(),
             });
         }
         if let Some(www) = options.www_authenticate.as_deref() {
-            self.store_challenge(&name, www).await?;
+            store_challenge(&self.ctx, &name, www).await?;
         }
         let scopes = options.scopes;
         // One start at a time per server, so two callers cannot both start.
-        let guard = self.locks.lock(&name).await;
+        let guard = self.ctx.locks.lock(&name).await;
         // The config as it is under the lock (a URL change waits for it).
         let server = self
+            .ctx
             .config()
             .servers
             .get(&name)
-            .ok_or_else(|| self.not_found(&name))?
+            .ok_or_else(|| self.ctx.not_found(&name))?
             .clone();
-        if let Some(active) = self.logins.get(&name)
+        if let Some(active) = self.get(&name)
             && active.outcome.borrow().is_none()
         {
             return Ok(active.join());
@@ -261,10 +298,11 @@ impl Broker {
             return self.start_idp_login(guard, &server).await;
         }
 
-        let now = self.now_ms();
+        let now = self.ctx.now_ms();
         // PKCE is asked of the AS below, once it is known that the browser
         // flow is the one used (the device flow has none).
         let discovered = match self
+            .ctx
             .http
             .discover(&server.url, now, false, &server.settings)
             .await
@@ -272,7 +310,7 @@ impl Broker {
             Ok(d) => d,
             Err(e) => {
                 warn!(server = %name, error = %e, "login failed: discovery");
-                self.record_error(&guard, &e.to_string()).await;
+                self.ctx.record_error(&guard, &e.to_string()).await;
                 return Err(BrokerError::OAuth(e));
             }
         };
@@ -286,7 +324,7 @@ impl Broker {
                 let e = crate::oauth::OAuthError::DeviceUnsupported {
                     issuer: discovery.issuer.clone(),
                 };
-                self.record_error(&guard, &e.to_string()).await;
+                self.ctx.record_error(&guard, &e.to_string()).await;
                 return Err(BrokerError::OAuth(e));
             }
         };
@@ -295,10 +333,11 @@ impl Broker {
         {
             let e = crate::oauth::discovery::pkce_refusal(&discovery.metadata);
             warn!(server = %name, error = %e, "login failed: discovery");
-            self.record_error(&guard, &e.to_string()).await;
+            self.ctx.record_error(&guard, &e.to_string()).await;
             return Err(BrokerError::OAuth(e));
         }
         let stored_challenge = self
+            .ctx
             .store()
             .server(&name)?
             .and_then(|r| r.challenge)
@@ -320,6 +359,7 @@ impl Broker {
         }
 
         let mut record = self
+            .ctx
             .store()
             .server(&name)?
             .unwrap_or_else(|| crate::state::ServerRecord::new(&server.url, now));
@@ -343,7 +383,7 @@ impl Broker {
             record.callback_port = Some(port);
         }
         record.discovery = Some(discovery.clone());
-        self.store().put_server(&guard, &record).await?;
+        self.ctx.store().put_server(&guard, &record).await?;
 
         let scopes = self
             .login_scopes(
@@ -362,7 +402,7 @@ impl Broker {
             Ok(r) => r,
             Err(e) => {
                 warn!(server = %name, error = %e, "login failed: client registration");
-                self.record_error(&guard, &e.to_string()).await;
+                self.ctx.record_error(&guard, &e.to_string()).await;
                 return Err(e);
             }
         };
@@ -377,7 +417,7 @@ impl Broker {
             &scopes,
             &redirect_uri,
         )?;
-        let shares_url = self.config().servers.iter().any(|(n, s)| {
+        let shares_url = self.ctx.config().servers.iter().any(|(n, s)| {
             *n != name && crate::import::same_url(s.url.as_str(), server.url.as_str())
         });
         choose_account(&mut url, server.login_hint.as_deref(), shares_url);
@@ -393,13 +433,13 @@ impl Broker {
             expires_at_ms: now + FLOW_LIFETIME.as_millis() as i64,
         };
         // Stored before anyone sees the URL.
-        self.store().put_flow(&guard, &pending).await?;
+        self.ctx.store().put_flow(&guard, &pending).await?;
 
         let (active, rx) = ActiveLogin::new(pending.clone(), port, None);
-        self.logins.insert(&name, active.clone());
+        self.insert(&name, active.clone());
         self.spawn_callback(name.clone(), active.clone(), listener)?;
         info!(server = %name, issuer = %discovery.issuer, port, "login started");
-        self.publish(Some(name), EventKind::LoginStarted);
+        self.ctx.publish(Some(name), EventKind::LoginStarted);
         Ok(LoginHandle {
             flow: pending,
             callback_port: port,
@@ -422,7 +462,7 @@ impl Broker {
         probed: Option<crate::oauth::challenge::BearerChallenge>,
         stored: Option<crate::oauth::challenge::BearerChallenge>,
     ) -> Result<Vec<String>, BrokerError> {
-        let record = self.store().server(guard.name())?;
+        let record = self.ctx.store().server(guard.name())?;
         let step_up = record
             .as_ref()
             .and_then(|r| r.step_up.as_ref())
@@ -431,7 +471,7 @@ impl Broker {
         let (explicit, challenge) = if !asked.is_empty() {
             (asked, None)
         } else if let Some(scopes) = step_up {
-            self.count_step_up_attempt(guard).await?;
+            count_step_up_attempt(&self.ctx, guard).await?;
             (scopes, None)
         } else if stored.is_some() {
             (Vec::new(), stored)
@@ -456,20 +496,20 @@ impl Broker {
                 port: active.callback_port,
                 reason: e.to_string(),
             })?;
-        let broker = Arc::downgrade(self);
+        let logins = Arc::downgrade(self);
         let handler_name = name.clone();
         let handler: callback::Handler = Arc::new(move |params| {
-            let broker = broker.clone();
+            let logins = logins.clone();
             let name = handler_name.clone();
             Box::pin(async move {
-                let Some(broker) = broker.upgrade() else {
+                let Some(logins) = logins.upgrade() else {
                     return Page {
                         ok: false,
                         title: "mcpauth is shutting down".into(),
                         message: "Try again in a moment.".into(),
                     };
                 };
-                match broker.complete_login(name.as_str(), params).await {
+                match logins.complete_login(name.as_str(), params).await {
                     Ok(_) => Page {
                         ok: true,
                         title: format!("Logged in to {name}"),
@@ -483,10 +523,10 @@ impl Broker {
                 }
             })
         });
-        let timeout = self.options.callback_timeout;
+        let timeout = self.ctx.options.callback_timeout;
         let stop = active.stop.clone();
-        let shutdown = self.shutdown().wait();
-        let broker = Arc::downgrade(self);
+        let shutdown = self.ctx.shutdown().wait();
+        let logins = Arc::downgrade(self);
         tokio::spawn(async move {
             let stopped = stop.wait();
             let timed_out = tokio::select! {
@@ -495,18 +535,18 @@ impl Broker {
                 }) => false,
                 _ = tokio::time::sleep(timeout) => true,
             };
-            if timed_out && let Some(broker) = broker.upgrade() {
-                let guard = broker.locks.lock(&name).await;
+            if timed_out && let Some(logins) = logins.upgrade() {
+                let guard = logins.ctx.locks.lock(&name).await;
                 let mut message =
                     format!("no answer from the browser within {}s", timeout.as_secs());
                 if active.outcome.borrow().is_none() {
                     message.push_str(
-                        &broker
+                        &logins
                             .drop_unanswered_registration(&guard, &active.flow)
                             .await,
                     );
                 }
-                broker
+                logins
                     .finish_login(
                         &guard,
                         &active,
@@ -525,7 +565,7 @@ impl Broker {
     /// A login whose browser never came back may have met an AS that no
     /// longer knows the client (Atlassian answers an HTML 500 at
     /// `/authorize` for a stale one), and nothing comes back to say so.
-    /// A registration the broker made itself for that login is dropped,
+    /// A registration the logins made itself for that login is dropped,
     /// so the next login registers anew, once; one the person configured
     /// is kept. Returns the rest of the login's line.
     async fn drop_unanswered_registration(
@@ -535,6 +575,7 @@ impl Broker {
     ) -> String {
         let name = guard.name();
         let dynamic = self
+            .ctx
             .store()
             .registration(name, &flow.issuer)
             .ok()
@@ -544,6 +585,7 @@ impl Broker {
             return "; run the login again".into();
         };
         match self
+            .ctx
             .store()
             .delete_registration(guard, &registration.issuer)
             .await
@@ -585,18 +627,18 @@ impl Broker {
             // How this client's secret is taken, as learned at the token
             // endpoint, stays.
             if reg.client_secret.is_some()
-                && let Some(stored) = self.store().registration(name, &discovery.issuer)?
+                && let Some(stored) = self.ctx.store().registration(name, &discovery.issuer)?
                 && stored.kind == reg.kind
                 && stored.client_id == reg.client_id
                 && stored.client_secret.is_some()
             {
                 reg.auth_method = stored.auth_method;
             }
-            self.store().put_registration(guard, &reg).await?;
+            self.ctx.store().put_registration(guard, &reg).await?;
             return Ok(reg);
         }
         let mut register_for = scopes.to_vec();
-        if let Some(reg) = self.store().registration(name, &discovery.issuer)?
+        if let Some(reg) = self.ctx.store().registration(name, &discovery.issuer)?
             && reg.kind == RegistrationKind::Dynamic
             && reg.redirect_uri == redirect_uri
         {
@@ -615,11 +657,12 @@ impl Broker {
             }
         }
         let reg = self
+            .ctx
             .http
             .register(discovery, redirect_uri, &register_for, now)
             .await
             .map_err(BrokerError::OAuth)?;
-        self.store().put_registration(guard, &reg).await?;
+        self.ctx.store().put_registration(guard, &reg).await?;
         info!(server = %name, issuer = %discovery.issuer, "registered a client dynamically");
         Ok(reg)
     }
@@ -632,31 +675,33 @@ impl Broker {
         params: CallbackParams,
     ) -> Result<LoginOutcome, BrokerError> {
         let name = ServerName::parse(name)?;
-        let active = self.logins.get(&name);
+        let active = self.get(&name);
         let _completing = match &active {
             Some(a) => Some(a.completing.lock().await),
             None => None,
         };
         // Held until the grant is installed: the code exchange and the
         // install are one operation on the server's state.
-        let guard = self.locks.lock(&name).await;
+        let guard = self.ctx.locks.lock(&name).await;
         let flow = self
+            .ctx
             .store()
             .flow(&name)?
-            .filter(|f| f.expires_at_ms > self.now_ms())
+            .filter(|f| f.expires_at_ms > self.ctx.now_ms())
             .ok_or_else(|| BrokerError::NoLoginPending(name.to_string()))?;
-        let record = self.store().server(&name)?;
+        let record = self.ctx.store().server(&name)?;
         // An enterprise server's login is at its identity provider.
-        let idp_login = self.idp_discovery_for(&name, &flow.issuer)?;
+        let idp_login = self.enterprise.idp_discovery_for(&name, &flow.issuer)?;
         let is_idp_login = idp_login.is_some();
         let discovery = record
             .as_ref()
             .and_then(|r| r.discovery.clone())
             .filter(|d| d.issuer == flow.issuer)
-            .map(|d| self.settings_now(&name, d))
+            .map(|d| self.ctx.settings_now(&name, d))
             .or(idp_login)
             .ok_or_else(|| BrokerError::NoLoginPending(name.to_string()))?;
         let registration = self
+            .ctx
             .store()
             .registration(&name, &flow.issuer)?
             .filter(|r| r.client_id == flow.client_id)
@@ -664,7 +709,7 @@ impl Broker {
 
         let code = match flow::validate_callback(
             &flow,
-            // An issuer the broker implied is not one the AS says: `iss`
+            // An issuer the logins implied is not one the AS says: `iss`
             // is not expected then (compared if it comes).
             // `allow_missing_iss`: promised but not sent (Cloudflare's
             // workers-oauth-provider) is accepted; a present `iss` is
@@ -703,7 +748,8 @@ impl Broker {
                     && registration.kind == RegistrationKind::Dynamic
                     && !registration.covers(&flow.scopes)
                 {
-                    self.store()
+                    self.ctx
+                        .store()
                         .delete_registration(&guard, &registration.issuer)
                         .await?;
                     message.push_str(
@@ -722,6 +768,7 @@ impl Broker {
         };
 
         let obtained = match self
+            .ctx
             .http
             .exchange_code(
                 &discovery,
@@ -745,7 +792,8 @@ impl Broker {
                 {
                     // The AS forgot our registration: drop it so the next
                     // login registers afresh instead of looping.
-                    self.store()
+                    self.ctx
+                        .store()
                         .delete_registration(&guard, &registration.issuer)
                         .await?;
                     message.push_str(
@@ -753,7 +801,7 @@ impl Broker {
                     );
                 }
                 warn!(server = %name, error = %e, "login failed at the token endpoint");
-                self.record_error(&guard, &message).await;
+                self.ctx.record_error(&guard, &message).await;
                 self.end_flow(
                     &guard,
                     active.as_ref(),
@@ -766,15 +814,14 @@ impl Broker {
                 return Err(BrokerError::OAuth(e));
             }
         };
-        self.remember_client_auth(&guard, &registration, obtained.auth_method)
-            .await?;
+        remember_client_auth(&self.ctx, &guard, &registration, obtained.auth_method).await?;
         let tokens = obtained.tokens;
         if is_idp_login {
             return self
                 .finish_idp_login(guard, active.as_ref(), &flow, tokens)
                 .await;
         }
-        let expires_at_ms = tokens.expires_at_ms(self.now_ms());
+        let expires_at_ms = tokens.expires_at_ms(self.ctx.now_ms());
         let account = crate::oauth::jwt::account_of(&tokens);
         let new = NewGrant {
             account,
@@ -790,6 +837,7 @@ impl Broker {
         let granted = new.scopes.clone();
         // Durable (and exported) before anyone hears of it.
         let installed = self
+            .installer
             .install_grant(&guard, new, GrantSource::Login, |r| login_done(r, &granted))
             .await;
         let grant = match installed {
@@ -821,13 +869,13 @@ impl Broker {
     /// Cancels the login in progress, if any.
     pub async fn cancel_login(&self, name: &str) -> Result<bool, BrokerError> {
         let name = ServerName::parse(name)?;
-        let Some(active) = self.logins.get(&name) else {
+        let Some(active) = self.get(&name) else {
             return Ok(false);
         };
         if active.outcome.borrow().is_some() {
             return Ok(false);
         }
-        let guard = self.locks.lock(&name).await;
+        let guard = self.ctx.locks.lock(&name).await;
         self.finish_login(
             &guard,
             &active,
@@ -851,7 +899,7 @@ impl Broker {
         match active {
             Some(active) => self.finish_login(guard, active, outcome, true).await,
             None => {
-                if let Err(e) = self.store().delete_flow(guard).await {
+                if let Err(e) = self.ctx.store().delete_flow(guard).await {
                     warn!(server = %name, error = %e, "cannot delete the finished flow");
                 }
             }
@@ -871,7 +919,7 @@ impl Broker {
         if active.outcome.borrow().is_some() {
             return;
         }
-        if delete && let Err(e) = self.store().delete_flow(guard).await {
+        if delete && let Err(e) = self.ctx.store().delete_flow(guard).await {
             warn!(server = %name, error = %e, "cannot delete the finished flow");
         }
         if let LoginOutcome::Failed { kind, message } = &outcome {
@@ -879,7 +927,7 @@ impl Broker {
         }
         active.outcome.send_replace(Some(outcome));
         active.stop.trigger();
-        let mut logins = self.logins.active.lock().unwrap();
+        let mut logins = self.active.lock().unwrap();
         if logins.get(name).is_some_and(|a| Arc::ptr_eq(a, active)) {
             logins.remove(name);
         }

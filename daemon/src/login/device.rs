@@ -1,4 +1,4 @@
-//! Device logins (RFC 8628) from the broker's side (`impl Broker`).
+//! Device logins (RFC 8628), as the `Logins` part runs them.
 //!
 //! `mcpauthctl login NAME --device` (or a client with neither a browser
 //! nor a terminal, when the AS offers it) starts one. The daemon asks the
@@ -23,18 +23,19 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use crate::broker::{Broker, BrokerError, EventKind};
+use super::{ActiveLogin, DeviceView, FailureKind, LoginHandle, LoginOutcome, Logins, login_done};
 use crate::config::{ServerConfig, ServerName};
+use crate::context::EventKind;
+use crate::error::BrokerError;
 use crate::install::{GrantSource, NewGrant};
 use crate::locks::ServerGuard;
-use crate::login::{ActiveLogin, DeviceView, FailureKind, LoginHandle, LoginOutcome, login_done};
 use crate::oauth::challenge::BearerChallenge;
 use crate::oauth::grants::{DevicePoll, SLOW_DOWN_SECS};
 use crate::oauth::token::ClientAuth;
 use crate::secret::Secret;
 use crate::state::{Discovery, PendingFlow, Registration};
 
-impl Broker {
+impl Logins {
     /// Starts a device login; called by `login_with` under the guard, with
     /// the discovery just made.
     pub(crate) async fn start_device_login(
@@ -47,13 +48,14 @@ impl Broker {
         stored: Option<BearerChallenge>,
     ) -> Result<LoginHandle, BrokerError> {
         let name = guard.name().clone();
-        let now = self.now_ms();
-        self.update_record(&guard, |r| r.discovery = Some(discovery.clone()))
+        let now = self.ctx.now_ms();
+        self.ctx
+            .update_record(&guard, |r| r.discovery = Some(discovery.clone()))
             .await?;
-        if self.store().server(&name)?.is_none() {
+        if self.ctx.store().server(&name)?.is_none() {
             let mut record = crate::state::ServerRecord::new(&server.url, now);
             record.discovery = Some(discovery.clone());
-            self.store().put_server(&guard, &record).await?;
+            self.ctx.store().put_server(&guard, &record).await?;
         }
         let scopes = self
             .login_scopes(&guard, server, &discovery, asked, probed, stored)
@@ -66,11 +68,12 @@ impl Broker {
             Ok(r) => r,
             Err(e) => {
                 warn!(server = %name, error = %e, "device login failed: client registration");
-                self.record_error(&guard, &e.to_string()).await;
+                self.ctx.record_error(&guard, &e.to_string()).await;
                 return Err(e);
             }
         };
         let authorization = match self
+            .ctx
             .http
             .device_authorization(&discovery, &ClientAuth::of(&registration), &scopes)
             .await
@@ -78,7 +81,7 @@ impl Broker {
             Ok(a) => a,
             Err(e) => {
                 warn!(server = %name, error = %e, "device login failed: device authorization");
-                self.record_error(&guard, &e.to_string()).await;
+                self.ctx.record_error(&guard, &e.to_string()).await;
                 return Err(BrokerError::OAuth(e));
             }
         };
@@ -105,10 +108,10 @@ impl Broker {
             expires_at_ms,
         };
         let (active, rx) = ActiveLogin::new(flow.clone(), 0, Some(view.clone()));
-        self.logins.insert(&name, active.clone());
+        self.insert(&name, active.clone());
         drop(guard);
-        let broker = Arc::downgrade(self);
-        let shutdown = self.shutdown().wait();
+        let logins = Arc::downgrade(self);
+        let shutdown = self.ctx.shutdown().wait();
         let lifetime = Duration::from_secs(authorization.expires_in_secs);
         let interval = authorization.interval_secs;
         let device_code = authorization.device_code;
@@ -125,16 +128,16 @@ impl Broker {
                     _ = &mut shutdown => return,
                     _ = tokio::time::sleep(Duration::from_secs(interval)) => {}
                 }
-                let Some(broker) = broker.upgrade() else {
+                let Some(logins) = logins.upgrade() else {
                     return;
                 };
                 let settle = |kind: FailureKind, message: String| {
-                    let broker = broker.clone();
+                    let logins = logins.clone();
                     let active = active.clone();
                     let name = name.clone();
                     async move {
-                        let guard = broker.locks.lock(&name).await;
-                        broker
+                        let guard = logins.ctx.locks.lock(&name).await;
+                        logins
                             .finish_login(
                                 &guard,
                                 &active,
@@ -152,7 +155,8 @@ impl Broker {
                     .await;
                     return;
                 }
-                let poll = broker
+                let poll = logins
+                    .ctx
                     .http
                     .poll_device(&discovery, &ClientAuth::of(&registration), &device_code)
                     .await;
@@ -184,14 +188,14 @@ impl Broker {
                         continue;
                     }
                     Err(e) => {
-                        let guard = broker.locks.lock(&name).await;
-                        broker.record_error(&guard, &e.to_string()).await;
+                        let guard = logins.ctx.locks.lock(&name).await;
+                        logins.ctx.record_error(&guard, &e.to_string()).await;
                         drop(guard);
                         settle(FailureKind::Error, e.to_string()).await;
                         return;
                     }
                     Ok(DevicePoll::Tokens(tokens)) => {
-                        broker
+                        logins
                             .finish_device_login(&name, &active, &discovery, &registration, tokens)
                             .await;
                         return;
@@ -200,7 +204,7 @@ impl Broker {
             }
         });
         info!(server = %name, issuer = %flow.issuer, "device login started");
-        self.publish(Some(name), EventKind::LoginStarted);
+        self.ctx.publish(Some(name), EventKind::LoginStarted);
         Ok(LoginHandle {
             flow,
             callback_port: 0,
@@ -220,14 +224,14 @@ impl Broker {
         registration: &Registration,
         tokens: crate::oauth::token::TokenSet,
     ) {
-        let guard = self.locks.lock(name).await;
+        let guard = self.ctx.locks.lock(name).await;
         let account = crate::oauth::jwt::account_of(&tokens);
         let new = NewGrant {
             account,
             issuer: discovery.issuer.clone(),
             client_id: registration.client_id.clone(),
             resource: discovery.resource.clone(),
-            expires_at_ms: tokens.expires_at_ms(self.now_ms()),
+            expires_at_ms: tokens.expires_at_ms(self.ctx.now_ms()),
             access_token: tokens.access_token,
             token_type: tokens.token_type,
             refresh_token: tokens.refresh_token,
@@ -235,6 +239,7 @@ impl Broker {
         };
         let granted = new.scopes.clone();
         let outcome = match self
+            .installer
             .install_grant(&guard, new, GrantSource::Login, |r| login_done(r, &granted))
             .await
         {
