@@ -1591,6 +1591,10 @@ mod tests {
             get("k8s").assertion_file.as_deref(),
             Some(Path::new("/var/run/secrets/tokens/mcp"))
         );
+    }
+
+    #[test]
+    fn refuses_grants_without_their_keys() {
         let u = "url = \"https://e.com\"\n";
         let cases = [
             (format!("{u}grant = \"password\""), "unknown variant"),
