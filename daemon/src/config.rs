@@ -791,18 +791,8 @@ fn validate_identity_provider(
     if raw.client_id.is_empty() {
         return Err(field("client_id", "it is empty"));
     }
-    let client_secret = match (raw.client_secret, raw.client_secret_file) {
-        (Some(_), Some(_)) => {
-            return Err(field(
-                "client_secret",
-                "set client_secret or client_secret_file, not both",
-            ));
-        }
-        (Some(s), None) if s.is_empty() => return Err(field("client_secret", "it is empty")),
-        (Some(s), None) => Some(ClientSecret::Inline(Secret::new(s))),
-        (None, Some(p)) => Some(ClientSecret::File(expand_home(p))),
-        (None, None) => None,
-    };
+    let client_secret = client_secret(raw.client_secret, raw.client_secret_file)
+        .map_err(|reason| field("client_secret", reason))?;
     let id_token_file = match raw.id_token_file.map(expand_home) {
         Some(p) if !p.is_absolute() => {
             return Err(field(
@@ -820,122 +810,41 @@ fn validate_identity_provider(
     })
 }
 
-fn validate_server(name: &ServerName, raw: RawServer) -> Result<ServerConfig, InvalidInput> {
-    let field = |field: &'static str, reason: &str| InvalidInput::Field {
+/// The error for `field` of server `name`.
+fn field_error(name: &ServerName, field: &'static str, reason: &str) -> InvalidInput {
+    InvalidInput::Field {
         server: name.to_string(),
         field,
         reason: reason.to_string(),
-    };
+    }
+}
+
+/// A `[servers.NAME]` section, checked setting by setting in a fixed
+/// order: the first problem is the error.
+fn validate_server(name: &ServerName, raw: RawServer) -> Result<ServerConfig, InvalidInput> {
+    let field = |field: &'static str, reason: &str| field_error(name, field, reason);
     let url = parse_secure_url(&raw.url).map_err(|source| InvalidInput::Url {
         server: name.to_string(),
         source,
     })?;
-    let client_secret = match (raw.client_secret, raw.client_secret_file) {
-        (Some(_), Some(_)) => {
-            return Err(field(
-                "client_secret",
-                "set client_secret or client_secret_file, not both",
-            ));
-        }
-        (Some(s), None) if s.is_empty() => return Err(field("client_secret", "it is empty")),
-        (Some(s), None) => Some(ClientSecret::Inline(Secret::new(s))),
-        (None, Some(p)) => Some(ClientSecret::File(expand_home(p))),
-        (None, None) => None,
-    };
+    let client_secret = client_secret(raw.client_secret, raw.client_secret_file)
+        .map_err(|reason| field("client_secret", reason))?;
     let client_id = raw.client_id.filter(|id| !id.is_empty());
     if client_secret.is_some() && client_id.is_none() {
         return Err(field("client_secret", "a client secret needs a client_id"));
     }
-    for scope in &raw.scopes {
-        // RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
-        let ok = !scope.is_empty()
-            && scope
-                .bytes()
-                .all(|b| b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b));
-        if !ok {
-            return Err(field(
-                "scopes",
-                &format!(
-                    "{:?} is not a valid scope token",
-                    truncate_for_message(scope)
-                ),
-            ));
-        }
-    }
-    let login_hint = match raw.login_hint {
-        None => None,
-        Some(h) if h.trim().is_empty() => return Err(field("login_hint", "it is empty")),
-        Some(h) if h.len() > 256 || h.chars().any(char::is_control) => {
-            return Err(field(
-                "login_hint",
-                "it must be one line of at most 256 bytes (an email or user name)",
-            ));
-        }
-        Some(h) => Some(h.trim().to_string()),
-    };
+    validate_scopes(name, &raw.scopes)?;
+    let login_hint = validate_login_hint(name, raw.login_hint)?;
     if raw.callback_port == Some(0) {
         return Err(field(
             "callback_port",
             "0 is not a port; leave it out to let the daemon choose",
         ));
     }
-    let client_metadata_url = match raw.client_metadata_url {
-        None => None,
-        Some(u) => {
-            let url =
-                parse_secure_url(&u).map_err(|e| field("client_metadata_url", &e.to_string()))?;
-            if url.scheme() != "https" || url.path() == "/" || url.path().is_empty() {
-                return Err(field(
-                    "client_metadata_url",
-                    "a client ID metadata document URL must be https with a path",
-                ));
-            }
-            Some(url)
-        }
-    };
-    let file_path = |field: &'static str, path: PathBuf| {
-        let path = expand_home(path);
-        if path.is_absolute() {
-            Ok(path)
-        } else {
-            Err(InvalidInput::Field {
-                server: name.to_string(),
-                field,
-                reason: format!(
-                    "{} must be an absolute path (or start with ~/)",
-                    path.display()
-                ),
-            })
-        }
-    };
-    let import = match raw.import {
-        None => None,
-        Some(i) => Some(TokenImport {
-            path: file_path("import", i.path)?,
-            format: i.format,
-        }),
-    };
-    let export = match raw.export {
-        None => None,
-        Some(e) => Some(TokenExport {
-            path: file_path("export", e.path)?,
-            format: e.format,
-            refresh_token: e.refresh_token,
-        }),
-    };
-    let client_key = match (raw.client_key_file, raw.client_key_alg) {
-        (Some(path), alg) => Some(ClientKey {
-            path: file_path("client_key_file", path)?,
-            alg: alg.unwrap_or_default(),
-        }),
-        (None, Some(_)) => {
-            return Err(field(
-                "client_key_alg",
-                "client_key_alg needs a client_key_file",
-            ));
-        }
-        (None, None) => None,
-    };
+    let client_metadata_url = validate_client_metadata_url(name, raw.client_metadata_url)?;
+    let import = raw.import.map(|i| validate_import(name, i)).transpose()?;
+    let export = raw.export.map(|e| validate_export(name, e)).transpose()?;
+    let client_key = validate_client_key(name, raw.client_key_file, raw.client_key_alg)?;
     if client_key.is_some() {
         if client_secret.is_some() {
             return Err(field(
@@ -949,86 +858,31 @@ fn validate_server(name: &ServerName, raw: RawServer) -> Result<ServerConfig, In
     }
     let assertion_file = raw
         .assertion_file
-        .map(|p| file_path("assertion_file", p))
+        .map(|p| absolute_file(name, "assertion_file", p))
         .transpose()?;
-    match raw.grant {
-        GrantKind::AuthorizationCode => {
-            if client_key.is_some() {
-                return Err(field(
-                    "client_key_file",
-                    "a client key is used by grant = \"client_credentials\", \"workload\" or \"enterprise\"",
-                ));
-            }
-        }
-        GrantKind::ClientCredentials => {
-            if client_id.is_none() || (client_secret.is_none() && client_key.is_none()) {
-                return Err(field(
-                    "grant",
-                    "client_credentials needs a client_id and its client_secret_file (or client_secret, or client_key_file)",
-                ));
-            }
-        }
-        GrantKind::Enterprise => {
-            if raw.identity_provider.is_none() || client_id.is_none() {
-                return Err(field(
-                    "grant",
-                    "enterprise needs identity_provider (an [identity_providers.NAME] section) and the client_id registered at the server's authorization server",
-                ));
-            }
-        }
-        GrantKind::Workload => {
-            if assertion_file.is_none() {
-                return Err(field(
-                    "grant",
-                    "workload needs assertion_file: the file the platform writes the workload token to",
-                ));
-            }
-        }
-    }
-    let identity_provider = match raw.identity_provider {
-        None => None,
-        Some(_) if raw.grant != GrantKind::Enterprise => {
-            return Err(field(
-                "identity_provider",
-                "identity_provider is used by grant = \"enterprise\"",
-            ));
-        }
-        Some(idp) => Some(ServerName::parse(&idp)?),
+    let has = GrantInputs {
+        client_id: client_id.is_some(),
+        client_secret: client_secret.is_some(),
+        client_key: client_key.is_some(),
+        assertion_file: assertion_file.is_some(),
+        identity_provider: raw.identity_provider.is_some(),
     };
+    check_grant(name, raw.grant, &has)?;
+    let identity_provider = server_identity_provider(name, raw.grant, raw.identity_provider)?;
     if assertion_file.is_some() && raw.grant != GrantKind::Workload {
         return Err(field(
             "assertion_file",
             "assertion_file is used by grant = \"workload\"",
         ));
     }
-    let auth_server_metadata_url = match raw.auth_server_metadata_url {
-        None => None,
-        Some(u) => Some(
-            parse_secure_url(&u).map_err(|e| field("auth_server_metadata_url", &e.to_string()))?,
-        ),
-    };
-    if let Some(params) = &raw.authorization_params {
-        if let Some(reserved) = params
-            .keys()
-            .find(|k| RESERVED_AUTHORIZATION_PARAMS.contains(&k.as_str()))
-        {
-            return Err(field(
-                "authorization_params",
-                &format!(
-                    "{:?} is set by mcpauthd itself (use scopes = [...] for scope)",
-                    truncate_for_message(reserved)
-                ),
-            ));
-        }
-        if params.keys().any(|k| k.is_empty()) {
-            return Err(field("authorization_params", "a parameter name is empty"));
-        }
-    }
     let settings = ServerSettings {
         assume_pkce_s256: raw.assume_pkce_s256,
         send_resource: raw.send_resource,
-        auth_server_metadata_url,
-        authorization_params: raw.authorization_params,
+        auth_server_metadata_url: validate_auth_server_metadata_url(
+            name,
+            raw.auth_server_metadata_url,
+        )?,
+        authorization_params: validate_authorization_params(name, raw.authorization_params)?,
         allow_missing_iss: raw.allow_missing_iss,
     };
     Ok(ServerConfig {
@@ -1047,6 +901,246 @@ fn validate_server(name: &ServerName, raw: RawServer) -> Result<ServerConfig, In
         import,
         export,
     })
+}
+
+/// `client_secret` or `client_secret_file`, not both; `Err` is the
+/// reason, for the `client_secret` field.
+fn client_secret(
+    secret: Option<String>,
+    file: Option<PathBuf>,
+) -> Result<Option<ClientSecret>, &'static str> {
+    match (secret, file) {
+        (Some(_), Some(_)) => Err("set client_secret or client_secret_file, not both"),
+        (Some(s), None) if s.is_empty() => Err("it is empty"),
+        (Some(s), None) => Ok(Some(ClientSecret::Inline(Secret::new(s)))),
+        (None, Some(p)) => Ok(Some(ClientSecret::File(expand_home(p)))),
+        (None, None) => Ok(None),
+    }
+}
+
+/// Each scope a valid scope token (RFC 6749 §3.3).
+fn validate_scopes(name: &ServerName, scopes: &[String]) -> Result<(), InvalidInput> {
+    for scope in scopes {
+        // RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
+        let ok = !scope.is_empty()
+            && scope
+                .bytes()
+                .all(|b| b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b));
+        if !ok {
+            return Err(field_error(
+                name,
+                "scopes",
+                &format!(
+                    "{:?} is not a valid scope token",
+                    truncate_for_message(scope)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `login_hint`: one line, not empty, at most 256 bytes; kept trimmed.
+fn validate_login_hint(
+    name: &ServerName,
+    login_hint: Option<String>,
+) -> Result<Option<String>, InvalidInput> {
+    match login_hint {
+        None => Ok(None),
+        Some(h) if h.trim().is_empty() => Err(field_error(name, "login_hint", "it is empty")),
+        Some(h) if h.len() > 256 || h.chars().any(char::is_control) => Err(field_error(
+            name,
+            "login_hint",
+            "it must be one line of at most 256 bytes (an email or user name)",
+        )),
+        Some(h) => Ok(Some(h.trim().to_string())),
+    }
+}
+
+/// `client_metadata_url`: a secure https URL with a path.
+fn validate_client_metadata_url(
+    name: &ServerName,
+    raw: Option<String>,
+) -> Result<Option<Url>, InvalidInput> {
+    let Some(u) = raw else {
+        return Ok(None);
+    };
+    let field = |reason: &str| field_error(name, "client_metadata_url", reason);
+    let url = parse_secure_url(&u).map_err(|e| field(&e.to_string()))?;
+    if url.scheme() != "https" || url.path() == "/" || url.path().is_empty() {
+        return Err(field(
+            "a client ID metadata document URL must be https with a path",
+        ));
+    }
+    Ok(Some(url))
+}
+
+/// A file setting: an absolute path (or `~/`).
+fn absolute_file(
+    name: &ServerName,
+    field: &'static str,
+    path: PathBuf,
+) -> Result<PathBuf, InvalidInput> {
+    let path = expand_home(path);
+    if path.is_absolute() {
+        Ok(path)
+    } else {
+        Err(InvalidInput::Field {
+            server: name.to_string(),
+            field,
+            reason: format!(
+                "{} must be an absolute path (or start with ~/)",
+                path.display()
+            ),
+        })
+    }
+}
+
+/// A server's `import`: its path absolute (or `~/`).
+fn validate_import(name: &ServerName, raw: RawImport) -> Result<TokenImport, InvalidInput> {
+    Ok(TokenImport {
+        path: absolute_file(name, "import", raw.path)?,
+        format: raw.format,
+    })
+}
+
+/// A server's `export`: its path absolute (or `~/`).
+fn validate_export(name: &ServerName, raw: RawExport) -> Result<TokenExport, InvalidInput> {
+    Ok(TokenExport {
+        path: absolute_file(name, "export", raw.path)?,
+        format: raw.format,
+        refresh_token: raw.refresh_token,
+    })
+}
+
+/// `client_key_file`, with `client_key_alg` only beside it.
+fn validate_client_key(
+    name: &ServerName,
+    file: Option<PathBuf>,
+    alg: Option<KeyAlgorithm>,
+) -> Result<Option<ClientKey>, InvalidInput> {
+    match (file, alg) {
+        (Some(path), alg) => Ok(Some(ClientKey {
+            path: absolute_file(name, "client_key_file", path)?,
+            alg: alg.unwrap_or_default(),
+        })),
+        (None, Some(_)) => Err(field_error(
+            name,
+            "client_key_alg",
+            "client_key_alg needs a client_key_file",
+        )),
+        (None, None) => Ok(None),
+    }
+}
+
+/// Which of the settings a grant needs are set.
+struct GrantInputs {
+    client_id: bool,
+    client_secret: bool,
+    client_key: bool,
+    assertion_file: bool,
+    identity_provider: bool,
+}
+
+/// What `grant` needs is set (and a client key is not used by the
+/// authorization code grant).
+fn check_grant(name: &ServerName, grant: GrantKind, has: &GrantInputs) -> Result<(), InvalidInput> {
+    let field = |field: &'static str, reason: &str| field_error(name, field, reason);
+    match grant {
+        GrantKind::AuthorizationCode => {
+            if has.client_key {
+                return Err(field(
+                    "client_key_file",
+                    "a client key is used by grant = \"client_credentials\", \"workload\" or \"enterprise\"",
+                ));
+            }
+        }
+        GrantKind::ClientCredentials => {
+            if !has.client_id || (!has.client_secret && !has.client_key) {
+                return Err(field(
+                    "grant",
+                    "client_credentials needs a client_id and its client_secret_file (or client_secret, or client_key_file)",
+                ));
+            }
+        }
+        GrantKind::Enterprise => {
+            if !has.identity_provider || !has.client_id {
+                return Err(field(
+                    "grant",
+                    "enterprise needs identity_provider (an [identity_providers.NAME] section) and the client_id registered at the server's authorization server",
+                ));
+            }
+        }
+        GrantKind::Workload => {
+            if !has.assertion_file {
+                return Err(field(
+                    "grant",
+                    "workload needs assertion_file: the file the platform writes the workload token to",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A server's `identity_provider`: only with grant = "enterprise".
+fn server_identity_provider(
+    name: &ServerName,
+    grant: GrantKind,
+    identity_provider: Option<String>,
+) -> Result<Option<ServerName>, InvalidInput> {
+    match identity_provider {
+        None => Ok(None),
+        Some(_) if grant != GrantKind::Enterprise => Err(field_error(
+            name,
+            "identity_provider",
+            "identity_provider is used by grant = \"enterprise\"",
+        )),
+        Some(idp) => Ok(Some(ServerName::parse(&idp)?)),
+    }
+}
+
+/// `auth_server_metadata_url`: a secure URL.
+fn validate_auth_server_metadata_url(
+    name: &ServerName,
+    raw: Option<String>,
+) -> Result<Option<Url>, InvalidInput> {
+    raw.map(|u| {
+        parse_secure_url(&u)
+            .map_err(|e| field_error(name, "auth_server_metadata_url", &e.to_string()))
+    })
+    .transpose()
+}
+
+/// `authorization_params`: no parameter mcpauthd sets itself, no empty
+/// name.
+fn validate_authorization_params(
+    name: &ServerName,
+    params: Option<BTreeMap<String, String>>,
+) -> Result<Option<BTreeMap<String, String>>, InvalidInput> {
+    if let Some(params) = &params {
+        if let Some(reserved) = params
+            .keys()
+            .find(|k| RESERVED_AUTHORIZATION_PARAMS.contains(&k.as_str()))
+        {
+            return Err(field_error(
+                name,
+                "authorization_params",
+                &format!(
+                    "{:?} is set by mcpauthd itself (use scopes = [...] for scope)",
+                    truncate_for_message(reserved)
+                ),
+            ));
+        }
+        if params.keys().any(|k| k.is_empty()) {
+            return Err(field_error(
+                name,
+                "authorization_params",
+                "a parameter name is empty",
+            ));
+        }
+    }
+    Ok(params)
 }
 
 /// What `mcpauthctl add` asks for.
@@ -1497,6 +1591,10 @@ mod tests {
             get("k8s").assertion_file.as_deref(),
             Some(Path::new("/var/run/secrets/tokens/mcp"))
         );
+    }
+
+    #[test]
+    fn refuses_grants_without_their_keys() {
         let u = "url = \"https://e.com\"\n";
         let cases = [
             (format!("{u}grant = \"password\""), "unknown variant"),

@@ -18,7 +18,7 @@ use super::discovery::{
 use super::http::{Fetched, HttpClient, checked, checked_for, display_url};
 use super::{OAuthError, canonical_resource};
 use crate::config::{GrantKind, ServerConfig, ServerSettings, builtin_defaults};
-use crate::state::AuthServerMetadata;
+use crate::state::{AuthServerMetadata, SettingsInForce};
 
 /// One step of the walk.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -90,21 +90,64 @@ fn challenge_text(status: u16, challenge: &Option<BearerChallenge>) -> String {
     }
 }
 
+/// A problem that ends the walk; it is already in the report.
+struct Stop;
+
+/// A step's result: what the next steps need, or `Err(Stop)`.
+type Step<T> = Result<T, Stop>;
+
+/// Where the authorization server was found.
+struct AuthServer {
+    /// The issuer the resource metadata named (`None` for a 2025-03-26
+    /// server without resource metadata).
+    issuer_hint: Option<String>,
+    /// Where its metadata is looked for.
+    url: Url,
+    /// A 2025-03-26 server: its authorization server is at its origin.
+    legacy: bool,
+}
+
 impl HttpClient {
     /// Walks discovery and registration for `server` (named `name`).
     pub async fn diagnose(&self, name: &str, server: &ServerConfig) -> Vec<DoctorStep> {
         let mut r = Report::default();
-        self.walk(name, server, &mut r).await;
+        // A `Stop` has put its problem in the report already.
+        let _: Step<()> = self.walk(name, server, &mut r).await;
         r.steps
     }
 
-    async fn walk(&self, name: &str, config: &ServerConfig, r: &mut Report) {
+    async fn walk(&self, name: &str, config: &ServerConfig, r: &mut Report) -> Step<()> {
         let server = &config.url;
         let settings = &config.settings;
         r.ok(
             "server",
             format!("{} (grant {})", display_url(server), config.grant.as_str()),
         );
+        let (status, challenge) = self.probe_step(server, r).await?;
+        let prm = self.resource_metadata_step(server, &challenge, r).await?;
+        let auth_server = authorization_server_step(server, prm, r)?;
+        let candidates = metadata_candidates_step(server, settings, &auth_server.url, r)?;
+        let Some((m, metadata_url)) = self.metadata_step(server, candidates, r).await? else {
+            no_metadata(&auth_server, status, r);
+            return Err(Stop);
+        };
+        let issuer = issuer_step(&m, &metadata_url, &auth_server, settings, r)?;
+        let in_force = settings.in_force(&issuer);
+        endpoints_step(&m, r);
+        registration_step(name, config, &m, r);
+        pkce_step(config, &m, &in_force, r);
+        iss_step(&m, &in_force, r);
+        grant_types_step(&m, r);
+        settings_step(settings, &issuer, &in_force, r);
+        Ok(())
+    }
+
+    /// The challenge: what the server answers without a token.
+    async fn probe_step(
+        &self,
+        server: &Url,
+        r: &mut Report,
+    ) -> Step<(u16, Option<BearerChallenge>)> {
         let (status, challenge) = match self.probe(server).await {
             Ok(p) => p,
             Err(e) => {
@@ -113,7 +156,7 @@ impl HttpClient {
                     e.to_string(),
                     "check the server's url in config.toml, and that it is up",
                 );
-                return;
+                return Err(Stop);
             }
         };
         if matches!(status, 200..=299) && challenge.is_none() {
@@ -124,8 +167,17 @@ impl HttpClient {
         } else {
             r.ok("challenge", challenge_text(status, &challenge));
         }
+        Ok((status, challenge))
+    }
 
-        // Protected resource metadata.
+    /// Protected resource metadata: the challenge's URL, then the
+    /// well-known locations, until one is found.
+    async fn resource_metadata_step(
+        &self,
+        server: &Url,
+        challenge: &Option<BearerChallenge>,
+        r: &mut Report,
+    ) -> Step<Option<(Url, ProtectedResourceMetadata)>> {
         let mut candidates = Vec::new();
         if let Some(raw) = challenge
             .as_ref()
@@ -144,7 +196,6 @@ impl HttpClient {
                 candidates.push(url);
             }
         }
-        let mut prm = None;
         for url in &candidates {
             let result = self
                 .get_json::<ProtectedResourceMetadata>(url, server)
@@ -156,8 +207,7 @@ impl HttpClient {
                         "resource metadata",
                         format!("GET {} → {said}", display_url(url)),
                     );
-                    prm = Some((url.clone(), doc));
-                    break;
+                    return Ok(Some((url.clone(), doc)));
                 }
                 Ok(Fetched::Missing(_)) => r.ok(
                     "resource metadata",
@@ -169,110 +219,27 @@ impl HttpClient {
                         format!("GET {} → {said}", display_url(url)),
                         "the server is failing; try again later, or check its status",
                     );
-                    return;
+                    return Err(Stop);
                 }
             }
         }
+        Ok(None)
+    }
 
-        let (issuer_hint, issuer_url, legacy) = match prm {
-            Some((prm_url, doc)) => {
-                let Some(resource) = doc.resource.as_deref() else {
-                    r.problem(
-                        "resource",
-                        format!("{} names no \"resource\"", display_url(&prm_url)),
-                        "the server's metadata is incomplete; ask its operator",
-                    );
-                    return;
-                };
-                match Url::parse(resource)
-                    .ok()
-                    .filter(|u| resource_identifies(u, server))
-                {
-                    Some(u) => r.ok(
-                        "resource",
-                        format!(
-                            "{} (sent as resource: {})",
-                            resource,
-                            canonical_resource(&u)
-                        ),
-                    ),
-                    None => {
-                        r.problem(
-                            "resource",
-                            format!("{resource:?} is not this server ({})", canonical_resource(server)),
-                            "the metadata is about another server: check the url in config.toml (nothing is sent to a server that says it is another)",
-                        );
-                        return;
-                    }
-                }
-                let Some(issuer) = doc.authorization_servers.first().cloned() else {
-                    r.problem(
-                        "authorization server",
-                        "the resource metadata lists none",
-                        "the server's metadata is incomplete; ask its operator",
-                    );
-                    return;
-                };
-                match checked_for("authorization server", &issuer, server) {
-                    Ok(url) => {
-                        r.ok("authorization server", issuer.clone());
-                        (Some(issuer), url, false)
-                    }
-                    Err(e) => {
-                        r.problem(
-                            "authorization server",
-                            e.to_string(),
-                            "mcpauth will not use it; ask the server's operator",
-                        );
-                        return;
-                    }
-                }
-            }
-            None => {
-                let origin = server.origin().ascii_serialization();
-                r.ok(
-                    "authorization server",
-                    format!("no resource metadata: a 2025-03-26 server, whose authorization server is at its origin {origin}"),
-                );
-                match checked("authorization server", &origin) {
-                    Ok(url) => (None, url, true),
-                    Err(e) => {
-                        r.problem(
-                            "authorization server",
-                            e.to_string(),
-                            "check the server's url in config.toml",
-                        );
-                        return;
-                    }
-                }
-            }
-        };
-
-        // AS metadata.
-        let candidates = match &settings.auth_server_metadata_url {
-            Some(url) => {
-                match checked_for("auth_server_metadata_url", url.as_str(), server) {
-                    Ok(url) => {
-                        r.ok("metadata", format!("auth_server_metadata_url = \"{url}\" (config.toml): that document alone, bound to the issuer it names"));
-                        vec![url]
-                    }
-                    Err(e) => {
-                        r.problem("metadata", e.to_string(), "set auth_server_metadata_url to an https URL that is not on this machine");
-                        return;
-                    }
-                }
-            }
-            None => metadata_candidates(&issuer_url),
-        };
-        let mut metadata = None;
+    /// AS metadata: the candidates in turn, until one is found.
+    async fn metadata_step(
+        &self,
+        server: &Url,
+        candidates: Vec<Url>,
+        r: &mut Report,
+    ) -> Step<Option<(AuthServerMetadata, Url)>> {
         for url in candidates {
             let result = self.get_json_from::<AuthServerMetadata>(&url, server).await;
             let said = answered(&result);
             match result {
                 Ok(Fetched::Found((doc, _))) => {
                     r.ok("metadata", format!("GET {} → {said}", display_url(&url)));
-                    metadata = Some((doc, url));
-                    break;
+                    return Ok(Some((doc, url)));
                 }
                 Ok(Fetched::Missing(_)) => {
                     r.ok("metadata", format!("GET {} → {said}", display_url(&url)))
@@ -283,181 +250,357 @@ impl HttpClient {
                         format!("GET {} → {said}", display_url(&url)),
                         "the authorization server is failing; try again later",
                     );
-                    return;
+                    return Err(Stop);
                 }
             }
         }
-        let Some((m, metadata_url)) = metadata else {
-            if legacy && matches!(status, 401 | 403) {
-                r.ok("metadata", "none: the default /authorize, /token and /register at the server's origin are used");
-            } else if legacy {
-                r.problem("metadata", "none, and the server asked for no token", "nothing to log in to: the server needs no login (or asks only at tools/call: run mcpauthctl login NAME --www-authenticate HEADER with its challenge)");
-            } else {
-                r.problem(
-                    "metadata",
-                    "no authorization server metadata at any of the URLs above",
-                    format!("{TRUST}, set auth_server_metadata_url = \"https://…\" for it in config.toml, with the URL of its metadata document"),
-                );
-            }
-            return;
-        };
+        Ok(None)
+    }
+}
 
-        // The issuer.
-        let issuer = if m.issuer.is_empty() {
-            r.ok(
-                "issuer",
-                "the document names none (taken from its URL only at the MCP server's own origin)",
-            );
-            issuer_hint
-                .clone()
-                .unwrap_or_else(|| issuer_url.origin().ascii_serialization())
-        } else {
-            match (&issuer_hint, &settings.auth_server_metadata_url) {
-                (Some(expected), None) if !same_issuer(expected, &m.issuer) => {
-                    r.problem(
-                        "issuer",
-                        format!("the metadata says {:?}, but it was found for {expected:?}", m.issuer),
-                        format!("{TRUST}, set auth_server_metadata_url = \"{}\" for it in config.toml", display_url(&metadata_url)),
-                    );
-                    return;
-                }
-                (Some(expected), None) if expected != &m.issuer => r.ok(
-                    "issuer",
-                    format!("{} (the resource metadata wrote {expected:?}: the same issuer, but for the '/')", m.issuer),
-                ),
-                _ => r.ok("issuer", m.issuer.clone()),
-            }
-            m.issuer.clone()
-        };
-        let in_force = settings.in_force(&issuer);
-
-        // Endpoints.
-        let mut endpoints = vec![
-            format!("authorization {}", m.authorization_endpoint),
-            format!("token {}", m.token_endpoint),
-        ];
-        for (what, url) in [
-            ("registration", &m.registration_endpoint),
-            ("revocation", &m.revocation_endpoint),
-            ("device authorization", &m.device_authorization_endpoint),
-        ] {
-            if let Some(url) = url {
-                endpoints.push(format!("{what} {url}"));
-            }
+/// The resource and authorization server the resource metadata names,
+/// or (without it) the server's origin.
+fn authorization_server_step(
+    server: &Url,
+    prm: Option<(Url, ProtectedResourceMetadata)>,
+    r: &mut Report,
+) -> Step<AuthServer> {
+    let Some((prm_url, doc)) = prm else {
+        return origin_as_authorization_server(server, r);
+    };
+    resource_step(server, &prm_url, &doc, r)?;
+    let Some(issuer) = doc.authorization_servers.first().cloned() else {
+        r.problem(
+            "authorization server",
+            "the resource metadata lists none",
+            "the server's metadata is incomplete; ask its operator",
+        );
+        return Err(Stop);
+    };
+    match checked_for("authorization server", &issuer, server) {
+        Ok(url) => {
+            r.ok("authorization server", issuer.clone());
+            Ok(AuthServer {
+                issuer_hint: Some(issuer),
+                url,
+                legacy: false,
+            })
         }
-        r.ok("endpoints", endpoints.join(", "));
-
-        // Registration.
-        if config.client_id.is_some() {
-            r.ok("registration", "the client_id configured in config.toml");
-        } else if config.client_metadata_url.is_some() && m.client_id_metadata_document_supported {
-            r.ok(
-                "registration",
-                "a Client ID Metadata Document (client_metadata_url)",
-            );
-        } else if m.registration_endpoint.is_some() {
-            r.ok(
-                "registration",
-                "dynamic (RFC 7591): mcpauthd registers at the first login",
-            );
-        } else if config.grant == GrantKind::AuthorizationCode {
+        Err(e) => {
             r.problem(
-                "registration",
-                "the authorization server offers no registration (no registration_endpoint, no Client ID Metadata Documents for this server)",
-                format!("register a client with the server's operator and set client_id: mcpauthctl add {name} URL --client-id ID (or client_id in config.toml)"),
+                "authorization server",
+                e.to_string(),
+                "mcpauth will not use it; ask the server's operator",
             );
+            Err(Stop)
         }
+    }
+}
 
-        // PKCE.
-        let browser = config.grant.has_login();
-        match &m.code_challenge_methods_supported {
-            Some(methods) if methods.iter().any(|x| x == "S256") => {
-                r.ok("pkce", format!("S256 listed ({})", methods.join(" ")))
-            }
-            Some(methods) if browser => r.problem(
-                "pkce",
-                format!("no S256 among {:?}", methods),
-                "none: mcpauth needs PKCE with S256 for a browser login; log in with a device code (mcpauthctl login NAME --device) if the server offers it",
-            ),
-            None if browser && !pkce_s256_ok(&m, &in_force) => r.problem(
-                "pkce",
-                "no code_challenge_methods_supported",
-                format!("{TRUST}, set assume_pkce_s256 = true for it in config.toml (S256 is still used)"),
-            ),
-            None if browser => r.ok("pkce", "not listed; S256 assumed (assume_pkce_s256)"),
-            _ => r.ok("pkce", "not needed by this grant"),
+/// The resource metadata's `resource`: it must be this server.
+fn resource_step(
+    server: &Url,
+    prm_url: &Url,
+    doc: &ProtectedResourceMetadata,
+    r: &mut Report,
+) -> Step<()> {
+    let Some(resource) = doc.resource.as_deref() else {
+        r.problem(
+            "resource",
+            format!("{} names no \"resource\"", display_url(prm_url)),
+            "the server's metadata is incomplete; ask its operator",
+        );
+        return Err(Stop);
+    };
+    match Url::parse(resource)
+        .ok()
+        .filter(|u| resource_identifies(u, server))
+    {
+        Some(u) => {
+            r.ok(
+                "resource",
+                format!(
+                    "{} (sent as resource: {})",
+                    resource,
+                    canonical_resource(&u)
+                ),
+            );
+            Ok(())
         }
+        None => {
+            r.problem(
+                "resource",
+                format!("{resource:?} is not this server ({})", canonical_resource(server)),
+                "the metadata is about another server: check the url in config.toml (nothing is sent to a server that says it is another)",
+            );
+            Err(Stop)
+        }
+    }
+}
 
-        // RFC 9207 `iss`.
+/// Without resource metadata: a 2025-03-26 server, whose authorization
+/// server is at its origin.
+fn origin_as_authorization_server(server: &Url, r: &mut Report) -> Step<AuthServer> {
+    let origin = server.origin().ascii_serialization();
+    r.ok(
+        "authorization server",
+        format!("no resource metadata: a 2025-03-26 server, whose authorization server is at its origin {origin}"),
+    );
+    match checked("authorization server", &origin) {
+        Ok(url) => Ok(AuthServer {
+            issuer_hint: None,
+            url,
+            legacy: true,
+        }),
+        Err(e) => {
+            r.problem(
+                "authorization server",
+                e.to_string(),
+                "check the server's url in config.toml",
+            );
+            Err(Stop)
+        }
+    }
+}
+
+/// Where AS metadata is looked for: `auth_server_metadata_url` alone, or
+/// the well-known locations for the issuer.
+fn metadata_candidates_step(
+    server: &Url,
+    settings: &ServerSettings,
+    issuer_url: &Url,
+    r: &mut Report,
+) -> Step<Vec<Url>> {
+    let Some(url) = &settings.auth_server_metadata_url else {
+        return Ok(metadata_candidates(issuer_url));
+    };
+    match checked_for("auth_server_metadata_url", url.as_str(), server) {
+        Ok(url) => {
+            r.ok("metadata", format!("auth_server_metadata_url = \"{url}\" (config.toml): that document alone, bound to the issuer it names"));
+            Ok(vec![url])
+        }
+        Err(e) => {
+            r.problem(
+                "metadata",
+                e.to_string(),
+                "set auth_server_metadata_url to an https URL that is not on this machine",
+            );
+            Err(Stop)
+        }
+    }
+}
+
+/// No AS metadata anywhere: fine only for a 2025-03-26 server that asked
+/// for a token (its default endpoints are used).
+fn no_metadata(auth_server: &AuthServer, status: u16, r: &mut Report) {
+    if auth_server.legacy && matches!(status, 401 | 403) {
         r.ok(
-            "iss",
-            match (
-                m.authorization_response_iss_parameter_supported,
-                in_force.allow_missing_iss,
-            ) {
-                (true, false) => "promised on redirects: required and compared",
-                (true, true) => "promised; a redirect without it is accepted (allow_missing_iss), one with it is compared",
-                (false, _) => "not promised: compared when a redirect carries it",
-            },
+            "metadata",
+            "none: the default /authorize, /token and /register at the server's origin are used",
         );
-
-        // Grant types.
-        r.ok(
-            "grant types",
-            match &m.grant_types_supported {
-                Some(types) => types.join(" "),
-                None => "not listed (the spec's default: authorization_code implicit)".into(),
-            },
-        );
-
-        // Settings.
-        let source = |name: &str, configured: bool| {
-            if configured {
-                "config.toml"
-            } else if in_force.from_builtin.iter().any(|b| b == name) {
-                "built-in default for this issuer"
-            } else {
-                "the spec"
-            }
-        };
-        let builtin = builtin_defaults(&issuer);
-        let ServerSettings {
-            assume_pkce_s256,
-            send_resource,
-            auth_server_metadata_url,
-            authorization_params,
-            allow_missing_iss,
-        } = settings;
-        let params = if in_force.authorization_params.is_empty() {
-            "none".to_string()
-        } else {
-            in_force
-                .authorization_params
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        };
-        r.ok(
-            "settings",
-            format!(
-                "assume_pkce_s256 = {} ({}); send_resource = {} ({}); allow_missing_iss = {} ({}); authorization_params: {params} ({}); auth_server_metadata_url: {}{}",
-                in_force.assume_pkce_s256,
-                source("assume_pkce_s256", assume_pkce_s256.is_some()),
-                in_force.send_resource,
-                source("send_resource", send_resource.is_some()),
-                in_force.allow_missing_iss,
-                source("allow_missing_iss", allow_missing_iss.is_some()),
-                source("authorization_params", authorization_params.is_some()),
-                auth_server_metadata_url
-                    .as_ref()
-                    .map_or("none".to_string(), |u| u.to_string()),
-                if builtin == ServerSettings::default() {
-                    String::new()
-                } else {
-                    "; this issuer has built-in defaults".into()
-                }
-            ),
+    } else if auth_server.legacy {
+        r.problem("metadata", "none, and the server asked for no token", "nothing to log in to: the server needs no login (or asks only at tools/call: run mcpauthctl login NAME --www-authenticate HEADER with its challenge)");
+    } else {
+        r.problem(
+            "metadata",
+            "no authorization server metadata at any of the URLs above",
+            format!("{TRUST}, set auth_server_metadata_url = \"https://…\" for it in config.toml, with the URL of its metadata document"),
         );
     }
+}
+
+/// The issuer the metadata names, held to the one it was found for.
+fn issuer_step(
+    m: &AuthServerMetadata,
+    metadata_url: &Url,
+    auth_server: &AuthServer,
+    settings: &ServerSettings,
+    r: &mut Report,
+) -> Step<String> {
+    if m.issuer.is_empty() {
+        r.ok(
+            "issuer",
+            "the document names none (taken from its URL only at the MCP server's own origin)",
+        );
+        return Ok(auth_server
+            .issuer_hint
+            .clone()
+            .unwrap_or_else(|| auth_server.url.origin().ascii_serialization()));
+    }
+    match (&auth_server.issuer_hint, &settings.auth_server_metadata_url) {
+        (Some(expected), None) if !same_issuer(expected, &m.issuer) => {
+            r.problem(
+                "issuer",
+                format!(
+                    "the metadata says {:?}, but it was found for {expected:?}",
+                    m.issuer
+                ),
+                format!(
+                    "{TRUST}, set auth_server_metadata_url = \"{}\" for it in config.toml",
+                    display_url(metadata_url)
+                ),
+            );
+            return Err(Stop);
+        }
+        (Some(expected), None) if expected != &m.issuer => r.ok(
+            "issuer",
+            format!(
+                "{} (the resource metadata wrote {expected:?}: the same issuer, but for the '/')",
+                m.issuer
+            ),
+        ),
+        _ => r.ok("issuer", m.issuer.clone()),
+    }
+    Ok(m.issuer.clone())
+}
+
+/// The endpoints the metadata names.
+fn endpoints_step(m: &AuthServerMetadata, r: &mut Report) {
+    let mut endpoints = vec![
+        format!("authorization {}", m.authorization_endpoint),
+        format!("token {}", m.token_endpoint),
+    ];
+    for (what, url) in [
+        ("registration", &m.registration_endpoint),
+        ("revocation", &m.revocation_endpoint),
+        ("device authorization", &m.device_authorization_endpoint),
+    ] {
+        if let Some(url) = url {
+            endpoints.push(format!("{what} {url}"));
+        }
+    }
+    r.ok("endpoints", endpoints.join(", "));
+}
+
+/// How mcpauthd gets a client: configured, CIMD or DCR.
+fn registration_step(name: &str, config: &ServerConfig, m: &AuthServerMetadata, r: &mut Report) {
+    if config.client_id.is_some() {
+        r.ok("registration", "the client_id configured in config.toml");
+    } else if config.client_metadata_url.is_some() && m.client_id_metadata_document_supported {
+        r.ok(
+            "registration",
+            "a Client ID Metadata Document (client_metadata_url)",
+        );
+    } else if m.registration_endpoint.is_some() {
+        r.ok(
+            "registration",
+            "dynamic (RFC 7591): mcpauthd registers at the first login",
+        );
+    } else if config.grant == GrantKind::AuthorizationCode {
+        r.problem(
+            "registration",
+            "the authorization server offers no registration (no registration_endpoint, no Client ID Metadata Documents for this server)",
+            format!("register a client with the server's operator and set client_id: mcpauthctl add {name} URL --client-id ID (or client_id in config.toml)"),
+        );
+    }
+}
+
+/// PKCE with S256, needed for a browser login.
+fn pkce_step(
+    config: &ServerConfig,
+    m: &AuthServerMetadata,
+    in_force: &SettingsInForce,
+    r: &mut Report,
+) {
+    let browser = config.grant.has_login();
+    match &m.code_challenge_methods_supported {
+        Some(methods) if methods.iter().any(|x| x == "S256") => {
+            r.ok("pkce", format!("S256 listed ({})", methods.join(" ")))
+        }
+        Some(methods) if browser => r.problem(
+            "pkce",
+            format!("no S256 among {:?}", methods),
+            "none: mcpauth needs PKCE with S256 for a browser login; log in with a device code (mcpauthctl login NAME --device) if the server offers it",
+        ),
+        None if browser && !pkce_s256_ok(m, in_force) => r.problem(
+            "pkce",
+            "no code_challenge_methods_supported",
+            format!("{TRUST}, set assume_pkce_s256 = true for it in config.toml (S256 is still used)"),
+        ),
+        None if browser => r.ok("pkce", "not listed; S256 assumed (assume_pkce_s256)"),
+        _ => r.ok("pkce", "not needed by this grant"),
+    }
+}
+
+/// RFC 9207 `iss` on redirects.
+fn iss_step(m: &AuthServerMetadata, in_force: &SettingsInForce, r: &mut Report) {
+    r.ok(
+        "iss",
+        match (
+            m.authorization_response_iss_parameter_supported,
+            in_force.allow_missing_iss,
+        ) {
+            (true, false) => "promised on redirects: required and compared",
+            (true, true) => "promised; a redirect without it is accepted (allow_missing_iss), one with it is compared",
+            (false, _) => "not promised: compared when a redirect carries it",
+        },
+    );
+}
+
+/// The grant types the metadata lists.
+fn grant_types_step(m: &AuthServerMetadata, r: &mut Report) {
+    r.ok(
+        "grant types",
+        match &m.grant_types_supported {
+            Some(types) => types.join(" "),
+            None => "not listed (the spec's default: authorization_code implicit)".into(),
+        },
+    );
+}
+
+/// The settings in force for `issuer`, each with where it comes from.
+fn settings_step(
+    settings: &ServerSettings,
+    issuer: &str,
+    in_force: &SettingsInForce,
+    r: &mut Report,
+) {
+    let source = |name: &str, configured: bool| {
+        if configured {
+            "config.toml"
+        } else if in_force.from_builtin.iter().any(|b| b == name) {
+            "built-in default for this issuer"
+        } else {
+            "the spec"
+        }
+    };
+    let builtin = builtin_defaults(issuer);
+    let ServerSettings {
+        assume_pkce_s256,
+        send_resource,
+        auth_server_metadata_url,
+        authorization_params,
+        allow_missing_iss,
+    } = settings;
+    let params = if in_force.authorization_params.is_empty() {
+        "none".to_string()
+    } else {
+        in_force
+            .authorization_params
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    r.ok(
+        "settings",
+        format!(
+            "assume_pkce_s256 = {} ({}); send_resource = {} ({}); allow_missing_iss = {} ({}); authorization_params: {params} ({}); auth_server_metadata_url: {}{}",
+            in_force.assume_pkce_s256,
+            source("assume_pkce_s256", assume_pkce_s256.is_some()),
+            in_force.send_resource,
+            source("send_resource", send_resource.is_some()),
+            in_force.allow_missing_iss,
+            source("allow_missing_iss", allow_missing_iss.is_some()),
+            source("authorization_params", authorization_params.is_some()),
+            auth_server_metadata_url
+                .as_ref()
+                .map_or("none".to_string(), |u| u.to_string()),
+            if builtin == ServerSettings::default() {
+                String::new()
+            } else {
+                "; this issuer has built-in defaults".into()
+            }
+        ),
+    );
 }
