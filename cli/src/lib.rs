@@ -53,8 +53,13 @@ pub enum ClientError {
         daemon_version: String,
         daemon_protocol: u32,
     },
-    #[error("{message}")]
-    Rpc { code: tonic::Code, message: String },
+    /// The daemon's answer: its words, then the next step in ours.
+    #[error("{message}{}", next.as_ref().map(next_step_words).unwrap_or_default())]
+    Rpc {
+        code: tonic::Code,
+        message: String,
+        next: Option<pb::NextStep>,
+    },
     #[error("could not start mcpauthd: {0}")]
     Autostart(String),
     #[error("mcpauthd is managed by {manager} but not running")]
@@ -155,11 +160,13 @@ impl ClientError {
                         socket.display(),
                         &message[at..]
                     ),
+                    next: None,
                 }
             }
             code => ClientError::Rpc {
                 code,
                 message: status.message().to_string(),
+                next: next_step_of(&status),
             },
         }
     }
@@ -169,6 +176,46 @@ impl ClientError {
             socket: socket.to_path_buf(),
             reason: "the connection was closed (the daemon only serves its own user)".into(),
         }
+    }
+}
+
+/// The next step a failed call's status carries in its details (an
+/// encoded `ErrorDetail`), if any.
+pub fn next_step_of(status: &tonic::Status) -> Option<pb::NextStep> {
+    use prost::Message;
+    pb::ErrorDetail::decode(status.details())
+        .ok()?
+        .next_step
+        .filter(|s| s.kind() != pb::next_step::Kind::Unspecified)
+}
+
+/// A next step in `mcpauthctl`'s words, to follow the daemon's message:
+/// `; run `mcpauthctl login s``, or empty for a step this version does not
+/// know.
+pub fn next_step_words(step: &pb::NextStep) -> String {
+    use pb::next_step::Kind;
+    let server = if step.server.is_empty() {
+        "NAME"
+    } else {
+        step.server.as_str()
+    };
+    match step.kind() {
+        Kind::Login => format!("; run `mcpauthctl login {server}`"),
+        Kind::LoginAtIdp => format!(
+            "; run `mcpauthctl login --idp {}` (one login serves every server that uses it)",
+            step.idp
+        ),
+        Kind::LoginWithDevice => format!(": `mcpauthctl login {server} --device`"),
+        Kind::LoginWithChallenge => {
+            format!(": `mcpauthctl login {server} --www-authenticate HEADER`")
+        }
+        Kind::ShowOrRemove => format!(
+            "; see it with `mcpauthctl show {server}`, or remove it first with `mcpauthctl remove {server}`"
+        ),
+        Kind::GetToken => format!(" (`mcpauthctl token {server}` gets one)"),
+        Kind::SetClientId => format!(" (`mcpauthctl add {server} URL --client-id ID` sets it)"),
+        Kind::StopDaemon => " (`mcpauthctl stop`, then run your command again)".into(),
+        Kind::Unspecified => String::new(),
     }
 }
 

@@ -183,10 +183,20 @@ pub fn doctor_text(name: &str, reply: &pb::DoctorReply) -> String {
             s.found
         ));
         if !s.ok && !s.fix.is_empty() {
-            lines.push(format!("   fix: {}", s.fix));
+            lines.push(format!("   fix: {}", doctor_fix(s)));
         }
     }
     lines.join("\n")
+}
+
+/// A doctor step's fix, with the command it names in our words.
+fn doctor_fix(step: &pb::DoctorStep) -> String {
+    let command = step
+        .next_step
+        .as_ref()
+        .map(mcpauth_client::next_step_words)
+        .unwrap_or_default();
+    format!("{}{command}", step.fix)
 }
 
 /// `doctor NAME --json`: `{"server", "ok", "steps": [{"step", "found",
@@ -200,7 +210,7 @@ pub fn doctor_json(name: &str, reply: &pb::DoctorReply) -> String {
                 "step": s.step,
                 "found": s.found,
                 "ok": s.ok,
-                "fix": if s.fix.is_empty() { None } else { Some(&s.fix) },
+                "fix": if s.fix.is_empty() { None } else { Some(doctor_fix(s)) },
             })
         })
         .collect();

@@ -13,54 +13,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::config::{ConfigError, InvalidInput};
+pub use crate::next_step::NextStep;
 use crate::oauth::OAuthError;
 use crate::oauth::flow::CallbackError;
 use crate::store::StoreError;
-
-/// What a person can do next. Clients render it in their own words, once.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum NextStep {
-    /// Log in to this server.
-    Login { server: String },
-    /// Log in at this identity provider (it serves every server that
-    /// uses it).
-    LoginAtIdp { idp: String },
-    /// Log in with a device code (the browser flow is not offered).
-    LoginWithDevice { server: String },
-    /// Log in giving the challenge a tool call met.
-    LoginWithChallenge { server: String },
-    /// Look at the server already configured under this name, or remove
-    /// it first.
-    ShowOrRemove { server: String },
-    /// Ask for a token: none needs a login.
-    GetToken { server: String },
-    /// Register a client with the server's operator and configure its id.
-    SetClientId { server: Option<String> },
-    /// Stop the daemon that answered (another version).
-    StopDaemon,
-    /// Unlock the OS keyring that holds the store key.
-    UnlockKeyring,
-    /// Log in to the one of several same-URL entries a login belongs to.
-    LoginToOne,
-}
-
-impl NextStep {
-    /// A stable name for the wire and logs.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            NextStep::Login { .. } => "login",
-            NextStep::LoginAtIdp { .. } => "login_at_idp",
-            NextStep::LoginWithDevice { .. } => "login_with_device",
-            NextStep::LoginWithChallenge { .. } => "login_with_challenge",
-            NextStep::ShowOrRemove { .. } => "show_or_remove",
-            NextStep::GetToken { .. } => "get_token",
-            NextStep::SetClientId { .. } => "set_client_id",
-            NextStep::StopDaemon => "stop_daemon",
-            NextStep::UnlockKeyring => "unlock_keyring",
-            NextStep::LoginToOne => "login_to_one",
-        }
-    }
-}
 
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -162,9 +118,6 @@ impl BrokerError {
             }
             BrokerError::OAuth(OAuthError::RegistrationUnavailable { .. }) => {
                 Some(NextStep::SetClientId { server: None })
-            }
-            BrokerError::Store(e) if matches!(**e, StoreError::KeyMissing(_)) => {
-                Some(NextStep::UnlockKeyring)
             }
             _ => None,
         }

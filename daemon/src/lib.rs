@@ -55,6 +55,7 @@ pub mod listener;
 pub(crate) mod locks;
 pub mod logging;
 pub mod login;
+pub mod next_step;
 pub mod oauth;
 pub(crate) mod refresh;
 pub(crate) mod rpc;

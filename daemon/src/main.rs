@@ -119,7 +119,7 @@ fn find_session_bus() {
 fn export(paths: &Paths) -> Result<(), String> {
     let store = mcpauthd::store::Store::open(&paths.state_dir).map_err(|e| match e {
         mcpauthd::store::StoreError::Locked { .. } => {
-            format!("{e}; stop it first with `mcpauthctl stop`")
+            format!("{e}; stop it first with `{} stop`", mcpauth_proto::CLI)
         }
         other => other.to_string(),
     })?;

@@ -21,7 +21,7 @@ use tracing::warn;
 use crate::broker::{AuthState, Broker, DaemonStatus, ServerView, StoreKeyStatus};
 use crate::config::{NewServer, ServerName};
 use crate::context::{Event, EventKind};
-use crate::error::BrokerError;
+use crate::error::{BrokerError, NextStep};
 use crate::import::{ImportItem, Tool, Verdict};
 use crate::listener::Connection;
 use crate::login::{FailureKind, LoginMethod, LoginOptions, LoginOutcome};
@@ -78,61 +78,114 @@ fn check_protocol<T>(request: &Request<T>) -> Result<(), Status> {
     };
     match value.to_str().ok().and_then(|v| v.parse::<u32>().ok()) {
         Some(PROTOCOL) => Ok(()),
-        Some(theirs) => Err(Status::failed_precondition(format!(
-            "protocol mismatch: the client speaks mcpauth protocol {theirs}, this mcpauthd {} speaks {PROTOCOL}; \
-             restart the daemon with the matching version (mcpauthctl stop)",
-            env!("CARGO_PKG_VERSION")
-        ))),
+        Some(theirs) => Err(with_next_step(
+            Status::failed_precondition(format!(
+                "protocol mismatch: the client speaks mcpauth protocol {theirs}, this mcpauthd {} speaks {PROTOCOL}; \
+                 restart the daemon with the matching version",
+                env!("CARGO_PKG_VERSION")
+            )),
+            Some(NextStep::StopDaemon),
+        )),
         None => Err(Status::invalid_argument(format!(
             "{PROTOCOL_METADATA} must be a number"
         ))),
     }
 }
 
+/// The wire form of a next step.
+fn next_step(step: NextStep) -> pb::NextStep {
+    use pb::next_step::Kind;
+    let (kind, server, idp) = match step {
+        NextStep::Login { server } => (Kind::Login, server, String::new()),
+        NextStep::LoginAtIdp { idp } => (Kind::LoginAtIdp, String::new(), idp),
+        NextStep::LoginWithDevice { server } => (Kind::LoginWithDevice, server, String::new()),
+        NextStep::LoginWithChallenge { server } => {
+            (Kind::LoginWithChallenge, server, String::new())
+        }
+        NextStep::ShowOrRemove { server } => (Kind::ShowOrRemove, server, String::new()),
+        NextStep::GetToken { server } => (Kind::GetToken, server, String::new()),
+        NextStep::SetClientId { server } => {
+            (Kind::SetClientId, server.unwrap_or_default(), String::new())
+        }
+        NextStep::StopDaemon => (Kind::StopDaemon, String::new(), String::new()),
+    };
+    pb::NextStep {
+        kind: kind as i32,
+        server,
+        idp,
+    }
+}
+
+/// `status` with the next step in its details (an encoded `ErrorDetail`),
+/// its metadata kept.
+fn with_next_step(status: Status, step: Option<NextStep>) -> Status {
+    let Some(step) = step else {
+        return status;
+    };
+    let detail = pb::ErrorDetail {
+        next_step: Some(next_step(step)),
+    };
+    let mut with = Status::with_details(
+        status.code(),
+        status.message(),
+        prost::Message::encode_to_vec(&detail).into(),
+    );
+    *with.metadata_mut() = status.metadata().clone();
+    with
+}
+
 impl From<BrokerError> for Status {
     fn from(e: BrokerError) -> Self {
-        let message = e.to_string();
-        match e {
-            BrokerError::StepUpRequired { scopes, .. } => {
-                let mut status = Status::permission_denied(message);
-                if let Ok(value) = scopes.join(" ").parse() {
-                    status.metadata_mut().insert("mcpauth-step-up", value);
-                }
-                status
+        let step = e.next_step();
+        with_next_step(status_of(e), step)
+    }
+}
+
+/// The code (and metadata) a broker error answers with.
+fn status_of(e: BrokerError) -> Status {
+    let message = e.to_string();
+    match e {
+        BrokerError::StepUpRequired { scopes, .. } => {
+            let mut status = Status::permission_denied(message);
+            if let Ok(value) = scopes.join(" ").parse() {
+                status.metadata_mut().insert("mcpauth-step-up", value);
             }
-            BrokerError::StepUpExhausted { .. } => Status::resource_exhausted(message),
-            BrokerError::Unavailable {
-                retry_after_secs, ..
-            }
-            | BrokerError::ServerRejecting {
-                retry_after_secs, ..
-            } => {
-                let mut status = Status::unavailable(message);
-                status
-                    .metadata_mut()
-                    .insert("retry-after", retry_after_secs.into());
-                status
-            }
-            BrokerError::NotFound(..) => Status::not_found(message),
-            BrokerError::NameTooAlike { .. } => Status::already_exists(message),
-            BrokerError::AlreadyExists(_) => Status::already_exists(message),
-            BrokerError::Invalid(_) => Status::invalid_argument(message),
-            BrokerError::ConfigBroken(_) => Status::failed_precondition(message),
-            // A locked store: the one line says why and what to do.
-            BrokerError::Store(_) if e.is_locked() => Status::failed_precondition(message),
-            BrokerError::Config(_) | BrokerError::Store(_) | BrokerError::Internal(_) => {
-                warn!(error = %message, "request failed");
-                Status::internal(message)
-            }
-            BrokerError::LoginRequired { .. } => Status::unauthenticated(message),
-            BrokerError::NoLoginPending(_) | BrokerError::CallbackPort { .. } => {
-                Status::failed_precondition(message)
-            }
-            BrokerError::Callback(_) => Status::permission_denied(message),
-            BrokerError::OAuth(_) => Status::failed_precondition(message),
-            BrokerError::Superseded { .. } => Status::aborted(message),
-            BrokerError::NoLoginNeeded { .. } => Status::failed_precondition(message),
+            status
         }
+        BrokerError::StepUpExhausted { .. } => Status::resource_exhausted(message),
+        BrokerError::Unavailable {
+            retry_after_secs, ..
+        }
+        | BrokerError::ServerRejecting {
+            retry_after_secs, ..
+        } => {
+            let mut status = Status::unavailable(message);
+            status
+                .metadata_mut()
+                .insert("retry-after", retry_after_secs.into());
+            status
+        }
+        BrokerError::NotFound(..) => Status::not_found(message),
+        BrokerError::NameTooAlike { .. } => Status::already_exists(message),
+        BrokerError::AlreadyExists(_) => Status::already_exists(message),
+        BrokerError::Invalid(_) => Status::invalid_argument(message),
+        BrokerError::ConfigBroken(_) => Status::failed_precondition(message),
+        // A locked store: the one line says why and what to do.
+        ref locked @ BrokerError::Store(_) if locked.is_locked() => {
+            Status::failed_precondition(message)
+        }
+        BrokerError::Config(_) | BrokerError::Store(_) | BrokerError::Internal(_) => {
+            warn!(error = %message, "request failed");
+            Status::internal(message)
+        }
+        BrokerError::LoginRequired { .. } => Status::unauthenticated(message),
+        BrokerError::NoLoginPending(_) | BrokerError::CallbackPort { .. } => {
+            Status::failed_precondition(message)
+        }
+        BrokerError::Callback(_) => Status::permission_denied(message),
+        BrokerError::OAuth(_) => Status::failed_precondition(message),
+        BrokerError::Superseded { .. } => Status::aborted(message),
+        BrokerError::NoLoginNeeded { .. } => Status::failed_precondition(message),
     }
 }
 
@@ -618,6 +671,7 @@ impl broker_server::Broker for BrokerService {
                     found: s.found,
                     ok: s.ok,
                     fix: s.fix.unwrap_or_default(),
+                    next_step: s.next.map(next_step),
                 })
                 .collect(),
         }))

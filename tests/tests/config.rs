@@ -49,7 +49,7 @@ async fn invalid_names_and_urls_are_refused_with_invalid_argument() {
             .await
             .expect_err("refused");
         match &err {
-            mcpauth_client::ClientError::Rpc { code, message } => {
+            mcpauth_client::ClientError::Rpc { code, message, .. } => {
                 assert_eq!(
                     *code,
                     tonic::Code::InvalidArgument,

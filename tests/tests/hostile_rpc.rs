@@ -14,7 +14,7 @@ use tonic::Code;
 
 fn code<T: std::fmt::Debug>(result: Result<T, ClientError>) -> (Code, String) {
     match result {
-        Err(ClientError::Rpc { code, message }) => (code, message),
+        Err(ClientError::Rpc { code, message, .. }) => (code, message),
         other => panic!("expected an RPC error, got {other:?}"),
     }
 }

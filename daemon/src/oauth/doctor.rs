@@ -18,6 +18,7 @@ use super::discovery::{
 use super::http::{Fetched, HttpClient, checked, checked_for, display_url};
 use super::{OAuthError, canonical_resource};
 use crate::config::{GrantKind, ServerConfig, ServerSettings, builtin_defaults};
+use crate::next_step::NextStep;
 use crate::state::{AuthServerMetadata, SettingsInForce};
 
 /// One step of the walk.
@@ -28,13 +29,16 @@ pub struct DoctorStep {
     /// What was found, for a person.
     pub found: String,
     pub ok: bool,
-    /// For a problem: the one setting or command that fixes it.
+    /// For a problem: the one setting that fixes it, in words.
     pub fix: Option<String>,
+    /// For a problem a command fixes: the command, for the client to word.
+    pub next: Option<NextStep>,
 }
 
-/// The steps so far.
+/// The steps so far, for the server `name`.
 #[derive(Default)]
 struct Report {
+    name: String,
     steps: Vec<DoctorStep>,
 }
 
@@ -45,6 +49,7 @@ impl Report {
             found: found.into(),
             ok: true,
             fix: None,
+            next: None,
         });
     }
     fn problem(&mut self, step: &'static str, found: impl Into<String>, fix: impl Into<String>) {
@@ -53,7 +58,21 @@ impl Report {
             found: found.into(),
             ok: false,
             fix: Some(fix.into()),
+            next: None,
         });
+    }
+    /// A problem with the command that fixes it.
+    fn problem_then(
+        &mut self,
+        step: &'static str,
+        found: impl Into<String>,
+        fix: impl Into<String>,
+        next: NextStep,
+    ) {
+        self.problem(step, found, fix);
+        if let Some(last) = self.steps.last_mut() {
+            last.next = Some(next);
+        }
     }
 }
 
@@ -110,7 +129,10 @@ struct AuthServer {
 impl HttpClient {
     /// Walks discovery and registration for `server` (named `name`).
     pub async fn diagnose(&self, name: &str, server: &ServerConfig) -> Vec<DoctorStep> {
-        let mut r = Report::default();
+        let mut r = Report {
+            name: name.to_string(),
+            ..Default::default()
+        };
         // A `Stop` has put its problem in the report already.
         let _: Step<()> = self.walk(name, server, &mut r).await;
         r.steps
@@ -399,7 +421,13 @@ fn no_metadata(auth_server: &AuthServer, status: u16, r: &mut Report) {
             "none: the default /authorize, /token and /register at the server's origin are used",
         );
     } else if auth_server.legacy {
-        r.problem("metadata", "none, and the server asked for no token", "nothing to log in to: the server needs no login (or asks only at tools/call: run mcpauthctl login NAME --www-authenticate HEADER with its challenge)");
+        let server = r.name.clone();
+        r.problem_then(
+            "metadata",
+            "none, and the server asked for no token",
+            "nothing to log in to: the server needs no login (or asks only at tools/call: then log in with the challenge it answers there)",
+            NextStep::LoginWithChallenge { server },
+        );
     } else {
         r.problem(
             "metadata",
@@ -487,10 +515,13 @@ fn registration_step(name: &str, config: &ServerConfig, m: &AuthServerMetadata, 
             "dynamic (RFC 7591): mcpauthd registers at the first login",
         );
     } else if config.grant == GrantKind::AuthorizationCode {
-        r.problem(
+        r.problem_then(
             "registration",
             "the authorization server offers no registration (no registration_endpoint, no Client ID Metadata Documents for this server)",
-            format!("register a client with the server's operator and set client_id: mcpauthctl add {name} URL --client-id ID (or client_id in config.toml)"),
+            "register a client with the server's operator and set client_id in config.toml",
+            NextStep::SetClientId {
+                server: Some(name.to_string()),
+            },
         );
     }
 }
@@ -507,15 +538,21 @@ fn pkce_step(
         Some(methods) if methods.iter().any(|x| x == "S256") => {
             r.ok("pkce", format!("S256 listed ({})", methods.join(" ")))
         }
-        Some(methods) if browser => r.problem(
-            "pkce",
-            format!("no S256 among {:?}", methods),
-            "none: mcpauth needs PKCE with S256 for a browser login; log in with a device code (mcpauthctl login NAME --device) if the server offers it",
-        ),
+        Some(methods) if browser => {
+            let server = r.name.clone();
+            r.problem_then(
+                "pkce",
+                format!("no S256 among {:?}", methods),
+                "none: mcpauth needs PKCE with S256 for a browser login; log in with a device code if the server offers it",
+                NextStep::LoginWithDevice { server },
+            )
+        }
         None if browser && !pkce_s256_ok(m, in_force) => r.problem(
             "pkce",
             "no code_challenge_methods_supported",
-            format!("{TRUST}, set assume_pkce_s256 = true for it in config.toml (S256 is still used)"),
+            format!(
+                "{TRUST}, set assume_pkce_s256 = true for it in config.toml (S256 is still used)"
+            ),
         ),
         None if browser => r.ok("pkce", "not listed; S256 assumed (assume_pkce_s256)"),
         _ => r.ok("pkce", "not needed by this grant"),
