@@ -39,10 +39,12 @@ use crate::config::ServerName;
 use crate::context::{Context, EventKind};
 use crate::error::BrokerError;
 use crate::install::{GrantSource, Installer, NewGrant};
+use crate::locks::ServerGuard;
+use crate::oauth::token::Obtained;
 use crate::oauth::token::Revocation;
 use crate::oauth::{OAuthError, TokenFailure};
 use crate::scheduler::{GrantTiming, RefreshResult, Target};
-use crate::state::{Grant, RegistrationKind};
+use crate::state::{Grant, RefreshScope, Registration, RegistrationKind};
 use crate::unattended::Unattended;
 
 /// The refresher holds no lock of its own but the server's, which it
@@ -170,7 +172,7 @@ impl Refresher {
         };
 
         let form = record.as_ref().map(|r| r.refresh_scope).unwrap_or_default();
-        match self
+        let obtained = self
             .ctx
             .http
             .refresh(
@@ -180,133 +182,179 @@ impl Refresher {
                 &grant.scopes,
                 form,
             )
-            .await
-        {
+            .await;
+        match obtained {
             Ok(obtained) => {
-                remember_client_auth(&self.ctx, &guard, &registration, obtained.auth_method)
-                    .await?;
-                let refresh_scope = obtained.refresh_scope;
-                if refresh_scope != form {
-                    info!(server = %name, ?refresh_scope, "the authorization server takes refreshes in the other form; remembered");
-                }
-                let tokens = obtained.tokens;
-                let expires_at_ms = tokens.expires_at_ms(self.ctx.now_ms());
-                let account = crate::oauth::jwt::account_of(&tokens);
-                let new = NewGrant {
-                    account,
-                    issuer: grant.issuer.clone(),
-                    client_id: grant.client_id.clone(),
-                    resource: grant.resource.clone(),
-                    access_token: tokens.access_token,
-                    token_type: tokens.token_type,
-                    refresh_token: tokens.refresh_token.or(grant.refresh_token),
-                    expires_at_ms,
-                    scopes: tokens.scope.unwrap_or(grant.scopes),
-                };
-                // Stored (and exported) before anyone can see it.
-                self.installer
-                    .install_grant(&guard, new, GrantSource::Refresh, |r| {
-                        r.refresh_scope = refresh_scope;
-                    })
+                self.install_refreshed(&guard, &grant, &registration, form, obtained)
                     .await
             }
             Err(e) if e.token_failure() == TokenFailure::Outage => {
-                let backoff = self.backoffs.start(
-                    &name,
-                    grant.generation,
-                    e.retry_after_secs(),
-                    e.to_string(),
-                    self.ctx.now_ms(),
-                );
-                let now = self.ctx.now_ms();
-                let retry_after_secs = backoff.retry_after_secs(now);
-                warn!(server = %name, error = %e, failures = backoff.failures, retry_after_secs, "refresh failed; nothing changed, will retry");
-                // When the next attempt is made is the scheduler's plan,
-                // shown beside this; the error itself does not promise one.
-                self.ctx
-                    .record_error(&guard, &format!("refresh failed: {e}"))
-                    .await;
-                Err(BrokerError::Unavailable {
-                    reason: e.to_string(),
-                    retry_after_secs,
-                })
+                Err(self.refresh_unavailable(&guard, grant.generation, e).await)
             }
-            Err(e) => {
-                let failure = e.token_failure();
-                let mut dropped = false;
-                if failure == TokenFailure::ClientUnknown
-                    && registration.kind == RegistrationKind::Dynamic
-                {
-                    self.ctx
-                        .store()
-                        .delete_registration(&guard, &registration.issuer)
-                        .await?;
-                    dropped = true;
-                    warn!(server = %name, "the AS no longer knows our client; registration dropped");
-                }
-                if matches!(
-                    failure,
-                    TokenFailure::GrantGone | TokenFailure::ClientUnknown
-                ) {
-                    self.ctx.store().delete_grant(&guard).await?;
-                    self.backoffs.end(&name);
-                    let said = match &e {
-                        OAuthError::Token { error, .. } => error.clone(),
-                        OAuthError::Refused {
-                            status, message, ..
-                        } => format!(
-                            "HTTP {status}{}",
-                            message
-                                .as_deref()
-                                .map(|m| format!(": {m}"))
-                                .unwrap_or_default()
-                        ),
-                        other => other.to_string(),
-                    };
-                    let mut reason =
-                        format!("the authorization server rejected the refresh ({said})");
-                    if dropped {
-                        reason.push_str(
-                            "; it no longer knows the client mcpauthd registered, so the next login registers a new one",
-                        );
-                    } else if failure == TokenFailure::ClientUnknown
-                        && registration.kind == RegistrationKind::Configured
-                        && self
-                            .ctx
-                            .config()
-                            .servers
-                            .get(&name)
-                            .is_some_and(|s| s.client_id.is_some())
-                    {
-                        reason.push_str("; check client_id and its secret in config.toml");
-                    }
-                    warn!(server = %name, %reason, "refresh refused; login required");
-                    // The state says a login is required; the error says why.
-                    self.ctx.record_error(&guard, &reason).await;
-                    self.ctx.publish(
-                        Some(name.clone()),
-                        EventKind::LoginRequired {
-                            reason: reason.clone(),
-                        },
-                    );
-                    return Err(login_required(&reason));
-                }
-                // Another OAuth error: it may be fixed at the AS; back off
-                // like any failure so nothing loops on it.
-                self.backoffs.start(
-                    &name,
-                    grant.generation,
-                    None,
-                    e.to_string(),
-                    self.ctx.now_ms(),
-                );
-                warn!(server = %name, error = %e, "refresh failed");
-                self.ctx
-                    .record_error(&guard, &format!("refresh failed: {e}"))
-                    .await;
-                Err(BrokerError::OAuth(e))
-            }
+            Err(e) => Err(self.refresh_refused(&guard, &grant, &registration, e).await),
         }
+    }
+
+    /// A refresh answered: the new grant installed (stored and exported
+    /// before anyone sees it), the client auth and refresh form that
+    /// worked remembered.
+    async fn install_refreshed(
+        &self,
+        guard: &ServerGuard,
+        grant: &Grant,
+        registration: &Registration,
+        form: RefreshScope,
+        obtained: Obtained,
+    ) -> Result<Grant, BrokerError> {
+        let name = guard.name();
+        let guard = guard;
+        let grant = grant.clone();
+        remember_client_auth(&self.ctx, guard, registration, obtained.auth_method).await?;
+        let refresh_scope = obtained.refresh_scope;
+        if refresh_scope != form {
+            info!(server = %name, ?refresh_scope, "the authorization server takes refreshes in the other form; remembered");
+        }
+        let tokens = obtained.tokens;
+        let expires_at_ms = tokens.expires_at_ms(self.ctx.now_ms());
+        let account = crate::oauth::jwt::account_of(&tokens);
+        let new = NewGrant {
+            account,
+            issuer: grant.issuer.clone(),
+            client_id: grant.client_id.clone(),
+            resource: grant.resource.clone(),
+            access_token: tokens.access_token,
+            token_type: tokens.token_type,
+            refresh_token: tokens.refresh_token.or(grant.refresh_token),
+            expires_at_ms,
+            scopes: tokens.scope.unwrap_or(grant.scopes),
+        };
+        // Stored (and exported) before anyone can see it.
+        self.installer
+            .install_grant(&guard, new, GrantSource::Refresh, |r| {
+                r.refresh_scope = refresh_scope;
+            })
+            .await
+    }
+
+    /// A refresh that failed for a reason that may pass (network, 5xx,
+    /// 429, not an OAuth answer): nothing stored changes but the backoff.
+    async fn refresh_unavailable(
+        &self,
+        guard: &ServerGuard,
+        generation: u64,
+        e: OAuthError,
+    ) -> BrokerError {
+        let name = guard.name();
+        let backoff = self.backoffs.start(
+            name,
+            generation,
+            e.retry_after_secs(),
+            e.to_string(),
+            self.ctx.now_ms(),
+        );
+        let now = self.ctx.now_ms();
+        let retry_after_secs = backoff.retry_after_secs(now);
+        warn!(server = %name, error = %e, failures = backoff.failures, retry_after_secs, "refresh failed; nothing changed, will retry");
+        // When the next attempt is made is the scheduler's plan,
+        // shown beside this; the error itself does not promise one.
+        self.ctx
+            .record_error(&guard, &format!("refresh failed: {e}"))
+            .await;
+        BrokerError::Unavailable {
+            reason: e.to_string(),
+            retry_after_secs,
+        }
+    }
+
+    /// A refresh the authorization server refused: a grant gone or a
+    /// client unknown means "login required" (a registration of ours
+    /// dropped); anything else backs off like an outage.
+    async fn refresh_refused(
+        &self,
+        guard: &ServerGuard,
+        grant: &Grant,
+        registration: &Registration,
+        e: OAuthError,
+    ) -> BrokerError {
+        let name = guard.name();
+        let login_required = |reason: &str| BrokerError::login_required(name, reason);
+        let failure = e.token_failure();
+        let mut dropped = false;
+        if failure == TokenFailure::ClientUnknown && registration.kind == RegistrationKind::Dynamic
+        {
+            if let Err(e) = self
+                .ctx
+                .store()
+                .delete_registration(&guard, &registration.issuer)
+                .await
+            {
+                return e.into();
+            }
+            dropped = true;
+            warn!(server = %name, "the AS no longer knows our client; registration dropped");
+        }
+        if matches!(
+            failure,
+            TokenFailure::GrantGone | TokenFailure::ClientUnknown
+        ) {
+            if let Err(e) = self.ctx.store().delete_grant(&guard).await {
+                return e.into();
+            }
+            self.backoffs.end(&name);
+            let said = match &e {
+                OAuthError::Token { error, .. } => error.clone(),
+                OAuthError::Refused {
+                    status, message, ..
+                } => format!(
+                    "HTTP {status}{}",
+                    message
+                        .as_deref()
+                        .map(|m| format!(": {m}"))
+                        .unwrap_or_default()
+                ),
+                other => other.to_string(),
+            };
+            let mut reason = format!("the authorization server rejected the refresh ({said})");
+            if dropped {
+                reason.push_str(
+                    "; it no longer knows the client mcpauthd registered, so the next login registers a new one",
+                );
+            } else if failure == TokenFailure::ClientUnknown
+                && registration.kind == RegistrationKind::Configured
+                && self
+                    .ctx
+                    .config()
+                    .servers
+                    .get(&name)
+                    .is_some_and(|s| s.client_id.is_some())
+            {
+                reason.push_str("; check client_id and its secret in config.toml");
+            }
+            warn!(server = %name, %reason, "refresh refused; login required");
+            // The state says a login is required; the error says why.
+            self.ctx.record_error(&guard, &reason).await;
+            self.ctx.publish(
+                Some(name.clone()),
+                EventKind::LoginRequired {
+                    reason: reason.clone(),
+                },
+            );
+            return login_required(&reason);
+        }
+        // Another OAuth error: it may be fixed at the AS; back off
+        // like any failure so nothing loops on it.
+        self.backoffs.start(
+            &name,
+            grant.generation,
+            None,
+            e.to_string(),
+            self.ctx.now_ms(),
+        );
+        warn!(server = %name, error = %e, "refresh failed");
+        self.ctx
+            .record_error(&guard, &format!("refresh failed: {e}"))
+            .await;
+        BrokerError::OAuth(e)
     }
 
     /// What the scheduler needs to know of `name`'s grant, if one is held.
