@@ -343,9 +343,9 @@ impl Broker {
             socket_activated: self.socket_activated,
             config: self.editor.health(),
             servers: self.list()?,
-            store_key: match self.ctx.store().key_status() {
-                Ok(source) if source == "file" => StoreKeyStatus::File(crate::store_key_file()),
-                Ok(_) => StoreKeyStatus::Keyring,
+            store_key: match self.ctx.store().key_in_file() {
+                Ok(true) => StoreKeyStatus::File(crate::store_key_file()),
+                Ok(false) => StoreKeyStatus::Keyring,
                 Err(why) => StoreKeyStatus::Locked(why),
             },
         })

@@ -5,22 +5,24 @@
 //! - [`listener`]: the socket: instance lock, stale socket, permissions,
 //!   systemd activation, peer-uid check on every connection.
 //! - [`rpc`]: the gRPC adapter; the only module that knows tonic/prost.
-//! - [`broker`]: the domain core: config in force, server registry, events.
+//! - [`broker`]: the parts, wired once at start, and the facade [`rpc`]
+//!   serves; every part shares the [`context`] (config in force, store,
+//!   locks, HTTP, clock, events) and fails with an [`error`] that carries
+//!   a [`next_step`].
 //! - [`locks`]: the per-server lock as a type (`ServerGuard`), which every
 //!   write of a server's state takes.
-//! - [`install`]: the one place a new grant is installed.
-//! - [`login`]: the authorization-code flow; [`callback`]: its loopback
-//!   HTTP server; [`device`]: the device flow (RFC 8628).
-//! - [`unattended`]: grants without a person (client credentials,
-//!   workload JWT bearer), obtained and renewed through the refresh path;
-//!   [`enterprise`]: enterprise-managed authorization (ID-JAG) on top.
-//! - [`refresh`]: the one place a grant is refreshed, the backoff, logout.
-//! - [`tokens`]: `GetToken`, rejected-token reports, step-up.
+//! - The parts: [`config_edit`] (edits and reloads of `config.toml`),
+//!   [`install`] (the one place a new grant is installed), [`refresh`]
+//!   (the one place a grant is refreshed; logout) with its [`backoff`],
+//!   [`unattended`] (grants without a person, through the refresh path)
+//!   and [`enterprise`] (ID-JAG) on top, [`login`] (browser, device and
+//!   identity-provider logins; [`callback`]: the loopback HTTP server),
+//!   [`tokens`] (`GetToken`, rejected-token reports) with [`step_up`],
+//!   [`files`] and [`file_watch`] (token-file export and import),
+//!   [`import`] (adopting the logins other tools hold, with [`keyring`]
+//!   reading those kept in the OS keyring), [`desktop`] (the notification
+//!   when a program needs a person's login).
 //! - [`scheduler`]: proactive refresh on an injectable [`clock`].
-//! - [`files`]: token-file export and import; [`import`]: adopting the
-//!   logins other tools hold (`mcpauthctl import`), with [`keyring`]
-//!   reading those kept in the OS keyring (the Secret Service).
-//! - [`desktop`]: the notification when a program needs a person's login.
 //! - [`oauth`]: the OAuth engine (discovery, registration, flows, token
 //!   endpoint); knows neither gRPC nor the store.
 //! - [`config`]: `config.toml`: parsing, validation, comment-keeping edits.

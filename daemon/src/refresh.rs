@@ -207,7 +207,6 @@ impl Refresher {
         obtained: Obtained,
     ) -> Result<Grant, BrokerError> {
         let name = guard.name();
-        let guard = guard;
         let grant = grant.clone();
         remember_client_auth(&self.ctx, guard, registration, obtained.auth_method).await?;
         let refresh_scope = obtained.refresh_scope;

@@ -228,10 +228,11 @@ impl Store {
         self.key.read().unwrap().is_ok()
     }
 
-    /// `Ok(where the key lives)` while it is at hand, else `Err(why not)`.
-    pub fn key_status(&self) -> Result<String, String> {
+    /// While the key is at hand, whether it lives in a file (else in the
+    /// OS keyring); `Err(why not)` while it is not.
+    pub fn key_in_file(&self) -> Result<bool, String> {
         match &*self.key.read().unwrap() {
-            Ok(_) => Ok(self.key_source().ok().flatten().unwrap_or_default()),
+            Ok(_) => Ok(self.key_source().ok().flatten().as_deref() == Some("file")),
             Err(why) => Err(why.clone()),
         }
     }

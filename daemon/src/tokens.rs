@@ -307,12 +307,16 @@ impl TokenService {
         };
         match self.ctx.http.check_token(&url, &grant.access_token).await {
             Ok((status @ (401 | 403), challenges)) => {
-                let challenge = challenges.join(", ");
                 // A 403 is a rejection only when it is about the token.
-                if status == 403 && !challenge.contains("insufficient_scope") {
+                let about_scope = challenge::bearer(challenges.iter().map(String::as_str))
+                    .is_some_and(|b| b.error.as_deref() == Some("insufficient_scope"));
+                if status == 403 && !about_scope {
                     return Verdict::Fine;
                 }
-                Verdict::Rejected { status, challenge }
+                Verdict::Rejected {
+                    status,
+                    challenge: challenges.join(", "),
+                }
             }
             Ok(_) => Verdict::Fine,
             Err(e) => {
