@@ -649,6 +649,12 @@ async fn the_daemon_refuses_a_client_of_another_protocol() {
         "{}",
         err.message()
     );
+    // What to do travels as data, not as the CLI's words.
+    assert!(!err.message().contains("mcpauthctl"), "{}", err.message());
+    assert_eq!(
+        next_step(&err).map(|s| s.kind()),
+        Some(pb::next_step::Kind::StopDaemon)
+    );
     // Status is always answered, whatever the client speaks.
     let mut request = Request::new(pb::StatusRequest {});
     request
@@ -657,6 +663,99 @@ async fn the_daemon_refuses_a_client_of_another_protocol() {
     assert_eq!(
         raw.status(request).await.unwrap().into_inner().protocol,
         mcpauth_proto::PROTOCOL
+    );
+}
+
+/// A gRPC client of the daemon's socket, with nothing of the CLI's.
+async fn raw_client(env: &TestEnv) -> pb::broker_client::BrokerClient<tonic::transport::Channel> {
+    use hyper_util::rt::TokioIo;
+    let path = env.socket();
+    let channel = tonic::transport::Endpoint::from_static("http://mcpauthd.invalid")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+            }
+        }))
+        .await
+        .unwrap();
+    pb::broker_client::BrokerClient::new(channel)
+}
+
+/// `message` as a client of this protocol sends it.
+fn speaking<T>(message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request.metadata_mut().insert(
+        mcpauth_proto::PROTOCOL_METADATA,
+        mcpauth_proto::PROTOCOL.to_string().parse().unwrap(),
+    );
+    request
+}
+
+/// The next step of an error, decoded from the status details.
+fn next_step(status: &Status) -> Option<pb::NextStep> {
+    use prost::Message;
+    pb::ErrorDetail::decode(status.details()).ok()?.next_step
+}
+
+/// A failed call says what went wrong in the daemon's words and what to
+/// do next as data (`ErrorDetail` in the status details), which any gRPC
+/// client can read and the CLI words once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_call_carries_its_next_step_as_data() {
+    let env = TestEnv::new();
+    let _daemon = env.start_daemon();
+    env.ctl(&["add", "s", "https://s.example/mcp"]).ok();
+    let mut raw = raw_client(&env).await;
+    let err = raw
+        .get_token(speaking(pb::GetTokenRequest {
+            server: "s".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    assert!(
+        err.message().starts_with("login required for s: ")
+            && !err.message().contains("mcpauthctl"),
+        "{}",
+        err.message()
+    );
+    let step = next_step(&err).expect("a next step");
+    assert_eq!(
+        (step.kind(), step.server.as_str()),
+        (pb::next_step::Kind::Login, "s")
+    );
+    let err = raw
+        .add_server(speaking(pb::AddServerRequest {
+            name: "s".into(),
+            url: "https://other.example/mcp".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    let step = next_step(&err).expect("a next step");
+    assert_eq!(
+        (step.kind(), step.server.as_str()),
+        (pb::next_step::Kind::ShowOrRemove, "s")
+    );
+    // An error without one carries none.
+    let err = raw
+        .get_token(speaking(pb::GetTokenRequest {
+            server: "nope".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(next_step(&err), None);
+    // The CLI words it, once.
+    let out = env.ctl(&["token", "s"]);
+    assert_eq!(out.code(), 4);
+    assert_eq!(
+        out.stderr().matches("run `mcpauthctl login s`").count(),
+        1,
+        "{}",
+        out.stderr()
     );
 }
 
