@@ -8,12 +8,13 @@
 //! - `report_unauthorized`: a resource server rejected a token. If the
 //!   rejected token is not the current one, the current one is the answer
 //!   (someone already recovered). A 401 triggers one refresh: every
-//!   concurrent reporter waits on the same per-server lock, and all but the
-//!   first find a newer generation and get it without another request. A
+//!   concurrent reporter of the same token joins the one refresh in
+//!   flight for that generation (`inflight`) and wakes with its one
+//!   result, instead of passing through the server's lock one by one. A
 //!   403 `insufficient_scope` records a step-up; nothing is refreshed.
-//! - Step-up: the next login asks for the union of the scopes held and the
-//!   scopes challenged, at most 3 step-up authorizations per server in any
-//!   10 minutes.
+//! - Step-up (`step_up.rs`): the next login asks for the union of the
+//!   scopes held and the scopes challenged, with a bound on step-up
+//!   authorizations per server.
 //! - `helper_token`: `get_token` for headers helpers, which hosts rerun
 //!   after a 401/403 without telling the helper why. The first handout of
 //!   a token costs nothing extra. A rerun that asks for the same token

@@ -2,8 +2,9 @@
 //! shares with the daemon.
 //!
 //! - [`v1`]: code generated from `mcpauth/v1/broker.proto` (package
-//!   `mcpauth.v1`). Only the daemon's RPC layer and the client library use
-//!   it; domain code converts to and from these types at that edge.
+//!   `mcpauth.v1`). In the daemon only its RPC layer uses it (domain code
+//!   converts to and from these types at that edge); in `mcpauthctl` the
+//!   client library makes the calls and the commands render the replies.
 //! - [`PROTOCOL`] and [`PROTOCOL_METADATA`]: the handshake.
 //! - [`paths`]: where the socket, the state and the config live by default.
 //! - [`env`]: the environment variables the tools read.
