@@ -133,8 +133,6 @@ pub fn auth_state(
     }
 }
 
-/// Tunables of the broker; the defaults are the documented behaviour.
-
 /// What the daemon reports about itself.
 #[derive(Clone, Debug)]
 pub struct DaemonStatus {

@@ -229,7 +229,7 @@ impl Refresher {
         };
         // Stored (and exported) before anyone can see it.
         self.installer
-            .install_grant(&guard, new, GrantSource::Refresh, |r| {
+            .install_grant(guard, new, GrantSource::Refresh, |r| {
                 r.refresh_scope = refresh_scope;
             })
             .await
@@ -257,7 +257,7 @@ impl Refresher {
         // When the next attempt is made is the scheduler's plan,
         // shown beside this; the error itself does not promise one.
         self.ctx
-            .record_error(&guard, &format!("refresh failed: {e}"))
+            .record_error(guard, &format!("refresh failed: {e}"))
             .await;
         BrokerError::Unavailable {
             reason: e.to_string(),
@@ -284,7 +284,7 @@ impl Refresher {
             if let Err(e) = self
                 .ctx
                 .store()
-                .delete_registration(&guard, &registration.issuer)
+                .delete_registration(guard, &registration.issuer)
                 .await
             {
                 return e.into();
@@ -296,10 +296,10 @@ impl Refresher {
             failure,
             TokenFailure::GrantGone | TokenFailure::ClientUnknown
         ) {
-            if let Err(e) = self.ctx.store().delete_grant(&guard).await {
+            if let Err(e) = self.ctx.store().delete_grant(guard).await {
                 return e.into();
             }
-            self.backoffs.end(&name);
+            self.backoffs.end(name);
             let said = match &e {
                 OAuthError::Token { error, .. } => error.clone(),
                 OAuthError::Refused {
@@ -324,14 +324,14 @@ impl Refresher {
                     .ctx
                     .config()
                     .servers
-                    .get(&name)
+                    .get(name)
                     .is_some_and(|s| s.client_id.is_some())
             {
                 reason.push_str("; check client_id and its secret in config.toml");
             }
             warn!(server = %name, %reason, "refresh refused; login required");
             // The state says a login is required; the error says why.
-            self.ctx.record_error(&guard, &reason).await;
+            self.ctx.record_error(guard, &reason).await;
             self.ctx.publish(
                 Some(name.clone()),
                 EventKind::LoginRequired {
@@ -343,7 +343,7 @@ impl Refresher {
         // Another OAuth error: it may be fixed at the AS; back off
         // like any failure so nothing loops on it.
         self.backoffs.start(
-            &name,
+            name,
             grant.generation,
             None,
             e.to_string(),
@@ -351,7 +351,7 @@ impl Refresher {
         );
         warn!(server = %name, error = %e, "refresh failed");
         self.ctx
-            .record_error(&guard, &format!("refresh failed: {e}"))
+            .record_error(guard, &format!("refresh failed: {e}"))
             .await;
         BrokerError::OAuth(e)
     }

@@ -453,13 +453,11 @@ impl TokenService {
                 }
             }
         };
-        let result = rx
-            .wait_for(Option::is_some)
+        rx.wait_for(Option::is_some)
             .await
             .map_err(|_| BrokerError::Internal("the refresh task ended without a result".into()))?
             .clone()
-            .expect("waited for Some");
-        result
+            .expect("waited for Some")
     }
 }
 
