@@ -20,11 +20,11 @@
 
 use std::path::{Path, PathBuf};
 
-use mcpauth_client::{Client, exit};
+use mcpauth_client::Client;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::Failure;
+use crate::failure::Failure;
 use crate::hostfile::{self, Document};
 use crate::hosts::{self, Host, HostEnv, Via};
 
@@ -45,9 +45,10 @@ impl Wiring {
     pub fn current(socket: &Path) -> Result<Self, Failure> {
         let exe = std::env::current_exe()
             .and_then(std::fs::canonicalize)
-            .map_err(|e| Failure {
-                message: format!("cannot tell where this mcpauthctl is installed: {e}"),
-                code: exit::FAILURE,
+            .map_err(|e| {
+                Failure::failed(format!(
+                    "cannot tell where this mcpauthctl is installed: {e}"
+                ))
             })?;
         let socket = std::path::absolute(socket).unwrap_or_else(|_| socket.to_path_buf());
         use mcpauth_proto::paths;
@@ -91,9 +92,11 @@ pub struct Server {
 
 /// The host called `id`, or a usage error naming the known ones.
 pub fn host(id: &str) -> Result<&'static dyn Host, Failure> {
-    hosts::find(id).ok_or_else(|| Failure {
-        message: format!("unknown host `{id}`; known hosts: {}", hosts::ids()),
-        code: exit::USAGE,
+    hosts::find(id).ok_or_else(|| {
+        Failure::usage(format!(
+            "unknown host `{id}`; known hosts: {}",
+            hosts::ids()
+        ))
     })
 }
 
@@ -115,11 +118,9 @@ pub async fn select(client: &mut Client, names: &[String]) -> Result<Vec<Server>
     let servers = configured(client).await?;
     if names.is_empty() {
         if servers.is_empty() {
-            return Err(Failure {
-                message: "no servers configured; add one with `mcpauthctl add NAME URL` first"
-                    .into(),
-                code: exit::FAILURE,
-            });
+            return Err(Failure::failed(
+                "no servers configured; add one with `mcpauthctl add NAME URL` first",
+            ));
         }
         return Ok(servers);
     }
@@ -132,12 +133,9 @@ pub async fn select(client: &mut Client, names: &[String]) -> Result<Vec<Server>
             }),
             Some(_) => {}
             None => {
-                return Err(Failure {
-                    message: format!(
-                        "no configured server `{name}`; add it with `mcpauthctl add {name} URL` (see `mcpauthctl list`)"
-                    ),
-                    code: exit::USAGE,
-                });
+                return Err(Failure::usage(format!(
+                    "no configured server `{name}`; add it with `mcpauthctl add {name} URL` (see `mcpauthctl list`)"
+                )));
             }
         }
     }
@@ -199,10 +197,7 @@ fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, Failure> {
 }
 
 fn failure(message: String) -> Failure {
-    Failure {
-        message,
-        code: exit::FAILURE,
-    }
+    Failure::failed(message)
 }
 
 fn parse(host: &dyn Host, path: &Path, bytes: &[u8]) -> Result<Document, Failure> {
@@ -465,15 +460,12 @@ pub fn connect(
         );
     }
     lines.extend(login_notes(host, env, servers, &mcp_remote_urls));
-    let failure = (skipped > 0).then(|| Failure {
-        message: format!(
+    let failure = (skipped > 0).then(|| Failure::failed(format!(
             "{skipped} {} in {} left as {} (not written by mcpauthctl); rerun with --replace to overwrite",
             if skipped == 1 { "entry" } else { "entries" },
             host.path(env).display(),
             if skipped == 1 { "it was" } else { "they were" },
-        ),
-        code: exit::FAILURE,
-    });
+        )));
     Ok(Report { lines, failure })
 }
 
@@ -617,8 +609,8 @@ pub fn disconnect(
     if edited.entries == 0 && lines.len() == 1 && host.path(env).exists() {
         lines.push("  nothing to disconnect: no entry here goes through mcpauthctl".into());
     }
-    let failure = (skipped > 0).then(|| Failure {
-        message: format!(
+    let failure = (skipped > 0).then(|| {
+        Failure::failed(format!(
             "{skipped} {} in {} not written by mcpauthctl, so not removed",
             if skipped == 1 {
                 "entry is"
@@ -626,8 +618,7 @@ pub fn disconnect(
                 "entries are"
             },
             host.path(env).display(),
-        ),
-        code: exit::FAILURE,
+        ))
     });
     Ok(Report { lines, failure })
 }

@@ -17,11 +17,11 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use mcpauth_client::{exit, pb};
+use mcpauth_client::pb;
 use md5::{Digest, Md5};
 use serde_json::Value;
 
-use crate::Failure;
+use crate::failure::Failure;
 use crate::hostfile::Document;
 use crate::hosts::{self, Host, HostEnv};
 
@@ -38,10 +38,7 @@ pub struct Found {
 }
 
 fn usage(message: String) -> Failure {
-    Failure {
-        message,
-        code: exit::USAGE,
-    }
+    Failure::usage(message)
 }
 
 /// The tools named, or every tool when none is.
@@ -598,6 +595,9 @@ mod tests {
             tools(&["hermes".into(), "hermes".into()]).ok(),
             Some(vec!["hermes"])
         );
-        assert_eq!(tools(&["vim".into()]).err().unwrap().code, exit::USAGE);
+        assert_eq!(
+            tools(&["vim".into()]).err().unwrap().code(),
+            mcpauth_client::exit::USAGE
+        );
     }
 }

@@ -10,11 +10,11 @@
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
-use mcpauth_client::{Client, ClientError, exit, pb};
+use mcpauth_client::{Client, ClientError, pb};
 use tokio_stream::StreamExt;
 
-use crate::Failure;
 use crate::browser;
+use crate::failure::Failure;
 use crate::output::{self, now_ms, relative};
 
 pub struct LoginArgs {
@@ -74,13 +74,10 @@ fn wrap(text: &str, width: usize) -> String {
 }
 
 fn failure(result: &pb::LoginResult) -> Failure {
-    let code = match pb::LoginFailure::try_from(result.failure) {
-        Ok(pb::LoginFailure::Denied) => exit::LOGIN_REQUIRED,
-        _ => exit::FAILURE,
-    };
-    Failure {
-        message: format!("login failed: {}", result.error),
-        code,
+    let message = format!("login failed: {}", result.error);
+    match pb::LoginFailure::try_from(result.failure) {
+        Ok(pb::LoginFailure::Denied) => Failure::login_required(message),
+        _ => Failure::failed(message),
     }
 }
 
@@ -185,10 +182,7 @@ pub async fn run(mut client: Client, args: LoginArgs) -> Result<String, Failure>
         })) => return device_login(client, &args.name, device, stream).await,
         Some(Err(status)) => return Err(client.stream_error(status).into()),
         _ => {
-            return Err(Failure {
-                message: "the daemon ended the login without a URL".into(),
-                code: exit::FAILURE,
-            });
+            return Err(Failure::failed("the daemon ended the login without a URL"));
         }
     };
     let headless = args.no_browser || browser::is_headless();
@@ -267,12 +261,9 @@ pub async fn run(mut client: Client, args: LoginArgs) -> Result<String, Failure>
                 ));
                 if !std::io::stdin().is_terminal() && !interactive {
                     let _ = client.cancel_login(name).await;
-                    return Err(Failure {
-                        message: format!(
-                            "login required: no browser and no terminal here; run `mcpauthctl login {name}` in a terminal"
-                        ),
-                        code: exit::LOGIN_REQUIRED,
-                    });
+                    return Err(Failure::login_required(format!(
+                        "login required: no browser and no terminal here; run `mcpauthctl login {name}` in a terminal"
+                    )));
                 }
             }
         }
@@ -305,10 +296,7 @@ pub async fn run(mut client: Client, args: LoginArgs) -> Result<String, Failure>
                     Some(Ok(_)) => continue,
                     Some(Err(status)) => return Err(client.stream_error(status).into()),
                     None => {
-                        return Err(Failure {
-                            message: "the daemon stopped before the login finished".into(),
-                            code: exit::UNREACHABLE,
-                        });
+                        return Err(Failure::unreachable("the daemon stopped before the login finished"));
                     }
                 }
             }
@@ -320,12 +308,9 @@ pub async fn run(mut client: Client, args: LoginArgs) -> Result<String, Failure>
                         // No terminal and nothing pasted: nobody is there
                         // to finish it, so a program is not kept waiting.
                         let _ = client.cancel_login(name).await;
-                        return Err(Failure {
-                            message: format!(
+                        return Err(Failure::login_required(format!(
                                 "login required: no browser, no terminal and nothing pasted on stdin; run `mcpauthctl login {name}` in a terminal"
-                            ),
-                            code: exit::LOGIN_REQUIRED,
-                        });
+                            )));
                     }
                     // A terminal without stdin: keep waiting for the callback.
                     continue;
@@ -344,10 +329,7 @@ pub async fn run(mut client: Client, args: LoginArgs) -> Result<String, Failure>
             _ = &mut ctrl_c => {
                 clear(interactive);
                 let _ = client.cancel_login(name).await;
-                return Err(Failure {
-                    message: "login cancelled".into(),
-                    code: exit::FAILURE,
-                });
+                return Err(Failure::failed("login cancelled"));
             }
             _ = tick.tick(), if interactive => {
                 let remaining = (started.expires_at_unix_ms - now_ms()).max(0) / 1000;
@@ -414,20 +396,14 @@ async fn device_login(
                     Some(Ok(_)) => continue,
                     Some(Err(status)) => return Err(client.stream_error(status).into()),
                     None => {
-                        return Err(Failure {
-                            message: "the daemon stopped before the login finished".into(),
-                            code: exit::UNREACHABLE,
-                        });
+                        return Err(Failure::unreachable("the daemon stopped before the login finished"));
                     }
                 }
             }
             _ = &mut ctrl_c => {
                 clear();
                 let _ = client.cancel_login(name).await;
-                return Err(Failure {
-                    message: "login cancelled".into(),
-                    code: exit::FAILURE,
-                });
+                return Err(Failure::failed("login cancelled"));
             }
             _ = tick.tick(), if interactive => {
                 let remaining = (device.expires_at_unix_ms - now_ms()).max(0) / 1000;

@@ -3,6 +3,7 @@
 mod browser;
 mod connect;
 mod docs;
+mod failure;
 mod hostfile;
 mod hosts;
 mod import;
@@ -19,6 +20,7 @@ use mcpauth_client::{ClientError, ConnectOptions, exit, pb};
 use mcpauth_proto::env;
 use tokio_stream::StreamExt;
 
+use failure::Failure;
 use output::{ServerJson, StatusJson, duration, now_ms, relative, table};
 
 const EXIT_CODES: &str = "\
@@ -385,25 +387,6 @@ fn write_stdout_bytes(bytes: &[u8]) {
     }
 }
 
-/// A failure to report: one line, plus the exit code.
-pub(crate) struct Failure {
-    message: String,
-    code: u8,
-}
-
-impl From<ClientError> for Failure {
-    fn from(e: ClientError) -> Self {
-        let message = match e.hint() {
-            Some(hint) => format!("{e}; {hint}"),
-            None => e.to_string(),
-        };
-        Failure {
-            message,
-            code: e.exit_code(),
-        }
-    }
-}
-
 /// The command line, its `--help` naming the config file in use (which
 /// `XDG_CONFIG_HOME` or `MCP_BROKER_CONFIG` may move) rather than the
 /// default the man page shows.
@@ -435,8 +418,8 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
-            eprintln!("mcpauthctl: {}", failure.message);
-            ExitCode::from(failure.code)
+            eprintln!("mcpauthctl: {failure}");
+            ExitCode::from(failure.code())
         }
     }
 }
@@ -502,9 +485,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             login_hint,
         } => {
             let client_secret_file = match client_secret_file {
-                Some(path) => Some(std::path::absolute(&path).map_err(|e| Failure {
-                    message: format!("invalid --client-secret-file {}: {e}", path.display()),
-                    code: exit::USAGE,
+                Some(path) => Some(std::path::absolute(&path).map_err(|e| {
+                    Failure::usage(format!(
+                        "invalid --client-secret-file {}: {e}",
+                        path.display()
+                    ))
                 })?),
                 None => None,
             };
@@ -615,13 +600,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 out!("{}", output::doctor_text(&name, &reply));
             }
             if problems > 0 {
-                return Err(Failure {
-                    message: format!(
-                        "{name}: {problems} problem{} found; the fix is shown with each",
-                        if problems == 1 { "" } else { "s" }
-                    ),
-                    code: exit::FAILURE,
-                });
+                return Err(Failure::failed(format!(
+                    "{name}: {problems} problem{} found; the fix is shown with each",
+                    if problems == 1 { "" } else { "s" }
+                )));
             }
         }
         Command::Refresh { name } => {
@@ -644,12 +626,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             www_authenticate,
         } => {
             if status != 401 && status != 403 {
-                return Err(Failure {
-                    message:
-                        "--status must be 401 or 403 (the HTTP status the server answered with)"
-                            .into(),
-                    code: exit::USAGE,
-                });
+                return Err(Failure::usage(
+                    "--status must be 401 or 403 (the HTTP status the server answered with)",
+                ));
             }
             let mut client = mcpauth_client::connect(&opts).await?;
             let reply = match rejected {
@@ -683,15 +662,12 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             if let Some(target) = helper_target_url()
                 && !mcpauth_client::same_server_url(&reply.server_url, &target)
             {
-                return Err(Failure {
-                    message: format!(
-                        "refusing to give {name}'s token for {}: it was issued for {}; \
+                return Err(Failure::usage(format!(
+                    "refusing to give {name}'s token for {}: it was issued for {}; \
                          the host's entry for this server must use that URL (or name the server configured for it)",
-                        mcpauth_client::display_url(&target),
-                        mcpauth_client::display_url(&reply.server_url),
-                    ),
-                    code: exit::USAGE,
-                });
+                    mcpauth_client::display_url(&target),
+                    mcpauth_client::display_url(&reply.server_url),
+                )));
             }
             let headers = serde_json::json!({
                 "Authorization": format!("{} {}", reply.token_type, reply.access_token),
@@ -740,10 +716,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 }
                 // The daemon ends every stream when it stops.
                 if !follow {
-                    return Err(Failure {
-                        message: "mcpauthd stopped, so the event stream ended; run `mcpauthctl watch --follow` to wait for it to come back".into(),
-                        code: exit::UNREACHABLE,
-                    });
+                    return Err(Failure::unreachable(
+                        "mcpauthd stopped, so the event stream ended; run `mcpauthctl watch --follow` to wait for it to come back",
+                    ));
                 }
                 eprintln!("mcpauthctl: mcpauthd stopped; waiting for it to come back");
                 reconnecting = true;
@@ -791,18 +766,14 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let tool = match tool.as_str() {
                 "codex" | "claude-code" | "mcp-remote" => tool,
                 "hermes" => {
-                    return Err(Failure {
-                        message: "Hermes is not wired through a command: import its logins with `mcpauthctl import hermes`, then export tokens to its files (`export` in config.toml, see the README)".into(),
-                        code: exit::USAGE,
-                    });
+                    return Err(Failure::usage(
+                        "Hermes is not wired through a command: import its logins with `mcpauthctl import hermes`, then export tokens to its files (`export` in config.toml, see the README)",
+                    ));
                 }
                 other => {
-                    return Err(Failure {
-                        message: format!(
-                            "cannot adopt `{other}`: known tools are codex, claude-code and mcp-remote"
-                        ),
-                        code: exit::USAGE,
-                    });
+                    return Err(Failure::usage(format!(
+                        "cannot adopt `{other}`: known tools are codex, claude-code and mcp-remote"
+                    )));
                 }
             };
             let mut client = mcpauth_client::connect(&opts).await?;
@@ -851,7 +822,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                         }
                     }
                     Err(e) => {
-                        eprintln!("mcpauthctl: {}", e.message);
+                        eprintln!("mcpauthctl: {e}");
                         failure.get_or_insert(e);
                     }
                 }
@@ -919,12 +890,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             )
             .await
             {
-                return Err(Failure {
-                    message:
-                        "mcpauthd was asked to stop but has not exited after 10 s; see mcpauthd.log"
-                            .into(),
-                    code: exit::FAILURE,
-                });
+                return Err(Failure::failed(
+                    "mcpauthd was asked to stop but has not exited after 10 s; see mcpauthd.log",
+                ));
             }
             out!("mcpauthd stopped");
         }
@@ -934,10 +902,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     let mut stopped = false;
                     if !no_enable {
                         // Nothing is touched unless the manager is there.
-                        service::preflight().map_err(|message| Failure {
-                            message,
-                            code: exit::FAILURE,
-                        })?;
+                        service::preflight().map_err(Failure::failed)?;
                         // An autostarted daemon holds the socket the service wants.
                         if let Ok(mut c) = mcpauth_client::Client::connect(&opts.socket).await
                             && let Ok(s) = c.status_unchecked().await
@@ -961,10 +926,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 }
                 ServiceAction::Uninstall { no_disable } => service::uninstall(!no_disable),
             };
-            let notes = result.map_err(|message| Failure {
-                message,
-                code: exit::FAILURE,
-            })?;
+            let notes = result.map_err(Failure::failed)?;
             for note in notes {
                 out!("{note}");
             }
@@ -973,10 +935,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             write_stdout_bytes(&docs::completions(Cli::command(), shell));
         }
         Command::Man => {
-            let page = docs::man_page(Cli::command(), EXIT_CODES).map_err(|e| Failure {
-                message: format!("cannot render the man page: {e}"),
-                code: exit::FAILURE,
-            })?;
+            let page = docs::man_page(Cli::command(), EXIT_CODES)
+                .map_err(|e| Failure::failed(format!("cannot render the man page: {e}")))?;
             write_stdout_bytes(&page);
         }
     }
@@ -994,10 +954,7 @@ async fn run_import(
 ) -> Result<(Vec<pb::ImportResult>, Vec<String>), Failure> {
     for url in urls {
         if !(url.starts_with("https://") || url.starts_with("http://")) {
-            return Err(Failure {
-                message: format!("--url {url}: not an http(s) URL"),
-                code: exit::USAGE,
-            });
+            return Err(Failure::usage(format!("--url {url}: not an http(s) URL")));
         }
     }
     let found = import::find(tools, env, urls);
@@ -1050,17 +1007,14 @@ fn import_failure(results: &[pb::ImportResult]) -> Result<(), Failure> {
     if skipped == 0 {
         return Ok(());
     }
-    Err(Failure {
-        message: format!(
-            "{skipped} {} not adopted (see above); each line says why",
-            if skipped == 1 {
-                "login was"
-            } else {
-                "logins were"
-            }
-        ),
-        code: exit::FAILURE,
-    })
+    Err(Failure::failed(format!(
+        "{skipped} {} not adopted (see above); each line says why",
+        if skipped == 1 {
+            "login was"
+        } else {
+            "logins were"
+        }
+    )))
 }
 
 fn print_report(report: connect::Report) -> Result<(), Failure> {
@@ -1104,10 +1058,9 @@ fn helper_target_url() -> Option<String> {
 /// The configured server whose URL is `$CLAUDE_CODE_MCP_SERVER_URL`.
 async fn headers_server_from_url(client: &mut mcpauth_client::Client) -> Result<String, Failure> {
     let Some(wanted) = helper_target_url() else {
-        return Err(Failure {
-            message: "which server? pass NAME, or run as Claude Code's headersHelper (CLAUDE_CODE_MCP_SERVER_NAME or _URL)".into(),
-            code: exit::USAGE,
-        });
+        return Err(Failure::usage(
+            "which server? pass NAME, or run as Claude Code's headersHelper (CLAUDE_CODE_MCP_SERVER_NAME or _URL)",
+        ));
     };
     let servers = client.list_servers().await?;
     let names: Vec<String> = servers
@@ -1116,21 +1069,15 @@ async fn headers_server_from_url(client: &mut mcpauth_client::Client) -> Result<
         .map(|s| s.name)
         .collect();
     match names.as_slice() {
-        [] => Err(Failure {
-            message: format!(
-                "no configured server has the URL {wanted}; add it with `mcpauthctl add NAME {wanted}`"
-            ),
-            code: exit::USAGE,
-        }),
+        [] => Err(Failure::usage(format!(
+            "no configured server has the URL {wanted}; add it with `mcpauthctl add NAME {wanted}`"
+        ))),
         [name] => Ok(name.clone()),
         // Two accounts on one server: which one is not ours to pick.
-        several => Err(Failure {
-            message: format!(
-                "{} have the same URL {wanted}, each with its own login: pass NAME (`mcpauthctl headers -- NAME`) to say which",
-                several.join(" and ")
-            ),
-            code: exit::USAGE,
-        }),
+        several => Err(Failure::usage(format!(
+            "{} have the same URL {wanted}, each with its own login: pass NAME (`mcpauthctl headers -- NAME`) to say which",
+            several.join(" and ")
+        ))),
     }
 }
 
@@ -1141,12 +1088,9 @@ async fn idp_server(client: &mut mcpauth_client::Client, idp: &str) -> Result<St
         .into_iter()
         .find(|s| s.grant == "enterprise" && s.identity_provider == idp)
         .map(|s| s.name)
-        .ok_or_else(|| Failure {
-            message: format!(
+        .ok_or_else(|| Failure::usage(format!(
                 "no server uses the identity provider {idp:?}; set grant = \"enterprise\" and identity_provider = \"{idp}\" in a server's section"
-            ),
-            code: mcpauth_client::exit::USAGE,
-        })
+            )))
 }
 
 fn print_status(status: pb::StatusReply) {

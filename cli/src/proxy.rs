@@ -40,7 +40,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Mutex, mpsc};
 use tokio_stream::StreamExt;
 
-use crate::Failure;
+use crate::failure::Failure;
 
 /// The largest message accepted from the host or the server.
 const MAX_MESSAGE: usize = 16 * 1024 * 1024;
@@ -1105,20 +1105,15 @@ pub async fn run(opts: ConnectOptions, name: String) -> Result<(), Failure> {
     // The server's URL, from the broker (which also checks the name).
     let mut client = mcpauth_client::connect(&opts).await?;
     let server = client.get_server(&name).await?;
-    let url = url::Url::parse(&server.url).map_err(|e| Failure {
-        message: format!("the configured URL of {name} is not valid: {e}"),
-        code: exit::FAILURE,
-    })?;
+    let url = url::Url::parse(&server.url)
+        .map_err(|e| Failure::failed(format!("the configured URL of {name} is not valid: {e}")))?;
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         // Never follow a redirect with the token to somewhere else.
         .redirect(reqwest::redirect::Policy::none());
     let http = with_network(http, &mcpauth_proto::paths::config_path())
         .build()
-        .map_err(|e| Failure {
-            message: format!("cannot start an HTTP client: {e}"),
-            code: exit::FAILURE,
-        })?;
+        .map_err(|e| Failure::failed(format!("cannot start an HTTP client: {e}")))?;
     let (out, mut lines) = mpsc::channel::<Vec<u8>>(256);
     let writer = tokio::spawn(async move {
         let mut stdout = tokio::io::stdout();
