@@ -1,5 +1,6 @@
 //! `mcpauthctl`: the command-line front end of the mcpauth broker.
 
+mod args;
 mod browser;
 mod connect;
 mod docs;
@@ -12,355 +13,14 @@ mod output;
 mod proxy;
 mod service;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use args::*;
 use mcpauth_client::{ClientError, ConnectOptions, exit, pb};
-use mcpauth_proto::env;
 use tokio_stream::StreamExt;
 
 use failure::Failure;
 use output::{ServerJson, StatusJson, duration, now_ms, relative, table};
-
-const EXIT_CODES: &str = "\
-Exit codes:
-  0  ok
-  1  failure
-  2  usage or invalid input
-  3  daemon unreachable
-  4  login or consent required";
-
-const TOKEN_EXAMPLES: &str = "\
-Examples:
-  TOKEN=$(mcpauthctl token linear)
-  curl -H \"Authorization: Bearer $(mcpauthctl token linear)\" https://mcp.linear.app/mcp
-  # the server answered 401 with $TOKEN: report it and use the replacement
-  TOKEN=$(mcpauthctl token linear --rejected \"$TOKEN\" --status 401)";
-
-const COMPLETIONS_INSTALL: &str = "\
-Install (once; a new shell picks it up):
-  bash: mkdir -p ~/.local/share/bash-completion/completions
-        mcpauthctl completions bash > ~/.local/share/bash-completion/completions/mcpauthctl
-  zsh:  mkdir -p ~/.zfunc && mcpauthctl completions zsh > ~/.zfunc/_mcpauthctl
-        (and in ~/.zshrc, before compinit: fpath=(~/.zfunc $fpath))
-  fish: mkdir -p ~/.config/fish/completions
-        mcpauthctl completions fish > ~/.config/fish/completions/mcpauthctl.fish";
-
-const MAN_INSTALL: &str = "\
-Install (once):
-  mkdir -p ~/.local/share/man/man1
-  mcpauthctl man > ~/.local/share/man/man1/mcpauthctl.1
-  (man finds it when ~/.local/bin is on PATH; else: export MANPATH=\"$HOME/.local/share/man:\")";
-
-const IMPORT_HELP: &str = "\
-Where each tool keeps its logins:
-  codex        $CODEX_HOME/.credentials.json (with mcp_oauth_credentials_store = \"file\")
-  claude-code  ~/.claude/.credentials.json ($CLAUDE_CONFIG_DIR)
-  mcp-remote   ~/.mcp-auth/mcp-remote-*/ ($MCP_REMOTE_CONFIG_DIR), matched to the URLs host configs pass it
-  hermes       ~/.hermes/mcp-tokens/ ($HERMES_HOME)
-
-Examples:
-  mcpauthctl import --dry-run
-  mcpauthctl import codex
-  mcpauthctl adopt mcp-remote";
-
-/// The description of every command's NAME argument.
-const NAME_HELP: &str = "The server's name, as in `mcpauthctl list`";
-
-/// Control the mcpauth broker: one OAuth login per server, shared by every
-/// MCP host on this machine.
-///
-/// mcpauthctl talks to the daemon, mcpauthd, over a private Unix socket and
-/// starts it when it is not running (not with --no-autostart, nor when a
-/// systemd or launchd service is installed: see `mcpauthctl service`). The
-/// servers are declared in ~/.config/mcpauth/config.toml, which `add` and
-/// `remove` edit.
-#[derive(Parser)]
-#[command(name = "mcpauthctl", version, after_help = EXIT_CODES)]
-struct Cli {
-    /// The daemon's socket.
-    #[arg(long, global = true, env = env::SOCKET, value_name = "PATH")]
-    socket: Option<PathBuf>,
-    /// Fail (exit 3) instead of starting the daemon when it is not running.
-    #[arg(long, global = true)]
-    no_autostart: bool,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Show the daemon and every server's state.
-    Status {
-        #[arg(long)]
-        json: bool,
-    },
-    /// List the configured servers.
-    List {
-        #[arg(long)]
-        json: bool,
-    },
-    /// Show one server.
-    Show {
-        #[arg(help = NAME_HELP)]
-        name: String,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Add a server to config.toml.
-    Add {
-        /// A short name: letters, digits, '.', '_' and '-' (at most 64).
-        name: String,
-        /// The MCP server URL (https, or http on a loopback host).
-        url: String,
-        /// A pre-registered OAuth client id.
-        #[arg(long)]
-        client_id: Option<String>,
-        /// A file holding the pre-registered client's secret.
-        #[arg(long, value_name = "PATH", requires = "client_id")]
-        client_secret_file: Option<PathBuf>,
-        /// A scope to request (repeat for several).
-        #[arg(long = "scope", value_name = "SCOPE")]
-        scopes: Vec<String>,
-        /// A fixed loopback port for the OAuth callback.
-        #[arg(long, value_name = "PORT")]
-        callback_port: Option<u16>,
-        /// The https URL of this client's Client ID Metadata Document.
-        #[arg(long, value_name = "URL")]
-        client_metadata_url: Option<String>,
-        /// The account the browser login asks the server for (`login_hint`):
-        /// for a second account on a server another entry has.
-        #[arg(long, value_name = "ACCOUNT")]
-        login_hint: Option<String>,
-    },
-    /// Remove a server from config.toml and delete all of its state.
-    Remove {
-        #[arg(help = NAME_HELP)]
-        name: String,
-        /// Keep the MCP host entries `connect` wrote for it (by default
-        /// they are removed too: they could only fail).
-        #[arg(long)]
-        keep_host_entries: bool,
-    },
-    /// Log in to a server in the browser (the daemon keeps the tokens).
-    Login {
-        #[arg(help = NAME_HELP, required_unless_present = "idp")]
-        name: Option<String>,
-        /// Log in at this identity provider (enterprise servers): one
-        /// login serves every server that uses it.
-        #[arg(long, value_name = "IDP")]
-        idp: Option<String>,
-        /// Scopes to ask for (repeat for several); default: configured,
-        /// pending step-up, or what the server suggests.
-        #[arg(long = "scope", value_name = "SCOPE")]
-        scopes: Vec<String>,
-        /// Do not open a browser: print the URL and read the final redirect
-        /// address on stdin (for SSH sessions).
-        #[arg(long)]
-        no_browser: bool,
-        /// Log in with a code entered on any device (RFC 8628), when the
-        /// authorization server offers it. Chosen by itself when there is
-        /// neither a browser nor a terminal here.
-        #[arg(long, conflicts_with = "no_browser")]
-        device: bool,
-        /// The WWW-Authenticate header of a 401 a client met without a
-        /// token: its scope is the scope this login asks for.
-        #[arg(long, value_name = "HEADER")]
-        www_authenticate: Option<String>,
-    },
-    /// Revoke the server's tokens (when it supports revocation) and delete them.
-    Logout {
-        #[arg(help = NAME_HELP)]
-        name: String,
-        /// Also forget the OAuth client registration.
-        #[arg(long)]
-        forget_client: bool,
-        /// Print what became of each token as JSON.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Walk discovery and registration step by step, without logging in.
-    ///
-    /// Shows the challenge, the resource metadata and its `resource`, each
-    /// metadata URL tried and what answered, the issuer and endpoints, the
-    /// registration, PKCE and `iss` support, the grant types, and the
-    /// settings and built-in defaults in effect; for each problem, the one
-    /// setting or command that fixes it. Exit 1 when there is a problem.
-    Doctor {
-        #[arg(help = NAME_HELP)]
-        name: String,
-        /// Print the steps as JSON.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Refresh the server's token now.
-    Refresh {
-        #[arg(help = NAME_HELP)]
-        name: String,
-    },
-    /// Print the server's access token (for scripts: never opens a browser).
-    ///
-    /// Prints the token alone on stdout. A token that would expire within
-    /// 60 s (--min-ttl) is refreshed first. Without a login it exits 4 and
-    /// says which `mcpauthctl login` to run.
-    #[command(after_long_help = TOKEN_EXAMPLES)]
-    Token {
-        #[arg(help = NAME_HELP)]
-        name: String,
-        /// Seconds the token must still be valid for (default 60).
-        #[arg(long, value_name = "SECS")]
-        min_ttl: Option<u32>,
-        /// Report this token as rejected by the server and print the
-        /// replacement (only its SHA-256 is sent to the daemon).
-        #[arg(long, value_name = "TOKEN")]
-        rejected: Option<String>,
-        /// The HTTP status the server answered with: 401 or 403.
-        #[arg(
-            long,
-            value_name = "CODE",
-            default_value_t = 401,
-            requires = "rejected"
-        )]
-        status: u32,
-        /// The WWW-Authenticate header of the rejection.
-        #[arg(long, value_name = "HEADER", requires = "rejected")]
-        www_authenticate: Option<String>,
-    },
-    /// Print {"Authorization": "Bearer ..."} for Claude Code's headersHelper.
-    ///
-    /// Without NAME, the server comes from CLAUDE_CODE_MCP_SERVER_NAME, else
-    /// from CLAUDE_CODE_MCP_SERVER_URL matched against the configured URLs.
-    Headers {
-        /// The server's name, as in `mcpauthctl list` (default: see below).
-        name: Option<String>,
-    },
-    /// Run as a stdio MCP server that bridges to NAME with the broker's
-    /// tokens (for hosts that start stdio servers: Cursor, VS Code, Claude
-    /// Desktop, Gemini CLI, opencode). stdout carries only the protocol.
-    Proxy {
-        /// The server's name, as in `mcpauthctl list`.
-        name: String,
-    },
-    /// Print events as they happen (one line each; JSON lines with --json).
-    Watch {
-        /// Only this server's events.
-        name: Option<String>,
-        #[arg(long)]
-        json: bool,
-        /// When the daemon stops, wait for it (or start it) and go on,
-        /// instead of exiting 3.
-        #[arg(long)]
-        follow: bool,
-    },
-    /// Wire the broker into an MCP host's own config file.
-    ///
-    /// Claude Code and Codex get an http entry whose headers helper is
-    /// `mcpauthctl headers NAME`; the other hosts a stdio entry running
-    /// `mcpauthctl proxy NAME`. Nothing else in the file changes, and the
-    /// file as it was is kept as FILE.mcpauth-backup (mode 0600, one per
-    /// file, removed by `disconnect`).
-    Connect {
-        /// claude-code, codex, cursor, vscode, claude-desktop, gemini or opencode.
-        host: String,
-        /// The servers to connect (default: every configured server).
-        names: Vec<String>,
-        /// Print what would change, and write nothing.
-        #[arg(long)]
-        dry_run: bool,
-        /// Overwrite entries of the same name that mcpauthctl did not write.
-        #[arg(long)]
-        replace: bool,
-    },
-    /// Adopt the logins other tools hold: no browser, no new login.
-    ///
-    /// For each server the tool knows: the server is added to config.toml
-    /// (the same URL already there is the same server; a name taken by
-    /// another URL gets a new one), and its live grant (tokens, expiry,
-    /// scopes and client registration) becomes the broker's, once bound to
-    /// the server's own authorization server and only when newer than the
-    /// grant held. The daemon reads the tools' files itself; they are
-    /// never changed.
-    #[command(after_long_help = IMPORT_HELP)]
-    Import {
-        /// codex, claude-code, mcp-remote or hermes (default: every tool found).
-        tools: Vec<String>,
-        /// An MCP server URL mcp-remote logged in to that no host config names.
-        #[arg(long = "url", value_name = "URL")]
-        urls: Vec<String>,
-        /// Print what would happen, and write nothing.
-        #[arg(long)]
-        dry_run: bool,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Import a tool's logins, then hand its entries over to the broker.
-    ///
-    /// codex and claude-code: import, then the host's own entries for the
-    /// imported servers go through the broker's headers helper, so the
-    /// host stops refreshing on its own. mcp-remote: import, then every
-    /// host entry that runs `mcp-remote URL` runs `mcpauthctl proxy NAME`.
-    /// Everything else in the files stays; each write keeps a backup.
-    Adopt {
-        /// codex, claude-code or mcp-remote.
-        tool: String,
-        /// An MCP server URL mcp-remote logged in to that no host config names.
-        #[arg(long = "url", value_name = "URL")]
-        urls: Vec<String>,
-        /// Print what would change, and write nothing.
-        #[arg(long)]
-        dry_run: bool,
-    },
-    /// Remove the entries `connect` wrote from an MCP host's config file.
-    Disconnect {
-        host: String,
-        /// The servers to disconnect (default: every entry `connect` wrote).
-        names: Vec<String>,
-        /// Print what would change, and write nothing.
-        #[arg(long)]
-        dry_run: bool,
-    },
-    /// List the MCP hosts on this machine and which servers go through the broker.
-    Hosts {
-        #[arg(long)]
-        json: bool,
-    },
-    /// Start the daemon in the background, if it is not running.
-    Start,
-    /// Stop the daemon.
-    Stop,
-    /// Install or remove the systemd user service / launchd agent.
-    Service {
-        #[command(subcommand)]
-        action: ServiceAction,
-    },
-    /// Print a shell completion script on stdout (needs no daemon).
-    #[command(after_long_help = COMPLETIONS_INSTALL)]
-    Completions {
-        /// The shell to complete for.
-        #[arg(value_enum)]
-        shell: docs::Shell,
-    },
-    /// Print the man page (roff) on stdout (needs no daemon).
-    #[command(after_long_help = MAN_INSTALL)]
-    Man,
-}
-
-#[derive(Subcommand)]
-enum ServiceAction {
-    /// Write the units with this machine's mcpauthd path, enable and start them.
-    Install {
-        /// Only write the files.
-        #[arg(long)]
-        no_enable: bool,
-    },
-    /// Stop, disable and remove the units.
-    Uninstall {
-        /// Only remove the files.
-        #[arg(long)]
-        no_disable: bool,
-    },
-}
 
 /// Prints a line on stdout. A closed stdout (`mcpauthctl list | head -1`)
 /// ends the program quietly. (SIGPIPE itself stays ignored, as Rust sets
@@ -387,24 +47,8 @@ fn write_stdout_bytes(bytes: &[u8]) {
     }
 }
 
-/// The command line, its `--help` naming the config file in use (which
-/// `XDG_CONFIG_HOME` or `MCP_BROKER_CONFIG` may move) rather than the
-/// default the man page shows.
-fn cli_command() -> clap::Command {
-    let command = Cli::command();
-    let long = command
-        .get_long_about()
-        .map(ToString::to_string)
-        .unwrap_or_default()
-        .replace(
-            "~/.config/mcpauth/config.toml",
-            &mcpauth_proto::paths::config_path().display().to_string(),
-        );
-    command.long_about(long)
-}
-
 fn main() -> ExitCode {
-    let cli = Cli::from_arg_matches(&cli_command().get_matches()).unwrap_or_else(|e| e.exit());
+    let cli = args::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -440,7 +84,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         autostart: !cli.no_autostart,
     };
     match cli.command {
-        Command::Status { json } => {
+        Command::Status(StatusArgs { json }) => {
             let mut client = mcpauth_client::connect(&opts).await?;
             let status = client.status().await?;
             if json {
@@ -449,7 +93,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 print_status(status);
             }
         }
-        Command::List { json } => {
+        Command::List(ListArgs { json }) => {
             let mut client = mcpauth_client::connect(&opts).await?;
             let servers = client.list_servers().await?;
             if json {
@@ -465,7 +109,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 out!("{}", table(&["NAME", "URL", "STATE"], &rows));
             }
         }
-        Command::Show { name, json } => {
+        Command::Show(ShowArgs { name, json }) => {
             let mut client = mcpauth_client::connect(&opts).await?;
             let server = client.get_server(&name).await?;
             if json {
@@ -474,7 +118,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 print_server(server);
             }
         }
-        Command::Add {
+        Command::Add(AddArgs {
             name,
             url,
             client_id,
@@ -483,7 +127,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             callback_port,
             client_metadata_url,
             login_hint,
-        } => {
+        }) => {
             let client_secret_file = match client_secret_file {
                 Some(path) => Some(std::path::absolute(&path).map_err(|e| {
                     Failure::usage(format!(
@@ -529,10 +173,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
             out!("next: mcpauthctl login {}", server.name);
         }
-        Command::Remove {
+        Command::Remove(RemoveArgs {
             name,
             keep_host_entries,
-        } => {
+        }) => {
             let mut client = mcpauth_client::connect(&opts).await?;
             client.remove_server(&name).await?;
             out!("removed {name}; its tokens and registration are deleted");
@@ -541,14 +185,14 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 out!("{line}");
             }
         }
-        Command::Login {
+        Command::Login(LoginArgs {
             name,
             idp,
             scopes,
             no_browser,
             device,
             www_authenticate,
-        } => {
+        }) => {
             let mut client = mcpauth_client::connect(&opts).await?;
             let name = match (name, idp) {
                 (Some(name), _) => name,
@@ -568,11 +212,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             .await?;
             out!("{done}");
         }
-        Command::Logout {
+        Command::Logout(LogoutArgs {
             name,
             forget_client,
             json,
-        } => {
+        }) => {
             let mut client = mcpauth_client::connect(&opts).await?;
             let reply = client.logout(&name, forget_client).await?;
             if json {
@@ -590,7 +234,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 out!("{}{forgot}", output::logout_line(&name, &reply, now_ms()));
             }
         }
-        Command::Doctor { name, json } => {
+        Command::Doctor(DoctorArgs { name, json }) => {
             let mut client = mcpauth_client::connect(&opts).await?;
             let reply = client.doctor(&name).await?;
             let problems = reply.steps.iter().filter(|s| !s.ok).count();
@@ -606,7 +250,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 )));
             }
         }
-        Command::Refresh { name } => {
+        Command::Refresh(RefreshArgs { name }) => {
             let mut client = mcpauth_client::connect(&opts).await?;
             let reply = client.refresh(&name).await?;
             let expiry = match reply.token_expires_at_unix_ms {
@@ -618,13 +262,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 reply.generation
             );
         }
-        Command::Token {
+        Command::Token(TokenArgs {
             name,
             min_ttl,
             rejected,
             status,
             www_authenticate,
-        } => {
+        }) => {
             if status != 401 && status != 403 {
                 return Err(Failure::usage(
                     "--status must be 401 or 403 (the HTTP status the server answered with)",
@@ -646,7 +290,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             };
             out!("{}", reply.access_token);
         }
-        Command::Headers { name } => {
+        Command::Headers(HeadersArgs { name }) => {
             let mut client = mcpauth_client::connect(&opts).await?;
             let name = match name.or_else(|| {
                 std::env::var("CLAUDE_CODE_MCP_SERVER_NAME")
@@ -674,7 +318,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             });
             out!("{headers}");
         }
-        Command::Watch { name, json, follow } => {
+        Command::Watch(WatchArgs { name, json, follow }) => {
             let mut reconnecting = false;
             loop {
                 // Waiting for the daemon to come back never starts one:
@@ -725,13 +369,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 tokio::time::sleep(std::time::Duration::from_millis(500)).await;
             }
         }
-        Command::Proxy { name } => proxy::run(opts, name).await?,
-        Command::Connect {
+        Command::Proxy(ProxyArgs { name }) => proxy::run(opts, name).await?,
+        Command::Connect(ConnectArgs {
             host,
             names,
             dry_run,
             replace,
-        } => {
+        }) => {
             let host = connect::host(&host)?;
             let mut client = mcpauth_client::connect(&opts).await?;
             let servers = connect::select(&mut client, &names).await?;
@@ -741,12 +385,12 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 host, &env, &servers, &wiring, dry_run, replace,
             )?)?;
         }
-        Command::Import {
+        Command::Import(ImportArgs {
             tools,
             urls,
             dry_run,
             json,
-        } => {
+        }) => {
             let mut client = mcpauth_client::connect(&opts).await?;
             let env = hosts::HostEnv::from_env();
             let (results, notes) =
@@ -758,11 +402,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
             import_failure(&results)?;
         }
-        Command::Adopt {
+        Command::Adopt(AdoptArgs {
             tool,
             urls,
             dry_run,
-        } => {
+        }) => {
             let tool = match tool.as_str() {
                 "codex" | "claude-code" | "mcp-remote" => tool,
                 "hermes" => {
@@ -837,16 +481,16 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 return Err(f);
             }
         }
-        Command::Disconnect {
+        Command::Disconnect(DisconnectArgs {
             host,
             names,
             dry_run,
-        } => {
+        }) => {
             let host = connect::host(&host)?;
             let env = hosts::HostEnv::from_env();
             print_report(connect::disconnect(host, &env, &names, dry_run)?)?;
         }
-        Command::Hosts { json } => {
+        Command::Hosts(HostsArgs { json }) => {
             let mut client = mcpauth_client::connect(&opts).await?;
             let servers = connect::configured(&mut client).await?;
             let surveys = connect::survey(&hosts::HostEnv::from_env(), &servers);
@@ -896,7 +540,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
             out!("mcpauthd stopped");
         }
-        Command::Service { action } => {
+        Command::Service(ServiceArgs { action }) => {
             let result = match action {
                 ServiceAction::Install { no_enable } => {
                     let mut stopped = false;
@@ -931,11 +575,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 out!("{note}");
             }
         }
-        Command::Completions { shell } => {
-            write_stdout_bytes(&docs::completions(Cli::command(), shell));
+        Command::Completions(CompletionsArgs { shell }) => {
+            write_stdout_bytes(&docs::completions(args::command(), shell));
         }
         Command::Man => {
-            let page = docs::man_page(Cli::command(), EXIT_CODES)
+            let page = docs::man_page(args::command(), EXIT_CODES)
                 .map_err(|e| Failure::failed(format!("cannot render the man page: {e}")))?;
             write_stdout_bytes(&page);
         }
