@@ -21,12 +21,12 @@
 use std::path::{Path, PathBuf};
 
 use mcpauth_client::Client;
-use serde::Serialize;
 use serde_json::Value;
 
 use crate::failure::Failure;
 use crate::hostfile::{self, Document};
 use crate::hosts::{self, Host, HostEnv, Via};
+use crate::output::{Bypass, HostSurvey, Wired};
 
 /// How a host entry runs the broker.
 pub struct Wiring {
@@ -665,44 +665,6 @@ fn login_notes(
     notes
 }
 
-/// One host as `hosts` shows it.
-#[derive(Serialize)]
-pub struct HostSurvey {
-    pub host: &'static str,
-    pub title: &'static str,
-    pub path: String,
-    pub exists: bool,
-    /// Why the file could not be read, if it could not.
-    pub error: Option<String>,
-    /// Entries that go through the broker.
-    pub wired: Vec<Wired>,
-    /// Configured servers with no entry that goes through the broker.
-    pub not_wired: Vec<String>,
-    /// Entries that reach a remote server without the broker.
-    pub bypassing: Vec<Bypass>,
-    /// Every other entry (local servers).
-    pub other_entries: usize,
-}
-
-#[derive(Serialize)]
-pub struct Wired {
-    pub entry: String,
-    pub server: String,
-    /// Whether `server` is configured in the broker.
-    pub configured: bool,
-}
-
-#[derive(Serialize)]
-pub struct Bypass {
-    pub entry: String,
-    /// `mcp-remote` (a stdio bridge with its own login) or `http` (the
-    /// host's own OAuth client, or static headers).
-    pub via: &'static str,
-    pub url: String,
-    /// The configured server with that URL, if any.
-    pub server: Option<String>,
-}
-
 /// The hosts whose file has an entry `connect` wrote for the server
 /// `name` (under that name).
 pub fn hosts_with(env: &HostEnv, name: &str) -> Vec<&'static dyn Host> {
@@ -826,73 +788,6 @@ fn survey_one(host: &dyn Host, env: &HostEnv, servers: &[Server]) -> HostSurvey 
         .map(|s| s.name.clone())
         .collect();
     survey
-}
-
-/// `hosts` for a person.
-pub fn survey_lines(surveys: &[HostSurvey]) -> Vec<String> {
-    if surveys.is_empty() {
-        return vec![format!(
-            "no MCP host found on this machine (known: {})",
-            hosts::ids()
-        )];
-    }
-    let mut lines = Vec::new();
-    for s in surveys {
-        lines.push(format!(
-            "{} ({}): {}{}",
-            s.title,
-            s.host,
-            s.path,
-            if s.exists { "" } else { " (not created yet)" }
-        ));
-        if let Some(error) = &s.error {
-            lines.push(format!("  cannot read it: {error}"));
-            continue;
-        }
-        if !s.wired.is_empty() {
-            let wired: Vec<String> = s
-                .wired
-                .iter()
-                .map(|w| {
-                    let mut text = if w.entry == w.server {
-                        w.entry.clone()
-                    } else {
-                        format!("{} (as {})", w.server, w.entry)
-                    };
-                    if !w.configured {
-                        text.push_str(" [not configured in mcpauth]");
-                    }
-                    text
-                })
-                .collect();
-            lines.push(format!("  through the broker: {}", wired.join(", ")));
-        }
-        if !s.not_wired.is_empty() {
-            lines.push(format!(
-                "  not connected: {} (`mcpauthctl connect {}`)",
-                s.not_wired.join(", "),
-                s.host
-            ));
-        }
-        for b in &s.bypassing {
-            let how = match b.via {
-                "mcp-remote" => format!("runs mcp-remote {}", b.url),
-                _ => format!("connects to {} itself, without the broker's helper", b.url),
-            };
-            let what = match &b.server {
-                Some(server) => format!("configured in mcpauth as {server}"),
-                None => format!("not configured in mcpauth: `mcpauthctl add NAME {}`", b.url),
-            };
-            lines.push(format!(
-                "  not through the broker: {} {how} ({what})",
-                b.entry
-            ));
-        }
-        if s.other_entries > 0 {
-            lines.push(format!("  other (local) servers: {}", s.other_entries));
-        }
-    }
-    lines
 }
 
 #[cfg(test)]

@@ -514,40 +514,6 @@ pub fn find(tools: &[&str], env: &HostEnv, urls: &[String]) -> Found {
     found
 }
 
-/// One line per result.
-pub fn result_line(r: &pb::ImportResult, dry_run: bool) -> String {
-    let verdict = pb::ImportVerdict::try_from(r.verdict).unwrap_or(pb::ImportVerdict::Unspecified);
-    let server = if r.server.is_empty() {
-        &r.tool_name
-    } else {
-        &r.server
-    };
-    let mut line = match verdict {
-        pb::ImportVerdict::Adopted if dry_run => {
-            format!("  would adopt   {server} ({}) from {}", r.url, r.tool)
-        }
-        pb::ImportVerdict::Adopted => {
-            format!("  adopted       {server} ({}) from {}", r.url, r.tool)
-        }
-        pb::ImportVerdict::Current => format!("  current       {server}: {}", r.reason),
-        pb::ImportVerdict::LoginNeeded => format!(
-            "  needs login   {server}: {}; run `mcpauthctl login {server}`",
-            r.reason
-        ),
-        _ => format!("  skipped       {server} (from {}): {}", r.tool, r.reason),
-    };
-    if r.added {
-        line.push_str(&format!(
-            "; {} to config.toml as `{server}`",
-            if dry_run { "would be added" } else { "added" }
-        ));
-    }
-    if !r.renamed.is_empty() {
-        line.push_str(&format!(" ({} was taken: {})", r.tool_name, r.renamed));
-    }
-    line
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -81,26 +81,6 @@ fn failure(result: &pb::LoginResult) -> Failure {
     }
 }
 
-fn success(name: &str, result: &pb::LoginResult) -> String {
-    let scopes = if result.scopes.is_empty() {
-        "(none listed)".to_string()
-    } else {
-        result.scopes.join(" ")
-    };
-    let expiry = match result.token_expires_at_unix_ms {
-        0 => "expiry unknown".to_string(),
-        at => format!("token expires {}", relative(at, now_ms())),
-    };
-    let mut line = format!("logged in to {name}: scopes {scopes}; {expiry}");
-    if result.no_refresh_token {
-        line.push_str(&format!(
-            "; no refresh token, so {}; some servers give one only when asked: set authorization_params (e.g. {{ access_type = \"offline\", prompt = \"consent\" }}) or add offline_access to scopes in config.toml, then log in again",
-            output::renew_none(result.token_expires_at_unix_ms, now_ms())
-        ));
-    }
-    line
-}
-
 /// Reads pasted lines from stdin on a thread of its own.
 fn paste_lines() -> tokio::sync::mpsc::Receiver<String> {
     let (tx, rx) = tokio::sync::mpsc::channel(4);
@@ -291,7 +271,7 @@ pub async fn run(mut client: Client, args: LoginArgs) -> Result<String, Failure>
                 clear(interactive);
                 match event {
                     Some(Ok(pb::LoginEvent { kind: Some(pb::login_event::Kind::Finished(result)) })) => {
-                        return if result.ok { Ok(success(name, &result)) } else { Err(failure(&result)) };
+                        return if result.ok { Ok(output::login_line(name, &result)) } else { Err(failure(&result)) };
                     }
                     Some(Ok(_)) => continue,
                     Some(Err(status)) => return Err(client.stream_error(status).into()),
@@ -316,7 +296,7 @@ pub async fn run(mut client: Client, args: LoginArgs) -> Result<String, Failure>
                     continue;
                 };
                 match client.complete_login(name, &line).await {
-                    Ok(result) if result.ok => return Ok(success(name, &result)),
+                    Ok(result) if result.ok => return Ok(output::login_line(name, &result)),
                     Ok(result) => return Err(failure(&result)),
                     Err(ClientError::Rpc { message, .. }) => {
                         paragraph(&format!("That did not work: {message}."));
@@ -391,7 +371,7 @@ async fn device_login(
                 clear();
                 match event {
                     Some(Ok(pb::LoginEvent { kind: Some(pb::login_event::Kind::Finished(result)) })) => {
-                        return if result.ok { Ok(success(name, &result)) } else { Err(failure(&result)) };
+                        return if result.ok { Ok(output::login_line(name, &result)) } else { Err(failure(&result)) };
                     }
                     Some(Ok(_)) => continue,
                     Some(Err(status)) => return Err(client.stream_error(status).into()),

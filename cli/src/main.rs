@@ -20,32 +20,10 @@ use mcpauth_client::{ClientError, ConnectOptions, exit, pb};
 use tokio_stream::StreamExt;
 
 use failure::Failure;
-use output::{ServerJson, StatusJson, duration, now_ms, relative, table};
-
-/// Prints a line on stdout. A closed stdout (`mcpauthctl list | head -1`)
-/// ends the program quietly. (SIGPIPE itself stays ignored, as Rust sets
-/// it: the default action would also kill the CLI when the daemon closes
-/// its end of the socket.)
-macro_rules! out {
-    ($($arg:tt)*) => { write_stdout(format_args!($($arg)*)) };
-}
-
-fn write_stdout(args: std::fmt::Arguments<'_>) {
-    write_stdout_bytes(format!("{args}\n").as_bytes());
-}
-
-/// Writes `bytes` to stdout as they are, like [`out!`].
-fn write_stdout_bytes(bytes: &[u8]) {
-    use std::io::Write;
-    let mut stdout = std::io::stdout().lock();
-    if let Err(e) = stdout.write_all(bytes).and_then(|()| stdout.flush()) {
-        if e.kind() == std::io::ErrorKind::BrokenPipe {
-            std::process::exit(0);
-        }
-        eprintln!("mcpauthctl: cannot write output: {e}");
-        std::process::exit(i32::from(exit::FAILURE));
-    }
-}
+use output::{
+    ServerJson, StatusJson, now_ms, out, print_import, print_json, print_server, print_status,
+    watch_line, write_stdout_bytes,
+};
 
 fn main() -> ExitCode {
     let cli = args::parse();
@@ -66,13 +44,6 @@ fn main() -> ExitCode {
             ExitCode::from(failure.code())
         }
     }
-}
-
-fn print_json<T: serde::Serialize>(value: &T) {
-    out!(
-        "{}",
-        serde_json::to_string_pretty(value).expect("JSON serialises")
-    );
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
@@ -99,14 +70,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             if json {
                 let servers: Vec<ServerJson> = servers.into_iter().map(Into::into).collect();
                 print_json(&servers);
-            } else if servers.is_empty() {
-                eprintln!("no servers configured; add one with: mcpauthctl add NAME URL");
             } else {
-                let rows: Vec<_> = servers
-                    .into_iter()
-                    .map(|s| vec![s.name, s.url, output::state_name(s.state).replace('_', " ")])
-                    .collect();
-                out!("{}", table(&["NAME", "URL", "STATE"], &rows));
+                output::print_list(servers);
             }
         }
         Command::Show(ShowArgs { name, json }) => {
@@ -152,7 +117,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     login_hint: login_hint.unwrap_or_default(),
                 })
                 .await?;
-            out!("added {} ({})", server.name, server.url);
+            out!("{}", output::added_line(&server));
             // Another entry for the same server: a second account.
             let twins: Vec<String> = client
                 .list_servers()
@@ -163,15 +128,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 })
                 .map(|s| s.name)
                 .collect();
-            if !twins.is_empty() {
-                out!(
-                    "{} {} the same URL: each entry keeps its own login, so {} can hold another account (its login asks the server to let you choose the account; `login_hint` in its section names one)",
-                    twins.join(", "),
-                    if twins.len() == 1 { "has" } else { "have" },
-                    server.name
-                );
-            }
-            out!("next: mcpauthctl login {}", server.name);
+            output::print_after_add(&server, &twins);
         }
         Command::Remove(RemoveArgs {
             name,
@@ -221,10 +178,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let reply = client.logout(&name, forget_client).await?;
             if json {
                 let shape = output::LogoutJson::new(&name, &reply, forget_client);
-                out!(
-                    "{}",
-                    serde_json::to_string(&shape).expect("JSON serialises")
-                );
+                output::print_json_line(&shape);
             } else {
                 let forgot = if forget_client {
                     "; the client registration is forgotten"
@@ -253,14 +207,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Refresh(RefreshArgs { name }) => {
             let mut client = mcpauth_client::connect(&opts).await?;
             let reply = client.refresh(&name).await?;
-            let expiry = match reply.token_expires_at_unix_ms {
-                0 => "expiry unknown".to_string(),
-                at => format!("expires {}", relative(at, now_ms())),
-            };
-            out!(
-                "refreshed {name}: token {expiry} (generation {})",
-                reply.generation
-            );
+            out!("{}", output::refresh_line(&name, &reply));
         }
         Command::Token(TokenArgs {
             name,
@@ -350,10 +297,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     };
                     let event = output::EventJson::from(item);
                     if json {
-                        out!(
-                            "{}",
-                            serde_json::to_string(&event).expect("JSON serialises")
-                        );
+                        output::print_json_line(&event);
                     } else {
                         out!("{}", watch_line(&event));
                     }
@@ -497,7 +441,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             if json {
                 print_json(&surveys);
             } else {
-                for line in connect::survey_lines(&surveys) {
+                for line in output::survey_lines(&surveys) {
                     out!("{line}");
                 }
             }
@@ -625,23 +569,6 @@ async fn run_import(
     Ok((results, notes))
 }
 
-fn print_import(results: &[pb::ImportResult], notes: &[String], dry_run: bool) {
-    let mut tool = "";
-    for r in results {
-        if r.tool != tool {
-            tool = &r.tool;
-            out!("{tool}:");
-        }
-        out!("{}", import::result_line(r, dry_run));
-    }
-    for note in notes {
-        out!("note: {note}");
-    }
-    if dry_run {
-        out!("dry run: nothing was written");
-    }
-}
-
 /// Exit 1 when a login was refused (the lines above say why).
 fn import_failure(results: &[pb::ImportResult]) -> Result<(), Failure> {
     let skipped = results
@@ -666,29 +593,6 @@ fn print_report(report: connect::Report) -> Result<(), Failure> {
         out!("{line}");
     }
     report.failure.map_or(Ok(()), Err)
-}
-
-/// One human line for an event: local time, what, which server (or
-/// "config" for the daemon's config events), and details.
-fn watch_line(event: &output::EventJson) -> String {
-    // "config rejected: why", not "config rejected config: why".
-    let subject = match (event.server.as_deref(), event.event) {
-        (Some(server), _) => format!(" {server}"),
-        (None, "config_rejected" | "config_accepted") => String::new(),
-        (None, _) => " daemon".into(),
-    };
-    let mut line = format!(
-        "{} {}{subject}",
-        output::local_time(event.at_unix_ms),
-        event.event.replace('_', " "),
-    );
-    if let Some(url) = &event.url {
-        line.push_str(&format!(" {url}"));
-    }
-    if let Some(error) = &event.error {
-        line.push_str(&format!(": {error}"));
-    }
-    line
 }
 
 /// The URL a host says it will send the helper's headers to: Claude
@@ -735,249 +639,4 @@ async fn idp_server(client: &mut mcpauth_client::Client, idp: &str) -> Result<St
         .ok_or_else(|| Failure::usage(format!(
                 "no server uses the identity provider {idp:?}; set grant = \"enterprise\" and identity_provider = \"{idp}\" in a server's section"
             )))
-}
-
-fn print_status(status: pb::StatusReply) {
-    let now = now_ms();
-    out!(
-        "mcpauthd {} (protocol {}), pid {}, up {}, socket {}{}",
-        status.version,
-        status.protocol,
-        status.pid,
-        duration(status.uptime_ms),
-        status.socket_path,
-        if status.socket_activated {
-            " (systemd)"
-        } else {
-            ""
-        }
-    );
-    let config = status.config.unwrap_or_default();
-    if config.error.is_empty() {
-        out!("config {}: ok", status.config_path);
-    } else {
-        // The error names the file already when it is about its text.
-        let error = config
-            .error
-            .strip_prefix(&format!("{}: ", status.config_path))
-            .unwrap_or(&config.error);
-        out!(
-            "config {}: REJECTED EDIT ({}), the last good config stays in force: {error}",
-            status.config_path,
-            relative(config.error_at_unix_ms, now),
-        );
-    }
-    out!(
-        "{}",
-        output::store_key_line(&status.store_key, &status.store_key_detail)
-    );
-    if status.servers.is_empty() {
-        out!("no servers configured; add one with: mcpauthctl add NAME URL");
-        return;
-    }
-    let rows: Vec<_> = status
-        .servers
-        .into_iter()
-        .map(|s| {
-            let next = next_refresh(&s, now);
-            let state = match s.grant.as_str() {
-                "" | "authorization_code" => output::state_name(s.state).replace('_', " "),
-                grant => format!(
-                    "{} ({grant})",
-                    output::state_name(s.state).replace('_', " ")
-                ),
-            };
-            vec![
-                s.name,
-                s.url,
-                // Whose tokens, when the authorization server said.
-                if s.account.is_empty() {
-                    state
-                } else {
-                    format!("{state} as {}", s.account)
-                },
-                match s.token_expires_at_unix_ms {
-                    0 => "-".into(),
-                    at => relative(at, now),
-                },
-                match s.last_refresh_unix_ms {
-                    0 => "never".into(),
-                    at => relative(at, now),
-                },
-                next,
-                if s.last_error.is_empty() {
-                    "-".into()
-                } else {
-                    s.last_error
-                },
-            ]
-        })
-        .collect();
-    out!(
-        "\n{}",
-        table(
-            &[
-                "NAME",
-                "URL",
-                "STATE",
-                "EXPIRES",
-                "LAST REFRESH",
-                "NEXT REFRESH",
-                "LAST ERROR"
-            ],
-            &rows
-        )
-    );
-}
-
-/// "in 40m", "retry in 20s (attempt 2)", "stopped", "-".
-fn next_refresh(s: &pb::Server, now: i64) -> String {
-    if s.no_refresh_token {
-        return format!(
-            "none, {}",
-            output::renew_none(s.token_expires_at_unix_ms, now)
-        );
-    }
-    match s.refresh_state.as_str() {
-        "scheduled" => relative(s.next_refresh_unix_ms, now),
-        "retrying" => format!(
-            "retry {} (attempt {})",
-            relative(s.next_refresh_unix_ms, now),
-            s.refresh_attempt
-        ),
-        "stopped" => "stopped".into(),
-        _ => "-".into(),
-    }
-}
-
-fn print_server(s: pb::Server) {
-    let now = now_ms();
-    let none = || "-".to_string();
-    let rows = [
-        ("name", s.name.clone()),
-        ("url", s.url.clone()),
-        ("state", output::state_name(s.state).replace('_', " ")),
-        (
-            "grant",
-            match s.grant.as_str() {
-                "" | "authorization_code" => "authorization_code (a person logs in)".into(),
-                "enterprise" => format!(
-                    "enterprise (one login at the identity provider {})",
-                    s.identity_provider
-                ),
-                grant => format!("{grant} (no person involved)"),
-            },
-        ),
-        (
-            "client id",
-            match (s.client_id.as_str(), s.client_id_source.as_str()) {
-                ("", _) => "(registered by mcpauthd at the first login)".into(),
-                (id, "registered") => format!("{id} (registered by mcpauthd)"),
-                (id, "metadata_document") => format!("{id} (metadata document)"),
-                (id, "imported") => format!("{id} (from an imported login)"),
-                (id, _) => format!("{id} (configured)"),
-            },
-        ),
-        (
-            "client secret",
-            if s.has_client_secret {
-                "configured".into()
-            } else {
-                none()
-            },
-        ),
-        (
-            "scopes",
-            if s.scopes.is_empty() {
-                "(from the server)".into()
-            } else {
-                s.scopes.join(" ")
-            },
-        ),
-        (
-            "callback port",
-            match (s.callback_port, s.callback_port_source.as_str()) {
-                (0, _) => "(chosen by mcpauthd at the first login, then kept)".into(),
-                (port, "chosen") => format!("{port} (chosen by mcpauthd, kept)"),
-                (port, _) => format!("{port} (configured)"),
-            },
-        ),
-        (
-            "client metadata",
-            if s.client_metadata_url.is_empty() {
-                none()
-            } else {
-                s.client_metadata_url.clone()
-            },
-        ),
-        (
-            "token expires",
-            if s.token_expires_at_unix_ms == 0 {
-                none()
-            } else {
-                relative(s.token_expires_at_unix_ms, now)
-            },
-        ),
-        (
-            "last refresh",
-            if s.last_refresh_unix_ms == 0 {
-                "never".into()
-            } else {
-                relative(s.last_refresh_unix_ms, now)
-            },
-        ),
-        (
-            if s.no_refresh_token {
-                "renew"
-            } else {
-                "next refresh"
-            },
-            next_refresh(&s, now),
-        ),
-        (
-            "login hint",
-            if s.login_hint.is_empty() {
-                none()
-            } else {
-                s.login_hint.clone()
-            },
-        ),
-        (
-            "account",
-            if !s.account.is_empty() {
-                s.account.clone()
-            } else if s.token_expires_at_unix_ms == 0 && s.granted_scopes.is_empty() {
-                none()
-            } else {
-                "(the authorization server does not say)".into()
-            },
-        ),
-        (
-            "granted scopes",
-            if s.granted_scopes.is_empty() {
-                none()
-            } else {
-                s.granted_scopes.join(" ")
-            },
-        ),
-        (
-            "last error",
-            if s.last_error.is_empty() {
-                none()
-            } else {
-                s.last_error.clone()
-            },
-        ),
-        (
-            "added",
-            if s.added_at_unix_ms == 0 {
-                none()
-            } else {
-                relative(s.added_at_unix_ms, now)
-            },
-        ),
-    ];
-    for (key, value) in rows {
-        out!("{key:<16}{value}");
-    }
 }
