@@ -41,7 +41,7 @@ pub fn write_stdout_bytes(bytes: &[u8]) {
 }
 
 /// A `--json` answer: pretty-printed.
-pub fn print_json<T: serde::Serialize>(value: &T) {
+pub fn print_json<T: serde::Serialize + ?Sized>(value: &T) {
     out!(
         "{}",
         serde_json::to_string_pretty(value).expect("JSON serialises")
@@ -49,7 +49,7 @@ pub fn print_json<T: serde::Serialize>(value: &T) {
 }
 
 /// One JSON value on one line (an event of `watch --json`, `logout --json`).
-pub fn print_json_line<T: serde::Serialize>(value: &T) {
+pub fn print_json_line<T: serde::Serialize + ?Sized>(value: &T) {
     out!("{}", serde_json::to_string(value).expect("JSON serialises"));
 }
 

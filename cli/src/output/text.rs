@@ -1,12 +1,14 @@
 //! The human renderings: what `status`, `list`, `show`, `logout`,
-//! `doctor`, `watch`, `import` and `hosts` print for a person, and the
-//! one-line answers of the other commands. The words are checked by the
-//! end-to-end tests, which compare them exactly.
+//! `doctor`, `watch`, `import` and `hosts` print for a person, the
+//! one-line answers of the other commands, and the `print_*` of the
+//! commands with `--json`, which choose between the two. The words are
+//! checked by the end-to-end tests, which compare them exactly.
 
 use mcpauth_client::pb;
 
 use super::{
-    EventJson, HostSurvey, clock, duration, local_time, now_ms, out, relative, state_name, table,
+    EventJson, HostSurvey, LogoutJson, clock, doctor_json, duration, local_time, now_ms, out,
+    print_json, print_json_line, relative, state_name, table,
 };
 use crate::hosts;
 
@@ -75,6 +77,29 @@ pub fn logout_line(name: &str, reply: &pb::LogoutReply, now_ms: i64) -> String {
             .join("; "),
     };
     format!("logged out of {name}: {said}")
+}
+
+/// `logout NAME`: one line, or with `json` one JSON line.
+pub fn print_logout(name: &str, reply: &pb::LogoutReply, forgot_client: bool, json: bool) {
+    if json {
+        print_json_line(&LogoutJson::new(name, reply, forgot_client));
+        return;
+    }
+    let forgot = if forgot_client {
+        "; the client registration is forgotten"
+    } else {
+        ""
+    };
+    out!("{}{forgot}", logout_line(name, reply, now_ms()));
+}
+
+/// `doctor NAME`, as text or JSON.
+pub fn print_doctor(name: &str, reply: &pb::DoctorReply, json: bool) {
+    if json {
+        out!("{}", doctor_json(name, reply));
+    } else {
+        out!("{}", doctor_text(name, reply));
+    }
 }
 
 /// `doctor NAME`: one line per step, `ok` or `!!`, and the fix under a
@@ -386,9 +411,18 @@ pub fn refresh_line(name: &str, reply: &pb::RefreshReply) -> String {
     )
 }
 
+/// One event of `watch`: a line, or with `json` a JSON line.
+pub fn print_event(event: &EventJson, json: bool) {
+    if json {
+        print_json_line(event);
+    } else {
+        out!("{}", watch_line(event));
+    }
+}
+
 /// One human line for an event: local time, what, which server (or
 /// "config" for the daemon's config events), and details.
-pub fn watch_line(event: &EventJson) -> String {
+fn watch_line(event: &EventJson) -> String {
     // "config rejected: why", not "config rejected config: why".
     let subject = match (event.server.as_deref(), event.event) {
         (Some(server), _) => format!(" {server}"),
@@ -458,6 +492,17 @@ pub fn print_import(results: &[pb::ImportResult], notes: &[String], dry_run: boo
     }
     if dry_run {
         out!("dry run: nothing was written");
+    }
+}
+
+/// `hosts`, as lines or JSON.
+pub fn print_hosts(surveys: &[HostSurvey], json: bool) {
+    if json {
+        print_json(surveys);
+    } else {
+        for line in survey_lines(surveys) {
+            out!("{line}");
+        }
     }
 }
 

@@ -10,19 +10,37 @@
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
-use mcpauth_client::{Client, ClientError, pb};
+use mcpauth_client::{Client, ClientError, ConnectOptions, pb};
 use tokio_stream::StreamExt;
 
+use crate::args::LoginArgs;
 use crate::browser;
 use crate::failure::Failure;
-use crate::output::{self, now_ms, relative};
+use crate::output::{self, now_ms, out, relative};
 
-pub struct LoginArgs {
-    pub name: String,
-    pub scopes: Vec<String>,
-    pub no_browser: bool,
-    pub device: bool,
-    pub www_authenticate: Option<String>,
+/// `mcpauthctl login NAME` or `login --idp IDP`.
+pub async fn login(opts: &ConnectOptions, mut args: LoginArgs) -> Result<(), Failure> {
+    let mut client = mcpauth_client::connect(opts).await?;
+    let name = match (args.name.take(), &args.idp) {
+        (Some(name), _) => name,
+        (None, Some(idp)) => idp_server(&mut client, idp).await?,
+        (None, None) => unreachable!("clap requires one"),
+    };
+    let done = run(client, name, args).await?;
+    out!("{done}");
+    Ok(())
+}
+
+/// An enterprise server that logs in at `idp`, for `login --idp`.
+async fn idp_server(client: &mut mcpauth_client::Client, idp: &str) -> Result<String, Failure> {
+    let servers = client.list_servers().await?;
+    servers
+        .into_iter()
+        .find(|s| s.grant == "enterprise" && s.identity_provider == idp)
+        .map(|s| s.name)
+        .ok_or_else(|| Failure::usage(format!(
+                "no server uses the identity provider {idp:?}; set grant = \"enterprise\" and identity_provider = \"{idp}\" in a server's section"
+            )))
 }
 
 fn stderr(line: &str) {
@@ -121,10 +139,12 @@ fn daemon_elsewhere(status: &pb::StatusReply, dialled: &std::path::Path) -> bool
     }
 }
 
-pub async fn run(mut client: Client, args: LoginArgs) -> Result<String, Failure> {
+/// The interactive login of `name`: what the person sees until the
+/// daemon says how it ended.
+async fn run(mut client: Client, name: String, args: LoginArgs) -> Result<String, Failure> {
     // Logging in again is allowed (another account, more scope), but not
     // silently: the person hears what they already have.
-    if let Ok(server) = client.get_server(&args.name).await
+    if let Ok(server) = client.get_server(&name).await
         && server.state == pb::AuthState::Authorized as i32
     {
         let expiry = match server.token_expires_at_unix_ms {
@@ -133,7 +153,7 @@ pub async fn run(mut client: Client, args: LoginArgs) -> Result<String, Failure>
         };
         paragraph(&format!(
             "{} is already logged in ({expiry}). Logging in again replaces that login once this one completes; Ctrl-C keeps it.",
-            args.name
+            name
         ));
     }
     // With neither a browser nor a terminal, nobody can open the URL here
@@ -147,7 +167,7 @@ pub async fn run(mut client: Client, args: LoginArgs) -> Result<String, Failure>
         pb::LoginMethod::Browser
     };
     let request = pb::LoginRequest {
-        server: args.name.clone(),
+        server: name.clone(),
         scopes: args.scopes.clone(),
         method: method.into(),
         www_authenticate: args.www_authenticate.clone().unwrap_or_default(),
@@ -159,7 +179,7 @@ pub async fn run(mut client: Client, args: LoginArgs) -> Result<String, Failure>
         })) => s,
         Some(Ok(pb::LoginEvent {
             kind: Some(pb::login_event::Kind::Device(device)),
-        })) => return device_login(client, &args.name, device, stream).await,
+        })) => return device_login(client, &name, device, stream).await,
         Some(Err(status)) => return Err(client.stream_error(status).into()),
         _ => {
             return Err(Failure::failed("the daemon ended the login without a URL"));
@@ -167,7 +187,7 @@ pub async fn run(mut client: Client, args: LoginArgs) -> Result<String, Failure>
     };
     let headless = args.no_browser || browser::is_headless();
     let interactive = std::io::stderr().is_terminal();
-    let name = &args.name;
+    let name = &name;
 
     // The URL on a line of its own, unindented, so it copies whole however
     // the terminal wraps it.
