@@ -246,6 +246,10 @@ enum Backup {
     RemoveWithTheLastEntry,
 }
 
+/// What an edit returns: per entry, its name, the URL to show, and what
+/// became of it.
+type Outcomes = Vec<(String, Option<String>, Outcome)>;
+
 /// Applies `edit` to the host's file and writes the result: the edit
 /// returns one outcome per entry. A missing file is created only when
 /// `create`. A file rewritten by someone else between our read and our
@@ -256,68 +260,24 @@ fn edit_file(
     dry_run: bool,
     create: bool,
     backup: Backup,
-    mut edit: impl FnMut(
-        &mut Document,
-        &[(String, Value)],
-    ) -> Result<Vec<(String, Option<String>, Outcome)>, String>,
+    mut edit: impl FnMut(&mut Document, &[(String, Value)]) -> Result<Outcomes, String>,
 ) -> Result<Edited, Failure> {
     let shown = host.path(env);
     let path = hostfile::real_path(&shown);
     for _ in 0..3 {
         let original = read_optional(&path)?;
-        let mut lines = vec![format!(
-            "{}: {}{}",
-            host.title(),
-            shown.display(),
-            if original.is_none() {
-                " (new file)"
-            } else {
-                ""
-            }
-        )];
         if original.is_none() && !create {
-            lines[0] = format!(
-                "{}: {} does not exist; nothing to disconnect",
-                host.title(),
-                shown.display()
-            );
             return Ok(Edited {
-                lines,
+                lines: vec![format!(
+                    "{}: {} does not exist; nothing to disconnect",
+                    host.title(),
+                    shown.display()
+                )],
                 skipped: 0,
                 entries: 0,
             });
         }
-        let mut doc = match &original {
-            Some(bytes) => parse(host, &shown, bytes)?,
-            None => Document::new(host.format()),
-        };
-        let before = doc.entries(host.servers_key()).map_err(|e| {
-            failure(format!(
-                "cannot read {}: {e}; fix the file, nothing was changed",
-                shown.display()
-            ))
-        })?;
-        let outcomes = edit(&mut doc, &before).map_err(|e| {
-            failure(format!(
-                "cannot edit {}: {e}; nothing was changed",
-                shown.display()
-            ))
-        })?;
-        let skipped = outcomes
-            .iter()
-            .filter(|(_, _, o)| matches!(o, Outcome::Skipped(_)))
-            .count();
-        let changed = outcomes.iter().any(|(_, _, o)| o.changes());
-        lines.extend(
-            outcomes
-                .iter()
-                .map(|(name, url, o)| o.line(name, url.as_deref())),
-        );
-        let mut done = Edited {
-            lines,
-            skipped,
-            entries: outcomes.len(),
-        };
+        let (doc, mut done, changed) = apply(host, &shown, original.as_deref(), &mut edit)?;
         if !changed {
             return Ok(done);
         }
@@ -325,77 +285,144 @@ fn edit_file(
             done.lines.push("dry run: nothing was written".into());
             return Ok(done);
         }
-        // A file `connect` created, with nothing left in it: removed, with
-        // its backup, rather than left behind empty.
-        let created = hostfile::created_mark(&path).exists();
-        if backup == Backup::RemoveWithTheLastEntry
-            && created
-            && doc.is_empty_but(host.servers_key())
-            && let Some(bytes) = &original
-        {
-            if hostfile::remove_created(&path, bytes).map_err(failure)? {
-                done.lines.push(format!(
-                    "  removed {}: mcpauthctl created it, and nothing else is in it",
-                    shown.display()
-                ));
-                return Ok(done);
-            }
-            // Rewritten meanwhile: read it again.
-            continue;
-        }
-        let mode = mode_of(&path);
-        let kept = match (&original, backup) {
-            (Some(bytes), Backup::Keep) => {
-                Some(hostfile::keep_backup(&path, bytes).map_err(failure)?)
-            }
-            (Some(_), Backup::RemoveWithTheLastEntry) => None,
-            (None, _) => {
-                hostfile::create_parent(&path).map_err(failure)?;
-                None
-            }
-        };
-        if hostfile::write_atomically(&path, &doc.render(), mode, original.as_deref())
-            .map_err(failure)?
-        {
-            if original.is_none() {
-                hostfile::mark_created(&path).map_err(failure)?;
-            }
-            if let Some(kept) = kept {
-                done.lines.push(if created {
-                    // There was no original: the file is mcpauthctl's own.
-                    format!(
-                        "  mcpauthctl created this file; before this write it is kept in {} (mode 0600; `mcpauthctl disconnect {}` removes both when nothing else is in it)",
-                        kept.display(),
-                        host.id()
-                    )
-                } else {
-                    format!(
-                        "  the file as it was is kept in {} (mode 0600; `mcpauthctl disconnect {}` removes it)",
-                        kept.display(),
-                        host.id()
-                    )
-                });
-            }
-            let ours_left = doc
-                .entries(host.servers_key())
-                .map_err(failure)?
-                .iter()
-                .any(|(name, entry)| hosts::is_ours(host, name, entry));
-            if backup == Backup::RemoveWithTheLastEntry
-                && !ours_left
-                && let Some(removed) = hostfile::remove_backup(&path).map_err(failure)?
-            {
-                done.lines
-                    .push(format!("  removed the backup {}", removed.display()));
-            }
+        if let Some(lines) = write(host, &shown, &path, original.as_deref(), &doc, backup)? {
+            done.lines.extend(lines);
             return Ok(done);
         }
+        // Rewritten meanwhile: read it again.
     }
     Err(failure(format!(
         "{} kept changing while mcpauthctl was writing it (is {} running and rewriting it?); nothing was written, try again",
         shown.display(),
         host.title()
     )))
+}
+
+/// Runs `edit` on the file's text (`original`, or a new document): the
+/// edited document, the lines saying what it did, and whether it changed
+/// anything.
+fn apply(
+    host: &dyn Host,
+    shown: &Path,
+    original: Option<&[u8]>,
+    edit: &mut impl FnMut(&mut Document, &[(String, Value)]) -> Result<Outcomes, String>,
+) -> Result<(Document, Edited, bool), Failure> {
+    let mut lines = vec![format!(
+        "{}: {}{}",
+        host.title(),
+        shown.display(),
+        if original.is_none() {
+            " (new file)"
+        } else {
+            ""
+        }
+    )];
+    let mut doc = match original {
+        Some(bytes) => parse(host, shown, bytes)?,
+        None => Document::new(host.format()),
+    };
+    let before = doc.entries(host.servers_key()).map_err(|e| {
+        failure(format!(
+            "cannot read {}: {e}; fix the file, nothing was changed",
+            shown.display()
+        ))
+    })?;
+    let outcomes = edit(&mut doc, &before).map_err(|e| {
+        failure(format!(
+            "cannot edit {}: {e}; nothing was changed",
+            shown.display()
+        ))
+    })?;
+    let skipped = outcomes
+        .iter()
+        .filter(|(_, _, o)| matches!(o, Outcome::Skipped(_)))
+        .count();
+    let changed = outcomes.iter().any(|(_, _, o)| o.changes());
+    lines.extend(
+        outcomes
+            .iter()
+            .map(|(name, url, o)| o.line(name, url.as_deref())),
+    );
+    let edited = Edited {
+        lines,
+        skipped,
+        entries: outcomes.len(),
+    };
+    Ok((doc, edited, changed))
+}
+
+/// Writes the edited document in place of `original` (the careful
+/// write of `hostfile`), or removes a file `connect` created once
+/// nothing is left in it. The lines say what became of the file and its
+/// backup; `None` when someone rewrote the file since it was read.
+fn write(
+    host: &dyn Host,
+    shown: &Path,
+    path: &Path,
+    original: Option<&[u8]>,
+    doc: &Document,
+    backup: Backup,
+) -> Result<Option<Vec<String>>, Failure> {
+    // A file `connect` created, with nothing left in it: removed, with
+    // its backup, rather than left behind empty.
+    let created = hostfile::created_mark(path).exists();
+    if backup == Backup::RemoveWithTheLastEntry
+        && created
+        && doc.is_empty_but(host.servers_key())
+        && let Some(bytes) = original
+    {
+        if !hostfile::remove_created(path, bytes).map_err(failure)? {
+            return Ok(None);
+        }
+        return Ok(Some(vec![format!(
+            "  removed {}: mcpauthctl created it, and nothing else is in it",
+            shown.display()
+        )]));
+    }
+    let mode = mode_of(path);
+    let kept = match (original, backup) {
+        (Some(bytes), Backup::Keep) => Some(hostfile::keep_backup(path, bytes).map_err(failure)?),
+        (Some(_), Backup::RemoveWithTheLastEntry) => None,
+        (None, _) => {
+            hostfile::create_parent(path).map_err(failure)?;
+            None
+        }
+    };
+    if !hostfile::write_atomically(path, &doc.render(), mode, original).map_err(failure)? {
+        return Ok(None);
+    }
+    if original.is_none() {
+        hostfile::mark_created(path).map_err(failure)?;
+    }
+    let mut lines = Vec::new();
+    if let Some(kept) = kept {
+        lines.push(if created {
+            // There was no original: the file is mcpauthctl's own.
+            format!(
+                "  mcpauthctl created this file; before this write it is kept in {} (mode 0600; `mcpauthctl disconnect {}` removes both when nothing else is in it)",
+                kept.display(),
+                host.id()
+            )
+        } else {
+            format!(
+                "  the file as it was is kept in {} (mode 0600; `mcpauthctl disconnect {}` removes it)",
+                kept.display(),
+                host.id()
+            )
+        });
+    }
+    let ours_left = doc
+        .entries(host.servers_key())
+        .map_err(failure)?
+        .iter()
+        .any(|(name, entry)| hosts::is_ours(host, name, entry));
+    if backup == Backup::RemoveWithTheLastEntry
+        && !ours_left
+        && let Some(removed) = hostfile::remove_backup(path).map_err(failure)?
+    {
+        lines.push(format!("  removed the backup {}", removed.display()));
+    }
+    Ok(Some(lines))
 }
 
 /// `mcpauthctl connect`.
