@@ -14,8 +14,9 @@ use serde_json::{Value, json};
 use tokio::sync::{Mutex, oneshot};
 use tokio_stream::StreamExt;
 
+use super::recovery::Recovery;
 use super::sse::SseParser;
-use super::upstream::Answer;
+use super::upstream::{Answer, UpstreamError};
 use super::{Proxy, UPSTREAM_FAILED, problem};
 
 /// An HTTP+SSE session: where to POST, and the stream it lives as long
@@ -42,7 +43,10 @@ const REPLAY_ID: &str = "mcpauthctl-reinitialize";
 impl Proxy {
     /// Connects to an HTTP+SSE (2024-11-05) server: GET the stream, wait
     /// for its `endpoint` event, and relay the rest of it to the host.
-    pub(super) async fn open_legacy(self: &Arc<Self>, token: &str) -> Result<url::Url, String> {
+    pub(super) async fn open_legacy(
+        self: &Arc<Self>,
+        token: &str,
+    ) -> Result<url::Url, UpstreamError> {
         let request = self
             .http
             .get(self.url.clone())
@@ -50,7 +54,7 @@ impl Proxy {
             .header("accept", "text/event-stream");
         let response = self.open(request, self.open_timeout).await?;
         if response.status().as_u16() != 200 {
-            return Err(format!("GET answered HTTP {}", response.status().as_u16()));
+            return Err(UpstreamError::NoStream(response.status().as_u16()));
         }
         let mut stream = response.bytes_stream();
         let mut parser = SseParser::default();
@@ -67,15 +71,13 @@ impl Proxy {
         .await
         .ok()
         .flatten()
-        .ok_or("no endpoint event on the stream")?;
+        .ok_or(UpstreamError::NoEndpoint)?;
         let endpoint = self
             .url
             .join(endpoint.trim())
-            .map_err(|e| format!("bad endpoint: {e}"))?;
+            .map_err(UpstreamError::BadEndpoint)?;
         if endpoint.origin() != self.url.origin() {
-            return Err(
-                "the endpoint is on another origin; refusing to send the token there".into(),
-            );
+            return Err(UpstreamError::ForeignEndpoint);
         }
         let generation = self.legacy.generation.fetch_add(1, SeqCst) + 1;
         self.legacy.lost.store(false, SeqCst);
@@ -115,7 +117,11 @@ impl Proxy {
     /// replayed on it, its answer kept from the host. `seen` is the stream
     /// generation the caller found lost; if another request already
     /// replaced it, that session is used.
-    async fn reopen_legacy(self: &Arc<Self>, seen: u64, replay: bool) -> Result<url::Url, String> {
+    async fn reopen_legacy(
+        self: &Arc<Self>,
+        seen: u64,
+        replay: bool,
+    ) -> Result<url::Url, UpstreamError> {
         let _one = self.legacy.reopen.lock().await;
         if self.legacy.generation.load(SeqCst) != seen
             && !self.legacy.lost.load(SeqCst)
@@ -127,7 +133,7 @@ impl Proxy {
             &self.name,
             "the server's HTTP+SSE session is gone; starting a new one",
         );
-        let token = self.tokens.current().await.map_err(|e| e.rpc_error().1)?;
+        let token = self.tokens.current().await?;
         let endpoint = self.open_legacy(&token).await?;
         let init = self.initialize.lock().unwrap().clone();
         if let Some(mut init) = init.filter(|_| replay) {
@@ -135,15 +141,13 @@ impl Proxy {
             let (tx, rx) = oneshot::channel();
             *self.legacy.replayed.lock().unwrap() = Some(tx);
             match self.post(&endpoint, &init, &token).await? {
-                Answer::Status(status, _) => {
-                    return Err(format!("its initialize answered HTTP {status}"));
-                }
+                Answer::Status(status, _) => return Err(UpstreamError::ReplayRefused(status)),
                 Answer::Accepted | Answer::Json(_) | Answer::Sse(_) => {}
             }
             tokio::time::timeout(Duration::from_secs(10), rx)
                 .await
-                .map_err(|_| "no answer to initialize on its stream".to_string())?
-                .map_err(|_| "its stream closed before answering initialize".to_string())?;
+                .map_err(|_| UpstreamError::ReplayUnanswered)?
+                .map_err(|_| UpstreamError::ReplayClosed)?;
             let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
             self.post(&endpoint, &initialized, &token).await?;
         }
@@ -151,10 +155,12 @@ impl Proxy {
         Ok(endpoint)
     }
 
+    /// Sends one message to an HTTP+SSE server (its answer comes on the
+    /// stream), starting a new session first when the last one was lost.
     pub(super) async fn forward_legacy(self: &Arc<Self>, endpoint: &url::Url, message: Value) {
         let is_initialize = message.get("method").and_then(Value::as_str) == Some("initialize");
         let mut endpoint = endpoint.clone();
-        let mut recovered = false;
+        let mut retried = false;
         let mut reopened = false;
         // The stream generation found lost, when a new session is due.
         let mut reopen_from: Option<u64> = None;
@@ -181,24 +187,33 @@ impl Proxy {
             };
             match self.post(&endpoint, &message, &token).await {
                 Ok(Answer::Accepted | Answer::Json(_) | Answer::Sse(_)) => return,
-                Ok(Answer::Status(401, www)) if !recovered => {
-                    recovered = true;
-                    if let Err(e) = self.tokens.rejected(&token, 401, &www).await {
-                        return self.fail_token(&message, e).await;
+                Ok(Answer::Status(status @ (401 | 403), www)) => {
+                    match self.recover(&token, status, &www, &mut retried).await {
+                        // Asked for again at the top, as the token to send now.
+                        Recovery::Retry(_) => {}
+                        Recovery::Refused(refusal) => return self.refused(&message, refusal).await,
+                        Recovery::NotAuth => {
+                            return self.legacy_failed(&message, &endpoint, status).await;
+                        }
                     }
                 }
                 // The session ended at the server, its stream maybe not
                 // yet: a new session, then this again.
                 Ok(Answer::Status(404, _)) if !reopened => reopen_from = Some(generation),
                 Ok(Answer::Status(status, _)) => {
-                    let text = format!(
-                        "{} answered HTTP {status}",
-                        mcpauth_client::display_url(endpoint.as_str())
-                    );
-                    return self.fail(&message, UPSTREAM_FAILED, &text).await;
+                    return self.legacy_failed(&message, &endpoint, status).await;
                 }
-                Err(e) => return self.fail(&message, UPSTREAM_FAILED, &e).await,
+                Err(e) => return self.fail(&message, UPSTREAM_FAILED, &e.to_string()).await,
             }
         }
+    }
+
+    /// Answers `message` with the status the session's endpoint answered.
+    async fn legacy_failed(&self, message: &Value, endpoint: &url::Url, status: u16) {
+        let text = format!(
+            "{} answered HTTP {status}",
+            mcpauth_client::display_url(endpoint.as_str())
+        );
+        self.fail(message, UPSTREAM_FAILED, &text).await;
     }
 }

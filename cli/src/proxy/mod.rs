@@ -28,9 +28,18 @@
 //! `insufficient_scope` records the step-up and answers the request with an
 //! error telling the person to run `mcpauthctl login NAME`, as does a
 //! missing login, within seconds; the next request asks the broker again,
-//! so a login made meanwhile works without restarting the host.
+//! so a login made meanwhile works without restarting the host. Every
+//! request of both transports, and the GET stream, meets a rejection
+//! through that one recovery.
+//!
+//! The parts: `tokens` (the broker's token), `recovery` (the one answer
+//! to a 401/403), `upstream` (the requests both transports make, and
+//! their typed errors), `streamable` (Streamable HTTP), `legacy`
+//! (HTTP+SSE), `sse` (the event-stream parser); here, the `Proxy` and
+//! the host's side: stdin read and stdout written, one message a line.
 
 mod legacy;
+mod recovery;
 mod sse;
 mod streamable;
 mod tokens;

@@ -12,10 +12,10 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio_stream::StreamExt;
 
+use super::recovery::Recovery;
 use super::sse::SseParser;
-use super::tokens::TokenError;
-use super::upstream::Answer;
-use super::{CLOSE_TIMEOUT, LOGIN_REQUIRED, Proxy, UPSTREAM_FAILED, error_response, problem};
+use super::upstream::{Answer, UpstreamError, challenge};
+use super::{CLOSE_TIMEOUT, Proxy, UPSTREAM_FAILED, error_response, problem};
 
 impl Proxy {
     /// Sends one message upstream and passes on what comes back.
@@ -46,12 +46,12 @@ impl Proxy {
                 "the server did not accept the session's initialize",
             );
         }
-        let mut recovered = false;
+        let mut retried = false;
         let mut reinitialized = false;
         loop {
             let answer = match self.post(&self.url, &message, &token).await {
                 Ok(a) => a,
-                Err(e) => return self.fail(&message, UPSTREAM_FAILED, &e).await,
+                Err(e) => return self.fail(&message, UPSTREAM_FAILED, &e.to_string()).await,
             };
             match answer {
                 Answer::Accepted => return,
@@ -65,31 +65,12 @@ impl Proxy {
                     let id = message.get("id").cloned();
                     return self.relay_post_stream(response, id, is_initialize).await;
                 }
-                Answer::Status(401, www) if !recovered => {
-                    recovered = true;
-                    token = match self.tokens.rejected(&token, 401, &www).await {
-                        Ok(t) => t,
-                        Err(e) => return self.fail_token(&message, e).await,
-                    };
-                }
-                Answer::Status(401, _) => {
-                    let text = format!(
-                        "{} rejects the broker's token even after a refresh; check the server's configuration, or run `mcpauthctl login {}`",
-                        self.shown(),
-                        self.name
-                    );
-                    return self.fail(&message, LOGIN_REQUIRED, &text).await;
-                }
-                Answer::Status(403, www) if www.contains("insufficient_scope") => {
-                    // Recorded as a step-up by the broker; a person decides.
-                    let text = match self.tokens.rejected(&token, 403, &www).await {
-                        Err(TokenError::Person(m)) => m,
-                        _ => format!(
-                            "mcpauth: {} needs more access; run `mcpauthctl login {}`",
-                            self.name, self.name
-                        ),
-                    };
-                    return self.fail(&message, LOGIN_REQUIRED, &text).await;
+                Answer::Status(status @ (401 | 403), www) => {
+                    match self.recover(&token, status, &www, &mut retried).await {
+                        Recovery::Retry(replacement) => token = replacement,
+                        Recovery::Refused(refusal) => return self.refused(&message, refusal).await,
+                        Recovery::NotAuth => return self.failed_with(&message, status).await,
+                    }
                 }
                 Answer::Status(404, _)
                     if !reinitialized
@@ -128,12 +109,15 @@ impl Proxy {
                         }
                     }
                 }
-                Answer::Status(status, _) => {
-                    let text = format!("{} answered HTTP {status}", self.shown());
-                    return self.fail(&message, UPSTREAM_FAILED, &text).await;
-                }
+                Answer::Status(status, _) => return self.failed_with(&message, status).await,
             }
         }
+    }
+
+    /// Answers `message` with the server's status.
+    async fn failed_with(&self, message: &Value, status: u16) {
+        let text = format!("{} answered HTTP {status}", self.shown());
+        self.fail(message, UPSTREAM_FAILED, &text).await;
     }
 
     fn note_initialize_result(&self, bytes: &[u8]) {
@@ -238,11 +222,11 @@ impl Proxy {
     async fn open_get(
         &self,
         last_event: Option<&str>,
-    ) -> Result<Option<reqwest::Response>, String> {
-        let mut recovered = false;
+    ) -> Result<Option<reqwest::Response>, UpstreamError> {
+        let mut retried = false;
         let mut reinitialized = false;
         loop {
-            let token = self.tokens.current().await.map_err(|e| e.rpc_error().1)?;
+            let token = self.tokens.current().await?;
             let mut request = self
                 .http
                 .get(self.url.clone())
@@ -255,18 +239,14 @@ impl Proxy {
             match response.status().as_u16() {
                 200 => return Ok(Some(response)),
                 405 => return Ok(None),
-                401 if !recovered => {
-                    recovered = true;
-                    let www = response
-                        .headers()
-                        .get("www-authenticate")
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("")
-                        .to_string();
-                    self.tokens
-                        .rejected(&token, 401, &www)
-                        .await
-                        .map_err(|e| e.rpc_error().1)?;
+                status @ (401 | 403) => {
+                    let www = challenge(&response);
+                    match self.recover(&token, status, &www, &mut retried).await {
+                        // Asked for again at the top, as the token to send now.
+                        Recovery::Retry(_) => {}
+                        Recovery::Refused(refusal) => return Err(refusal.into()),
+                        Recovery::NotAuth => return Err(UpstreamError::Status(status)),
+                    }
                 }
                 // The server ended the session (some do on every
                 // refresh): a new one, once, as for a POST.
@@ -276,13 +256,10 @@ impl Proxy {
                 {
                     reinitialized = true;
                     if !self.reinitialize(&token).await {
-                        return Err(
-                            "the server ended the session and a new one could not be started"
-                                .into(),
-                        );
+                        return Err(UpstreamError::SessionLost);
                     }
                 }
-                status => return Err(format!("HTTP {status}")),
+                status => return Err(UpstreamError::Status(status)),
             }
         }
     }

@@ -8,7 +8,51 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio_stream::StreamExt;
 
+use super::recovery::Refusal;
+use super::tokens::TokenError;
 use super::{MAX_MESSAGE, Proxy, REQUEST_TIMEOUT};
+
+/// Why a request to the server, or a stream from it, failed. Each says
+/// it in one line for stderr and the host's error; a URL in it is shown
+/// without its query (`display_url`).
+#[derive(Debug, thiserror::Error)]
+pub(super) enum UpstreamError {
+    #[error("cannot reach {url}: {cause}")]
+    Unreachable { url: String, cause: String },
+    #[error("{url} sent no answer within {} s", .limit.as_secs_f64())]
+    Silent { url: String, limit: Duration },
+    /// The answer broke off: its innermost cause.
+    #[error("{0}")]
+    Broken(String),
+    #[error("the server's answer is larger than 16 MiB")]
+    TooLarge,
+    #[error("HTTP {0}")]
+    Status(u16),
+    /// The broker had no token to send.
+    #[error(transparent)]
+    NoToken(#[from] TokenError),
+    /// The server refused the token, past recovery.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    #[error("the server ended the session and a new one could not be started")]
+    SessionLost,
+    /// HTTP+SSE: the stream's GET was not answered with one.
+    #[error("GET answered HTTP {0}")]
+    NoStream(u16),
+    #[error("no endpoint event on the stream")]
+    NoEndpoint,
+    #[error("bad endpoint: {0}")]
+    BadEndpoint(url::ParseError),
+    #[error("the endpoint is on another origin; refusing to send the token there")]
+    ForeignEndpoint,
+    /// HTTP+SSE: the host's initialize, replayed for a new session.
+    #[error("its initialize answered HTTP {0}")]
+    ReplayRefused(u16),
+    #[error("no answer to initialize on its stream")]
+    ReplayUnanswered,
+    #[error("its stream closed before answering initialize")]
+    ReplayClosed,
+}
 
 /// What the upstream answered to one POST.
 pub(super) enum Answer {
@@ -62,15 +106,17 @@ impl Proxy {
         &self,
         request: reqwest::RequestBuilder,
         limit: Duration,
-    ) -> Result<reqwest::Response, String> {
+    ) -> Result<reqwest::Response, UpstreamError> {
         match tokio::time::timeout(limit, request.send()).await {
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(e)) => Err(format!("cannot reach {}: {}", self.shown(), short(e))),
-            Err(_) => Err(format!(
-                "{} sent no answer within {} s",
-                self.shown(),
-                limit.as_secs_f64()
-            )),
+            Ok(Err(e)) => Err(UpstreamError::Unreachable {
+                url: self.shown(),
+                cause: short(e),
+            }),
+            Err(_) => Err(UpstreamError::Silent {
+                url: self.shown(),
+                limit,
+            }),
         }
     }
 
@@ -79,7 +125,7 @@ impl Proxy {
         url: &url::Url,
         message: &Value,
         token: &str,
-    ) -> Result<Answer, String> {
+    ) -> Result<Answer, UpstreamError> {
         let body = serde_json::to_vec(message).expect("JSON serialises");
         // The session's initialize, a notification or an answer: a server
         // acknowledges those at once. Other requests may take it a while.
@@ -108,14 +154,7 @@ impl Proxy {
         {
             *self.session.lock().unwrap() = Some(session.to_string());
         }
-        let www = response
-            .headers()
-            .get("www-authenticate")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .chars()
-            .take(4096)
-            .collect::<String>();
+        let www = challenge(&response);
         match status {
             202 | 204 => Ok(Answer::Accepted),
             200..=299 => {
@@ -139,6 +178,18 @@ impl Proxy {
     }
 }
 
+/// The response's `WWW-Authenticate`, its first 4 KiB ("" when none).
+pub(super) fn challenge(response: &reqwest::Response) -> String {
+    response
+        .headers()
+        .get("www-authenticate")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .chars()
+        .take(4096)
+        .collect()
+}
+
 /// The innermost cause of a request's failure, in 200 characters at most,
 /// without the URL (whose query may carry a credential).
 fn short(e: reqwest::Error) -> String {
@@ -152,13 +203,14 @@ fn short(e: reqwest::Error) -> String {
     text.chars().take(200).collect()
 }
 
-async fn read_bounded(response: reqwest::Response) -> Result<Vec<u8>, String> {
+/// The whole body, at most `MAX_MESSAGE`.
+async fn read_bounded(response: reqwest::Response) -> Result<Vec<u8>, UpstreamError> {
     let mut body = Vec::new();
     let mut stream = response.bytes_stream();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(short)?;
+        let chunk = chunk.map_err(|e| UpstreamError::Broken(short(e)))?;
         if body.len() + chunk.len() > MAX_MESSAGE {
-            return Err("the server's answer is larger than 16 MiB".into());
+            return Err(UpstreamError::TooLarge);
         }
         body.extend_from_slice(&chunk);
     }
