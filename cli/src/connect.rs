@@ -20,13 +20,13 @@
 
 use std::path::{Path, PathBuf};
 
-use mcpauth_client::{Client, exit};
-use serde::Serialize;
+use mcpauth_client::Client;
 use serde_json::Value;
 
-use crate::Failure;
+use crate::failure::Failure;
 use crate::hostfile::{self, Document};
 use crate::hosts::{self, Host, HostEnv, Via};
+use crate::output::{Bypass, HostSurvey, Wired};
 
 /// How a host entry runs the broker.
 pub struct Wiring {
@@ -45,9 +45,10 @@ impl Wiring {
     pub fn current(socket: &Path) -> Result<Self, Failure> {
         let exe = std::env::current_exe()
             .and_then(std::fs::canonicalize)
-            .map_err(|e| Failure {
-                message: format!("cannot tell where this mcpauthctl is installed: {e}"),
-                code: exit::FAILURE,
+            .map_err(|e| {
+                Failure::failed(format!(
+                    "cannot tell where this mcpauthctl is installed: {e}"
+                ))
             })?;
         let socket = std::path::absolute(socket).unwrap_or_else(|_| socket.to_path_buf());
         use mcpauth_proto::paths;
@@ -91,9 +92,11 @@ pub struct Server {
 
 /// The host called `id`, or a usage error naming the known ones.
 pub fn host(id: &str) -> Result<&'static dyn Host, Failure> {
-    hosts::find(id).ok_or_else(|| Failure {
-        message: format!("unknown host `{id}`; known hosts: {}", hosts::ids()),
-        code: exit::USAGE,
+    hosts::find(id).ok_or_else(|| {
+        Failure::usage(format!(
+            "unknown host `{id}`; known hosts: {}",
+            hosts::ids()
+        ))
     })
 }
 
@@ -115,11 +118,9 @@ pub async fn select(client: &mut Client, names: &[String]) -> Result<Vec<Server>
     let servers = configured(client).await?;
     if names.is_empty() {
         if servers.is_empty() {
-            return Err(Failure {
-                message: "no servers configured; add one with `mcpauthctl add NAME URL` first"
-                    .into(),
-                code: exit::FAILURE,
-            });
+            return Err(Failure::failed(
+                "no servers configured; add one with `mcpauthctl add NAME URL` first",
+            ));
         }
         return Ok(servers);
     }
@@ -132,12 +133,9 @@ pub async fn select(client: &mut Client, names: &[String]) -> Result<Vec<Server>
             }),
             Some(_) => {}
             None => {
-                return Err(Failure {
-                    message: format!(
-                        "no configured server `{name}`; add it with `mcpauthctl add {name} URL` (see `mcpauthctl list`)"
-                    ),
-                    code: exit::USAGE,
-                });
+                return Err(Failure::usage(format!(
+                    "no configured server `{name}`; add it with `mcpauthctl add {name} URL` (see `mcpauthctl list`)"
+                )));
             }
         }
     }
@@ -199,10 +197,7 @@ fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, Failure> {
 }
 
 fn failure(message: String) -> Failure {
-    Failure {
-        message,
-        code: exit::FAILURE,
-    }
+    Failure::failed(message)
 }
 
 fn parse(host: &dyn Host, path: &Path, bytes: &[u8]) -> Result<Document, Failure> {
@@ -251,6 +246,10 @@ enum Backup {
     RemoveWithTheLastEntry,
 }
 
+/// What an edit returns: per entry, its name, the URL to show, and what
+/// became of it.
+type Outcomes = Vec<(String, Option<String>, Outcome)>;
+
 /// Applies `edit` to the host's file and writes the result: the edit
 /// returns one outcome per entry. A missing file is created only when
 /// `create`. A file rewritten by someone else between our read and our
@@ -261,68 +260,24 @@ fn edit_file(
     dry_run: bool,
     create: bool,
     backup: Backup,
-    mut edit: impl FnMut(
-        &mut Document,
-        &[(String, Value)],
-    ) -> Result<Vec<(String, Option<String>, Outcome)>, String>,
+    mut edit: impl FnMut(&mut Document, &[(String, Value)]) -> Result<Outcomes, String>,
 ) -> Result<Edited, Failure> {
     let shown = host.path(env);
     let path = hostfile::real_path(&shown);
     for _ in 0..3 {
         let original = read_optional(&path)?;
-        let mut lines = vec![format!(
-            "{}: {}{}",
-            host.title(),
-            shown.display(),
-            if original.is_none() {
-                " (new file)"
-            } else {
-                ""
-            }
-        )];
         if original.is_none() && !create {
-            lines[0] = format!(
-                "{}: {} does not exist; nothing to disconnect",
-                host.title(),
-                shown.display()
-            );
             return Ok(Edited {
-                lines,
+                lines: vec![format!(
+                    "{}: {} does not exist; nothing to disconnect",
+                    host.title(),
+                    shown.display()
+                )],
                 skipped: 0,
                 entries: 0,
             });
         }
-        let mut doc = match &original {
-            Some(bytes) => parse(host, &shown, bytes)?,
-            None => Document::new(host.format()),
-        };
-        let before = doc.entries(host.servers_key()).map_err(|e| {
-            failure(format!(
-                "cannot read {}: {e}; fix the file, nothing was changed",
-                shown.display()
-            ))
-        })?;
-        let outcomes = edit(&mut doc, &before).map_err(|e| {
-            failure(format!(
-                "cannot edit {}: {e}; nothing was changed",
-                shown.display()
-            ))
-        })?;
-        let skipped = outcomes
-            .iter()
-            .filter(|(_, _, o)| matches!(o, Outcome::Skipped(_)))
-            .count();
-        let changed = outcomes.iter().any(|(_, _, o)| o.changes());
-        lines.extend(
-            outcomes
-                .iter()
-                .map(|(name, url, o)| o.line(name, url.as_deref())),
-        );
-        let mut done = Edited {
-            lines,
-            skipped,
-            entries: outcomes.len(),
-        };
+        let (doc, mut done, changed) = apply(host, &shown, original.as_deref(), &mut edit)?;
         if !changed {
             return Ok(done);
         }
@@ -330,77 +285,144 @@ fn edit_file(
             done.lines.push("dry run: nothing was written".into());
             return Ok(done);
         }
-        // A file `connect` created, with nothing left in it: removed, with
-        // its backup, rather than left behind empty.
-        let created = hostfile::created_mark(&path).exists();
-        if backup == Backup::RemoveWithTheLastEntry
-            && created
-            && doc.is_empty_but(host.servers_key())
-            && let Some(bytes) = &original
-        {
-            if hostfile::remove_created(&path, bytes).map_err(failure)? {
-                done.lines.push(format!(
-                    "  removed {}: mcpauthctl created it, and nothing else is in it",
-                    shown.display()
-                ));
-                return Ok(done);
-            }
-            // Rewritten meanwhile: read it again.
-            continue;
-        }
-        let mode = mode_of(&path);
-        let kept = match (&original, backup) {
-            (Some(bytes), Backup::Keep) => {
-                Some(hostfile::keep_backup(&path, bytes).map_err(failure)?)
-            }
-            (Some(_), Backup::RemoveWithTheLastEntry) => None,
-            (None, _) => {
-                hostfile::create_parent(&path).map_err(failure)?;
-                None
-            }
-        };
-        if hostfile::write_atomically(&path, &doc.render(), mode, original.as_deref())
-            .map_err(failure)?
-        {
-            if original.is_none() {
-                hostfile::mark_created(&path).map_err(failure)?;
-            }
-            if let Some(kept) = kept {
-                done.lines.push(if created {
-                    // There was no original: the file is mcpauthctl's own.
-                    format!(
-                        "  mcpauthctl created this file; before this write it is kept in {} (mode 0600; `mcpauthctl disconnect {}` removes both when nothing else is in it)",
-                        kept.display(),
-                        host.id()
-                    )
-                } else {
-                    format!(
-                        "  the file as it was is kept in {} (mode 0600; `mcpauthctl disconnect {}` removes it)",
-                        kept.display(),
-                        host.id()
-                    )
-                });
-            }
-            let ours_left = doc
-                .entries(host.servers_key())
-                .map_err(failure)?
-                .iter()
-                .any(|(name, entry)| hosts::is_ours(host, name, entry));
-            if backup == Backup::RemoveWithTheLastEntry
-                && !ours_left
-                && let Some(removed) = hostfile::remove_backup(&path).map_err(failure)?
-            {
-                done.lines
-                    .push(format!("  removed the backup {}", removed.display()));
-            }
+        if let Some(lines) = write(host, &shown, &path, original.as_deref(), &doc, backup)? {
+            done.lines.extend(lines);
             return Ok(done);
         }
+        // Rewritten meanwhile: read it again.
     }
     Err(failure(format!(
         "{} kept changing while mcpauthctl was writing it (is {} running and rewriting it?); nothing was written, try again",
         shown.display(),
         host.title()
     )))
+}
+
+/// Runs `edit` on the file's text (`original`, or a new document): the
+/// edited document, the lines saying what it did, and whether it changed
+/// anything.
+fn apply(
+    host: &dyn Host,
+    shown: &Path,
+    original: Option<&[u8]>,
+    edit: &mut impl FnMut(&mut Document, &[(String, Value)]) -> Result<Outcomes, String>,
+) -> Result<(Document, Edited, bool), Failure> {
+    let mut lines = vec![format!(
+        "{}: {}{}",
+        host.title(),
+        shown.display(),
+        if original.is_none() {
+            " (new file)"
+        } else {
+            ""
+        }
+    )];
+    let mut doc = match original {
+        Some(bytes) => parse(host, shown, bytes)?,
+        None => Document::new(host.format()),
+    };
+    let before = doc.entries(host.servers_key()).map_err(|e| {
+        failure(format!(
+            "cannot read {}: {e}; fix the file, nothing was changed",
+            shown.display()
+        ))
+    })?;
+    let outcomes = edit(&mut doc, &before).map_err(|e| {
+        failure(format!(
+            "cannot edit {}: {e}; nothing was changed",
+            shown.display()
+        ))
+    })?;
+    let skipped = outcomes
+        .iter()
+        .filter(|(_, _, o)| matches!(o, Outcome::Skipped(_)))
+        .count();
+    let changed = outcomes.iter().any(|(_, _, o)| o.changes());
+    lines.extend(
+        outcomes
+            .iter()
+            .map(|(name, url, o)| o.line(name, url.as_deref())),
+    );
+    let edited = Edited {
+        lines,
+        skipped,
+        entries: outcomes.len(),
+    };
+    Ok((doc, edited, changed))
+}
+
+/// Writes the edited document in place of `original` (the careful
+/// write of `hostfile`), or removes a file `connect` created once
+/// nothing is left in it. The lines say what became of the file and its
+/// backup; `None` when someone rewrote the file since it was read.
+fn write(
+    host: &dyn Host,
+    shown: &Path,
+    path: &Path,
+    original: Option<&[u8]>,
+    doc: &Document,
+    backup: Backup,
+) -> Result<Option<Vec<String>>, Failure> {
+    // A file `connect` created, with nothing left in it: removed, with
+    // its backup, rather than left behind empty.
+    let created = hostfile::created_mark(path).exists();
+    if backup == Backup::RemoveWithTheLastEntry
+        && created
+        && doc.is_empty_but(host.servers_key())
+        && let Some(bytes) = original
+    {
+        if !hostfile::remove_created(path, bytes).map_err(failure)? {
+            return Ok(None);
+        }
+        return Ok(Some(vec![format!(
+            "  removed {}: mcpauthctl created it, and nothing else is in it",
+            shown.display()
+        )]));
+    }
+    let mode = mode_of(path);
+    let kept = match (original, backup) {
+        (Some(bytes), Backup::Keep) => Some(hostfile::keep_backup(path, bytes).map_err(failure)?),
+        (Some(_), Backup::RemoveWithTheLastEntry) => None,
+        (None, _) => {
+            hostfile::create_parent(path).map_err(failure)?;
+            None
+        }
+    };
+    if !hostfile::write_atomically(path, &doc.render(), mode, original).map_err(failure)? {
+        return Ok(None);
+    }
+    if original.is_none() {
+        hostfile::mark_created(path).map_err(failure)?;
+    }
+    let mut lines = Vec::new();
+    if let Some(kept) = kept {
+        lines.push(if created {
+            // There was no original: the file is mcpauthctl's own.
+            format!(
+                "  mcpauthctl created this file; before this write it is kept in {} (mode 0600; `mcpauthctl disconnect {}` removes both when nothing else is in it)",
+                kept.display(),
+                host.id()
+            )
+        } else {
+            format!(
+                "  the file as it was is kept in {} (mode 0600; `mcpauthctl disconnect {}` removes it)",
+                kept.display(),
+                host.id()
+            )
+        });
+    }
+    let ours_left = doc
+        .entries(host.servers_key())
+        .map_err(failure)?
+        .iter()
+        .any(|(name, entry)| hosts::is_ours(host, name, entry));
+    if backup == Backup::RemoveWithTheLastEntry
+        && !ours_left
+        && let Some(removed) = hostfile::remove_backup(path).map_err(failure)?
+    {
+        lines.push(format!("  removed the backup {}", removed.display()));
+    }
+    Ok(Some(lines))
 }
 
 /// `mcpauthctl connect`.
@@ -465,15 +487,12 @@ pub fn connect(
         );
     }
     lines.extend(login_notes(host, env, servers, &mcp_remote_urls));
-    let failure = (skipped > 0).then(|| Failure {
-        message: format!(
+    let failure = (skipped > 0).then(|| Failure::failed(format!(
             "{skipped} {} in {} left as {} (not written by mcpauthctl); rerun with --replace to overwrite",
             if skipped == 1 { "entry" } else { "entries" },
             host.path(env).display(),
             if skipped == 1 { "it was" } else { "they were" },
-        ),
-        code: exit::FAILURE,
-    });
+        )));
     Ok(Report { lines, failure })
 }
 
@@ -617,8 +636,8 @@ pub fn disconnect(
     if edited.entries == 0 && lines.len() == 1 && host.path(env).exists() {
         lines.push("  nothing to disconnect: no entry here goes through mcpauthctl".into());
     }
-    let failure = (skipped > 0).then(|| Failure {
-        message: format!(
+    let failure = (skipped > 0).then(|| {
+        Failure::failed(format!(
             "{skipped} {} in {} not written by mcpauthctl, so not removed",
             if skipped == 1 {
                 "entry is"
@@ -626,8 +645,7 @@ pub fn disconnect(
                 "entries are"
             },
             host.path(env).display(),
-        ),
-        code: exit::FAILURE,
+        ))
     });
     Ok(Report { lines, failure })
 }
@@ -672,44 +690,6 @@ fn login_notes(
         }
     }
     notes
-}
-
-/// One host as `hosts` shows it.
-#[derive(Serialize)]
-pub struct HostSurvey {
-    pub host: &'static str,
-    pub title: &'static str,
-    pub path: String,
-    pub exists: bool,
-    /// Why the file could not be read, if it could not.
-    pub error: Option<String>,
-    /// Entries that go through the broker.
-    pub wired: Vec<Wired>,
-    /// Configured servers with no entry that goes through the broker.
-    pub not_wired: Vec<String>,
-    /// Entries that reach a remote server without the broker.
-    pub bypassing: Vec<Bypass>,
-    /// Every other entry (local servers).
-    pub other_entries: usize,
-}
-
-#[derive(Serialize)]
-pub struct Wired {
-    pub entry: String,
-    pub server: String,
-    /// Whether `server` is configured in the broker.
-    pub configured: bool,
-}
-
-#[derive(Serialize)]
-pub struct Bypass {
-    pub entry: String,
-    /// `mcp-remote` (a stdio bridge with its own login) or `http` (the
-    /// host's own OAuth client, or static headers).
-    pub via: &'static str,
-    pub url: String,
-    /// The configured server with that URL, if any.
-    pub server: Option<String>,
 }
 
 /// The hosts whose file has an entry `connect` wrote for the server
@@ -835,73 +815,6 @@ fn survey_one(host: &dyn Host, env: &HostEnv, servers: &[Server]) -> HostSurvey 
         .map(|s| s.name.clone())
         .collect();
     survey
-}
-
-/// `hosts` for a person.
-pub fn survey_lines(surveys: &[HostSurvey]) -> Vec<String> {
-    if surveys.is_empty() {
-        return vec![format!(
-            "no MCP host found on this machine (known: {})",
-            hosts::ids()
-        )];
-    }
-    let mut lines = Vec::new();
-    for s in surveys {
-        lines.push(format!(
-            "{} ({}): {}{}",
-            s.title,
-            s.host,
-            s.path,
-            if s.exists { "" } else { " (not created yet)" }
-        ));
-        if let Some(error) = &s.error {
-            lines.push(format!("  cannot read it: {error}"));
-            continue;
-        }
-        if !s.wired.is_empty() {
-            let wired: Vec<String> = s
-                .wired
-                .iter()
-                .map(|w| {
-                    let mut text = if w.entry == w.server {
-                        w.entry.clone()
-                    } else {
-                        format!("{} (as {})", w.server, w.entry)
-                    };
-                    if !w.configured {
-                        text.push_str(" [not configured in mcpauth]");
-                    }
-                    text
-                })
-                .collect();
-            lines.push(format!("  through the broker: {}", wired.join(", ")));
-        }
-        if !s.not_wired.is_empty() {
-            lines.push(format!(
-                "  not connected: {} (`mcpauthctl connect {}`)",
-                s.not_wired.join(", "),
-                s.host
-            ));
-        }
-        for b in &s.bypassing {
-            let how = match b.via {
-                "mcp-remote" => format!("runs mcp-remote {}", b.url),
-                _ => format!("connects to {} itself, without the broker's helper", b.url),
-            };
-            let what = match &b.server {
-                Some(server) => format!("configured in mcpauth as {server}"),
-                None => format!("not configured in mcpauth: `mcpauthctl add NAME {}`", b.url),
-            };
-            lines.push(format!(
-                "  not through the broker: {} {how} ({what})",
-                b.entry
-            ));
-        }
-        if s.other_entries > 0 {
-            lines.push(format!("  other (local) servers: {}", s.other_entries));
-        }
-    }
-    lines
 }
 
 #[cfg(test)]

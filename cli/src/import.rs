@@ -17,11 +17,11 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use mcpauth_client::{exit, pb};
+use mcpauth_client::pb;
 use md5::{Digest, Md5};
 use serde_json::Value;
 
-use crate::Failure;
+use crate::failure::Failure;
 use crate::hostfile::Document;
 use crate::hosts::{self, Host, HostEnv};
 
@@ -38,10 +38,7 @@ pub struct Found {
 }
 
 fn usage(message: String) -> Failure {
-    Failure {
-        message,
-        code: exit::USAGE,
-    }
+    Failure::usage(message)
 }
 
 /// The tools named, or every tool when none is.
@@ -517,40 +514,6 @@ pub fn find(tools: &[&str], env: &HostEnv, urls: &[String]) -> Found {
     found
 }
 
-/// One line per result.
-pub fn result_line(r: &pb::ImportResult, dry_run: bool) -> String {
-    let verdict = pb::ImportVerdict::try_from(r.verdict).unwrap_or(pb::ImportVerdict::Unspecified);
-    let server = if r.server.is_empty() {
-        &r.tool_name
-    } else {
-        &r.server
-    };
-    let mut line = match verdict {
-        pb::ImportVerdict::Adopted if dry_run => {
-            format!("  would adopt   {server} ({}) from {}", r.url, r.tool)
-        }
-        pb::ImportVerdict::Adopted => {
-            format!("  adopted       {server} ({}) from {}", r.url, r.tool)
-        }
-        pb::ImportVerdict::Current => format!("  current       {server}: {}", r.reason),
-        pb::ImportVerdict::LoginNeeded => format!(
-            "  needs login   {server}: {}; run `mcpauthctl login {server}`",
-            r.reason
-        ),
-        _ => format!("  skipped       {server} (from {}): {}", r.tool, r.reason),
-    };
-    if r.added {
-        line.push_str(&format!(
-            "; {} to config.toml as `{server}`",
-            if dry_run { "would be added" } else { "added" }
-        ));
-    }
-    if !r.renamed.is_empty() {
-        line.push_str(&format!(" ({} was taken: {})", r.tool_name, r.renamed));
-    }
-    line
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -598,6 +561,9 @@ mod tests {
             tools(&["hermes".into(), "hermes".into()]).ok(),
             Some(vec!["hermes"])
         );
-        assert_eq!(tools(&["vim".into()]).err().unwrap().code, exit::USAGE);
+        assert_eq!(
+            tools(&["vim".into()]).err().unwrap().code(),
+            mcpauth_client::exit::USAGE
+        );
     }
 }

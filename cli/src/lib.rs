@@ -53,8 +53,9 @@ pub enum ClientError {
         daemon_version: String,
         daemon_protocol: u32,
     },
-    /// The daemon's answer: its words, then the next step in ours.
-    #[error("{message}{}", next.as_ref().map(next_step_words).unwrap_or_default())]
+    /// The daemon's answer, in its words; the next step it names (as
+    /// data) is ours to word: `hint`.
+    #[error("{message}")]
     Rpc {
         code: tonic::Code,
         message: String,
@@ -75,6 +76,14 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// The next step the daemon named for this error, if any.
+    pub fn next_step(&self) -> Option<&pb::NextStep> {
+        match self {
+            ClientError::Rpc { next, .. } => next.as_ref(),
+            _ => None,
+        }
+    }
+
     /// The documented exit code for this error.
     pub fn exit_code(&self) -> u8 {
         match self {
@@ -129,6 +138,9 @@ impl ClientError {
                     .into(),
             ),
             ClientError::Autostart(_) => Some("run `mcpauthd` in a terminal to see why".into()),
+            ClientError::Rpc {
+                next: Some(next), ..
+            } => Some(next_step_words(next)).filter(|w| !w.is_empty()),
             ClientError::Rpc { code, .. } => match code {
                 tonic::Code::NotFound => Some("see `mcpauthctl list` for the configured servers".into()),
                 _ => None,
@@ -189,8 +201,8 @@ pub fn next_step_of(status: &tonic::Status) -> Option<pb::NextStep> {
         .filter(|s| s.kind() != pb::next_step::Kind::Unspecified)
 }
 
-/// A next step in `mcpauthctl`'s words, to follow the daemon's message:
-/// `; run `mcpauthctl login s``, or empty for a step this version does not
+/// A next step in `mcpauthctl`'s words, to follow a message after "; ":
+/// "run `mcpauthctl login s`"; empty for a step this version does not
 /// know.
 pub fn next_step_words(step: &pb::NextStep) -> String {
     use pb::next_step::Kind;
@@ -200,21 +212,21 @@ pub fn next_step_words(step: &pb::NextStep) -> String {
         step.server.as_str()
     };
     match step.kind() {
-        Kind::Login => format!("; run `mcpauthctl login {server}`"),
+        Kind::Login => format!("run `mcpauthctl login {server}`"),
         Kind::LoginAtIdp => format!(
-            "; run `mcpauthctl login --idp {}` (one login serves every server that uses it)",
+            "run `mcpauthctl login --idp {}` (one login serves every server that uses it)",
             step.idp
         ),
-        Kind::LoginWithDevice => format!(": `mcpauthctl login {server} --device`"),
+        Kind::LoginWithDevice => format!("run `mcpauthctl login {server} --device`"),
         Kind::LoginWithChallenge => {
-            format!(": `mcpauthctl login {server} --www-authenticate HEADER`")
+            format!("run `mcpauthctl login {server} --www-authenticate HEADER` with its challenge")
         }
         Kind::ShowOrRemove => format!(
-            "; see it with `mcpauthctl show {server}`, or remove it first with `mcpauthctl remove {server}`"
+            "see it with `mcpauthctl show {server}`, or remove it first with `mcpauthctl remove {server}`"
         ),
-        Kind::GetToken => format!(" (`mcpauthctl token {server}` gets one)"),
-        Kind::SetClientId => format!(" (`mcpauthctl add {server} URL --client-id ID` sets it)"),
-        Kind::StopDaemon => " (`mcpauthctl stop`, then run your command again)".into(),
+        Kind::GetToken => format!("`mcpauthctl token {server}` gets one"),
+        Kind::SetClientId => format!("`mcpauthctl add {server} URL --client-id ID` sets it"),
+        Kind::StopDaemon => "run `mcpauthctl stop`, then your command again".into(),
         Kind::Unspecified => String::new(),
     }
 }

@@ -7,7 +7,8 @@
 //! stream breaks before the result, which is served on a resumed GET with
 //! `Last-Event-ID`) and of `admin` (403 `insufficient_scope`), `ping`, a GET
 //! stream for server-initiated messages ([`McpServer::push`]), and DELETE.
-//! With `legacy`, it is an HTTP+SSE (2024-11-05) server instead. It records
+//! With `legacy`, it is an HTTP+SSE (2024-11-05) server instead (its
+//! `admin` a 403 `insufficient_scope` too). It records
 //! what it saw so tests can assert on headers.
 
 use std::collections::HashMap;
@@ -427,6 +428,16 @@ async fn legacy(app: &App, method: &Method, path: &str, message: Option<Value>) 
         let Some(sender) = sender else {
             return StatusCode::NOT_FOUND.into_response();
         };
+        if message.pointer("/params/name").and_then(Value::as_str) == Some("admin") {
+            return (
+                StatusCode::FORBIDDEN,
+                [(
+                    "www-authenticate",
+                    "Bearer error=\"insufficient_scope\", scope=\"mcp:admin\"".to_string(),
+                )],
+            )
+                .into_response();
+        }
         if let Some(id) = message
             .get("id")
             .filter(|_| message.get("method").is_some())

@@ -493,6 +493,28 @@ async fn an_http_sse_server_of_2024_11_05_is_bridged_too() {
     host.close();
 }
 
+/// A rejected token and a step-up are met as on Streamable HTTP: the
+/// same one recovery serves both transports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_sse_server_gets_the_same_401_recovery_and_step_up() {
+    let (auth, _mcp, env, _d) = logged_in_to(true).await;
+    let mut host = Host::start(&env, "s");
+    host.initialize();
+    auth.reject_current_access_tokens();
+    let tools = host.request(2, "tools/list", json!({}));
+    assert!(tools["result"]["tools"].is_array(), "{tools}");
+    assert_eq!(auth.token_requests("refresh_token").len(), 1);
+    let denied = host.request(3, "tools/call", json!({"name": "admin", "arguments": {}}));
+    assert_eq!(denied["error"]["code"], -32001, "{denied}");
+    let said = denied["error"]["message"].as_str().unwrap();
+    assert_eq!(said.matches("mcpauthctl login s").count(), 1, "{said}");
+    assert_eq!(
+        env.ctl(&["show", "s", "--json"]).json()["state"],
+        "step_up_required"
+    );
+    host.close();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http_sse_session_lost_with_its_stream_is_started_again() {
     let (_auth, mcp, env, _d) = logged_in_to(true).await;

@@ -1,11 +1,11 @@
-//! What `mcpauthctl` prints: the human tables and the `--json` shapes.
-//!
-//! The JSON shapes are a documented, stable interface (README, "JSON
-//! output"): fields are only ever added, never renamed or removed. Times
+//! The `--json` shapes: a documented, stable interface (README, "JSON
+//! output"). Fields are only ever added, never renamed or removed. Times
 //! are Unix milliseconds; absent values are `null`.
 
 use mcpauth_client::pb;
 use serde::Serialize;
+
+use super::state_name;
 
 #[derive(Serialize)]
 pub struct ServerJson {
@@ -101,104 +101,6 @@ pub struct EventJson {
     pub error: Option<String>,
 }
 
-/// What `logout` says: what became of each token at the server, in one
-/// line. The tokens are deleted here in every case.
-pub fn logout_line(name: &str, reply: &pb::LogoutReply, now_ms: i64) -> String {
-    if !reply.held {
-        return format!("{name} was not logged in; no tokens to delete");
-    }
-    let until = |kind: &str| match (kind, reply.access_token_expires_at_unix_ms) {
-        ("access", at) if at > now_ms => format!("until {}", clock(at, now_ms)),
-        ("access", at) if at > 0 => "no longer (it has expired)".to_string(),
-        _ => "until it expires there".to_string(),
-    };
-    fn outcome(r: &pb::TokenRevocation) -> (&str, &str) {
-        (r.outcome.as_str(), r.detail.as_str())
-    }
-    let access = reply.access_token_revocation.as_ref().map(outcome);
-    let refresh = reply.refresh_token_revocation.as_ref().map(outcome);
-    let one = |kind: &str, (what, detail): (&str, &str)| match what {
-        "revoked" => format!("the {kind} token is revoked at the server"),
-        "unsupported" => format!(
-            "the {kind} token stays valid there {} (the server cannot revoke it)",
-            until(kind)
-        ),
-        "refused" => format!(
-            "the server refused to revoke the {kind} token ({detail}); it stays valid there {}",
-            until(kind)
-        ),
-        "failed" => format!(
-            "revoking the {kind} token failed ({detail}); it stays valid there {}",
-            until(kind)
-        ),
-        _ => format!(
-            "the server offers no revocation, so the {kind} token stays valid there {}",
-            until(kind)
-        ),
-    };
-    let said = match (access, refresh) {
-        (Some(a), Some(r)) if a == r => match a.0 {
-            "revoked" => "the access and refresh tokens are revoked at the server".to_string(),
-            "refused" | "failed" => format!(
-                "{} ({}); the tokens are deleted here but stay valid at the server, the access token {}",
-                if a.0 == "refused" {
-                    "the server refused revocation"
-                } else {
-                    "revocation failed"
-                },
-                a.1,
-                until("access")
-            ),
-            "unsupported" => format!(
-                "the server cannot revoke these tokens; they are deleted here but stay valid there, the access token {}",
-                until("access")
-            ),
-            _ => format!(
-                "the server offers no revocation; the tokens are deleted here but stay valid there, the access token {}",
-                until("access")
-            ),
-        },
-        (a, r) => r
-            .map(|r| one("refresh", r))
-            .into_iter()
-            .chain(a.map(|a| one("access", a)))
-            .collect::<Vec<_>>()
-            .join("; "),
-    };
-    format!("logged out of {name}: {said}")
-}
-
-/// A time later today as `HH:MM`, else as the whole local time.
-/// `doctor NAME`: one line per step, `ok` or `!!`, and the fix under a
-/// problem.
-pub fn doctor_text(name: &str, reply: &pb::DoctorReply) -> String {
-    let mut lines = vec![format!(
-        "doctor {name}: discovery and registration, step by step (nothing is changed)"
-    )];
-    for s in &reply.steps {
-        lines.push(format!(
-            "{} {}: {}",
-            if s.ok { "ok" } else { "!!" },
-            s.step,
-            s.found
-        ));
-        if !s.ok && !s.fix.is_empty() {
-            lines.push(format!("   fix: {}", doctor_fix(s)));
-        }
-    }
-    lines.join("\n")
-}
-
-/// A doctor step's fix, with the command it names in our words.
-fn doctor_fix(step: &pb::DoctorStep) -> String {
-    let command = step
-        .next_step
-        .as_ref()
-        .map(mcpauth_client::next_step_words)
-        .unwrap_or_default();
-    format!("{}{command}", step.fix)
-}
-
 /// `doctor NAME --json`: `{"server", "ok", "steps": [{"step", "found",
 /// "ok", "fix"}]}` (`fix` null when there is none).
 pub fn doctor_json(name: &str, reply: &pb::DoctorReply) -> String {
@@ -210,7 +112,7 @@ pub fn doctor_json(name: &str, reply: &pb::DoctorReply) -> String {
                 "step": s.step,
                 "found": s.found,
                 "ok": s.ok,
-                "fix": if s.fix.is_empty() { None } else { Some(doctor_fix(s)) },
+                "fix": if s.fix.is_empty() { None } else { Some(super::text::doctor_fix(s)) },
             })
         })
         .collect();
@@ -220,24 +122,6 @@ pub fn doctor_json(name: &str, reply: &pb::DoctorReply) -> String {
         "steps": steps,
     })
     .to_string()
-}
-
-/// What renews a login held without a refresh token: nothing.
-pub fn renew_none(expires_at_ms: i64, now_ms: i64) -> String {
-    match expires_at_ms {
-        0 => "log in again when it expires".into(),
-        at => format!("log in again before {}", clock(at, now_ms)),
-    }
-}
-
-/// A time of day (`HH:MM`), with the date unless it is today.
-pub fn clock(at_ms: i64, now_ms: i64) -> String {
-    let at = local_time(at_ms);
-    if at.get(..10) == local_time(now_ms).get(..10) {
-        at[11..16].to_string()
-    } else {
-        at[..16].to_string()
-    }
 }
 
 /// `logout --json`.
@@ -277,53 +161,8 @@ impl LogoutJson {
     }
 }
 
-/// The line `status` says of the stored secrets.
-pub fn store_key_line(source: &str, detail: &str) -> String {
-    match source {
-        "keyring" => "secrets: sealed, with a key in the OS keyring".into(),
-        "file" => format!(
-            "secrets: sealed, with a key in {detail} (no OS keyring here: whoever can read that file and the state can read the tokens)"
-        ),
-        "locked" => format!("secrets: LOCKED: {detail}"),
-        _ => "secrets: (this mcpauthd does not say)".into(),
-    }
-}
-
-/// `unix_ms` as local time, `YYYY-MM-DD HH:MM:SS`.
-pub fn local_time(unix_ms: i64) -> String {
-    let secs = (unix_ms / 1000) as nix::libc::time_t;
-    // SAFETY: localtime_r fills the `tm` we own from the time we pass.
-    let mut tm: nix::libc::tm = unsafe { std::mem::zeroed() };
-    let ok = !unsafe { nix::libc::localtime_r(&secs, &mut tm) }.is_null();
-    if !ok {
-        return format!("@{}", unix_ms / 1000);
-    }
-    format!(
-        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
-        tm.tm_year + 1900,
-        tm.tm_mon + 1,
-        tm.tm_mday,
-        tm.tm_hour,
-        tm.tm_min,
-        tm.tm_sec
-    )
-}
-
 fn some<T: PartialEq + Default>(v: T) -> Option<T> {
     (v != T::default()).then_some(v)
-}
-
-pub fn state_name(state: i32) -> &'static str {
-    match pb::AuthState::try_from(state) {
-        Ok(pb::AuthState::LoginRequired) => "login_required",
-        Ok(pb::AuthState::LoginPending) => "login_pending",
-        Ok(pb::AuthState::Authorized) => "authorized",
-        Ok(pb::AuthState::RefreshFailing) => "refresh_failing",
-        Ok(pb::AuthState::StepUpRequired) => "step_up_required",
-        Ok(pb::AuthState::OnDemand) => "on_demand",
-        Ok(pb::AuthState::Locked) => "locked",
-        _ => "unknown",
-    }
 }
 
 impl From<pb::Server> for ServerJson {
@@ -418,109 +257,6 @@ impl From<pb::Event> for EventJson {
     }
 }
 
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
-/// "in 5m", "in 6s", "3h ago", "just now" (under a second).
-pub fn relative(at_ms: i64, now_ms: i64) -> String {
-    let delta = (at_ms - now_ms) / 1000;
-    let span = delta.unsigned_abs();
-    let amount = match span {
-        0 => return "just now".into(),
-        1..=59 => format!("{span}s"),
-        60..=3599 => format!("{}m", span / 60),
-        3600..=86_399 => format!("{}h", span / 3600),
-        _ => format!("{}d", span / 86_400),
-    };
-    if delta > 0 {
-        format!("in {amount}")
-    } else {
-        format!("{amount} ago")
-    }
-}
-
-pub fn duration(ms: u64) -> String {
-    let s = ms / 1000;
-    match s {
-        0..=59 => format!("{s}s"),
-        60..=3599 => format!("{}m{}s", s / 60, s % 60),
-        3600..=86_399 => format!("{}h{}m", s / 3600, (s % 3600) / 60),
-        _ => format!("{}d{}h", s / 86_400, (s % 86_400) / 3600),
-    }
-}
-
-/// Renders rows as left-aligned columns separated by two spaces.
-pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
-        for (i, cell) in row.iter().enumerate() {
-            widths[i] = widths[i].max(cell.chars().count());
-        }
-    }
-    let line = |cells: Vec<String>| {
-        let mut out = String::new();
-        for (i, cell) in cells.iter().enumerate() {
-            if i + 1 == cells.len() {
-                out.push_str(cell);
-            } else {
-                out.push_str(&format!("{cell:<w$}  ", w = widths[i]));
-            }
-        }
-        out.trim_end().to_string()
-    };
-    let mut out = line(header.iter().map(|h| h.to_string()).collect());
-    for row in rows {
-        out.push('\n');
-        out.push_str(&line(row.clone()));
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn relative_times_read_naturally() {
-        assert_eq!(relative(1_000_000 + 300_000, 1_000_000), "in 5m");
-        assert_eq!(relative(1_000_000 - 3 * 3_600_000, 1_000_000), "3h ago");
-        assert_eq!(relative(1_000_000, 1_000_400), "just now");
-        assert_eq!(relative(1_000_000 + 6_000, 1_000_000), "in 6s");
-        assert_eq!(relative(1_000_000, 1_001_000), "1s ago");
-        assert_eq!(relative(1_000_000 + 2 * 86_400_000, 1_000_000), "in 2d");
-    }
-
-    #[test]
-    fn tables_align() {
-        let t = table(
-            &["NAME", "URL"],
-            &[
-                vec!["a".into(), "https://x".into()],
-                vec!["long-name".into(), "u".into()],
-            ],
-        );
-        assert_eq!(t, "NAME       URL\na          https://x\nlong-name  u");
-    }
-
-    #[test]
-    fn server_json_uses_null_for_absent_values() {
-        let json = serde_json::to_value(ServerJson::from(pb::Server {
-            name: "a".into(),
-            url: "https://a".into(),
-            state: pb::AuthState::LoginRequired.into(),
-            ..Default::default()
-        }))
-        .unwrap();
-        assert_eq!(json["state"], "login_required");
-        assert!(json["client_id"].is_null());
-        assert!(json["callback_port"].is_null());
-        assert_eq!(json["scopes"], serde_json::json!([]));
-    }
-}
-
 /// `mcpauthctl import --json`.
 #[derive(Serialize)]
 pub struct ImportJson {
@@ -563,5 +299,63 @@ pub fn import_json(results: &[pb::ImportResult], notes: &[String]) -> ImportJson
             })
             .collect(),
         notes: notes.to_vec(),
+    }
+}
+
+/// One host as `hosts` shows it.
+#[derive(Serialize)]
+pub struct HostSurvey {
+    pub host: &'static str,
+    pub title: &'static str,
+    pub path: String,
+    pub exists: bool,
+    /// Why the file could not be read, if it could not.
+    pub error: Option<String>,
+    /// Entries that go through the broker.
+    pub wired: Vec<Wired>,
+    /// Configured servers with no entry that goes through the broker.
+    pub not_wired: Vec<String>,
+    /// Entries that reach a remote server without the broker.
+    pub bypassing: Vec<Bypass>,
+    /// Every other entry (local servers).
+    pub other_entries: usize,
+}
+
+#[derive(Serialize)]
+pub struct Wired {
+    pub entry: String,
+    pub server: String,
+    /// Whether `server` is configured in the broker.
+    pub configured: bool,
+}
+
+#[derive(Serialize)]
+pub struct Bypass {
+    pub entry: String,
+    /// `mcp-remote` (a stdio bridge with its own login) or `http` (the
+    /// host's own OAuth client, or static headers).
+    pub via: &'static str,
+    pub url: String,
+    /// The configured server with that URL, if any.
+    pub server: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_json_uses_null_for_absent_values() {
+        let json = serde_json::to_value(ServerJson::from(pb::Server {
+            name: "a".into(),
+            url: "https://a".into(),
+            state: pb::AuthState::LoginRequired.into(),
+            ..Default::default()
+        }))
+        .unwrap();
+        assert_eq!(json["state"], "login_required");
+        assert!(json["client_id"].is_null());
+        assert!(json["callback_port"].is_null());
+        assert_eq!(json["scopes"], serde_json::json!([]));
     }
 }
