@@ -20,12 +20,14 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::callback::{self, Page};
-use crate::config::ServerName;
+use crate::config::{ServerConfig, ServerName};
 use crate::context::{Context, EventKind};
 use crate::enterprise::Enterprise;
 use crate::error::BrokerError;
 use crate::install::{GrantSource, Installer, NewGrant};
 use crate::locks::ServerGuard;
+use crate::oauth::challenge::BearerChallenge;
+use crate::oauth::discovery::Discovered;
 use crate::oauth::flow::{self, CallbackError, CallbackParams};
 use crate::oauth::{pkce, registration};
 use crate::refresh::{Refresher, remember_client_auth};
@@ -299,6 +301,45 @@ impl Logins {
         }
 
         let now = self.ctx.now_ms();
+        let (discovered, device) = self
+            .discover_for_login(&guard, &server, options.method, now)
+            .await?;
+        let stored_challenge = self
+            .ctx
+            .store()
+            .server(&name)?
+            .and_then(|r| r.challenge)
+            .map(|c| BearerChallenge {
+                scope: Some(c.scopes.join(" ")),
+                ..Default::default()
+            });
+        if device {
+            return self
+                .start_device_login(
+                    guard,
+                    &server,
+                    discovered.discovery,
+                    scopes,
+                    discovered.challenge,
+                    stored_challenge,
+                )
+                .await;
+        }
+        self.start_browser_login(guard, &server, discovered, scopes, stored_challenge, now)
+            .await
+    }
+
+    /// Discovers the authorization server for a login, and whether it is
+    /// a device login: as asked, and as the AS offers. A browser login
+    /// needs PKCE S256 of the AS (the device flow has none).
+    async fn discover_for_login(
+        &self,
+        guard: &ServerGuard,
+        server: &ServerConfig,
+        method: LoginMethod,
+        now: i64,
+    ) -> Result<(Discovered, bool), BrokerError> {
+        let name = guard.name();
         // PKCE is asked of the AS below, once it is known that the browser
         // flow is the one used (the device flow has none).
         let discovered = match self
@@ -310,13 +351,13 @@ impl Logins {
             Ok(d) => d,
             Err(e) => {
                 warn!(server = %name, error = %e, "login failed: discovery");
-                self.ctx.record_error(&guard, &e.to_string()).await;
+                self.ctx.record_error(guard, &e.to_string()).await;
                 return Err(BrokerError::OAuth(e));
             }
         };
-        let discovery = discovered.discovery;
+        let discovery = &discovered.discovery;
         let offers_device = discovery.metadata.device_authorization_endpoint.is_some();
-        let device = match options.method {
+        let device = match method {
             LoginMethod::Browser => false,
             LoginMethod::DeviceIfOffered => offers_device,
             LoginMethod::Device if offers_device => true,
@@ -324,7 +365,7 @@ impl Logins {
                 let e = crate::oauth::OAuthError::DeviceUnsupported {
                     issuer: discovery.issuer.clone(),
                 };
-                self.ctx.record_error(&guard, &e.to_string()).await;
+                self.ctx.record_error(guard, &e.to_string()).await;
                 return Err(BrokerError::OAuth(e));
             }
         };
@@ -333,70 +374,40 @@ impl Logins {
         {
             let e = crate::oauth::discovery::pkce_refusal(&discovery.metadata);
             warn!(server = %name, error = %e, "login failed: discovery");
-            self.ctx.record_error(&guard, &e.to_string()).await;
+            self.ctx.record_error(guard, &e.to_string()).await;
             return Err(BrokerError::OAuth(e));
         }
-        let stored_challenge = self
-            .ctx
-            .store()
-            .server(&name)?
-            .and_then(|r| r.challenge)
-            .map(|c| crate::oauth::challenge::BearerChallenge {
-                scope: Some(c.scopes.join(" ")),
-                ..Default::default()
-            });
-        if device {
-            return self
-                .start_device_login(
-                    guard,
-                    &server,
-                    discovery,
-                    scopes,
-                    discovered.challenge,
-                    stored_challenge,
-                )
-                .await;
-        }
+        Ok((discovered, device))
+    }
 
-        let mut record = self
-            .ctx
-            .store()
-            .server(&name)?
-            .unwrap_or_else(|| crate::state::ServerRecord::new(&server.url, now));
-        let port = server.callback_port.or(record.callback_port).unwrap_or(0);
-        let listener = callback::bind(port).map_err(|e| BrokerError::CallbackPort {
-            port,
-            reason: e.to_string(),
-        })?;
-        let port = listener
-            .local_addr()
-            .map_err(|e| BrokerError::CallbackPort {
-                port,
-                reason: e.to_string(),
-            })?
-            .port();
+    /// Starts a browser login under the guard: the callback listener, the
+    /// scopes and the client, then the authorization URL, whose flow is
+    /// stored before anyone sees it.
+    async fn start_browser_login(
+        self: &Arc<Self>,
+        guard: ServerGuard,
+        server: &ServerConfig,
+        discovered: Discovered,
+        asked: Vec<String>,
+        stored_challenge: Option<BearerChallenge>,
+        now: i64,
+    ) -> Result<LoginHandle, BrokerError> {
+        let name = guard.name().clone();
+        let discovery = discovered.discovery;
+        let (listener, port) = self.bind_callback(&guard, server, &discovery, now).await?;
         let redirect_uri = format!("http://127.0.0.1:{port}/callback");
-
-        // Discovery and the port are persisted: a refresh after a restart
-        // goes to the right token endpoint, and the redirect URI stays.
-        if server.callback_port.is_none() {
-            record.callback_port = Some(port);
-        }
-        record.discovery = Some(discovery.clone());
-        self.ctx.store().put_server(&guard, &record).await?;
-
         let scopes = self
             .login_scopes(
                 &guard,
-                &server,
+                server,
                 &discovery,
-                scopes,
+                asked,
                 discovered.challenge,
                 stored_challenge,
             )
             .await?;
         let registration = match self
-            .registration_for(&guard, &server, &discovery, &redirect_uri, &scopes, now)
+            .registration_for(&guard, server, &discovery, &redirect_uri, &scopes, now)
             .await
         {
             Ok(r) => r,
@@ -445,9 +456,45 @@ impl Logins {
             callback_port: port,
             device: None,
             joined: false,
-            device_offered: offers_device,
+            device_offered: discovery.metadata.device_authorization_endpoint.is_some(),
             outcome: rx,
         })
+    }
+
+    /// The loopback listener for a login's callback, on the configured or
+    /// persisted port (any free one the first time), and its port.
+    /// Discovery and the port are persisted: a refresh after a restart
+    /// goes to the right token endpoint, and the redirect URI stays.
+    async fn bind_callback(
+        &self,
+        guard: &ServerGuard,
+        server: &ServerConfig,
+        discovery: &Discovery,
+        now: i64,
+    ) -> Result<(std::net::TcpListener, u16), BrokerError> {
+        let mut record = self
+            .ctx
+            .store()
+            .server(guard.name())?
+            .unwrap_or_else(|| crate::state::ServerRecord::new(&server.url, now));
+        let port = server.callback_port.or(record.callback_port).unwrap_or(0);
+        let listener = callback::bind(port).map_err(|e| BrokerError::CallbackPort {
+            port,
+            reason: e.to_string(),
+        })?;
+        let port = listener
+            .local_addr()
+            .map_err(|e| BrokerError::CallbackPort {
+                port,
+                reason: e.to_string(),
+            })?
+            .port();
+        if server.callback_port.is_none() {
+            record.callback_port = Some(port);
+        }
+        record.discovery = Some(discovery.clone());
+        self.ctx.store().put_server(guard, &record).await?;
+        Ok((listener, port))
     }
 
     /// The scopes of a login: those asked for, else a pending step-up's
