@@ -24,6 +24,7 @@ use tracing::{info, warn};
 use crate::config::{Config, ConfigDocument, ConfigError, NewServer, ServerName, write_atomically};
 use crate::context::{Context, EventKind};
 use crate::error::BrokerError;
+use crate::locks::ServerGuard;
 use crate::state::ServerRecord;
 use crate::store::StoreError;
 
@@ -209,6 +210,42 @@ impl ConfigEditor {
         let now = self.ctx.now_ms();
         let mut events = Vec::new();
 
+        let touched = self.servers_to_change(&config).await?;
+        let guards = self.ctx.locks.lock_all(touched).await;
+        for guard in &guards {
+            if let Some(event) = self.reconcile(guard, &config, now).await? {
+                events.push(event);
+            }
+        }
+        config_only_events(&old, &config, &guards, &mut events);
+        self.ctx.store.set_last_good_config(text).await?;
+        // `proxy` and `ca_file`: the HTTP client is rebuilt when they
+        // change; one that cannot be (an unreadable CA file) keeps the
+        // client in use, and the log says why.
+        match self.ctx.http.use_network(&config.network) {
+            Ok(true) => info!(
+                proxy = config.network.proxy.is_some(),
+                ca_file = ?config.network.ca_file,
+                "network settings in use"
+            ),
+            Ok(false) => {}
+            Err(e) => warn!(error = %e, "network settings not used; the previous ones stay"),
+        }
+        self.ctx.set_config(config);
+        drop(guards);
+        if self.loaded(now, !events.is_empty()) {
+            events.push((None, EventKind::ConfigAccepted));
+        }
+        for (server, kind) in events {
+            self.ctx.publish(server, kind);
+        }
+        Ok(())
+    }
+
+    /// The servers whose state `config` changes: stored ones it drops or
+    /// gives another URL, and configured ones with no record yet. A
+    /// stored name that is no longer valid is purged on the way.
+    async fn servers_to_change(&self, config: &Config) -> Result<Vec<ServerName>, BrokerError> {
         let stored = self.ctx.store.servers()?;
         let mut touched = Vec::new();
         for (stored_name, record) in &stored {
@@ -225,102 +262,102 @@ impl ConfigEditor {
                 touched.push(name.clone());
             }
         }
-        let guards = self.ctx.locks.lock_all(touched).await;
+        Ok(touched)
+    }
 
-        for guard in &guards {
-            let name = guard.name();
-            // Read again under the lock: this is the state that changes.
-            let record = self.ctx.store.server(name)?;
-            match (record, config.servers.get(name)) {
-                (Some(_), None) => {
-                    // Removed, maybe while the daemon was down.
-                    self.ctx.store.delete_server(guard).await?;
-                    (self.forget)(name);
-                    info!(server = %name, "server no longer configured; its state is deleted");
-                    events.push((Some(name.clone()), EventKind::ServerRemoved));
-                }
-                (Some(record), Some(server)) if record.url != server.url.as_str() => {
-                    // Another URL: state for the old one must not be reused.
-                    self.ctx.store.delete_server(guard).await?;
-                    (self.forget)(name);
-                    let mut fresh = ServerRecord::new(&server.url, now);
-                    // Generations keep growing across the change.
-                    fresh.last_generation = record
-                        .last_generation
-                        .max(self.ctx.store.grant(name)?.map_or(0, |g| g.generation));
-                    self.ctx.store.put_server(guard, &fresh).await?;
-                    let url = server.url.to_string();
-                    info!(server = %name, %url, "server URL changed; its state starts afresh");
-                    events.push((Some(name.clone()), EventKind::ServerChanged { url }));
-                }
-                (None, Some(server)) => {
-                    self.ctx
-                        .store
-                        .put_server(guard, &ServerRecord::new(&server.url, now))
-                        .await?;
-                    events.push((
-                        Some(name.clone()),
-                        EventKind::ServerAdded {
-                            url: server.url.to_string(),
-                        },
-                    ));
-                }
-                _ => {}
+    /// Brings one locked server's state in line with `config`: deleted
+    /// when it is gone, started afresh when its URL changed, created when
+    /// it is new. Returns the event to publish, if any.
+    async fn reconcile(
+        &self,
+        guard: &ServerGuard,
+        config: &Config,
+        now: i64,
+    ) -> Result<Option<(Option<ServerName>, EventKind)>, BrokerError> {
+        let name = guard.name();
+        // Read again under the lock: this is the state that changes.
+        let record = self.ctx.store.server(name)?;
+        Ok(match (record, config.servers.get(name)) {
+            (Some(_), None) => {
+                // Removed, maybe while the daemon was down.
+                self.ctx.store.delete_server(guard).await?;
+                (self.forget)(name);
+                info!(server = %name, "server no longer configured; its state is deleted");
+                Some((Some(name.clone()), EventKind::ServerRemoved))
             }
-        }
-        for (name, server) in &config.servers {
-            if !guards.iter().any(|g| g.name() == name)
-                && old.servers.get(name).is_some_and(|o| o != server)
-            {
-                events.push((
+            (Some(record), Some(server)) if record.url != server.url.as_str() => {
+                // Another URL: state for the old one must not be reused.
+                self.ctx.store.delete_server(guard).await?;
+                (self.forget)(name);
+                let mut fresh = ServerRecord::new(&server.url, now);
+                // Generations keep growing across the change.
+                fresh.last_generation = record
+                    .last_generation
+                    .max(self.ctx.store.grant(name)?.map_or(0, |g| g.generation));
+                self.ctx.store.put_server(guard, &fresh).await?;
+                let url = server.url.to_string();
+                info!(server = %name, %url, "server URL changed; its state starts afresh");
+                Some((Some(name.clone()), EventKind::ServerChanged { url }))
+            }
+            (None, Some(server)) => {
+                self.ctx
+                    .store
+                    .put_server(guard, &ServerRecord::new(&server.url, now))
+                    .await?;
+                Some((
                     Some(name.clone()),
-                    EventKind::ServerChanged {
+                    EventKind::ServerAdded {
                         url: server.url.to_string(),
                     },
-                ));
+                ))
             }
+            _ => None,
+        })
+    }
+
+    /// Records that the config in force is the file's, as of `now`;
+    /// returns whether it heals an earlier rejection.
+    fn loaded(&self, now: i64, changed: bool) -> bool {
+        let mut health = self.health.lock().unwrap();
+        if health.error.is_some() || health.loaded_at_ms == 0 || changed {
+            info!(servers = self.ctx.config().servers.len(), "config loaded");
         }
-        for name in old.servers.keys() {
-            if !config.servers.contains_key(name)
-                && !events.iter().any(|(n, _)| n.as_ref() == Some(name))
-            {
-                events.push((Some(name.clone()), EventKind::ServerRemoved));
-            }
-        }
-        self.ctx.store.set_last_good_config(text).await?;
-        // `proxy` and `ca_file`: the HTTP client is rebuilt when they
-        // change; one that cannot be (an unreadable CA file) keeps the
-        // client in use, and the log says why.
-        match self.ctx.http.use_network(&config.network) {
-            Ok(true) => info!(
-                proxy = config.network.proxy.is_some(),
-                ca_file = ?config.network.ca_file,
-                "network settings in use"
-            ),
-            Ok(false) => {}
-            Err(e) => warn!(error = %e, "network settings not used; the previous ones stay"),
-        }
-        self.ctx.set_config(config);
-        drop(guards);
-        let healed = {
-            let mut health = self.health.lock().unwrap();
-            if health.error.is_some() || health.loaded_at_ms == 0 || !events.is_empty() {
-                info!(servers = self.ctx.config().servers.len(), "config loaded");
-            }
-            let healed = health.error.is_some();
-            *health = ConfigHealth {
-                loaded_at_ms: now,
-                error: None,
-                error_at_ms: 0,
-            };
-            healed
+        let healed = health.error.is_some();
+        *health = ConfigHealth {
+            loaded_at_ms: now,
+            error: None,
+            error_at_ms: 0,
         };
-        if healed {
-            events.push((None, EventKind::ConfigAccepted));
+        healed
+    }
+}
+
+/// The events of servers whose state stays as it is: a changed entry
+/// with the same URL (no record was touched), and one removed that had
+/// no record (its event is not listed yet).
+fn config_only_events(
+    old: &Config,
+    config: &Config,
+    guards: &[ServerGuard],
+    events: &mut Vec<(Option<ServerName>, EventKind)>,
+) {
+    for (name, server) in &config.servers {
+        if !guards.iter().any(|g| g.name() == name)
+            && old.servers.get(name).is_some_and(|o| o != server)
+        {
+            events.push((
+                Some(name.clone()),
+                EventKind::ServerChanged {
+                    url: server.url.to_string(),
+                },
+            ));
         }
-        for (server, kind) in events {
-            self.ctx.publish(server, kind);
+    }
+    for name in old.servers.keys() {
+        if !config.servers.contains_key(name)
+            && !events.iter().any(|(n, _)| n.as_ref() == Some(name))
+        {
+            events.push((Some(name.clone()), EventKind::ServerRemoved));
         }
-        Ok(())
     }
 }

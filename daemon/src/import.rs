@@ -27,14 +27,16 @@ use std::sync::Arc;
 
 use serde_json::Value;
 use tracing::{info, warn};
+use url::Url;
 
-use crate::config::{GrantKind, NewServer, ServerName};
+use crate::config::{Config, GrantKind, InvalidInput, NewServer, ServerName};
 use crate::config_edit::ConfigEditor;
 use crate::context::Context;
 use crate::error::BrokerError;
 use crate::install::{GrantSource, Installer, NewGrant};
 use crate::secret::Secret;
-use crate::state::{ClientAuthMethod, Registration, RegistrationKind};
+use crate::state::{ClientAuthMethod, Discovery, Registration, RegistrationKind};
+use crate::store::StoreError;
 
 /// Token stores larger than this are not read (Claude Code's
 /// `.credentials.json` holds every login it has; a few KiB each).
@@ -563,21 +565,79 @@ impl Importer {
             renamed: None,
             verdict: Verdict::Adopted,
         };
-        let skip = |mut out: ImportOutcome, why: String| {
-            out.verdict = Verdict::Skipped(why);
-            Ok(out)
-        };
-        let url = match crate::url_policy::parse_secure_url(item.url.trim()) {
-            Ok(u) => u,
-            Err(e) => return skip(out, e.to_string()),
-        };
+        match self
+            .import_steps(item, dry_run, planned, keyring, &mut out)
+            .await
+        {
+            Ok(()) => Ok(out),
+            Err(Stop::Skip(why)) => {
+                out.verdict = Verdict::Skipped(why);
+                Ok(out)
+            }
+            Err(Stop::Failed(e)) => Err(e),
+        }
+    }
+
+    /// The steps of the module doc for one item; each fills in `out`.
+    async fn import_steps(
+        &self,
+        item: &ImportItem,
+        dry_run: bool,
+        planned: &mut Vec<(String, String)>,
+        keyring: Option<&Result<Vec<crate::keyring::Entry>, crate::keyring::KeyringError>>,
+        out: &mut ImportOutcome,
+    ) -> Result<(), Stop> {
+        let url = crate::url_policy::parse_secure_url(item.url.trim())
+            .map_err(|e| Stop::Skip(e.to_string()))?;
         // 1. The tool's login, read before anything changes.
+        let login = self.read_login(item, keyring).await?;
+
+        // 2. The server: the one with this URL, or a new name for it.
+        let config = self.ctx.config();
+        let target = find_server(&config, item, planned, out)?;
+        let now = self.ctx.now_ms();
+        let grant = self.usable_grant(item, &target, login, now, out);
+
+        // 3. Bound to the URL's own authorization server, before anything
+        // is written: a refused grant adds no server either.
+        let bound = match grant {
+            Some(grant) => Some(self.bind(&config, &url, &target, grant, now).await?),
+            None => None,
+        };
+        if target.new {
+            self.add_server(item, &target, dry_run, planned).await?;
+            out.added = true;
+        }
+        let Some(bound) = bound else {
+            return Ok(());
+        };
+
+        // 4. Newer wins, under the server's lock.
+        if dry_run {
+            if !target.new
+                && let Some(held) = self.ctx.store().grant(&target.server_name)?
+                && let Some(v) = held_verdict(&held, &bound.grant)
+            {
+                out.verdict = v;
+            }
+            return Ok(());
+        }
+        self.adopt(item, &target, &url, bound, now, out).await
+    }
+
+    /// Step 1: the tool's login for `item`, from the OS keyring entries
+    /// when the tool keeps it there, else from its file. A login the tool
+    /// recorded for another URL is refused.
+    async fn read_login(
+        &self,
+        item: &ImportItem,
+        keyring: Option<&Result<Vec<crate::keyring::Entry>, crate::keyring::KeyringError>>,
+    ) -> Result<ToolLogin, Stop> {
         let mut keyring_trouble = None;
         let grant = match keyring.filter(|_| item.keyring) {
-            Some(Ok(entries)) => match codex_keyring_grant(entries, item, self.ctx.now_ms()) {
-                Ok(g) => g,
-                Err(why) => return skip(out, why),
-            },
+            Some(Ok(entries)) => {
+                codex_keyring_grant(entries, item, self.ctx.now_ms()).map_err(Stop::Skip)?
+            }
             Some(Err(e)) => {
                 keyring_trouble = Some(e.to_string());
                 None
@@ -586,95 +646,43 @@ impl Importer {
                 let item = item.clone();
                 match tokio::task::spawn_blocking(move || read_grant(&item)).await {
                     Ok(Ok(g)) => g,
-                    Ok(Err(why)) => return skip(out, why),
-                    Err(e) => return Err(BrokerError::Internal(e.to_string())),
+                    Ok(Err(why)) => return Err(Stop::Skip(why)),
+                    Err(e) => return Err(Stop::Failed(BrokerError::Internal(e.to_string()))),
                 }
             }
         };
         if let Some(recorded) = grant.as_ref().and_then(|g| g.server_url.as_deref())
             && !same_url(recorded, &item.url)
         {
-            return skip(
-                out,
-                format!(
-                    "the {} entry is for another URL ({recorded}); nothing was changed",
-                    item.tool.id()
-                ),
-            );
+            return Err(Stop::Skip(format!(
+                "the {} entry is for another URL ({recorded}); nothing was changed",
+                item.tool.id()
+            )));
         }
+        Ok(ToolLogin {
+            grant,
+            keyring_trouble,
+        })
+    }
 
-        // 2. The server: the one with this URL, or a new name for it.
-        let config = self.ctx.config();
-        // Two entries with this URL hold two accounts: the tool's login
-        // goes to the one of its own name, or to neither.
-        let same: Vec<String> = config
-            .servers
-            .iter()
-            .filter(|(_, s)| same_url(s.url.as_str(), &item.url))
-            .map(|(n, _)| n.to_string())
-            .collect();
-        if same.len() > 1 && !same.contains(&item.name) {
-            return skip(
-                out,
-                format!(
-                    "{} have this URL, each with its own login, and none is named {:?}: log in to the one it belongs to",
-                    same.join(" and "),
-                    item.name
-                ),
-            );
-        }
-        let existing = same
-            .iter()
-            .find(|n| **n == item.name)
-            .or(same.first())
-            .cloned()
-            .or_else(|| {
-                planned
-                    .iter()
-                    .find(|(_, u)| same_url(u, &item.url))
-                    .map(|(n, _)| n.clone())
-            });
-        let (name, new_server) = match existing {
-            Some(name) => (name, false),
-            None => {
-                let taken = |n: &str| {
-                    config.servers.keys().any(|k| k.as_str() == n)
-                        || planned.iter().any(|(p, _)| p == n)
-                };
-                let wanted = sanitize(&item.name);
-                let mut name = wanted.clone();
-                if taken(&name) {
-                    name = format!("{wanted}-{}", item.tool.id());
-                    let mut n = 2;
-                    while taken(&name) {
-                        name = format!("{wanted}-{}-{n}", item.tool.id());
-                        n += 1;
-                    }
-                    out.renamed = Some(format!("`{wanted}` is another server"));
-                } else if wanted != item.name {
-                    out.renamed = Some(format!("`{}` is not a valid name", item.name));
-                }
-                (name, true)
-            }
-        };
-        out.server = name.clone();
-        let server_name = ServerName::parse(&name)?;
-        if let Some(cfg) = config.servers.get(&server_name)
-            && cfg.grant != GrantKind::AuthorizationCode
-        {
-            return skip(
-                out,
-                "it gets its tokens without a login (grant in config.toml)".into(),
-            );
-        }
-        let now = self.ctx.now_ms();
-        // A login the broker already holds (usable: refreshable, or not
-        // expired) needs none: the tool having none is no reason to ask.
-        let broker_holds = !new_server
+    /// The tool's grant, if it is one to adopt. If not (none, or expired
+    /// without a refresh token), the verdict says a login is needed, or
+    /// that none is: a login the broker already holds (usable:
+    /// refreshable, or not expired) needs none, the tool having none is
+    /// no reason to ask.
+    fn usable_grant(
+        &self,
+        item: &ImportItem,
+        target: &Target,
+        login: ToolLogin,
+        now: i64,
+        out: &mut ImportOutcome,
+    ) -> Option<ToolGrant> {
+        let broker_holds = !target.new
             && self
                 .ctx
                 .store()
-                .grant(&server_name)
+                .grant(&target.server_name)
                 .ok()
                 .flatten()
                 .is_some_and(|g| {
@@ -687,7 +695,7 @@ impl Importer {
                 Verdict::LoginNeeded(why)
             }
         };
-        let grant = match grant {
+        match login.grant {
             Some(g) if g.expires_at_ms.is_some_and(|at| at <= now) && g.refresh_token.is_none() => {
                 out.verdict = no_login(format!(
                     "the {} token has expired and there is no refresh token",
@@ -697,7 +705,7 @@ impl Importer {
             }
             Some(g) => Some(g),
             None => {
-                out.verdict = no_login(match &keyring_trouble {
+                out.verdict = no_login(match &login.keyring_trouble {
                     Some(why) => format!(
                         "{} keeps its logins in the OS keyring, which cannot be read: {why}. Log in through the broker, or set mcp_oauth_credentials_store = \"file\" in {}'s config.toml, run `{} mcp login {}` once, and import again",
                         item.tool.id(),
@@ -709,112 +717,126 @@ impl Importer {
                 });
                 None
             }
-        };
+        }
+    }
 
-        // 3. Bound to the URL's own authorization server, before anything
-        // is written: a refused grant adds no server either.
-        let mut discovery = None;
-        if let Some(grant) = &grant {
-            let held = self
+    /// Step 3: `grant` bound to the authorization server of `url` (the
+    /// one held for the server, else discovered now). An issuer or a
+    /// token endpoint the tool recorded must be that one's.
+    async fn bind(
+        &self,
+        config: &Config,
+        url: &Url,
+        target: &Target,
+        grant: ToolGrant,
+        now: i64,
+    ) -> Result<BoundGrant, Stop> {
+        let held = self
+            .ctx
+            .store()
+            .server(&target.server_name)?
+            .filter(|r| !target.new && same_url(&r.url, url.as_str()))
+            .and_then(|r| r.discovery);
+        let found = match held {
+            Some(d) => d,
+            None => match self
                 .ctx
-                .store()
-                .server(&server_name)?
-                .filter(|r| !new_server && same_url(&r.url, url.as_str()))
-                .and_then(|r| r.discovery);
-            let found = match held {
-                Some(d) => d,
-                None => match self
-                    .ctx
-                    .http
-                    .discover(
-                        &url,
-                        now,
-                        true,
-                        &config
-                            .servers
-                            .get(&server_name)
-                            .map(|c| c.settings.clone())
-                            .unwrap_or_default(),
-                    )
-                    .await
-                {
-                    Ok(found) => found.discovery,
-                    Err(e) => {
-                        return skip(
-                            out,
-                            format!("its authorization server cannot be discovered: {e}"),
-                        );
-                    }
-                },
-            };
-            if let Some(issuer) = &grant.issuer
-                && issuer.trim_end_matches('/') != found.issuer.trim_end_matches('/')
+                .http
+                .discover(
+                    url,
+                    now,
+                    true,
+                    &config
+                        .servers
+                        .get(&target.server_name)
+                        .map(|c| c.settings.clone())
+                        .unwrap_or_default(),
+                )
+                .await
             {
-                return skip(
-                    out,
-                    format!(
-                        "the grant was issued by {issuer}, but the server's authorization server is {}",
-                        found.issuer
-                    ),
-                );
-            }
-            if let Some(endpoint) = &grant.token_endpoint
-                && endpoint != &found.metadata.token_endpoint
-            {
-                return skip(
-                    out,
-                    format!(
-                        "the grant's token endpoint {endpoint} is not that of the server's authorization server ({})",
-                        found.metadata.token_endpoint
-                    ),
-                );
-            }
-            discovery = Some(found);
-        }
-        if new_server {
-            if !dry_run {
-                self.editor
-                    .add(NewServer {
-                        name: name.clone(),
-                        url: item.url.trim().to_string(),
-                        client_id: None,
-                        client_secret_file: None,
-                        scopes: Vec::new(),
-                        callback_port: None,
-                        client_metadata_url: None,
-                        login_hint: None,
-                    })
-                    .await?;
-            }
-            planned.push((name.clone(), item.url.clone()));
-            out.added = true;
-        }
-        let (Some(grant), Some(discovery)) = (grant, discovery) else {
-            return Ok(out);
+                Ok(found) => found.discovery,
+                Err(e) => {
+                    return Err(Stop::Skip(format!(
+                        "its authorization server cannot be discovered: {e}"
+                    )));
+                }
+            },
         };
-
-        // 4. Newer wins, under the server's lock.
-        if dry_run {
-            if !new_server
-                && let Some(held) = self.ctx.store().grant(&server_name)?
-                && let Some(v) = held_verdict(&held, &grant)
-            {
-                out.verdict = v;
-            }
-            return Ok(out);
+        if let Some(issuer) = &grant.issuer
+            && issuer.trim_end_matches('/') != found.issuer.trim_end_matches('/')
+        {
+            return Err(Stop::Skip(format!(
+                "the grant was issued by {issuer}, but the server's authorization server is {}",
+                found.issuer
+            )));
         }
-        let guard = self.ctx.locks.lock(&server_name).await;
-        let Some(mut record) = self.ctx.store().server(&server_name)? else {
-            return skip(out, "the server was removed meanwhile".into());
+        if let Some(endpoint) = &grant.token_endpoint
+            && endpoint != &found.metadata.token_endpoint
+        {
+            return Err(Stop::Skip(format!(
+                "the grant's token endpoint {endpoint} is not that of the server's authorization server ({})",
+                found.metadata.token_endpoint
+            )));
+        }
+        Ok(BoundGrant {
+            grant,
+            discovery: found,
+        })
+    }
+
+    /// Adds the new server to `config.toml` (in a dry run, only to the
+    /// names later items see).
+    async fn add_server(
+        &self,
+        item: &ImportItem,
+        target: &Target,
+        dry_run: bool,
+        planned: &mut Vec<(String, String)>,
+    ) -> Result<(), Stop> {
+        if !dry_run {
+            self.editor
+                .add(NewServer {
+                    name: target.name.clone(),
+                    url: item.url.trim().to_string(),
+                    client_id: None,
+                    client_secret_file: None,
+                    scopes: Vec::new(),
+                    callback_port: None,
+                    client_metadata_url: None,
+                    login_hint: None,
+                })
+                .await?;
+        }
+        planned.push((target.name.clone(), item.url.clone()));
+        Ok(())
+    }
+
+    /// Step 4, under the server's lock: the grant the broker holds wins
+    /// unless the tool's expires later; else the tool's client is stored
+    /// for the issuer and the grant installed.
+    async fn adopt(
+        &self,
+        item: &ImportItem,
+        target: &Target,
+        url: &Url,
+        bound: BoundGrant,
+        now: i64,
+        out: &mut ImportOutcome,
+    ) -> Result<(), Stop> {
+        let name = &target.name;
+        let BoundGrant { grant, discovery } = bound;
+        let guard = self.ctx.locks.lock(&target.server_name).await;
+        let Some(mut record) = self.ctx.store().server(&target.server_name)? else {
+            return Err(Stop::Skip("the server was removed meanwhile".into()));
         };
         if !same_url(&record.url, url.as_str()) {
-            return skip(out, "the server's URL changed meanwhile".into());
+            return Err(Stop::Skip("the server's URL changed meanwhile".into()));
         }
-        if let Some(held) = self.ctx.store().grant(&server_name)?
+        if let Some(held) = self.ctx.store().grant(&target.server_name)?
             && let Some(v) = held_verdict(&held, &grant)
         {
             out.verdict = v;
-            return Ok(out);
+            return Ok(());
         }
         if record.discovery.as_ref().map(|d| &d.issuer) != Some(&discovery.issuer) {
             record.discovery = Some(discovery.clone());
@@ -824,23 +846,7 @@ impl Importer {
         // when that client is known, and store the client for the issuer.
         let refresh_token = match &grant.client {
             Some(client) => {
-                let registration = Registration {
-                    issuer: discovery.issuer.clone(),
-                    client_id: client.client_id.clone(),
-                    client_secret: client.client_secret.clone(),
-                    auth_method: client
-                        .auth_method
-                        .unwrap_or(if client.client_secret.is_some() {
-                            ClientAuthMethod::ClientSecretBasic
-                        } else {
-                            ClientAuthMethod::None
-                        }),
-                    redirect_uri: client.redirect_uri.clone(),
-                    kind: RegistrationKind::Dynamic,
-                    registered_at_ms: now,
-                    // What the tool registered with is not known.
-                    scopes: None,
-                };
+                let registration = tool_registration(client, &discovery.issuer, now);
                 self.ctx
                     .store()
                     .put_registration(&guard, &registration)
@@ -871,14 +877,170 @@ impl Importer {
         {
             Ok(g) => {
                 info!(server = %name, tool = item.tool.id(), generation = g.generation, "grant adopted");
-                Ok(out)
+                Ok(())
             }
             Err(BrokerError::Superseded { reason, .. }) => {
                 warn!(server = %name, tool = item.tool.id(), %reason, "import: not adopted");
-                skip(out, reason)
+                Err(Stop::Skip(reason))
             }
-            Err(e) => Err(e),
+            Err(e) => Err(Stop::Failed(e)),
         }
+    }
+}
+
+/// Why an item's import ends early: it is skipped (and why), or the
+/// broker failed.
+enum Stop {
+    Skip(String),
+    Failed(BrokerError),
+}
+
+impl From<BrokerError> for Stop {
+    fn from(e: BrokerError) -> Self {
+        Stop::Failed(e)
+    }
+}
+
+impl From<StoreError> for Stop {
+    fn from(e: StoreError) -> Self {
+        Stop::Failed(e.into())
+    }
+}
+
+impl From<InvalidInput> for Stop {
+    fn from(e: InvalidInput) -> Self {
+        Stop::Failed(e.into())
+    }
+}
+
+/// The tool's login for an item, as step 1 read it.
+struct ToolLogin {
+    grant: Option<ToolGrant>,
+    /// Why the OS keyring, where the tool keeps its logins, cannot be
+    /// read.
+    keyring_trouble: Option<String>,
+}
+
+/// The server an item's login goes to (step 2).
+struct Target {
+    /// The broker's name for it.
+    name: String,
+    server_name: ServerName,
+    /// Not in `config.toml` yet: added after step 3.
+    new: bool,
+}
+
+/// A tool's grant bound to the server's authorization server (step 3).
+struct BoundGrant {
+    grant: ToolGrant,
+    discovery: Discovery,
+}
+
+/// Step 2: the server with the item's URL (configured, or planned by a
+/// dry run), else a new name for it; `out` gets the name, and why it
+/// differs from the tool's. Two entries with the URL hold two accounts:
+/// the tool's login goes to the one of its own name, or to neither. A
+/// server that gets its tokens without a login takes none.
+fn find_server(
+    config: &Config,
+    item: &ImportItem,
+    planned: &[(String, String)],
+    out: &mut ImportOutcome,
+) -> Result<Target, Stop> {
+    let same: Vec<String> = config
+        .servers
+        .iter()
+        .filter(|(_, s)| same_url(s.url.as_str(), &item.url))
+        .map(|(n, _)| n.to_string())
+        .collect();
+    if same.len() > 1 && !same.contains(&item.name) {
+        return Err(Stop::Skip(format!(
+            "{} have this URL, each with its own login, and none is named {:?}: log in to the one it belongs to",
+            same.join(" and "),
+            item.name
+        )));
+    }
+    let existing = same
+        .iter()
+        .find(|n| **n == item.name)
+        .or(same.first())
+        .cloned()
+        .or_else(|| {
+            planned
+                .iter()
+                .find(|(_, u)| same_url(u, &item.url))
+                .map(|(n, _)| n.clone())
+        });
+    let (name, new) = match existing {
+        Some(name) => (name, false),
+        None => {
+            let (name, renamed) = new_name(config, item, planned);
+            out.renamed = renamed;
+            (name, true)
+        }
+    };
+    out.server = name.clone();
+    let server_name = ServerName::parse(&name)?;
+    if let Some(cfg) = config.servers.get(&server_name)
+        && cfg.grant != GrantKind::AuthorizationCode
+    {
+        return Err(Stop::Skip(
+            "it gets its tokens without a login (grant in config.toml)".into(),
+        ));
+    }
+    Ok(Target {
+        name,
+        server_name,
+        new,
+    })
+}
+
+/// A name for a new server: the tool's, made valid; if another server has
+/// it, `NAME-TOOL`, then a number. With why it differs from the tool's.
+fn new_name(
+    config: &Config,
+    item: &ImportItem,
+    planned: &[(String, String)],
+) -> (String, Option<String>) {
+    let taken = |n: &str| {
+        config.servers.keys().any(|k| k.as_str() == n) || planned.iter().any(|(p, _)| p == n)
+    };
+    let wanted = sanitize(&item.name);
+    let mut name = wanted.clone();
+    let mut renamed = None;
+    if taken(&name) {
+        name = format!("{wanted}-{}", item.tool.id());
+        let mut n = 2;
+        while taken(&name) {
+            name = format!("{wanted}-{}-{n}", item.tool.id());
+            n += 1;
+        }
+        renamed = Some(format!("`{wanted}` is another server"));
+    } else if wanted != item.name {
+        renamed = Some(format!("`{}` is not a valid name", item.name));
+    }
+    (name, renamed)
+}
+
+/// The registration of the tool's client, stored for `issuer` so that
+/// its refresh token can be used.
+fn tool_registration(client: &ToolClient, issuer: &str, now: i64) -> Registration {
+    Registration {
+        issuer: issuer.to_string(),
+        client_id: client.client_id.clone(),
+        client_secret: client.client_secret.clone(),
+        auth_method: client
+            .auth_method
+            .unwrap_or(if client.client_secret.is_some() {
+                ClientAuthMethod::ClientSecretBasic
+            } else {
+                ClientAuthMethod::None
+            }),
+        redirect_uri: client.redirect_uri.clone(),
+        kind: RegistrationKind::Dynamic,
+        registered_at_ms: now,
+        // What the tool registered with is not known.
+        scopes: None,
     }
 }
 

@@ -18,7 +18,9 @@
 //! The device code lives in memory only (a `Secret`): a daemon restart
 //! ends the login, and the person starts again.
 
-use std::sync::Arc;
+use std::future::Future;
+use std::ops::ControlFlow;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use tracing::{info, warn};
@@ -30,7 +32,7 @@ use crate::error::BrokerError;
 use crate::install::{GrantSource, NewGrant};
 use crate::locks::ServerGuard;
 use crate::oauth::challenge::BearerChallenge;
-use crate::oauth::grants::{DevicePoll, SLOW_DOWN_SECS};
+use crate::oauth::grants::{DeviceAuthorization, DevicePoll, SLOW_DOWN_SECS};
 use crate::oauth::token::ClientAuth;
 use crate::secret::Secret;
 use crate::state::{Discovery, PendingFlow, Registration};
@@ -85,124 +87,20 @@ impl Logins {
                 return Err(BrokerError::OAuth(e));
             }
         };
-        let expires_at_ms = now + (authorization.expires_in_secs as i64) * 1000;
-        let view = DeviceView {
-            user_code: authorization.user_code.clone(),
-            verification_uri: authorization.verification_uri.clone(),
-            verification_uri_complete: authorization.verification_uri_complete.clone(),
-            expires_at_ms,
-            interval_secs: authorization.interval_secs,
-        };
-        let flow = PendingFlow {
-            state: Secret::new(crate::oauth::pkce::new_state()),
-            verifier: Secret::new(""),
-            issuer: discovery.issuer.clone(),
-            client_id: registration.client_id.clone(),
-            redirect_uri: String::new(),
-            scopes: scopes.clone(),
-            authorization_url: view
-                .verification_uri_complete
-                .clone()
-                .unwrap_or_else(|| view.verification_uri.clone()),
-            created_at_ms: now,
-            expires_at_ms,
-        };
+        let (view, flow) = device_flow(&discovery, &registration, scopes, &authorization, now);
         let (active, rx) = ActiveLogin::new(flow.clone(), 0, Some(view.clone()));
         self.insert(&name, active.clone());
         drop(guard);
-        let logins = Arc::downgrade(self);
-        let shutdown = self.ctx.shutdown().wait();
-        let lifetime = Duration::from_secs(authorization.expires_in_secs);
-        let interval = authorization.interval_secs;
-        let device_code = authorization.device_code;
-        let poll_name = name.clone();
-        tokio::spawn(async move {
-            let name = poll_name;
-            let stopped = active.stopped();
-            tokio::pin!(stopped, shutdown);
-            let deadline = tokio::time::Instant::now() + lifetime;
-            let mut interval = interval;
-            loop {
-                tokio::select! {
-                    _ = &mut stopped => return,
-                    _ = &mut shutdown => return,
-                    _ = tokio::time::sleep(Duration::from_secs(interval)) => {}
-                }
-                let Some(logins) = logins.upgrade() else {
-                    return;
-                };
-                let settle = |kind: FailureKind, message: String| {
-                    let logins = logins.clone();
-                    let active = active.clone();
-                    let name = name.clone();
-                    async move {
-                        let guard = logins.ctx.locks.lock(&name).await;
-                        logins
-                            .finish_login(
-                                &guard,
-                                &active,
-                                LoginOutcome::Failed { kind, message },
-                                false,
-                            )
-                            .await;
-                    }
-                };
-                if tokio::time::Instant::now() >= deadline {
-                    settle(
-                        FailureKind::TimedOut,
-                        "the code expired before it was approved; run the login again".into(),
-                    )
-                    .await;
-                    return;
-                }
-                let poll = logins
-                    .ctx
-                    .http
-                    .poll_device(&discovery, &ClientAuth::of(&registration), &device_code)
-                    .await;
-                match poll {
-                    Ok(DevicePoll::Pending) => continue,
-                    Ok(DevicePoll::SlowDown) => {
-                        interval += SLOW_DOWN_SECS;
-                        info!(server = %name, interval, "the authorization server asked to slow down");
-                        continue;
-                    }
-                    Ok(DevicePoll::Denied) => {
-                        settle(
-                            FailureKind::Denied,
-                            "the authorization server refused: access_denied".into(),
-                        )
-                        .await;
-                        return;
-                    }
-                    Ok(DevicePoll::Expired) => {
-                        settle(
-                            FailureKind::TimedOut,
-                            "the code expired before it was approved (expired_token); run the login again".into(),
-                        )
-                        .await;
-                        return;
-                    }
-                    Err(e) if e.is_transient() => {
-                        warn!(server = %name, error = %e, "device login: polling failed; trying again");
-                        continue;
-                    }
-                    Err(e) => {
-                        let guard = logins.ctx.locks.lock(&name).await;
-                        logins.ctx.record_error(&guard, &e.to_string()).await;
-                        drop(guard);
-                        settle(FailureKind::Error, e.to_string()).await;
-                        return;
-                    }
-                    Ok(DevicePoll::Tokens(tokens)) => {
-                        logins
-                            .finish_device_login(&name, &active, &discovery, &registration, tokens)
-                            .await;
-                        return;
-                    }
-                }
-            }
-        });
+        let poller = DevicePoller {
+            name: name.clone(),
+            active,
+            discovery,
+            registration,
+            device_code: authorization.device_code,
+            lifetime: Duration::from_secs(authorization.expires_in_secs),
+            interval: authorization.interval_secs,
+        };
+        tokio::spawn(poller.run(Arc::downgrade(self), self.ctx.shutdown().wait()));
         info!(server = %name, issuer = %flow.issuer, "device login started");
         self.ctx.publish(Some(name), EventKind::LoginStarted);
         Ok(LoginHandle {
@@ -213,6 +111,24 @@ impl Logins {
             device_offered: true,
             outcome: rx,
         })
+    }
+
+    /// Ends a device login without tokens, under the server's lock.
+    async fn settle_device_login(
+        &self,
+        name: &ServerName,
+        active: &Arc<ActiveLogin>,
+        kind: FailureKind,
+        message: String,
+    ) {
+        let guard = self.ctx.locks.lock(name).await;
+        self.finish_login(
+            &guard,
+            active,
+            LoginOutcome::Failed { kind, message },
+            false,
+        )
+        .await;
     }
 
     /// Installs the tokens of an approved device login and settles it.
@@ -257,5 +173,153 @@ impl Logins {
             },
         };
         self.finish_login(&guard, active, outcome, false).await;
+    }
+}
+
+/// What a person is shown of a device login, and its stored flow.
+fn device_flow(
+    discovery: &Discovery,
+    registration: &Registration,
+    scopes: Vec<String>,
+    authorization: &DeviceAuthorization,
+    now: i64,
+) -> (DeviceView, PendingFlow) {
+    let expires_at_ms = now + (authorization.expires_in_secs as i64) * 1000;
+    let view = DeviceView {
+        user_code: authorization.user_code.clone(),
+        verification_uri: authorization.verification_uri.clone(),
+        verification_uri_complete: authorization.verification_uri_complete.clone(),
+        expires_at_ms,
+        interval_secs: authorization.interval_secs,
+    };
+    let flow = PendingFlow {
+        state: Secret::new(crate::oauth::pkce::new_state()),
+        verifier: Secret::new(""),
+        issuer: discovery.issuer.clone(),
+        client_id: registration.client_id.clone(),
+        redirect_uri: String::new(),
+        scopes,
+        authorization_url: view
+            .verification_uri_complete
+            .clone()
+            .unwrap_or_else(|| view.verification_uri.clone()),
+        created_at_ms: now,
+        expires_at_ms,
+    };
+    (view, flow)
+}
+
+/// The poll of one device login's token endpoint, spawned when it starts
+/// and ended by the login settling, the daemon shutting down, or the
+/// logins part going away.
+struct DevicePoller {
+    name: ServerName,
+    active: Arc<ActiveLogin>,
+    discovery: Discovery,
+    registration: Registration,
+    device_code: Secret,
+    lifetime: Duration,
+    /// Seconds between polls; `slow_down` adds to it.
+    interval: u64,
+}
+
+impl DevicePoller {
+    async fn run(
+        mut self,
+        logins: Weak<Logins>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) {
+        let stopped = self.active.stopped();
+        tokio::pin!(stopped, shutdown);
+        let deadline = tokio::time::Instant::now() + self.lifetime;
+        loop {
+            tokio::select! {
+                _ = &mut stopped => return,
+                _ = &mut shutdown => return,
+                _ = tokio::time::sleep(Duration::from_secs(self.interval)) => {}
+            }
+            let Some(logins) = logins.upgrade() else {
+                return;
+            };
+            if self.poll_once(&logins, deadline).await.is_break() {
+                return;
+            }
+        }
+    }
+
+    /// One poll, once the interval has passed: `Break` when the login is
+    /// settled.
+    async fn poll_once(
+        &mut self,
+        logins: &Logins,
+        deadline: tokio::time::Instant,
+    ) -> ControlFlow<()> {
+        let name = &self.name;
+        let settle = |kind: FailureKind, message: String| {
+            logins.settle_device_login(name, &self.active, kind, message)
+        };
+        if tokio::time::Instant::now() >= deadline {
+            settle(
+                FailureKind::TimedOut,
+                "the code expired before it was approved; run the login again".into(),
+            )
+            .await;
+            return ControlFlow::Break(());
+        }
+        let poll = logins
+            .ctx
+            .http
+            .poll_device(
+                &self.discovery,
+                &ClientAuth::of(&self.registration),
+                &self.device_code,
+            )
+            .await;
+        match poll {
+            Ok(DevicePoll::Pending) => return ControlFlow::Continue(()),
+            Ok(DevicePoll::SlowDown) => {
+                self.interval += SLOW_DOWN_SECS;
+                let interval = self.interval;
+                info!(server = %name, interval, "the authorization server asked to slow down");
+                return ControlFlow::Continue(());
+            }
+            Ok(DevicePoll::Denied) => {
+                settle(
+                    FailureKind::Denied,
+                    "the authorization server refused: access_denied".into(),
+                )
+                .await;
+            }
+            Ok(DevicePoll::Expired) => {
+                settle(
+                    FailureKind::TimedOut,
+                    "the code expired before it was approved (expired_token); run the login again"
+                        .into(),
+                )
+                .await;
+            }
+            Err(e) if e.is_transient() => {
+                warn!(server = %name, error = %e, "device login: polling failed; trying again");
+                return ControlFlow::Continue(());
+            }
+            Err(e) => {
+                let guard = logins.ctx.locks.lock(name).await;
+                logins.ctx.record_error(&guard, &e.to_string()).await;
+                drop(guard);
+                settle(FailureKind::Error, e.to_string()).await;
+            }
+            Ok(DevicePoll::Tokens(tokens)) => {
+                logins
+                    .finish_device_login(
+                        name,
+                        &self.active,
+                        &self.discovery,
+                        &self.registration,
+                        tokens,
+                    )
+                    .await;
+            }
+        }
+        ControlFlow::Break(())
     }
 }

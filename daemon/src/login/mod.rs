@@ -20,12 +20,14 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::callback::{self, Page};
-use crate::config::ServerName;
+use crate::config::{ServerConfig, ServerName};
 use crate::context::{Context, EventKind};
 use crate::enterprise::Enterprise;
 use crate::error::BrokerError;
 use crate::install::{GrantSource, Installer, NewGrant};
 use crate::locks::ServerGuard;
+use crate::oauth::challenge::BearerChallenge;
+use crate::oauth::discovery::Discovered;
 use crate::oauth::flow::{self, CallbackError, CallbackParams};
 use crate::oauth::{pkce, registration};
 use crate::refresh::{Refresher, remember_client_auth};
@@ -125,6 +127,34 @@ pub struct LoginHandle {
     /// known).
     pub device_offered: bool,
     pub outcome: watch::Receiver<Option<LoginOutcome>>,
+}
+
+/// A login as stored when it started, which its callback completes.
+struct StoredLogin {
+    flow: PendingFlow,
+    /// The discovery of the flow's issuer.
+    discovery: Discovery,
+    /// The client the flow was started with.
+    registration: Registration,
+    /// The login is at an enterprise server's identity provider.
+    at_idp: bool,
+}
+
+impl StoredLogin {
+    /// Whether the callback must carry `iss` (RFC 9207).
+    fn iss_expected(&self) -> bool {
+        // An issuer the logins implied is not one the AS says: `iss`
+        // is not expected then (compared if it comes).
+        // `allow_missing_iss`: promised but not sent (Cloudflare's
+        // workers-oauth-provider) is accepted; a present `iss` is
+        // still compared.
+        let discovery = &self.discovery;
+        discovery
+            .metadata
+            .authorization_response_iss_parameter_supported
+            && !discovery.metadata.issuer_implied
+            && !discovery.settings.allow_missing_iss
+    }
 }
 
 /// The logins part: every login a person runs (browser, pasted redirect,
@@ -299,6 +329,45 @@ impl Logins {
         }
 
         let now = self.ctx.now_ms();
+        let (discovered, device) = self
+            .discover_for_login(&guard, &server, options.method, now)
+            .await?;
+        let stored_challenge = self
+            .ctx
+            .store()
+            .server(&name)?
+            .and_then(|r| r.challenge)
+            .map(|c| BearerChallenge {
+                scope: Some(c.scopes.join(" ")),
+                ..Default::default()
+            });
+        if device {
+            return self
+                .start_device_login(
+                    guard,
+                    &server,
+                    discovered.discovery,
+                    scopes,
+                    discovered.challenge,
+                    stored_challenge,
+                )
+                .await;
+        }
+        self.start_browser_login(guard, &server, discovered, scopes, stored_challenge, now)
+            .await
+    }
+
+    /// Discovers the authorization server for a login, and whether it is
+    /// a device login: as asked, and as the AS offers. A browser login
+    /// needs PKCE S256 of the AS (the device flow has none).
+    async fn discover_for_login(
+        &self,
+        guard: &ServerGuard,
+        server: &ServerConfig,
+        method: LoginMethod,
+        now: i64,
+    ) -> Result<(Discovered, bool), BrokerError> {
+        let name = guard.name();
         // PKCE is asked of the AS below, once it is known that the browser
         // flow is the one used (the device flow has none).
         let discovered = match self
@@ -310,13 +379,13 @@ impl Logins {
             Ok(d) => d,
             Err(e) => {
                 warn!(server = %name, error = %e, "login failed: discovery");
-                self.ctx.record_error(&guard, &e.to_string()).await;
+                self.ctx.record_error(guard, &e.to_string()).await;
                 return Err(BrokerError::OAuth(e));
             }
         };
-        let discovery = discovered.discovery;
+        let discovery = &discovered.discovery;
         let offers_device = discovery.metadata.device_authorization_endpoint.is_some();
-        let device = match options.method {
+        let device = match method {
             LoginMethod::Browser => false,
             LoginMethod::DeviceIfOffered => offers_device,
             LoginMethod::Device if offers_device => true,
@@ -324,7 +393,7 @@ impl Logins {
                 let e = crate::oauth::OAuthError::DeviceUnsupported {
                     issuer: discovery.issuer.clone(),
                 };
-                self.ctx.record_error(&guard, &e.to_string()).await;
+                self.ctx.record_error(guard, &e.to_string()).await;
                 return Err(BrokerError::OAuth(e));
             }
         };
@@ -333,70 +402,40 @@ impl Logins {
         {
             let e = crate::oauth::discovery::pkce_refusal(&discovery.metadata);
             warn!(server = %name, error = %e, "login failed: discovery");
-            self.ctx.record_error(&guard, &e.to_string()).await;
+            self.ctx.record_error(guard, &e.to_string()).await;
             return Err(BrokerError::OAuth(e));
         }
-        let stored_challenge = self
-            .ctx
-            .store()
-            .server(&name)?
-            .and_then(|r| r.challenge)
-            .map(|c| crate::oauth::challenge::BearerChallenge {
-                scope: Some(c.scopes.join(" ")),
-                ..Default::default()
-            });
-        if device {
-            return self
-                .start_device_login(
-                    guard,
-                    &server,
-                    discovery,
-                    scopes,
-                    discovered.challenge,
-                    stored_challenge,
-                )
-                .await;
-        }
+        Ok((discovered, device))
+    }
 
-        let mut record = self
-            .ctx
-            .store()
-            .server(&name)?
-            .unwrap_or_else(|| crate::state::ServerRecord::new(&server.url, now));
-        let port = server.callback_port.or(record.callback_port).unwrap_or(0);
-        let listener = callback::bind(port).map_err(|e| BrokerError::CallbackPort {
-            port,
-            reason: e.to_string(),
-        })?;
-        let port = listener
-            .local_addr()
-            .map_err(|e| BrokerError::CallbackPort {
-                port,
-                reason: e.to_string(),
-            })?
-            .port();
+    /// Starts a browser login under the guard: the callback listener, the
+    /// scopes and the client, then the authorization URL, whose flow is
+    /// stored before anyone sees it.
+    async fn start_browser_login(
+        self: &Arc<Self>,
+        guard: ServerGuard,
+        server: &ServerConfig,
+        discovered: Discovered,
+        asked: Vec<String>,
+        stored_challenge: Option<BearerChallenge>,
+        now: i64,
+    ) -> Result<LoginHandle, BrokerError> {
+        let name = guard.name().clone();
+        let discovery = discovered.discovery;
+        let (listener, port) = self.bind_callback(&guard, server, &discovery, now).await?;
         let redirect_uri = format!("http://127.0.0.1:{port}/callback");
-
-        // Discovery and the port are persisted: a refresh after a restart
-        // goes to the right token endpoint, and the redirect URI stays.
-        if server.callback_port.is_none() {
-            record.callback_port = Some(port);
-        }
-        record.discovery = Some(discovery.clone());
-        self.ctx.store().put_server(&guard, &record).await?;
-
         let scopes = self
             .login_scopes(
                 &guard,
-                &server,
+                server,
                 &discovery,
-                scopes,
+                asked,
                 discovered.challenge,
                 stored_challenge,
             )
             .await?;
         let registration = match self
-            .registration_for(&guard, &server, &discovery, &redirect_uri, &scopes, now)
+            .registration_for(&guard, server, &discovery, &redirect_uri, &scopes, now)
             .await
         {
             Ok(r) => r,
@@ -445,9 +484,45 @@ impl Logins {
             callback_port: port,
             device: None,
             joined: false,
-            device_offered: offers_device,
+            device_offered: discovery.metadata.device_authorization_endpoint.is_some(),
             outcome: rx,
         })
+    }
+
+    /// The loopback listener for a login's callback, on the configured or
+    /// persisted port (any free one the first time), and its port.
+    /// Discovery and the port are persisted: a refresh after a restart
+    /// goes to the right token endpoint, and the redirect URI stays.
+    async fn bind_callback(
+        &self,
+        guard: &ServerGuard,
+        server: &ServerConfig,
+        discovery: &Discovery,
+        now: i64,
+    ) -> Result<(std::net::TcpListener, u16), BrokerError> {
+        let mut record = self
+            .ctx
+            .store()
+            .server(guard.name())?
+            .unwrap_or_else(|| crate::state::ServerRecord::new(&server.url, now));
+        let port = server.callback_port.or(record.callback_port).unwrap_or(0);
+        let listener = callback::bind(port).map_err(|e| BrokerError::CallbackPort {
+            port,
+            reason: e.to_string(),
+        })?;
+        let port = listener
+            .local_addr()
+            .map_err(|e| BrokerError::CallbackPort {
+                port,
+                reason: e.to_string(),
+            })?
+            .port();
+        if server.callback_port.is_none() {
+            record.callback_port = Some(port);
+        }
+        record.discovery = Some(discovery.clone());
+        self.ctx.store().put_server(guard, &record).await?;
+        Ok((listener, port))
     }
 
     /// The scopes of a login: those asked for, else a pending step-up's
@@ -683,44 +758,8 @@ impl Logins {
         // Held until the grant is installed: the code exchange and the
         // install are one operation on the server's state.
         let guard = self.ctx.locks.lock(&name).await;
-        let flow = self
-            .ctx
-            .store()
-            .flow(&name)?
-            .filter(|f| f.expires_at_ms > self.ctx.now_ms())
-            .ok_or_else(|| BrokerError::NoLoginPending(name.to_string()))?;
-        let record = self.ctx.store().server(&name)?;
-        // An enterprise server's login is at its identity provider.
-        let idp_login = self.enterprise.idp_discovery_for(&name, &flow.issuer)?;
-        let is_idp_login = idp_login.is_some();
-        let discovery = record
-            .as_ref()
-            .and_then(|r| r.discovery.clone())
-            .filter(|d| d.issuer == flow.issuer)
-            .map(|d| self.ctx.settings_now(&name, d))
-            .or(idp_login)
-            .ok_or_else(|| BrokerError::NoLoginPending(name.to_string()))?;
-        let registration = self
-            .ctx
-            .store()
-            .registration(&name, &flow.issuer)?
-            .filter(|r| r.client_id == flow.client_id)
-            .ok_or_else(|| BrokerError::NoLoginPending(name.to_string()))?;
-
-        let code = match flow::validate_callback(
-            &flow,
-            // An issuer the logins implied is not one the AS says: `iss`
-            // is not expected then (compared if it comes).
-            // `allow_missing_iss`: promised but not sent (Cloudflare's
-            // workers-oauth-provider) is accepted; a present `iss` is
-            // still compared.
-            discovery
-                .metadata
-                .authorization_response_iss_parameter_supported
-                && !discovery.metadata.issuer_implied
-                && !discovery.settings.allow_missing_iss,
-            &params,
-        ) {
+        let login = self.stored_login(&name)?;
+        let code = match flow::validate_callback(&login.flow, login.iss_expected(), &params) {
             Ok(code) => code,
             // A wrong state is ignored: whoever sent it does not know the
             // flow, and must not be able to end it.
@@ -729,40 +768,8 @@ impl Logins {
                 return Err(BrokerError::Callback(e));
             }
             Err(e) => {
-                let kind = if matches!(e, CallbackError::Denied { .. }) {
-                    FailureKind::Denied
-                } else {
-                    FailureKind::Rejected
-                };
-                let mut message = e.to_string();
-                if matches!(&e, CallbackError::Denied { error, .. } if error == "invalid_target")
-                    && discovery.resource_to_send().is_some()
-                {
-                    message.push_str(SEND_RESOURCE_HINT);
-                }
-                // The AS refuses a scope this client was not registered
-                // for: a registration of ours not known to cover it is
-                // dropped, so the next login registers one that does.
-                // One known to cover it is kept: no loop.
-                if matches!(&e, CallbackError::Denied { error, .. } if error == "invalid_scope")
-                    && registration.kind == RegistrationKind::Dynamic
-                    && !registration.covers(&flow.scopes)
-                {
-                    self.ctx
-                        .store()
-                        .delete_registration(&guard, &registration.issuer)
-                        .await?;
-                    message.push_str(
-                        "; the client was not registered for that scope, so its registration was dropped: the next login registers a client for it",
-                    );
-                }
-                warn!(server = %name, error = %e, "login failed at the callback");
-                self.end_flow(
-                    &guard,
-                    active.as_ref(),
-                    LoginOutcome::Failed { kind, message },
-                )
-                .await;
+                self.callback_refused(&guard, active.as_ref(), &login, &e)
+                    .await?;
                 return Err(BrokerError::Callback(e));
             }
         };
@@ -771,63 +778,170 @@ impl Logins {
             .ctx
             .http
             .exchange_code(
-                &discovery,
-                &registration,
+                &login.discovery,
+                &login.registration,
                 &code,
-                &flow.verifier,
-                &flow.redirect_uri,
+                &login.flow.verifier,
+                &login.flow.redirect_uri,
             )
             .await
         {
             Ok(o) => o,
             Err(e) => {
-                let mut message = e.to_string();
-                if e.token_error() == Some("invalid_target")
-                    && discovery.resource_to_send().is_some()
-                {
-                    message.push_str(SEND_RESOURCE_HINT);
-                }
-                if e.token_failure() == crate::oauth::TokenFailure::ClientUnknown
-                    && registration.kind == RegistrationKind::Dynamic
-                {
-                    // The AS forgot our registration: drop it so the next
-                    // login registers afresh instead of looping.
-                    self.ctx
-                        .store()
-                        .delete_registration(&guard, &registration.issuer)
-                        .await?;
-                    message.push_str(
-                        "; the stale client registration was dropped, run the login again",
-                    );
-                }
-                warn!(server = %name, error = %e, "login failed at the token endpoint");
-                self.ctx.record_error(&guard, &message).await;
-                self.end_flow(
-                    &guard,
-                    active.as_ref(),
-                    LoginOutcome::Failed {
-                        kind: FailureKind::Error,
-                        message,
-                    },
-                )
-                .await;
+                self.exchange_failed(&guard, active.as_ref(), &login, &e)
+                    .await?;
                 return Err(BrokerError::OAuth(e));
             }
         };
-        remember_client_auth(&self.ctx, &guard, &registration, obtained.auth_method).await?;
+        remember_client_auth(&self.ctx, &guard, &login.registration, obtained.auth_method).await?;
         let tokens = obtained.tokens;
-        if is_idp_login {
+        if login.at_idp {
             return self
-                .finish_idp_login(guard, active.as_ref(), &flow, tokens)
+                .finish_idp_login(guard, active.as_ref(), &login.flow, tokens)
                 .await;
         }
+        self.install_login(&guard, active.as_ref(), &login, tokens)
+            .await
+    }
+
+    /// The login `complete_login` completes, as stored when it started:
+    /// a flow not yet expired, the discovery of its issuer (an enterprise
+    /// server's at its identity provider) and the client it started with.
+    fn stored_login(&self, name: &ServerName) -> Result<StoredLogin, BrokerError> {
+        let flow = self
+            .ctx
+            .store()
+            .flow(name)?
+            .filter(|f| f.expires_at_ms > self.ctx.now_ms())
+            .ok_or_else(|| BrokerError::NoLoginPending(name.to_string()))?;
+        let record = self.ctx.store().server(name)?;
+        // An enterprise server's login is at its identity provider.
+        let idp_login = self.enterprise.idp_discovery_for(name, &flow.issuer)?;
+        let at_idp = idp_login.is_some();
+        let discovery = record
+            .as_ref()
+            .and_then(|r| r.discovery.clone())
+            .filter(|d| d.issuer == flow.issuer)
+            .map(|d| self.ctx.settings_now(name, d))
+            .or(idp_login)
+            .ok_or_else(|| BrokerError::NoLoginPending(name.to_string()))?;
+        let registration = self
+            .ctx
+            .store()
+            .registration(name, &flow.issuer)?
+            .filter(|r| r.client_id == flow.client_id)
+            .ok_or_else(|| BrokerError::NoLoginPending(name.to_string()))?;
+        Ok(StoredLogin {
+            flow,
+            discovery,
+            registration,
+            at_idp,
+        })
+    }
+
+    /// A callback that failed its checks, or that carries the AS's
+    /// refusal, ends the login (not a wrong state: see `complete_login`).
+    /// A dynamic registration not known to cover the refused scopes is
+    /// dropped first.
+    async fn callback_refused(
+        &self,
+        guard: &ServerGuard,
+        active: Option<&Arc<ActiveLogin>>,
+        login: &StoredLogin,
+        e: &CallbackError,
+    ) -> Result<(), BrokerError> {
+        let name = guard.name();
+        let kind = if matches!(e, CallbackError::Denied { .. }) {
+            FailureKind::Denied
+        } else {
+            FailureKind::Rejected
+        };
+        let mut message = e.to_string();
+        if matches!(e, CallbackError::Denied { error, .. } if error == "invalid_target")
+            && login.discovery.resource_to_send().is_some()
+        {
+            message.push_str(SEND_RESOURCE_HINT);
+        }
+        // The AS refuses a scope this client was not registered
+        // for: a registration of ours not known to cover it is
+        // dropped, so the next login registers one that does.
+        // One known to cover it is kept: no loop.
+        if matches!(e, CallbackError::Denied { error, .. } if error == "invalid_scope")
+            && login.registration.kind == RegistrationKind::Dynamic
+            && !login.registration.covers(&login.flow.scopes)
+        {
+            self.ctx
+                .store()
+                .delete_registration(guard, &login.registration.issuer)
+                .await?;
+            message.push_str(
+                "; the client was not registered for that scope, so its registration was dropped: the next login registers a client for it",
+            );
+        }
+        warn!(server = %name, error = %e, "login failed at the callback");
+        self.end_flow(guard, active, LoginOutcome::Failed { kind, message })
+            .await;
+        Ok(())
+    }
+
+    /// A code the token endpoint did not exchange ends the login; a
+    /// dynamic registration the AS no longer knows is dropped first.
+    async fn exchange_failed(
+        &self,
+        guard: &ServerGuard,
+        active: Option<&Arc<ActiveLogin>>,
+        login: &StoredLogin,
+        e: &crate::oauth::OAuthError,
+    ) -> Result<(), BrokerError> {
+        let name = guard.name();
+        let registration = &login.registration;
+        let mut message = e.to_string();
+        if e.token_error() == Some("invalid_target") && login.discovery.resource_to_send().is_some()
+        {
+            message.push_str(SEND_RESOURCE_HINT);
+        }
+        if e.token_failure() == crate::oauth::TokenFailure::ClientUnknown
+            && registration.kind == RegistrationKind::Dynamic
+        {
+            // The AS forgot our registration: drop it so the next
+            // login registers afresh instead of looping.
+            self.ctx
+                .store()
+                .delete_registration(guard, &registration.issuer)
+                .await?;
+            message.push_str("; the stale client registration was dropped, run the login again");
+        }
+        warn!(server = %name, error = %e, "login failed at the token endpoint");
+        self.ctx.record_error(guard, &message).await;
+        self.end_flow(
+            guard,
+            active,
+            LoginOutcome::Failed {
+                kind: FailureKind::Error,
+                message,
+            },
+        )
+        .await;
+        Ok(())
+    }
+
+    /// Installs the tokens of a completed login and settles it.
+    async fn install_login(
+        &self,
+        guard: &ServerGuard,
+        active: Option<&Arc<ActiveLogin>>,
+        login: &StoredLogin,
+        tokens: crate::oauth::token::TokenSet,
+    ) -> Result<LoginOutcome, BrokerError> {
+        let name = guard.name();
+        let flow = &login.flow;
         let expires_at_ms = tokens.expires_at_ms(self.ctx.now_ms());
         let account = crate::oauth::jwt::account_of(&tokens);
         let new = NewGrant {
             account,
             issuer: flow.issuer.clone(),
-            client_id: registration.client_id.clone(),
-            resource: discovery.resource.clone(),
+            client_id: login.registration.client_id.clone(),
+            resource: login.discovery.resource.clone(),
             access_token: tokens.access_token,
             token_type: tokens.token_type,
             refresh_token: tokens.refresh_token,
@@ -838,14 +952,14 @@ impl Logins {
         // Durable (and exported) before anyone hears of it.
         let installed = self
             .installer
-            .install_grant(&guard, new, GrantSource::Login, |r| login_done(r, &granted))
+            .install_grant(guard, new, GrantSource::Login, |r| login_done(r, &granted))
             .await;
         let grant = match installed {
             Ok(grant) => grant,
             Err(e) => {
                 self.end_flow(
-                    &guard,
-                    active.as_ref(),
+                    guard,
+                    active,
                     LoginOutcome::Failed {
                         kind: FailureKind::Error,
                         message: e.to_string(),
@@ -861,8 +975,7 @@ impl Logins {
             refresh_token: grant.refresh_token.is_some(),
         };
         info!(server = %name, generation = grant.generation, "login complete");
-        self.end_flow(&guard, active.as_ref(), outcome.clone())
-            .await;
+        self.end_flow(guard, active, outcome.clone()).await;
         Ok(outcome)
     }
 
