@@ -51,31 +51,10 @@ impl Logins {
                 return Err(e);
             }
         };
-        let mut server_record = self
-            .ctx
-            .store()
-            .server(&name)?
-            .unwrap_or_else(|| crate::state::ServerRecord::new(&server.url, now));
-        let port = server
-            .callback_port
-            .or(server_record.callback_port)
-            .unwrap_or(0);
-        let listener = crate::callback::bind(port).map_err(|e| BrokerError::CallbackPort {
-            port,
-            reason: e.to_string(),
-        })?;
-        let port = listener
-            .local_addr()
-            .map_err(|e| BrokerError::CallbackPort {
-                port,
-                reason: e.to_string(),
-            })?
-            .port();
+        // The server's own AS is not the identity provider: no discovery
+        // is recorded for it here.
+        let (listener, port) = self.bind_callback(&guard, server, None, now).await?;
         let redirect_uri = format!("http://127.0.0.1:{port}/callback");
-        if server.callback_port.is_none() {
-            server_record.callback_port = Some(port);
-        }
-        self.ctx.store().put_server(&guard, &server_record).await?;
         let registration = idp_registration(&idp, &record.metadata, &redirect_uri, now)?;
         self.ctx
             .store()

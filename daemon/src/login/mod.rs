@@ -422,7 +422,9 @@ impl Logins {
     ) -> Result<LoginHandle, BrokerError> {
         let name = guard.name().clone();
         let discovery = discovered.discovery;
-        let (listener, port) = self.bind_callback(&guard, server, &discovery, now).await?;
+        let (listener, port) = self
+            .bind_callback(&guard, server, Some(&discovery), now)
+            .await?;
         let redirect_uri = format!("http://127.0.0.1:{port}/callback");
         let scopes = self
             .login_scopes(
@@ -493,11 +495,11 @@ impl Logins {
     /// persisted port (any free one the first time), and its port.
     /// Discovery and the port are persisted: a refresh after a restart
     /// goes to the right token endpoint, and the redirect URI stays.
-    async fn bind_callback(
+    pub(super) async fn bind_callback(
         &self,
         guard: &ServerGuard,
         server: &ServerConfig,
-        discovery: &Discovery,
+        discovery: Option<&Discovery>,
         now: i64,
     ) -> Result<(std::net::TcpListener, u16), BrokerError> {
         let mut record = self
@@ -520,7 +522,9 @@ impl Logins {
         if server.callback_port.is_none() {
             record.callback_port = Some(port);
         }
-        record.discovery = Some(discovery.clone());
+        if let Some(discovery) = discovery {
+            record.discovery = Some(discovery.clone());
+        }
         self.ctx.store().put_server(guard, &record).await?;
         Ok((listener, port))
     }
