@@ -18,7 +18,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use notify::{RecursiveMode, Watcher};
 use tokio::sync::{broadcast, mpsc};
 use tracing::{debug, info, warn};
 
@@ -27,6 +26,7 @@ use crate::context::{Context, EventKind};
 use crate::error::BrokerError;
 use crate::files::{FileToken, TokenFiles, parse_file};
 use crate::install::{GrantSource, Installer, NewGrant};
+use crate::watcher::{Naming, watch_files};
 
 /// Bigger files are not token files.
 const MAX_FILE: u64 = 64 * 1024;
@@ -112,37 +112,7 @@ impl FileWatch {
             .collect();
         let mut slot = self.watcher.lock().unwrap();
         *slot = None;
-        if files.is_empty() {
-            return;
-        }
-        let tx = tx.clone();
-        let wanted = files.clone();
-        let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if let Ok(event) = res {
-                for path in event.paths {
-                    if wanted.contains(&path) {
-                        let _ = tx.try_send(path);
-                    }
-                }
-            }
-        });
-        let mut watcher = match watcher {
-            Ok(w) => w,
-            Err(e) => {
-                warn!(error = %e, "cannot watch token files");
-                return;
-            }
-        };
-        let dirs: HashSet<&Path> = files.iter().filter_map(|f| f.parent()).collect();
-        for dir in dirs {
-            if let Err(e) = crate::fsutil::create_private_dir(dir)
-                .map_err(notify::Error::io)
-                .and_then(|()| watcher.watch(dir, RecursiveMode::NonRecursive))
-            {
-                warn!(dir = %dir.display(), error = %e, "cannot watch the token file directory");
-            }
-        }
-        *slot = Some(watcher);
+        *slot = watch_files(files, Naming::TheFile, true, tx, "token files");
     }
 
     fn spawn_import_loop(self: &Arc<Self>, mut rx: mpsc::Receiver<PathBuf>) {

@@ -27,10 +27,9 @@
 //! whose `Debug` shows nothing) and never logged.
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use notify::{RecursiveMode, Watcher};
 use tokio::sync::{broadcast, mpsc};
 use tracing::{debug, info, warn};
 
@@ -50,6 +49,7 @@ use crate::oauth::jwt;
 use crate::oauth::token::TokenSet;
 use crate::scheduler::Scheduler;
 use crate::state::{Discovery, Grant};
+use crate::watcher::{Naming, watch_files};
 
 /// Refuses an AS that lists its grant types without this one.
 fn check_grant_listed(discovery: &Discovery, grant: &'static str) -> Result<(), OAuthError> {
@@ -375,39 +375,12 @@ impl Unattended {
             .collect();
         let mut slot = self.assertion_watch.lock().unwrap();
         *slot = None;
-        if files.is_empty() {
-            return;
-        }
-        let tx = tx.clone();
-        let wanted = files.clone();
-        // Platforms rotate these files by renaming a new one (or a new
-        // directory, as Kubernetes' `..data` link) into place: the parent
-        // directory is watched, and any event naming the file counts.
-        let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if let Ok(event) = res {
-                for path in event.paths {
-                    for file in wanted
-                        .iter()
-                        .filter(|f| **f == path || f.parent() == path.parent())
-                    {
-                        let _ = tx.try_send(file.clone());
-                    }
-                }
-            }
-        });
-        let mut watcher = match watcher {
-            Ok(w) => w,
-            Err(e) => {
-                warn!(error = %e, "cannot watch the workload assertion files");
-                return;
-            }
-        };
-        let dirs: HashSet<&Path> = files.iter().filter_map(|f| f.parent()).collect();
-        for dir in dirs {
-            if let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive) {
-                warn!(dir = %dir.display(), error = %e, "cannot watch the assertion file's directory");
-            }
-        }
-        *slot = Some(watcher);
+        *slot = watch_files(
+            files,
+            Naming::ItsDirectory,
+            false,
+            tx,
+            "the workload assertion files",
+        );
     }
 }

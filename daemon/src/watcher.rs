@@ -5,6 +5,7 @@
 //! inode would never see. Bursts of events are coalesced (debounced) into
 //! one reload.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,4 +59,64 @@ pub fn watch_config(editor: Arc<ConfigEditor>, config: PathBuf) -> notify::Resul
         }
     });
     Ok(ConfigWatcher { _watcher: watcher })
+}
+
+/// Which events on a watched directory name one of the files.
+#[derive(Clone, Copy)]
+pub enum Naming {
+    /// An event for the file itself.
+    TheFile,
+    /// An event for anything in the file's directory (files rotated by
+    /// renaming a new one, or a new directory as Kubernetes' `..data`
+    /// link, into place).
+    ItsDirectory,
+}
+
+/// Watches the directories of `files` (writers replace files by rename,
+/// so the directory, not the file) and sends each file an event names on
+/// `tx`; with `create`, a missing directory is made (private) first.
+/// `None` with nothing to watch; what cannot be watched is logged as
+/// `what`'s.
+pub fn watch_files(
+    files: HashSet<PathBuf>,
+    naming: Naming,
+    create: bool,
+    tx: &mpsc::Sender<PathBuf>,
+    what: &str,
+) -> Option<notify::RecommendedWatcher> {
+    if files.is_empty() {
+        return None;
+    }
+    let tx = tx.clone();
+    let wanted = files.clone();
+    let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        let Ok(event) = res else { return };
+        for path in event.paths {
+            for file in wanted.iter().filter(|f| match naming {
+                Naming::TheFile => **f == path,
+                Naming::ItsDirectory => **f == path || f.parent() == path.parent(),
+            }) {
+                let _ = tx.try_send(file.clone());
+            }
+        }
+    });
+    let mut watcher = match watcher {
+        Ok(w) => w,
+        Err(e) => {
+            warn!(error = %e, "cannot watch {what}");
+            return None;
+        }
+    };
+    let dirs: HashSet<&Path> = files.iter().filter_map(|f| f.parent()).collect();
+    for dir in dirs {
+        let made = if create {
+            crate::fsutil::create_private_dir(dir).map_err(notify::Error::io)
+        } else {
+            Ok(())
+        };
+        if let Err(e) = made.and_then(|()| watcher.watch(dir, RecursiveMode::NonRecursive)) {
+            warn!(dir = %dir.display(), error = %e, "cannot watch the directory of {what}");
+        }
+    }
+    Some(watcher)
 }
