@@ -14,9 +14,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// Path of a workspace binary. `cargo test --workspace` builds them (the
-/// daemon and CLI crates have integration tests of their own, which makes
-/// cargo build their binaries before any test runs).
+/// Path of `mcpauthd` or `mcpauthctl`, the binaries of the other workspace
+/// packages. `cargo test --workspace` builds them (the daemon and CLI
+/// crates have integration tests of their own, which makes cargo build
+/// their binaries before any test runs). Cargo tells a test where the
+/// binaries of its *own* package are (`CARGO_BIN_EXE_<name>`, see
+/// [`own_bin!`]), but not those of other packages (only unstable artifact
+/// dependencies would), so these are found next to the test executable.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test> -> target/<profile>/<name>; a binary of
@@ -32,6 +36,26 @@ pub fn bin(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// Path of a binary of this package (`test-browser`, `test-client`,
+/// `mcpauth-bench`), as Cargo tells an integration test at build time.
+#[macro_export]
+macro_rules! own_bin {
+    ($name:literal) => {
+        ::std::path::PathBuf::from(env!(concat!("CARGO_BIN_EXE_", $name)))
+    };
+}
+
+/// The test browser every command is given as `$BROWSER`. This library is
+/// built before Cargo says where its package's binaries are, so it asks at
+/// run time: `cargo test` sets `CARGO_BIN_EXE_test-browser` for the test
+/// process too (Cargo 1.94 and later); a test executable run by hand, or
+/// by an older Cargo, finds it beside the other binaries.
+fn test_browser() -> PathBuf {
+    std::env::var_os("CARGO_BIN_EXE_test-browser")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| bin("test-browser"))
 }
 
 /// A private home for one test.
@@ -102,9 +126,16 @@ impl TestEnv {
             .status()
     }
 
-    /// A command with a cleared environment pointing at this home.
+    /// A binary found by [`bin`] (`mcpauthd`, `mcpauthctl`) with a cleared
+    /// environment pointing at this home.
     pub fn command(&self, binary: &str) -> Command {
-        let mut cmd = Command::new(bin(binary));
+        self.command_of(&bin(binary))
+    }
+
+    /// The program at `path` (e.g. [`own_bin!`]) with a cleared
+    /// environment pointing at this home.
+    pub fn command_of(&self, path: &Path) -> Command {
+        let mut cmd = Command::new(path);
         cmd.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", self.home())
@@ -114,7 +145,7 @@ impl TestEnv {
             .env("TMPDIR", self.root.path())
             .env(mcpauth_proto::env::DAEMON_BIN, bin("mcpauthd"))
             .env(mcpauth_proto::env::LOG, "debug")
-            .env("BROWSER", bin("test-browser"))
+            .env("BROWSER", test_browser())
             .env("TEST_BROWSER_LOG", self.root.path().join("browser.log"))
             .stdin(Stdio::null());
         cmd

@@ -285,7 +285,7 @@ async fn the_brokers_socket_forwarded_over_ssh_serves_the_remote() {
         "{said}"
     );
     assert!(!said.contains("ssh -N -L"), "{said}");
-    run(Command::new(mcpauth_tests::bin("test-browser"))
+    run(Command::new(mcpauth_tests::own_bin!("test-browser"))
         .arg(&url)
         .env("TEST_BROWSER_LOG", laptop.root.path().join("browser.log")));
     let start = Instant::now();

@@ -357,7 +357,7 @@ async fn a_401_storm_across_processes_refreshes_once_and_the_control_shows_the_r
     let socket = env.socket();
     let children: Vec<_> = (0..PROCESSES)
         .map(|_| {
-            let mut cmd = env.command("test-client");
+            let mut cmd = env.command_of(&mcpauth_tests::own_bin!("test-client"));
             cmd.args([
                 "broker",
                 socket.to_str().unwrap(),
@@ -414,7 +414,7 @@ async fn a_401_storm_across_processes_refreshes_once_and_the_control_shows_the_r
     let start = mcpauth_tests::now_ms() + 1500;
     let children: Vec<_> = (0..PROCESSES)
         .map(|_| {
-            let mut cmd = env.command("test-client");
+            let mut cmd = env.command_of(&mcpauth_tests::own_bin!("test-client"));
             cmd.args([
                 "direct",
                 &token_url,
