@@ -58,6 +58,52 @@ fn test_browser() -> PathBuf {
         .unwrap_or_else(|| bin("test-browser"))
 }
 
+/// Polls `ready` every 20 ms until it holds; panics naming `what` once
+/// `limit` has passed. For waiting on an event a test can observe.
+pub fn wait_until(limit: Duration, what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !ready() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// [`wait_until`] for async tests: the runtime's worker is not blocked
+/// between polls (the test servers may run on it).
+pub async fn wait_until_async(limit: Duration, what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !ready() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The next event of a `Watch` stream that satisfies `pred` (others are
+/// skipped); panics if none comes within 20 s.
+pub async fn next_event(
+    stream: &mut tonic::Streaming<mcpauth_client::pb::Event>,
+    pred: impl Fn(&mcpauth_client::pb::Event) -> bool,
+) -> mcpauth_client::pb::Event {
+    use tokio_stream::StreamExt;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let event = tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .expect("the expected event within 20 s")
+            .expect("stream open")
+            .expect("event");
+        if pred(&event) {
+            return event;
+        }
+    }
+}
+
 /// A private home for one test.
 pub struct TestEnv {
     pub root: tempfile::TempDir,
@@ -282,6 +328,19 @@ exit 1
         mcpauth_client::Client::connect(&self.socket())
             .await
             .expect("connect to mcpauthd")
+    }
+
+    /// The daemon's event stream, for one server or (`None`) all: events
+    /// from the moment this returns on.
+    pub async fn events(
+        &self,
+        server: Option<&str>,
+    ) -> tonic::Streaming<mcpauth_client::pb::Event> {
+        self.client()
+            .await
+            .watch(server)
+            .await
+            .expect("watch the daemon's events")
     }
 }
 
