@@ -104,6 +104,25 @@ pub async fn next_event(
     }
 }
 
+/// The generation of the next token issued for `server` (a login, a
+/// refresh, a renewal) after generation `after`, from a `Watch` stream:
+/// the token is held (and `token` hands it out) by then.
+pub async fn token_issued(
+    stream: &mut tonic::Streaming<mcpauth_client::pb::Event>,
+    server: &str,
+    after: u64,
+) -> u64 {
+    use mcpauth_client::pb::event::Kind;
+    let event = next_event(stream, |e| {
+        e.server == server && matches!(&e.kind, Some(Kind::TokenIssued(t)) if t.generation > after)
+    })
+    .await;
+    match event.kind {
+        Some(Kind::TokenIssued(t)) => t.generation,
+        _ => unreachable!("filtered above"),
+    }
+}
+
 /// A private home for one test.
 pub struct TestEnv {
     pub root: tempfile::TempDir,
