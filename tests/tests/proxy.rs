@@ -8,9 +8,9 @@ use std::process::{Child, ChildStdin, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use mcpauth_tests::TestEnv;
 use mcpauth_tests::authserver::{AuthServer, Switches};
 use mcpauth_tests::mcpserver::{Hang, McpServer};
+use mcpauth_tests::{TestEnv, wait_until};
 use serde_json::{Value, json};
 
 /// The proxy as a host runs it.
@@ -22,6 +22,8 @@ struct Host {
     pending: std::cell::RefCell<Vec<Value>>,
     stdout_log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    /// The threads reading stdout and stderr, done at their end.
+    readers: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Host {
@@ -44,7 +46,7 @@ impl Host {
         let (tx, out) = mpsc::channel();
         let stdout_log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let log = stdout_log.clone();
-        std::thread::spawn(move || {
+        let stdout_reader = std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 log.lock().unwrap().push(line.clone());
@@ -55,7 +57,7 @@ impl Host {
         });
         let err = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let sink = err.clone();
-        std::thread::spawn(move || {
+        let stderr_reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 let mut s = sink.lock().unwrap();
@@ -70,6 +72,7 @@ impl Host {
             out,
             stdout_log,
             stderr: err,
+            readers: vec![stdout_reader, stderr_reader],
         }
     }
 
@@ -142,7 +145,12 @@ impl Host {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        std::thread::sleep(Duration::from_millis(100));
+        // All it wrote has been read once both pipes are at their end.
+        wait_until(
+            Duration::from_secs(10),
+            "the end of the proxy's output",
+            || self.readers.iter().all(|r| r.is_finished()),
+        );
         let stderr = self.stderr.lock().unwrap().clone();
         let stdout = self.stdout_log.lock().unwrap().clone();
         (stderr, stdout)
@@ -671,6 +679,7 @@ async fn the_python_sdk_authorization_server_that_limits_scopes() {
     env.ctl(&["add", "py", &url]).ok();
     let login = env.ctl(&["login", "py"]);
     assert_eq!(login.code(), 0, "{}", login.stderr());
+    let first = env.ctl(&["token", "py"]).ok().trim().to_string();
     let stats = pysdk_stats(&base).await;
     assert_eq!(stats["register"], 1, "{stats}");
     assert_eq!(stats["register_scopes"], json!(["mcp:tools"]), "{stats}");
@@ -691,7 +700,22 @@ async fn the_python_sdk_authorization_server_that_limits_scopes() {
         assert!(Instant::now() < deadline, "no refresh");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    tokio::time::sleep(Duration::from_secs(3)).await; // the first token's lifetime
+    // Until the first token's lifetime is over: the SDK server turns it
+    // away.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while reqwest::Client::new()
+        .post(&url)
+        .bearer_auth(&first)
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        != 401
+    {
+        assert!(Instant::now() < deadline, "the first token never expired");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     host.send(call(3));
     assert_eq!(host.answer(3)["result"]["content"][0]["text"], "echo: hi");
     let stats = pysdk_stats(&base).await;
