@@ -451,6 +451,7 @@ async fn a_client_killed_mid_refresh_does_not_lose_the_rotated_refresh_token() {
     env.ctl(&["add", "s", &server.mcp_url]).ok();
     env.ctl(&["login", "s"]).ok();
     let old = env.ctl(&["token", "s"]).ok().trim().to_string();
+    let mut events = env.events(Some("s")).await;
     server.set(|s| s.token_delay_ms = 800);
     let mut child = env.command("mcpauthctl");
     child.args(["token", "s", "--rejected", &old]);
@@ -466,8 +467,8 @@ async fn a_client_killed_mid_refresh_does_not_lose_the_rotated_refresh_token() {
     child.kill().unwrap();
     let _ = child.wait();
     server.set(|s| s.token_delay_ms = 0);
-    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
-    // The refresh finished without its caller: the new token is held ...
+    // The refresh finishes without its caller: the new token is held ...
+    mcpauth_tests::token_issued(&mut events, "s", 0).await;
     let new = env.ctl(&["token", "s"]).ok().trim().to_string();
     assert_ne!(new, old);
     assert!(server.is_valid_access_token(&new));
