@@ -697,11 +697,9 @@ async fn a_person_is_notified_once_per_episode_when_a_program_needs_a_login() {
         .args(["login", "s"])
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while env.ctl(&["show", "s", "--json"]).json()["state"] != "login_pending" {
-        assert!(Instant::now() < deadline, "the login never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    mcpauth_tests::wait_until(Duration::from_secs(10), "the login to start", || {
+        env.ctl(&["show", "s", "--json"]).json()["state"] == "login_pending"
+    });
     assert_eq!(env.ctl(&["token", "s"]).code(), 4);
     let _ = pending.kill();
     let _ = pending.wait();
@@ -712,11 +710,9 @@ async fn a_person_is_notified_once_per_episode_when_a_program_needs_a_login() {
         "notifications = false\n[servers.t]\nurl = \"{}\"\n",
         server.mcp_url
     ));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while env.ctl(&["show", "t", "--json"]).code() != 0 {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    mcpauth_tests::wait_until(Duration::from_secs(10), "the config to apply", || {
+        env.ctl(&["show", "t", "--json"]).code() == 0
+    });
     assert_eq!(env.ctl(&["token", "t"]).code(), 4);
     assert_eq!(notes().len(), 2, "notifications = false is honoured");
 }

@@ -254,11 +254,9 @@ async fn a_get_stream_that_never_opens_is_retried_and_requests_go_on() {
     let mut host = Host::start_with(&env, "s", &[SHORT_OPEN]);
     let init = host.initialize();
     assert!(init["result"].is_object(), "{init}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !host.stderr.lock().unwrap().contains("sent no answer") {
-        assert!(Instant::now() < deadline, "the GET was given up on");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(Duration::from_secs(10), "the GET to be given up on", || {
+        host.stderr.lock().unwrap().contains("sent no answer")
+    });
     let tools = host.request(2, "tools/list", json!({}));
     assert!(tools["result"]["tools"].is_array(), "{tools}");
     let (stderr, stdout) = host.close();
@@ -286,15 +284,11 @@ async fn the_proxy_bridges_sessions_json_sse_and_server_messages_and_recovers_a_
     assert_eq!(host.answer(3)["result"]["content"][0]["text"], "sse done");
 
     // Server-initiated messages on the GET stream.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !mcp
-        .seen()
-        .iter()
-        .any(|s| s.method == "GET" && s.status == 200)
-    {
-        assert!(Instant::now() < deadline, "no GET stream opened");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(Duration::from_secs(10), "a GET stream to open", || {
+        mcp.seen()
+            .iter()
+            .any(|s| s.method == "GET" && s.status == 200)
+    });
     mcp.push(json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"}));
     host.wait("a server-initiated message", |v| {
         v["method"] == "notifications/tools/list_changed"
@@ -436,11 +430,9 @@ async fn a_url_change_never_sends_the_new_servers_token_to_the_old_one() {
     assert!(tools["result"]["tools"].is_array(), "{tools}");
 
     env.write_config(&format!("[servers.s]\nurl = \"{}\"\n", new_mcp.url));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while env.ctl(&["show", "s", "--json"]).json()["url"] != new_mcp.url.as_str() {
-        assert!(Instant::now() < deadline, "the URL change was not applied");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(Duration::from_secs(10), "the URL change to apply", || {
+        env.ctl(&["show", "s", "--json"]).json()["url"] == new_mcp.url.as_str()
+    });
     env.ctl(&["login", "s"]).ok();
     let new_token = env.ctl(&["token", "s"]).ok().trim().to_string();
     assert!(new_auth.is_valid_access_token(&new_token));
@@ -509,19 +501,16 @@ async fn an_http_sse_session_lost_with_its_stream_is_started_again() {
     host.request(2, "tools/list", json!({}));
     // The server restarts: the stream ends, and the session with it.
     mcp.drop_legacy_streams();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !host
-        .stderr
-        .lock()
-        .unwrap()
-        .contains("closed its event stream")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the proxy noticed the stream end"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(
+        Duration::from_secs(10),
+        "the proxy to notice the stream end",
+        || {
+            host.stderr
+                .lock()
+                .unwrap()
+                .contains("closed its event stream")
+        },
+    );
     // The host's next request works: a new stream, its initialize
     // replayed there, then the request.
     let tools = host.request(3, "tools/list", json!({}));
