@@ -521,7 +521,7 @@ pub fn real_hosts() -> PathBuf {
 }
 
 /// A TLS listener on 127.0.0.1 presenting `cert`: it shakes hands and
-/// answers 404.
+/// answers a request 404, and closes the connection.
 pub async fn tls_listener(cert: &rcgen::Certificate, key: &rcgen::KeyPair) -> u16 {
     use std::sync::Arc;
     use tokio_rustls::rustls;
@@ -543,10 +543,23 @@ pub async fn tls_listener(cert: &rcgen::Certificate, key: &rcgen::KeyPair) -> u1
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
                 if let Ok(mut tls) = acceptor.accept(tcp).await {
-                    use tokio::io::AsyncWriteExt;
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    // The request's head, then the answer, then a clean
+                    // close (close_notify): a connection dropped without
+                    // one is a TLS error to the client, whether or not it
+                    // had the answer yet.
+                    let mut request = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tls.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => request.extend_from_slice(&buf[..n]),
+                        }
+                    }
                     let _ = tls
                         .write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
                         .await;
+                    let _ = tls.shutdown().await;
                 }
             });
         }
