@@ -363,6 +363,21 @@ exit 1
     }
 }
 
+impl Drop for TestEnv {
+    /// Stops a daemon a command started on demand in this home: it would
+    /// otherwise outlive the test, its home deleted under it.
+    fn drop(&mut self) {
+        if std::os::unix::net::UnixStream::connect(self.socket()).is_ok() {
+            let _ = self
+                .command("mcpauthctl")
+                .args(["--no-autostart", "stop"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
 /// A running daemon; killed on drop.
 pub struct Daemon {
     pub child: Child,
