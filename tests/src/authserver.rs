@@ -762,10 +762,18 @@ async fn handle_inner(State(app): State<App>, request: Request<Body>) -> Respons
                 .is_some_and(|f| !s.revoked_families.contains(f))
         });
         if valid {
-            return json(
-                StatusCode::OK,
-                serde_json::json!({"jsonrpc": "2.0", "id": 1, "result": {}}),
-            );
+            // An answer to the request sent (its id), as a client waits
+            // for; a notification gets none.
+            let id = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .map(|request| request["id"].clone());
+            return match id {
+                Some(serde_json::Value::Null) => StatusCode::ACCEPTED.into_response(),
+                id => json(
+                    StatusCode::OK,
+                    serde_json::json!({"jsonrpc": "2.0", "id": id.unwrap_or(1.into()), "result": {}}),
+                ),
+            };
         }
         let mut challenge = "Bearer realm=\"mcp\"".to_string();
         if let Some(raw) = &sw.challenge_resource_metadata {

@@ -14,9 +14,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// Path of a workspace binary. `cargo test --workspace` builds them (the
-/// daemon and CLI crates have integration tests of their own, which makes
-/// cargo build their binaries before any test runs).
+/// Path of `mcpauthd` or `mcpauthctl`, the binaries of the other workspace
+/// packages. `cargo test --workspace` builds them (the daemon and CLI
+/// crates have integration tests of their own, which makes cargo build
+/// their binaries before any test runs). Cargo tells a test where the
+/// binaries of its *own* package are (`CARGO_BIN_EXE_<name>`, see
+/// [`own_bin!`]), but not those of other packages (only unstable artifact
+/// dependencies would), so these are found next to the test executable.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test> -> target/<profile>/<name>; a binary of
@@ -32,6 +36,91 @@ pub fn bin(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// Path of a binary of this package (`test-browser`, `test-client`,
+/// `mcpauth-bench`), as Cargo tells an integration test at build time.
+#[macro_export]
+macro_rules! own_bin {
+    ($name:literal) => {
+        ::std::path::PathBuf::from(env!(concat!("CARGO_BIN_EXE_", $name)))
+    };
+}
+
+/// The test browser every command is given as `$BROWSER`. This library is
+/// built before Cargo says where its package's binaries are, so it asks at
+/// run time: `cargo test` sets `CARGO_BIN_EXE_test-browser` for the test
+/// process too (Cargo 1.94 and later); a test executable run by hand, or
+/// by an older Cargo, finds it beside the other binaries.
+fn test_browser() -> PathBuf {
+    std::env::var_os("CARGO_BIN_EXE_test-browser")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| bin("test-browser"))
+}
+
+/// Polls `ready` every 20 ms until it holds; panics naming `what` once
+/// `limit` has passed. For waiting on an event a test can observe.
+pub fn wait_until(limit: Duration, what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !ready() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// [`wait_until`] for async tests: the runtime's worker is not blocked
+/// between polls (the test servers may run on it).
+pub async fn wait_until_async(limit: Duration, what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !ready() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The next event of a `Watch` stream that satisfies `pred` (others are
+/// skipped); panics if none comes within 20 s.
+pub async fn next_event(
+    stream: &mut tonic::Streaming<mcpauth_client::pb::Event>,
+    pred: impl Fn(&mcpauth_client::pb::Event) -> bool,
+) -> mcpauth_client::pb::Event {
+    use tokio_stream::StreamExt;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let event = tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .expect("the expected event within 20 s")
+            .expect("stream open")
+            .expect("event");
+        if pred(&event) {
+            return event;
+        }
+    }
+}
+
+/// The generation of the next token issued for `server` (a login, a
+/// refresh, a renewal) after generation `after`, from a `Watch` stream:
+/// the token is held (and `token` hands it out) by then.
+pub async fn token_issued(
+    stream: &mut tonic::Streaming<mcpauth_client::pb::Event>,
+    server: &str,
+    after: u64,
+) -> u64 {
+    use mcpauth_client::pb::event::Kind;
+    let event = next_event(stream, |e| {
+        e.server == server && matches!(&e.kind, Some(Kind::TokenIssued(t)) if t.generation > after)
+    })
+    .await;
+    match event.kind {
+        Some(Kind::TokenIssued(t)) => t.generation,
+        _ => unreachable!("filtered above"),
+    }
 }
 
 /// A private home for one test.
@@ -102,9 +191,16 @@ impl TestEnv {
             .status()
     }
 
-    /// A command with a cleared environment pointing at this home.
+    /// A binary found by [`bin`] (`mcpauthd`, `mcpauthctl`) with a cleared
+    /// environment pointing at this home.
     pub fn command(&self, binary: &str) -> Command {
-        let mut cmd = Command::new(bin(binary));
+        self.command_of(&bin(binary))
+    }
+
+    /// The program at `path` (e.g. [`own_bin!`]) with a cleared
+    /// environment pointing at this home.
+    pub fn command_of(&self, path: &Path) -> Command {
+        let mut cmd = Command::new(path);
         cmd.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", self.home())
@@ -114,7 +210,7 @@ impl TestEnv {
             .env("TMPDIR", self.root.path())
             .env(mcpauth_proto::env::DAEMON_BIN, bin("mcpauthd"))
             .env(mcpauth_proto::env::LOG, "debug")
-            .env("BROWSER", bin("test-browser"))
+            .env("BROWSER", test_browser())
             .env("TEST_BROWSER_LOG", self.root.path().join("browser.log"))
             .stdin(Stdio::null());
         cmd
@@ -251,6 +347,34 @@ exit 1
         mcpauth_client::Client::connect(&self.socket())
             .await
             .expect("connect to mcpauthd")
+    }
+
+    /// The daemon's event stream, for one server or (`None`) all: events
+    /// from the moment this returns on.
+    pub async fn events(
+        &self,
+        server: Option<&str>,
+    ) -> tonic::Streaming<mcpauth_client::pb::Event> {
+        self.client()
+            .await
+            .watch(server)
+            .await
+            .expect("watch the daemon's events")
+    }
+}
+
+impl Drop for TestEnv {
+    /// Stops a daemon a command started on demand in this home: it would
+    /// otherwise outlive the test, its home deleted under it.
+    fn drop(&mut self) {
+        if std::os::unix::net::UnixStream::connect(self.socket()).is_ok() {
+            let _ = self
+                .command("mcpauthctl")
+                .args(["--no-autostart", "stop"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 }
 
@@ -412,7 +536,7 @@ pub fn real_hosts() -> PathBuf {
 }
 
 /// A TLS listener on 127.0.0.1 presenting `cert`: it shakes hands and
-/// answers 404.
+/// answers a request 404, and closes the connection.
 pub async fn tls_listener(cert: &rcgen::Certificate, key: &rcgen::KeyPair) -> u16 {
     use std::sync::Arc;
     use tokio_rustls::rustls;
@@ -434,10 +558,23 @@ pub async fn tls_listener(cert: &rcgen::Certificate, key: &rcgen::KeyPair) -> u1
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
                 if let Ok(mut tls) = acceptor.accept(tcp).await {
-                    use tokio::io::AsyncWriteExt;
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    // The request's head, then the answer, then a clean
+                    // close (close_notify): a connection dropped without
+                    // one is a TLS error to the client, whether or not it
+                    // had the answer yet.
+                    let mut request = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tls.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => request.extend_from_slice(&buf[..n]),
+                        }
+                    }
                     let _ = tls
                         .write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
                         .await;
+                    let _ = tls.shutdown().await;
                 }
             });
         }

@@ -103,11 +103,11 @@ async fn a_registration_refused_for_its_scope_is_made_again_once() {
         "[servers.s]\nurl = \"{}\"\ncallback_port = 27890\n",
         server.mcp_url
     ));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while env.ctl(&["show", "s"]).code() != 0 {
-        assert!(std::time::Instant::now() < deadline, "config not applied");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    mcpauth_tests::wait_until(
+        std::time::Duration::from_secs(10),
+        "the config to apply",
+        || env.ctl(&["show", "s"]).code() == 0,
+    );
     let imported = env.ctl(&["import", "hermes"]).ok();
     assert!(imported.contains("adopted"), "{imported}");
 

@@ -260,11 +260,17 @@ fn secrets_never_reach_logs_output_or_errors() {
     env.write_config(&format!(
         "[servers.a]\nurl = \"https://a.example/mcp\"\nclient_id = \"cid\"\nclient_secret = \"{SECRET}\n"
     ));
-    std::thread::sleep(Duration::from_millis(300));
-    let status = env.ctl(&["status", "--json"]);
-    outputs.push(status.stdout());
-    let json = status.json();
-    assert_eq!(json["config"]["ok"], false, "the broken edit was seen");
+    // Until the daemon has seen it; every status on the way is checked too.
+    mcpauth_tests::wait_until(
+        Duration::from_secs(10),
+        "the broken edit to be seen",
+        || {
+            let status = env.ctl(&["status", "--json"]);
+            outputs.push(status.stdout());
+            outputs.push(status.stderr());
+            status.json()["config"]["ok"] == false
+        },
+    );
     let log = daemon.stop();
     assert!(
         log.contains("TRACE") || log.contains("DEBUG"),

@@ -4,25 +4,7 @@
 use std::time::Duration;
 
 use mcpauth_client::pb;
-use mcpauth_tests::TestEnv;
-use tokio_stream::StreamExt;
-
-async fn next_event(
-    stream: &mut tonic::Streaming<pb::Event>,
-    pred: impl Fn(&pb::Event) -> bool,
-) -> pb::Event {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let event = tokio::time::timeout_at(deadline, stream.next())
-            .await
-            .expect("the expected event within 10 s")
-            .expect("stream open")
-            .expect("event");
-        if pred(&event) {
-            return event;
-        }
-    }
-}
+use mcpauth_tests::{TestEnv, next_event};
 
 #[tokio::test]
 async fn invalid_names_and_urls_are_refused_with_invalid_argument() {

@@ -652,14 +652,19 @@ async fn the_proxy_entry_connect_writes_works_with_only_home_and_path() {
                 r#"{{"jsonrpc":"2.0","id":1,"method":"initialize","params":{{"protocolVersion":"2025-06-18","capabilities":{{}},"clientInfo":{{"name":"h","version":"1"}}}}}}"#
             )
             .unwrap();
-            std::thread::sleep(std::time::Duration::from_secs(2));
+            // The host hangs up once the answer is in (or the proxy ends).
+            let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+            let mut first = String::new();
+            std::io::BufRead::read_line(&mut stdout, &mut first).unwrap();
             drop(stdin);
-            child.wait_with_output().unwrap()
+            let mut rest = String::new();
+            std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+            (first + &rest, child.wait_with_output().unwrap())
         })
         .await
         .unwrap()
     };
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let (stdout, out) = out;
     let first: Value = serde_json::from_str(stdout.lines().next().unwrap_or("null")).unwrap();
     assert_eq!(
         first["result"]["protocolVersion"],

@@ -91,6 +91,15 @@ async fn newer_tokens_written_by_another_tool_are_adopted_and_others_are_not() {
             .to_string()
     };
 
+    // Each file is looked at before the next replaces it.
+    let looked_at = |what: &'static str| {
+        let daemon = &daemon;
+        async move {
+            until(Duration::from_secs(5), || daemon.log().contains(what))
+                .await
+                .unwrap_or_else(|| panic!("no {what:?} in:\n{}", daemon.log()));
+        }
+    };
     // Older than what the broker holds (expires sooner): ignored.
     write_atomically(
         &file,
@@ -99,11 +108,11 @@ async fn newer_tokens_written_by_another_tool_are_adopted_and_others_are_not() {
             expires_s(60)
         ),
     );
+    looked_at("not newer than the token held").await;
     // Malformed: ignored.
-    tokio::time::sleep(Duration::from_millis(150)).await;
     write_atomically(&file, r#"{"access_token": "partial"#);
+    looked_at("malformed or partial").await;
     // Another issuer: ignored.
-    tokio::time::sleep(Duration::from_millis(150)).await;
     write_atomically(
         &file,
         &format!(
@@ -150,10 +159,16 @@ async fn exporting_and_importing_one_file_does_not_loop() {
     let server = AuthServer::start(Switches::default()).await;
     let env = TestEnv::new();
     let file = env.root.path().join("shared/s.json");
+    // t imports a file beside it: a write there, after the export, is
+    // looked at after the export's (one watch, its events in order, s
+    // before t in one batch), so it tells when the export was looked at.
+    let beside = env.root.path().join("shared/t.json");
     env.write_config(&format!(
-        "[servers.s]\nurl = \"{url}\"\nimport = {{ path = \"{f}\", format = \"hermes\" }}\nexport = {{ path = \"{f}\", format = \"hermes\" }}\n",
+        "[servers.s]\nurl = \"{url}\"\nimport = {{ path = \"{f}\", format = \"hermes\" }}\nexport = {{ path = \"{f}\", format = \"hermes\" }}\n\
+         [servers.t]\nurl = \"https://t.example/mcp\"\nimport = {{ path = \"{b}\", format = \"hermes\" }}\n",
         url = server.mcp_url,
-        f = file.display()
+        f = file.display(),
+        b = beside.display()
     ));
     let daemon = env.start_daemon();
     env.ctl(&["login", "s"]).ok();
@@ -164,7 +179,12 @@ async fn exporting_and_importing_one_file_does_not_loop() {
     })
     .await
     .expect("exported");
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    write_atomically(&beside, "{");
+    until(Duration::from_secs(5), || {
+        daemon.log().contains("malformed or partial")
+    })
+    .await
+    .expect("the file beside it was looked at");
     assert!(
         !daemon.log().contains("token adopted from file"),
         "own writes are not imported"
@@ -185,10 +205,25 @@ async fn watch_prints_new_tokens_as_json_lines() {
         .args(["watch", "s", "--json"])
         .stdout(std::process::Stdio::piped());
     let mut child = watch.spawn().unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    env.ctl(&["refresh", "s"]).ok();
-    let line = lines.next().unwrap().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // The watch is listening some time after it starts: refresh until it
+    // prints (its first line is then about a refresh).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let line = loop {
+        env.ctl(&["refresh", "s"]).ok();
+        if let Ok(line) = lines.recv_timeout(Duration::from_millis(500)) {
+            break line;
+        }
+        assert!(Instant::now() < deadline, "watch printed nothing");
+    };
     child.kill().unwrap();
     let _ = child.wait();
     let event: serde_json::Value = serde_json::from_str(&line).unwrap();
@@ -196,4 +231,7 @@ async fn watch_prints_new_tokens_as_json_lines() {
     assert_eq!(event["server"], "s");
     let token = env.ctl(&["token", "s"]).ok().trim().to_string();
     assert!(!line.contains(&token), "events never carry tokens");
+    for issued in server.issued_access_tokens() {
+        assert!(!line.contains(&issued), "events never carry tokens");
+    }
 }

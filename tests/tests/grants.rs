@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use mcpauth_tests::authserver::{AuthServer, IssMode, MetadataMode, PrmMode, Switches};
 use mcpauth_tests::grants_as::{GrantSwitches, es256_key, sign, unix_secs};
-use mcpauth_tests::{CtlOutput, Daemon, TestEnv, leaked};
+use mcpauth_tests::{CtlOutput, Daemon, TestEnv, leaked, token_issued, wait_until_async};
 
 struct Setup {
     env: TestEnv,
@@ -92,6 +92,7 @@ async fn client_credentials_need_no_login_and_renew_by_asking_again() {
     let mut cmd = env.command("mcpauthd");
     cmd.env(mcpauth_proto::env::LOG, "trace");
     let _daemon = env.spawn_daemon(&mut cmd).unwrap();
+    let mut events = env.events(Some("s")).await;
 
     let before = env.ctl(&["show", "s", "--json"]).json();
     assert_eq!(before["grant"], "client_credentials");
@@ -111,6 +112,7 @@ async fn client_credentials_need_no_login_and_renew_by_asking_again() {
     // `token` just works: one client credentials request, Basic auth,
     // resource and the configured scope.
     let first = token(&env);
+    let first_generation = token_issued(&mut events, "s", 0).await;
     assert!(server.is_valid_access_token(&first));
     let requests = server.token_requests("client_credentials");
     assert_eq!(requests.len(), 1);
@@ -130,9 +132,9 @@ async fn client_credentials_need_no_login_and_renew_by_asking_again() {
     let status = env.ctl(&["status"]).ok();
     assert!(status.contains("(client_credentials)"), "{status}");
 
-    // The token lives 4 s: a later `token` gets a new one, with no person
-    // (by the scheduler, or by the request itself).
-    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    // The token lives 4 s: it is renewed with no person (by the
+    // scheduler, or by a request), and a later `token` gets the new one.
+    token_issued(&mut events, "s", first_generation).await;
     let second = token(&env);
     assert_ne!(first, second, "renewed");
     assert!(server.is_valid_access_token(&second));
@@ -498,6 +500,23 @@ fn rotate(path: &std::path::Path, content: &str) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
+/// What the daemon logs when it sees an assertion (or ID token) file
+/// change, and ends the backoff.
+const FILE_CHANGED: &str = "the workload assertion file changed";
+
+/// [`rotate`], then waits until the daemon has seen a change of the file
+/// after it (and so ended any backoff from before).
+async fn rotate_seen(env: &TestEnv, path: &std::path::Path, content: &str) {
+    let seen = env.all_daemon_logs().matches(FILE_CHANGED).count();
+    rotate(path, content);
+    wait_until_async(
+        Duration::from_secs(10),
+        "the daemon to see the rotation",
+        || env.all_daemon_logs().matches(FILE_CHANGED).count() > seen,
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workload_identity_sends_the_current_token_and_follows_rotation() {
     let server = AuthServer::start(workload_switches()).await;
@@ -587,8 +606,7 @@ async fn a_workload_token_for_another_audience_or_expired_is_never_sent() {
 
     // Expired: refused too. The rotation ends the backoff at once.
     let expired = workload_jwt(&key, &server.issuer, -60);
-    rotate(&file, &expired);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    rotate_seen(&env, &file, &expired).await;
     let out2 = env.ctl(&["token", "s"]);
     assert_ne!(out2.code(), 0);
     assert!(out2.stderr().contains("expired"), "{}", out2.stderr());
@@ -602,8 +620,7 @@ async fn a_workload_token_for_another_audience_or_expired_is_never_sent() {
     // A good token arrives: the next ask works without waiting out the
     // backoff.
     let good = workload_jwt(&key, &server.issuer, 600);
-    rotate(&file, &good);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    rotate_seen(&env, &file, &good).await;
     let t = token(&env);
     assert!(server.is_valid_access_token(&t));
     let sent = server.token_requests("urn:ietf:params:oauth:grant-type:jwt-bearer");
@@ -850,6 +867,8 @@ async fn enterprise_one_idp_login_serves_every_server_and_renews_without_a_perso
 
     // Both servers get tokens with no further login.
     let t_wiki = env.ctl(&["token", "wiki"]).ok().trim().to_string();
+    // From here on, a token issued for wiki is a renewal.
+    let mut events = env.events(Some("wiki")).await;
     let t_tools = env.ctl(&["token", "tools"]).ok().trim().to_string();
     assert!(wiki.is_valid_access_token(&t_wiki));
     assert!(tools.is_valid_access_token(&t_tools));
@@ -883,7 +902,7 @@ async fn enterprise_one_idp_login_serves_every_server_and_renews_without_a_perso
     }
 
     // Renewal without a person: the tokens live 4 s.
-    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    token_issued(&mut events, "wiki", 0).await;
     let again = env.ctl(&["token", "wiki"]).ok().trim().to_string();
     assert_ne!(again, t_wiki);
     assert!(wiki.is_valid_access_token(&again));
@@ -988,9 +1007,24 @@ async fn an_expired_id_token_means_a_login_at_the_identity_provider() {
         _daemon,
         ..
     } = enterprise(GrantSwitches::default(), None).await;
-    idp.set(|s| s.grants.idp_id_token_ttl = Some(7));
+    // The ID token is issued at the end of the login, and exchanged at
+    // once; 3 s (at least 2, `exp` is in whole seconds) is plenty for that.
+    idp.set(|s| s.grants.idp_id_token_ttl = Some(3));
     env.ctl(&["login", "wiki"]).ok();
-    tokio::time::sleep(Duration::from_secs(7)).await;
+    let exp_ms = 1000
+        * *idp
+            .state
+            .lock()
+            .unwrap()
+            .grants
+            .id_tokens
+            .values()
+            .max()
+            .unwrap();
+    wait_until_async(Duration::from_secs(10), "the ID token to expire", || {
+        mcpauth_tests::now_ms() >= exp_ms
+    })
+    .await;
     let out = env.ctl(&["refresh", "wiki"]);
     assert_eq!(out.code(), 4, "{}", out.stderr());
     assert!(
@@ -1158,9 +1192,10 @@ async fn an_sso_agents_id_token_file_stands_in_for_the_login() {
     assert!(out.stderr().contains("expired"), "{}", out.stderr());
     assert!(idp.requests("/token").is_empty());
     // The agent renews it: tokens with no login of ours.
+    // (A login required sets no backoff: the next request reads the file
+    // again, whether or not the daemon has seen it change.)
     let fresh = agent_id_token(&idp, 600);
     rotate(&file, &fresh);
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let t = env.ctl(&["token", "wiki"]).ok().trim().to_string();
     assert!(wiki.is_valid_access_token(&t));
     let exchange = &idp.token_requests("urn:ietf:params:oauth:grant-type:token-exchange")[0];

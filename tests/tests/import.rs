@@ -425,7 +425,7 @@ async fn codex_login(env: &Arc<TestEnv>, name: &str, bus: Option<&str>) {
             .env_clear()
             .env("HOME", env.home())
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("BROWSER", mcpauth_tests::bin("test-browser"))
+            .env("BROWSER", mcpauth_tests::own_bin!("test-browser"))
             .env("TEST_BROWSER_LOG", env.root.path().join("browser.log"))
             .stdin(std::process::Stdio::null());
         if let Some(bus) = bus {
@@ -581,7 +581,7 @@ async fn a_login_the_real_mcp_remote_made_is_adopted() {
                         std::env::var("PATH").unwrap_or_default()
                     ),
                 )
-                .env("BROWSER", mcpauth_tests::bin("test-browser"))
+                .env("BROWSER", mcpauth_tests::own_bin!("test-browser"))
                 .env("TEST_BROWSER_LOG", env.root.path().join("browser.log"))
                 .stdin(std::process::Stdio::null())
                 .output()

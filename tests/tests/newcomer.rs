@@ -419,33 +419,123 @@ async fn tls_failures_say_which_check_failed() {
     logins_fail_saying(&env, &cases);
 }
 
+/// `mcpauthctl watch ARGS`, its output collected as it comes.
+struct Watching {
+    child: std::process::Child,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Watching {
+    fn start(env: &TestEnv, args: &[&str]) -> Self {
+        let mut child = env
+            .command("mcpauthctl")
+            .arg("watch")
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let collect = |pipe: Box<dyn Read + Send>| {
+            let text = Arc::new(Mutex::new(String::new()));
+            let sink = text.clone();
+            let reader = std::thread::spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+                    let mut text = sink.lock().unwrap();
+                    text.push_str(&line);
+                    text.push('\n');
+                }
+            });
+            (text, reader)
+        };
+        let (stdout, out_reader) = collect(Box::new(child.stdout.take().unwrap()));
+        let (stderr, err_reader) = collect(Box::new(child.stderr.take().unwrap()));
+        Watching {
+            child,
+            stdout,
+            stderr,
+            readers: vec![out_reader, err_reader],
+        }
+    }
+
+    fn stdout(&self) -> String {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Makes an event with `poke` (given a fresh number each time) until
+    /// the watch prints one: it is listening from then on.
+    fn listening(&self, mut poke: impl FnMut(usize)) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for n in 0.. {
+            poke(n);
+            let asked = Instant::now();
+            while asked.elapsed() < Duration::from_millis(500) {
+                if !self.stdout().is_empty() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            assert!(Instant::now() < deadline, "the watch printed nothing");
+        }
+    }
+
+    /// Waits until what it printed on stdout or stderr has `needle`.
+    fn wait_for(&self, stderr: bool, needle: &str) {
+        let text = if stderr { &self.stderr } else { &self.stdout };
+        mcpauth_tests::wait_until(Duration::from_secs(20), needle, || {
+            text.lock().unwrap().contains(needle)
+        });
+    }
+
+    /// Its exit status and all it printed (stdout, stderr).
+    fn finish(mut self) -> (std::process::ExitStatus, String, String) {
+        let status = self.child.wait().unwrap();
+        for reader in self.readers.drain(..) {
+            reader.join().unwrap();
+        }
+        (status, self.stdout(), self.stderr())
+    }
+}
+
+/// An event for any watch: a server added.
+fn poke(env: &TestEnv, n: usize) {
+    env.ctl(&[
+        "add",
+        &format!("poke{n}"),
+        &format!("https://poke{n}.example.com/mcp"),
+    ])
+    .ok();
+}
+
 #[test]
 fn watch_follow_waits_for_the_daemon_and_never_starts_one() {
     let env = TestEnv::new();
     env.ctl(&["status"]).ok(); // started on demand
-    let mut watch = env
-        .command("mcpauthctl")
-        .args(["watch", "--follow"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    let mut watch = Watching::start(&env, &["--follow"]);
+    watch.listening(|n| poke(&env, n));
     env.ctl(&["stop"]).ok();
-    // It waits, and no daemon comes back by its doing.
-    std::thread::sleep(Duration::from_secs(2));
+    // It waits, and no daemon comes back by its doing (over 2 s, a few
+    // of its attempts to reconnect).
+    let stopped = Instant::now();
+    watch.wait_for(true, "waiting for it to come back");
+    std::thread::sleep(Duration::from_secs(2).saturating_sub(stopped.elapsed()));
     assert_eq!(env.ctl(&["--no-autostart", "status"]).code(), 3);
-    assert!(watch.try_wait().unwrap().is_none(), "still waiting");
+    assert!(watch.child.try_wait().unwrap().is_none(), "still waiting");
     // A daemon started by someone else: it reconnects.
     env.ctl(&["status"]).ok();
-    std::thread::sleep(Duration::from_secs(2));
+    watch.wait_for(true, "reconnected to mcpauthd");
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(watch.id() as i32),
+        nix::unistd::Pid::from_raw(watch.child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    let out = watch.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (_, _, stderr) = watch.finish();
     assert!(stderr.contains("waiting for it to come back"), "{stderr}");
     assert!(stderr.contains("reconnected to mcpauthd"), "{stderr}");
     env.ctl(&["stop"]).ok();
@@ -463,26 +553,18 @@ async fn watch_refuses_unknown_names_and_says_when_its_stream_ends() {
 
     // Human lines: local time, "config" for config events, and a line when
     // a rejected config heals.
-    let watch = env
-        .command("mcpauthctl")
-        .args(["watch"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    let watch = Watching::start(&env, &[]);
+    watch.listening(|n| poke(&env, n));
     env.write_config(
         "[servers.s]\nurl = \"https://mcp.example.com/mcp\"\n[servers.s]\nurl = \"https://two.example.com/mcp\"\n",
     );
-    std::thread::sleep(Duration::from_millis(500));
+    watch.wait_for(false, "config rejected");
     env.write_config("[servers.s]\nurl = \"https://mcp.example.com/mcp\"\n");
-    std::thread::sleep(Duration::from_millis(500));
+    watch.wait_for(false, "config accepted");
     env.ctl(&["stop"]).ok();
-    let out = watch.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (status, stdout, stderr) = watch.finish();
     // Exit 3 with one line when the daemon stops.
-    assert_eq!(out.status.code(), Some(3), "{stdout}\n{stderr}");
+    assert_eq!(status.code(), Some(3), "{stdout}\n{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("mcpauthd stopped"), "{stderr}");
     let rejected = stdout
@@ -564,13 +646,24 @@ async fn a_person_is_notified_once_per_episode_when_a_program_needs_a_login() {
     let _d = env.spawn_daemon(&mut cmd).unwrap();
     env.ctl_env(&["add", "s", &server.mcp_url], &with_sink).ok();
     let notes = || -> Vec<String> {
-        // The notifier runs in the background: give it a moment.
-        std::thread::sleep(Duration::from_millis(300));
-        std::fs::read_to_string(&sink)
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_string)
-            .collect()
+        let read = || -> Vec<String> {
+            std::fs::read_to_string(&sink)
+                .unwrap_or_default()
+                .lines()
+                .map(str::to_string)
+                .collect()
+        };
+        // The daemon decides (and logs) before it answers the request;
+        // the notifier runs in the background after: wait for every
+        // notification decided so far to reach the sink.
+        let decided = env
+            .all_daemon_logs()
+            .matches("notifying the person")
+            .count();
+        mcpauth_tests::wait_until(Duration::from_secs(10), "the notifier to run", || {
+            read().len() >= decided
+        });
+        read()
     };
 
     // Three programs ask: one notification.
@@ -604,11 +697,9 @@ async fn a_person_is_notified_once_per_episode_when_a_program_needs_a_login() {
         .args(["login", "s"])
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while env.ctl(&["show", "s", "--json"]).json()["state"] != "login_pending" {
-        assert!(Instant::now() < deadline, "the login never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    mcpauth_tests::wait_until(Duration::from_secs(10), "the login to start", || {
+        env.ctl(&["show", "s", "--json"]).json()["state"] == "login_pending"
+    });
     assert_eq!(env.ctl(&["token", "s"]).code(), 4);
     let _ = pending.kill();
     let _ = pending.wait();
@@ -619,11 +710,9 @@ async fn a_person_is_notified_once_per_episode_when_a_program_needs_a_login() {
         "notifications = false\n[servers.t]\nurl = \"{}\"\n",
         server.mcp_url
     ));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while env.ctl(&["show", "t", "--json"]).code() != 0 {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    mcpauth_tests::wait_until(Duration::from_secs(10), "the config to apply", || {
+        env.ctl(&["show", "t", "--json"]).code() == 0
+    });
     assert_eq!(env.ctl(&["token", "t"]).code(), 4);
     assert_eq!(notes().len(), 2, "notifications = false is honoured");
 }

@@ -8,9 +8,8 @@
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
-use mcpauth_tests::{TestEnv, leaked};
+use mcpauth_tests::{TestEnv, leaked, token_issued};
 
 struct Provider {
     child: Child,
@@ -142,7 +141,9 @@ async fn client_credentials_against_oidc_provider() {
         secret.display()
     ));
     let _daemon = start_daemon(&env);
+    let mut events = env.events(Some("s")).await;
     let first = env.ctl(&["token", "s"]).ok().trim().to_string();
+    let first_generation = token_issued(&mut events, "s", 0).await;
     assert!(provider.accepts(&first).await, "oidc-provider issued it");
     let token_requests = provider.token_requests().await;
     assert_eq!(token_requests.len(), 1);
@@ -151,7 +152,7 @@ async fn client_credentials_against_oidc_provider() {
     assert_eq!(token_requests[0]["resource"], provider.mcp_url);
 
     // The token lives 4 s: asked for again, with no person.
-    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    token_issued(&mut events, "s", first_generation).await;
     let second = env.ctl(&["token", "s"]).ok().trim().to_string();
     assert_ne!(first, second);
     assert!(provider.accepts(&second).await);
@@ -249,8 +250,8 @@ async fn device_login_against_oidc_provider() {
         shown.contains(&format!("{}/device", provider.issuer)),
         "{shown}"
     );
-    // The person approves on another device, a moment later.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The person approves on another device (before the daemon's first
+    // poll, which waits out oidc-provider's 5 s interval).
     provider.approve(&user_code).await;
     let out = mcpauth_tests::CtlOutput(login.wait_with_output().unwrap());
     assert!(out.ok().contains("logged in to s"));

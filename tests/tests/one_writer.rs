@@ -98,11 +98,9 @@ async fn a_removal_during_a_refresh_leaves_nothing_for_a_server_added_again() {
     let _ = tokio::task::spawn_blocking(move || refresh.wait_with_output())
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while env.ctl(&["show", "s", "--json"]).code() != 2 {
-        assert!(Instant::now() < deadline, "s is still configured");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    mcpauth_tests::wait_until(Duration::from_secs(10), "s to be removed", || {
+        env.ctl(&["show", "s", "--json"]).code() == 2
+    });
     // Added again with the same URL: its old state is gone, the refresh in
     // flight did not bring it back.
     server.set(|s| s.token_delay_ms = 0);

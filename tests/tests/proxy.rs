@@ -8,9 +8,9 @@ use std::process::{Child, ChildStdin, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use mcpauth_tests::TestEnv;
 use mcpauth_tests::authserver::{AuthServer, Switches};
 use mcpauth_tests::mcpserver::{Hang, McpServer};
+use mcpauth_tests::{TestEnv, wait_until};
 use serde_json::{Value, json};
 
 /// The proxy as a host runs it.
@@ -22,6 +22,8 @@ struct Host {
     pending: std::cell::RefCell<Vec<Value>>,
     stdout_log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    /// The threads reading stdout and stderr, done at their end.
+    readers: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Host {
@@ -44,7 +46,7 @@ impl Host {
         let (tx, out) = mpsc::channel();
         let stdout_log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let log = stdout_log.clone();
-        std::thread::spawn(move || {
+        let stdout_reader = std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 log.lock().unwrap().push(line.clone());
@@ -55,7 +57,7 @@ impl Host {
         });
         let err = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let sink = err.clone();
-        std::thread::spawn(move || {
+        let stderr_reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 let mut s = sink.lock().unwrap();
@@ -70,6 +72,7 @@ impl Host {
             out,
             stdout_log,
             stderr: err,
+            readers: vec![stdout_reader, stderr_reader],
         }
     }
 
@@ -142,7 +145,12 @@ impl Host {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        std::thread::sleep(Duration::from_millis(100));
+        // All it wrote has been read once both pipes are at their end.
+        wait_until(
+            Duration::from_secs(10),
+            "the end of the proxy's output",
+            || self.readers.iter().all(|r| r.is_finished()),
+        );
         let stderr = self.stderr.lock().unwrap().clone();
         let stdout = self.stdout_log.lock().unwrap().clone();
         (stderr, stdout)
@@ -246,11 +254,9 @@ async fn a_get_stream_that_never_opens_is_retried_and_requests_go_on() {
     let mut host = Host::start_with(&env, "s", &[SHORT_OPEN]);
     let init = host.initialize();
     assert!(init["result"].is_object(), "{init}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !host.stderr.lock().unwrap().contains("sent no answer") {
-        assert!(Instant::now() < deadline, "the GET was given up on");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(Duration::from_secs(10), "the GET to be given up on", || {
+        host.stderr.lock().unwrap().contains("sent no answer")
+    });
     let tools = host.request(2, "tools/list", json!({}));
     assert!(tools["result"]["tools"].is_array(), "{tools}");
     let (stderr, stdout) = host.close();
@@ -278,15 +284,11 @@ async fn the_proxy_bridges_sessions_json_sse_and_server_messages_and_recovers_a_
     assert_eq!(host.answer(3)["result"]["content"][0]["text"], "sse done");
 
     // Server-initiated messages on the GET stream.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !mcp
-        .seen()
-        .iter()
-        .any(|s| s.method == "GET" && s.status == 200)
-    {
-        assert!(Instant::now() < deadline, "no GET stream opened");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(Duration::from_secs(10), "a GET stream to open", || {
+        mcp.seen()
+            .iter()
+            .any(|s| s.method == "GET" && s.status == 200)
+    });
     mcp.push(json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"}));
     host.wait("a server-initiated message", |v| {
         v["method"] == "notifications/tools/list_changed"
@@ -428,11 +430,9 @@ async fn a_url_change_never_sends_the_new_servers_token_to_the_old_one() {
     assert!(tools["result"]["tools"].is_array(), "{tools}");
 
     env.write_config(&format!("[servers.s]\nurl = \"{}\"\n", new_mcp.url));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while env.ctl(&["show", "s", "--json"]).json()["url"] != new_mcp.url.as_str() {
-        assert!(Instant::now() < deadline, "the URL change was not applied");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(Duration::from_secs(10), "the URL change to apply", || {
+        env.ctl(&["show", "s", "--json"]).json()["url"] == new_mcp.url.as_str()
+    });
     env.ctl(&["login", "s"]).ok();
     let new_token = env.ctl(&["token", "s"]).ok().trim().to_string();
     assert!(new_auth.is_valid_access_token(&new_token));
@@ -523,19 +523,16 @@ async fn an_http_sse_session_lost_with_its_stream_is_started_again() {
     host.request(2, "tools/list", json!({}));
     // The server restarts: the stream ends, and the session with it.
     mcp.drop_legacy_streams();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !host
-        .stderr
-        .lock()
-        .unwrap()
-        .contains("closed its event stream")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the proxy noticed the stream end"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(
+        Duration::from_secs(10),
+        "the proxy to notice the stream end",
+        || {
+            host.stderr
+                .lock()
+                .unwrap()
+                .contains("closed its event stream")
+        },
+    );
     // The host's next request works: a new stream, its initialize
     // replayed there, then the request.
     let tools = host.request(3, "tools/list", json!({}));
@@ -693,6 +690,7 @@ async fn the_python_sdk_authorization_server_that_limits_scopes() {
     env.ctl(&["add", "py", &url]).ok();
     let login = env.ctl(&["login", "py"]);
     assert_eq!(login.code(), 0, "{}", login.stderr());
+    let first = env.ctl(&["token", "py"]).ok().trim().to_string();
     let stats = pysdk_stats(&base).await;
     assert_eq!(stats["register"], 1, "{stats}");
     assert_eq!(stats["register_scopes"], json!(["mcp:tools"]), "{stats}");
@@ -713,7 +711,22 @@ async fn the_python_sdk_authorization_server_that_limits_scopes() {
         assert!(Instant::now() < deadline, "no refresh");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    tokio::time::sleep(Duration::from_secs(3)).await; // the first token's lifetime
+    // Until the first token's lifetime is over: the SDK server turns it
+    // away.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while reqwest::Client::new()
+        .post(&url)
+        .bearer_auth(&first)
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        != 401
+    {
+        assert!(Instant::now() < deadline, "the first token never expired");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     host.send(call(3));
     assert_eq!(host.answer(3)["result"]["content"][0]["text"], "echo: hi");
     let stats = pysdk_stats(&base).await;

@@ -31,11 +31,16 @@ async fn works_end_to_end(server: &AuthServer) -> (TestEnv, Daemon) {
 /// lines; waits until the daemon has it.
 fn configure(env: &TestEnv, name: &str, url: &str, extra: &str) {
     env.write_config(&format!("[servers.{name}]\nurl = \"{url}\"\n{extra}\n"));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while env.ctl(&["show", name]).code() != 0 {
-        assert!(std::time::Instant::now() < deadline, "config not applied");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    wait_until_applied(env, name);
+}
+
+/// Waits until the daemon has the server `name` of the config written.
+fn wait_until_applied(env: &TestEnv, name: &str) {
+    mcpauth_tests::wait_until(
+        std::time::Duration::from_secs(10),
+        "the config to apply",
+        || env.ctl(&["show", name]).code() == 0,
+    );
 }
 
 /// The line a failed command ends with (a login that got as far as the
@@ -548,11 +553,7 @@ async fn a_configured_proxy_carries_the_daemons_and_the_proxys_requests() {
         "proxy = \"http://me:pr0xy-s3cret@{proxy}\"\n\n[servers.s]\nurl = \"{}\"\n",
         server.mcp_url
     ));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while env.ctl(&["show", "s"]).code() != 0 {
-        assert!(std::time::Instant::now() < deadline, "config not applied");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    wait_until_applied(&env, "s");
     let out = env.ctl(&["login", "s"]);
     assert_eq!(out.code(), 0, "{}", out.stderr());
     assert!(env.authorized_call("s", &server.mcp_url).await.is_success());
@@ -662,11 +663,7 @@ async fn a_configured_ca_file_is_trusted() {
         "ca_file = \"{}\"\n\n[servers.u]\nurl = \"{url}\"\n",
         bundle.display()
     ));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while env.ctl(&["show", "u"]).code() != 0 {
-        assert!(std::time::Instant::now() < deadline, "config not applied");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    wait_until_applied(&env, "u");
     let out = env.ctl(&["login", "u"]);
     let line = failure_line(&out);
     assert!(!line.contains("TLS"), "TLS passes now: {line}");

@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use mcpauth_tests::TestEnv;
 use mcpauth_tests::authserver::{AuthServer, Switches};
+use mcpauth_tests::{TestEnv, wait_until};
 
 const SSHD: &str = "/usr/sbin/sshd";
 
@@ -59,14 +59,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-fn wait_until(limit: Duration, what: &str, mut ready: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !ready() {
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// A private sshd on 127.0.0.1, and the key that may log in to it.
@@ -285,7 +277,7 @@ async fn the_brokers_socket_forwarded_over_ssh_serves_the_remote() {
         "{said}"
     );
     assert!(!said.contains("ssh -N -L"), "{said}");
-    run(Command::new(mcpauth_tests::bin("test-browser"))
+    run(Command::new(mcpauth_tests::own_bin!("test-browser"))
         .arg(&url)
         .env("TEST_BROWSER_LOG", laptop.root.path().join("browser.log")));
     let start = Instant::now();

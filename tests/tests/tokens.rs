@@ -357,7 +357,7 @@ async fn a_401_storm_across_processes_refreshes_once_and_the_control_shows_the_r
     let socket = env.socket();
     let children: Vec<_> = (0..PROCESSES)
         .map(|_| {
-            let mut cmd = env.command("test-client");
+            let mut cmd = env.command_of(&mcpauth_tests::own_bin!("test-client"));
             cmd.args([
                 "broker",
                 socket.to_str().unwrap(),
@@ -414,7 +414,7 @@ async fn a_401_storm_across_processes_refreshes_once_and_the_control_shows_the_r
     let start = mcpauth_tests::now_ms() + 1500;
     let children: Vec<_> = (0..PROCESSES)
         .map(|_| {
-            let mut cmd = env.command("test-client");
+            let mut cmd = env.command_of(&mcpauth_tests::own_bin!("test-client"));
             cmd.args([
                 "direct",
                 &token_url,
@@ -451,6 +451,7 @@ async fn a_client_killed_mid_refresh_does_not_lose_the_rotated_refresh_token() {
     env.ctl(&["add", "s", &server.mcp_url]).ok();
     env.ctl(&["login", "s"]).ok();
     let old = env.ctl(&["token", "s"]).ok().trim().to_string();
+    let mut events = env.events(Some("s")).await;
     server.set(|s| s.token_delay_ms = 800);
     let mut child = env.command("mcpauthctl");
     child.args(["token", "s", "--rejected", &old]);
@@ -466,8 +467,8 @@ async fn a_client_killed_mid_refresh_does_not_lose_the_rotated_refresh_token() {
     child.kill().unwrap();
     let _ = child.wait();
     server.set(|s| s.token_delay_ms = 0);
-    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
-    // The refresh finished without its caller: the new token is held ...
+    // The refresh finishes without its caller: the new token is held ...
+    mcpauth_tests::token_issued(&mut events, "s", 0).await;
     let new = env.ctl(&["token", "s"]).ok().trim().to_string();
     assert_ne!(new, old);
     assert!(server.is_valid_access_token(&new));
