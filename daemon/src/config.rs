@@ -217,7 +217,7 @@ impl GrantKind {
     }
 
     /// Whether tokens are obtained on first use and obtained again before
-    /// they expire (no refresh token), through `renew_unattended`. For
+    /// they expire (no refresh token), through `Unattended::renew`. For
     /// `enterprise` that holds while the identity provider's ID token is
     /// valid; a person logs in there when it is not.
     pub fn unattended(self) -> bool {

@@ -11,7 +11,7 @@
 //!    of the identity provider. An `id_token_file` (an SSO agent's) is
 //!    used instead when configured, and watched.
 //! 2. Per server, and again for every renewal while the ID token is
-//!    valid, `renew_unattended` (the refresh path) exchanges the ID token
+//!    valid, `Unattended::renew` (the refresh path) exchanges the ID token
 //!    at the identity provider for an ID-JAG (RFC 8693) whose audience is
 //!    the server's AS and whose resource is the server, refuses an ID-JAG
 //!    for any other audience before sending it, and presents it to the AS

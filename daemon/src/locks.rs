@@ -15,7 +15,7 @@
 //! flight, and nothing that started under the old identity can write after
 //! it. (Each operation is bounded by the HTTP timeouts, so the wait is too.)
 //!
-//! Lock order: `Broker::edits` (config changes) before any server lock;
+//! Lock order: `ConfigEditor`'s `edits` (config changes) before any server lock;
 //! several server locks are taken in name order; no server lock is held
 //! while waiting for `edits`. The std mutexes elsewhere in the daemon are
 //! leaves: never held across an await or while taking another lock.

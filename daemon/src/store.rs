@@ -593,7 +593,7 @@ impl Store {
     /// The one way a grant is written: the grant and the server's record
     /// (which carries the generation high-water mark) in one transaction,
     /// flushed before it returns, then cached. Called only by
-    /// `Broker::install_grant`.
+    /// `Installer::install_grant`.
     pub async fn install_grant(
         &self,
         guard: &ServerGuard,

@@ -1,4 +1,4 @@
-//! Grants without a person (`impl Broker`): `grant = "client_credentials"`,
+//! Grants without a person, the `Unattended` part: `grant = "client_credentials"`,
 //! `grant = "workload"`, and the renewals of `grant = "enterprise"` (see
 //! `enterprise.rs`), which need a person only to log in at the identity
 //! provider.
@@ -6,7 +6,7 @@
 //! Such a server never needs a login. Its first token is obtained on first
 //! use and renewed by asking again before it expires (there is no refresh
 //! token); both go through the one refresh path, `refresh_grant`, which
-//! calls [`Broker::renew_unattended`] under the server's guard, so the
+//! calls [`Unattended::renew`] under the server's guard, so the
 //! single flight, the backoff and "durable before handing out"
 //! (`install_grant`) are the same as for a refresh.
 //!
@@ -25,6 +25,11 @@
 //!
 //! Keys, secrets and assertions are read into `Secret`s (or the key type,
 //! whose `Debug` shows nothing) and never logged.
+//!
+//! Lock: `assertion_watch` (`std::sync::Mutex`), the one `notify` watcher
+//! of the assertion files' directories; replaced whole when the set of
+//! files changes, never held across an await. Everything else runs under
+//! the caller's `ServerGuard`.
 
 use std::collections::HashSet;
 use std::path::PathBuf;

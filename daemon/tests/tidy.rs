@@ -653,7 +653,7 @@ fn one_place_refreshes_and_one_place_installs_a_grant() {
         "one refresh request, in refresh_locked"
     );
     // A grant is written only by the store's install, called only by
-    // Broker::install_grant: read as syntax, so no binding or line break
+    // Installer::install_grant: read as syntax, so no binding or line break
     // hides a call.
     let found = ast::store_installs_outside_the_installer(&sources("daemon/src"));
     assert!(
@@ -741,9 +741,9 @@ const STORE_WRITES_WITHOUT_A_SERVER: &[&str] = &[
 fn the_checks_that_read_syntax_catch_what_text_would_miss() {
     let file = |path: &str, text: &str| vec![(path.to_string(), text.to_string())];
     // A local binding, and rustfmt's line breaks.
-    let bound = "impl Broker { async fn sneaky(&self, g: &ServerGuard) {\n\
+    let bound = "impl Logins { async fn sneaky(&self, g: &ServerGuard) {\n\
         let s = self.store();\n s.install_grant(g, &grant, &record).await; } }";
-    let split = "impl Broker { async fn sneaky(&self, g: &ServerGuard) {\n\
+    let split = "impl Logins { async fn sneaky(&self, g: &ServerGuard) {\n\
         self.store()\n    .install_grant(\n        g,\n        &grant,\n        &record,\n    )\n    .await; } }";
     let path_call = "fn sneaky() { Store::install_grant(&store, g, &grant, &record); }";
     for text in [bound, split, path_call] {
@@ -948,7 +948,7 @@ fn every_daemon_module_is_on_the_map() {
 #[test]
 fn grants_without_a_person_share_the_one_refresh_path() {
     // An unattended grant is obtained and renewed only by refresh_grant
-    // (which calls renew_unattended under the server's guard).
+    // (which calls Unattended::renew under the server's guard).
     let found = offenders(
         "daemon/src",
         &["unattended.renew("],
@@ -961,7 +961,7 @@ fn grants_without_a_person_share_the_one_refresh_path() {
     let refresh = code(&std::fs::read_to_string(root().join("daemon/src/refresh.rs")).unwrap());
     assert_eq!(refresh.matches(".renew(").count(), 1);
     // Their token requests, and the device polls, have one caller each.
-    // (enterprise.rs's requests run inside renew_unattended.)
+    // (enterprise.rs's requests run inside Unattended::renew.)
     for (call, homes) in [
         (".client_credentials(", &["daemon/src/unattended.rs"][..]),
         (
@@ -985,7 +985,7 @@ fn grants_without_a_person_share_the_one_refresh_path() {
     assert_eq!(
         unattended.matches(".enterprise_tokens(").count(),
         1,
-        "the ID-JAG exchange runs only inside renew_unattended"
+        "the ID-JAG exchange runs only inside Unattended::renew"
     );
 }
 

@@ -1,6 +1,6 @@
 //! Logins: the authorization-code flow from the broker's side.
 //!
-//! `Broker::login` discovers the authorization server, registers if needed,
+//! `Logins::login` discovers the authorization server, registers if needed,
 //! stores the pending flow (state, verifier, issuer, redirect URI, scopes)
 //! and only then hands out the URL. A second `login` for the same server
 //! while one is pending joins it: same URL, same outcome. The loopback
