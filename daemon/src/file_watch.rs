@@ -164,6 +164,7 @@ impl FileWatch {
             Err(_) => return,
         };
         if self.files.wrote(path, &bytes) {
+            debug!(server = %name, path = %path.display(), "token file is the broker's own export; not read back");
             return;
         }
         let token = match parse_file(format, &bytes, mtime) {
