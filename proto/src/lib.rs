@@ -7,8 +7,11 @@
 //!   client library makes the calls and the commands render the replies.
 //! - [`PROTOCOL`] and [`PROTOCOL_METADATA`]: the handshake.
 //! - [`paths`]: where the socket, the state and the config live by default.
+//! - [`challenge`]: the `WWW-Authenticate` grammar, which the daemon and
+//!   the proxy read alike.
 //! - [`env`]: the environment variables the tools read.
 
+pub mod challenge;
 pub mod paths;
 
 /// Generated gRPC types and stubs for `mcpauth.v1`.

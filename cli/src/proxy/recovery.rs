@@ -90,13 +90,12 @@ impl Proxy {
 }
 
 /// Whether a 403's challenge asks for more scope (RFC 6750
-/// `error="insufficient_scope"`). The client has no `WWW-Authenticate`
-/// parser of its own (the daemon's, `oauth::challenge`, is not linked
-/// into it), and the broker reads the reported challenge again with that
-/// parser before it records a step-up: this only decides whether a 403
-/// is reported at all.
+/// `error="insufficient_scope"`), read with the parser the daemon uses
+/// (`mcpauth_proto::challenge`): a scope or description that merely
+/// mentions the words is not a step-up.
 fn insufficient_scope(www: &str) -> bool {
-    www.contains("insufficient_scope")
+    mcpauth_proto::challenge::bearer([www])
+        .is_some_and(|b| b.error.as_deref() == Some("insufficient_scope"))
 }
 
 #[cfg(test)]
@@ -109,6 +108,9 @@ mod tests {
             r#"Bearer error="insufficient_scope", scope="mcp:admin""#
         ));
         assert!(!insufficient_scope(r#"Bearer error="invalid_token""#));
+        assert!(!insufficient_scope(
+            r#"Bearer error="invalid_token", error_description="not insufficient_scope""#
+        ));
         assert!(!insufficient_scope(""));
     }
 }

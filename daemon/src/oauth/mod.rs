@@ -22,7 +22,9 @@
 //!   forwarded assertion (expiry, audience) before it is sent.
 //! - `pkce`: verifier, challenge, state, token fingerprints.
 
-pub mod challenge;
+/// The `WWW-Authenticate` grammar, shared with the clients (the proxy
+/// reads the challenges it meets with the same parser).
+pub use mcpauth_proto::challenge;
 pub mod credentials;
 pub mod discovery;
 pub mod doctor;
