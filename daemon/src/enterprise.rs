@@ -139,6 +139,25 @@ impl Enterprise {
         Self { ctx }
     }
 
+    /// The identity provider an enterprise server uses, as configured now.
+    pub(crate) fn identity_provider(
+        &self,
+        server: &ServerConfig,
+    ) -> (ServerName, IdentityProvider) {
+        let idp_name = server
+            .identity_provider
+            .clone()
+            .expect("validated: enterprise names an identity provider");
+        let idp = self
+            .ctx
+            .config()
+            .identity_providers
+            .get(&idp_name)
+            .cloned()
+            .expect("validated: the identity provider is configured");
+        (idp_name, idp)
+    }
+
     fn login_required_at(&self, server: &ServerName, idp: &ServerName, why: &str) -> BrokerError {
         BrokerError::LoginRequired {
             server: server.to_string(),
@@ -238,17 +257,7 @@ impl Enterprise {
             }
             .into());
         }
-        let idp_name = server
-            .identity_provider
-            .clone()
-            .expect("validated: enterprise names an identity provider");
-        let idp = self
-            .ctx
-            .config()
-            .identity_providers
-            .get(&idp_name)
-            .cloned()
-            .expect("validated: the identity provider is configured");
+        let (idp_name, idp) = self.identity_provider(server);
         let record = self.idp_record(&idp_name, &idp).await?;
         let now = self.ctx.now_ms();
         let id_token =

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use tracing::{info, warn};
 
-use super::{ActiveLogin, FLOW_LIFETIME, FailureKind, LoginHandle, LoginOutcome, Logins};
+use super::{ActiveLogin, FailureKind, LoginHandle, LoginOutcome, Logins, redirect_uri};
 use crate::backoff::Freshness;
 use crate::config::ServerConfig;
 use crate::context::EventKind;
@@ -17,8 +17,6 @@ use crate::enterprise::{OIDC_SCOPE, check_id_token, expiry_ms, idp_discovery, id
 use crate::error::BrokerError;
 use crate::locks::ServerGuard;
 use crate::oauth::token::TokenSet;
-use crate::oauth::{flow, pkce};
-use crate::secret::Secret;
 use crate::state::PendingFlow;
 
 impl Logins {
@@ -31,17 +29,7 @@ impl Logins {
         server: &ServerConfig,
     ) -> Result<LoginHandle, BrokerError> {
         let name = guard.name().clone();
-        let idp_name = server
-            .identity_provider
-            .clone()
-            .expect("validated: enterprise names an identity provider");
-        let idp = self
-            .ctx
-            .config()
-            .identity_providers
-            .get(&idp_name)
-            .cloned()
-            .expect("validated: the identity provider is configured");
+        let (idp_name, idp) = self.enterprise.identity_provider(server);
         let now = self.ctx.now_ms();
         let record = match self.enterprise.idp_record(&idp_name, &idp).await {
             Ok(r) => r,
@@ -54,39 +42,23 @@ impl Logins {
         // The server's own AS is not the identity provider: no discovery
         // is recorded for it here.
         let (listener, port) = self.bind_callback(&guard, server, None, now).await?;
-        let redirect_uri = format!("http://127.0.0.1:{port}/callback");
+        let redirect_uri = redirect_uri(port);
         let registration = idp_registration(&idp, &record.metadata, &redirect_uri, now)?;
         self.ctx
             .store()
             .put_registration(&guard, &registration)
             .await?;
         let discovery = idp_discovery(&idp, &record);
-        let pkce = pkce::Pkce::new();
-        let state = pkce::new_state();
-        let scopes = vec![OIDC_SCOPE.to_string()];
-        let url = flow::authorization_url(
-            &discovery,
-            &registration.client_id,
-            &pkce.challenge,
-            &state,
-            &scopes,
-            &redirect_uri,
-        )?;
-        let pending = PendingFlow {
-            state: Secret::new(state),
-            verifier: pkce.verifier,
-            issuer: idp.issuer.clone(),
-            client_id: registration.client_id.clone(),
-            redirect_uri,
-            scopes,
-            authorization_url: url.to_string(),
-            created_at_ms: now,
-            expires_at_ms: now + FLOW_LIFETIME.as_millis() as i64,
-        };
-        self.ctx.store().put_flow(&guard, &pending).await?;
-        let (active, rx) = ActiveLogin::new(pending.clone(), port, None);
-        self.insert(&name, active.clone());
-        self.spawn_callback(name.clone(), active, listener)?;
+        let (pending, rx) = self
+            .open_flow(
+                &guard,
+                &discovery,
+                &registration.client_id,
+                vec![OIDC_SCOPE.to_string()],
+                (listener, port),
+                |_| {},
+            )
+            .await?;
         info!(server = %name, idp = %idp_name, port, "login at the identity provider started");
         self.ctx.publish(Some(name), EventKind::LoginStarted);
         Ok(LoginHandle {

@@ -425,7 +425,7 @@ impl Logins {
         let (listener, port) = self
             .bind_callback(&guard, server, Some(&discovery), now)
             .await?;
-        let redirect_uri = format!("http://127.0.0.1:{port}/callback");
+        let redirect_uri = redirect_uri(port);
         let scopes = self
             .login_scopes(
                 &guard,
@@ -448,37 +448,19 @@ impl Logins {
             }
         };
 
-        let pkce = pkce::Pkce::new();
-        let state = pkce::new_state();
-        let mut url = flow::authorization_url(
-            &discovery,
-            &registration.client_id,
-            &pkce.challenge,
-            &state,
-            &scopes,
-            &redirect_uri,
-        )?;
         let shares_url = self.ctx.config().servers.iter().any(|(n, s)| {
             *n != name && crate::import::same_url(s.url.as_str(), server.url.as_str())
         });
-        choose_account(&mut url, server.login_hint.as_deref(), shares_url);
-        let pending = PendingFlow {
-            state: crate::secret::Secret::new(state),
-            verifier: pkce.verifier,
-            issuer: discovery.issuer.clone(),
-            client_id: registration.client_id.clone(),
-            redirect_uri,
-            scopes,
-            authorization_url: url.to_string(),
-            created_at_ms: now,
-            expires_at_ms: now + FLOW_LIFETIME.as_millis() as i64,
-        };
-        // Stored before anyone sees the URL.
-        self.ctx.store().put_flow(&guard, &pending).await?;
-
-        let (active, rx) = ActiveLogin::new(pending.clone(), port, None);
-        self.insert(&name, active.clone());
-        self.spawn_callback(name.clone(), active.clone(), listener)?;
+        let (pending, rx) = self
+            .open_flow(
+                &guard,
+                &discovery,
+                &registration.client_id,
+                scopes,
+                (listener, port),
+                |url| choose_account(url, server.login_hint.as_deref(), shares_url),
+            )
+            .await?;
         info!(server = %name, issuer = %discovery.issuer, port, "login started");
         self.ctx.publish(Some(name), EventKind::LoginStarted);
         Ok(LoginHandle {
@@ -489,6 +471,52 @@ impl Logins {
             device_offered: discovery.metadata.device_authorization_endpoint.is_some(),
             outcome: rx,
         })
+    }
+
+    /// Opens a browser login's flow: PKCE, state and the authorization URL
+    /// (`amend` may add to it), stored (flushed) before anyone sees the
+    /// URL; then the login in progress and its callback server (the
+    /// caller publishes `LoginStarted`). Under the server's guard.
+    pub(super) async fn open_flow(
+        self: &Arc<Self>,
+        guard: &ServerGuard,
+        discovery: &Discovery,
+        client_id: &str,
+        scopes: Vec<String>,
+        (listener, port): (std::net::TcpListener, u16),
+        amend: impl FnOnce(&mut url::Url),
+    ) -> Result<(PendingFlow, watch::Receiver<Option<LoginOutcome>>), BrokerError> {
+        let name = guard.name().clone();
+        let now = self.ctx.now_ms();
+        let redirect_uri = redirect_uri(port);
+        let pkce = pkce::Pkce::new();
+        let state = pkce::new_state();
+        let mut url = flow::authorization_url(
+            discovery,
+            client_id,
+            &pkce.challenge,
+            &state,
+            &scopes,
+            &redirect_uri,
+        )?;
+        amend(&mut url);
+        let pending = PendingFlow {
+            state: crate::secret::Secret::new(state),
+            verifier: pkce.verifier,
+            issuer: discovery.issuer.clone(),
+            client_id: client_id.to_string(),
+            redirect_uri,
+            scopes,
+            authorization_url: url.to_string(),
+            created_at_ms: now,
+            expires_at_ms: now + FLOW_LIFETIME.as_millis() as i64,
+        };
+        // Stored before anyone sees the URL.
+        self.ctx.store().put_flow(guard, &pending).await?;
+        let (active, rx) = ActiveLogin::new(pending.clone(), port, None);
+        self.insert(&name, active.clone());
+        self.spawn_callback(name, active, listener)?;
+        Ok((pending, rx))
     }
 
     /// The loopback listener for a login's callback, on the configured or
@@ -1079,6 +1107,11 @@ pub(crate) fn choose_account(url: &mut url::Url, login_hint: Option<&str>, share
         url.query_pairs_mut()
             .append_pair("prompt", "select_account");
     }
+}
+
+/// The loopback redirect URI of a login whose callback listens on `port`.
+pub(crate) fn redirect_uri(port: u16) -> String {
+    format!("http://127.0.0.1:{port}/callback")
 }
 
 #[cfg(test)]
