@@ -630,20 +630,9 @@ async fn a_daemon_of_another_protocol_is_reported_clearly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_daemon_refuses_a_client_of_another_protocol() {
-    use hyper_util::rt::TokioIo;
     let env = TestEnv::new();
     let _daemon = env.start_daemon();
-    let path = env.socket();
-    let channel = tonic::transport::Endpoint::from_static("http://mcpauthd.invalid")
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?))
-            }
-        }))
-        .await
-        .unwrap();
-    let mut raw = pb::broker_client::BrokerClient::new(channel);
+    let mut raw = raw_client(&env).await;
     let mut request = Request::new(pb::ListServersRequest {});
     request
         .metadata_mut()
